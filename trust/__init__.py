@@ -1,0 +1,1 @@
+"""The trust engine: policies, fast rules, client store, trust agent."""
