@@ -3,3 +3,36 @@
 Nothing here imports trio, httpx or sockets; the trio runtime in ``relay_runtime`` carries
 bytes and timers around these pure pieces.
 """
+
+from protocol.actions import Action as Action
+from protocol.actions import Edit as Edit
+from protocol.actions import FollowUp as FollowUp
+from protocol.actions import GetChatInfo as GetChatInfo
+from protocol.actions import Send as Send
+from protocol.actions import Typing as Typing
+from protocol.codec import decode_object as decode_object
+from protocol.codec import encode_frame as encode_frame
+from protocol.descriptor import CONTRACT_VERSION as CONTRACT_VERSION
+from protocol.descriptor import CapabilityDescriptor as CapabilityDescriptor
+from protocol.descriptor import placeholder_descriptor as placeholder_descriptor
+from protocol.descriptor import text_length as text_length
+from protocol.errors import FrameError as FrameError
+from protocol.events import Identity as Identity
+from protocol.events import MessageEvent as MessageEvent
+from protocol.events import SessionSource as SessionSource
+from protocol.frames import DescriptorFrame as DescriptorFrame
+from protocol.frames import Frame as Frame
+from protocol.frames import GoingIdle as GoingIdle
+from protocol.frames import GoingIdleAck as GoingIdleAck
+from protocol.frames import Hello as Hello
+from protocol.frames import Inbound as Inbound
+from protocol.frames import InboundAck as InboundAck
+from protocol.frames import Interrupt as Interrupt
+from protocol.frames import InterruptInbound as InterruptInbound
+from protocol.frames import Outbound as Outbound
+from protocol.frames import OutboundResult as OutboundResult
+from protocol.frames import PassthroughForward as PassthroughForward
+from protocol.frames import PassthroughForwardFrame as PassthroughForwardFrame
+from protocol.framing import FrameDecoder as FrameDecoder
+from protocol.results import ChatInfo as ChatInfo
+from protocol.results import SendResult as SendResult
