@@ -1,0 +1,525 @@
+"""The durable state database (RC §6.2 outbox, §7.3 dedupe, turn results).
+
+Real SQLite files under tmp_path; a restart is close + reopen of the same file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import stat
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import trio.testing
+
+from relay_runtime.state import (
+    DB_FILENAME,
+    FOLLOW_UP_TTL_S,
+    OUTBOX_MAX_ATTEMPTS,
+    SCHEMA_VERSION,
+    ClaimStatus,
+    OutboxFull,
+    StateDB,
+    StateError,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+T0 = 1_700_000_000.0
+DAY = 86400.0
+
+
+async def open_db(path: Path, now: float = T0, **kw: int | float) -> StateDB:
+    return await StateDB.open(path, now=now, **kw)  # type: ignore[arg-type]
+
+
+async def put_send(db: StateDB, text: str, now: float = T0, kind: str = "send") -> int:
+    return await db.put("relay", "bot1", f'{{"op":"{kind}","content":"{text}"}}', text, kind, now)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- outbox
+
+
+async def test_R45_outbox_entries_survive_restart_in_fifo_order(tmp_path: Path) -> None:
+    db = await open_db(tmp_path)
+    ids = [await put_send(db, f"m{i}", T0 + i) for i in range(3)]
+    follow = await db.put("discord", "b2", '{"op":"follow_up"}', "rf", "follow_up", T0 + 3)
+    await db.aclose()
+
+    db = await open_db(tmp_path, now=T0 + 10)
+    async with db:
+        assert await db.count() == 4
+        entries = await db.entries()
+        assert [e.id for e in entries] == [*ids, follow]
+        assert entries[3].platform == "discord"
+        assert entries[3].bot_id == "b2"
+        assert entries[3].kind == "follow_up"
+        assert entries[0].action_json == '{"op":"send","content":"m0"}'
+        assert entries[0].expires_at == T0 + DAY
+        assert entries[3].expires_at == T0 + 3 + FOLLOW_UP_TTL_S
+
+        # FIFO: the flusher peeks, delivers, deletes; new sends queue behind.
+        newer = await put_send(db, "late", T0 + 11)
+        seen = []
+        while (entry := await db.peek_next(T0 + 12)) is not None:
+            seen.append(entry.request_id)
+            assert await db.delete(entry.id)
+        assert seen == ["m0", "m1", "m2", "rf", "late"]
+        assert newer > follow
+        assert await db.count() == 0
+        assert not await db.delete(newer)
+
+
+async def test_R46_expired_entries_are_dropped_with_warning_never_peeked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with await open_db(tmp_path) as db:
+        send_id = await put_send(db, "s", T0)
+        follow_id = await put_send(db, "f", T0, kind="follow_up")
+
+        # At 15 min the follow_up has expired: peek skips it and expire removes it.
+        at = T0 + FOLLOW_UP_TTL_S
+        first = await db.peek_next(at)
+        assert first is not None
+        assert first.id == send_id
+        await db.delete(send_id)
+        assert await db.peek_next(at) is None
+        caplog.set_level(logging.WARNING, logger="relay_runtime.state")
+        expired = await db.expire(at)
+        assert [e.id for e in expired] == [follow_id]
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "expired" in warnings[0].getMessage()
+        assert f"outbox_id={follow_id}" in warnings[0].getMessage()
+        assert await db.count() == 0
+
+        # A send lives 24 h: still there a second before, gone at the mark.
+        send2 = await put_send(db, "s2", T0)
+        assert await db.expire(T0 + DAY - 1) == []
+        peeked = await db.peek_next(T0 + DAY - 1)
+        assert peeked is not None
+        assert peeked.id == send2
+        assert [e.id for e in await db.expire(T0 + DAY)] == [send2]
+        assert await db.count() == 0
+
+
+async def test_R46_outbox_ttl_follows_config(tmp_path: Path) -> None:
+    async with await open_db(tmp_path, outbox_ttl_s=60) as db:
+        await put_send(db, "s", T0)
+        assert await db.peek_next(T0 + 59) is not None
+        assert await db.peek_next(T0 + 60) is None
+
+
+async def test_R47_full_outbox_rejects_and_never_evicts(tmp_path: Path) -> None:
+    async with await open_db(tmp_path, outbox_max=3) as db:
+        ids = [await put_send(db, f"m{i}") for i in range(3)]
+        with pytest.raises(OutboxFull, match="relay outbox full"):
+            await put_send(db, "overflow")
+        assert [e.id for e in await db.entries()] == ids
+        # Room made by a delivery is usable again.
+        await db.delete(ids[0])
+        await put_send(db, "again")
+        assert await db.count() == 3
+
+
+async def test_R47_expired_entries_do_not_hold_the_bound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="relay_runtime.state")
+    async with await open_db(tmp_path, outbox_max=1) as db:
+        await put_send(db, "old", T0, kind="follow_up")
+        with pytest.raises(OutboxFull):
+            await put_send(db, "new", T0 + 1)
+        new_id = await put_send(db, "new", T0 + FOLLOW_UP_TTL_S)
+        assert [e.id for e in await db.entries()] == [new_id]
+        assert any("expired" in r.getMessage() for r in caplog.records)
+
+
+async def test_R47_outbox_max_zero_fails_fast(tmp_path: Path) -> None:
+    async with await open_db(tmp_path, outbox_max=0) as db:
+        with pytest.raises(OutboxFull, match=r"outbox_max=0"):
+            await put_send(db, "x")
+        assert await db.count() == 0
+
+
+async def test_outbox_five_failed_attempts_delete_with_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="relay_runtime.state")
+    async with await open_db(tmp_path) as db:
+        entry_id = await put_send(db, "m")
+        for n in range(1, OUTBOX_MAX_ATTEMPTS):
+            attempt = await db.bump_attempts(entry_id)
+            assert (attempt.attempts, attempt.dropped) == (n, False)
+        assert not caplog.records
+        last = await db.bump_attempts(entry_id)
+        assert (last.attempts, last.dropped) == (OUTBOX_MAX_ATTEMPTS, True)
+        assert await db.count() == 0
+        [record] = caplog.records
+        assert record.levelno == logging.ERROR
+        assert f"outbox_id={entry_id}" in record.getMessage()
+        # Unknown id: nothing happens.
+        gone = await db.bump_attempts(entry_id)
+        assert (gone.attempts, gone.dropped) == (0, False)
+
+
+async def test_outbox_attempts_survive_restart(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        entry_id = await put_send(db, "m")
+        await db.bump_attempts(entry_id)
+        await db.bump_attempts(entry_id)
+    async with await open_db(tmp_path) as db:
+        entry = await db.peek_next(T0)
+        assert entry is not None
+        assert entry.attempts == 2
+
+
+async def test_outbox_rejects_unknown_kind(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        with pytest.raises(
+            StateError, match="outbox kind must be 'send' or 'follow_up', got 'edit'"
+        ):
+            await put_send(db, "x", kind="edit")
+        assert await db.count() == 0
+
+
+async def test_outbox_concurrent_puts_all_commit_with_distinct_ids(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        ids: list[int] = []
+
+        async def one(i: int) -> None:
+            ids.append(await put_send(db, f"m{i}", T0 + i))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+        assert len(set(ids)) == 20
+        assert await db.count() == 20
+
+
+# ---------------------------------------------------------------------- dedupe window
+
+K1 = ("telegram", "chat1", "m1")
+K2 = ("telegram", "chat1", "m2")
+
+
+async def test_R61_completed_key_replay_is_completed_by_either_key(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        first = await db.claim(K1, "buf-1", T0)
+        assert first.status is ClaimStatus.NEW
+        assert first.handle is not None
+        assert await db.complete(first.handle, T0 + 1)
+        # Replay by the same bufferId, by the same message under a new bufferId, and by both.
+        for k_msg, k_buf in ((None, "buf-1"), (K1, "buf-9"), (K1, "buf-1"), (K1, None)):
+            again = await db.claim(k_msg, k_buf, T0 + 2)
+            assert again.status is ClaimStatus.COMPLETED
+            assert again.handle == first.handle
+        # A different message is new.
+        assert (await db.claim(K2, "buf-2", T0 + 3)).status is ClaimStatus.NEW
+
+
+async def test_R62_duplicate_mid_turn_is_in_flight(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        first = await db.claim(K1, None, T0)
+        dup = await db.claim(K1, "buf-7", T0 + 1)
+        assert dup.status is ClaimStatus.IN_FLIGHT
+        assert dup.handle == first.handle
+        # The duplicate did not take over the claim: completing the original completes it.
+        await db.complete(first.handle, T0 + 2)
+        assert (await db.claim(K1, "buf-7", T0 + 3)).status is ClaimStatus.COMPLETED
+        # Its bufferId was not registered by the refused claim.
+        assert (await db.claim(None, "buf-7", T0 + 3)).status is ClaimStatus.NEW
+
+
+async def test_completed_wins_over_in_flight_when_keys_disagree(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        done = await db.claim(K1, None, T0)
+        await db.complete(done.handle, T0)
+        running = await db.claim(None, "buf-x", T0)
+        assert running.status is ClaimStatus.NEW
+        both = await db.claim(K1, "buf-x", T0 + 1)
+        assert both.status is ClaimStatus.COMPLETED
+        assert both.handle == done.handle
+
+
+async def test_R63_completed_keys_survive_restart(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        claim = await db.claim(K1, "buf-1", T0)
+        await db.complete(claim.handle, T0 + 1)
+    async with await open_db(tmp_path, now=T0 + 100) as db:
+        assert (await db.claim(None, "buf-1", T0 + 100)).status is ClaimStatus.COMPLETED
+        assert (await db.claim(K1, None, T0 + 100)).status is ClaimStatus.COMPLETED
+        assert await db.claim_status(K1, None) is ClaimStatus.COMPLETED
+
+
+async def test_R64_released_claim_runs_again_on_replay(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        claim = await db.claim(K1, "buf-1", T0)
+        assert await db.release(claim.handle)
+        replay = await db.claim(K1, "buf-1", T0 + 1)
+        assert replay.status is ClaimStatus.NEW
+        assert replay.handle != claim.handle
+        # A completed claim cannot be released.
+        await db.complete(replay.handle, T0 + 2)
+        assert not await db.release(replay.handle)
+        assert (await db.claim(K1, None, T0 + 3)).status is ClaimStatus.COMPLETED
+
+
+async def test_dedupe_window_expires_completed_keys(tmp_path: Path) -> None:
+    async with await open_db(tmp_path, dedupe_window_s=DAY) as db:
+        claim = await db.claim(K1, "buf-1", T0)
+        await db.complete(claim.handle, T0)
+        assert (await db.claim(K1, None, T0 + DAY - 1)).status is ClaimStatus.COMPLETED
+        assert (await db.claim(K1, None, T0 + DAY)).status is ClaimStatus.NEW
+
+
+async def test_dedupe_max_evicts_oldest_completed(tmp_path: Path) -> None:
+    async with await open_db(tmp_path, dedupe_max=3) as db:
+        for i in range(4):
+            claim = await db.claim(("relay", "c", f"m{i}"), f"b{i}", T0 + i)
+            await db.complete(claim.handle, T0 + i)
+        # m0 (oldest) was evicted under both of its keys; m1..m3 are remembered.
+        assert await db.claim_status(("relay", "c", "m0"), None) is ClaimStatus.NEW
+        assert await db.claim_status(None, "b0") is ClaimStatus.NEW
+        for i in (1, 2, 3):
+            assert await db.claim_status(None, f"b{i}") is ClaimStatus.COMPLETED
+        # In-flight claims do not count and are never evicted.
+        running = await db.claim(("relay", "c", "run"), None, T0 + 10)
+        claim = await db.claim(("relay", "c", "m4"), None, T0 + 11)
+        await db.complete(claim.handle, T0 + 11)
+        assert await db.claim_status(("relay", "c", "run"), None) is ClaimStatus.IN_FLIGHT
+        assert await db.claim_status(None, "b1") is ClaimStatus.NEW
+        assert running.status is ClaimStatus.NEW
+
+
+async def test_delivery_without_keys_is_not_deduplicated(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        for k_msg in (None, ("relay", "", "m1"), ("relay", "c", "")):
+            result = await db.claim(k_msg, None, T0)
+            assert result.status is ClaimStatus.NEW
+            assert result.handle is None
+            result = await db.claim(k_msg, "", T0)
+            assert result.status is ClaimStatus.NEW
+        assert not await db.complete(None, T0)
+        assert not await db.release(None)
+
+
+async def test_msg_key_parts_cannot_collide(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        claim = await db.claim(("a:b", "c", "d"), None, T0)
+        await db.complete(claim.handle, T0)
+        assert (await db.claim(("a", "b:c", "d"), None, T0)).status is ClaimStatus.NEW
+        # A bufferId equal to a message id is a different key.
+        assert (await db.claim(None, "d", T0)).status is ClaimStatus.NEW
+
+
+# ------------------------------------------------------------------------ turn results
+
+
+async def test_complete_turn_records_result_and_completes_claim_together(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        claim = await db.claim(K1, "buf-1", T0)
+        turn_id = await db.turn_started("agent:main:telegram:dm:chat1", K1, "buf-1", T0)
+        running = await db.turn(turn_id)
+        assert running is not None
+        assert running.state == "running"
+        assert running.ended_at is None
+        await db.complete_turn(claim.handle, turn_id, "failed", T0 + 5, error="ValueError: x")
+        rec = await db.turn(turn_id)
+        assert rec is not None
+        assert (rec.state, rec.started_at, rec.ended_at, rec.error) == (
+            "failed",
+            T0,
+            T0 + 5,
+            "ValueError: x",
+        )
+        assert rec.k_msg == K1
+        assert rec.k_buf == "buf-1"
+        assert rec.session_key == "agent:main:telegram:dm:chat1"
+        # R66: a raising handler counts as completed.
+        assert await db.claim_status(None, "buf-1") is ClaimStatus.COMPLETED
+
+
+async def test_release_turn_records_cancelled_and_frees_claim(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        claim = await db.claim(K1, "buf-1", T0)
+        turn_id = await db.turn_started("s", K1, "buf-1", T0)
+        await db.release_turn(claim.handle, turn_id, T0 + 1)
+        rec = await db.turn(turn_id)
+        assert rec is not None
+        assert rec.state == "cancelled"
+        assert (await db.claim(K1, "buf-1", T0 + 2)).status is ClaimStatus.NEW
+
+
+@pytest.mark.parametrize("state", ["completed", "failed", "interrupted", "denied", "cancelled"])
+async def test_turn_end_states(tmp_path: Path, state: str) -> None:
+    async with await open_db(tmp_path) as db:
+        turn_id = await db.turn_started("s", None, None, T0)
+        assert await db.turn_finished(turn_id, state, T0 + 1)  # type: ignore[arg-type]
+        # An ended turn is not ended twice.
+        assert not await db.turn_finished(turn_id, "completed", T0 + 2)
+        rec = await db.turn(turn_id)
+        assert rec is not None
+        assert (rec.state, rec.ended_at) == (state, T0 + 1)
+
+
+async def test_turn_end_state_is_validated(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        turn_id = await db.turn_started("s", None, None, T0)
+        with pytest.raises(StateError, match=r"turn end state must be one of .* got 'running'"):
+            await db.turn_finished(turn_id, "running", T0)  # type: ignore[arg-type]
+
+
+async def test_turn_results_kept_24h(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        old = await db.turn_started("s", None, None, T0)
+        await db.turn_finished(old, "completed", T0)
+        live = await db.turn_started("s", None, None, T0 + 10)
+        assert await db.prune(T0 + DAY - 1) == 0
+        assert await db.turn(old) is not None
+        assert await db.prune(T0 + DAY) == 1
+        assert await db.turn(old) is None
+        # A running turn is never pruned, however old.
+        assert await db.prune(T0 + 10 * DAY) == 0
+        assert [t.turn_id for t in await db.turns("running")] == [live]
+
+
+async def test_crash_recovery_marks_running_turns_crashed_and_releases_claims(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = await open_db(tmp_path)
+    in_flight = await db.claim(K1, "buf-1", T0)
+    done = await db.claim(K2, "buf-2", T0)
+    await db.complete(done.handle, T0 + 1)
+    running = await db.turn_started("s", K1, "buf-1", T0)
+    finished = await db.turn_started("s", K2, "buf-2", T0)
+    await db.turn_finished(finished, "completed", T0 + 1)
+    await db.aclose()  # no clean end for `running`: as after a crash
+
+    caplog.set_level(logging.WARNING, logger="relay_runtime.state")
+    async with await open_db(tmp_path, now=T0 + 50) as db:
+        rec = await db.turn(running)
+        assert rec is not None
+        assert (rec.state, rec.ended_at) == ("crashed", T0 + 50)
+        fin = await db.turn(finished)
+        assert fin is not None
+        assert fin.state == "completed"
+        assert await db.turns("running") == []
+        assert any("crash" in r.getMessage() for r in caplog.records)
+        # The in-flight delivery runs again on replay; the completed one does not.
+        replay = await db.claim(K1, "buf-1", T0 + 51)
+        assert replay.status is ClaimStatus.NEW
+        assert replay.handle != in_flight.handle
+        assert (await db.claim(K2, None, T0 + 51)).status is ClaimStatus.COMPLETED
+
+
+# --------------------------------------------------------------------- file and schema
+
+
+async def test_database_file_is_wal_and_private(tmp_path: Path) -> None:
+    state_dir = tmp_path / "new" / "state"
+    async with await open_db(state_dir) as db:
+        await put_send(db, "m")
+        path = state_dir / DB_FILENAME
+        assert db.path == path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        for suffix in ("-wal", "-shm"):
+            side = state_dir / (DB_FILENAME + suffix)
+            assert side.exists()
+            assert stat.S_IMODE(side.stat().st_mode) & 0o077 == 0
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            tables = {
+                r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        raw.close()
+        ours = {t for t in tables if not t.startswith("sqlite_")}
+        assert ours
+        assert all(t.startswith("relay_") for t in ours)
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+
+
+async def test_existing_file_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / DB_FILENAME
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    async with await open_db(tmp_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_synchronous_full_on_the_connection(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        level = await db._run(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+        assert level == 2  # FULL
+
+
+async def test_schema_version_recorded_and_newer_schema_refused(tmp_path: Path) -> None:
+    async with await open_db(tmp_path):
+        pass
+    path = tmp_path / DB_FILENAME
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version FROM relay_schema").fetchall() == [(SCHEMA_VERSION,)]
+        raw.execute("UPDATE relay_schema SET version = ?", (SCHEMA_VERSION + 1,))
+    raw.close()
+    with pytest.raises(StateError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        await open_db(tmp_path)
+
+
+async def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / DB_FILENAME).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match="is unusable"):
+        await open_db(tmp_path)
+
+
+async def test_bad_sizes_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="outbox_max must be >= 0, got -1"):
+        await open_db(tmp_path, outbox_max=-1)
+    with pytest.raises(StateError, match="dedupe_max must be > 0, got 0"):
+        await open_db(tmp_path, dedupe_max=0)
+
+
+async def test_closed_database_refuses_calls(tmp_path: Path) -> None:
+    db = await open_db(tmp_path)
+    await db.aclose()
+    await db.aclose()
+    with pytest.raises(StateError, match="closed"):
+        await db.count()
+
+
+# ------------------------------------------------------------------------ event loop
+
+
+async def test_database_calls_do_not_block_the_trio_loop(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A put stuck behind another writer's lock leaves the loop free to run other tasks.
+
+    Another connection holds the write lock; the put waits for it in its worker thread. A
+    ticker task keeps running meanwhile and only it releases the lock, so the put can only
+    finish if the loop kept running while the put was waiting.
+    """
+    async with await open_db(tmp_path) as db:
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        events: list[str] = []
+
+        async def writer() -> None:
+            await put_send(db, "m")
+            events.append("put done")
+
+        async def ticker() -> None:
+            for _ in range(10):
+                await trio.sleep(1)
+                events.append("tick")
+            events.append("release")
+            blocker.execute("COMMIT")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            nursery.start_soon(ticker)
+        blocker.close()
+        assert events == ["tick"] * 10 + ["release", "put done"]
+        assert await db.count() == 1
