@@ -69,7 +69,9 @@ def test_R1_encoder_is_compact_raw_utf8_and_replaces_lone_surrogates() -> None:
     text = encode_frame(Outbound(request_id="a" * 32, action=Send(chat_id="c", content="héllo 😀")))
     assert text.endswith("\n") and text.count("\n") == 1
     assert "héllo 😀" in text and "\\u" not in text and ": " not in text
-    broken = encode_frame(Outbound(request_id="a" * 32, action=Send(chat_id="c", content="a\ud800b")))
+    broken = encode_frame(
+        Outbound(request_id="a" * 32, action=Send(chat_id="c", content="a\ud800b"))
+    )
     assert "a\ufffdb" in broken
     broken.encode("utf-8")  # valid UTF-8 on the wire
 
@@ -181,7 +183,12 @@ def test_R23_length_units() -> None:
 
 
 def test_R24_code_blocks_follow_the_dialect() -> None:
-    for dialect, expected in [("", False), ("plain", False), ("discord", True), ("markdown_v2", True)]:
+    for dialect, expected in [
+        ("", False),
+        ("plain", False),
+        ("discord", True),
+        ("markdown_v2", True),
+    ]:
         d = descriptor_from(markdown_dialect=dialect)
         assert isinstance(d, CapabilityDescriptor)
         assert d.supports_code_blocks is expected
@@ -390,7 +397,9 @@ def test_outbound_tagging_shapes() -> None:
 def test_send_result_from_wire() -> None:
     ok = SendResult.from_wire({"success": 1, "message_id": 99})
     assert ok.success is True and ok.message_id == "99" and ok.error_kind is None
-    declined = SendResult.from_wire({"success": False, "code": "egress_declined", "retryable": True})
+    declined = SendResult.from_wire(
+        {"success": False, "code": "egress_declined", "retryable": True}
+    )
     assert declined.error_kind == "egress_declined" and declined.retryable is False
     by_text = SendResult.from_wire({"success": False, "error": "egress declined: not routed"})
     assert by_text.error_kind == "egress_declined"
