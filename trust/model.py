@@ -8,7 +8,7 @@ message, and `trust.rules.decide` turns both into a `Decision` or a `ConsultAgen
 from __future__ import annotations
 
 import enum
-from decimal import Decimal  # noqa: TC003 (runtime: attrs.resolve_types, cattrs)
+from decimal import Decimal
 from typing import Literal
 
 import attrs
