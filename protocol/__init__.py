@@ -10,6 +10,11 @@ from protocol.actions import FollowUp as FollowUp
 from protocol.actions import GetChatInfo as GetChatInfo
 from protocol.actions import Send as Send
 from protocol.actions import Typing as Typing
+from protocol.auth import make_token as make_token
+from protocol.auth import make_upgrade_token as make_upgrade_token
+from protocol.auth import sign as sign
+from protocol.auth import verify_signature as verify_signature
+from protocol.auth import verify_token as verify_token
 from protocol.codec import decode_object as decode_object
 from protocol.codec import encode_frame as encode_frame
 from protocol.descriptor import CONTRACT_VERSION as CONTRACT_VERSION
@@ -34,5 +39,10 @@ from protocol.frames import OutboundResult as OutboundResult
 from protocol.frames import PassthroughForward as PassthroughForward
 from protocol.frames import PassthroughForwardFrame as PassthroughForwardFrame
 from protocol.framing import FrameDecoder as FrameDecoder
+from protocol.passthrough import PassthroughError as PassthroughError
+from protocol.passthrough import decode_forward as decode_forward
+from protocol.passthrough import discord_interaction_event as discord_interaction_event
 from protocol.results import ChatInfo as ChatInfo
 from protocol.results import SendResult as SendResult
+from protocol.session_key import build_session_key as build_session_key
+from protocol.session_key import message_key as message_key
