@@ -103,10 +103,37 @@ def _metadata(d: Mapping[str, Any], where: str) -> JSONDict:
 # -- SessionSource / MessageEvent ---------------------------------------------------------------
 
 
+def _all_text(d: Mapping[str, Any]) -> bool:
+    """Whether every value is text or null, so no field needs coercion (the common case)."""
+    for value in d.values():  # noqa: SIM110 - a plain loop beats all() on this hot path
+        if value is not None and type(value) is not str:
+            return False
+    return True
+
+
 def _structure_source(obj: Any, _: Any = None) -> SessionSource:
     d = obj if isinstance(obj, Mapping) else {}
     if not d:
         return SessionSource()
+    if _all_text(d):
+        get = d.get
+        platform = get("platform")
+        return SessionSource(
+            platform=platform.strip().lower() if platform else "",
+            chat_id=get("chat_id") or "",
+            chat_name=get("chat_name"),
+            chat_type=get("chat_type") or "dm",
+            user_id=get("user_id"),
+            user_name=get("user_name"),
+            thread_id=get("thread_id"),
+            chat_topic=get("chat_topic"),
+            user_id_alt=get("user_id_alt") or None,
+            chat_id_alt=get("chat_id_alt") or None,
+            guild_id=get("guild_id") or get("scope_id") or None,
+            parent_chat_id=get("parent_chat_id") or None,
+            message_id=get("message_id") or None,
+            profile=get("profile") or None,
+        )
     w = "source"
     platform = _opt_str(d, "platform", w)
     return SessionSource(
@@ -165,6 +192,24 @@ def _media_urls(d: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _structure_event(obj: Any, _: Any = None, *, via_relay: bool = False) -> MessageEvent:
     d = _object(obj, "event")
+    get = d.get
+    text, message_id, reply_to = get("text"), get("message_id"), get("reply_to_message_id")
+    if (
+        type(text) is str
+        and (message_id is None or type(message_id) is str)
+        and (reply_to is None or type(reply_to) is str)
+    ):
+        message_type = get("message_type")
+        media = get("media_urls")
+        return MessageEvent(
+            text=text,
+            message_type=message_type if message_type in MESSAGE_TYPES else "text",
+            source=_structure_source(get("source")),
+            message_id=message_id,
+            reply_to_message_id=reply_to,
+            media_urls=_media_urls(d) if media else (),
+            delivered_via_relay=via_relay,
+        )
     w = "event"
     message_type = d.get("message_type")
     return MessageEvent(
@@ -449,9 +494,7 @@ def _structure_outbound(d: Mapping[str, Any], _: Any = None) -> Outbound:
 
 
 def _structure_interrupt(d: Mapping[str, Any], _: Any = None) -> Interrupt:
-    return Interrupt(
-        session_key=_req_str(d, "session_key", ""), reason=_opt_str(d, "reason", "")
-    )
+    return Interrupt(session_key=_req_str(d, "session_key", ""), reason=_opt_str(d, "reason", ""))
 
 
 def _structure_inbound_ack(d: Mapping[str, Any], _: Any = None) -> InboundAck:
@@ -585,6 +628,11 @@ def _register() -> None:
 
 _register()
 
+# The converter's hook per frame class, looked up once: decoding is the hot path.
+_frame_hooks: dict[type[Any], Callable[[Any, Any], Any]] = {
+    cls: converter.get_structure_hook(cls) for cls in FRAME_TYPES.values()
+}
+
 # -- encode / decode ----------------------------------------------------------------------------
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -617,7 +665,7 @@ def decode_object(obj: Any) -> Frame | FrameError:
             "unknown_type", f"relay: ignoring frame of unknown type {frame_type!r}", frame_type
         )
     try:
-        frame: Frame = converter.structure(obj, cls)
+        frame: Frame = _frame_hooks[cls](obj, cls)
     except FieldError as exc:
         if cls is DescriptorFrame:
             return FrameError(
