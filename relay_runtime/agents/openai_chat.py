@@ -157,6 +157,8 @@ class _Stream:
     next_edit_at: float = 0.0
     #: False once the message cannot be edited further (send failed, or it is full).
     live: bool = True
+    #: Text delivered (or queued) as a message that cannot be edited.
+    sent_prefix: str = ""
     #: True once ``[DONE]`` arrived.
     done: bool = False
 
@@ -212,8 +214,10 @@ class OpenAIChatAgent:
         if failure is not None:
             return await self._fail(turn, state, failure)
         self._remember(turn.session_key, turn.text, answer)
-        if not stream or state.message_id is None:
+        if not stream:
             return answer or None
+        if state.message_id is None:
+            return answer[len(state.sent_prefix) :].strip() or None
         return await self._finish_stream(turn, state)
 
     # ------------------------------------------------------------------ history
@@ -371,8 +375,12 @@ class OpenAIChatAgent:
         now = trio.current_time()
         if state.message_id is None:
             result = await turn.reply(state.text)
-            if not result.success or result.message_id is None:
+            if result.message_id is None:
+                # Nothing to edit. A queued (or id-less) message will still show, so only
+                # the rest of the answer is sent at the end.
                 state.live = False
+                if result.success or result.queued:
+                    state.sent_prefix = state.text
                 return
             state.message_id = result.message_id
             state.shown = state.text

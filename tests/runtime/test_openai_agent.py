@@ -51,6 +51,7 @@ class FakeTurn:
         factory=lambda: attrs.evolve(placeholder_descriptor("relay"), supports_edit=False)
     )
     send_ok: bool = True
+    queue_sends: bool = False
     actions: list[tuple[str, float, str]] = attrs.field(factory=list)
     typing_count: int = 0
 
@@ -58,6 +59,8 @@ class FakeTurn:
         self.actions.append(("reply", trio.current_time(), text))
         if not self.send_ok:
             return SendResult(success=False, error="relay transport closed", retryable=True)
+        if self.queue_sends:
+            return SendResult(success=False, queued=True, outbox_id=7)
         return SendResult(success=True, message_id="msg-1")
 
     async def edit(self, message_id: str, text: str) -> SendResult:
@@ -418,6 +421,15 @@ async def test_failed_first_send_falls_back_to_returning_the_answer(
     answer = await mock_agent(sleepy_transport([(0.1, "ab"), (2, "cd")]))(turn)
     assert answer == "abcd"
     assert [k for k, _, _ in turn.actions] == ["reply"]
+
+
+async def test_queued_first_send_returns_only_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    turn = FakeTurn(text="hi", descriptor=editing(), queue_sends=True)
+    answer = await mock_agent(sleepy_transport([(0.1, "Hello"), (2, " world")]))(turn)
+    assert [a[2] for a in turn.actions] == ["Hello"]
+    assert answer == "world"
 
 
 async def test_interrupt_cancels_the_model_call(autojump_clock: trio.testing.MockClock) -> None:
