@@ -1,0 +1,280 @@
+"""Outbound requests: ``requestId`` correlation, gating, tagging and scope injection (RC §3).
+
+:class:`OutboundRouter` turns an action into an ``outbound`` frame, hands it to a
+:class:`Link` (the supervisor) for writing and waits for the matching ``outbound_result``.
+It never raises for transport reasons (R20): every local outcome is a ``SendResult`` with the
+§3.4 text. The caller's own cancellation still propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from protocol.actions import Action, Edit, GetChatInfo, Send, Typing
+from protocol.codec import encode_frame
+from protocol.descriptor import CapabilityDescriptor
+from protocol.events import Identity, MessageEvent
+from protocol.frames import Outbound, OutboundResult
+from protocol.framing import exceeds_limit
+from protocol.results import (
+    DISABLED,
+    FRAME_TOO_LARGE,
+    NOT_CONNECTED,
+    OP_NOT_SUPPORTED_PREFIX,
+    OUTBOUND_TIMED_OUT,
+    SEND_FAILED_PREFIX,
+    TRANSPORT_CLOSED,
+    SendResult,
+)
+
+__all__ = ["ChatMemory", "Link", "LinkStatus", "OutboundRouter", "new_request_id"]
+
+log = logging.getLogger("relay_runtime.outbound")
+
+#: How many chats the scope/platform memory keeps (RC §7.7, our choice).
+CHAT_MEMORY_SIZE = 10_000
+
+
+def new_request_id() -> str:
+    """A fresh ``requestId``: ``uuid4().hex``, 32 lowercase hex digits (R9)."""
+    return uuid.uuid4().hex
+
+
+class LinkStatus(Protocol):
+    """What the router needs to know about the connection right now."""
+
+    @property
+    def live(self) -> bool:
+        """Outbound may be sent (READY or IDLE_REQUESTED)."""
+
+    @property
+    def state(self) -> str:
+        """The lower-case connection state name."""
+
+
+class Link(LinkStatus, Protocol):
+    """The supervisor as the router sees it."""
+
+    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
+        """The descriptor in force for ``platform`` (the default one for ``""``)."""
+
+    async def write(self, text: str) -> str | None:
+        """Write one encoded frame; ``None`` once written, else why it failed."""
+
+
+@attrs.frozen
+class ChatFacts:
+    """What the last inbound event of a chat told us."""
+
+    guild_id: str | None
+    platform_raw: str
+
+
+class ChatMemory:
+    """LRU memory ``chat_id -> (guild_id, platform_raw)`` fed from every inbound event."""
+
+    def __init__(self, size: int = CHAT_MEMORY_SIZE) -> None:
+        self.size = size
+        self._chats: OrderedDict[str, ChatFacts] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._chats)
+
+    def remember(self, event: MessageEvent) -> None:
+        """Record the chat's guild and raw platform from an inbound event."""
+        source = event.source
+        if not source.chat_id:
+            return
+        self._chats[source.chat_id] = ChatFacts(source.guild_id or None, source.platform_raw)
+        self._chats.move_to_end(source.chat_id)
+        while len(self._chats) > self.size:
+            self._chats.popitem(last=False)
+
+    def get(self, chat_id: str) -> ChatFacts | None:
+        """The facts for ``chat_id`` (refreshing its recency), or ``None``."""
+        facts = self._chats.get(chat_id)
+        if facts is not None:
+            self._chats.move_to_end(chat_id)
+        return facts
+
+
+@attrs.define(eq=False)
+class _Pending:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: SendResult | None = None
+
+    def outcome(self) -> SendResult | None:
+        # A method, not the attribute: another task may resolve it across an await.
+        return self.result
+
+    def resolve(self, result: SendResult) -> None:
+        if self.result is None:
+            self.result = result
+            self.done.set()
+
+
+def _chat_id(action: Action) -> str | None:
+    if isinstance(action, Send | Edit | Typing | GetChatInfo):
+        return action.chat_id
+    return None
+
+
+class OutboundRouter:
+    """Correlates outbound requests with their results and applies the §3 rules."""
+
+    def __init__(
+        self,
+        *,
+        identities: tuple[Identity, ...],
+        outbound_timeout_s: float,
+        max_frame_bytes: int,
+        memory: ChatMemory | None = None,
+    ) -> None:
+        self.identities = identities
+        self.outbound_timeout_s = outbound_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self.memory = memory if memory is not None else ChatMemory()
+        self._pending: dict[str, _Pending] = {}
+        self._drained = trio.Event()
+        self._drained.set()
+        self.stopped = False
+        self.timeouts = 0
+        self.late_results = 0
+
+    @property
+    def pending_count(self) -> int:
+        """Requests written (or being written) whose result has not arrived."""
+        return len(self._pending)
+
+    async def wait_drained(self) -> None:
+        """Wait until no request is pending."""
+        while self._pending:
+            await self._drained.wait()
+
+    # ---- results from the reader --------------------------------------------------------
+
+    def resolve(self, frame: OutboundResult) -> bool:
+        """Resolve the request ``frame`` answers; unknown (or late) ids are ignored (R10)."""
+        pending = self._pending.get(frame.request_id)
+        if pending is None:
+            self.late_results += 1
+            log.debug("relay: outbound_result for unknown requestId %s ignored", frame.request_id)
+            return False
+        pending.resolve(SendResult.from_wire(frame.result))
+        return True
+
+    def fail_all(self, error: str, *, retryable: bool) -> int:
+        """Resolve every pending request at once with a local failure (R41)."""
+        failure = SendResult.failure(error, retryable=retryable)
+        count = 0
+        for pending in list(self._pending.values()):
+            if pending.result is None:
+                pending.resolve(failure)
+                count += 1
+        return count
+
+    # ---- building frames ----------------------------------------------------------------
+
+    def target(self, action: Action, platform_raw: str | None) -> Identity | None:
+        """The identity a frame goes out as: ``None`` when untagged (RC §3.1)."""
+        if len(self.identities) < 2:
+            return None
+        if platform_raw is None:
+            chat = _chat_id(action)
+            facts = self.memory.get(chat) if chat else None
+            platform_raw = facts.platform_raw if facts else None
+        if not platform_raw:
+            return None
+        for identity in self.identities:
+            if identity.platform == platform_raw:
+                return identity
+        return None
+
+    def with_scope(self, action: Action) -> Action:
+        """Inject the remembered ``guild_id``/``scope_id`` into send/edit/typing (RC §3.3)."""
+        if not isinstance(action, Send | Edit | Typing) or action.metadata.get("guild_id"):
+            return action
+        facts = self.memory.get(action.chat_id)
+        if facts is None or not facts.guild_id:
+            return action
+        metadata: dict[str, Any] = dict(action.metadata)
+        metadata["guild_id"] = facts.guild_id
+        if not metadata.get("scope_id"):
+            metadata["scope_id"] = facts.guild_id
+        return attrs.evolve(action, metadata=metadata)
+
+    def build(self, action: Action, *, request_id: str, platform_raw: str | None) -> Outbound:
+        """The ``outbound`` frame for ``action`` (scope injected, tagged if resolved)."""
+        identity = self.target(action, platform_raw)
+        return Outbound(
+            request_id=request_id,
+            action=self.with_scope(action),
+            platform=identity.platform if identity else None,
+            bot_id=(identity.bot_id or None) if identity else None,
+        )
+
+    # ---- the request --------------------------------------------------------------------
+
+    def refusal(self, link: LinkStatus) -> SendResult | None:
+        """The fail-fast answer when outbound is not live, else ``None`` (RC §3.4)."""
+        if link.live:
+            return None
+        if link.state == "disabled":
+            return SendResult.failure(DISABLED, retryable=False)
+        if self.stopped or link.state == "closed":
+            return SendResult.failure(TRANSPORT_CLOSED, retryable=False)
+        return SendResult.failure(NOT_CONNECTED, retryable=True)
+
+    async def request(
+        self,
+        link: Link,
+        action: Action,
+        *,
+        platform_raw: str | None = None,
+        request_id: str | None = None,
+    ) -> SendResult:
+        """Send ``action`` and wait for its result; never raises for transport reasons."""
+        refused = self.refusal(link)
+        if refused is not None:
+            return refused
+        identity = self.target(action, platform_raw)
+        descriptor = link.descriptor_for(identity.platform if identity else "")
+        if not descriptor.allows(action.OP):
+            return SendResult.failure(OP_NOT_SUPPORTED_PREFIX + action.OP, retryable=False)
+        rid = request_id or new_request_id()
+        try:
+            text = encode_frame(self.build(action, request_id=rid, platform_raw=platform_raw))
+        except (TypeError, ValueError) as exc:
+            return SendResult.failure(f"{SEND_FAILED_PREFIX}cannot encode frame ({exc})")
+        if exceeds_limit(text[:-1], self.max_frame_bytes):
+            return SendResult.failure(FRAME_TOO_LARGE, retryable=False)
+        return await self._exchange(link, rid, text)
+
+    async def _exchange(self, link: Link, rid: str, text: str) -> SendResult:
+        pending = self._pending[rid] = _Pending()
+        self._drained = trio.Event()
+        try:
+            error = await link.write(text)
+            result = pending.outcome()
+            if result is not None:
+                return result
+            if error is not None:
+                return SendResult.failure(SEND_FAILED_PREFIX + error, retryable=True)
+            with trio.move_on_after(self.outbound_timeout_s):
+                await pending.done.wait()
+            result = pending.outcome()
+            if result is not None:
+                return result
+            self.timeouts += 1
+            log.warning("relay: outbound %s timed out after %g s", rid, self.outbound_timeout_s)
+            return SendResult.failure(OUTBOUND_TIMED_OUT, retryable=False, ambiguous=True)
+        finally:
+            del self._pending[rid]
+            if not self._pending:
+                self._drained.set()

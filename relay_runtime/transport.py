@@ -1,0 +1,285 @@
+"""The connector socket: dialing with a fresh bearer, and the per-socket tasks (RC §2, §6.4).
+
+One :class:`RelaySocket` wraps one open trio-websocket connection. Its tasks run in the
+socket's own nursery (owned by the supervisor): the reader turns messages into frames with
+the protocol's :class:`~protocol.framing.FrameDecoder` and hands each to a callback (it never
+runs handlers itself), the single writer is the only task that writes frames, and the
+keepalive pings and declares the socket dead when the peer goes quiet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import attrs
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
+
+from protocol.errors import FrameError
+from protocol.frames import Frame
+from protocol.framing import FrameDecoder, exceeds_limit
+
+__all__ = [
+    "KEEPALIVE_TIMEOUT",
+    "DialError",
+    "Dialer",
+    "RelaySocket",
+    "SocketEnd",
+    "WriteJob",
+    "bearer_headers",
+    "dial",
+    "websocket_dialer",
+]
+
+log = logging.getLogger("relay_runtime.transport")
+
+KEEPALIVE_TIMEOUT = "keepalive timeout"
+#: The WebSocket message limit is this many times ``max_frame_bytes`` (RC §2, our choice).
+MESSAGE_LIMIT_FACTOR = 16
+#: Bound on writing the close frame and waiting for the peer's echo.
+CLOSE_TIMEOUT_S = 5.0
+ABNORMAL_CLOSURE = 1006
+
+
+class Dialer(Protocol):
+    """Opens a WebSocket to ``url`` whose background tasks run in ``nursery``.
+
+    The production dialer is :func:`websocket_dialer`; tests dial over memory streams.
+    """
+
+    async def __call__(
+        self,
+        nursery: trio.Nursery,
+        url: str,
+        *,
+        headers: list[tuple[bytes, bytes]],
+        max_message_size: int,
+    ) -> trio_websocket.WebSocketConnection: ...
+
+
+async def websocket_dialer(
+    nursery: trio.Nursery,
+    url: str,
+    *,
+    headers: list[tuple[bytes, bytes]],
+    max_message_size: int,
+) -> trio_websocket.WebSocketConnection:
+    """Dial a real ``ws://``/``wss://`` URL (TLS verified by default)."""
+    return await trio_websocket.connect_websocket_url(
+        nursery, url, extra_headers=headers, max_message_size=max_message_size
+    )
+
+
+def bearer_headers(token: str | None) -> list[tuple[bytes, bytes]]:
+    """The upgrade headers: ``Authorization: Bearer <token>`` when there is a token."""
+    if token is None:
+        return []
+    return [(b"authorization", b"Bearer " + token.encode("ascii"))]
+
+
+class DialError(Exception):
+    """A dial that did not produce an open socket; ``http_status`` for a rejected upgrade."""
+
+    def __init__(self, reason: str, http_status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.http_status = http_status
+
+
+async def dial(
+    dialer: Dialer,
+    nursery: trio.Nursery,
+    url: str,
+    *,
+    headers: list[tuple[bytes, bytes]],
+    max_message_size: int,
+    timeout_s: float,
+) -> trio_websocket.WebSocketConnection:
+    """Dial within ``timeout_s``; every failure becomes a :class:`DialError`."""
+    try:
+        with trio.fail_after(timeout_s):
+            return await dialer(nursery, url, headers=headers, max_message_size=max_message_size)
+    except trio.TooSlowError:
+        raise DialError(f"dial timed out after {timeout_s:g} s") from None
+    except ConnectionRejected as exc:
+        raise DialError(f"upgrade rejected with HTTP {exc.status_code}", exc.status_code) from None
+    except (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError) as exc:
+        raise DialError(f"{type(exc).__name__}: {exc}") from None
+
+
+@attrs.frozen
+class SocketEnd:
+    """How a socket ended: the close code and reason the gateway acts on."""
+
+    code: int
+    reason: str = ""
+
+
+@attrs.define(eq=False)
+class WriteJob:
+    """One frame queued for the writer; ``error`` is set if it could not be written."""
+
+    text: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: str | None = None
+
+    def finish(self, error: str | None = None) -> None:
+        """Mark the job written (``error is None``) or failed."""
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+class RelaySocket:
+    """One open connector socket and its reader, writer and keepalive tasks."""
+
+    def __init__(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        *,
+        max_frame_bytes: int,
+        ping_interval_s: float,
+        ping_timeout_s: float,
+        write_buffer: int = 64,
+    ) -> None:
+        self.ws = ws
+        self.max_frame_bytes = max_frame_bytes
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+        self.last_seen = trio.current_time()
+        self._send, self._recv = trio.open_memory_channel[WriteJob](write_buffer)
+        self._local_end: SocketEnd | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def too_large(self, text: str) -> bool:
+        """Whether an encoded frame (with its newline) is over ``max_frame_bytes``."""
+        return exceeds_limit(text[:-1] if text.endswith("\n") else text, self.max_frame_bytes)
+
+    def enqueue_nowait(self, text: str) -> WriteJob | None:
+        """Queue a frame without waiting; ``None`` if the queue is full or the socket gone."""
+        job = WriteJob(text)
+        try:
+            self._send.send_nowait(job)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return None
+        return job
+
+    async def write(self, text: str) -> str | None:
+        """Queue a frame and wait until it is written; the failure reason, or ``None``."""
+        job = WriteJob(text)
+        try:
+            await self._send.send(job)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return "connection closed"
+        await job.done.wait()
+        return job.error
+
+    async def writer(self) -> None:
+        """The only task that writes frames to the socket; one frame per text message."""
+        job: WriteJob | None = None
+        try:
+            async with self._recv:
+                async for job in self._recv:
+                    try:
+                        await self.ws.send_message(job.text)
+                    except ConnectionClosed:
+                        job.finish("connection closed")
+                        return
+                    self.frames_out += 1
+                    job.finish()
+        finally:
+            if job is not None:
+                job.finish("connection closed")
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        self._send.close()
+        while True:
+            try:
+                self._recv.receive_nowait().finish("connection closed")
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
+    # ---- reading ------------------------------------------------------------------------
+
+    async def reader(self, on_item: Callable[[Frame | FrameError], Awaitable[None]]) -> SocketEnd:
+        """Read until the socket closes; return how it ended.
+
+        Every frame or frame error goes to ``on_item`` in order; an exception there is logged
+        and the next frame is processed (RC R7).
+        """
+        decoder = FrameDecoder(self.max_frame_bytes)
+        while True:
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed as exc:
+                return self.end_from(exc.reason)
+            self.last_seen = trio.current_time()
+            if isinstance(message, str):
+                items = decoder.feed_text(message)
+            else:
+                items = decoder.feed_bytes(message)
+            for item in items:
+                if not isinstance(item, FrameError):
+                    self.frames_in += 1
+                try:
+                    await on_item(item)
+                except Exception:
+                    log.exception("relay: error while handling a frame; reader continues")
+
+    def end_from(self, reason: trio_websocket.CloseReason | None) -> SocketEnd:
+        """The socket's end: ours if we closed it, else the peer's close frame."""
+        if self._local_end is not None:
+            return self._local_end
+        if reason is None:
+            return SocketEnd(ABNORMAL_CLOSURE, "")
+        return SocketEnd(reason.code, reason.reason or "")
+
+    # ---- keepalive and closing ----------------------------------------------------------
+
+    async def keepalive(self, nursery: trio.Nursery) -> None:
+        """Ping every ``ping_interval_s``; close 1011 after ``ping_timeout_s`` of silence.
+
+        Any received message or pong counts as a sign of life (RC §6.4).
+        """
+        next_ping = trio.current_time() + self.ping_interval_s
+        while True:
+            deadline = self.last_seen + self.ping_timeout_s
+            await trio.sleep_until(min(next_ping, deadline))
+            now = trio.current_time()
+            if now >= self.last_seen + self.ping_timeout_s:
+                log.warning("relay: no pong or message for %g s; closing", self.ping_timeout_s)
+                await self.close(1011, KEEPALIVE_TIMEOUT)
+                return
+            if now >= next_ping:
+                nursery.start_soon(self._ping)
+                next_ping = now + self.ping_interval_s
+
+    async def _ping(self) -> None:
+        try:
+            await self.ws.ping()
+        except (ConnectionClosed, ValueError):
+            return
+        self.last_seen = trio.current_time()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code``/``reason`` (bounded; never raises for transport reasons)."""
+        if self._local_end is None:
+            self._local_end = SocketEnd(code, reason)
+        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+            with contextlib.suppress(
+                ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
+            ):
+                await self.ws.aclose(code, reason)
+
+
+def message_limit(max_frame_bytes: int) -> int:
+    """The WebSocket message size limit for a frame limit (16 x, RC §2)."""
+    return max(1, min(max_frame_bytes * MESSAGE_LIMIT_FACTOR, 2**62))
