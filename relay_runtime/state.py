@@ -201,11 +201,12 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 
 def _msg_key_text(k_msg: MessageKey) -> str:
-    return json.dumps(["msg", *k_msg], separators=(",", ":"))
+    # str(): an id that arrived as the number 12345 is the same key as "12345" (R29).
+    return json.dumps(["msg", *(str(part) for part in k_msg)], separators=(",", ":"))
 
 
 def _buf_key_text(k_buf: str) -> str:
-    return json.dumps(["buf", k_buf], separators=(",", ":"))
+    return json.dumps(["buf", str(k_buf)], separators=(",", ":"))
 
 
 def _claim_keys(k_msg: MessageKey | None, k_buf: str | None) -> list[str]:
@@ -439,7 +440,10 @@ class StateDB:
                 raise
             return result
 
-        return await trio.to_thread.run_sync(transaction, limiter=self._limiter)
+        try:
+            return await trio.to_thread.run_sync(transaction, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise StateError(f"state database {str(self.path)!r}: {exc}") from exc
 
     # -------------------------------------------------------------------- outbox
 

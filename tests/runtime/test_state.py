@@ -316,6 +316,13 @@ async def test_msg_key_parts_cannot_collide(tmp_path: Path) -> None:
         assert (await db.claim(None, "d", T0)).status is ClaimStatus.NEW
 
 
+async def test_R29_numeric_and_string_ids_are_one_key(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        claim = await db.claim(("telegram", 42, 12345), None, T0)  # type: ignore[arg-type]
+        await db.complete(claim.handle, T0)
+        assert await db.claim_status(("telegram", "42", "12345"), None) is ClaimStatus.COMPLETED
+
+
 # ------------------------------------------------------------------------ turn results
 
 
@@ -466,6 +473,33 @@ async def test_schema_version_recorded_and_newer_schema_refused(tmp_path: Path) 
     raw.close()
     with pytest.raises(StateError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
         await open_db(tmp_path)
+
+
+async def test_trust_tables_in_the_same_file_are_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / DB_FILENAME
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE trust_clients (id TEXT PRIMARY KEY)")
+        raw.execute("INSERT INTO trust_clients VALUES ('u1')")
+    raw.close()
+    async with await open_db(tmp_path) as db:
+        await put_send(db, "m")
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT id FROM trust_clients").fetchall() == [("u1",)]
+    raw.close()
+
+
+async def test_lock_held_too_long_is_a_state_error(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        await db._run(lambda conn: conn.execute("PRAGMA busy_timeout = 0"))
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StateError, match="database is locked"):
+                await put_send(db, "m")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert await db.count() == 0
 
 
 async def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
