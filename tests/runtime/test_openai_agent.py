@@ -181,7 +181,10 @@ async def test_echo_replies_with_the_text_unchanged() -> None:
 # -------------------------------------------------------- real server: plain answers
 
 
-async def test_non_streaming_answer_over_loopback(nursery: trio.Nursery) -> None:
+async def test_non_streaming_answer_over_loopback(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     server = await start_server(nursery, answer_with("Hi there!"))
     agent = agent_for(server.base_url, system_prompt="Be brief.")
     turn = FakeTurn(text="hello")
@@ -200,6 +203,8 @@ async def test_non_streaming_answer_over_loopback(nursery: trio.Nursery) -> None
     }
     assert turn.typing_count >= 1
     assert turn.actions == []  # the runner sends the returned text
+    assert caplog.records  # httpx/httpcore debug logging was captured ...
+    assert all(API_KEY not in r.getMessage() for r in caplog.records)  # ... without the key
 
 
 async def test_history_is_per_session_and_bounded(nursery: trio.Nursery) -> None:
