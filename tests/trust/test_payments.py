@@ -1,0 +1,92 @@
+"""Payments (TR §6): the verifier seam, re-checks, single-use transfers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import trio
+
+from trust.model import PaymentCheck, StateChange
+from trust.payments import NoPaymentVerifier, check_payment
+from trust.records import PreconditionFailed
+from trust.store import ApplyContext, SqlClientStore
+
+
+class Verifier:
+    """A verifier answering from a table of references (a stand-in for a payment API)."""
+
+    def __init__(self, answers: dict[str, PaymentCheck], delay: float = 0.0) -> None:
+        self.answers = answers
+        self.delay = delay
+        self.calls: list[tuple[str, str, Decimal, str | None]] = []
+
+    async def verify(
+        self, *, client_id: str, reference: str, amount: Decimal, currency: str | None
+    ) -> PaymentCheck:
+        self.calls.append((client_id, reference, amount, currency))
+        await trio.sleep(self.delay)
+        if reference == "boom":
+            raise RuntimeError("api down")
+        return self.answers.get(reference, PaymentCheck(ok=False, reason="unknown reference"))
+
+
+PAID = PaymentCheck(ok=True, tx_id="tx-1", amount_paid=Decimal("10"))
+
+
+async def _check(
+    store: SqlClientStore, verifier: object, ref: str, cid: str = "x:a"
+) -> PaymentCheck:
+    return await check_payment(
+        store,
+        verifier,  # type: ignore[arg-type]
+        client_id=cid,
+        reference=ref,
+        amount=Decimal("10"),
+        currency="EUR",
+    )
+
+
+async def test_T56_no_verifier_fails_closed(store: SqlClientStore) -> None:
+    result = await _check(store, NoPaymentVerifier(), "ref")
+    assert (result.ok, result.reason) == (False, "no payment verifier configured")
+
+
+async def test_verifier_gets_policy_amount_and_answers_are_rechecked(
+    store: SqlClientStore,
+) -> None:
+    verifier = Verifier({"good": PAID, "cheap": PaymentCheck(True, "", "tx-2", Decimal("9.99"))})
+    assert (await _check(store, verifier, "good")).ok
+    assert verifier.calls == [("x:a", "good", Decimal("10"), "EUR")]
+    assert (await _check(store, verifier, "cheap")).reason == "amount too low"
+    assert (await _check(store, verifier, "nope")).reason == "unknown reference"
+    assert (await _check(store, verifier, "boom")).reason == "payment verifier error"
+
+
+async def test_verifier_timeout_fails_closed(
+    store: SqlClientStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    slow = Verifier({"good": PAID}, delay=30)
+    start = trio.current_time()
+    result = await _check(store, slow, "good")
+    assert (result.ok, result.reason) == (False, "payment verifier timed out")
+    assert trio.current_time() - start == pytest.approx(10.0)
+
+
+async def test_T55_one_tx_id_promotes_only_the_first_client(store: SqlClientStore) -> None:
+    verifier = Verifier({"good": PAID})
+    first = await _check(store, verifier, "good", "x:a")
+    assert first.ok
+    change = StateChange("promote_to_contact", payment_tx=first.tx_id, rule_index=0)
+    ctx = ApplyContext("x:a", policy="p", payment_amount="10", payment_currency="EUR")
+    (entry,) = await store.apply([change], "rule:p", "rule", ctx)
+    assert entry.payment_tx == "tx-1"
+    assert await store.payment_used("tx-1") == "x:a"
+    # The same transfer, verified again for another client, is refused before and at apply.
+    second = await _check(store, verifier, "good", "x:b")
+    assert (second.ok, second.reason) == (False, "payment already used")
+    with pytest.raises(PreconditionFailed):
+        await store.apply(
+            [change], "rule:p", "rule", ApplyContext("x:b", policy="p", payment_amount="10")
+        )
+    assert (await store.get("x:b")).stored is False

@@ -1,0 +1,163 @@
+"""Store invites (TR §6): creation, lookup by digest, revocation, failure limiting.
+
+Codes are 80 random bits in Crockford base32 (``XXXX-XXXX-XXXX-XXXX``) or an operator's
+custom code of at least 12 characters. Only ``sha256(canonical code)`` is stored; the code
+is returned once by :func:`create_invite` and never logged, listed or put in an error. A
+use is consumed in the promotion's own transaction (``trust.store.core``), by a guarded
+update, so a ``max_uses: 1`` invite admits exactly one client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from typing import Final
+
+import attrs
+
+from trust.commands import canonical_invite_code, invite_code_digest
+from trust.model import InviteCheck
+from trust.records import AuditTier, Invite, TrustOpError
+from trust.store.base import ClientStore
+
+CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CODE_BITS: Final = 80
+MIN_CUSTOM_CODE: Final = 12
+MAX_USES: Final = 10_000
+MAX_EXPIRY_S: Final = 365 * 86_400
+DEFAULT_EXPIRY: Final = "7d"
+MAX_FAILURES_PER_HOUR: Final = 5
+"""After this many failed ``/invite`` attempts in an hour a client is refused unlooked (T50)."""
+
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def generate_code() -> str:
+    """A fresh 80-bit code, ``XXXX-XXXX-XXXX-XXXX`` in Crockford base32."""
+    number = secrets.randbits(CODE_BITS)
+    chars = [CROCKFORD[(number >> shift) & 31] for shift in range(CODE_BITS - 5, -1, -5)]
+    text = "".join(chars)
+    return "-".join(text[i : i + 4] for i in range(0, 16, 4))
+
+
+def code_digest(code: str) -> bytes:
+    """The stored form of a code: SHA-256 of its canonical spelling."""
+    return bytes.fromhex(invite_code_digest(code))
+
+
+def parse_expiry(text: str | int | None) -> int | None:
+    """Seconds until expiry from ``90s``/``12h``/``7d``/``never`` (None), 1 s to 365 d."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "never"):
+        return None
+    if isinstance(text, int):
+        seconds = text
+    else:
+        match = _DURATION.fullmatch(text.strip())
+        if match is None:
+            raise TrustOpError(
+                "invalid_expiry", f"expiry {text!r}: use <number><s|m|h|d> or 'never'"
+            )
+        seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if not 1 <= seconds <= MAX_EXPIRY_S:
+        raise TrustOpError("invalid_expiry", "expiry must be between 1 s and 365 d, or 'never'")
+    return seconds
+
+
+@attrs.frozen(repr=False)
+class CreatedInvite:
+    """A new invite's id and its code, shown once."""
+
+    invite_id: str
+    code: str
+    invite: Invite
+
+    def __repr__(self) -> str:
+        return f"CreatedInvite(invite_id={self.invite_id!r}, code=<redacted>)"
+
+
+async def create_invite(
+    store: ClientStore,
+    *,
+    by: str,
+    tier: AuditTier = "operator",
+    max_uses: int = 1,
+    expires_in: str | int | None = DEFAULT_EXPIRY,
+    note: str | None = None,
+    code: str | None = None,
+) -> CreatedInvite:
+    """Store a new invite and return it with its code (the only time the code is seen).
+
+    ``tier`` ``admin`` needs ``by`` to be an admin. Over chat invites are never created.
+    """
+    if tier not in ("operator", "admin"):
+        raise TrustOpError("not_authorized", "invites are created by the operator or an admin")
+    if tier == "admin" and not (await store.get(by)).is_admin:
+        await store.record_refusal(
+            "invite/create", None, actor=by, tier=tier, reason="invite create needs an admin"
+        )
+        raise TrustOpError("not_authorized", f"{by} is not an admin; invite create needs one")
+    if not 1 <= max_uses <= MAX_USES:
+        raise TrustOpError("invalid_max_uses", f"max uses must be 1-{MAX_USES}")
+    seconds = parse_expiry(expires_in)
+    if code is None:
+        code = generate_code()
+    elif len(canonical_invite_code(code)) < MIN_CUSTOM_CODE:
+        raise TrustOpError(
+            "invalid_code", f"a custom invite code needs at least {MIN_CUSTOM_CODE} characters"
+        )
+    if note is not None and len(note) > 200:
+        raise TrustOpError("invalid_note", "an invite note has at most 200 characters")
+    now = store.clock()
+    invite = Invite(
+        invite_id=f"inv_{secrets.token_hex(4)}",
+        code_sha256=code_digest(code),
+        created_by=by,
+        created_at=now,
+        expires_at=None if seconds is None else now + seconds * 1000,
+        max_uses=max_uses,
+        uses=0,
+        note=note,
+    )
+    if await store.find_invite(invite.code_sha256) is not None:
+        raise TrustOpError("invalid_code", "that invite code is already in use")
+    await store.insert_invite(invite, tier)
+    return CreatedInvite(invite.invite_id, code, invite)
+
+
+async def check_invite(store: ClientStore, code: str | None) -> InviteCheck:
+    """Classify a typed code: ok with its invite id, or unknown/revoked/expired/exhausted."""
+    if not code:
+        return InviteCheck(ok=False, reason="missing code")
+    digest = code_digest(code)
+    invite = await store.find_invite(digest)
+    if invite is None or not hmac.compare_digest(invite.code_sha256, digest):
+        return InviteCheck(ok=False, reason="unknown")
+    status = invite.status(store.clock())
+    if status != "active":
+        return InviteCheck(ok=False, reason=status, invite_id=invite.invite_id)
+    return InviteCheck(ok=True, reason="", invite_id=invite.invite_id)
+
+
+async def revoke_invite(
+    store: ClientStore, invite_id: str, *, by: str, tier: AuditTier = "operator"
+) -> str:
+    """Revoke an invite; returns the one-line answer."""
+    if tier == "admin" and not (await store.get(by)).is_admin:
+        raise TrustOpError("not_authorized", f"{by} is not an admin; invite revoke needs one")
+    entry = await store.revoke_invite(invite_id, actor=by, tier=tier)
+    return f"invite {invite_id} revoked (audit #{entry.id})"
+
+
+__all__ = [
+    "CROCKFORD",
+    "MAX_FAILURES_PER_HOUR",
+    "CreatedInvite",
+    "check_invite",
+    "code_digest",
+    "create_invite",
+    "generate_code",
+    "parse_expiry",
+    "revoke_invite",
+]
