@@ -1,0 +1,403 @@
+"""Inbound dispatch: dedupe, per-session order, bounded concurrency, turns, acks (RC §7).
+
+The supervisor's reader hands every ``inbound`` / ``passthrough_forward`` frame to
+:meth:`Dispatcher.run` through a bounded channel and never waits on a turn, so a turn can
+await outbound results without deadlock (R58). The dispatcher then
+
+* decodes passthrough forwards (Discord interactions become events; others are dropped,
+  acked if buffered: R70, R71);
+* claims the delivery on ``K_msg``/``K_buf`` in the state db (R61-R63): a duplicate of a
+  completed delivery is acked at once if buffered; a duplicate of a running one is acked
+  when the original completes;
+* admits at most ``max_pending_inbound`` unfinished deliveries: when full it stops taking
+  frames, so the reader stops reading the socket (R60);
+* runs the turns of one session key one at a time in arrival order, and different sessions
+  concurrently, at most ``max_concurrent_turns`` at once (R59, R60). Session workers exist
+  only while their session has work, so tasks are bounded by the pending bound;
+* acks a buffered delivery only after the turn completed, its replies were confirmed or
+  queued, and the COMPLETED record was committed (R65). A turn cancelled by shutdown is not
+  acked and its claim is released so a replay runs it (R64).
+
+Turn tasks live in a nursery the caller owns (the gateway's), so they outlive a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, Protocol
+
+import attrs
+import trio
+
+from protocol.events import Identity, MessageEvent
+from protocol.frames import Frame, Inbound, InboundAck, PassthroughForwardFrame
+from protocol.passthrough import PassthroughError, decode_forward
+from protocol.session_key import build_session_key, message_key
+from relay_runtime.state import ClaimHandle, ClaimStatus, MessageKey, StateDB, TurnEndState
+from relay_runtime.turn import Turn
+
+if TYPE_CHECKING:
+    from relay_runtime.replies import Replies
+    from trust.model import Decision
+
+__all__ = ["Agent", "Dispatcher", "FrameSink", "TrustEvaluator", "TrustOutcomeLike"]
+
+log = logging.getLogger("relay_runtime.dispatcher")
+
+#: How long shutdown waits for a cancelled turn's claim release to commit.
+RELEASE_TIMEOUT_S: Final = 5.0
+
+InboundItem = Inbound | PassthroughForwardFrame
+Agent = Callable[[Turn], Awaitable[str | None]]
+
+
+class TrustOutcomeLike(Protocol):
+    """What ``trust.evaluate`` returns (trust.md §0)."""
+
+    @property
+    def decision(self) -> Decision: ...
+
+    @property
+    def run_agent(self) -> bool: ...
+
+    @property
+    def reply(self) -> str | None: ...
+
+
+class TrustEvaluator(Protocol):
+    """The trust seam: decides whether the agent runs for one event."""
+
+    async def evaluate(self, event: MessageEvent) -> TrustOutcomeLike:
+        """Return a TrustOutcome; raises nothing but ``trio.Cancelled``."""
+
+
+class FrameSink(Protocol):
+    """Fire-and-forget frames (``inbound_ack``) go out through this (the supervisor)."""
+
+    def send_nowait(self, frame: Frame) -> bool:
+        """Queue ``frame`` for the writer; False when it cannot be sent now."""
+
+
+@attrs.define(eq=False)
+class _Delivery:
+    """One admitted delivery, from claim to ack."""
+
+    event: MessageEvent
+    buffer_id: str | None
+    session_key: str
+    k_msg: MessageKey | None
+    handle: ClaimHandle | None = None
+
+
+@attrs.define
+class DispatchStats:
+    """Counters for ``gateway.stats``."""
+
+    received: int = 0
+    duplicates: int = 0
+    completed: int = 0
+    failed: int = 0
+    interrupted: int = 0
+    denied: int = 0
+    empty: int = 0
+    cancelled: int = 0
+    dropped: int = 0
+    acked: int = 0
+    ack_failures: int = 0
+    paused: int = 0
+
+
+class Dispatcher:
+    """Turns admitted deliveries into agent turns, in order per session, within bounds."""
+
+    def __init__(
+        self,
+        *,
+        agent: Agent | None,
+        trust: TrustEvaluator,
+        replies: Replies,
+        db: StateDB,
+        acks: FrameSink,
+        identities: tuple[Identity, ...],
+        max_concurrent_turns: int = 16,
+        max_pending_inbound: int = 1000,
+        group_sessions_per_user: bool = True,
+        thread_sessions_per_user: bool = False,
+        remember: Callable[[MessageEvent], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_concurrent_turns < 1 or max_pending_inbound < max_concurrent_turns:
+            raise ValueError(
+                "need 1 <= max_concurrent_turns <= max_pending_inbound, got "
+                f"{max_concurrent_turns} and {max_pending_inbound}"
+            )
+        self.agent = agent
+        self.trust = trust
+        self.replies = replies
+        self.db = db
+        self.acks = acks
+        self.identities = identities
+        self.max_pending_inbound = max_pending_inbound
+        self.group_sessions_per_user = group_sessions_per_user
+        self.thread_sessions_per_user = thread_sessions_per_user
+        self.remember = remember
+        self.clock = clock
+        self.stats = DispatchStats()
+        self._limiter = trio.CapacityLimiter(max_concurrent_turns)
+        self._slots = trio.Semaphore(max_pending_inbound)
+        self._paused = False
+        self._queues: dict[str, deque[_Delivery]] = {}
+        self._running: dict[str, trio.CancelScope] = {}
+        self._waiting_acks: dict[int, list[str]] = {}
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def pending(self) -> int:
+        """Admitted deliveries not yet finished (queued or running)."""
+        return self.max_pending_inbound - self._slots.value
+
+    @property
+    def running(self) -> int:
+        """Turns running now."""
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        """Admitted deliveries waiting for their session or a concurrency slot."""
+        return self.pending - self.running
+
+    async def wait_idle(self) -> None:
+        """Wait until no admitted delivery is unfinished."""
+        while self.pending:
+            await self._idle.wait()
+
+    def stats_dict(self) -> dict[str, int]:
+        """Counters plus the current pending/running figures."""
+        out = attrs.asdict(self.stats)
+        out.update(pending=self.pending, running=self.running, queued=self.queued)
+        return out
+
+    # ------------------------------------------------------------------ control
+
+    def interrupt(self, session_key: str, chat_id: str = "") -> bool:
+        """Cancel the running turn of exactly ``session_key`` (R67); unknown keys: no-op.
+
+        Queued deliveries of the session still run. ``chat_id`` is accepted for the
+        supervisor's ``on_interrupt`` signature; there is no typing loop to stop.
+        """
+        scope = self._running.get(session_key)
+        if scope is None:
+            log.debug("relay: interrupt for %r: no running turn", session_key)
+            return False
+        log.info("relay: interrupting the running turn of %s", session_key)
+        scope.cancel()
+        return True
+
+    # ------------------------------------------------------------------ intake
+
+    async def run(
+        self,
+        inbound: trio.MemoryReceiveChannel[InboundItem],
+        turn_nursery: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Take frames from ``inbound`` until it closes; turns run in ``turn_nursery``."""
+        task_status.started()
+        async with inbound:
+            async for item in inbound:
+                await self.admit(item, turn_nursery)
+
+    async def admit(self, item: InboundItem, turn_nursery: trio.Nursery) -> None:
+        """Admit one frame: decode, take a pending slot, claim, queue for its session."""
+        self.stats.received += 1
+        event = self._event_of(item)
+        if event is None:
+            return
+        if self.agent is None:
+            log.debug("relay: no agent registered; inbound not run and not acked")
+            return
+        await self._take_slot()
+        try:
+            delivery = _Delivery(
+                event=event,
+                buffer_id=item.buffer_id or None,
+                session_key=build_session_key(
+                    event.source,
+                    group_sessions_per_user=self.group_sessions_per_user,
+                    thread_sessions_per_user=self.thread_sessions_per_user,
+                ),
+                k_msg=message_key(event),
+            )
+            if self.remember is not None:
+                self.remember(event)
+            claim = await self.db.claim(delivery.k_msg, delivery.buffer_id, self.clock())
+        except BaseException:
+            self._free_slot()
+            raise
+        if claim.status is ClaimStatus.COMPLETED:
+            self.stats.duplicates += 1
+            self._free_slot()
+            if delivery.buffer_id:
+                self._ack(delivery.buffer_id)
+            return
+        if claim.status is ClaimStatus.IN_FLIGHT:
+            self.stats.duplicates += 1
+            self._free_slot()
+            if delivery.buffer_id and claim.handle is not None:
+                self._waiting_acks.setdefault(claim.handle.claim_id, []).append(delivery.buffer_id)
+            return
+        delivery.handle = claim.handle
+        queue = self._queues.get(delivery.session_key)
+        if queue is None:
+            queue = self._queues[delivery.session_key] = deque()
+            queue.append(delivery)
+            turn_nursery.start_soon(self._session_worker, delivery.session_key, queue)
+        else:
+            queue.append(delivery)
+
+    def _event_of(self, item: InboundItem) -> MessageEvent | None:
+        if isinstance(item, Inbound):
+            return item.event
+        decoded = decode_forward(item.forward)
+        if isinstance(decoded, PassthroughError):
+            self.stats.dropped += 1
+            level = logging.INFO if decoded.severity == "info" else logging.WARNING
+            log.log(level, "%s", decoded.message)
+            if item.buffer_id:
+                self._ack(item.buffer_id)
+            return None
+        return decoded
+
+    async def _take_slot(self) -> None:
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            if not self._paused:
+                self._paused = True
+                self.stats.paused += 1
+                log.error(
+                    "relay: %d inbound deliveries unfinished (max_pending_inbound); "
+                    "pausing the reader",
+                    self.max_pending_inbound,
+                )
+            await self._slots.acquire()
+        else:
+            if self._paused:
+                self._paused = False
+                log.info("relay: inbound backlog below max_pending_inbound; reading again")
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+
+    def _free_slot(self) -> None:
+        self._slots.release()
+        if not self.pending:
+            self._idle.set()
+
+    def _ack(self, buffer_id: str) -> None:
+        if self.acks.send_nowait(InboundAck(buffer_id=buffer_id)):
+            self.stats.acked += 1
+        else:
+            # Not queued across a drop: the connector redelivers and the replay is acked.
+            self.stats.ack_failures += 1
+
+    # ------------------------------------------------------------------ turns
+
+    async def _session_worker(self, session_key: str, queue: deque[_Delivery]) -> None:
+        """Run one session's deliveries in arrival order; exits when the queue is empty."""
+        try:
+            while queue:
+                delivery = queue.popleft()
+                try:
+                    await self._run_delivery(delivery)
+                finally:
+                    self._free_slot()
+        finally:
+            if self._queues.get(session_key) is queue:
+                del self._queues[session_key]
+            if queue:
+                # Shutdown cancelled us with deliveries never started: release their claims.
+                await self._release_unstarted(list(queue))
+                for _ in range(len(queue)):
+                    self._free_slot()
+                queue.clear()
+
+    async def _release_unstarted(self, deliveries: list[_Delivery]) -> None:
+        with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
+            for delivery in deliveries:
+                self.stats.cancelled += 1
+                if delivery.handle is not None:
+                    self._waiting_acks.pop(delivery.handle.claim_id, None)
+                    await self.db.release(delivery.handle)
+
+    async def _run_delivery(self, delivery: _Delivery) -> None:
+        async with self._limiter:
+            turn_id = await self.db.turn_started(
+                delivery.session_key, delivery.k_msg, delivery.buffer_id, self.clock()
+            )
+            try:
+                state, error = await self._run_turn(delivery)
+            except trio.Cancelled:
+                self.stats.cancelled += 1
+                with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
+                    if delivery.handle is not None:
+                        self._waiting_acks.pop(delivery.handle.claim_id, None)
+                    await self.db.release_turn(delivery.handle, turn_id, self.clock())
+                raise
+            await self.db.complete_turn(delivery.handle, turn_id, state, self.clock(), error)
+        setattr(self.stats, state, getattr(self.stats, state) + 1)
+        if delivery.buffer_id:
+            self._ack(delivery.buffer_id)
+        if delivery.handle is not None:
+            for buffer_id in self._waiting_acks.pop(delivery.handle.claim_id, []):
+                self._ack(buffer_id)
+
+    async def _run_turn(self, delivery: _Delivery) -> tuple[TurnEndState, str | None]:
+        """Trust, then the agent, in the turn's own cancel scope; returns its end state."""
+        event = delivery.event
+        state: TurnEndState = "completed"
+        error: str | None = None
+        with trio.CancelScope() as scope:
+            self._running[delivery.session_key] = scope
+            try:
+                if not event.text and not event.media_urls:
+                    self.stats.empty += 1
+                    return "completed", None
+                outcome = await self.trust.evaluate(event)
+                turn = self._turn(delivery, outcome.decision)
+                if outcome.reply:
+                    await turn.reply(outcome.reply)
+                if not outcome.run_agent:
+                    return "denied", None
+                assert self.agent is not None
+                answer = await self.agent(turn)
+                if isinstance(answer, str) and answer:
+                    await turn.reply(answer)
+            except Exception as exc:
+                log.exception(
+                    "relay: turn of %s raised; counted completed (no replay)", delivery.session_key
+                )
+                state, error = "failed", f"{type(exc).__name__}: {exc}"
+            finally:
+                del self._running[delivery.session_key]
+        if scope.cancelled_caught:
+            log.info("relay: turn of %s interrupted", delivery.session_key)
+            return "interrupted", None
+        return state, error
+
+    def _turn(self, delivery: _Delivery, decision: Decision) -> Turn:
+        source = delivery.event.source
+        platform = source.platform_raw or self.identities[0].platform
+        return Turn(
+            event=delivery.event,
+            session_key=delivery.session_key,
+            platform=platform,
+            descriptor=self.replies.descriptor_for(platform),
+            decision=decision,
+            replies=self.replies,
+        )
