@@ -1,0 +1,571 @@
+"""The reference connector's HTTP control plane: ``/relay/provision``, ``/relay/policy``,
+``/relay/enroll`` (RC §9), served by a small h11-on-trio HTTP/1.1 server on loopback.
+
+This is a **development and test peer**, not a production connector: it keeps everything in
+memory, trusts a static table of identity tokens instead of an identity provider, and serves
+plain HTTP. What it does do faithfully is the gateway-visible behaviour: bearer checks
+(identity token for provision and enroll, an HMAC upgrade token verified with
+:func:`protocol.auth.verify_token` for policy), per-gateway secret minting with a rotation
+window, single-use enrollment tokens, the wake URL record (gap 12: enroll accepts and echoes
+``wakeUrl``), JSON errors ``{"error": ...}`` with 400/401/403/404/405/413.
+
+The WebSocket side of the reference connector consults the same
+:class:`ControlPlaneRegistry` (:meth:`~ControlPlaneRegistry.secrets_for`,
+:meth:`~ControlPlaneRegistry.policy_for`, :meth:`~ControlPlaneRegistry.wake_url_for`) and
+pokes sleeping gateways with :class:`WakePoker`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from http import HTTPStatus
+from typing import Any, Final
+
+import attrs
+import h11
+import httpx
+import trio
+
+from protocol.auth import verify_token
+from protocol.events import Identity
+from protocol.urls import http_url_problem
+from relay_runtime.connector.relevance import RelevancePolicy
+
+__all__ = [
+    "ControlPlane",
+    "ControlPlaneRegistry",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpServer",
+    "WakePoker",
+    "json_response",
+    "serve_control_plane",
+    "serve_http",
+]
+
+logger = logging.getLogger("relay_runtime.connector.control_plane")
+
+MAX_BODY_BYTES: Final = 1 << 20
+IDLE_TIMEOUT_S: Final = 30.0
+_READ_SIZE: Final = 65536
+
+
+# --------------------------------------------------------------------------- HTTP server
+
+
+@attrs.frozen
+class HttpRequest:
+    """One complete request as the app sees it; header names are lower-case."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), if present."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key == wanted), None)
+
+    def bearer(self) -> str | None:
+        """The token of an ``Authorization: Bearer <token>`` header, if there is one."""
+        scheme, _, token = (self.header("authorization") or "").partition(" ")
+        token = token.strip()
+        return token if scheme.lower() == "bearer" and token else None
+
+
+@attrs.frozen
+class HttpResponse:
+    """One response; ``Content-Length`` is added by the server."""
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def json_response(status: int, payload: object) -> HttpResponse:
+    """A compact JSON response."""
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return HttpResponse(status, body)
+
+
+def _error(status: int, message: str, *headers: tuple[str, str]) -> HttpResponse:
+    return attrs.evolve(json_response(status, {"error": message}), headers=headers)
+
+
+HttpApp = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+@attrs.frozen
+class HttpServer:
+    """Where a :func:`serve_http` server listens."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.host}:{self.port}"
+
+
+async def serve_http(
+    app: HttpApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` over HTTP/1.1 until cancelled; ``nursery.start`` returns the address.
+
+    Keep-alive is supported; a connection idle for ``idle_timeout_s`` is closed. A body over
+    ``max_body_bytes`` gets 413, a request h11 cannot parse gets 400, and an app that raises
+    gets 500; every error body is ``{"error": ...}``.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    handler = partial(_serve_connection, app, max_body_bytes, idle_timeout_s)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handler, listeners)
+        task_status.started(HttpServer(host, bound))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _serve_connection(
+    app: HttpApp, max_body_bytes: int, idle_timeout_s: float, stream: trio.SocketStream
+) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+    async with stream:
+        try:
+            while True:
+                request: HttpRequest | None = None
+                with trio.move_on_after(idle_timeout_s):
+                    try:
+                        request = await _read_request(conn, stream, max_body_bytes)
+                    except h11.RemoteProtocolError as exc:
+                        await _respond(conn, stream, _error(400, f"bad request: {exc}"))
+                        return
+                    except _TooLarge:
+                        problem = f"body larger than {max_body_bytes} bytes"
+                        await _respond(conn, stream, _error(413, problem))
+                        return
+                if request is None:
+                    return
+                try:
+                    response = await app(request)
+                except Exception:
+                    logger.exception("control plane: handler failed for %s", request.path)
+                    response = _error(500, "internal error")
+                await _respond(conn, stream, response)
+                if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            return
+
+
+async def _read_request(
+    conn: h11.Connection, stream: trio.SocketStream, max_body_bytes: int
+) -> HttpRequest | None:
+    head: h11.Request | None = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(_READ_SIZE))
+        elif isinstance(event, h11.Request):
+            head = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > max_body_bytes:
+                raise _TooLarge
+        elif isinstance(event, h11.EndOfMessage):
+            assert head is not None
+            return HttpRequest(
+                method=head.method.decode("ascii", "replace"),
+                path=head.target.decode("ascii", "replace").partition("?")[0],
+                headers=tuple(
+                    (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in head.headers
+                ),
+                body=bytes(body),
+            )
+        else:  # ConnectionClosed, or PAUSED after a peer's half-close
+            return None
+
+
+async def _respond(conn: h11.Connection, stream: trio.SocketStream, response: HttpResponse) -> None:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    try:
+        reason = HTTPStatus(response.status).phrase.encode()
+    except ValueError:
+        reason = b""
+    headers = [(b"content-length", str(len(response.body)).encode())]
+    if response.content_type:
+        headers.append((b"content-type", response.content_type.encode()))
+    headers += [(k.encode(), v.encode()) for k, v in response.headers]
+    data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+    data = (data or b"") + (conn.send(h11.Data(data=response.body)) or b"")
+    data += conn.send(h11.EndOfMessage()) or b""
+    await stream.send_all(data)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@attrs.define
+class GatewayRecord:
+    """What the connector knows about one gateway."""
+
+    gateway_id: str
+    tenant: str
+    # (secret, issued_at), newest first.
+    secrets: list[tuple[str, float]] = attrs.field(factory=list, repr=False)
+    identities: list[Identity] = attrs.field(factory=list)
+    route_keys: tuple[str, ...] = ()
+    endpoint: str = ""
+    # (instance_id or None) -> wake URL
+    wake_urls: dict[str | None, str] = attrs.field(factory=dict)
+    policies: dict[str, RelevancePolicy] = attrs.field(factory=dict)
+
+
+@attrs.define
+class _EnrollmentToken:
+    tenant: str
+    used: bool = False
+
+
+@attrs.define
+class ControlPlaneRegistry:
+    """The reference connector's gateway records, shared by its HTTP and WebSocket sides.
+
+    ``identity_tokens`` maps an accepted identity bearer to its tenant (the stand-in for an
+    identity provider). Each provision or enroll mints a new secret; older secrets stay
+    valid for ``rotation_window_s`` (so a multi-identity boot's responses all verify, and a
+    restarted instance overlaps the previous one). ``clock`` is injectable for tests.
+    """
+
+    identity_tokens: dict[str, str] = attrs.field(factory=dict, repr=False)
+    rotation_window_s: float = 900.0
+    accept_wake_url_on_enroll: bool = True
+    clock: Callable[[], float] = time.time
+    gateways: dict[str, GatewayRecord] = attrs.field(factory=dict)
+    delivery_keys: dict[str, str] = attrs.field(factory=dict, repr=False)
+    # (route, body) of every request that reached a handler, for tests to inspect.
+    received: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list, repr=False)
+    _enrollment_tokens: dict[str, _EnrollmentToken] = attrs.field(factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ set-up
+
+    def add_identity_token(self, token: str, tenant: str) -> None:
+        """Accept ``token`` as the identity bearer of ``tenant``."""
+        self.identity_tokens[token] = tenant
+
+    def issue_enrollment_token(self, tenant: str) -> str:
+        """A fresh single-use enrollment token for ``tenant``."""
+        token = "enr_" + secrets.token_urlsafe(24)
+        self._enrollment_tokens[token] = _EnrollmentToken(tenant)
+        return token
+
+    def pin_gateway(self, gateway_id: str, secret: str, *, tenant: str = "dev") -> GatewayRecord:
+        """Register a gateway with an operator-chosen secret (a pinned deployment)."""
+        record = self.record_for(gateway_id, tenant)
+        record.secrets.insert(0, (secret, self.clock()))
+        return record
+
+    def revoke(self, gateway_id: str) -> None:
+        """Forget every secret of ``gateway_id`` (its next upgrade is refused)."""
+        record = self.gateways.get(gateway_id)
+        if record is not None:
+            record.secrets.clear()
+
+    # ------------------------------------------------------------------ queries
+
+    def secrets_for(self, gateway_id: str) -> list[str]:
+        """The secrets an upgrade for ``gateway_id`` may be signed with, newest first."""
+        record = self.gateways.get(gateway_id)
+        if record is None:
+            return []
+        self._expire(record)
+        return [secret for secret, _ in record.secrets]
+
+    def verify_bearer(self, token: str) -> str | None:
+        """The gateway id a valid HMAC upgrade token belongs to, else ``None``."""
+        now = self.clock()
+        for gateway_id in self.gateways:
+            keys = self.secrets_for(gateway_id)
+            if keys and verify_token(token, keys, now=now) == gateway_id:
+                return gateway_id
+        return None
+
+    def policy_for(self, gateway_id: str, platform: str) -> RelevancePolicy | None:
+        """The declared relevance policy of ``gateway_id`` for ``platform``, if any."""
+        record = self.gateways.get(gateway_id)
+        return None if record is None else record.policies.get(platform)
+
+    def wake_url_for(self, gateway_id: str, instance_id: str | None = None) -> str | None:
+        """The wake URL registered for this instance, else the gateway-wide one."""
+        record = self.gateways.get(gateway_id)
+        if record is None:
+            return None
+        return record.wake_urls.get(instance_id) or record.wake_urls.get(None)
+
+    def tenant_for(self, identity_token: str | None) -> str | None:
+        """The tenant an identity bearer proves, if it is known."""
+        return None if identity_token is None else self.identity_tokens.get(identity_token)
+
+    # ------------------------------------------------------------------ mutations
+
+    def record_for(self, gateway_id: str, tenant: str) -> GatewayRecord:
+        """The record of ``gateway_id``, created for ``tenant`` if it is new."""
+        record = self.gateways.get(gateway_id)
+        if record is None:
+            record = self.gateways[gateway_id] = GatewayRecord(gateway_id, tenant)
+        return record
+
+    def _expire(self, record: GatewayRecord) -> None:
+        cutoff = self.clock() - self.rotation_window_s
+        record.secrets[1:] = [(s, at) for s, at in record.secrets[1:] if at >= cutoff]
+
+    def mint_secret(self, record: GatewayRecord) -> str:
+        """A new primary secret for ``record``; older ones stay for the rotation window."""
+        secret = secrets.token_hex(32)
+        record.secrets.insert(0, (secret, self.clock()))
+        self._expire(record)
+        return secret
+
+    def delivery_key_for(self, tenant: str) -> str:
+        """The tenant's delivery key, created on first use."""
+        if tenant not in self.delivery_keys:
+            self.delivery_keys[tenant] = "dk_" + secrets.token_urlsafe(24)
+        return self.delivery_keys[tenant]
+
+    def consume_enrollment_token(self, token: str, tenant: str) -> str | None:
+        """``None`` if ``token`` is valid for ``tenant`` (and now used), else why not."""
+        entry = self._enrollment_tokens.get(token)
+        if entry is None:
+            return "enrollment token invalid or expired"
+        if entry.used:
+            return "enrollment token already used"
+        if entry.tenant != tenant:
+            return "enrollment token belongs to another tenant"
+        entry.used = True
+        return None
+
+
+# --------------------------------------------------------------------------- the app
+
+
+class _BadBody(Exception):
+    pass
+
+
+def _body_object(request: HttpRequest) -> dict[str, Any]:
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        raise _BadBody("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _BadBody("body must be a JSON object")
+    return body
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise _BadBody(f"missing field: {name}")
+        return None
+    value = body[name]
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is list:
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+    else:
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+    if not ok:
+        wanted = {bool: "a boolean", list: "a list of strings", str: "a string"}[kind]
+        raise _BadBody(f"{name} must be {wanted}")
+    return value
+
+
+def _wake_url(body: Mapping[str, Any]) -> str | None:
+    url = _field(body, "wakeUrl", str, required=False)
+    if url is not None and http_url_problem(url) is not None:
+        raise _BadBody("wakeUrl must be an http(s) URL")
+    return None if url is None else url.rstrip("/")
+
+
+@attrs.frozen
+class ControlPlane:
+    """The HTTP app: routes the three control-plane calls to the registry."""
+
+    registry: ControlPlaneRegistry
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        routes: dict[str, Callable[[HttpRequest], HttpResponse]] = {
+            "/relay/provision": self._provision,
+            "/relay/policy": self._policy,
+            "/relay/enroll": self._enroll,
+        }
+        handler = routes.get(request.path.rstrip("/"))
+        if handler is None:
+            return _error(404, f"no such route: {request.path}")
+        if request.method != "POST":
+            return _error(405, f"method {request.method} not allowed", ("allow", "POST"))
+        try:
+            return handler(request)
+        except _BadBody as exc:
+            return _error(400, str(exc))
+
+    def _log(self, route: str, body: dict[str, Any]) -> None:
+        self.registry.received.append((route, body))
+
+    def _provision(self, request: HttpRequest) -> HttpResponse:
+        registry = self.registry
+        tenant = registry.tenant_for(request.bearer())
+        if tenant is None:
+            return _error(401, "identity token not recognised")
+        body = _body_object(request)
+        self._log("provision", body)
+        gateway_id = _field(body, "gatewayId", str)
+        platform = _field(body, "platform", str)
+        bot_id = _field(body, "botId", str)
+        endpoint = _field(body, "gatewayEndpoint", str)
+        route_keys = _field(body, "routeKeys", list)
+        instance_id = _field(body, "instanceId", str, required=False)
+        wake_url = _wake_url(body)
+        if not gateway_id or not platform:
+            raise _BadBody("gatewayId and platform must not be empty")
+        existing = registry.gateways.get(gateway_id)
+        if existing is not None and existing.tenant != tenant:
+            return _error(403, "gatewayId belongs to another tenant")
+        record = registry.record_for(gateway_id, tenant)
+        identity = Identity(platform=platform, bot_id=bot_id)
+        if identity not in record.identities:
+            record.identities.append(identity)
+        record.route_keys = tuple(route_keys)
+        record.endpoint = endpoint
+        if wake_url is not None:
+            record.wake_urls[instance_id] = wake_url
+        secret = registry.mint_secret(record)
+        return json_response(
+            200,
+            {
+                "secret": secret,
+                "deliveryKey": registry.delivery_key_for(tenant),
+                "tenant": tenant,
+                "gatewayId": gateway_id,
+                "routeKeys": list(record.route_keys),
+            },
+        )
+
+    def _policy(self, request: HttpRequest) -> HttpResponse:
+        token = request.bearer()
+        gateway_id = None if token is None else self.registry.verify_bearer(token)
+        if gateway_id is None:
+            return _error(401, "upgrade token invalid or expired")
+        body = _body_object(request)
+        self._log("policy", body)
+        platform = _field(body, "platform", str)
+        if not platform:
+            raise _BadBody("platform must not be empty")
+        policy = RelevancePolicy(
+            require_address=_field(body, "requireAddress", bool),
+            free_response_scopes=tuple(_field(body, "freeResponseScopes", list)),
+            allow_other_bots=_field(body, "allowOtherBots", bool),
+        )
+        self.registry.gateways[gateway_id].policies[platform] = policy
+        return json_response(200, {"ok": True})
+
+    def _enroll(self, request: HttpRequest) -> HttpResponse:
+        registry = self.registry
+        tenant = registry.tenant_for(request.bearer())
+        if tenant is None:
+            return _error(401, "identity token not recognised")
+        body = _body_object(request)
+        self._log("enroll", body)
+        enrollment_token = _field(body, "enrollmentToken", str)
+        gateway_id = _field(body, "gatewayId", str)
+        if not gateway_id:
+            raise _BadBody("gatewayId must not be empty")
+        if "wakeUrl" in body and not registry.accept_wake_url_on_enroll:
+            raise _BadBody("unknown field: wakeUrl")
+        wake_url = _wake_url(body)
+        existing = registry.gateways.get(gateway_id)
+        if existing is not None and existing.tenant != tenant:
+            return _error(403, "gatewayId belongs to another tenant")
+        problem = registry.consume_enrollment_token(enrollment_token, tenant)
+        if problem is not None:
+            return _error(403, problem)
+        record = registry.record_for(gateway_id, tenant)
+        if wake_url is not None:
+            record.wake_urls[None] = wake_url
+        reply: dict[str, Any] = {
+            "secret": registry.mint_secret(record),
+            "deliveryKey": registry.delivery_key_for(tenant),
+            "tenant": tenant,
+            "gatewayId": gateway_id,
+        }
+        if wake_url is not None:
+            reply["wakeUrl"] = wake_url
+        return json_response(200, reply)
+
+
+async def serve_control_plane(
+    registry: ControlPlaneRegistry,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the control plane for ``registry`` until cancelled (``nursery.start`` it)."""
+    await serve_http(ControlPlane(registry), host=host, port=port, task_status=task_status)
+
+
+# --------------------------------------------------------------------------- wake poker
+
+
+class WakePoker:
+    """Wakes a sleeping gateway: a payload-free, unsigned ``GET <wakeUrl>`` (RC §8).
+
+    At most one poke per ``key`` (an instance) per ``cooldown_s`` of trio time; best effort:
+    failures are logged at DEBUG and swallowed, each attempt bounded by ``http_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        cooldown_s: float = 60.0,
+        http_timeout_s: float = 5.0,
+    ) -> None:
+        self._client = client
+        self._cooldown_s = cooldown_s
+        self._http_timeout_s = http_timeout_s
+        self._last: dict[str, float] = {}
+
+    async def poke(self, key: str, url: str) -> bool:
+        """Poke ``url`` for instance ``key``; ``False`` if still within the cooldown."""
+        now = trio.current_time()
+        last = self._last.get(key)
+        if last is not None and now - last < self._cooldown_s:
+            return False
+        self._last[key] = now
+        try:
+            with trio.move_on_after(self._http_timeout_s):
+                # A poke is rare: no pooled connection is left to go stale between pokes.
+                await self._client.get(url, follow_redirects=False, headers={"Connection": "close"})
+        except httpx.HTTPError as exc:
+            logger.debug("wake poke for %s failed: %s", key, type(exc).__name__)
+        return True

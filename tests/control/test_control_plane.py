@@ -1,0 +1,329 @@
+"""The reference connector's HTTP control plane on real loopback, and the wake poker."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from protocol.auth import make_token, make_upgrade_token, verify_token
+from relay_runtime.connector.control_plane import (
+    ControlPlaneRegistry,
+    HttpRequest,
+    HttpResponse,
+    HttpServer,
+    WakePoker,
+)
+from relay_runtime.connector.relevance import RelevancePolicy
+
+from .conftest import IDENTITY_TOKEN, TENANT
+
+App = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+PROVISION_BODY = {
+    "gatewayId": "gw-test",
+    "platform": "discord",
+    "botId": "B1",
+    "gatewayEndpoint": "",
+    "routeKeys": ["guild-1"],
+}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def provision(client: httpx.AsyncClient, plane: HttpServer, **extra: object) -> dict:
+    response = await client.post(
+        f"{plane.url}/relay/provision",
+        json=PROVISION_BODY | extra,
+        headers=bearer(IDENTITY_TOKEN),
+    )
+    assert response.status_code == 200, response.text
+    body: dict = response.json()
+    return body
+
+
+async def test_provision_mints_a_secret_that_verify_token_accepts(
+    plane: HttpServer, registry: ControlPlaneRegistry
+) -> None:
+    async with httpx.AsyncClient() as client:
+        body = await provision(client, plane)
+    assert body["gatewayId"] == "gw-test"
+    assert body["tenant"] == TENANT
+    assert body["routeKeys"] == ["guild-1"]
+    assert body["deliveryKey"]
+    token = make_upgrade_token("gw-test", body["secret"])
+    assert verify_token(token, registry.secrets_for("gw-test")) == "gw-test"
+    assert registry.verify_bearer(token) == "gw-test"
+    assert registry.verify_bearer(make_upgrade_token("gw-test", "wrong-secret" * 3)) is None
+
+
+async def test_provision_records_identities_and_the_instance_wake_url(
+    plane: HttpServer, registry: ControlPlaneRegistry
+) -> None:
+    async with httpx.AsyncClient() as client:
+        await provision(client, plane, instanceId="i-1", wakeUrl="https://wake.example/i-1/")
+        await provision(client, plane, platform="telegram", botId="T1")
+    record = registry.gateways["gw-test"]
+    assert [(i.platform, i.bot_id) for i in record.identities] == [
+        ("discord", "B1"),
+        ("telegram", "T1"),
+    ]
+    assert registry.wake_url_for("gw-test", "i-1") == "https://wake.example/i-1"
+    assert registry.wake_url_for("gw-test", "other") is None
+    assert registry.wake_url_for("nobody") is None
+    # Both responses' secrets verify during the rotation window.
+    assert len(registry.secrets_for("gw-test")) == 2
+
+
+async def test_secret_rotation_window_expires_old_secrets() -> None:
+    now = [1000.0]
+    registry = ControlPlaneRegistry(rotation_window_s=60, clock=lambda: now[0])
+    record = registry.record_for("gw", TENANT)
+    first = registry.mint_secret(record)
+    now[0] += 30
+    second = registry.mint_secret(record)
+    assert registry.secrets_for("gw") == [second, first]
+    now[0] += 31
+    assert registry.secrets_for("gw") == [second]
+    now[0] += 10_000
+    assert registry.secrets_for("gw") == [second]  # the newest always stays
+    registry.revoke("gw")
+    assert registry.secrets_for("gw") == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "content", "status", "error"),
+    [
+        ({}, b"{}", 401, "identity token not recognised"),
+        (bearer("someone-else"), b"{}", 401, "identity token not recognised"),
+        ({"Authorization": "Basic abc"}, b"{}", 401, "identity token not recognised"),
+        (bearer(IDENTITY_TOKEN), b"{not json", 400, "body is not valid JSON"),
+        (bearer(IDENTITY_TOKEN), b"[1]", 400, "body must be a JSON object"),
+        (bearer(IDENTITY_TOKEN), b'{"gatewayId": "g"}', 400, "missing field: platform"),
+    ],
+)
+async def test_provision_rejects_bad_requests_with_json_errors(
+    plane: HttpServer, headers: dict[str, str], content: bytes, status: int, error: str
+) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{plane.url}/relay/provision", content=content, headers=headers
+        )
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error": error}
+
+
+async def test_provision_validates_field_types_and_tenant(
+    plane: HttpServer, registry: ControlPlaneRegistry
+) -> None:
+    registry.add_identity_token("idtok-other", "other-tenant")
+    async with httpx.AsyncClient() as client:
+        url = f"{plane.url}/relay/provision"
+        bad = PROVISION_BODY | {"routeKeys": "guild-1"}
+        response = await client.post(url, json=bad, headers=bearer(IDENTITY_TOKEN))
+        assert response.json() == {"error": "routeKeys must be a list of strings"}
+        bad = PROVISION_BODY | {"wakeUrl": "ftp://x"}
+        response = await client.post(url, json=bad, headers=bearer(IDENTITY_TOKEN))
+        assert response.json() == {"error": "wakeUrl must be an http(s) URL"}
+        await provision(client, plane)
+        response = await client.post(url, json=PROVISION_BODY, headers=bearer("idtok-other"))
+        assert response.status_code == 403
+        assert response.json() == {"error": "gatewayId belongs to another tenant"}
+
+
+async def test_unknown_route_is_404_and_wrong_method_405(plane: HttpServer) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{plane.url}/nope")
+        assert response.status_code == 404
+        assert response.json() == {"error": "no such route: /nope"}
+        response = await client.get(f"{plane.url}/relay/provision")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "POST"
+        assert "not allowed" in response.json()["error"]
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection(plane: HttpServer) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(3):
+            response = await client.get(f"{plane.url}/nope")
+            assert response.status_code == 404
+    # One raw connection, two pipelined requests, both answered in order.
+    stream = await trio.open_tcp_stream("127.0.0.1", plane.port)
+    async with stream:
+        request = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+        await stream.send_all(request)
+        received = b""
+        while received.count(b"HTTP/1.1 404") < 2:
+            chunk = await stream.receive_some(4096)
+            assert chunk
+            received += chunk
+    assert received.index(b"/a") < received.index(b"/b")
+
+
+async def test_garbage_gets_400_and_oversized_body_413(plane: HttpServer) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", plane.port)
+    async with stream:
+        await stream.send_all(b"NOT HTTP AT ALL\r\n\r\n")
+        reply = await _read_all(stream)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert b'"error"' in reply
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{plane.url}/relay/provision",
+            content=b"x" * ((1 << 20) + 1),
+            headers=bearer(IDENTITY_TOKEN),
+        )
+    assert response.status_code == 413
+    assert "larger than" in response.json()["error"]
+
+
+async def _read_all(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some(4096):
+        data += chunk
+    return data
+
+
+async def test_a_raising_app_gets_500_and_the_server_keeps_serving(
+    start_app: Callable[[App], Awaitable[HttpServer]],
+) -> None:
+    async def app(request: HttpRequest) -> HttpResponse:
+        if request.path == "/boom":
+            raise RuntimeError("bug")
+        return HttpResponse(200, b"{}")
+
+    server = await start_app(app)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{server.url}/boom")
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error"}
+        assert (await client.get(f"{server.url}/fine")).status_code == 200
+
+
+# --------------------------------------------------------------------------- policy
+
+
+async def test_policy_needs_a_valid_upgrade_token_and_stores_the_policy(
+    plane: HttpServer, registry: ControlPlaneRegistry
+) -> None:
+    body = {
+        "platform": "discord",
+        "requireAddress": True,
+        "freeResponseScopes": ["c-support"],
+        "allowOtherBots": False,
+    }
+    async with httpx.AsyncClient() as client:
+        secret = (await provision(client, plane))["secret"]
+        url = f"{plane.url}/relay/policy"
+        response = await client.post(url, json=body, headers=bearer(IDENTITY_TOKEN))
+        assert response.status_code == 401
+        expired = make_token("gw-test", secret, 1, now=0)
+        response = await client.post(url, json=body, headers=bearer(expired))
+        assert response.status_code == 401
+        assert registry.policy_for("gw-test", "discord") is None
+        token = make_upgrade_token("gw-test", secret)
+        bad = body | {"requireAddress": "yes"}
+        response = await client.post(url, json=bad, headers=bearer(token))
+        assert response.json() == {"error": "requireAddress must be a boolean"}
+        response = await client.post(url, json=body, headers=bearer(token))
+        assert response.status_code == 200
+    assert registry.policy_for("gw-test", "discord") == RelevancePolicy(
+        require_address=True, free_response_scopes=("c-support",), allow_other_bots=False
+    )
+    assert registry.policy_for("gw-test", "slack") is None
+
+
+# --------------------------------------------------------------------------- enroll
+
+
+async def test_enroll_is_single_use_and_echoes_the_wake_url(
+    plane: HttpServer, registry: ControlPlaneRegistry
+) -> None:
+    token = registry.issue_enrollment_token(TENANT)
+    url = f"{plane.url}/relay/enroll"
+    body = {"enrollmentToken": token, "gatewayId": "gw-e", "wakeUrl": "https://w.example/"}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(url, json=body, headers=bearer(IDENTITY_TOKEN))
+        assert response.status_code == 200
+        reply = response.json()
+        assert reply["wakeUrl"] == "https://w.example"
+        assert reply["gatewayId"] == "gw-e"
+        assert registry.secrets_for("gw-e") == [reply["secret"]]
+        assert registry.wake_url_for("gw-e", "any-instance") == "https://w.example"
+        again = await client.post(url, json=body, headers=bearer(IDENTITY_TOKEN))
+        assert again.status_code == 403
+        assert again.json() == {"error": "enrollment token already used"}
+
+
+async def test_enroll_rejections(plane: HttpServer, registry: ControlPlaneRegistry) -> None:
+    registry.add_identity_token("idtok-other", "other-tenant")
+    token = registry.issue_enrollment_token(TENANT)
+    url = f"{plane.url}/relay/enroll"
+    async with httpx.AsyncClient() as client:
+
+        async def post(body: dict, identity: str = IDENTITY_TOKEN) -> httpx.Response:
+            return await client.post(url, json=body, headers=bearer(identity))
+
+        base = {"enrollmentToken": token, "gatewayId": "gw-e"}
+        assert (await post(base, "nobody")).status_code == 401
+        wrong_tenant = await post(base, "idtok-other")
+        assert wrong_tenant.json() == {"error": "enrollment token belongs to another tenant"}
+        unknown = await post(base | {"enrollmentToken": "enr_unknown"})
+        assert unknown.json() == {"error": "enrollment token invalid or expired"}
+        # A rejected body does not consume the token.
+        bad_wake = await post(base | {"wakeUrl": "not a url"})
+        assert bad_wake.status_code == 400
+        assert "wakeUrl" in bad_wake.json()["error"]
+        assert (await post(base)).status_code == 200
+
+
+async def test_legacy_connector_mode_rejects_wake_url_on_enroll(
+    plane: HttpServer, registry: ControlPlaneRegistry
+) -> None:
+    registry.accept_wake_url_on_enroll = False
+    token = registry.issue_enrollment_token(TENANT)
+    body = {"enrollmentToken": token, "gatewayId": "gw-e", "wakeUrl": "https://w.example"}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{plane.url}/relay/enroll", json=body, headers=bearer(IDENTITY_TOKEN)
+        )
+    assert response.status_code == 400
+    assert response.json() == {"error": "unknown field: wakeUrl"}
+
+
+# --------------------------------------------------------------------------- wake poker
+
+
+async def test_wake_poker_gets_once_per_cooldown(
+    mock_clock: trio.testing.MockClock,
+    start_app: Callable[[App], Awaitable[HttpServer]],
+) -> None:
+    hits: list[tuple[str, str, bytes]] = []
+
+    async def recorder(request: HttpRequest) -> HttpResponse:
+        hits.append((request.method, request.path, request.body))
+        return HttpResponse(204)
+
+    server = await start_app(recorder)
+    async with httpx.AsyncClient() as client:
+        poker = WakePoker(client, cooldown_s=60)
+        assert await poker.poke("gw/i-1", f"{server.url}/wake") is True
+        assert await poker.poke("gw/i-1", f"{server.url}/wake") is False
+        assert await poker.poke("gw/i-2", f"{server.url}/wake2") is True
+        mock_clock.jump(59.9)
+        assert await poker.poke("gw/i-1", f"{server.url}/wake") is False
+        mock_clock.jump(0.1)
+        assert await poker.poke("gw/i-1", f"{server.url}/wake") is True
+    assert hits == [("GET", "/wake", b""), ("GET", "/wake2", b""), ("GET", "/wake", b"")]
+
+
+async def test_wake_poker_swallows_failures(dead_url: str) -> None:
+    async with httpx.AsyncClient() as client:
+        poker = WakePoker(client)
+        assert await poker.poke("gw", f"{dead_url}/wake") is True
