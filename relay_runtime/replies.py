@@ -45,12 +45,10 @@ from protocol.results import (
 from relay_runtime.outbound import new_request_id
 from relay_runtime.state import OutboxEntry, OutboxFull, OutboxKind, StateDB
 
-__all__ = ["LIVE_STATES", "SWEEP_INTERVAL_S", "Replies", "ReplyLink"]
+__all__ = ["SWEEP_INTERVAL_S", "Replies", "ReplyLink"]
 
 log = logging.getLogger("relay_runtime.replies")
 
-#: Connection states in which outbound frames may be sent (RC §6.1).
-LIVE_STATES: Final = frozenset({"ready", "idle_requested"})
 #: How often expired outbox entries are swept between flushes (RC §6.2).
 SWEEP_INTERVAL_S: Final = 600.0
 
@@ -61,6 +59,10 @@ class ReplyLink(Protocol):
     @property
     def state(self) -> str:
         """The lower-case connection state name (``ready``, ``backoff``, ``disabled`` …)."""
+
+    @property
+    def live(self) -> bool:
+        """Outbound frames may be sent now (READY or IDLE_REQUESTED with a socket)."""
 
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         """The descriptor in force for ``platform`` (the default one for an unknown one)."""
@@ -143,7 +145,7 @@ class Replies:
     @property
     def live(self) -> bool:
         """Whether outbound frames may go out now."""
-        return self.link.state in LIVE_STATES
+        return self.link.live
 
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         """The descriptor in force for ``platform``."""

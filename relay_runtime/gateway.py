@@ -1,0 +1,340 @@
+"""``run_gateway``: the runtime assembled, and the :class:`Gateway` handle (architecture §2-§3).
+
+One nursery, owned by :func:`run_gateway`, holds everything that lives as long as the
+gateway: the connection supervisor (which owns each socket's nursery), the inbound
+dispatcher, the turn tasks (so a turn outlives a socket drop), the outbox flusher and the
+READY watcher that starts each flush. The gateway ends when the supervisor does (after
+``stop()``/``go_idle()``), when it is cancelled, or with :class:`RelayDisabled`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+import trio
+
+from protocol.actions import Action
+from protocol.descriptor import CapabilityDescriptor
+from protocol.events import MessageEvent
+from protocol.frames import Interrupt
+from protocol.results import SendResult
+from relay_runtime.config import ConfigError, GatewayConfig
+from relay_runtime.control import Credentials, boot_control_plane, declare_policy
+from relay_runtime.dispatcher import Agent, Dispatcher, InboundItem, TrustEvaluator
+from relay_runtime.errors import RelayDisabled
+from relay_runtime.replies import Replies
+from relay_runtime.state import StateDB, StateError
+from relay_runtime.supervisor import Supervisor
+from trust.model import Decision
+
+__all__ = ["AdmitAll", "AdmitOutcome", "Gateway", "SuspendCheck", "run_gateway"]
+
+log = logging.getLogger("relay_runtime.gateway")
+
+#: Buffer between the supervisor's reader and the dispatcher. Zero: the dispatcher is the
+#: admission point, so ``max_pending_inbound`` is exactly where the reader pauses.
+INBOUND_BUFFER: Final = 0
+
+
+# --------------------------------------------------------------------------- trust seam
+
+
+@attrs.frozen
+class AdmitOutcome:
+    """A trust outcome of the trust.md §0 shape."""
+
+    decision: Decision
+    run_agent: bool
+    reply: str | None = None
+
+
+class AdmitAll:
+    """The stand-in trust evaluator until the trust engine is wired: admits relay events.
+
+    Events not stamped ``delivered_via_relay`` are denied ``"unauthenticated event"`` as
+    the engine would; everything else is allowed.
+    """
+
+    _ALLOW: Final = AdmitOutcome(Decision(allow=True, reason="admit all", tier="default"), True)
+    _DENY: Final = AdmitOutcome(
+        Decision(allow=False, reason="unauthenticated event", tier="rule"), False
+    )
+
+    async def evaluate(self, event: MessageEvent) -> AdmitOutcome:
+        """Allow any event that arrived on the connector socket."""
+        return self._ALLOW if event.delivered_via_relay else self._DENY
+
+
+# --------------------------------------------------------------------------- the link
+
+
+@attrs.frozen
+class _SupervisorLink:
+    """The supervisor as the reply policy's link (a request may pick its ``requestId``)."""
+
+    supervisor: Supervisor
+
+    @property
+    def state(self) -> str:
+        return self.supervisor.state
+
+    @property
+    def live(self) -> bool:
+        return self.supervisor.live
+
+    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
+        return self.supervisor.descriptor_for(platform)
+
+    async def request(
+        self, action: Action, *, platform_raw: str | None = None, request_id: str | None = None
+    ) -> SendResult:
+        return await self.supervisor.outbound.request(
+            self.supervisor, action, platform_raw=platform_raw, request_id=request_id
+        )
+
+
+# --------------------------------------------------------------------------- the handle
+
+
+@attrs.frozen
+class SuspendCheck:
+    """Whether ``suspend()`` may proceed; ``reason`` names the first unmet obligation."""
+
+    ok: bool
+    reason: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Gateway:
+    """The running gateway, as :func:`run_gateway` hands it to its caller."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        supervisor: Supervisor,
+        dispatcher: Dispatcher,
+        replies: Replies,
+        trust: TrustEvaluator,
+        *,
+        wake_confirmed: bool,
+    ) -> None:
+        self.config = config
+        self.supervisor = supervisor
+        self.dispatcher = dispatcher
+        self.replies = replies
+        self.trust = trust
+        self.wake_confirmed = wake_confirmed
+
+    @property
+    def state(self) -> str:
+        """The connection state name: ``ready``, ``backoff``, ``closed``, ``disabled`` …"""
+        return self.supervisor.state
+
+    @property
+    def descriptors(self) -> Mapping[str, CapabilityDescriptor]:
+        """The connector's capability descriptors, by platform."""
+        return self.supervisor.descriptors
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters from every part (dispatcher, replies, connection, trust if it has any)."""
+        out: dict[str, Any] = {"state": self.state}
+        out.update(attrs.asdict(self.supervisor.stats))
+        out["pending_requests"] = self.supervisor.outbound.pending_count
+        out.update(self.dispatcher.stats_dict())
+        out.update(self.replies.stats())
+        trust_stats = getattr(self.trust, "stats", None)
+        if callable(trust_stats):
+            trust_stats = trust_stats()
+        if isinstance(trust_stats, Mapping):
+            out["trust"] = dict(trust_stats)
+        return out
+
+    async def go_idle(self) -> bool:
+        """Shut down through ``going_idle`` (RC §8); True if the connector acked it."""
+        return await self.supervisor.go_idle()
+
+    def stop(self) -> None:
+        """Stop for good (drains through ``going_idle`` when READY); the gateway then ends."""
+        self.supervisor.stop()
+
+    def send_interrupt(self, session_key: str, reason: str | None = None) -> bool:
+        """Ask the connector to route a ``/stop`` for ``session_key``; False if not sent."""
+        return self.supervisor.send_nowait(Interrupt(session_key=session_key, reason=reason))
+
+    def can_suspend(self) -> SuspendCheck:
+        """Whether a suspend may start now; names the first unmet obligation (R75)."""
+        if not self.config.wake_url:
+            return SuspendCheck(False, "no wake URL configured")
+        if not self.wake_confirmed:
+            return SuspendCheck(False, "wake URL not confirmed by the connector")
+        if self.dispatcher.running:
+            return SuspendCheck(False, f"{self.dispatcher.running} turn(s) running")
+        if self.dispatcher.queued:
+            return SuspendCheck(False, f"{self.dispatcher.queued} inbound delivery(ies) queued")
+        pending = self.supervisor.outbound.pending_count
+        if pending:
+            return SuspendCheck(False, f"{pending} outbound request(s) pending")
+        if self.replies.outbox_count:
+            return SuspendCheck(False, f"outbox not empty ({self.replies.outbox_count})")
+        if self.state != "ready":
+            return SuspendCheck(False, f"not connected (state {self.state})")
+        return SuspendCheck(True)
+
+    async def suspend(self) -> SuspendCheck:
+        """Flip to buffered delivery and close, re-dialing on the dormant cadence (RC §8).
+
+        Refused (nothing sent) while :meth:`can_suspend` is not met; ``"not acked"`` when
+        the connector did not ack ``going_idle`` in time (the socket then stays up).
+        """
+        check = self.can_suspend()
+        if not check:
+            return check
+        if await self.supervisor.suspend():
+            return SuspendCheck(True)
+        return SuspendCheck(False, "not acked")
+
+
+# --------------------------------------------------------------------------- run_gateway
+
+
+def _check(config: object, agent: object) -> GatewayConfig:
+    if not isinstance(config, GatewayConfig):
+        raise ConfigError("config", f"must be a GatewayConfig, got {type(config).__name__}")
+    if config.relay_url is None:
+        raise ConfigError("relay_url", "is not set; the gateway has no connector to dial")
+    if not config.enabled:
+        raise ConfigError("enabled", "is false; the relay is disabled by configuration")
+    if not callable(agent):
+        raise ConfigError("agent", f"must be an async callable, got {type(agent).__name__}")
+    if not config.group_sessions_per_user or config.thread_sessions_per_user:
+        log.warning(
+            "relay: non-default session keying (group_sessions_per_user=%s, "
+            "thread_sessions_per_user=%s); follow_up lookups at the connector will miss",
+            config.group_sessions_per_user,
+            config.thread_sessions_per_user,
+        )
+    return config
+
+
+def _with_credentials(config: GatewayConfig, credentials: Credentials | None) -> GatewayConfig:
+    if credentials is None or config.has_pinned_credentials:
+        return config
+    return attrs.evolve(
+        config,
+        gateway_id=credentials.gateway_id,
+        secret=credentials.secret,
+        delivery_key=credentials.delivery_key,
+        wake_confirmed=config.wake_confirmed or credentials.wake_confirmed,
+    )
+
+
+async def _flush_on_ready(supervisor: Supervisor, replies: Replies) -> None:
+    """Start an outbox flush on every READY (RC §6.2)."""
+    seen = 0
+    while True:
+        seen = await supervisor.wait_next_ready(seen)
+        replies.poke()
+
+
+def _disabled_in(group: BaseExceptionGroup[BaseException]) -> RelayDisabled | None:
+    """The RelayDisabled a nursery raised, if that (plus cancellations) is all it raised."""
+    matched, rest = group.split(RelayDisabled)
+    if matched is None:
+        return None
+    if rest is not None:
+        _, other = rest.split(trio.Cancelled)
+        if other is not None:
+            return None
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, RelayDisabled)
+    return leaf
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    agent: Agent,
+    *,
+    trust: TrustEvaluator | None = None,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a gateway until it is stopped or cancelled (architecture §3).
+
+    Calls ``task_status.started(gateway)`` once the first descriptor has arrived. Raises
+    :class:`ConfigError` for a bad configuration before any dial, and
+    :class:`RelayDisabled` when the connector revoked the credential (terminal 4401).
+    A failing dial is retried on the backoff ladder; it never raises.
+    """
+    config = _check(config, agent)
+    credentials = await boot_control_plane(config)
+    config = _with_credentials(config, credentials)
+    if credentials is not None:
+        await declare_policy(config, credentials)
+    try:
+        db = await StateDB.open(
+            config.state_dir,
+            now=time.time(),
+            outbox_max=config.outbox_max,
+            outbox_ttl_s=config.outbox_ttl_s,
+            dedupe_window_s=config.dedupe_window_s,
+            dedupe_max=config.dedupe_max,
+        )
+    except StateError as exc:
+        raise ConfigError("state_dir", str(exc)) from exc
+    evaluator: TrustEvaluator = trust if trust is not None else AdmitAll()
+    async with db:
+        inbound_send, inbound_recv = trio.open_memory_channel[InboundItem](INBOUND_BUFFER)
+
+        def on_interrupt(session_key: str, chat_id: str) -> None:
+            dispatcher.interrupt(session_key, chat_id)
+
+        supervisor = Supervisor(config, inbound=inbound_send, on_interrupt=on_interrupt)
+        replies = Replies(_SupervisorLink(supervisor), db, config.identities)
+        dispatcher = Dispatcher(
+            agent=agent,
+            trust=evaluator,
+            replies=replies,
+            db=db,
+            acks=supervisor,
+            identities=config.identities,
+            max_concurrent_turns=config.max_concurrent_turns,
+            max_pending_inbound=config.max_pending_inbound,
+            group_sessions_per_user=config.group_sessions_per_user,
+            thread_sessions_per_user=config.thread_sessions_per_user,
+            remember=supervisor.remember,
+        )
+        gateway = Gateway(
+            config,
+            supervisor,
+            dispatcher,
+            replies,
+            evaluator,
+            wake_confirmed=bool(config.wake_url) and config.wake_confirmed,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def supervise(*, task_status: trio.TaskStatus[Supervisor]) -> None:
+                    try:
+                        await supervisor.run(task_status=task_status)
+                    finally:
+                        nursery.cancel_scope.cancel()
+
+                await nursery.start(replies.run_flusher)
+                nursery.start_soon(dispatcher.run, inbound_recv, nursery)
+                nursery.start_soon(_flush_on_ready, supervisor, replies)
+                await nursery.start(supervise)
+                task_status.started(gateway)
+        except BaseExceptionGroup as group:
+            disabled = _disabled_in(group)
+            if disabled is None:
+                raise
+            raise disabled from None
