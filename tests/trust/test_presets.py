@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trust.model import ClientState, CommandKind, InviteCheck, Level, RequestFacts
+from trust.model import ClientState, CommandKind, Decision, InviteCheck, Level, RequestFacts
 from trust.policy import PRESETS, load_preset, preset_text
 from trust.rules import decide
 
@@ -131,6 +131,8 @@ def test_strict_invites_are_not_accepted() -> None:
         ClientState("x:1"),
         RequestFacts(command=CommandKind.INVITE, invite=InviteCheck(True, invite_id="i")),
     )
-    assert not got.allow if hasattr(got, "allow") else False
+    assert isinstance(got, Decision)
+    assert (got.allow, got.reason) == (False, "stranger denied by strict")
     whitelisted = decide(strict, ClientState("x:1", level=Level.WHITELIST), RequestFacts())
-    assert getattr(whitelisted, "allow", False) is True
+    assert isinstance(whitelisted, Decision)
+    assert whitelisted.allow is True
