@@ -505,3 +505,23 @@ def test_decide_never_raises_on_internal_error() -> None:
     broken = attrs.evolve(CAREFUL, fast_rules=(None,))  # type: ignore[arg-type]
     d = must_decide(broken, STRANGER)
     assert (d.allow, d.reason) == (False, ENGINE_ERROR)
+
+
+def test_T48_bench_trust_runs_and_reports_median_and_p99() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_trust.py"
+    spec = importlib.util.spec_from_file_location("bench_trust", path)
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cases = bench.workload()
+    assert len({p.name for p, _, _ in cases}) == 4
+    twenty = next(p for p, _, _ in cases if p.name == "bench20")
+    assert len(twenty.fast_rules) == 20
+    result = bench.bench_decide(2000)
+    assert result.count == 2000
+    assert 0 < result.median_us <= result.p99_us
+    assert "median" in result.line()

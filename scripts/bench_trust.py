@@ -1,0 +1,155 @@
+"""Trust fast-rule latency: `decide` with a warm view (trust spec §5 Performance, T48).
+
+Runs N decisions (default 100 000) spread over the three presets and a 20-rule policy, for
+a mix of client states and messages, timing each call, and prints the median and p99 in µs.
+The target is a median under 20 µs. `bench_evaluate` is the slot for the engine's
+`evaluate` fast path (warm cache, no agent; target median < 100 µs); it reports nothing
+until the engine's author fills it in.
+
+    python scripts/bench_trust.py [--iterations N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import attrs
+
+from trust.model import (
+    AgentVerdict,
+    ClientState,
+    CommandKind,
+    InviteCheck,
+    Level,
+    RequestFacts,
+)
+from trust.policy import Policy, load_preset
+from trust.rules import decide
+
+TARGET_MEDIAN_US = 20.0
+
+TWENTY_RULES = """---
+name: bench20
+fast_rules:
+  - {if: [is_admin, is_dm], action: allow}
+  - {if: 'requests_hour > 500', action: block, reason: flooding}
+  - {if: [not is_dm, not mentions_bot], action: deny, reason: not addressed}
+  - {if: [is_whitelist, 'days_known >= 1'], action: allow}
+  - {if: [is_contact, 'requests_today < 200'], action: allow}
+  - {if: [is_contact, 'requests_today >= 200'], action: deny, reason: daily limit}
+  - {if: has_invite_code, action: verify_invite, on_success: promote_to_contact}
+  - {if: [is_stranger, 'requests > 1000'], action: block, reason: persistent stranger}
+  - {if: [is_stranger, 'days_known > 30'], action: deny, reason: stale stranger}
+  - {if: [is_stranger, 'requests_hour > 20'], action: deny, reason: slow down}
+  - {if: [is_anonymous, is_dm], action: deny, reason: anonymous dm}
+  - {if: ['requests == 1', is_dm], action: deny, reason: first message}
+  - {if: ['requests == 2', is_dm], action: deny, reason: second message}
+  - {if: ['requests == 3', is_dm], action: deny, reason: third message}
+  - {if: [is_stranger, mentions_bot, 'requests < 5'], action: deny, reason: early mention}
+  - {if: [is_stranger, 'days_known == 0', 'requests_today > 50'], action: deny}
+  - {if: [not is_stranger, not is_contact, not is_whitelist], action: deny}
+  - {if: ['requests_hour != 0', 'requests_today == 0'], action: deny, reason: clock skew}
+  - {if: [is_stranger, is_dm, 'requests > 10'], action: use_agent, reason: regular stranger}
+  - {if: always, action: deny}
+use_agent:
+  - {when: [is_stranger, 'requests > 10'], reason: keeps writing}
+cache: 1h
+agent_tools: [get_level, promote_to_contact]
+default: deny
+---
+Judge one stranger who keeps writing. Deny when unsure.
+"""
+
+
+@attrs.frozen
+class BenchResult:
+    """Per-call latency of one benchmark."""
+
+    name: str
+    count: int
+    median_us: float
+    p99_us: float
+
+    def line(self) -> str:
+        """One human-readable line."""
+        return (
+            f"{self.name}: {self.count} calls, median {self.median_us:.2f} µs, "
+            f"p99 {self.p99_us:.2f} µs"
+        )
+
+
+def workload() -> list[tuple[Policy, ClientState, RequestFacts]]:
+    """The (policy, warm client view, facts) cases the benchmark cycles through."""
+    policies = [load_preset("open"), load_preset("careful"), load_preset("strict")]
+    policies.append(Policy.from_text(TWENTY_RULES, name="bench20"))
+    clients = [
+        ClientState("discord:1", level=Level.STRANGER, requests=3, requests_today=3),
+        ClientState("discord:2", level=Level.STRANGER, requests=12, requests_hour=2),
+        ClientState("discord:3", level=Level.CONTACT, requests=80, requests_today=9, days_known=4),
+        ClientState("discord:4", level=Level.WHITELIST, requests=900, days_known=40),
+        ClientState("discord:5", level=Level.CONTACT, is_admin=True, requests=5),
+        ClientState("discord:6", level=Level.WHITELIST, blocked=True),
+        ClientState.anonymous_sender(),
+    ]
+    facts = [
+        RequestFacts(is_dm=True),
+        RequestFacts(mentions_bot=True),
+        RequestFacts(
+            command=CommandKind.INVITE, is_dm=True, invite=InviteCheck(True, invite_id="inv")
+        ),
+        RequestFacts(is_dm=True, agent=AgentVerdict(True, "regular", cached=True)),
+    ]
+    return [(p, c, f) for p in policies for c in clients for f in facts]
+
+
+def _summarise(name: str, samples_ns: Sequence[int]) -> BenchResult:
+    ordered = sorted(samples_ns)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return BenchResult(name, len(ordered), statistics.median(ordered) / 1000, p99 / 1000)
+
+
+def bench_decide(iterations: int = 100_000) -> BenchResult:
+    """Time `iterations` calls of `decide` over `workload()`, one timer per call."""
+    cases = workload()
+    for policy, client, facts in cases:  # warm up every path once
+        decide(policy, client, facts)
+    clock = time.perf_counter_ns
+    samples = [0] * iterations
+    n_cases = len(cases)
+    for i in range(iterations):
+        policy, client, facts = cases[i % n_cases]
+        start = clock()
+        decide(policy, client, facts)
+        samples[i] = clock() - start
+    return _summarise("decide", samples)
+
+
+def bench_evaluate(iterations: int = 100_000) -> BenchResult | None:
+    """The engine's `evaluate` fast path (warm cache, no agent); None until written.
+
+    For the engine's author: build an engine on an in-memory or tmp store with a warm
+    cache, time `iterations` awaits of `engine.evaluate(event)` and return
+    `_summarise("evaluate", samples)`. Target: median < 100 µs.
+    """
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; exit 1 when the decide median misses its target."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    result = bench_decide(args.iterations)
+    print(result.line())
+    print(f"target: median < {TARGET_MEDIAN_US:.0f} µs")
+    evaluated = bench_evaluate(args.iterations)
+    print(evaluated.line() if evaluated else "evaluate: not measured (engine bench not wired)")
+    return 0 if result.median_us < TARGET_MEDIAN_US else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
