@@ -19,10 +19,12 @@ from typing import Protocol
 import attrs
 import trio
 import trio_websocket
+from trio_websocket import ConnectionRejected, HandshakeError
 from wsproto.utilities import LocalProtocolError
 
 from protocol import connection as sm
 from protocol.actions import Action
+from protocol.auth import make_upgrade_token
 from protocol.codec import encode_frame
 from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
 from protocol.errors import FrameError
@@ -100,8 +102,6 @@ class SupervisorStats:
 
 
 def _default_token(gateway_id: str, secret: str) -> str:
-    from protocol.auth import make_upgrade_token
-
     return make_upgrade_token(gateway_id, secret, now=time.time())
 
 
@@ -241,6 +241,16 @@ class Supervisor:
             if self.machine.terminal:
                 return
             await self._ready_changed.wait()
+
+    async def wait_next_ready(self, seen: int) -> int:
+        """Wait until more than ``seen`` handshakes have completed; return how many have.
+
+        ``seen = 0`` waits for the first READY; feeding the result back waits for each
+        later one (the gateway flushes the outbox on every READY).
+        """
+        while self.stats.handshakes <= seen:
+            await self._ready_changed.wait()
+        return self.stats.handshakes
 
     async def go_idle(self) -> bool:
         """Shut down through ``going_idle`` (RC §8); True if the connector acked it."""
@@ -431,6 +441,7 @@ class Supervisor:
         config = self.config
         socket: RelaySocket | None = None
         ended: list[SocketEnd] = []  # stays empty when our close watcher cancels the reader
+        failed: list[DialError] = []
         try:
             async with trio.open_nursery() as nursery:
                 token = None
@@ -450,10 +461,8 @@ class Supervisor:
                             timeout_s=config.handshake_timeout_s,
                         )
                 except DialError as exc:
-                    self.stats.dial_failures += 1
-                    log.warning("relay: dial failed: %s", exc.reason)
+                    failed.append(exc)
                     nursery.cancel_scope.cancel()
-                    self._report(generation, sm.DialFailed(exc.reason, exc.http_status))
                     return SocketEnd(-1)
                 if dial_scope.cancelled_caught:
                     nursery.cancel_scope.cancel()
@@ -470,11 +479,24 @@ class Supervisor:
                 self._report(generation, sm.DialSucceeded())
                 nursery.start_soon(socket.keepalive, nursery)
                 ended.append(await socket.reader(lambda item: self._on_item(generation, item)))
+                await socket.settle()
                 nursery.cancel_scope.cancel()
+        except* ConnectionRejected as group:
+            # trio-websocket raises a rejected upgrade from its reader task, not the dial.
+            rejected = group.exceptions[0]
+            assert isinstance(rejected, ConnectionRejected)
+            status = rejected.status_code
+            failed.append(DialError(f"upgrade rejected with HTTP {status}", status))
+        except* (HandshakeError, OSError) as group:
+            failed.append(DialError(f"{type(group.exceptions[0]).__name__}: {group.exceptions[0]}"))
         finally:
             if socket is not None:
                 self.stats.frames_in += socket.frames_in
                 self.stats.frames_out += socket.frames_out
+            if failed and socket is None:
+                self.stats.dial_failures += 1
+                log.warning("relay: dial failed: %s", failed[0].reason)
+                self._report(generation, sm.DialFailed(failed[0].reason, failed[0].http_status))
         if ended:
             return ended[0]
         # Our close watcher ended the socket's tasks: report the close we sent.

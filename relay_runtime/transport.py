@@ -153,6 +153,7 @@ class RelaySocket:
         self.last_seen = trio.current_time()
         self._send, self._recv = trio.open_memory_channel[WriteJob](write_buffer)
         self._local_end: SocketEnd | None = None
+        self._close_done = trio.Event()
         self.frames_in = 0
         self.frames_out = 0
 
@@ -273,11 +274,24 @@ class RelaySocket:
         """Close with ``code``/``reason`` (bounded; never raises for transport reasons)."""
         if self._local_end is None:
             self._local_end = SocketEnd(code, reason)
-        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-            with contextlib.suppress(
-                ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
-            ):
-                await self.ws.aclose(code, reason)
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                with contextlib.suppress(
+                    ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
+                ):
+                    await self.ws.aclose(code, reason)
+        finally:
+            self._close_done.set()
+
+    async def settle(self) -> None:
+        """If we started closing, wait (bounded) for the close handshake to finish.
+
+        The reader sees ``ConnectionClosed`` as soon as a local close begins; ending the
+        socket's tasks then would drop the peer's close echo and stall the close.
+        """
+        if self._local_end is not None:
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self._close_done.wait()
 
 
 def message_limit(max_frame_bytes: int) -> int:
