@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -492,13 +493,18 @@ async def send_policy(
     credentials: Credentials,
     policy: Mapping[str, Any],
     client: httpx.AsyncClient,
+    *,
+    wall_clock: Callable[[], float] = time.time,
 ) -> bool:
-    """``POST /relay/policy`` with a fresh upgrade token; ``True`` only on HTTP 200."""
+    """``POST /relay/policy`` with a fresh upgrade token; ``True`` only on HTTP 200.
+
+    The token is minted for this call from ``wall_clock`` (token expiry is wall time).
+    """
     if config.relay_url is None:
         return False
     platform = policy.get("platform")
     try:
-        token = make_upgrade_token(credentials.gateway_id, credentials.secret)
+        token = make_upgrade_token(credentials.gateway_id, credentials.secret, now=wall_clock())
         reply = await _send(
             client,
             control_url(config.relay_url, POLICY),

@@ -211,7 +211,11 @@ async def _respond(conn: h11.Connection, stream: trio.SocketStream, response: Ht
         reason = HTTPStatus(response.status).phrase.encode()
     except ValueError:
         reason = b""
-    headers = [(b"content-length", str(len(response.body)).encode())]
+    if response.status in (204, 304) or response.status < 200:
+        response = attrs.evolve(response, body=b"", content_type=None)
+        headers = []
+    else:
+        headers = [(b"content-length", str(len(response.body)).encode())]
     if response.content_type:
         headers.append((b"content-type", response.content_type.encode()))
     headers += [(k.encode(), v.encode()) for k, v in response.headers]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -36,14 +37,16 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def provision(client: httpx.AsyncClient, plane: HttpServer, **extra: object) -> dict:
+async def provision(
+    client: httpx.AsyncClient, plane: HttpServer, **extra: object
+) -> dict[str, Any]:
     response = await client.post(
         f"{plane.url}/relay/provision",
         json=PROVISION_BODY | extra,
         headers=bearer(IDENTITY_TOKEN),
     )
     assert response.status_code == 200, response.text
-    body: dict = response.json()
+    body: dict[str, Any] = response.json()
     return body
 
 
@@ -267,7 +270,7 @@ async def test_enroll_rejections(plane: HttpServer, registry: ControlPlaneRegist
     url = f"{plane.url}/relay/enroll"
     async with httpx.AsyncClient() as client:
 
-        async def post(body: dict, identity: str = IDENTITY_TOKEN) -> httpx.Response:
+        async def post(body: dict[str, Any], identity: str = IDENTITY_TOKEN) -> httpx.Response:
             return await client.post(url, json=body, headers=bearer(identity))
 
         base = {"enrollmentToken": token, "gatewayId": "gw-e"}
