@@ -353,3 +353,18 @@ def test_T29_neither_preset_nor_file_is_config_error(value: str) -> None:
 def test_T29_directory_is_not_a_policy(tmp_path: Path) -> None:
     with pytest.raises(TrustConfigError):
         resolve_policy(str(tmp_path))
+
+
+def test_T71_every_example_policy_in_docs_loads() -> None:
+    import re
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    examples = []
+    for page in sorted(docs.glob("*.md")):
+        examples += [
+            (page.name, m) for m in re.findall(r"```policy\n(.*?)```", page.read_text(), re.S)
+        ]
+    assert len(examples) >= 4
+    for page_name, text in examples:
+        policy = Policy.from_text(text, source=page_name)
+        assert not [w for w in policy.warnings if "unreachable" in w.message], page_name
