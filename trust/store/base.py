@@ -177,6 +177,10 @@ class ClientStore(Protocol):
         """The newest audit id."""
         ...
 
+    async def count_audit(self, action: str, tier: AuditTier, since_ms: int) -> int:
+        """Audit rows of one action and tier since a time (agent promotions per hour)."""
+        ...
+
     async def prune(self) -> int:
         """Drop expired cache rows and stale stranger counters."""
         ...
@@ -364,6 +368,12 @@ class SqlClientStore:
     async def last_audit_id(self) -> int:
         """See :meth:`ClientStore.last_audit_id`."""
         return await self._call(core.last_audit_id, write=False)
+
+    async def count_audit(self, action: str, tier: AuditTier, since_ms: int) -> int:
+        """See :meth:`ClientStore.count_audit`."""
+        return await self._call(
+            lambda tx: core.count_audit(tx, action, tier, since_ms), write=False
+        )
 
     async def prune(self) -> int:
         """See :meth:`ClientStore.prune`."""

@@ -684,6 +684,18 @@ def changes_since(tx: Tx, audit_id: int) -> list[tuple[int, str | None]]:
     return [(int(r[0]), _opt_str(r[1])) for r in rows]
 
 
+def count_audit(tx: Tx, action: str, tier: AuditTier, since_ms: int) -> int:
+    """How many ``action`` rows of ``tier`` were written since ``since_ms``."""
+    row = _one(
+        tx,
+        "SELECT COUNT(*) FROM trust_audit WHERE action = ? AND tier = ? AND at >= ?",
+        action,
+        tier,
+        since_ms,
+    )
+    return int(row[0]) if row else 0
+
+
 def last_audit_id(tx: Tx) -> int:
     """The newest audit id, 0 for an empty log."""
     row = _one(tx, "SELECT MAX(id) FROM trust_audit")
