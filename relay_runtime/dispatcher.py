@@ -36,14 +36,21 @@ from protocol.events import Identity, MessageEvent
 from protocol.frames import Frame, Inbound, InboundAck, PassthroughForwardFrame
 from protocol.passthrough import PassthroughError, decode_forward
 from protocol.session_key import build_session_key, message_key
-from relay_runtime.state import ClaimHandle, ClaimStatus, MessageKey, StateDB, TurnEndState
+from relay_runtime.state import ClaimHandle, ClaimResult, ClaimStatus, MessageKey, TurnEndState
 from relay_runtime.turn import Turn
 
 if TYPE_CHECKING:
     from relay_runtime.replies import Replies
     from trust.model import Decision
 
-__all__ = ["Agent", "Dispatcher", "FrameSink", "TrustEvaluator", "TrustOutcomeLike"]
+__all__ = [
+    "Agent",
+    "Dispatcher",
+    "FrameSink",
+    "TrustEvaluator",
+    "TrustOutcomeLike",
+    "TurnStore",
+]
 
 log = logging.getLogger("relay_runtime.dispatcher")
 
@@ -72,6 +79,36 @@ class TrustEvaluator(Protocol):
 
     async def evaluate(self, event: MessageEvent) -> TrustOutcomeLike:
         """Return a TrustOutcome; raises nothing but ``trio.Cancelled``."""
+
+
+class TurnStore(Protocol):
+    """The part of :class:`~relay_runtime.state.StateDB` the dispatcher uses."""
+
+    async def claim(self, k_msg: MessageKey | None, k_buf: str | None, now: float) -> ClaimResult:
+        """Claim a delivery by its keys (RC §7.3)."""
+
+    async def release(self, handle: ClaimHandle | None) -> bool:
+        """Drop an in-flight claim so a replay runs the delivery."""
+
+    async def turn_started(
+        self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
+    ) -> int:
+        """Record a running turn; return its id."""
+
+    async def complete_turn(
+        self,
+        handle: ClaimHandle | None,
+        turn_id: int | None,
+        state: TurnEndState,
+        now: float,
+        error: str | None = None,
+    ) -> None:
+        """Commit the claim as COMPLETED and the turn's end state, in one transaction."""
+
+    async def release_turn(
+        self, handle: ClaimHandle | None, turn_id: int | None, now: float
+    ) -> None:
+        """Release the claim and record the turn cancelled, in one transaction."""
 
 
 class FrameSink(Protocol):
@@ -119,7 +156,7 @@ class Dispatcher:
         agent: Agent | None,
         trust: TrustEvaluator,
         replies: Replies,
-        db: StateDB,
+        db: TurnStore,
         acks: FrameSink,
         identities: tuple[Identity, ...],
         max_concurrent_turns: int = 16,

@@ -43,9 +43,9 @@ from protocol.results import (
     SendResult,
 )
 from relay_runtime.outbound import new_request_id
-from relay_runtime.state import OutboxEntry, OutboxFull, OutboxKind, StateDB
+from relay_runtime.state import Attempt, OutboxEntry, OutboxFull, OutboxKind
 
-__all__ = ["SWEEP_INTERVAL_S", "Replies", "ReplyLink"]
+__all__ = ["SWEEP_INTERVAL_S", "OutboxStore", "Replies", "ReplyLink"]
 
 log = logging.getLogger("relay_runtime.replies")
 
@@ -75,6 +75,40 @@ class ReplyLink(Protocol):
         request_id: str | None = None,
     ) -> SendResult:
         """Send one action and wait for its result; never raises for transport reasons."""
+
+
+class OutboxStore(Protocol):
+    """The part of :class:`~relay_runtime.state.StateDB` the reply policy uses."""
+
+    @property
+    def outbox_max(self) -> int:
+        """The outbox bound (0 = nothing is ever queued)."""
+
+    async def put(
+        self,
+        identity_platform: str,
+        identity_bot_id: str,
+        action_json: str,
+        request_id: str,
+        kind: OutboxKind,
+        now: float,
+    ) -> int:
+        """Commit one entry; raise :class:`OutboxFull` at the bound."""
+
+    async def peek_next(self, now: float) -> OutboxEntry | None:
+        """The oldest live entry."""
+
+    async def delete(self, outbox_id: int) -> bool:
+        """Remove an entry."""
+
+    async def bump_attempts(self, outbox_id: int) -> Attempt:
+        """Count one failed delivery (the last one deletes the entry)."""
+
+    async def expire(self, now: float) -> list[OutboxEntry]:
+        """Delete expired entries."""
+
+    async def count(self) -> int:
+        """Entries queued."""
 
 
 def _is_drop_or_timeout(result: SendResult) -> bool:
@@ -118,7 +152,7 @@ class Replies:
     def __init__(
         self,
         link: ReplyLink,
-        db: StateDB,
+        db: OutboxStore,
         identities: tuple[Identity, ...],
         *,
         clock: Callable[[], float] = time.time,

@@ -1,0 +1,343 @@
+"""Stand-ins for dispatcher/reply-policy unit tests.
+
+``FakeLink`` plays the supervisor (state, descriptors, ``request``, ``send_nowait``).
+``MemoryState`` is an in-memory twin of the state db's claim/turn/outbox calls, used where a
+test runs under ``autojump_clock``: the real ``StateDB`` works in a worker thread, and a
+thread the mock clock cannot see makes autojump fire timers early. Tests that need real
+durability (restart, R45, R63) use the real ``StateDB`` without timers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from protocol.actions import Action
+from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
+from protocol.events import Identity, MessageEvent, SessionSource
+from protocol.frames import Frame, Inbound, InboundAck, OutboundResult
+from protocol.results import NOT_CONNECTED, SendResult
+from relay_runtime.outbound import OutboundRouter
+from relay_runtime.state import (
+    FOLLOW_UP_TTL_S,
+    Attempt,
+    ClaimHandle,
+    ClaimResult,
+    ClaimStatus,
+    MessageKey,
+    OutboxEntry,
+    OutboxFull,
+    OutboxKind,
+    TurnEndState,
+)
+from trust.model import Decision
+
+Responder = Callable[[Action, str | None, str | None], Awaitable[SendResult]]
+
+
+async def ok(action: Action, platform_raw: str | None, request_id: str | None) -> SendResult:
+    """The connector accepted the action."""
+    return SendResult.from_wire({"success": True, "message_id": f"m-{request_id}"})
+
+
+@attrs.define(eq=False)
+class Sent:
+    """One request the link received."""
+
+    action: Action
+    platform_raw: str | None
+    request_id: str | None
+    at: float
+
+
+@attrs.define(eq=False)
+class FakeLink:
+    """The supervisor as the dispatcher and reply policy see it."""
+
+    state: str = "ready"
+    descriptor: CapabilityDescriptor = attrs.field(
+        factory=lambda: placeholder_descriptor("discord")
+    )
+    responder: Responder = ok
+    requests: list[Sent] = attrs.field(factory=list)
+    frames: list[Frame] = attrs.field(factory=list)
+    remembered: list[MessageEvent] = attrs.field(factory=list)
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("ready", "idle_requested")
+
+    @property
+    def acks(self) -> list[str]:
+        return [f.buffer_id for f in self.frames if isinstance(f, InboundAck)]
+
+    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
+        return self.descriptor
+
+    async def request(
+        self, action: Action, *, platform_raw: str | None = None, request_id: str | None = None
+    ) -> SendResult:
+        if not self.live:
+            return SendResult.failure(NOT_CONNECTED, retryable=True)
+        self.requests.append(Sent(action, platform_raw, request_id, trio.current_time()))
+        return await self.responder(action, platform_raw, request_id)
+
+    def send_nowait(self, frame: Frame) -> bool:
+        if not self.live:
+            return False
+        self.frames.append(frame)
+        return True
+
+    def remember(self, event: MessageEvent) -> None:
+        self.remembered.append(event)
+
+
+@attrs.define(eq=False)
+class _Claim:
+    keys: list[str]
+    state: str = "in_flight"
+
+
+@attrs.define(eq=False)
+class MemoryState:
+    """In-memory twin of the ``StateDB`` calls the dispatcher and reply policy make."""
+
+    outbox_max: int = 1000
+    outbox_ttl_s: float = 86400
+    claims: dict[int, _Claim] = attrs.field(factory=dict)
+    keys: dict[str, int] = attrs.field(factory=dict)
+    turns: dict[int, tuple[str, str]] = attrs.field(factory=dict)
+    outbox: dict[int, OutboxEntry] = attrs.field(factory=dict)
+    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+
+    # dedupe + turns
+    async def claim(self, k_msg: MessageKey | None, k_buf: str | None, now: float) -> ClaimResult:
+        await trio.lowlevel.checkpoint()
+        keys = []
+        if k_msg is not None and k_msg[1] and k_msg[2]:
+            keys.append(f"msg:{k_msg}")
+        if k_buf:
+            keys.append(f"buf:{k_buf}")
+        if not keys:
+            return ClaimResult(ClaimStatus.NEW, None)
+        found = [self.keys[k] for k in keys if k in self.keys]
+        for cid in found:
+            if self.claims[cid].state == "completed":
+                return ClaimResult(ClaimStatus.COMPLETED, ClaimHandle(cid))
+        if found:
+            return ClaimResult(ClaimStatus.IN_FLIGHT, ClaimHandle(found[0]))
+        cid = next(self._ids)
+        self.claims[cid] = _Claim(keys)
+        for k in keys:
+            self.keys[k] = cid
+        return ClaimResult(ClaimStatus.NEW, ClaimHandle(cid))
+
+    async def release(self, handle: ClaimHandle | None) -> bool:
+        await trio.lowlevel.checkpoint()
+        if handle is None or handle.claim_id not in self.claims:
+            return False
+        claim = self.claims[handle.claim_id]
+        if claim.state != "in_flight":
+            return False
+        del self.claims[handle.claim_id]
+        for k in claim.keys:
+            self.keys.pop(k, None)
+        return True
+
+    async def turn_started(
+        self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
+    ) -> int:
+        await trio.lowlevel.checkpoint()
+        tid = next(self._ids)
+        self.turns[tid] = (session_key, "running")
+        return tid
+
+    async def complete_turn(
+        self,
+        handle: ClaimHandle | None,
+        turn_id: int | None,
+        state: TurnEndState,
+        now: float,
+        error: str | None = None,
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        if handle is not None and handle.claim_id in self.claims:
+            self.claims[handle.claim_id].state = "completed"
+        if turn_id is not None:
+            self.turns[turn_id] = (self.turns[turn_id][0], state)
+
+    async def release_turn(
+        self, handle: ClaimHandle | None, turn_id: int | None, now: float
+    ) -> None:
+        await self.release(handle)
+        if turn_id is not None:
+            self.turns[turn_id] = (self.turns[turn_id][0], "cancelled")
+
+    def turn_states(self) -> list[str]:
+        return [state for _, state in self.turns.values()]
+
+    # outbox
+    async def put(
+        self,
+        identity_platform: str,
+        identity_bot_id: str,
+        action_json: str,
+        request_id: str,
+        kind: OutboxKind,
+        now: float,
+    ) -> int:
+        await trio.lowlevel.checkpoint()
+        await self.expire(now)
+        if len(self.outbox) >= self.outbox_max:
+            raise OutboxFull(self.outbox_max)
+        ttl = self.outbox_ttl_s if kind == "send" else FOLLOW_UP_TTL_S
+        oid = next(self._ids)
+        self.outbox[oid] = OutboxEntry(
+            oid,
+            identity_platform,
+            identity_bot_id,
+            action_json,
+            request_id,
+            kind,
+            now,
+            now + ttl,
+            0,
+        )
+        return oid
+
+    async def peek_next(self, now: float) -> OutboxEntry | None:
+        await trio.lowlevel.checkpoint()
+        live = [e for e in self.outbox.values() if e.expires_at > now]
+        return min(live, key=lambda e: e.id) if live else None
+
+    async def delete(self, outbox_id: int) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self.outbox.pop(outbox_id, None) is not None
+
+    async def bump_attempts(self, outbox_id: int) -> Attempt:
+        await trio.lowlevel.checkpoint()
+        entry = self.outbox[outbox_id]
+        entry = attrs.evolve(entry, attempts=entry.attempts + 1)
+        if entry.attempts >= 5:
+            del self.outbox[outbox_id]
+            return Attempt(entry.attempts, True)
+        self.outbox[outbox_id] = entry
+        return Attempt(entry.attempts, False)
+
+    async def expire(self, now: float) -> list[OutboxEntry]:
+        await trio.lowlevel.checkpoint()
+        gone = [e for e in self.outbox.values() if e.expires_at <= now]
+        for e in gone:
+            del self.outbox[e.id]
+        return gone
+
+    async def count(self) -> int:
+        await trio.lowlevel.checkpoint()
+        return len(self.outbox)
+
+
+@attrs.define(eq=False)
+class Verdict:
+    """A scripted trust evaluator: allow everyone unless told otherwise."""
+
+    allow: bool = True
+    run_agent: bool = True
+    reply: str | None = None
+    seen: list[MessageEvent] = attrs.field(factory=list)
+
+    @property
+    def decision(self) -> Decision:
+        return Decision(allow=self.allow, reason="test", tier="rule")
+
+    async def evaluate(self, event: MessageEvent) -> Verdict:
+        self.seen.append(event)
+        return self
+
+
+def inbound(
+    text: str = "hi",
+    *,
+    chat: str = "c1",
+    user: str = "u1",
+    message_id: str | None = None,
+    buffer_id: str | None = None,
+    platform: str = "discord",
+    chat_type: str = "group",
+    guild: str | None = None,
+    **event_fields: Any,
+) -> Inbound:
+    """An ``inbound`` frame as the reader delivers it (stamped ``delivered_via_relay``)."""
+    source = SessionSource(
+        platform=platform, chat_id=chat, chat_type=chat_type, user_id=user, guild_id=guild
+    )
+    event = MessageEvent(
+        text=text,
+        source=source,
+        message_id=message_id,
+        delivered_via_relay=True,
+        **event_fields,
+    )
+    return Inbound(event=event, buffer_id=buffer_id)
+
+
+WireAnswer = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+@attrs.define(eq=False)
+class WireLink:
+    """The real :class:`OutboundRouter` over a fake socket that answers each frame at once.
+
+    ``written`` holds every ``outbound`` frame as the connector would read it (parsed JSON),
+    so tests can check the exact wire shape. ``answer`` maps a frame to its ``result``
+    (``None``: no answer, the request then waits for its timeout).
+    """
+
+    router: OutboundRouter
+    state: str = "ready"
+    descriptors: dict[str, CapabilityDescriptor] = attrs.field(factory=dict)
+    answer: WireAnswer = lambda frame: {"success": True, "message_id": "m1"}
+    written: list[dict[str, Any]] = attrs.field(factory=list)
+    frames: list[Frame] = attrs.field(factory=list)
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("ready", "idle_requested")
+
+    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
+        platform = platform or self.router.identities[0].platform  # "" = the default one
+        return self.descriptors.get(platform) or placeholder_descriptor(platform)
+
+    async def write(self, text: str) -> str | None:
+        await trio.lowlevel.checkpoint()
+        frame = json.loads(text)
+        self.written.append(frame)
+        result = self.answer(frame)
+        if result is not None:
+            self.router.resolve(OutboundResult(request_id=frame["requestId"], result=result))
+        return None
+
+    async def request(
+        self, action: Action, *, platform_raw: str | None = None, request_id: str | None = None
+    ) -> SendResult:
+        return await self.router.request(
+            self, action, platform_raw=platform_raw, request_id=request_id
+        )
+
+    def send_nowait(self, frame: Frame) -> bool:
+        self.frames.append(frame)
+        return self.live
+
+
+def wire_link(*identities: Identity, **kwargs: Any) -> WireLink:
+    """A :class:`WireLink` for ``identities`` (default: one ``discord`` identity)."""
+    router = OutboundRouter(
+        identities=identities or (Identity("discord", "b1"),),
+        outbound_timeout_s=30.0,
+        max_frame_bytes=1 << 20,
+    )
+    return WireLink(router, **kwargs)
