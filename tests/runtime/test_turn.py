@@ -27,16 +27,16 @@ from trust.model import Decision
 
 
 def _rejoins(text: str, pieces: list[str]) -> bool:
-    """Pieces are consecutive slices of ``text``, separated by nothing or one newline/space."""
+    """Pieces are consecutive slices of ``text``, apart by nothing or one newline/space."""
     pos = 0
     for i, piece in enumerate(pieces):
+        if i and not text.startswith(piece, pos):
+            if text[pos : pos + 1] not in ("\n", " "):
+                return False
+            pos += 1  # the separator the split consumed
         if not text.startswith(piece, pos):
             return False
         pos += len(piece)
-        if i < len(pieces) - 1 and pos < len(text) and text[pos] in "\n " and pieces[i + 1] != "":
-            # A separator may have been consumed; a hard cut leaves none.
-            if not text.startswith(pieces[i + 1], pos):
-                pos += 1
     return pos == len(text)
 
 
