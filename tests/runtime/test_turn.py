@@ -28,16 +28,15 @@ from trust.model import Decision
 
 def _rejoins(text: str, pieces: list[str]) -> bool:
     """Pieces are consecutive slices of ``text``, apart by nothing or one newline/space."""
-    pos = 0
+    positions = {0}
     for i, piece in enumerate(pieces):
-        if i and not text.startswith(piece, pos):
-            if text[pos : pos + 1] not in ("\n", " "):
-                return False
-            pos += 1  # the separator the split consumed
-        if not text.startswith(piece, pos):
+        starts = set(positions)
+        if i:
+            starts |= {p + 1 for p in positions if text[p : p + 1] in ("\n", " ")}
+        positions = {p + len(piece) for p in starts if text.startswith(piece, p)}
+        if not positions:
             return False
-        pos += len(piece)
-    return pos == len(text)
+    return len(text) in positions
 
 
 def test_chunk_fits_whole() -> None:
