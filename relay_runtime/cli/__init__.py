@@ -1,41 +1,152 @@
-"""The ``relay-runtime`` command line.
+"""The ``relay-runtime`` command line (``python -m relay_runtime``).
 
 Each subcommand lives in its own module with a ``register(subparsers)`` function that adds
-its parser and sets ``func`` (``argparse.Namespace -> int`` exit status). Exit status:
-0 clean, 1 runtime failure, 2 bad configuration or usage, 3 relay disabled by the connector.
+its parser and sets ``func`` (``argparse.Namespace -> int`` exit status). The global options
+``--log-format`` and ``--log-level`` come before the subcommand and configure
+:mod:`relay_runtime.logs` for every command.
+
+Exit status (architecture §4): 0 clean (including a SIGINT/SIGTERM drain), 1 anything else,
+2 bad configuration or usage, 3 relay disabled by the connector.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
-# Modules that provide subcommands, in the order ``--help`` lists them.
-_COMMAND_MODULES: tuple[str, ...] = ()
+from relay_runtime.config import ConfigError
+from relay_runtime.errors import RelayDisabled
+from relay_runtime.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+
+__all__ = [
+    "EXIT_DISABLED",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "build_parser",
+    "exit_status_for",
+    "main",
+]
+
+# Modules that provide subcommands, in the order ``--help`` lists them. ``run`` and ``demo``
+# are always there; the others are registered when their module is installed and imports.
+_COMMAND_MODULES: tuple[str, ...] = (
+    "relay_runtime.cli.run",
+    "relay_runtime.cli.demo",
+    "relay_runtime.cli.connector",
+    "relay_runtime.cli.control",
+    "trust.cli",
+)
+_REQUIRED_MODULES: frozenset[str] = frozenset({"relay_runtime.cli.run", "relay_runtime.cli.demo"})
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_DISABLED = 3
 
+log = logging.getLogger("relay_runtime.cli")
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on usage errors, which is our usage status too."""
+_EPILOG = """\
+examples:
+  relay-runtime demo
+      chat with the echo agent through a local connector and the careful trust policy
+  relay-runtime demo --script docs/demo.script
+      run a scripted conversation and print the transcript
+  relay-runtime run --relay-url wss://connector.example --trust careful
+      run a gateway (credentials from GATEWAY_RELAY_ID / GATEWAY_RELAY_SECRET)
+  relay-runtime run --agent mypkg.bot:agent --config config.yaml --state-dir /var/lib/relay
+      run your own agent (any async def agent(turn) -> str | None)
+  relay-runtime --log-format json --log-level debug run --relay-url ws://127.0.0.1:8080
+
+exit status: 0 clean shutdown, 1 failure, 2 bad configuration or usage, 3 relay disabled
+"""
+
+
+class UsageError(Exception):
+    """A command-line or configuration problem found by a subcommand (exit status 2).
+
+    The message names the option, variable or file at fault.
+    """
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConfigError, UsageError]
+    try:
+        from trust.policy import PolicyError, TrustConfigError
+    except ImportError:  # pragma: no cover - trust is part of this distribution
+        pass
+    else:
+        errors += [PolicyError, TrustConfigError]
+    return tuple(errors)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def exit_status_for(exc: BaseException) -> int:
+    """The exit status an exception (or exception group) escaping a command maps to.
+
+    Revocation wins over a configuration error, which wins over anything else.
+    """
+    leaves = _leaves(exc)
+    if any(isinstance(leaf, RelayDisabled) for leaf in leaves):
+        return EXIT_DISABLED
+    if any(isinstance(leaf, _usage_errors()) for leaf in leaves):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+def _describe(exc: BaseException) -> str:
+    leaves = _leaves(exc)
+    kinds: tuple[type[BaseException], ...] = (RelayDisabled, *_usage_errors())
+    for kind in kinds:
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return str(leaf)
+    return "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
+
+
+def _register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if name in _REQUIRED_MODULES or exc.name != name:
+                raise
+            continue
+        module.register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser with every registered subcommand."""
-    parser = _Parser(
+    """The full parser with the global options and every registered subcommand."""
+    parser = argparse.ArgumentParser(
         prog="relay-runtime",
         description="Run a chat agent behind a relay connector.",
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="kv",
+        help="log line format on stderr: key=value (default) or one JSON object per line",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.lower,
+        default="info",
+        help="lowest level logged (default: info)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        module = importlib.import_module(name)
-        module.register(subparsers)
+    _register(subparsers)
     return parser
 
 
@@ -47,5 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    status: int = func(args)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        status: int = func(args)
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as exc:
+        status = exit_status_for(exc)
+        if status == EXIT_FAILURE:
+            log.error("relay-runtime %s failed", args.command, exc_info=exc)
+        else:
+            print(f"relay-runtime: error: {_describe(exc)}", file=sys.stderr)
     return status

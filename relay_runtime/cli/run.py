@@ -1,0 +1,298 @@
+"""``relay-runtime run``: run one gateway until a signal drains it (architecture §4).
+
+Startup resolves everything that can be wrong before any dial — the configuration
+(:meth:`GatewayConfig.load`: ``--relay-url``/``--state-dir``/``--trust`` over
+``GATEWAY_RELAY_*``/``RELAY_STATE_DIR``/``RELAY_TRUST`` over ``--config`` over defaults), the
+agent (``--agent MODULE:ATTR``; the shipped ``openai_chat`` validates ``RELAY_AGENT_*``
+here) and the trust policy (trust.md §4.1) — and exits 2 naming the option, variable or
+file at fault. Then one root nursery runs the gateway and a signal watcher: the first
+SIGINT/SIGTERM drains through ``going_idle`` (bounded, so the process exits within
+``DRAIN_TIMEOUT_S``) and cancels; a second one cancels at once. A revoked credential ends
+the gateway with :class:`RelayDisabled`, which the CLI turns into exit status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping
+from typing import Final
+
+import trio
+
+from relay_runtime.config import GatewayConfig
+from relay_runtime.dispatcher import Agent, TrustEvaluator
+from relay_runtime.gateway import Gateway, run_gateway
+from relay_runtime.logs import register_secret
+
+__all__ = [
+    "DEFAULT_AGENT",
+    "DRAIN_TIMEOUT_S",
+    "load_agent",
+    "open_trust",
+    "register",
+    "run_command",
+    "serve_until_signalled",
+]
+
+log = logging.getLogger("relay_runtime.cli.run")
+
+DEFAULT_AGENT: Final = "relay_runtime.agents:echo"
+#: Bound on the ``going_idle`` drain after a signal; the process exits within 10 s.
+DRAIN_TIMEOUT_S: Final = 8.0
+_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+_OPENAI_AGENTS: Final = frozenset(
+    {"relay_runtime.agents:openai_chat", "relay_runtime.agents.openai_chat:openai_chat"}
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``run`` subcommand."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run a gateway against a relay connector",
+        description=(
+            "Run a gateway: dial the connector, pass each inbound message through the trust "
+            "policy, run the agent, send its replies. SIGINT/SIGTERM drain through "
+            "going_idle and exit 0; a revoked credential exits 3; bad configuration exits 2."
+        ),
+    )
+    parser.add_argument(
+        "--relay-url",
+        metavar="URL",
+        help="connector base URL (env GATEWAY_RELAY_URL), e.g. wss://connector.example",
+    )
+    parser.add_argument(
+        "--agent",
+        metavar="MODULE:ATTR",
+        default=DEFAULT_AGENT,
+        help=f"the agent, an async callable (turn) -> str | None (default {DEFAULT_AGENT})",
+    )
+    parser.add_argument(
+        "--trust",
+        metavar="open|careful|strict|PATH",
+        help="trust policy: a preset or a policy file (env RELAY_TRUST; default careful)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (gateway.relay_* keys)")
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="state directory (env RELAY_STATE_DIR; default $XDG_STATE_HOME/relay-runtime)",
+    )
+    parser.set_defaults(func=run_command)
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+def load_agent(spec: str, environ: Mapping[str, str] | None = None) -> Agent:
+    """The callable named by ``MODULE:ATTR`` (``ATTR`` may be dotted).
+
+    Raises :class:`~relay_runtime.cli.UsageError` naming ``--agent`` when the module or the
+    attribute is missing or not callable. For the shipped ``openai_chat`` agent the
+    ``RELAY_AGENT_*`` settings are validated now, so a bad value stops startup (exit 2).
+    """
+    from relay_runtime.cli import UsageError
+
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise UsageError(f"--agent {spec!r}: expected MODULE:ATTR, e.g. {DEFAULT_AGENT}")
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--agent {spec!r}: cannot import {module_name!r} ({exc})") from None
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UsageError(f"--agent {spec!r}: {module_name!r} has no {attr_path!r}") from None
+    if not callable(target):
+        raise UsageError(f"--agent {spec!r}: {type(target).__name__} is not callable")
+    if spec in _OPENAI_AGENTS:
+        from relay_runtime.agents.openai_chat import AgentConfigError, OpenAIChatConfig
+
+        try:
+            agent_config = OpenAIChatConfig.from_env(environ)
+        except AgentConfigError as exc:
+            raise UsageError(str(exc)) from None
+        register_secret(agent_config.api_key)
+    return target
+
+
+# --------------------------------------------------------------------------- trust
+
+
+@contextlib.asynccontextmanager
+async def open_trust(
+    config: GatewayConfig, environ: Mapping[str, str] | None = None
+) -> AsyncIterator[TrustEvaluator]:
+    """The running trust engine for ``config.trust`` over the gateway's state directory.
+
+    The policy is resolved per trust.md §4.1 (a bad one raises ``TrustConfigError`` or
+    ``PolicyError``: exit 2); ``RELAY_TRUST_DSN``, ``RELAY_TRUST_BOOTSTRAP_ADMINS`` and
+    ``RELAY_TRUST_CASEFOLD_PLATFORMS`` come from ``environ``. The engine's background tasks
+    live for the ``async with`` block.
+    """
+    from trust.engine import TrustConfig, open_trust_engine
+    from trust.policy import resolve_policy
+
+    # The trust store reads a path that does not exist yet as a database *file*; the
+    # state directory must exist first (it holds both databases' tables).
+    make_state_dir(config)
+
+    trust_config = TrustConfig.from_env(
+        environ, policy=resolve_policy(config.trust), state_dir=config.state_dir
+    )
+    async with open_trust_engine(trust_config) as engine:
+        yield engine
+
+
+def make_state_dir(config: GatewayConfig) -> None:
+    """Create the state directory (mode 0700) if it is missing."""
+    from relay_runtime.config import ConfigError
+
+    try:
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            "state_dir", f"cannot create {os.fspath(config.state_dir)!r}: {exc}"
+        ) from None
+    if not config.state_dir.is_dir():
+        raise ConfigError("state_dir", f"{os.fspath(config.state_dir)!r} is not a directory")
+
+
+# --------------------------------------------------------------------------- serving
+
+
+async def _watch_signals(
+    signals: AsyncIterator[int],
+    gateway: list[Gateway],
+    cancel_scope: trio.CancelScope,
+    drain_timeout_s: float,
+) -> None:
+    """First signal: drain through ``going_idle`` (bounded), then cancel. Second: cancel."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not gateway:
+            log.info("%s received before the gateway was ready; stopping", name)
+            cancel_scope.cancel()
+            return
+        log.info("%s received; draining through going_idle", name, extra={"signal": name})
+        with trio.move_on_after(drain_timeout_s) as drain:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_next, signals, drain)
+                acked = await gateway[0].go_idle()
+                nursery.cancel_scope.cancel()
+        if drain.cancelled_caught:
+            log.warning("drain did not finish in time; stopping anyway")
+        else:
+            log.info("drained", extra={"going_idle_acked": acked})
+        cancel_scope.cancel()
+        return
+
+
+async def _cancel_on_next(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.warning("%s received again; stopping now", signal.Signals(signum).name)
+        scope.cancel()
+        return
+
+
+async def serve_until_signalled(
+    config: GatewayConfig,
+    agent: Agent,
+    *,
+    trust: TrustEvaluator | None = None,
+    drain_timeout_s: float = DRAIN_TIMEOUT_S,
+) -> None:
+    """Run ``run_gateway`` in a root nursery with a SIGINT/SIGTERM drain (must be main thread).
+
+    Returns after a signal-initiated drain or when the gateway stops by itself; raises what
+    ``run_gateway`` raises (``ConfigError``, ``RelayDisabled``).
+    """
+    ready: list[Gateway] = []
+    with trio.open_signal_receiver(*_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                _watch_signals, signals, ready, nursery.cancel_scope, drain_timeout_s
+            )
+
+            async def gateway_task(*, task_status: trio.TaskStatus[Gateway]) -> None:
+                try:
+                    await run_gateway(config, agent, trust=trust, task_status=task_status)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            gateway: Gateway = await nursery.start(gateway_task)
+            ready.append(gateway)
+            log.info(
+                "gateway ready",
+                extra={
+                    "event": "ready",
+                    "state": gateway.state,
+                    "platforms": ",".join(gateway.descriptors),
+                },
+            )
+
+
+def _register_config_secrets(config: GatewayConfig) -> None:
+    for value in (
+        config.secret,
+        config.delivery_key,
+        config.enroll_token,
+        config.identity_token,
+        config.idp_client_secret,
+    ):
+        register_secret(value)
+
+
+async def _main(config: GatewayConfig, agent: Agent) -> None:
+    async with open_trust(config) as trust:
+        await serve_until_signalled(config, agent, trust=trust)
+
+
+def _check_policy(config: GatewayConfig, given: str | None) -> None:
+    """Resolve the policy now, so a bad one is exit 2 naming where it came from."""
+    from relay_runtime.cli import UsageError
+    from trust.policy import PolicyError, TrustConfigError, resolve_policy
+
+    source = "--trust" if given else "RELAY_TRUST" if os.environ.get("RELAY_TRUST") else "trust"
+    try:
+        resolve_policy(config.trust)
+    except TrustConfigError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    except PolicyError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``run``: validate everything, then serve until a signal; returns the exit status."""
+    config = GatewayConfig.load(
+        args={"relay_url": args.relay_url, "state_dir": args.state_dir, "trust": args.trust},
+        config_path=args.config,
+    )
+    _register_config_secrets(config)
+    register_secret(os.environ.get("RELAY_AGENT_API_KEY"))
+    if config.relay_url is None:
+        from relay_runtime.cli import UsageError
+
+        raise UsageError("no connector URL: pass --relay-url or set GATEWAY_RELAY_URL")
+    agent = load_agent(args.agent)
+    _check_policy(config, args.trust)
+    log.info(
+        "starting gateway",
+        extra={
+            "relay_url": config.relay_url,
+            "gateway_id": config.gateway_id or "",
+            "agent": args.agent,
+            "trust": config.trust or "careful",
+            "state_dir": os.fspath(config.state_dir),
+        },
+    )
+    trio.run(_main, config, agent)
+    log.info("gateway stopped", extra={"event": "stopped"})
+    return 0
