@@ -1,0 +1,33 @@
+"""The reference connector: a development and test peer for relay gateways.
+
+It implements the connector side of the relay contract v1 on a real loopback WebSocket
+server (``/relay``, HMAC upgrade auth, descriptors, inbound injection, outbound results,
+``going_idle`` buffering with ack-gated replay, revocation, forced drops). It is what the
+end-to-end tests, the demo and the benchmarks run against. It is **not** a production
+connector: it holds everything in memory, fronts no real platform, and trusts its caller.
+"""
+
+from relay_runtime.connector.buffer import DeliveryBuffer as DeliveryBuffer
+from relay_runtime.connector.outcomes import Delay as Delay
+from relay_runtime.connector.outcomes import Fail as Fail
+from relay_runtime.connector.outcomes import NoAnswer as NoAnswer
+from relay_runtime.connector.outcomes import Outcome as Outcome
+from relay_runtime.connector.outcomes import OutcomeTable as OutcomeTable
+from relay_runtime.connector.outcomes import Reply as Reply
+from relay_runtime.connector.outcomes import Succeed as Succeed
+from relay_runtime.connector.presets import DEFAULT_DESCRIPTORS as DEFAULT_DESCRIPTORS
+from relay_runtime.connector.presets import DISCORD as DISCORD
+from relay_runtime.connector.presets import RELAY as RELAY
+from relay_runtime.connector.presets import TELEGRAM as TELEGRAM
+from relay_runtime.connector.presets import generic_descriptor as generic_descriptor
+from relay_runtime.connector.records import BadFrame as BadFrame
+from relay_runtime.connector.records import Delivery as Delivery
+from relay_runtime.connector.records import GatedDrop as GatedDrop
+from relay_runtime.connector.records import Received as Received
+from relay_runtime.connector.records import Rejection as Rejection
+from relay_runtime.connector.records import Sent as Sent
+from relay_runtime.connector.records import SentMessage as SentMessage
+from relay_runtime.connector.relevance import RelevancePolicy as RelevancePolicy
+from relay_runtime.connector.server import Connection as Connection
+from relay_runtime.connector.server import ReferenceConnector as ReferenceConnector
+from relay_runtime.connector.server import open_connector as open_connector

@@ -1,0 +1,98 @@
+"""What the reference connector remembers, for tests and benchmarks to inspect.
+
+Every record is a frozen value appended to a list the connector exposes read-only; nothing
+is ever rewritten, so a test can remember an index and look only at what came after it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from protocol.errors import FrameError
+from protocol.events import MessageEvent
+from protocol.frames import ConnectorFrame, GatewayFrame
+
+__all__ = [
+    "BadFrame",
+    "Delivery",
+    "GatedDrop",
+    "Received",
+    "Rejection",
+    "Sent",
+    "SentMessage",
+]
+
+
+@attrs.frozen
+class Received:
+    """One frame a gateway sent, with the connection and gateway it came from."""
+
+    connection_id: int
+    gateway_id: str
+    frame: GatewayFrame
+
+
+@attrs.frozen
+class Sent:
+    """One frame the connector wrote; ``frame`` is ``None`` for raw text (e.g. broken frames)."""
+
+    connection_id: int
+    gateway_id: str
+    text: str
+    frame: ConnectorFrame | None
+
+
+@attrs.frozen
+class BadFrame:
+    """A line from a gateway the decoder could not turn into a frame."""
+
+    connection_id: int
+    gateway_id: str
+    error: FrameError
+
+
+@attrs.frozen
+class Rejection:
+    """An upgrade the connector refused: at HTTP (400/401) or by closing 4401 at once."""
+
+    gateway_id: str | None
+    reason: str
+    status: int
+    path: str
+
+
+@attrs.frozen
+class Delivery:
+    """What became of one injected frame.
+
+    ``live``: written to the connected gateway without a ``bufferId``; ``buffered``: queued
+    under ``buffer_id`` for an ack-gated replay; ``gated``: dropped by the relevance gate;
+    ``dropped``: no gateway to deliver to and buffering while disconnected is off.
+    """
+
+    outcome: Literal["live", "buffered", "gated", "dropped"]
+    buffer_id: str | None = None
+    reason: str | None = None
+
+
+@attrs.frozen
+class GatedDrop:
+    """An injected message the relevance gate dropped, and why."""
+
+    gateway_id: str
+    event: MessageEvent
+    reason: str
+
+
+@attrs.frozen
+class SentMessage:
+    """A message the gateway posted through ``send`` (or ``follow_up``), as edited since."""
+
+    message_id: str
+    chat_id: str
+    content: str
+    gateway_id: str
+    platform: str | None = None
+    edits: int = 0
