@@ -325,14 +325,15 @@ class Dispatcher:
                     self.max_pending_inbound,
                 )
             await self._slots.acquire()
-        else:
-            if self._paused:
-                self._paused = False
-                log.info("relay: inbound backlog below max_pending_inbound; reading again")
         self._idle = trio.Event() if self._idle.is_set() else self._idle
 
     def _free_slot(self) -> None:
         self._slots.release()
+        # The episode ends once the backlog has drained to half the bound (hysteresis, so
+        # a reader hovering at the bound logs one ERROR, not one per delivery).
+        if self._paused and self.pending <= self.max_pending_inbound // 2:
+            self._paused = False
+            log.info("relay: inbound backlog drained to %d; reading again", self.pending)
         if not self.pending:
             self._idle.set()
 
