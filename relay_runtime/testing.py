@@ -1,0 +1,268 @@
+"""A test kit for agent authors: a real gateway against the reference connector, in-process.
+
+:func:`open_harness` starts the reference connector on ``127.0.0.1`` (a free port), a trust
+engine with the policy you choose, and :func:`~relay_runtime.run_gateway` with your agent,
+all in your test's trio run. :meth:`Harness.say` then sends one message as a user and
+returns what happened — the trust decision and the replies the agent (or the trust engine)
+sent — once the gateway has finished with it::
+
+    from relay_runtime.testing import open_harness
+
+    async def test_greets() -> None:
+        async with open_harness(my_agent) as harness:
+            said = await harness.say("hello", user="discord:1234")
+            assert said.allowed
+            assert said.replies == ("hi there!",)
+
+Everything runs for real — WebSocket, HMAC upgrade, frames, the SQLite state db, the trust
+store — over real loopback sockets, so use it without ``autojump_clock`` (the reference
+connector has no memory-stream listener). Each message is delivered through the
+connector's ack-gated buffer, and :meth:`~Harness.say` returns when the gateway acks it:
+the ack follows the turn's completion and its confirmed replies (RC §7), so nothing is
+left in flight and no test needs to sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+
+from protocol.events import MessageEvent, SessionSource
+from relay_runtime.config import GatewayConfig
+from relay_runtime.connector import ReferenceConnector
+from relay_runtime.dispatcher import Agent, TrustEvaluator, TrustOutcomeLike
+from relay_runtime.gateway import Gateway, run_gateway
+from trust.model import Decision
+
+__all__ = ["DEFAULT_USER", "Harness", "Said", "open_harness", "parse_user"]
+
+DEFAULT_USER: Final = "relay:tester"
+GATEWAY_ID: Final = "gw-harness"
+#: Operator actor used to set up trust levels (an audit row names it).
+OPERATOR: Final = "local:harness"
+SAY_TIMEOUT_S: Final = 10.0
+
+
+def parse_user(user: str) -> tuple[str, str]:
+    """``"platform:user_id"`` split at the first ``:`` (both parts stripped, non-empty)."""
+    platform, sep, user_id = user.partition(":")
+    platform, user_id = platform.strip().lower(), user_id.strip()
+    if not sep or not platform or not user_id:
+        raise ValueError(f"user {user!r}: expected PLATFORM:USER_ID, e.g. discord:1234")
+    return platform, user_id
+
+
+@attrs.frozen
+class Said:
+    """What became of one message sent with :meth:`Harness.say`.
+
+    ``decision`` is the trust decision (``None`` if the gateway never asked, e.g. a
+    duplicate); ``replies`` are the texts sent into the chat while the message was handled,
+    oldest first, each as last edited.
+    """
+
+    text: str
+    user: str
+    chat_id: str
+    message_id: str
+    decision: Decision | None
+    replies: tuple[str, ...]
+
+    @property
+    def allowed(self) -> bool:
+        """Whether trust admitted the message (the agent ran)."""
+        return self.decision is not None and self.decision.allow
+
+    @property
+    def reply(self) -> str | None:
+        """The replies joined by newlines, or ``None`` if there were none."""
+        return "\n".join(self.replies) if self.replies else None
+
+
+class _RecordingTrust:
+    """The trust evaluator the gateway sees: the real one, with each outcome remembered."""
+
+    def __init__(self, inner: TrustEvaluator) -> None:
+        self.inner = inner
+        self.outcomes: dict[str, TrustOutcomeLike] = {}
+
+    async def evaluate(self, event: MessageEvent) -> TrustOutcomeLike:
+        outcome = await self.inner.evaluate(event)
+        if event.message_id is not None:
+            self.outcomes[event.message_id] = outcome
+        return outcome
+
+    def stats(self) -> object:
+        stats = getattr(self.inner, "stats", None)
+        return stats() if callable(stats) else stats
+
+
+@attrs.define(eq=False)
+class Harness:
+    """A running gateway, its reference connector and its trust engine (see the module doc)."""
+
+    connector: ReferenceConnector
+    gateway: Gateway
+    engine: Any
+    state_dir: Path
+    _trust: _RecordingTrust
+    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+
+    async def say(
+        self,
+        text: str,
+        *,
+        user: str = DEFAULT_USER,
+        chat_id: str | None = None,
+        chat_type: str = "dm",
+        user_name: str | None = None,
+        timeout_s: float = SAY_TIMEOUT_S,
+    ) -> Said:
+        """Send ``text`` as ``user`` (``platform:user_id``) and wait until it is handled.
+
+        The chat defaults to the user's direct-message chat. Raises ``trio.TooSlowError``
+        if the gateway has not acked the message within ``timeout_s``.
+        """
+        platform, user_id = parse_user(user)
+        chat = chat_id if chat_id is not None else f"dm-{platform}-{user_id}"
+        message_id = f"h{next(self._ids)}"
+        event = MessageEvent(
+            text=text,
+            message_id=message_id,
+            source=SessionSource(
+                platform=platform,
+                chat_id=chat,
+                chat_type=chat_type,
+                user_id=user_id,
+                user_name=user_name or user_id,
+                message_id=message_id,
+            ),
+        )
+        known = set(self.connector.messages)
+        with trio.fail_after(timeout_s):
+            delivery = await self.connector.inject(event, gateway_id=GATEWAY_ID)
+            if delivery.buffer_id is None:
+                raise RuntimeError(f"message not delivered: {delivery.outcome} {delivery.reason}")
+            buffer_id = delivery.buffer_id
+            await self.connector.wait_for(lambda: buffer_id in self.connector.inbound_acks)
+        replies = tuple(
+            message.content
+            for key, message in self.connector.messages.items()
+            if key not in known and message.chat_id == chat
+        )
+        outcome = self._trust.outcomes.pop(message_id, None)
+        return Said(
+            text=text,
+            user=f"{platform}:{user_id}",
+            chat_id=chat,
+            message_id=message_id,
+            decision=None if outcome is None else outcome.decision,
+            replies=replies,
+        )
+
+    async def set_level(self, user: str, level: str) -> None:
+        """Raise ``user`` (a stranger) to ``contact`` or ``whitelist`` as the operator."""
+        ops = self.engine.ops
+        if level not in ("contact", "whitelist"):
+            raise ValueError(f"level {level!r}: expected contact or whitelist")
+        await ops.promote(user, "contact", OPERATOR)
+        if level == "whitelist":
+            await ops.promote(user, "whitelist", OPERATOR)
+
+    async def make_admin(self, user: str) -> None:
+        """Give ``user`` the admin role as the operator."""
+        await self.engine.ops.set_admin(user, OPERATOR)
+
+    async def create_invite(self, *, max_uses: int = 1) -> str:
+        """A new invite code (what ``/invite CODE`` accepts under ``careful``)."""
+        created = await self.engine.ops.create_invite(OPERATOR, max_uses=max_uses)
+        return str(created.code)
+
+    async def drop(self) -> None:
+        """Abort the gateway's socket and wait until it has reconnected."""
+        seen = self.gateway.supervisor.stats.handshakes
+        await self.connector.drop(GATEWAY_ID)
+        await self.gateway.supervisor.wait_next_ready(seen)
+
+
+@contextlib.asynccontextmanager
+async def open_harness(
+    agent: Agent,
+    *,
+    trust: str | os.PathLike[str] | TrustEvaluator = "open",
+    state_dir: str | os.PathLike[str] | None = None,
+    users: Mapping[str, str] | None = None,
+    admins: Iterable[str] = (),
+    **config: Any,
+) -> AsyncIterator[Harness]:
+    """Run ``agent`` behind a real gateway and reference connector for an ``async with``.
+
+    Args:
+        agent: the agent under test, ``async def (turn) -> str | None``.
+        trust: a preset name (``open`` by default: every message reaches the agent),
+            a policy file, or your own evaluator (any object with ``async evaluate``).
+        state_dir: where the state and trust databases live (default: a temporary
+            directory removed afterwards).
+        users: ``{"discord:1234": "whitelist", ...}`` levels set before the first message.
+        admins: users given the admin role before the first message.
+        config: further :class:`GatewayConfig` fields (e.g. ``max_concurrent_turns=1``).
+    """
+    with contextlib.ExitStack() as stack:
+        if state_dir is None:
+            state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-harness-"))
+        root = Path(state_dir)
+        await trio.Path(root).mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(32)
+        connector = ReferenceConnector(secrets={GATEWAY_ID: secret}, always_buffer=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(connector.serve, "127.0.0.1", 0)
+            gateway_config = GatewayConfig(
+                relay_url=connector.base_url,
+                gateway_id=GATEWAY_ID,
+                secret=secret,
+                state_dir=root,
+                trust=trust if isinstance(trust, str) else "open",
+                backoff_base_s=0.05,
+                backoff_cap_s=0.5,
+                **config,
+            )
+            async with contextlib.AsyncExitStack() as engines:
+                engine: Any
+                if isinstance(trust, str | os.PathLike):
+                    from relay_runtime.cli.run import open_trust
+
+                    engine = await engines.enter_async_context(
+                        open_trust(attrs.evolve(gateway_config, trust=os.fspath(trust)))
+                    )
+                else:
+                    engine = trust
+                recording = _RecordingTrust(engine)
+                gateway: Gateway = await nursery.start(_run, gateway_config, agent, recording)
+                harness = Harness(connector, gateway, engine, root, recording)
+                for user in admins:
+                    await harness.make_admin(user)
+                for user, level in (users or {}).items():
+                    await harness.set_level(user, level)
+                try:
+                    yield harness
+                finally:
+                    nursery.cancel_scope.cancel()
+
+
+async def _run(
+    config: GatewayConfig,
+    agent: Agent,
+    trust: TrustEvaluator,
+    *,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await run_gateway(config, agent, trust=trust, task_status=task_status)
