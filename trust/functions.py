@@ -9,17 +9,24 @@ bottom are the public API over any :class:`~trust.store.base.ClientStore`.
 
 from __future__ import annotations
 
+import functools
+import os
 import unicodedata
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
+import trio
 
+from trust.identity import DEFAULT_CANONICALIZER, Canonicalizer, InvalidClientId
 from trust.model import ANONYMOUS, Level
 from trust.records import (
     MAX_REASON_CHARS,
     AuditEntry,
     AuditTier,
     ClientRecord,
+    ImportEntry,
+    ImportReport,
     OpResult,
     TrustOpError,
     parse_state_text,
@@ -375,6 +382,97 @@ async def remove_admin(
     return await store.run_op("remove_admin", client_id, actor=by_admin, tier=tier, reason=None)
 
 
+# --- import of connectonion 0.6.5 list files ----------------------------------------------
+
+CO_LIST_FILES: Final = ("whitelist.txt", "contacts.txt", "blocklist.txt", "admins.txt")
+
+
+@attrs.frozen
+class CoImportPlan:
+    """What a ``~/.co`` directory holds: the wanted state per client, and skipped lines."""
+
+    entries: tuple[ImportEntry, ...]
+    skipped: tuple[str, ...]
+
+
+def read_co_lists(
+    directory: str | os.PathLike[str],
+    *,
+    platform: str = "co",
+    canonicalizer: Canonicalizer = DEFAULT_CANONICALIZER,
+) -> CoImportPlan:
+    """Read the four 0.6.5 list files (blocking I/O; run it in a thread).
+
+    A missing file is empty; an unreadable one aborts the import with ``unreadable``
+    (T26). ``*`` lines and invalid ids are skipped and listed, never imported (T27).
+    Precedence as in 0.6.5: blocked from the blocklist; level whitelist, else contact,
+    else stranger; admin from ``admins.txt``.
+    """
+    base = Path(directory)
+    lists: dict[str, set[str]] = {}
+    skipped: list[str] = []
+    for name in CO_LIST_FILES:
+        path = base / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TrustOpError(
+                "unreadable", f"{path}: {exc.__class__.__name__}; nothing imported"
+            ) from None
+        ids: set[str] = set()
+        for number, raw in enumerate(text.split("\n"), start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "*" in line:
+                skipped.append(f"{name}:{number}: {line!r}: patterns are not imported")
+                continue
+            try:
+                ids.add(canonicalizer.client_id(platform, line))
+            except InvalidClientId as exc:
+                skipped.append(f"{name}:{number}: {exc}")
+        lists[name] = ids
+    entries = []
+    for cid in sorted(set().union(*lists.values())):
+        level = (
+            Level.WHITELIST
+            if cid in lists["whitelist.txt"]
+            else Level.CONTACT
+            if cid in lists["contacts.txt"]
+            else Level.STRANGER
+        )
+        entries.append(
+            ImportEntry(
+                client_id=cid,
+                level=level,
+                blocked=cid in lists["blocklist.txt"],
+                is_admin=cid in lists["admins.txt"],
+            )
+        )
+    return CoImportPlan(tuple(entries), tuple(skipped))
+
+
+async def import_co(
+    store: ClientStore,
+    directory: str | os.PathLike[str],
+    *,
+    platform: str = "co",
+    dry_run: bool = False,
+    overwrite: bool = False,
+    canonicalizer: Canonicalizer = DEFAULT_CANONICALIZER,
+) -> tuple[ImportReport, tuple[str, ...]]:
+    """Import a ``~/.co`` directory in one transaction, actor ``import:<dir>``."""
+    plan_ = await trio.to_thread.run_sync(
+        functools.partial(read_co_lists, directory, platform=platform, canonicalizer=canonicalizer)
+    )
+    report = await store.import_states(
+        plan_.entries, actor=f"import:{directory}", overwrite=overwrite, dry_run=dry_run
+    )
+    return report, plan_.skipped
+
+
 def describe_state(level: str | None, admin: bool | None) -> str:
     """Human text of an audit state pair, e.g. ``contact+blocked, admin``."""
     text = level or "-"
@@ -393,10 +491,12 @@ __all__ = [
     "demote_to_contact",
     "demote_to_stranger",
     "describe_state",
+    "import_co",
     "plan",
     "plan_revert",
     "promote_to_contact",
     "promote_to_whitelist",
+    "read_co_lists",
     "remove_admin",
     "revert_op",
     "set_admin",

@@ -177,6 +177,26 @@ class Counters:
 
 
 @attrs.frozen
+class ImportEntry:
+    """The state an import wants one client to have."""
+
+    client_id: str
+    level: Level
+    blocked: bool
+    is_admin: bool
+
+
+@attrs.frozen
+class ImportReport:
+    """What an import did (or, dry, would do)."""
+
+    changed: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    conflicts: tuple[str, ...]
+    audit_ids: tuple[int, ...]
+
+
+@attrs.frozen
 class OpResult:
     """What a successful atomic function or operation returns."""
 

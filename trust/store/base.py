@@ -21,19 +21,14 @@ from trust.records import (
     CachedVerdict,
     ClientRecord,
     Counters,
+    ImportEntry,
+    ImportReport,
     Invite,
     OpResult,
     TrustOpError,
 )
 from trust.store import core
-from trust.store.core import (
-    ApplyContext,
-    CounterDelta,
-    ImportEntry,
-    ImportReport,
-    StoreView,
-    Tx,
-)
+from trust.store.core import ApplyContext, CounterDelta, StoreView, Tx
 from trust.store.schema import Dialect
 
 T = TypeVar("T")

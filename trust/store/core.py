@@ -21,6 +21,8 @@ from trust.records import (
     CachedVerdict,
     ClientRecord,
     Counters,
+    ImportEntry,
+    ImportReport,
     Invite,
     OpResult,
     PreconditionFailed,
@@ -85,26 +87,6 @@ class StoreView:
     record: ClientRecord
     secondary_blocked: bool
     counters: Counters | None
-
-
-@attrs.frozen
-class ImportEntry:
-    """The state an import wants one client to have."""
-
-    client_id: str
-    level: Level
-    blocked: bool
-    is_admin: bool
-
-
-@attrs.frozen
-class ImportReport:
-    """What an import did (or, dry, would do)."""
-
-    changed: tuple[str, ...]
-    unchanged: tuple[str, ...]
-    conflicts: tuple[str, ...]
-    audit_ids: tuple[int, ...]
 
 
 @attrs.frozen
