@@ -330,3 +330,37 @@ async def test_wake_poker_swallows_failures(dead_url: str) -> None:
     async with httpx.AsyncClient() as client:
         poker = WakePoker(client)
         assert await poker.poke("gw", f"{dead_url}/wake") is True
+
+
+# --------------------------------------------------------------------------- the WS seam
+
+
+async def test_provisioned_secret_opens_the_reference_connector_socket(
+    plane: HttpServer, registry: ControlPlaneRegistry
+) -> None:
+    """The WebSocket side verifies upgrades with the secrets this registry minted."""
+    from trio_websocket import open_websocket_url
+
+    from relay_runtime.connector import open_connector
+
+    async with httpx.AsyncClient() as client:
+        secret = (await provision(client, plane))["secret"]
+    token = make_upgrade_token("gw-test", secret)
+    async with open_connector(registry=registry) as connector:
+        headers = [(b"authorization", f"Bearer {token}".encode())]
+        with trio.fail_after(10):
+            async with open_websocket_url(connector.url, extra_headers=headers) as ws:
+                assert not ws.closed
+        registry.revoke("gw-test")
+        # A raw upgrade request: trio-websocket 0.12.2 leaks the socket of a rejected upgrade.
+        upgrade = {
+            "Authorization": f"Bearer {token}",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+        }
+        url = connector.url.replace("ws://", "http://")
+        async with httpx.AsyncClient() as client:
+            response = await client.get(url, headers=upgrade)
+        assert response.status_code == 401
