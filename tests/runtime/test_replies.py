@@ -1,0 +1,308 @@
+"""The reply policy and the durable outbox (R43-R47, the send re-submit rule, DISABLED)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from protocol.actions import Action, Edit, FollowUp, Send, Typing
+from protocol.events import Identity
+from protocol.results import (
+    DISABLED,
+    NOT_CONNECTED,
+    OUTBOUND_TIMED_OUT,
+    OUTBOX_FULL,
+    TRANSPORT_CLOSED,
+    SendResult,
+)
+from relay_runtime.replies import SWEEP_INTERVAL_S, Replies
+from relay_runtime.state import StateDB
+from tests.runtime.dispatch_helpers import FakeLink, MemoryState
+
+IDENTITIES = (Identity("discord", "b1"),)
+DAY = 86400.0
+
+
+@attrs.define
+class Clock:
+    """A settable wall clock for outbox timestamps."""
+
+    now: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def send(text: str, chat: str = "c1") -> Send:
+    return Send(chat_id=chat, content=text)
+
+
+def sent_texts(link: FakeLink) -> list[str]:
+    return [r.action.content for r in link.requests if isinstance(r.action, Send | FollowUp)]
+
+
+async def test_R43_edit_and_typing_fail_fast_when_not_ready() -> None:
+    link = FakeLink(state="backoff")
+    state = MemoryState()
+    replies = Replies(link, state, IDENTITIES)
+    for action in (Edit(chat_id="c1", message_id="m1", content="x"), Typing(chat_id="c1")):
+        result = await replies.perform(action, platform_raw="discord")
+        assert (result.success, result.error, result.retryable) == (False, NOT_CONNECTED, True)
+    assert state.outbox == {}
+
+
+async def test_R44_send_when_not_ready_is_committed_and_queued(tmp_path: Path) -> None:
+    link = FakeLink(state="backoff")
+    async with await StateDB.open(tmp_path, now=0) as db:
+        replies = Replies(link, db, IDENTITIES)
+        result = await replies.send(send("hello"), platform_raw="discord")
+        assert result.queued
+        assert not result.success
+        assert result.error == "relay not connected; queued for delivery after reconnect"
+        (entry,) = await db.entries()
+        assert entry.id == result.outbox_id
+        assert (entry.kind, entry.platform, entry.bot_id) == ("send", "discord", "b1")
+        assert '"content":"hello"' in entry.action_json
+        follow = FollowUp(session_key="k", kind="reply", content="later")
+        assert (await replies.send(follow, platform_raw="discord")).queued
+        assert [e.kind for e in await db.entries()] == ["send", "follow_up"]
+    assert link.requests == []
+
+
+async def test_R45_outbox_survives_restart_and_flushes_fifo_with_stored_ids(
+    tmp_path: Path,
+) -> None:
+    down = FakeLink(state="backoff")
+    async with await StateDB.open(tmp_path, now=0) as db:
+        replies = Replies(down, db, IDENTITIES)
+        for text in ("one", "two", "three"):
+            assert (await replies.send(send(text), platform_raw="discord")).queued
+        stored = [e.request_id for e in await db.entries()]
+    # A restart: a new process opens the same state dir.
+    link = FakeLink(state="ready")
+    async with await StateDB.open(tmp_path, now=0) as db:
+        replies = Replies(link, db, IDENTITIES)
+        await replies.sweep()  # what the flusher does when it starts
+        # While the outbox is non-empty, new sends queue behind it even when READY.
+        assert (await replies.send(send("four"), platform_raw="discord")).queued
+        assert link.requests == []
+        assert await replies.flush() == 4
+        assert await db.count() == 0
+    assert sent_texts(link) == ["one", "two", "three", "four"]
+    assert [r.request_id for r in link.requests[:3]] == stored
+    assert all(r.platform_raw == "discord" for r in link.requests)
+    # Empty again: sends go out directly.
+    replies_after = Replies(link, MemoryState(), IDENTITIES)
+    assert (await replies_after.send(send("five"), platform_raw="discord")).success
+
+
+async def test_R45_drop_or_timeout_keeps_the_entry_and_counts_an_attempt(tmp_path: Path) -> None:
+    failures = iter(
+        [
+            SendResult.failure(TRANSPORT_CLOSED, retryable=True),
+            SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True),
+        ]
+    )
+
+    async def flaky(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return next(failures, SendResult.from_wire({"success": False, "error": "bad chat"}))
+
+    link = FakeLink(state="backoff", responder=flaky)
+    async with await StateDB.open(tmp_path, now=0) as db:
+        replies = Replies(link, db, IDENTITIES)
+        await replies.send(send("a"), platform_raw="discord")
+        link.state = "ready"
+        assert await replies.flush() == 0  # dropped while pending
+        assert [e.attempts for e in await db.entries()] == [1]
+        assert await replies.flush() == 0  # timed out
+        assert [e.attempts for e in await db.entries()] == [2]
+        # Any outbound_result deletes the entry, a failed one too (logged).
+        assert await replies.flush() == 0
+        assert await db.entries() == []
+    assert len(link.requests) == 3
+    assert len({r.request_id for r in link.requests}) == 1  # the stored id each time
+
+
+async def test_R45_five_failed_attempts_drop_the_entry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def dropped(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return SendResult.failure(TRANSPORT_CLOSED, retryable=True)
+
+    link = FakeLink(state="backoff", responder=dropped)
+    async with await StateDB.open(tmp_path, now=0) as db:
+        replies = Replies(link, db, IDENTITIES)
+        await replies.send(send("a"), platform_raw="discord")
+        link.state = "ready"
+        with caplog.at_level(logging.ERROR):
+            for _ in range(5):
+                await replies.flush()
+        assert await db.entries() == []
+        assert replies.outbox_count == 0
+    assert any("after 5 failed attempts" in r.getMessage() for r in caplog.records)
+
+
+async def test_R46_expired_entries_dropped_with_warning_never_sent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    link = FakeLink(state="backoff")
+    async with await StateDB.open(tmp_path, now=clock.now) as db:
+        replies = Replies(link, db, IDENTITIES, clock=clock)
+        await replies.send(send("old send"), platform_raw="discord")
+        await replies.send(
+            FollowUp(session_key="k", kind="reply", content="old follow"), platform_raw="discord"
+        )
+        clock.now += 15 * 60 + 1  # past the follow_up TTL, within the send TTL
+        link.state = "ready"
+        with caplog.at_level(logging.WARNING):
+            assert await replies.flush() == 1
+        assert sent_texts(link) == ["old send"]
+        link.state = "backoff"
+        await replies.send(send("stale"), platform_raw="discord")
+        clock.now += DAY + 1
+        link.state = "ready"
+        with caplog.at_level(logging.WARNING):
+            assert await replies.flush() == 0
+        assert sent_texts(link) == ["old send"]
+        assert await db.entries() == []
+    expired = [r for r in caplog.records if "expired unsent" in r.getMessage()]
+    assert [r.levelno for r in expired] == [logging.WARNING, logging.WARNING]
+
+
+async def test_R46_sweep_every_ten_minutes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    state = MemoryState()
+    link = FakeLink(state="backoff")
+    replies = Replies(link, state, IDENTITIES, clock=trio.current_time)
+    await nursery.start(replies.run_flusher)
+    await replies.send(FollowUp(session_key="k", kind="r", content="x"), platform_raw="discord")
+    await trio.sleep(SWEEP_INTERVAL_S + 1)  # first sweep at 600 s: still live (TTL 900 s)
+    assert len(state.outbox) == 1
+    await trio.sleep(SWEEP_INTERVAL_S)  # second sweep at 1200 s: expired
+    assert state.outbox == {}
+    assert replies.outbox_count == 0
+    assert link.requests == []
+
+
+async def test_R47_full_outbox_rejects_new_requests(tmp_path: Path) -> None:
+    link = FakeLink(state="backoff")
+    async with await StateDB.open(tmp_path, now=0, outbox_max=2) as db:
+        replies = Replies(link, db, IDENTITIES)
+        for text in ("a", "b"):
+            assert (await replies.send(send(text), platform_raw="discord")).queued
+        full = await replies.send(send("c"), platform_raw="discord")
+        assert (full.success, full.error, full.retryable, full.queued) == (
+            False,
+            OUTBOX_FULL,
+            True,
+            False,
+        )
+        assert len(await db.entries()) == 2  # accepted replies are never evicted
+
+
+async def test_outbox_max_zero_fails_fast() -> None:
+    replies = Replies(FakeLink(state="backoff"), MemoryState(outbox_max=0), IDENTITIES)
+    result = await replies.send(send("a"), platform_raw="discord")
+    assert (result.error, result.queued) == (NOT_CONNECTED, False)
+
+
+async def test_retryable_unambiguous_send_failure_resubmitted_once_via_outbox() -> None:
+    async def refuse(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return SendResult.from_wire({"success": False, "error": "rate limited", "retryable": True})
+
+    state = MemoryState()
+    link = FakeLink(responder=refuse)
+    replies = Replies(link, state, IDENTITIES)
+    result = await replies.send(send("a"), platform_raw="discord")
+    assert result.queued
+    (entry,) = state.outbox.values()
+    assert entry.request_id == link.requests[0].request_id
+    # The flush delivers it once more; its result (a failure again) deletes it: no loop.
+    await replies.flush()
+    assert state.outbox == {}
+    assert len(link.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True),
+        SendResult.from_wire({"success": False, "error": "egress declined: no", "retryable": True}),
+        SendResult.from_wire({"success": False, "error": "forbidden"}),
+    ],
+    ids=["ambiguous", "egress_declined", "not_retryable"],
+)
+async def test_final_send_failures_are_not_resubmitted(result: SendResult) -> None:
+    async def answer(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return result
+
+    state = MemoryState()
+    replies = Replies(FakeLink(responder=answer), state, IDENTITIES)
+    assert await replies.send(send("a"), platform_raw="discord") == result
+    assert state.outbox == {}
+
+
+async def test_drop_while_pending_is_resubmitted_follow_up_is_not() -> None:
+    async def drop(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return SendResult.failure(TRANSPORT_CLOSED, retryable=True)
+
+    state = MemoryState()
+    replies = Replies(FakeLink(responder=drop), state, IDENTITIES)
+    assert (await replies.send(send("a"), platform_raw="discord")).queued
+    assert len(state.outbox) == 1
+    other = MemoryState()
+    replies = Replies(FakeLink(responder=drop), other, IDENTITIES)
+    follow = await replies.send(FollowUp(session_key="k", kind="r", content="x"), platform_raw=None)
+    assert (follow.error, follow.queued) == (TRANSPORT_CLOSED, False)
+    assert other.outbox == {}
+
+
+async def test_disabled_halts_the_flush_and_refuses_sends() -> None:
+    state = MemoryState()
+    link = FakeLink(state="backoff")
+    replies = Replies(link, state, IDENTITIES)
+    await replies.send(send("kept"), platform_raw="discord")
+    link.state = "disabled"
+    assert await replies.flush() == 0
+    assert len(state.outbox) == 1
+    result = await replies.send(send("new"), platform_raw="discord")
+    assert (result.error, result.queued) == (DISABLED, False)
+    assert link.requests == []
+
+
+async def test_unconfigured_identity_entry_dropped_with_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = MemoryState()
+    link = FakeLink()
+    await state.put("telegram", "", '{"op":"send","chat_id":"c","content":"x"}', "r1", "send", 2e9)
+    replies = Replies(link, state, IDENTITIES, clock=lambda: 2e9)
+    with caplog.at_level(logging.WARNING):
+        assert await replies.flush() == 0
+    assert state.outbox == {}
+    assert link.requests == []
+    assert any("unconfigured identity" in r.getMessage() for r in caplog.records)
+
+
+async def test_flusher_delivers_on_poke_and_on_enqueue_while_live(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    state = MemoryState()
+    link = FakeLink(state="backoff")
+    replies = Replies(link, state, IDENTITIES, clock=trio.current_time)
+    await nursery.start(replies.run_flusher)
+    await replies.send(send("queued while down"), platform_raw="discord")
+    await trio.sleep(1)
+    assert link.requests == []
+    link.state = "ready"
+    replies.poke()  # what the gateway does on each READY
+    await trio.testing.wait_all_tasks_blocked()
+    assert sent_texts(link) == ["queued while down"]
+    assert replies.outbox_count == 0
