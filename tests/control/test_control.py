@@ -494,9 +494,12 @@ async def test_R82_400_mentioning_wake_url_is_retried_once_without_it(
 ) -> None:
     registry.accept_wake_url_on_enroll = False
     token = registry.issue_enrollment_token(TENANT)
-    with caplog.at_level(logging.WARNING, logger="relay_runtime.control"):
+    with caplog.at_level(logging.DEBUG):
         result = await run_enroll(plane.url, "https://wake.example/g", token)
     assert result.wake_confirmed is False
+    creds = result.credentials
+    assert creds.delivery_key is not None
+    assert_no_secret_logged(caplog, token, IDENTITY_TOKEN, creds.secret, creds.delivery_key)
     assert [body for _, body in registry.received] == [
         {"enrollmentToken": token, "gatewayId": "gw-enr", "wakeUrl": "https://wake.example/g"},
         {"enrollmentToken": token, "gatewayId": "gw-enr"},
