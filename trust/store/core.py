@@ -553,7 +553,8 @@ def import_states(
     audit_ids: list[int] = []
     auth = Authority(actor=actor, tier="operator")
     for item in wanted:
-        current = lock_client(tx, resolve(tx, item.client_id), now_ms)
+        target = resolve(tx, item.client_id)
+        current = read_client(tx, target, lock=True) or ClientRecord.absent(target)
         after = attrs.evolve(
             current,
             level=item.level,
@@ -582,6 +583,8 @@ def import_states(
         changed.append(current.client_id)
         if dry_run:
             continue
+        if not current.stored:
+            lock_client(tx, target, now_ms)
         planned = Planned("import", current, after, f"import from {actor.removeprefix('import:')}")
         audit_ids.append(audit_planned(tx, planned, auth, now_ms).id)
     return ImportReport(tuple(changed), tuple(unchanged), tuple(conflicts), tuple(audit_ids))

@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 DB_FILENAME: Final = "relay.db"
 """The state directory's database file (shared with the runtime's state tables)."""
+_DB_SUFFIXES: Final = (".db", ".sqlite", ".sqlite3")
 
 
 class _SqliteTx:
@@ -90,14 +91,15 @@ class SqliteBackend:
 async def open_sqlite_store(
     location: str | os.PathLike[str], clock: Callable[[], int] = wall_ms
 ) -> SqlClientStore:
-    """The store in ``location``: a state directory (its ``relay.db``) or a database file.
+    """The store in ``location``: a state directory (its ``relay.db``, created with the
+    directory when missing) or a database file (an existing file, or a ``.db`` name).
 
     Creates the file (mode 0600) and migrates the trust tables. Close with ``aclose()``.
     """
 
     def connect() -> SqliteBackend:
         path = Path(location)
-        if path.is_dir():
+        if not (path.is_file() or path.suffix in _DB_SUFFIXES):
             path = path / DB_FILENAME
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

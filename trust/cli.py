@@ -1,0 +1,377 @@
+"""``relay-runtime trust ...``: the local operator's view of the trust store (TR §8).
+
+The CLI acts as the local operator ``local:<OS user>`` (tier ``operator``), which no
+policy's ``disable`` list binds. Exit status: 0 done, 1 refused (``TrustOpError``) or the
+store failed, 2 usage or policy error. ``--json`` prints machine-readable results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+
+from trust.functions import import_co
+from trust.identity import DEFAULT_CANONICALIZER
+from trust.ops import TrustOps, format_client
+from trust.policy import (
+    FORMAT_065,
+    PRESETS,
+    Policy,
+    PolicyError,
+    TrustConfigError,
+    load_preset,
+    preset_text,
+)
+from trust.records import StoreError, TrustOpError
+from trust.store.base import ClientStore
+
+EXIT_OK: Final = 0
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def local_actor() -> str:
+    """``local:<OS user>``: who the CLI acts as."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"local:{user}"
+
+
+def _out(args: argparse.Namespace, text: str, data: object) -> None:
+    if args.json:
+        print(json.dumps(data, default=str, ensure_ascii=False))
+    else:
+        print(text)
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+async def _open(args: argparse.Namespace) -> ClientStore:
+    from trust.engine import TrustConfig, open_store
+
+    return await open_store(
+        TrustConfig.from_env(
+            **{k: v for k, v in (("state_dir", args.state_dir), ("dsn", args.dsn)) if v}
+        )
+    )
+
+
+def _with_store(
+    body: Callable[[argparse.Namespace, TrustOps, str], Awaitable[None]],
+) -> Callable[[argparse.Namespace], int]:
+    """Run ``body`` against the store the options name; map refusals to exit codes."""
+
+    def run(args: argparse.Namespace) -> int:
+        async def main() -> None:
+            store = await _open(args)
+            try:
+                await body(args, TrustOps(store, None, DEFAULT_CANONICALIZER), local_actor())
+            finally:
+                await store.aclose()
+
+        try:
+            trio.run(main)
+        except TrustOpError as exc:
+            if args.json:
+                print(json.dumps({"error": exc.code, "message": exc.message}))
+            _err(exc.message)
+            return EXIT_REFUSED
+        except StoreError as exc:
+            _err(str(exc))
+            return EXIT_REFUSED
+        except (TrustConfigError, PolicyError) as exc:
+            _err(str(exc))
+            return EXIT_USAGE
+        return EXIT_OK
+
+    return run
+
+
+def _client_json(rec: Any) -> dict[str, object]:
+    data = attrs.asdict(rec)
+    data["level"] = rec.level.value
+    data["effective_level"] = rec.effective_level
+    return data
+
+
+# --- store commands --------------------------------------------------------------------------
+
+
+async def _list(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    rows = await ops.list_clients(level=args.level, admins=args.admins, blocked=args.blocked)
+    text = "\n".join(format_client(r) for r in rows) or "no clients"
+    _out(args, text, [_client_json(r) for r in rows])
+
+
+async def _show(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    result = await ops.level(args.id, actor)
+    _out(args, result.message, _client_json(result.client))
+
+
+async def _promote(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    result = await ops.promote(args.id, args.to, actor, args.reason)
+    _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
+
+
+async def _demote(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    result = await ops.demote(args.id, args.to, actor, args.reason)
+    _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
+
+
+async def _block(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    result = await ops.block(args.id, args.reason, actor)
+    _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
+
+
+async def _unblock(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    result = await ops.unblock(args.id, actor)
+    _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
+
+
+async def _admin(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    if args.admin_op == "set":
+        result = await ops.set_admin(args.id, actor)
+    else:
+        result = await ops.remove_admin(args.id, actor)
+    _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
+
+
+async def _audit(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    result, rows = await ops.audit(args.client, actor, args.limit)
+    _out(args, result.message, [attrs.asdict(r) for r in rows])
+
+
+async def _revert(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    result = await ops.revert(args.audit_id, actor)
+    _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
+
+
+async def _invite(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    if args.invite_op == "create":
+        created = await ops.create_invite(
+            actor, max_uses=args.max_uses, expires_in=args.expires, note=args.note, code=args.code
+        )
+        inv = created.invite
+        expiry = "never" if inv.expires_at is None else f"at {inv.expires_at} ms"
+        text = (
+            f"invite {created.invite_id}: {created.code}\n"
+            f"max uses {inv.max_uses}, expires {expiry}. The code is shown only this once."
+        )
+        _out(
+            args,
+            text,
+            {
+                "invite_id": created.invite_id,
+                "code": created.code,
+                "max_uses": inv.max_uses,
+                "expires_at": inv.expires_at,
+            },
+        )
+    elif args.invite_op == "list":
+        invites = await ops.list_invites()
+        now = ops.store.clock()
+        lines = [
+            f"{i.invite_id} {i.status(now)} uses {i.uses}/{i.max_uses} "
+            f"expires {'never' if i.expires_at is None else i.expires_at} "
+            f"by {i.created_by}{f' ({i.note})' if i.note else ''}"
+            for i in invites
+        ]
+        data = [
+            {k: v for k, v in attrs.asdict(i).items() if k != "code_sha256"}
+            | {"status": i.status(now)}
+            for i in invites
+        ]
+        _out(args, "\n".join(lines) or "no invites", data)
+    else:
+        result = await ops.revoke_invite(args.invite_id, actor)
+        _out(args, result.message, {"message": result.message})
+
+
+async def _import_co(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
+    report, skipped = await import_co(
+        ops.store,
+        args.dir,
+        platform=args.platform,
+        dry_run=args.dry_run,
+        overwrite=args.overwrite,
+        canonicalizer=ops.canonicalizer,
+    )
+    verb = "would change" if args.dry_run else "changed"
+    lines = [f"{verb} {len(report.changed)}, unchanged {len(report.unchanged)}"]
+    lines += [f"  {cid}" for cid in report.changed]
+    if report.conflicts:
+        lines.append(
+            f"conflicts (stored differently; --overwrite to replace): {len(report.conflicts)}"
+        )
+        lines += [f"  {cid}" for cid in report.conflicts]
+    if skipped:
+        lines.append(f"skipped {len(skipped)}:")
+        lines += [f"  {s}" for s in skipped]
+    _out(
+        args,
+        "\n".join(lines),
+        {
+            "changed": list(report.changed),
+            "unchanged": list(report.unchanged),
+            "conflicts": list(report.conflicts),
+            "skipped": list(skipped),
+            "audit_ids": list(report.audit_ids),
+            "dry_run": args.dry_run,
+        },
+    )
+
+
+# --- policy commands (no store) ---------------------------------------------------------------
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    try:
+        policy = Policy.from_file(args.file)
+    except PolicyError as exc:
+        for item in exc.items:
+            print(f"error: {item}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        _err(f"{args.file}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    for warning in policy.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"ok: policy {policy.name!r} (sha256 {policy.digest})")
+    if policy.format == FORMAT_065 and policy.native_frontmatter:
+        print("connectonion 0.6.5 policy; native translation:")
+        print(policy.native_frontmatter.rstrip())
+    return EXIT_OK
+
+
+def _load_named(name: str) -> Policy:
+    if name.strip().lower() in PRESETS:
+        return load_preset(name)
+    return Policy.from_file(name)
+
+
+def _policy_show(args: argparse.Namespace) -> int:
+    try:
+        policy = _load_named(args.name)
+    except (PolicyError, TrustConfigError, OSError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    print(f"policy {policy.name} (sha256 {policy.digest})")
+    for number, line in enumerate(policy.describe_rules()):
+        print(f"{number:>3}  {line}")
+    return EXIT_OK
+
+
+def _policy_copy(args: argparse.Namespace) -> int:
+    preset = args.preset.strip().lower()
+    if preset not in PRESETS:
+        _err(f"unknown preset {args.preset!r}; presets are {', '.join(PRESETS)}")
+        return EXIT_USAGE
+    target = Path(args.path) if args.path else Path("policies") / f"{preset}.md"
+    if target.exists() and not args.force:
+        _err(f"{target} exists; use --force to overwrite")
+        return EXIT_REFUSED
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(preset_text(preset))
+    print(f"wrote {target}; run with --trust {target}")
+    return EXIT_OK
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``trust`` command and its subcommands to ``subparsers``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", help="state directory (default $RELAY_STATE_DIR)")
+    common.add_argument("--dsn", help="PostgreSQL DSN (default $RELAY_TRUST_DSN)")
+    common.add_argument("--json", action="store_true", help="print JSON")
+
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "trust", help="inspect and change trust state", description=__doc__
+    )
+    sub = parser.add_subparsers(dest="trust_command", metavar="SUBCOMMAND", required=True)
+
+    def add(name: str, help_text: str, body: Any = None) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, parents=[common])
+        if body is not None:
+            p.set_defaults(func=_with_store(body))
+        return p
+
+    p = add("list", "list stored clients", _list)
+    p.add_argument("--level", choices=("stranger", "contact", "whitelist"))
+    p.add_argument("--admins", action="store_true")
+    p.add_argument("--blocked", action="store_true")
+    add("show", "show one client", _show).add_argument("id")
+    for name, body, levels in (
+        ("promote", _promote, ("contact", "whitelist")),
+        ("demote", _demote, ("contact", "stranger")),
+    ):
+        p = add(name, f"{name} a client one level", body)
+        p.add_argument("id")
+        p.add_argument("--to", required=True, choices=levels)
+        p.add_argument("--reason")
+    p = add("block", "block a client", _block)
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+    add("unblock", "unblock a client", _unblock).add_argument("id")
+    p = add("admin", "grant or remove the admin role", _admin)
+    p.add_argument("admin_op", choices=("set", "remove"))
+    p.add_argument("id")
+    p = add("invite", "create, list or revoke invites", _invite)
+    isub = p.add_subparsers(dest="invite_op", required=True)
+    c = isub.add_parser("create", parents=[common])
+    c.add_argument("--max-uses", type=int, default=1)
+    c.add_argument("--expires", default="7d", help="DURATION (90s, 12h, 7d) or never")
+    c.add_argument("--note")
+    c.add_argument("--code", help="a custom code (at least 12 characters)")
+    isub.add_parser("list", parents=[common])
+    isub.add_parser("revoke", parents=[common]).add_argument("invite_id")
+    p = add("audit", "show the audit log", _audit)
+    p.add_argument("--client")
+    p.add_argument("--limit", type=int, default=20)
+    add("revert", "undo one audit row", _revert).add_argument("audit_id", type=int)
+    p = add("import-co", "import connectonion ~/.co list files", _import_co)
+    p.add_argument("dir")
+    p.add_argument("--platform", default="co")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("policy", help="check, show or copy policies")
+    psub = p.add_subparsers(dest="policy_op", required=True)
+    pc = psub.add_parser("check", help="validate a policy file")
+    pc.add_argument("file")
+    pc.set_defaults(func=_policy_check)
+    ps = psub.add_parser("show", help="print a policy's compiled rules")
+    ps.add_argument("name", metavar="PRESET|PATH")
+    ps.set_defaults(func=_policy_show)
+    pp = psub.add_parser("copy", help="copy a preset as a starting point")
+    pp.add_argument("preset", choices=PRESETS)
+    pp.add_argument("path", nargs="?")
+    pp.add_argument("--force", action="store_true")
+    pp.set_defaults(func=_policy_copy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``trust`` subcommands standalone (``python -m trust.cli``)."""
+    parser = argparse.ArgumentParser(prog="relay-runtime")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["trust", *(sys.argv[1:] if argv is None else argv)])
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
