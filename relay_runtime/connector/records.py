@@ -27,11 +27,15 @@ __all__ = [
 
 @attrs.frozen
 class Received:
-    """One frame a gateway sent, with the connection and gateway it came from."""
+    """One frame a gateway sent, with the connection and gateway it came from.
+
+    ``at`` is ``trio.current_time()`` when the frame was decoded (for latency figures).
+    """
 
     connection_id: int
     gateway_id: str
     frame: GatewayFrame
+    at: float = 0.0
 
 
 @attrs.frozen

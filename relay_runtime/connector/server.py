@@ -723,7 +723,7 @@ class ReferenceConnector:
         if not isinstance(item, Hello | Outbound | Interrupt | GoingIdle | InboundAck):
             log.debug("gateway %r sent a connector frame (%s); ignored", conn.gateway_id, item)
             return
-        self._received.append(Received(conn.id, conn.gateway_id, item))
+        self._received.append(Received(conn.id, conn.gateway_id, item, trio.current_time()))
         try:
             if isinstance(item, Hello):
                 await self._on_hello(conn, item)

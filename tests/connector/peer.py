@@ -94,11 +94,18 @@ async def dial(url: str, headers: list[tuple[bytes, bytes]] | None = None) -> As
                     parsed.path or "/",
                     extra_headers=headers or [],
                 )
+            graceful = True
             try:
                 yield Peer(ws)
+            except trio.Cancelled:
+                # The socket's reader task is cancelled too, so no close handshake can
+                # complete: let the stream close without one.
+                graceful = False
+                raise
             finally:
-                with trio.move_on_after(5, shield=True):
-                    await ws.aclose()
+                if graceful:
+                    with trio.move_on_after(5, shield=True):
+                        await ws.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1:
