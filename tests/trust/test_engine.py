@@ -614,3 +614,32 @@ async def test_engine_on_both_backends_promotes_by_invite(
             )
     finally:
         await store.aclose()
+
+
+async def test_T51_two_engines_race_one_single_use_invite_admits_exactly_one(
+    backend: tuple[str, str | None], tmp_path: Path, wall: WallClock
+) -> None:
+    first = await open_store(backend, tmp_path, wall)
+    second = await open_store(backend, tmp_path, wall)
+    replies: list[str | None] = []
+    try:
+        invite = await create_invite(first, by=OP, max_uses=1)
+        async with engine_for(first) as one, engine_for(second) as two:
+
+            async def redeem(engine: TrustEngine, uid: str) -> None:
+                out = await engine.evaluate(msg(f"/invite {invite.code}", uid=uid))
+                replies.append(out.reply)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(6):
+                    nursery.start_soon(redeem, one if i % 2 else two, str(200 + i))
+        assert sorted(r or "" for r in replies) == sorted(
+            ["Invite accepted. You are now a contact."] + ["That invite code was not accepted."] * 5
+        )
+        contacts = await first.list_clients(level=Level.CONTACT)
+        assert len(contacts) == 1
+        (stored,) = await first.list_invites()
+        assert stored.uses == 1
+    finally:
+        await first.aclose()
+        await second.aclose()

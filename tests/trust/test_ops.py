@@ -1,0 +1,108 @@
+"""The fixed operations (TR §8) through the Python API, on both backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from trust.ops import TrustOps, actor_tier
+from trust.policy import Policy, load_preset
+from trust.records import TrustOpError
+from trust.store import SqlClientStore
+
+OP = "local:alice"
+
+
+def test_actor_tiers() -> None:
+    assert [actor_tier(a) for a in (OP, "config", "import:/x", "discord:1")] == [
+        "operator",
+        "operator",
+        "operator",
+        "admin",
+    ]
+
+
+@pytest.mark.parametrize("preset", ["open", "careful", "strict"])
+async def test_T64_every_operation_exists_on_the_api_under_every_preset(
+    store: SqlClientStore, preset: str
+) -> None:
+    ops = TrustOps(store, load_preset(preset))
+    await ops.set_admin("discord:1", OP)
+    admin = "discord:1"
+    results = [
+        await ops.promote("discord:2", "contact", admin),
+        await ops.promote("discord:2", "whitelist", admin),
+        await ops.demote("discord:2", "contact", admin),
+        await ops.demote("discord:2", "stranger", admin),
+        await ops.block("discord:2", "spam", admin),
+        await ops.unblock("discord:2", admin),
+        await ops.set_admin("discord:2", admin),
+        await ops.remove_admin("discord:2", admin),
+        await ops.level("discord:2", admin),
+    ]
+    assert all(r.message for r in results)
+    audit, rows = await ops.audit("discord:2", admin)
+    assert len(rows) == 8 and audit.message.startswith(f"#{rows[0].id} remove_admin discord:2")
+    created = await ops.create_invite(OP)
+    assert [i.invite_id for i in await ops.list_invites()] == [created.invite_id]
+    await ops.revoke_invite(created.invite_id, OP)
+    await ops.revert(rows[0].id, OP)
+    assert (await store.get("discord:2")).is_admin
+
+
+async def test_T65_non_admin_api_calls_are_refused_and_audited(store: SqlClientStore) -> None:
+    ops = TrustOps(store, load_preset("careful"))
+    for call in (
+        ops.set_admin("discord:5", "discord:4"),
+        ops.block("discord:5", "spam", "discord:4"),
+        ops.promote("discord:5", "contact", "discord:4"),
+        ops.level("discord:5", "discord:4"),
+        ops.create_invite("discord:4"),
+    ):
+        with pytest.raises(TrustOpError) as info:
+            await call
+        assert info.value.code == "not_authorized"
+    actions = sorted(r.action for r in await store.audit())
+    assert actions == [
+        "refused:block",
+        "refused:invite/create",
+        "refused:level",
+        "refused:promote_to_contact",
+        "refused:set_admin",
+    ]
+    assert await store.list_clients() == []
+
+
+async def test_T67_disable_binds_admin_api_not_the_operator(store: SqlClientStore) -> None:
+    policy = Policy.from_text(
+        "---\nname: locked\ndisable: [block, admin/set]\ndefault: deny\n---\n"
+    )
+    ops = TrustOps(store, policy)
+    await ops.set_admin("discord:1", OP)  # the operator is not bound
+    for call in (
+        ops.block("discord:2", "spam", "discord:1"),
+        ops.set_admin("discord:3", "discord:1"),
+    ):
+        with pytest.raises(TrustOpError) as info:
+            await call
+        assert info.value.code == "disabled"
+        assert info.value.message.startswith("disabled: '")
+        assert info.value.message.endswith("' is disabled by policy 'locked'")
+    await ops.promote("discord:2", "contact", "discord:1")  # not disabled
+
+
+async def test_typed_ids_and_levels_are_checked(store: SqlClientStore) -> None:
+    ops = TrustOps(store)
+    for call, code in (
+        (ops.block("nocolon", "x", OP), "invalid_client_id"),
+        (ops.block("anonymous", "x", OP), "anonymous"),
+        (ops.promote("discord:1", "stranger", OP), "invalid_level"),
+        (ops.demote("discord:1", "whitelist", OP), "invalid_level"),
+        (ops.promote("discord:1", "boss", OP), "invalid_level"),
+        (ops.block("discord:abc", "x", OP), "invalid_client_id"),
+    ):
+        with pytest.raises(TrustOpError) as info:
+            await call
+        assert info.value.code == code
+    assert await store.list_clients() == []
+    result = await ops.promote("Discord: 007", "contact", OP)
+    assert result.message.startswith("discord:7 promoted: stranger → contact")
