@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -68,10 +70,36 @@ async def websocket_dialer(
     headers: list[tuple[bytes, bytes]],
     max_message_size: int,
 ) -> trio_websocket.WebSocketConnection:
-    """Dial a real ``ws://``/``wss://`` URL (TLS verified by default)."""
-    return await trio_websocket.connect_websocket_url(
-        nursery, url, extra_headers=headers, max_message_size=max_message_size
-    )
+    """Dial a real ``ws://``/``wss://`` URL (TLS verified with the system defaults).
+
+    The TCP stream is opened here so it can be closed when the upgrade fails:
+    trio-websocket raises a rejected upgrade from its reader task and would leave it open.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise DialError(f"not a WebSocket URL: {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    if secure:
+        stream = await trio.open_ssl_over_tcp_stream(
+            parts.hostname, port, ssl_context=ssl.create_default_context()
+        )
+    else:
+        stream = await trio.open_tcp_stream(parts.hostname, port)
+    try:
+        return await trio_websocket.wrap_client_stream(
+            nursery,
+            stream,
+            parts.netloc,
+            resource,
+            extra_headers=headers,
+            max_message_size=max_message_size,
+        )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
 
 
 def bearer_headers(token: str | None) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,253 @@
+"""The socket tasks over memory streams, and end-to-end dials over real 127.0.0.1 sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+from trio_websocket import WebSocketConnection, WebSocketRequest
+
+from protocol.actions import Send
+from protocol.auth import verify_token
+from protocol.errors import FrameError
+from protocol.frames import Frame, Inbound, OutboundResult
+from relay_runtime.supervisor import Supervisor
+from relay_runtime.transport import (
+    DialError,
+    RelaySocket,
+    bearer_headers,
+    dial,
+    websocket_dialer,
+)
+from tests.runtime.conftest import GATEWAY_ID, SECRET, descriptor, make_config, wrap_client
+
+
+async def socket_pair(nursery: trio.Nursery, **kw: Any) -> tuple[RelaySocket, WebSocketConnection]:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    accepted: list[WebSocketConnection] = []
+    done = trio.Event()
+
+    async def server() -> None:
+        request = await trio_websocket.wrap_server_stream(nursery, server_stream)
+        accepted.append(await request.accept())
+        done.set()
+
+    nursery.start_soon(server)
+    ws = await wrap_client(nursery, client_stream, [], 1 << 24)
+    await done.wait()
+    options: dict[str, Any] = {"max_frame_bytes": 1024, "ping_interval_s": 30, "ping_timeout_s": 60}
+    options.update(kw)
+    return RelaySocket(ws, **options), accepted[0]
+
+
+async def test_R2_R7_reader_decodes_split_and_batched_frames_and_survives_errors(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    sock, peer = await socket_pair(nursery)
+    seen: list[Frame | FrameError] = []
+
+    async def on_item(item: Frame | FrameError) -> None:
+        seen.append(item)
+        if isinstance(item, OutboundResult) and item.request_id == "boom":
+            raise RuntimeError("handler bug")
+
+    ended: list[Any] = []
+
+    async def read() -> None:
+        ended.append(await sock.reader(on_item))
+
+    nursery.start_soon(read)
+    inbound = json.dumps({"type": "inbound", "event": {"text": "héllo"}}) + "\n"
+    raw = inbound.encode()
+    await peer.send_message(raw[:5])  # binary, split mid-frame ...
+    await peer.send_message(raw[5:-3])  # ... and mid-UTF-8 is fine too
+    await peer.send_message(raw[-3:])
+    await peer.send_message(
+        '{"type":"outbound_result","requestId":"boom"}\nnot json\n\r\n'
+        '{"type":"outbound_result","requestId":"ok"}\r\n'
+    )
+    await peer.send_message("x" * 2000 + "\n" + '{"type":"going_idle_ack"}\n')
+    await peer.aclose(4000, "bye")
+    await trio.testing.wait_all_tasks_blocked()
+    kinds = [type(x).__name__ if not isinstance(x, FrameError) else x.kind for x in seen]
+    assert kinds == [
+        "Inbound",
+        "OutboundResult",
+        "malformed",
+        "OutboundResult",
+        "oversized",
+        "GoingIdleAck",
+    ]
+    first = seen[0]
+    assert isinstance(first, Inbound) and first.event.text == "héllo"
+    assert ended[0].code == 4000 and ended[0].reason == "bye"
+
+
+async def test_writer_sends_one_text_message_per_frame_in_order(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    sock, peer = await socket_pair(nursery)
+    nursery.start_soon(sock.writer)
+    results: list[str | None] = []
+
+    async def write(i: int) -> None:
+        results.append(await sock.write(f'{{"type":"t{i}"}}\n'))
+
+    async with trio.open_nursery() as n:
+        for i in range(20):
+            n.start_soon(write, i)
+    got = [await peer.get_message() for _ in range(20)]
+    assert sorted(got) == sorted(f'{{"type":"t{i}"}}\n' for i in range(20))
+    assert all(isinstance(m, str) and m.count("\n") == 1 for m in got)
+    assert results == [None] * 20
+    assert sock.too_large('{"x":"' + "é" * 600 + '"}\n')
+
+
+async def test_write_after_close_reports_failure(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    sock, peer = await socket_pair(nursery)
+    nursery.start_soon(sock.writer)
+
+    async def drain_peer() -> None:
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await peer.get_message()
+
+    nursery.start_soon(drain_peer)
+    await sock.close(1000, "bye")
+    assert await sock.write('{"type":"x"}\n') == "connection closed"
+    assert sock.end_from(None).code == 1000
+
+
+async def test_R48_keepalive_declares_a_silent_peer_dead(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    c2s_send, c2s_recv = trio.testing.memory_stream_one_way_pair()
+    s2c_send, s2c_recv = trio.testing.memory_stream_one_way_pair()
+    ready = trio.Event()
+
+    async def server() -> None:
+        req = await trio_websocket.wrap_server_stream(
+            nursery, trio.StapledStream(s2c_send, c2s_recv)
+        )
+        await req.accept()
+        ready.set()
+
+    nursery.start_soon(server)
+    ws = await wrap_client(nursery, trio.StapledStream(c2s_send, s2c_recv), [], 1 << 20)
+    await ready.wait()
+    sock = RelaySocket(ws, max_frame_bytes=1024, ping_interval_s=30, ping_timeout_s=60)
+    c2s_send.send_all_hook = None  # the peer never hears our pings
+    start = trio.current_time()
+    async with trio.open_nursery() as n:
+        await sock.keepalive(n)
+        n.cancel_scope.cancel()  # its unanswered pings, as the socket nursery would
+    # Declared dead at exactly 60 s, then at most 5 s for the unanswered close frame.
+    assert 60.0 <= trio.current_time() - start <= 65.0
+    assert sock.end_from(None).code == 1011
+    assert sock.end_from(None).reason == "keepalive timeout"
+
+
+async def test_dial_maps_failures_to_dial_error(autojump_clock: trio.testing.MockClock) -> None:
+    async def refused(nursery: trio.Nursery, url: str, **kw: Any) -> Any:
+        raise OSError("connection refused")
+
+    async def hangs(nursery: trio.Nursery, url: str, **kw: Any) -> Any:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as n:
+        with pytest.raises(DialError, match="connection refused"):
+            await dial(refused, n, "ws://x/relay", headers=[], max_message_size=1, timeout_s=5)
+        with pytest.raises(DialError, match="timed out after 30 s"):
+            await dial(hangs, n, "ws://x/relay", headers=[], max_message_size=1, timeout_s=30)
+    assert bearer_headers(None) == []
+    assert bearer_headers("t") == [(b"authorization", b"Bearer t")]
+
+
+# ---- end to end over real loopback (no autojump) -----------------------------------------
+
+
+async def test_e2e_loopback_handshake_outbound_and_go_idle(nursery: trio.Nursery) -> None:
+    seen_tokens: list[str | None] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        auth = dict(request.headers).get(b"authorization", b"").decode()
+        seen_tokens.append(verify_token(auth.removeprefix("Bearer "), [SECRET], now=time.time()))
+        ws = await request.accept()
+        while True:
+            try:
+                message = await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            assert isinstance(message, str)
+            for line in message.splitlines():
+                frame = json.loads(line)
+                if frame["type"] == "hello":
+                    out = {"type": "descriptor", "descriptor": descriptor(frame["platform"])}
+                elif frame["type"] == "outbound":
+                    out = {
+                        "type": "outbound_result",
+                        "requestId": frame["requestId"],
+                        "result": {"success": True, "message_id": "m1"},
+                    }
+                elif frame["type"] == "going_idle":
+                    out = {"type": "going_idle_ack"}
+                else:
+                    continue
+                await ws.send_message(json.dumps(out) + "\n")
+
+    server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+    send, _recv = trio.open_memory_channel[Any](8)
+    sup = Supervisor(
+        make_config(relay_url=f"ws://127.0.0.1:{server.port}"),
+        inbound=send,
+        on_interrupt=lambda key, chat: None,
+        dialer=websocket_dialer,
+    )
+    with trio.fail_after(10):
+        await nursery.start(sup.run)
+        assert sup.state == "ready"
+        assert seen_tokens == [GATEWAY_ID]
+        result = await sup.request(Send("c1", "hello"))
+        assert result.success and result.message_id == "m1"
+        assert await sup.go_idle() is True
+    assert sup.state == "closed"
+
+
+async def test_e2e_loopback_http_401_before_handshake_ladders(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    rejected = 0
+    third = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        nonlocal rejected
+        rejected += 1
+        if rejected == 3:
+            third.set()
+        await request.reject(401)
+
+    server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+    send, _recv = trio.open_memory_channel[Any](8)
+    sup = Supervisor(
+        make_config(
+            relay_url=f"ws://127.0.0.1:{server.port}", backoff_base_s=0.01, backoff_cap_s=0.02
+        ),
+        inbound=send,
+        on_interrupt=lambda key, chat: None,
+    )
+    nursery.start_soon(sup.run)
+    with trio.fail_after(10):
+        await third.wait()
+    assert sup.state in ("backoff", "dialing")
+    assert any("HTTP 401" in r.getMessage() for r in caplog.records)
+    sup.stop()
+    assert sup.state == "closed"
