@@ -29,7 +29,7 @@ import itertools
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,7 +38,7 @@ import trio
 
 from protocol.events import MessageEvent, SessionSource
 from relay_runtime.config import GatewayConfig
-from relay_runtime.connector import ReferenceConnector
+from relay_runtime.connector import Delivery, ReferenceConnector
 from relay_runtime.dispatcher import Agent, TrustEvaluator, TrustOutcomeLike
 from relay_runtime.gateway import Gateway, run_gateway
 from trust.model import Decision
@@ -50,6 +50,8 @@ GATEWAY_ID: Final = "gw-harness"
 #: Operator actor used to set up trust levels (an audit row names it).
 OPERATOR: Final = "local:harness"
 SAY_TIMEOUT_S: Final = 10.0
+#: Bound on the going_idle drain when the harness closes.
+STOP_TIMEOUT_S: Final = 5.0
 
 
 def parse_user(user: str) -> tuple[str, str]:
@@ -126,11 +128,14 @@ class Harness:
         chat_type: str = "dm",
         user_name: str | None = None,
         timeout_s: float = SAY_TIMEOUT_S,
+        on_delivered: Callable[[Delivery], None] | None = None,
     ) -> Said:
         """Send ``text`` as ``user`` (``platform:user_id``) and wait until it is handled.
 
-        The chat defaults to the user's direct-message chat. Raises ``trio.TooSlowError``
-        if the gateway has not acked the message within ``timeout_s``.
+        The chat defaults to the user's direct-message chat. ``on_delivered`` is called with
+        the connector's :class:`~relay_runtime.connector.Delivery` as soon as the message is
+        queued (before the gateway handles it). Raises ``trio.TooSlowError`` if the gateway
+        has not acked the message within ``timeout_s``.
         """
         platform, user_id = parse_user(user)
         chat = chat_id if chat_id is not None else f"dm-{platform}-{user_id}"
@@ -153,6 +158,8 @@ class Harness:
             if delivery.buffer_id is None:
                 raise RuntimeError(f"message not delivered: {delivery.outcome} {delivery.reason}")
             buffer_id = delivery.buffer_id
+            if on_delivered is not None:
+                on_delivered(delivery)
             await self.connector.wait_for(lambda: buffer_id in self.connector.inbound_acks)
         replies = tuple(
             message.content
@@ -170,17 +177,16 @@ class Harness:
         )
 
     async def set_level(self, user: str, level: str) -> None:
-        """Raise ``user`` (a stranger) to ``contact`` or ``whitelist`` as the operator."""
-        ops = self.engine.ops
+        """Raise ``user`` to ``contact`` or ``whitelist`` as the operator (no-op if there)."""
         if level not in ("contact", "whitelist"):
             raise ValueError(f"level {level!r}: expected contact or whitelist")
-        await ops.promote(user, "contact", OPERATOR)
-        if level == "whitelist":
-            await ops.promote(user, "whitelist", OPERATOR)
+        steps = ("contact", "whitelist") if level == "whitelist" else ("contact",)
+        for step in steps:
+            await _unless_done(self.engine.ops.promote(user, step, OPERATOR))
 
     async def make_admin(self, user: str) -> None:
-        """Give ``user`` the admin role as the operator."""
-        await self.engine.ops.set_admin(user, OPERATOR)
+        """Give ``user`` the admin role as the operator (no-op if already an admin)."""
+        await _unless_done(self.engine.ops.set_admin(user, OPERATOR))
 
     async def create_invite(self, *, max_uses: int = 1) -> str:
         """A new invite code (what ``/invite CODE`` accepts under ``careful``)."""
@@ -194,6 +200,17 @@ class Harness:
         await self.gateway.supervisor.wait_next_ready(seen)
 
 
+async def _unless_done(operation: Awaitable[object]) -> None:
+    """Run a trust operation; ``not_applicable`` (already in that state) is fine."""
+    from trust.records import TrustOpError
+
+    try:
+        await operation
+    except TrustOpError as exc:
+        if exc.code != "not_applicable":
+            raise
+
+
 @contextlib.asynccontextmanager
 async def open_harness(
     agent: Agent,
@@ -202,6 +219,7 @@ async def open_harness(
     state_dir: str | os.PathLike[str] | None = None,
     users: Mapping[str, str] | None = None,
     admins: Iterable[str] = (),
+    connector_options: Mapping[str, Any] | None = None,
     **config: Any,
 ) -> AsyncIterator[Harness]:
     """Run ``agent`` behind a real gateway and reference connector for an ``async with``.
@@ -214,6 +232,7 @@ async def open_harness(
             directory removed afterwards).
         users: ``{"discord:1234": "whitelist", ...}`` levels set before the first message.
         admins: users given the admin role before the first message.
+        connector_options: further :class:`ReferenceConnector` arguments.
         config: further :class:`GatewayConfig` fields (e.g. ``max_concurrent_turns=1``).
     """
     with contextlib.ExitStack() as stack:
@@ -222,19 +241,24 @@ async def open_harness(
         root = Path(state_dir)
         await trio.Path(root).mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(32)
-        connector = ReferenceConnector(secrets={GATEWAY_ID: secret}, always_buffer=True)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(connector.serve, "127.0.0.1", 0)
-            gateway_config = GatewayConfig(
-                relay_url=connector.base_url,
-                gateway_id=GATEWAY_ID,
-                secret=secret,
-                state_dir=root,
-                trust=trust if isinstance(trust, str) else "open",
-                backoff_base_s=0.05,
-                backoff_cap_s=0.5,
-                **config,
-            )
+        options: dict[str, Any] = {"always_buffer": True, "close_timeout": 1.0}
+        options.update(connector_options or {})
+        connector = ReferenceConnector(secrets={GATEWAY_ID: secret}, **options)
+        # The gateway stops before the connector, so no close handshake waits on a peer
+        # that is gone.
+        async with trio.open_nursery() as connector_nursery:
+            await connector_nursery.start(connector.serve, "127.0.0.1", 0)
+            settings: dict[str, Any] = {
+                "relay_url": connector.base_url,
+                "gateway_id": GATEWAY_ID,
+                "secret": secret,
+                "state_dir": root,
+                "trust": trust if isinstance(trust, str) else "open",
+                "backoff_base_s": 0.05,
+                "backoff_cap_s": 0.5,
+            }
+            settings.update(config)
+            gateway_config = GatewayConfig(**settings)
             async with contextlib.AsyncExitStack() as engines:
                 engine: Any
                 if isinstance(trust, str | os.PathLike):
@@ -246,16 +270,23 @@ async def open_harness(
                 else:
                     engine = trust
                 recording = _RecordingTrust(engine)
-                gateway: Gateway = await nursery.start(_run, gateway_config, agent, recording)
-                harness = Harness(connector, gateway, engine, root, recording)
-                for user in admins:
-                    await harness.make_admin(user)
-                for user, level in (users or {}).items():
-                    await harness.set_level(user, level)
-                try:
-                    yield harness
-                finally:
-                    nursery.cancel_scope.cancel()
+                async with trio.open_nursery() as gateway_nursery:
+                    gateway: Gateway = await gateway_nursery.start(
+                        _run, gateway_config, agent, recording
+                    )
+                    harness = Harness(connector, gateway, engine, root, recording)
+                    for user in admins:
+                        await harness.make_admin(user)
+                    for user, level in (users or {}).items():
+                        await harness.set_level(user, level)
+                    try:
+                        yield harness
+                    finally:
+                        # Drain through going_idle so the socket closes cleanly; then cancel.
+                        with trio.move_on_after(STOP_TIMEOUT_S, shield=True):
+                            await gateway.go_idle()
+                        gateway_nursery.cancel_scope.cancel()
+            connector_nursery.cancel_scope.cancel()
 
 
 async def _run(

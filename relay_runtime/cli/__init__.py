@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         choices=LOG_LEVELS,
         type=str.lower,
-        default="info",
-        help="lowest level logged (default: info)",
+        default=None,
+        help="lowest level logged (default: info; warning for demo)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register(subparsers)
@@ -158,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    configure_logging(args.log_format, args.log_level)
+    level = args.log_level or getattr(args, "default_log_level", "info")
+    configure_logging(args.log_format, level)
     try:
         status: int = func(args)
     except KeyboardInterrupt:

@@ -1,13 +1,321 @@
-"""``relay-runtime demo`` (being written)."""
+"""``relay-runtime demo``: chat with the echo agent through a local connector, in a console.
+
+Everything runs in this process: the reference connector on ``127.0.0.1`` (a free port),
+a gateway with the ``echo`` agent behind the ``careful`` trust policy (state in a temporary
+directory, or ``--state-dir``), and a console. Each line you type is sent as the current
+user; the demo prints the trust decision (allow/deny, reason, tier) and the replies.
+``careful`` denies strangers, so the demo sets up one admin (``demo:alice``), one
+whitelisted user (``demo:bob``) and a stranger (``demo:carol``), and creates an invite code
+that admits a stranger as a contact. ``/drop`` aborts the socket and shows the gateway
+reconnecting; ``/idle`` shows scale-to-zero: ``going_idle``, a message buffered by the
+connector while the gateway is away, the re-dial and the drain.
+
+``--script FILE`` reads the lines from a file instead of the console and prints a
+deterministic transcript (the port, the state directory and the invite code are shown as
+placeholders; write ``$INVITE`` in a script to type the code).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+from relay_runtime.agents import echo
+from relay_runtime.connector import Delivery
+from relay_runtime.testing import GATEWAY_ID, Harness, Said, open_harness
+
+__all__ = ["DEMO_USERS", "demo_command", "register"]
+
+#: The demo's cast: user -> (what they are, how they are set up).
+DEMO_USERS: Final = {
+    "demo:alice": "admin",
+    "demo:bob": "whitelisted",
+    "demo:carol": "stranger",
+}
+DEFAULT_USER: Final = "demo:alice"
+INVITE_PLACEHOLDER: Final = "$INVITE"
+#: A wake URL the gateway registers so that suspend() is allowed; the reference connector
+#: is given no poker, so nothing ever calls it.
+_WAKE_URL: Final = "http://127.0.0.1:9/wake"
+_STEP_TIMEOUT_S: Final = 15.0
+
+HELP: Final = """\
+commands:
+  /as USER       speak as USER (demo:alice admin, demo:bob whitelisted, demo:carol stranger;
+                 a bare name means demo:NAME; any platform:id works)
+  /users         show the demo users and their trust levels
+  /drop          abort the gateway's socket and watch it reconnect
+  /idle [TEXT]   scale to zero: going_idle, TEXT buffered while the gateway is away,
+                 re-dial, drain
+  /help          this text
+  /quit          leave (also end of input)
+anything else is sent as a chat message, including /invite CODE and /trust ... commands"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``demo`` subcommand."""
     parser = subparsers.add_parser(
-        "demo", help="chat with the echo agent through a local connector"
+        "demo",
+        help="chat with the echo agent through a local connector and the careful policy",
+        description=(
+            "Start the reference connector on 127.0.0.1, a gateway with the echo agent and the "
+            "careful trust policy, and a console chat that shows every trust decision and reply."
+        ),
     )
-    parser.set_defaults(func=lambda args: 1)
+    parser.add_argument(
+        "--script",
+        metavar="FILE",
+        help="run the lines of FILE non-interactively and print the transcript",
+    )
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="keep the demo's state here (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--as",
+        dest="user",
+        metavar="USER",
+        default=DEFAULT_USER,
+        help=f"the user you start as (default {DEFAULT_USER})",
+    )
+    parser.set_defaults(func=demo_command, default_log_level="warning")
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """``demo``: run the console (or the script); returns the exit status."""
+    from relay_runtime.cli import UsageError
+
+    lines: list[str] | None = None
+    if args.script is not None:
+        try:
+            lines = Path(args.script).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--script {args.script!r}: cannot read ({exc})") from None
+    try:
+        user = _user(args.user)
+    except ValueError as exc:
+        raise UsageError(f"--as: {exc}") from None
+    demo = Demo(user=user, scripted=lines is not None, out=_stdout)
+    try:
+        trio.run(demo.run, lines, args.state_dir)
+    except KeyboardInterrupt:
+        _stdout("bye")
+    return 0
+
+
+def _stdout(line: str) -> None:
+    print(line, flush=True)
+
+
+def _user(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ValueError("expected a user, e.g. demo:carol or carol")
+    if ":" not in text:
+        text = f"demo:{text}"
+    platform, _, user_id = text.partition(":")
+    if not platform.strip() or not user_id.strip():
+        raise ValueError(f"{text!r}: expected PLATFORM:USER_ID")
+    return f"{platform.strip().lower()}:{user_id.strip()}"
+
+
+@attrs.define(eq=False)
+class Demo:
+    """The console session: who is speaking, and how to show what happened."""
+
+    user: str
+    scripted: bool
+    out: Callable[[str], None]
+    invite_code: str = ""
+    harness: Harness | None = None
+
+    async def run(self, lines: list[str] | None, state_dir: str | None) -> None:
+        """Start everything, then feed the script's or the console's lines."""
+        async with open_harness(
+            echo,
+            trust="careful",
+            state_dir=state_dir,
+            admins=[u for u, role in DEMO_USERS.items() if role == "admin"],
+            users={u: "whitelist" for u, role in DEMO_USERS.items() if role == "whitelisted"},
+            wake_url=_WAKE_URL,
+            wake_confirmed=True,
+        ) as harness:
+            self.harness = harness
+            self.invite_code = await harness.create_invite()
+            self._banner(harness)
+            source = _script_lines(lines) if lines is not None else self._console_lines()
+            async with contextlib.aclosing(source):
+                async for line in source:
+                    if not await self.handle(line):
+                        break
+            self.out("bye")
+
+    # ------------------------------------------------------------------ input
+
+    async def _console_lines(self) -> AsyncIterator[str]:
+        # stdin is read in a worker thread, so the trio loop (and the gateway) keeps running.
+        stdin = trio.wrap_file(sys.stdin)
+        while True:
+            self._prompt()
+            line = await stdin.readline()
+            if not line:
+                return
+            yield line.rstrip("\n")
+
+    def _prompt(self) -> None:
+        sys.stdout.write(f"{self.user}> ")
+        sys.stdout.flush()
+
+    # ------------------------------------------------------------------ commands
+
+    async def handle(self, line: str) -> bool:
+        """Act on one input line; ``False`` ends the session."""
+        text = line.strip()
+        if not text or text.startswith("#"):
+            return True
+        if self.scripted:
+            self.out(f"{self.user}> {text}")
+        command, _, rest = text.partition(" ")
+        rest = rest.strip()
+        if command == "/quit":
+            return False
+        if command == "/help":
+            self.out(HELP)
+        elif command == "/as":
+            self._switch(rest)
+        elif command == "/users":
+            await self._users()
+        elif command == "/drop":
+            await self._drop()
+        elif command == "/idle":
+            await self._idle(rest or "are you awake?")
+        else:
+            await self._say(text)
+        return True
+
+    def _switch(self, who: str) -> None:
+        try:
+            self.user = _user(who)
+        except ValueError as exc:
+            self.out(f"  usage: /as USER ({exc})")
+            return
+        role = DEMO_USERS.get(self.user, "not a demo user")
+        self.out(f"  now speaking as {self.user} ({role})")
+
+    async def _users(self) -> None:
+        harness = self._harness()
+        for user in DEMO_USERS:
+            record = await harness.engine.store.get(user)
+            admin = ", admin" if record.is_admin else ""
+            self.out(f"  {user}: {record.effective_level}{admin}")
+
+    async def _say(self, text: str) -> None:
+        typed = text.replace(INVITE_PLACEHOLDER, self.invite_code)
+        with trio.fail_after(_STEP_TIMEOUT_S):
+            said = await self._harness().say(typed, user=self.user)
+        self._show(said)
+
+    def _show(self, said: Said) -> None:
+        decision = said.decision
+        if decision is None:
+            self.out("  trust: (not evaluated)")
+        else:
+            verdict = "allow" if decision.allow else "deny"
+            self.out(f"  trust: {verdict} - {decision.reason} (tier {decision.tier})")
+        for reply in said.replies:
+            self.out(f"  reply: {reply}")
+        if not said.replies:
+            self.out("  (no reply)")
+
+    async def _drop(self) -> None:
+        harness = self._harness()
+        stats = harness.gateway.supervisor.stats
+        before = stats.handshakes
+        self.out(f"  state: {harness.gateway.state}; aborting the socket (no close frame)")
+        with trio.fail_after(_STEP_TIMEOUT_S):
+            states = await _watch_states(harness, harness.drop)
+        if not self.scripted:
+            self.out(f"  states seen: {' -> '.join(states)}")
+        self.out(
+            f"  connection lost and recovered: handshake #{stats.handshakes} "
+            f"(was #{before}), state {harness.gateway.state}"
+        )
+
+    async def _idle(self, text: str) -> None:
+        harness = self._harness()
+        connector, gateway = harness.connector, harness.gateway
+        before = gateway.supervisor.stats.handshakes
+        old = connector.current(GATEWAY_ID)
+        with trio.fail_after(_STEP_TIMEOUT_S):
+            check = await gateway.suspend()
+            if not check:
+                self.out(f"  cannot go idle: {check.reason}")
+                return
+            self.out("  going_idle sent; the connector acked and now buffers this gateway's mail")
+            if old is not None:
+                await connector.wait_for(lambda: not old.open)
+            self.out("  socket closed 1000; the gateway is dormant (re-dials every 1 s)")
+
+            def delivered(delivery: Delivery) -> None:
+                self.out(
+                    f"  {self.user}: {text!r} -> {delivery.outcome} at the connector "
+                    f"({delivery.buffer_id})"
+                )
+
+            said = await harness.say(text, user=self.user, on_delivered=delivered)
+            self.out(
+                f"  gateway re-dialed (handshake #{gateway.supervisor.stats.handshakes}, "
+                f"was #{before}); the connector replayed its buffer:"
+            )
+            self._show(said)
+            await connector.wait_for(lambda: not connector.is_buffered_only(GATEWAY_ID))
+        self.out("  buffer drained; the connector is back to live delivery")
+
+    # ------------------------------------------------------------------ output
+
+    def _banner(self, harness: Harness) -> None:
+        port = "<port>" if self.scripted else str(harness.connector.port)
+        state = "<state dir>" if self.scripted else str(harness.state_dir)
+        code = INVITE_PLACEHOLDER if self.scripted else self.invite_code
+        self.out("relay-runtime demo: the echo agent behind the careful trust policy")
+        self.out(f"  connector: ws://127.0.0.1:{port} (reference connector, in this process)")
+        self.out(f"  state dir: {state}")
+        self.out("  users: " + ", ".join(f"{u} ({role})" for u, role in DEMO_USERS.items()))
+        self.out(f"  invite code for a stranger (one use): {code}")
+        self.out(f"  you are {self.user}; /help lists the commands")
+
+    def _harness(self) -> Harness:
+        assert self.harness is not None, "the demo is not running"
+        return self.harness
+
+
+async def _script_lines(lines: list[str]) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
+async def _watch_states(harness: Harness, action: Callable[[], Awaitable[None]]) -> list[str]:
+    """Run ``action`` (a coroutine function) and collect the gateway states seen meanwhile."""
+    seen = [harness.gateway.state]
+    done = trio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            state = harness.gateway.state
+            if state != seen[-1]:
+                seen.append(state)
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await action()
+        done.set()
+    if harness.gateway.state != seen[-1]:
+        seen.append(harness.gateway.state)
+    return seen
