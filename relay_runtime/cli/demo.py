@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -158,7 +158,7 @@ class Demo:
 
     # ------------------------------------------------------------------ input
 
-    async def _console_lines(self) -> AsyncIterator[str]:
+    async def _console_lines(self) -> AsyncGenerator[str, None]:
         # stdin is read in a worker thread, so the trio loop (and the gateway) keeps running.
         stdin = trio.wrap_file(sys.stdin)
         while True:
@@ -295,7 +295,7 @@ class Demo:
         return self.harness
 
 
-async def _script_lines(lines: list[str]) -> AsyncIterator[str]:
+async def _script_lines(lines: list[str]) -> AsyncGenerator[str, None]:
     for line in lines:
         yield line
 
