@@ -187,8 +187,10 @@ def plan(
         return Planned(op, current, after, cleaned)
     if op == "block":
         raw = (reason or "").strip()
-        if not raw or len(raw) > MAX_REASON_CHARS or cleaned is None:
+        if auth.is_human and (not raw or len(raw) > MAX_REASON_CHARS or cleaned is None):
             raise TrustOpError("invalid_reason", "a block needs a reason of 1-500 characters")
+        # A rule's or the agent's block is never lost to its wording: cut, or a default.
+        cleaned = cleaned or f"blocked by {auth.actor}"
         if current.blocked:
             raise TrustOpError("not_applicable", f"{cid} is already blocked")
         if current.is_admin:

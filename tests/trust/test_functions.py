@@ -348,3 +348,17 @@ async def test_human_demote_to_stranger_clears_agent_may_promote(store: SqlClien
 async def test_T23_reason_control_characters_removed_and_capped() -> None:
     assert fn.clean_reason("a\x00b\x1b[31mc\n") == "ab[31mc"
     assert fn.clean_reason("y" * 900) == "y" * 500
+
+
+async def test_agent_block_with_overlong_reason_is_cut_not_refused(
+    store: SqlClientStore,
+) -> None:
+    await store.apply(
+        [StateChange("block", reason="x" * 900)],
+        "agent:m",
+        "agent",
+        ApplyContext("x:a", policy="careful"),
+    )
+    rec = await store.get("x:a")
+    assert rec.blocked
+    assert rec.blocked_reason == "x" * 500
