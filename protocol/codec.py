@@ -118,21 +118,22 @@ def _structure_source(obj: Any, _: Any = None) -> SessionSource:
     if _all_text(d):
         get = d.get
         platform = get("platform")
+        # Positional, in field order: 14 keyword arguments cost ~0.45 us per frame here.
         return SessionSource(
-            platform=platform.strip().lower() if platform else "",
-            chat_id=get("chat_id") or "",
-            chat_name=get("chat_name"),
-            chat_type=get("chat_type") or "dm",
-            user_id=get("user_id"),
-            user_name=get("user_name"),
-            thread_id=get("thread_id"),
-            chat_topic=get("chat_topic"),
-            user_id_alt=get("user_id_alt") or None,
-            chat_id_alt=get("chat_id_alt") or None,
-            guild_id=get("guild_id") or get("scope_id") or None,
-            parent_chat_id=get("parent_chat_id") or None,
-            message_id=get("message_id") or None,
-            profile=get("profile") or None,
+            platform.strip().lower() if platform else "",
+            get("chat_id") or "",
+            get("chat_name"),
+            get("chat_type") or "dm",
+            get("user_id"),
+            get("user_name"),
+            get("thread_id"),
+            get("chat_topic"),
+            get("user_id_alt") or None,
+            get("chat_id_alt") or None,
+            get("guild_id") or get("scope_id") or None,
+            get("parent_chat_id") or None,
+            get("message_id") or None,
+            get("profile") or None,
         )
     w = "source"
     platform = _opt_str(d, "platform", w)
@@ -191,7 +192,7 @@ def _media_urls(d: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _structure_event(obj: Any, _: Any = None, *, via_relay: bool = False) -> MessageEvent:
-    d = _object(obj, "event")
+    d = obj if type(obj) is dict else _object(obj, "event")
     get = d.get
     text, message_id, reply_to = get("text"), get("message_id"), get("reply_to_message_id")
     if (
@@ -202,13 +203,13 @@ def _structure_event(obj: Any, _: Any = None, *, via_relay: bool = False) -> Mes
         message_type = get("message_type")
         media = get("media_urls")
         return MessageEvent(
-            text=text,
-            message_type=message_type if message_type in MESSAGE_TYPES else "text",
-            source=_structure_source(get("source")),
-            message_id=message_id,
-            reply_to_message_id=reply_to,
-            media_urls=_media_urls(d) if media else (),
-            delivered_via_relay=via_relay,
+            text,
+            message_type if message_type in MESSAGE_TYPES else "text",
+            _structure_source(get("source")),
+            message_id,
+            reply_to,
+            _media_urls(d) if media else (),
+            via_relay,
         )
     w = "event"
     message_type = d.get("message_type")
@@ -506,9 +507,10 @@ def _structure_descriptor_frame(d: Mapping[str, Any], _: Any = None) -> Descript
 
 
 def _structure_inbound(d: Mapping[str, Any], _: Any = None) -> Inbound:
+    buffer_id = d.get("bufferId")
     return Inbound(
-        event=_structure_event(d.get("event"), via_relay=True),
-        buffer_id=_buffer_id(d, "inbound"),
+        _structure_event(d.get("event"), via_relay=True),
+        (buffer_id or None) if type(buffer_id) is str else _buffer_id(d, "inbound"),
     )
 
 
