@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from protocol.events import MessageEvent
+from trust.agent import LlmSettings, TrustAgent
 from trust.commands import Command, InviteCommand, PayCommand, TrustCommand, parse_command
 from trust.identity import DEFAULT_CANONICALIZER, Canonicalizer, parse_platform_list
 from trust.invites import MAX_FAILURES_PER_HOUR, check_invite
@@ -160,6 +161,8 @@ class TrustConfig:
     llm_calls_per_client_hour: int = 3
     llm_calls_per_hour: int = 120
     cache_size: int = 100_000
+    llm: LlmSettings | None = None
+    """Used to build the trust agent (closed with the engine) when ``agent`` is None."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> TrustConfig:
@@ -178,6 +181,7 @@ class TrustConfig:
             "dsn": env.get("RELAY_TRUST_DSN") or None,
             "canonicalizer": canonicalizer,
             "bootstrap_admins": admins,
+            "llm": LlmSettings.from_env(env),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -292,10 +296,17 @@ class TrustEngine:
     """Evaluates messages against one policy over one store. Build with
     :func:`open_trust_engine`, which runs the background tasks."""
 
-    def __init__(self, config: TrustConfig, policy: Policy, store: ClientStore) -> None:
+    def __init__(
+        self,
+        config: TrustConfig,
+        policy: Policy,
+        store: ClientStore,
+        agent: TrustAgentLike | None = None,
+    ) -> None:
         self.config = config
         self.policy = policy
         self.store = store
+        self.agent = agent if agent is not None else config.agent
         self.ops = TrustOps(store, policy, config.canonicalizer)
         self._views: OrderedDict[tuple[str, str | None], StoreView] = OrderedDict()
         self._counts: dict[str, _Count] = {}
@@ -311,8 +322,15 @@ class TrustEngine:
     # --- public -----------------------------------------------------------------------------
 
     def stats(self) -> TrustStats:
-        """Counters since start (TR §9)."""
-        return self._stats.snapshot()
+        """Counters since start (TR §9); trust-agent failures by the agent's causes."""
+        snapshot = self._stats.snapshot()
+        causes = getattr(self.agent, "failures", None)
+        if isinstance(causes, Mapping) and causes:
+            merged = dict(snapshot.llm_failures)
+            for cause, n in causes.items():
+                merged[str(cause)] = merged.get(str(cause), 0) + int(n)
+            snapshot = attrs.evolve(snapshot, llm_failures=merged)
+        return snapshot
 
     def describe(self) -> str:
         """Policy name, digest, enabled operations and whether an agent is configured (JSON)."""
@@ -321,7 +339,7 @@ class TrustEngine:
                 "policy": self.policy.name,
                 "digest": self.policy.digest,
                 "enabled_operations": list(self.policy.enabled_operations()),
-                "agent_configured": self.config.agent is not None,
+                "agent_configured": self.agent is not None,
             }
         )
 
@@ -644,7 +662,7 @@ class TrustEngine:
                 False, reason, "agent", rule_index=ask.rule_index, policy=self.policy.name
             )
 
-        agent = self.config.agent
+        agent = self.agent
         if agent is None:
             return deny(AGENT_NOT_CONFIGURED)
         pending = self._inflight.get(cid)
@@ -851,6 +869,7 @@ async def open_trust_engine(config: TrustConfig | None = None) -> AsyncIterator[
     policy = _policy(config)
     store = await open_store(config)
     owned = config.store is None
+    own_agent: TrustAgent | None = None
     try:
         bad = config.canonicalizer.non_canonical(await store.stored_ids())
         if bad:
@@ -862,7 +881,9 @@ async def open_trust_engine(config: TrustConfig | None = None) -> AsyncIterator[
         if config.bootstrap_admins:
             ids = [config.canonicalizer.parse(a) for a in config.bootstrap_admins]
             await store.bootstrap_admins(ids)
-        engine = TrustEngine(config, policy, store)
+        if config.agent is None and config.llm is not None:
+            own_agent = TrustAgent(config.llm)
+        engine = TrustEngine(config, policy, store, config.agent or own_agent)
         engine._last_audit = await store.last_audit_id()
         log.info("trust policy %s (sha256 %s): %s", policy.name, policy.digest, engine.describe())
         if policy.name == "open":
@@ -878,8 +899,10 @@ async def open_trust_engine(config: TrustConfig | None = None) -> AsyncIterator[
                 with trio.move_on_after(5, shield=True):
                     await engine.flush()
     finally:
-        if owned:
-            with trio.move_on_after(5, shield=True):
+        with trio.move_on_after(5, shield=True):
+            if own_agent is not None:
+                await own_agent.aclose()
+            if owned:
                 await store.aclose()
 
 
