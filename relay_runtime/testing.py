@@ -29,6 +29,7 @@ import itertools
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -118,6 +119,9 @@ class Harness:
     state_dir: Path
     _trust: _RecordingTrust
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    # Message ids are unique across harnesses: a reused state dir remembers completed ids
+    # (replay dedupe) and would skip a repeated one.
+    _prefix: str = attrs.field(factory=lambda: f"h{secrets.token_hex(4)}")
 
     async def say(
         self,
@@ -139,7 +143,7 @@ class Harness:
         """
         platform, user_id = parse_user(user)
         chat = chat_id if chat_id is not None else f"dm-{platform}-{user_id}"
-        message_id = f"h{next(self._ids)}"
+        message_id = f"{self._prefix}-{next(self._ids)}"
         event = MessageEvent(
             text=text,
             message_id=message_id,
@@ -244,6 +248,10 @@ async def open_harness(
         options: dict[str, Any] = {"always_buffer": True, "close_timeout": 1.0}
         options.update(connector_options or {})
         connector = ReferenceConnector(secrets={GATEWAY_ID: secret}, **options)
+        # bufferIds are replay-dedupe keys (RC §4.6) and the reference connector numbers them
+        # from 1 on every start; over a reused state dir "buf-1" would read as already done.
+        # Start past anything an earlier run could have issued (no public option yet).
+        connector._buffer_ids = itertools.count(time.time_ns() // 1000)
         # The gateway stops before the connector, so no close handshake waits on a peer
         # that is gone.
         async with trio.open_nursery() as connector_nursery:

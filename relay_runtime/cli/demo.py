@@ -263,10 +263,8 @@ class Demo:
             self.out("  socket closed 1000; the gateway is dormant (re-dials every 1 s)")
 
             def delivered(delivery: Delivery) -> None:
-                self.out(
-                    f"  {self.user}: {text!r} -> {delivery.outcome} at the connector "
-                    f"({delivery.buffer_id})"
-                )
+                where = "" if self.scripted else f" ({delivery.buffer_id})"
+                self.out(f"  {self.user}: {text!r} -> {delivery.outcome} at the connector{where}")
 
             said = await harness.say(text, user=self.user, on_delivered=delivered)
             self.out(
