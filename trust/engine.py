@@ -30,7 +30,12 @@ import trio
 from protocol.events import MessageEvent
 from trust.agent import LlmSettings, TrustAgent
 from trust.commands import Command, InviteCommand, PayCommand, TrustCommand, parse_command
-from trust.identity import DEFAULT_CANONICALIZER, Canonicalizer, parse_platform_list
+from trust.identity import (
+    DEFAULT_CANONICALIZER,
+    Canonicalizer,
+    InvalidClientId,
+    parse_platform_list,
+)
 from trust.invites import MAX_FAILURES_PER_HOUR, check_invite
 from trust.model import (
     AgentVerdict,
@@ -309,6 +314,7 @@ class TrustEngine:
         self.agent = agent if agent is not None else config.agent
         self.ops = TrustOps(store, policy, config.canonicalizer)
         self._views: OrderedDict[tuple[str, str | None], StoreView] = OrderedDict()
+        self._keys_by_id: dict[str, set[tuple[str, str | None]]] = {}
         self._counts: dict[str, _Count] = {}
         self._verdicts: dict[str, tuple[AgentVerdict, int]] = {}
         self._bound: dict[str, str] = {}
@@ -779,16 +785,33 @@ class TrustEngine:
             return view
         view = await self.store.view(primary, secondary)
         self._views[key] = view
+        for cid in self._key_ids(key, view):
+            self._keys_by_id.setdefault(cid, set()).add(key)
         if len(self._views) > self.config.cache_size:
-            self._views.popitem(last=False)
+            old_key, old_view = self._views.popitem(last=False)
+            self._unindex(old_key, old_view)
         return view
+
+    @staticmethod
+    def _key_ids(key: tuple[str, str | None], view: StoreView) -> set[str]:
+        return {key[0], view.record.client_id} | ({key[1]} if key[1] else set())
+
+    def _unindex(self, key: tuple[str, str | None], view: StoreView) -> None:
+        for cid in self._key_ids(key, view):
+            keys = self._keys_by_id.get(cid)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._keys_by_id[cid]
 
     def _invalidate(self, client_id: str) -> None:
         """Forget cached views and verdicts involving ``client_id`` (or its primary)."""
         ids = {client_id, self._bound.get(client_id, client_id)}
-        for key in [k for k, v in self._views.items() if ids & {*k, v.record.client_id}]:
-            del self._views[key]
         for cid in ids:
+            for key in list(self._keys_by_id.get(cid, ())):
+                view = self._views.pop(key, None)
+                if view is not None:
+                    self._unindex(key, view)
             self._verdicts.pop(cid, None)
 
     def _count(self, cid: str, stored: Counters | None, now: int) -> _Count:
@@ -879,7 +902,10 @@ async def open_trust_engine(config: TrustConfig | None = None) -> AsyncIterator[
                 f"{shown}{' ...' if len(bad) > 20 else ''}; fix or re-import them"
             )
         if config.bootstrap_admins:
-            ids = [config.canonicalizer.parse(a) for a in config.bootstrap_admins]
+            try:
+                ids = [config.canonicalizer.parse(a) for a in config.bootstrap_admins]
+            except InvalidClientId as exc:
+                raise TrustConfigError(f"RELAY_TRUST_BOOTSTRAP_ADMINS: {exc}") from None
             await store.bootstrap_admins(ids)
         if config.agent is None and config.llm is not None:
             own_agent = TrustAgent(config.llm)

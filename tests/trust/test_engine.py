@@ -562,6 +562,9 @@ async def test_T17_bootstrap_admins_from_config(db: SqlClientStore) -> None:
         pass
     rec = await db.get("discord:77")
     assert (rec.is_admin, rec.admin_by) == (True, "config")
+    with pytest.raises(TrustConfigError, match="BOOTSTRAP_ADMINS"):
+        async with engine_for(db, bootstrap_admins=("nocolon",)):
+            pass
 
 
 async def test_counters_flush_at_shutdown_and_feed_requests(db: SqlClientStore) -> None:
@@ -698,3 +701,37 @@ async def test_agent_failure_causes_show_in_stats(db: SqlClientStore) -> None:
     finally:
         await agent.aclose()
     assert sum(failures.values()) == 1
+
+
+async def test_view_cache_is_bounded_and_invalidated_by_id(db: SqlClientStore) -> None:
+    async with engine_for(db, "open", cache_size=2) as engine:
+        for uid in ("1", "2", "3"):
+            await engine.evaluate(msg(uid=uid))
+        assert list(engine._views) == [("discord:2", None), ("discord:3", None)]
+        assert set(engine._keys_by_id) == {"discord:2", "discord:3"}
+        await fn.block(db, "discord:3", "spam", actor=OP, tier="operator")
+        await engine.tail()
+        assert list(engine._views) == [("discord:2", None)]
+        assert (await engine.evaluate(msg(uid="3"))).decision.reason == "blocked"
+
+
+def test_config_from_env() -> None:
+    config = TrustConfig.from_env(
+        {
+            "RELAY_TRUST": "strict",
+            "RELAY_STATE_DIR": "/srv/state",
+            "RELAY_TRUST_DSN": "postgresql://x@h/db",
+            "RELAY_TRUST_BOOTSTRAP_ADMINS": "discord:1, telegram:2 ,",
+            "RELAY_TRUST_CASEFOLD_PLATFORMS": "Matrix",
+            "RELAY_TRUST_LLM_BASE_URL": "http://llm.test/v1",
+        }
+    )
+    assert (config.policy, config.state_dir, config.dsn) == (
+        "strict",
+        "/srv/state",
+        "postgresql://x@h/db",
+    )
+    assert config.bootstrap_admins == ("discord:1", "telegram:2")
+    assert config.canonicalizer.casefold_platforms == frozenset({"matrix"})
+    assert config.llm is not None and config.llm.base_url == "http://llm.test/v1"
+    assert TrustConfig.from_env({}).llm is None
