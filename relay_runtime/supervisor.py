@@ -235,12 +235,23 @@ class Supervisor:
             return "not connected"
         return await socket.write(text)
 
-    async def wait_ready(self) -> None:
-        """Return once the connection is READY (at once if it already is)."""
-        while self.machine.state is not sm.State.READY:
+    @property
+    def handshakes(self) -> int:
+        """How many handshakes completed so far (a READY generation counter)."""
+        return self.stats.handshakes
+
+    async def wait_ready(self, *, after: int = 0) -> int:
+        """Wait for a READY whose handshake number is above ``after``; return that number.
+
+        ``await wait_ready()`` returns at once when READY; a loop that acts once per READY
+        (the outbox flusher) passes the number it got last time. Returns early (with the
+        current number) if the supervisor stopped or was disabled.
+        """
+        while self.machine.state is not sm.State.READY or self.stats.handshakes <= after:
             if self.machine.terminal:
-                return
+                break
             await self._ready_changed.wait()
+        return self.stats.handshakes
 
     async def wait_next_ready(self, seen: int) -> int:
         """Wait until more than ``seen`` handshakes have completed; return how many have.
@@ -318,6 +329,7 @@ class Supervisor:
             self._timers.clear()
             self._terminal.set()
             self._first_ready.set()
+            self._ready_changed.set()
         self._timers_changed.set()
 
     def _apply(self, action: sm.Action) -> None:

@@ -182,6 +182,8 @@ class RelaySocket:
         self._send, self._recv = trio.open_memory_channel[WriteJob](write_buffer)
         self._local_end: SocketEnd | None = None
         self._close_done = trio.Event()
+        #: The reader is waiting in its callback: backpressure we apply, not a dead peer.
+        self.paused = False
         self.frames_in = 0
         self.frames_out = 0
 
@@ -258,10 +260,13 @@ class RelaySocket:
             for item in items:
                 if not isinstance(item, FrameError):
                     self.frames_in += 1
+                self.paused = True
                 try:
                     await on_item(item)
                 except Exception:
                     log.exception("relay: error while handling a frame; reader continues")
+                finally:
+                    self.paused = False
 
     def end_from(self, reason: trio_websocket.CloseReason | None) -> SocketEnd:
         """The socket's end: ours if we closed it, else the peer's close frame."""
@@ -276,13 +281,17 @@ class RelaySocket:
     async def keepalive(self, nursery: trio.Nursery) -> None:
         """Ping every ``ping_interval_s``; close 1011 after ``ping_timeout_s`` of silence.
 
-        Any received message or pong counts as a sign of life (RC §6.4).
+        Any received message or pong counts as a sign of life (RC §6.4). While the reader is
+        paused by our own backpressure, trio-websocket stops processing pongs too, so that
+        time counts as alive: the peer is not the one who went quiet.
         """
         next_ping = trio.current_time() + self.ping_interval_s
         while True:
             deadline = self.last_seen + self.ping_timeout_s
             await trio.sleep_until(min(next_ping, deadline))
             now = trio.current_time()
+            if self.paused:
+                self.last_seen = now
             if now >= self.last_seen + self.ping_timeout_s:
                 log.warning("relay: no pong or message for %g s; closing", self.ping_timeout_s)
                 await self.close(1011, KEEPALIVE_TIMEOUT)

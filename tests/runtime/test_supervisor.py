@@ -778,3 +778,64 @@ async def test_ws184_ping_racing_our_close_does_not_crash_the_supervisor(
     assert h.errors == []
     # The race really happened (this fails once trio-websocket fixes #184; then drop it).
     assert h.sup.stats.contained_protocol_errors == 1
+
+
+# ---- later additions ---------------------------------------------------------------------
+
+
+async def test_R60_backpressure_is_not_mistaken_for_a_dead_peer(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, connector: FakeConnector
+) -> None:
+    h = await launch(nursery, connector, inbound_size=1)
+    conn = await connector.connection(0)
+    # Enough frames to fill our channel, stall our reader and fill trio-websocket's own
+    # queue, so that its reader stops processing pongs as well.
+    for i in range(6):
+        await conn.send({"type": "inbound", "event": {"text": str(i)}})
+    # Nobody drains the inbound channel for far longer than the keepalive timeout.
+    await trio.sleep(600)
+    assert h.sup.state == "ready"
+    assert len(connector.dial_times) == 1
+    texts = [(await h.inbound.receive()).event.text for _ in range(6)]
+    assert texts == [str(i) for i in range(6)]
+
+
+async def test_wait_ready_counts_handshakes_for_per_ready_work(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, connector: FakeConnector
+) -> None:
+    h = await launch(nursery, connector)
+    first = await h.sup.wait_ready()
+    assert first == h.sup.handshakes == 1
+    assert await h.sup.wait_ready() == 1  # already READY: at once
+    await (await connector.connection(0)).close(1012, "restart")
+    assert await h.sup.wait_ready(after=first) == 2
+    h.sup.stop()
+    with trio.fail_after(60):
+        assert await h.sup.wait_ready(after=2) == 2  # returns when stopped
+
+
+async def test_R72_after_the_ack_pending_requests_get_up_to_5s_before_the_close(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, connector: FakeConnector
+) -> None:
+    async def script(conn: PeerConn, frame: JSON) -> None:
+        if frame["type"] == "outbound":
+            await conn.send({"type": "going_idle_ack"})
+            await trio.sleep(3)
+            await answer_outbound(conn, frame)
+
+    connector.on_frame = script
+    h = await launch(nursery, connector)
+    conn = await connector.connection(0)
+    results: list[Any] = []
+
+    async def one() -> None:
+        results.append(await h.sup.request(Send("c1", "last words")))
+
+    nursery.start_soon(one)
+    await conn.next("outbound")
+    start = trio.current_time()
+    assert await h.sup.go_idle() is True
+    await conn.closed.wait()
+    assert results[0].success
+    assert trio.current_time() - start == pytest.approx(3.0)
+    assert conn.close_code == 1000
