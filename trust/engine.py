@@ -504,7 +504,7 @@ class TrustEngine:
             policy_id = self.policy.match_policy_code(code)
             if policy_id is not None:
                 check = InviteCheck(ok=True, invite_id=policy_id)
-        if not check.ok:
+        if not check.ok and code:
             count.add(client.client_id, now, failures=1)
         return check
 
