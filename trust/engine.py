@@ -531,9 +531,10 @@ class TrustEngine:
         self, decision: Decision, client: ClientState, verdict: AgentVerdict | None
     ) -> list[AuditEntry]:
         agent_tier = decision.tier in ("agent", "cache")
-        actor = f"agent:{verdict.model or 'unknown'}" if agent_tier and verdict else "rule:"
-        if not agent_tier:
-            actor = f"rule:{self.policy.name}"
+        if agent_tier:
+            actor = f"agent:{(verdict.model if verdict else '') or 'unknown'}"
+        else:
+            actor = f"rule:{self.policy.name}"  # the store appends #<rule index>
         payment = self.policy.payment
         context = ApplyContext(
             client.client_id,
