@@ -735,3 +735,19 @@ def test_config_from_env() -> None:
     assert config.canonicalizer.casefold_platforms == frozenset({"matrix"})
     assert config.llm is not None and config.llm.base_url == "http://llm.test/v1"
     assert TrustConfig.from_env({}).llm is None
+
+
+async def test_counters_roll_over_the_hour_in_memory_and_in_the_store(
+    db: SqlClientStore, wall: WallClock
+) -> None:
+    async with engine_for(db, "open") as engine:
+        for _ in range(3):
+            await engine.evaluate(msg(uid="150"))
+        await engine.flush()
+        wall.advance(3600)
+        await engine.evaluate(msg(uid="150"))
+        count = engine._counts["discord:150"]
+        assert (count.requests, count.requests_hour) == (4, 1)
+    stored = await db.counters("discord:150")
+    assert stored is not None
+    assert (stored.requests, stored.requests_hour, stored.hour) == (4, 1, wall.now // 3_600_000)
