@@ -243,25 +243,25 @@ class Supervisor:
     async def wait_ready(self, *, after: int = 0) -> int:
         """Wait for a READY whose handshake number is above ``after``; return that number.
 
-        ``await wait_ready()`` returns at once when READY; a loop that acts once per READY
-        (the outbox flusher) passes the number it got last time. Returns early (with the
-        current number) if the supervisor stopped or was disabled.
+        ``await wait_ready()`` returns at once when READY. Returns early (with the current
+        number) once the supervisor stopped or was disabled; see :meth:`wait_next_ready`.
         """
+        await trio.lowlevel.checkpoint()
         while self.machine.state is not sm.State.READY or self.stats.handshakes <= after:
             if self.machine.terminal:
                 break
             await self._ready_changed.wait()
         return self.stats.handshakes
 
-    async def wait_next_ready(self, seen: int) -> int:
-        """Wait until more than ``seen`` handshakes have completed; return how many have.
+    async def wait_next_ready(self, after: int) -> int:
+        """Like :meth:`wait_ready`, for loops that act once per READY (the outbox flusher).
 
-        ``seen = 0`` waits for the first READY; feeding the result back waits for each
-        later one (the gateway flushes the outbox on every READY).
+        Once the supervisor is terminal it never returns; the caller is cancelled with it.
         """
-        while self.stats.handshakes <= seen:
-            await self._ready_changed.wait()
-        return self.stats.handshakes
+        number = await self.wait_ready(after=after)
+        if number <= after or self.machine.terminal:
+            await trio.sleep_forever()
+        return number
 
     async def go_idle(self) -> bool:
         """Shut down through ``going_idle`` (RC §8); True if the connector acked it."""

@@ -839,3 +839,15 @@ async def test_R72_after_the_ack_pending_requests_get_up_to_5s_before_the_close(
     assert results[0].success
     assert trio.current_time() - start == pytest.approx(3.0)
     assert conn.close_code == 1000
+
+
+async def test_wait_next_ready_blocks_once_terminal(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, connector: FakeConnector
+) -> None:
+    h = await launch(nursery, connector)
+    assert await h.sup.wait_next_ready(0) == 1
+    h.sup.stop()
+    await h.finished.wait()
+    with trio.move_on_after(3600) as scope:
+        await h.sup.wait_next_ready(1)
+    assert scope.cancelled_caught
