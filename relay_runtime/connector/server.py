@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import random
 import socket
 import struct
@@ -669,12 +670,16 @@ class ReferenceConnector:
         try:
             await self._serve_connection(conn)
         finally:
+            # A cancelled context means the whole connector is stopping: the socket's reader
+            # task is cancelled too, so no close handshake could complete; just close TCP.
+            shutting_down = trio.current_effective_deadline() == -math.inf
             conn.draining = False
             if inst.current is conn:
                 inst.current = None
-            with trio.move_on_after(self.close_timeout, shield=True) as scope:
-                await ws.aclose(*(conn.closing or (1000, None)))
-            if scope.cancelled_caught:
+            if not shutting_down:
+                with trio.move_on_after(self.close_timeout, shield=True) as scope:
+                    await ws.aclose(*(conn.closing or (1000, None)))
+            if shutting_down or scope.cancelled_caught:
                 await _abort(stream)
             conn.open = False
             inst.connections.remove(conn)
