@@ -32,14 +32,16 @@ __all__ = [
     "main",
 ]
 
-# Modules that provide subcommands, in the order ``--help`` lists them. ``run`` and ``demo``
-# are always there; the others are registered when their module is installed and imports.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "relay_runtime.cli.run",
-    "relay_runtime.cli.demo",
-    "relay_runtime.cli.connector",
-    "relay_runtime.cli.control",
-    "trust.cli",
+# Modules that provide subcommands, in the order ``--help`` lists them, with the commands
+# each registers. ``run`` and ``demo`` are always there; the others are registered when their
+# module is installed and imports. Only the chosen command's module is imported (startup
+# time); ``--help`` and unknown commands import them all.
+_COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("relay_runtime.cli.run", ("run",)),
+    ("relay_runtime.cli.demo", ("demo",)),
+    ("relay_runtime.cli.connector", ("connector",)),
+    ("relay_runtime.cli.control", ("enroll", "provision", "policy")),
+    ("trust.cli", ("trust",)),
 )
 _REQUIRED_MODULES: frozenset[str] = frozenset({"relay_runtime.cli.run", "relay_runtime.cli.demo"})
 
@@ -113,8 +115,29 @@ def _describe(exc: BaseException) -> str:
     return "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
 
 
-def _register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name in _COMMAND_MODULES:
+def _modules_for(command: str | None) -> list[str]:
+    """The modules to import for ``command`` (all of them when it is not a known one)."""
+    for name, commands in _COMMAND_MODULES:
+        if command in commands:
+            return [name]
+    return [name for name, _ in _COMMAND_MODULES]
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The first positional word of ``argv``, skipping the global options and their values."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--log-format", "--log-level"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], modules: Sequence[str]
+) -> None:
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -124,8 +147,12 @@ def _register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
         module.register(subparsers)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser with the global options and every registered subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with the global options and the subcommands.
+
+    With ``command`` only the module providing it is imported (the parser then knows that
+    command alone); without, every registered subcommand is there.
+    """
     parser = argparse.ArgumentParser(
         prog="relay-runtime",
         description="Run a chat agent behind a relay connector.",
@@ -146,14 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="lowest level logged (default: info; warning for demo)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _register(subparsers)
+    _register(subparsers, _modules_for(command))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen_command(words))
+    args = parser.parse_args(words)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
