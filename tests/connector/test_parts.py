@@ -1,0 +1,189 @@
+"""The connector's pure parts: upgrade auth, the delivery buffer, the relevance gate, outcomes."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from protocol.auth import make_token
+from protocol.codec import unstructure
+from protocol.events import MessageEvent, SessionSource
+from protocol.frames import Inbound
+from relay_runtime.connector import (
+    DEFAULT_DESCRIPTORS,
+    DeliveryBuffer,
+    Fail,
+    NoAnswer,
+    OutcomeTable,
+    RelevancePolicy,
+    Succeed,
+    generic_descriptor,
+)
+from relay_runtime.connector.presets import INVALID_DESCRIPTOR
+from relay_runtime.connector.relevance import admit
+from relay_runtime.connector.upgrade_auth import authenticate, bearer_token, peek_payload
+
+from .peer import SECONDARY, SECRET
+
+NOW = 1_750_000_000
+COLON_ID = "agent:main:discord:group:chanA:userX"
+
+
+def secrets_for(gateway_id: str) -> list[str] | None:
+    return {"gw-1": [SECRET, SECONDARY], COLON_ID: [SECRET]}.get(gateway_id)
+
+
+# -- upgrade auth -----------------------------------------------------------------------------
+
+
+def test_bearer_token_is_read_case_insensitively_and_only_as_bearer():
+    assert bearer_token([(b"Authorization", b"Bearer abc")]) == "abc"
+    assert bearer_token([(b"authorization", b"bearer  abc ")]) == "abc"
+    assert bearer_token([(b"authorization", b"Basic abc")]) is None
+    assert bearer_token([(b"x-other", b"Bearer abc")]) is None
+    assert bearer_token([]) is None
+
+
+def test_peek_payload_keeps_colons_and_refuses_garbage():
+    assert peek_payload(make_token(COLON_ID, SECRET, 0)) == COLON_ID
+    assert peek_payload("not-base64url!!!") is None
+    assert peek_payload(base64.urlsafe_b64encode(b"only:two").decode().rstrip("=")) is None
+    assert peek_payload(base64.urlsafe_b64encode(b"\xff\xfe:1:2").decode()) is None
+
+
+@pytest.mark.parametrize(
+    ("token", "gateway_id", "reject"),
+    [
+        (make_token("gw-1", SECRET, 300, now=NOW), "gw-1", None),
+        (make_token("gw-1", SECONDARY, 300, now=NOW), "gw-1", None),
+        (make_token(COLON_ID, SECRET, 0), COLON_ID, None),
+        (make_token("gw-1", SECRET, 300, now=NOW - 301), "gw-1", "expired"),
+        (make_token("gw-1", "other-secret", 300, now=NOW), None, "unauthorized"),
+        (make_token("gw-2", SECRET, 300, now=NOW), None, "unknown_gateway"),
+        ("not-base64url!!!", None, "malformed"),
+        (None, None, "missing"),
+    ],
+)
+def test_authenticate(token, gateway_id, reject):
+    auth = authenticate(token, secrets_for, now=NOW)
+    assert (auth.gateway_id, auth.reject) == (gateway_id, reject)
+    assert auth.ok is (reject is None)
+
+
+def test_token_valid_exactly_at_its_expiry():
+    token = make_token("gw-1", SECRET, 300, now=NOW)
+    assert authenticate(token, secrets_for, now=NOW + 300).ok
+    assert authenticate(token, secrets_for, now=NOW + 301).reject == "expired"
+
+
+def test_a_revoked_gateway_is_refused_with_a_valid_token():
+    token = make_token("gw-1", SECRET, 300, now=NOW)
+    auth = authenticate(token, secrets_for, now=NOW, is_revoked=lambda g: g == "gw-1")
+    assert (auth.gateway_id, auth.reject, auth.close_reason) == ("gw-1", "revoked", "unauthorized")
+
+
+# -- delivery buffer --------------------------------------------------------------------------
+
+
+def inbound(text: str) -> Inbound:
+    return Inbound(event=MessageEvent(text=text))
+
+
+def test_buffer_stamps_ids_keeps_order_and_gates_on_acks():
+    buffer = DeliveryBuffer()
+    a = buffer.append(inbound("a"), "buf-1")
+    buffer.append(inbound("b"), "buf-2")
+    buffer.append(inbound("c"), "buf-3")
+    assert a.buffer_id == "buf-1"
+    assert buffer.next_unsent(set()) == a
+    assert buffer.next_unsent({"buf-1"}).event.text == "b"
+    assert buffer.ack("buf-2")
+    assert not buffer.ack("buf-2")  # already gone
+    assert buffer.ids() == ["buf-1", "buf-3"]
+    assert [f.event.text for f in buffer] == ["a", "c"]
+    assert buffer.next_unsent({"buf-1", "buf-3"}) is None
+    assert buffer.acked == 1
+
+
+def test_buffer_refuses_duplicate_and_empty_ids():
+    buffer = DeliveryBuffer()
+    buffer.append(inbound("a"), "buf-1")
+    with pytest.raises(ValueError, match="already buffered"):
+        buffer.append(inbound("b"), "buf-1")
+    with pytest.raises(ValueError, match="non-empty"):
+        buffer.append(inbound("b"), "")
+
+
+# -- relevance gate ---------------------------------------------------------------------------
+
+
+def group_event(chat_id: str = "c-general", **extra: object) -> MessageEvent:
+    source = SessionSource(platform="discord", chat_id=chat_id, chat_type="group", **extra)  # type: ignore[arg-type]
+    return MessageEvent(text="x", source=source)
+
+
+def test_no_policy_admits_everything():
+    assert admit(None, group_event(), addressed=False, from_bot=True) is None
+
+
+def test_require_address_with_free_response_scopes():
+    policy = RelevancePolicy(require_address=True, free_response_scopes=("c-help",))
+    assert admit(policy, group_event(), addressed=True, from_bot=False) is None
+    assert admit(policy, group_event(), addressed=False, from_bot=False) is not None
+    assert admit(policy, group_event("c-help"), addressed=False, from_bot=False) is None
+    thread = group_event("t1", parent_chat_id="c-help")
+    assert admit(policy, thread, addressed=False, from_bot=False) is None
+    dm = MessageEvent(source=SessionSource(platform="discord", chat_id="d", chat_type="dm"))
+    assert admit(policy, dm, addressed=False, from_bot=True) is None
+
+
+def test_other_bots_need_allow_other_bots():
+    assert admit(RelevancePolicy(), group_event(), addressed=True, from_bot=True) is not None
+    allowed = RelevancePolicy(allow_other_bots=True)
+    assert admit(allowed, group_event(), addressed=True, from_bot=True) is None
+
+
+def test_policy_coerce_reads_wire_and_snake_mappings_and_comma_strings():
+    wire = {"requireAddress": True, "freeResponseScopes": ["c1", " c2 ", ""], "allowOtherBots": 1}
+    assert RelevancePolicy.coerce(wire) == RelevancePolicy(True, ("c1", "c2"), True)
+    snake = {"require_address": False, "free_response_scopes": "c1, c2 ,c3"}
+    assert RelevancePolicy.coerce(snake) == RelevancePolicy(False, ("c1", "c2", "c3"), False)
+    assert RelevancePolicy.coerce(None) is None
+
+
+# -- outcomes and presets ---------------------------------------------------------------------
+
+
+def test_one_shot_outcomes_run_before_the_standing_one():
+    table = OutcomeTable()
+    table.set("send", Fail("down"))
+    table.push("send", NoAnswer(), Succeed("m-x"))
+    assert [table.take("send") for _ in range(3)] == [NoAnswer(), Succeed("m-x"), Fail("down")]
+    assert table.take("edit") == Succeed()
+    table.reset()
+    assert table.take("send") == Succeed()
+
+
+def test_unknown_op_is_named():
+    with pytest.raises(ValueError, match="unknown outbound op 'post'"):
+        OutcomeTable().set("post", Succeed())
+
+
+def test_fail_result_shape():
+    assert Fail("x").result() == {"success": False, "error": "x"}
+    assert Fail("x", retryable=True, code="egress_declined").result() == {
+        "success": False,
+        "error": "x",
+        "retryable": True,
+        "code": "egress_declined",
+    }
+
+
+def test_presets_and_generic_descriptor():
+    assert set(DEFAULT_DESCRIPTORS) == {"discord", "telegram", "relay"}
+    generic = generic_descriptor("agentschat")
+    assert (generic.platform, generic.max_message_length) == ("agentschat", 4096)
+    wire = unstructure(generic)
+    assert wire["platform"] == "agentschat"
+    assert "platform" not in INVALID_DESCRIPTOR
