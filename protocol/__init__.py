@@ -39,10 +39,11 @@ from protocol.frames import OutboundResult as OutboundResult
 from protocol.frames import PassthroughForward as PassthroughForward
 from protocol.frames import PassthroughForwardFrame as PassthroughForwardFrame
 from protocol.framing import FrameDecoder as FrameDecoder
+from protocol.keys import build_session_key as build_session_key
+from protocol.keys import message_key as message_key
+from protocol.keys import session_key as session_key
 from protocol.passthrough import PassthroughError as PassthroughError
 from protocol.passthrough import decode_forward as decode_forward
 from protocol.passthrough import discord_interaction_event as discord_interaction_event
 from protocol.results import ChatInfo as ChatInfo
 from protocol.results import SendResult as SendResult
-from protocol.session_key import build_session_key as build_session_key
-from protocol.session_key import message_key as message_key

@@ -34,8 +34,8 @@ import trio
 
 from protocol.events import Identity, MessageEvent
 from protocol.frames import Frame, Inbound, InboundAck, PassthroughForwardFrame
+from protocol.keys import build_session_key, message_key
 from protocol.passthrough import PassthroughError, decode_forward
-from protocol.session_key import build_session_key, message_key
 from relay_runtime.state import ClaimHandle, ClaimResult, ClaimStatus, MessageKey, TurnEndState
 from relay_runtime.turn import Turn
 

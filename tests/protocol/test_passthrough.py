@@ -11,8 +11,8 @@ import pytest
 from protocol.codec import decode_line
 from protocol.events import MessageEvent
 from protocol.frames import PassthroughForward, PassthroughForwardFrame
+from protocol.keys import build_session_key, message_key
 from protocol.passthrough import PassthroughError, decode_forward, discord_interaction_event
-from protocol.session_key import build_session_key, message_key
 
 
 def forward_frame(forward: dict[str, Any], **extra: Any) -> PassthroughForwardFrame:

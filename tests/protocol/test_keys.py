@@ -10,7 +10,7 @@ import pytest
 from protocol.codec import decode_line
 from protocol.events import MessageEvent, SessionSource
 from protocol.frames import Inbound
-from protocol.session_key import build_session_key, message_key, session_key
+from protocol.keys import build_session_key, message_key, session_key
 
 GROUP = SessionSource(platform="discord", chat_id="chanA", chat_type="group", user_id="userX")
 
