@@ -66,6 +66,23 @@ async def test_signal_drains_through_going_idle_and_exits_0(
     assert gw.saw("draining through going_idle")
 
 
+async def test_signal_while_still_dialing_exits_0(tmp_path: Path) -> None:
+    # Nothing listens on the relay URL: the gateway keeps re-dialing and never gets ready.
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = gateway_env(new_secret(), tmp_path / "state")
+    with trio.fail_after(GUARD_S):
+        async with gateway_process(run_args(f"ws://127.0.0.1:{port}"), env) as gw:
+            await gw.wait_line("dial failed")
+            gw.signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                code = await gw.wait_exit()
+    assert code == 0, gw.text()
+    assert not gw.saw(READY)
+    assert gw.saw("before the gateway was ready")
+
+
 async def test_R86_bad_config_exits_2_naming_the_variable(tmp_path: Path) -> None:
     env = gateway_env(new_secret(), tmp_path, GATEWAY_RELAY_PING_TIMEOUT_S="soon")
     with trio.fail_after(GUARD_S):
