@@ -31,7 +31,7 @@ import trio
 from protocol.actions import Send
 from protocol.events import MessageEvent, SessionSource
 from protocol.frames import Outbound
-from relay_runtime.connector import DEFAULT_DESCRIPTORS, ReferenceConnector
+from relay_runtime.connector import DEFAULT_DESCRIPTORS, Connection, ReferenceConnector
 
 __all__ = ["Bench", "parse_credentials", "register", "run_connector"]
 
@@ -229,16 +229,27 @@ class Bench:
         self._t0: float | None = None
 
     async def run(self) -> None:
-        """Wait for a gateway, inject every message on schedule, wait for every reply."""
+        """Wait for a gateway, inject every message on schedule, wait for every reply.
+
+        The first gateway to complete a handshake is the one measured.
+        """
         connector = self.connector
-        await connector.wait_for(lambda: connector.current() is not None)
+
+        def handshaken() -> Connection | None:
+            return next((c for c in connector.connections if c.open and c.handshaken), None)
+
+        await connector.wait_for(lambda: handshaken() is not None)
+        first = handshaken()
+        assert first is not None
+        gateway_id = first.gateway_id
         self._t0 = t0 = trio.current_time()
         for i in range(self.count):
             chat = f"bench-{i}"
             await trio.sleep_until(t0 + i / self.rate)
             self.started[chat] = trio.current_time()
             source = SessionSource(platform="relay", chat_id=chat, chat_type="dm", user_id="u")
-            await connector.inject(MessageEvent(text=f"ping {i}", source=source))
+            event = MessageEvent(text=f"ping {i}", source=source)
+            await connector.inject(event, gateway_id=gateway_id)
         await connector.wait_for(self._collect)
 
     def _collect(self) -> bool:
