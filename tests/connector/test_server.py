@@ -656,3 +656,29 @@ async def test_malformed_gateway_frames_are_recorded_and_the_reader_goes_on(nurs
             await peer.expect(DescriptorFrame)
     assert [b.error.kind for b in connector.bad_frames] == ["malformed", "malformed", "bad_field"]
     assert connector.hellos == [Hello(platform="relay", bot_id="b1")]
+
+
+async def test_each_gateway_is_its_own_instance_and_the_tenant_comes_from_the_token(nursery):
+    connector = await start(nursery, secrets={"gw-a": SECRET, "gw-b": SECONDARY})
+    with trio.fail_after(LIMIT):
+        async with (
+            dial(connector.url, good_headers("gw-a", SECRET)) as a,
+            dial(connector.url, good_headers("gw-b", SECONDARY)) as b,
+        ):
+            # The hello names a platform and bot, never a tenant.
+            await a.hello("discord")
+            await a.expect(DescriptorFrame)
+            await b.hello("telegram")
+            await b.expect(DescriptorFrame)
+            await connector.wait_for(
+                lambda: None not in (connector.current("gw-a"), connector.current("gw-b"))
+            )
+            with pytest.raises(ValueError, match="several gateways"):
+                await connector.inject(event("which?"))
+            await connector.inject(event("for b"), gateway_id="gw-b")
+            await connector.inject(event("for a"), gateway_id="gw-a")
+            got_b = await b.expect(Inbound)
+            got_a = await a.expect(Inbound)
+    assert (got_a.event.text, got_b.event.text) == ("for a", "for b")
+    assert {r.gateway_id for r in connector.received} == {"gw-a", "gw-b"}
+    assert [h.platform for h in connector.frames(Hello, "gw-b")] == ["telegram"]
