@@ -247,6 +247,9 @@ async def open_harness(
         secret = secrets.token_urlsafe(32)
         options: dict[str, Any] = {"always_buffer": True, "close_timeout": 1.0}
         options.update(connector_options or {})
+        if not options["always_buffer"]:
+            # say() waits for the inbound_ack, which only buffered deliveries get.
+            raise ValueError("the harness needs the connector's always_buffer=True")
         connector = ReferenceConnector(secrets={GATEWAY_ID: secret}, **options)
         # bufferIds are replay-dedupe keys (RC §4.6) and the reference connector numbers them
         # from 1 on every start; over a reused state dir "buf-1" would read as already done.

@@ -242,8 +242,10 @@ class Demo:
             states = await _watch_states(harness, harness.drop)
         if not self.scripted:
             self.out(f"  states seen: {' -> '.join(states)}")
+        code = stats.last_close[0] if stats.last_close else "?"
+        self.out(f"  the gateway saw the socket end (close {code}) and re-dialed")
         self.out(
-            f"  connection lost and recovered: handshake #{stats.handshakes} "
+            f"  connection recovered: handshake #{stats.handshakes} "
             f"(was #{before}), state {harness.gateway.state}"
         )
 
