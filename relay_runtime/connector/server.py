@@ -40,6 +40,7 @@ from trio_websocket import (
     WebSocketRequest,
     wrap_server_stream,
 )
+from wsproto.utilities import LocalProtocolError
 
 from protocol.actions import Edit, FollowUp, GetChatInfo, Send, Typing
 from protocol.codec import encode_frame, to_json
@@ -629,6 +630,14 @@ class ReferenceConnector:
     # -- internals: sockets ---------------------------------------------------------------
 
     async def _handle_stream(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._handle_socket(stream)
+        except* LocalProtocolError as group:
+            # trio-websocket #184: a ping answered while our close is in flight escapes the
+            # socket's reader task. The connection is over either way; the server goes on.
+            log.warning("gateway socket ended in a close race: %s", group.exceptions[0])
+
+    async def _handle_socket(self, stream: trio.SocketStream) -> None:
         async with stream, trio.open_nursery() as ws_nursery:
             request: WebSocketRequest | None = None
             with trio.move_on_after(self.close_timeout):
