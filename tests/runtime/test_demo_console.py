@@ -1,0 +1,40 @@
+"""The demo console in-process: commands, usage errors, the interactive extras."""
+
+from __future__ import annotations
+
+from relay_runtime.cli.demo import HELP, Demo
+
+
+async def run_lines(lines: list[str], *, scripted: bool) -> list[str]:
+    out: list[str] = []
+    demo = Demo(user="demo:alice", scripted=scripted, out=out.append)
+    await demo.run(lines, None)
+    return out
+
+
+async def test_help_usage_errors_and_user_switching() -> None:
+    out = await run_lines(
+        ["/help", "/as", "/as telegram:", "/as Telegram:77", "# a comment", "", "/quit", "never"],
+        scripted=True,
+    )
+    assert HELP in out
+    assert any(line.startswith("  usage: /as USER") for line in out)
+    assert "  now speaking as telegram:77 (not a demo user)" in out
+    assert "telegram:77> never" not in out  # /quit ended the session
+    assert out[-1] == "bye"
+
+
+async def test_interactive_mode_shows_real_values_and_the_states_of_a_drop() -> None:
+    out = await run_lines(["/drop"], scripted=False)
+    banner = "\n".join(out[:6])
+    assert "<port>" not in banner and "$INVITE" not in banner
+    assert "ws://127.0.0.1:" in banner
+    states = next(line for line in out if line.startswith("  states seen: "))
+    seen = states.removeprefix("  states seen: ").split(" -> ")
+    assert seen[0] == "ready" and seen[-1] == "ready" and len(seen) >= 3
+
+
+async def test_invite_placeholder_is_replaced_by_the_code() -> None:
+    out = await run_lines(["/as carol", "/invite $INVITE", "hi"], scripted=True)
+    assert "  reply: Invite accepted. You are now a contact." in out
+    assert out[-3:] == ["  trust: allow - contact (tier rule)", "  reply: hi", "bye"]
