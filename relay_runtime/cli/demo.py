@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from relay_runtime.agents import echo
+from relay_runtime.cli import UsageError
 from relay_runtime.connector import Delivery
 from relay_runtime.testing import GATEWAY_ID, Harness, Said, open_harness
 
@@ -89,8 +90,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def demo_command(args: argparse.Namespace) -> int:
     """``demo``: run the console (or the script); returns the exit status."""
-    from relay_runtime.cli import UsageError
-
     lines: list[str] | None = None
     if args.script is not None:
         try:

@@ -22,8 +22,10 @@ import signal
 from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
+import attrs
 import trio
 
+from relay_runtime.cli import UsageError
 from relay_runtime.config import GatewayConfig
 from relay_runtime.dispatcher import Agent, TrustEvaluator
 from relay_runtime.gateway import Gateway, run_gateway
@@ -96,8 +98,6 @@ def load_agent(spec: str, environ: Mapping[str, str] | None = None) -> Agent:
     attribute is missing or not callable. For the shipped ``openai_chat`` agent the
     ``RELAY_AGENT_*`` settings are validated now, so a bad value stops startup (exit 2).
     """
-    from relay_runtime.cli import UsageError
-
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise UsageError(f"--agent {spec!r}: expected MODULE:ATTR, e.g. {DEFAULT_AGENT}")
@@ -168,30 +168,34 @@ def make_state_dir(config: GatewayConfig) -> None:
 # --------------------------------------------------------------------------- serving
 
 
-async def _watch_signals(
-    signals: AsyncIterator[int],
-    gateway: list[Gateway],
-    cancel_scope: trio.CancelScope,
-    drain_timeout_s: float,
-) -> None:
+@attrs.define(eq=False)
+class _Shutdown:
+    """What the signal watcher acts on: the root scope, and the gateway once it is ready."""
+
+    scope: trio.CancelScope
+    drain_timeout_s: float
+    gateway: Gateway | None = None
+
+
+async def _watch_signals(signals: AsyncIterator[int], shutdown: _Shutdown) -> None:
     """First signal: drain through ``going_idle`` (bounded), then cancel. Second: cancel."""
     async for signum in signals:
         name = signal.Signals(signum).name
-        if not gateway:
+        if shutdown.gateway is None:
             log.info("%s received before the gateway was ready; stopping", name)
-            cancel_scope.cancel()
+            shutdown.scope.cancel()
             return
         log.info("%s received; draining through going_idle", name, extra={"signal": name})
-        with trio.move_on_after(drain_timeout_s) as drain:
+        with trio.move_on_after(shutdown.drain_timeout_s) as drain:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on_next, signals, drain)
-                acked = await gateway[0].go_idle()
+                acked = await shutdown.gateway.go_idle()
                 nursery.cancel_scope.cancel()
         if drain.cancelled_caught:
             log.warning("drain did not finish in time; stopping anyway")
         else:
             log.info("drained", extra={"going_idle_acked": acked})
-        cancel_scope.cancel()
+        shutdown.scope.cancel()
         return
 
 
@@ -214,12 +218,10 @@ async def serve_until_signalled(
     Returns after a signal-initiated drain or when the gateway stops by itself; raises what
     ``run_gateway`` raises (``ConfigError``, ``RelayDisabled``).
     """
-    ready: list[Gateway] = []
     with trio.open_signal_receiver(*_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                _watch_signals, signals, ready, nursery.cancel_scope, drain_timeout_s
-            )
+            shutdown = _Shutdown(nursery.cancel_scope, drain_timeout_s)
+            nursery.start_soon(_watch_signals, signals, shutdown)
 
             async def gateway_task(*, task_status: trio.TaskStatus[Gateway]) -> None:
                 try:
@@ -228,7 +230,7 @@ async def serve_until_signalled(
                     nursery.cancel_scope.cancel()
 
             gateway: Gateway = await nursery.start(gateway_task)
-            ready.append(gateway)
+            shutdown.gateway = gateway
             log.info(
                 "gateway ready",
                 extra={
@@ -257,7 +259,6 @@ async def _main(config: GatewayConfig, agent: Agent) -> None:
 
 def _check_policy(config: GatewayConfig, given: str | None) -> None:
     """Resolve the policy now, so a bad one is exit 2 naming where it came from."""
-    from relay_runtime.cli import UsageError
     from trust.policy import PolicyError, TrustConfigError, resolve_policy
 
     source = "--trust" if given else "RELAY_TRUST" if os.environ.get("RELAY_TRUST") else "trust"
@@ -278,9 +279,12 @@ def run_command(args: argparse.Namespace) -> int:
     _register_config_secrets(config)
     register_secret(os.environ.get("RELAY_AGENT_API_KEY"))
     if config.relay_url is None:
-        from relay_runtime.cli import UsageError
-
         raise UsageError("no connector URL: pass --relay-url or set GATEWAY_RELAY_URL")
+    if not config.enabled:
+        raise UsageError(
+            "GATEWAY_RELAY_ENABLED (or platforms.relay.enabled) is false: the relay is "
+            "disabled by configuration"
+        )
     agent = load_agent(args.agent)
     _check_policy(config, args.trust)
     log.info(
