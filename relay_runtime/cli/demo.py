@@ -31,6 +31,7 @@ from relay_runtime.agents import echo
 from relay_runtime.cli import UsageError
 from relay_runtime.connector import Delivery
 from relay_runtime.testing import GATEWAY_ID, Harness, Said, open_harness
+from trust.records import TrustOpError
 
 __all__ = ["DEMO_USERS", "demo_command", "register"]
 
@@ -187,7 +188,7 @@ class Demo:
         if command == "/help":
             self.out(HELP)
         elif command == "/as":
-            self._switch(rest)
+            await self._switch(rest)
         elif command == "/users":
             await self._users()
         elif command == "/drop":
@@ -198,21 +199,27 @@ class Demo:
             await self._say(text)
         return True
 
-    def _switch(self, who: str) -> None:
+    async def _switch(self, who: str) -> None:
         try:
             self.user = _user(who)
         except ValueError as exc:
             self.out(f"  usage: /as USER ({exc})")
             return
-        role = DEMO_USERS.get(self.user, "not a demo user")
-        self.out(f"  now speaking as {self.user} ({role})")
+        self.out(f"  now speaking as {self.user} ({await self._level(self.user)})")
 
     async def _users(self) -> None:
-        harness = self._harness()
         for user in DEMO_USERS:
-            record = await harness.engine.store.get(user)
-            admin = ", admin" if record.is_admin else ""
-            self.out(f"  {user}: {record.effective_level}{admin}")
+            self.out(f"  {user}: {await self._level(user)}")
+
+    async def _level(self, user: str) -> str:
+        """The user's trust level as the store has it now (``admin`` added for admins)."""
+        engine = self._harness().engine
+        try:
+            client_id = engine.ops.client_id(user)
+        except TrustOpError:  # invalid for its platform: the sender is anonymous
+            return "anonymous"
+        record = await engine.store.get(client_id)
+        return f"{record.effective_level}, admin" if record.is_admin else record.effective_level
 
     async def _say(self, text: str) -> None:
         typed = text.replace(INVITE_PLACEHOLDER, self.invite_code)

@@ -14,13 +14,24 @@ async def run_lines(lines: list[str], *, scripted: bool) -> list[str]:
 
 async def test_help_usage_errors_and_user_switching() -> None:
     out = await run_lines(
-        ["/help", "/as", "/as telegram:", "/as Telegram:77", "# a comment", "", "/quit", "never"],
+        [
+            "/help",
+            "/as",
+            "/as telegram:",
+            "/as Telegram:077",
+            "/as discord:bob",
+            "#",
+            "",
+            "/quit",
+            "x",
+        ],
         scripted=True,
     )
     assert HELP in out
     assert any(line.startswith("  usage: /as USER") for line in out)
-    assert "  now speaking as telegram:77 (not a demo user)" in out
-    assert "telegram:77> never" not in out  # /quit ended the session
+    assert "  now speaking as telegram:077 (stranger)" in out
+    assert "  now speaking as discord:bob (anonymous)" in out  # discord ids are digits
+    assert "discord:bob> x" not in out  # /quit ended the session
     assert out[-1] == "bye"
 
 
