@@ -37,6 +37,7 @@ __all__ = [
     "KeyValueFormatter",
     "SecretFilter",
     "configure_logging",
+    "is_relay_token",
     "mask_text",
     "register_secret",
 ]
@@ -94,7 +95,8 @@ def register_secret(value: str | None) -> None:
         _known_secrets.add(value)
 
 
-def _is_relay_token(candidate: str) -> bool:
+def is_relay_token(candidate: str) -> bool:
+    """Whether ``candidate`` is a relay HMAC token (base64url of ``payload:exp:<64 hex>``)."""
     try:
         raw = base64.urlsafe_b64decode(candidate + "=" * (-len(candidate) % 4))
     except (binascii.Error, ValueError):
@@ -110,7 +112,7 @@ def mask_text(text: str) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return _B64_RUN.sub(
-        lambda m: HIDDEN if _is_relay_token(m.group(0)) else m.group(0),
+        lambda m: HIDDEN if is_relay_token(m.group(0)) else m.group(0),
         text,
     )
 

@@ -7,6 +7,8 @@ an observed event (a log line, a frame, an agent log line) under a ``fail_after`
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import sqlite3
 from pathlib import Path
@@ -16,6 +18,7 @@ import trio
 
 from protocol.events import MessageEvent, SessionSource
 from relay_runtime.connector import ReferenceConnector
+from relay_runtime.logs import is_relay_token
 from tests.e2e.conftest import (
     GATEWAY_ID,
     GUARD_S,
@@ -64,6 +67,40 @@ async def test_signal_drains_through_going_idle_and_exits_0(
     assert len(connector.going_idles) == 1
     assert [m.content for m in connector.messages.values()] == ["hello"]
     assert gw.saw("draining through going_idle")
+
+
+@pytest.mark.parametrize("log_format", ["kv", "json"])
+async def test_R39_debug_logs_of_a_real_process_hold_no_secret(
+    tmp_path: Path, log_format: str
+) -> None:
+    secret = new_secret()
+    delivery_key = "dk-" + new_secret()
+    connector = ReferenceConnector(secrets={GATEWAY_ID: secret})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connector.serve, "127.0.0.1", 0)
+        env = gateway_env(secret, tmp_path / "state", GATEWAY_RELAY_DELIVERY_KEY=delivery_key)
+        args = ["--log-format", log_format, "--log-level", "debug", *run_args(connector.base_url)]
+        with trio.fail_after(GUARD_S):
+            async with gateway_process(args, env) as gw:
+                await gw.wait_line(READY)
+                await connector.inject(message("hello", 1), gateway_id=GATEWAY_ID)
+                await connector.wait_for(lambda: len(connector.messages) == 1)
+                await connector.drop()  # a redial mints and sends a second token
+                await gw.wait_line("connected")
+                await connector.wait_for(lambda: len(connector.hellos) == 2)
+                gw.signal(signal.SIGTERM)
+                assert await gw.wait_exit() == 0, gw.text()
+        nursery.cancel_scope.cancel()
+    text = gw.text()
+    assert secret not in text
+    assert delivery_key not in text
+    assert len(gw.lines) > 10  # debug logging did happen
+    if log_format == "json":
+        records = [json.loads(line) for line in gw.lines if line]
+        assert {"ts", "level", "logger", "msg"} <= set(records[0])
+        assert any(r["msg"] == READY for r in records)
+    for word in re.split(r"[\s\"'=,]+", text):
+        assert not is_relay_token(word), word
 
 
 async def test_signal_while_still_dialing_exits_0(tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ async def test_R39_a_whole_gateway_session_at_debug_leaks_no_secret_or_token() -
     assert delivery_key is not None and delivery_key not in text
     for word in text.split():
         candidate = word.split("=", 1)[-1].strip('"')
-        assert not logs._is_relay_token(candidate), word
+        assert not logs.is_relay_token(candidate), word
 
 
 async def _echo(turn: object) -> str:
