@@ -76,14 +76,10 @@ class UsageError(Exception):
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConfigError, UsageError]
-    try:
-        from trust.policy import PolicyError, TrustConfigError
-    except ImportError:  # pragma: no cover - trust is part of this distribution
-        pass
-    else:
-        errors += [PolicyError, TrustConfigError]
-    return tuple(errors)
+    """The exceptions that mean "bad configuration or usage" (imported only when needed)."""
+    from trust.policy import PolicyError, TrustConfigError
+
+    return (ConfigError, UsageError, PolicyError, TrustConfigError)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
