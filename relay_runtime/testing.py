@@ -197,11 +197,15 @@ class Harness:
         created = await self.engine.ops.create_invite(OPERATOR, max_uses=max_uses)
         return str(created.code)
 
-    async def drop(self) -> None:
-        """Abort the gateway's socket and wait until it has reconnected."""
-        seen = self.gateway.supervisor.stats.handshakes
-        await self.connector.drop(GATEWAY_ID)
-        await self.gateway.supervisor.wait_next_ready(seen)
+    async def drop(self, *, timeout_s: float = SAY_TIMEOUT_S) -> None:
+        """Abort the gateway's socket and wait until it has reconnected (READY again)."""
+        supervisor = self.gateway.supervisor
+        seen = supervisor.stats.handshakes
+        with trio.fail_after(timeout_s):
+            await self.connector.drop(GATEWAY_ID)
+            await supervisor.wait_ready(after=seen)
+        if self.gateway.state != "ready":
+            raise RuntimeError(f"the gateway did not reconnect (state {self.gateway.state})")
 
 
 async def _unless_done(operation: Awaitable[object]) -> None:
