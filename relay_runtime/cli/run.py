@@ -257,11 +257,18 @@ async def _main(config: GatewayConfig, agent: Agent) -> None:
         await serve_until_signalled(config, agent, trust=trust)
 
 
-def _check_policy(config: GatewayConfig, given: str | None) -> None:
+def _check_policy(config: GatewayConfig, given: str | None, config_file: str | None) -> None:
     """Resolve the policy now, so a bad one is exit 2 naming where it came from."""
     from trust.policy import PolicyError, TrustConfigError, resolve_policy
 
-    source = "--trust" if given else "RELAY_TRUST" if os.environ.get("RELAY_TRUST") else "trust"
+    if given:
+        source = "--trust"
+    elif os.environ.get("RELAY_TRUST", "").strip():
+        source = "RELAY_TRUST"
+    elif config_file:
+        source = f"gateway.relay_trust in {config_file}"
+    else:
+        source = "trust"
     try:
         resolve_policy(config.trust)
     except TrustConfigError as exc:
@@ -286,7 +293,7 @@ def run_command(args: argparse.Namespace) -> int:
             "disabled by configuration"
         )
     agent = load_agent(args.agent)
-    _check_policy(config, args.trust)
+    _check_policy(config, args.trust, args.config)
     log.info(
         "starting gateway",
         extra={

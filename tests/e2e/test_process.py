@@ -120,6 +120,24 @@ async def test_signal_while_still_dialing_exits_0(tmp_path: Path) -> None:
     assert gw.saw("before the gateway was ready")
 
 
+async def test_sigterm_without_an_idle_ack_still_exits_0_in_time(tmp_path: Path) -> None:
+    secret = new_secret()
+    connector = ReferenceConnector(secrets={GATEWAY_ID: secret})
+    connector.ack_going_idle = False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connector.serve, "127.0.0.1", 0)
+        env = gateway_env(secret, tmp_path / "state", GATEWAY_RELAY_IDLE_ACK_TIMEOUT_S="1")
+        with trio.fail_after(GUARD_S):
+            async with gateway_process(run_args(connector.base_url), env) as gw:
+                await gw.wait_line(READY)
+                gw.signal(signal.SIGTERM)
+                with trio.fail_after(10):
+                    code = await gw.wait_exit()
+        nursery.cancel_scope.cancel()
+    assert code == 0, gw.text()
+    assert len(connector.going_idles) == 1
+
+
 async def test_R86_bad_config_exits_2_naming_the_variable(tmp_path: Path) -> None:
     env = gateway_env(new_secret(), tmp_path, GATEWAY_RELAY_PING_TIMEOUT_S="soon")
     with trio.fail_after(GUARD_S):

@@ -120,6 +120,15 @@ def test_a_policy_file_with_errors_is_exit_2(
     assert "--trust" in err and "fast_rules" in err
 
 
+def test_a_bad_policy_in_the_config_file_names_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("gateway:\n  relay_trust: very-careful\n", encoding="utf-8")
+    assert main(["run", "--relay-url", "ws://h", "--config", str(config)]) == EXIT_USAGE
+    assert f"gateway.relay_trust in {config}" in capsys.readouterr().err
+
+
 def test_R55_relay_disabled_maps_to_exit_3_even_inside_a_group() -> None:
     assert exit_status_for(RelayDisabled()) == EXIT_DISABLED
     group = ExceptionGroup("nursery", [ExceptionGroup("inner", [RelayDisabled()])])
