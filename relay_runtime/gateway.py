@@ -35,9 +35,10 @@ __all__ = ["AdmitAll", "AdmitOutcome", "Gateway", "SuspendCheck", "run_gateway"]
 
 log = logging.getLogger("relay_runtime.gateway")
 
-#: Buffer between the supervisor's reader and the dispatcher. Zero: the dispatcher is the
-#: admission point, so ``max_pending_inbound`` is exactly where the reader pauses.
-INBOUND_BUFFER: Final = 0
+#: Buffer between the supervisor's reader and the dispatcher. The dispatcher is the
+#: admission point (``max_pending_inbound``); this small slack lets the reader run ahead of
+#: the dispatcher's per-frame dedupe claim instead of stalling on every frame.
+INBOUND_BUFFER: Final = 16
 
 
 # --------------------------------------------------------------------------- trust seam

@@ -162,6 +162,8 @@ class Replies:
         self.identities = identities
         self.clock = clock
         self._count = 0
+        self._emptied = trio.Event()
+        self._emptied.set()
         self._wake_send, self._wake_recv = trio.open_memory_channel[None](1)
         self.sent = 0
         self.queued = 0
@@ -180,6 +182,18 @@ class Replies:
     def live(self) -> bool:
         """Whether outbound frames may go out now."""
         return self.link.live
+
+    def _set_count(self, count: int) -> None:
+        self._count = max(0, count)
+        if self._count == 0:
+            self._emptied.set()
+        elif self._emptied.is_set():
+            self._emptied = trio.Event()
+
+    async def wait_empty(self) -> None:
+        """Wait until the outbox is (as far as this process knows) empty."""
+        while self._count:
+            await self._emptied.wait()
 
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         """The descriptor in force for ``platform``."""
@@ -256,7 +270,7 @@ class Replies:
         except OutboxFull:
             log.error("relay: outbox full (%d entries); %s rejected", self.db.outbox_max, kind)
             return SendResult.failure(OUTBOX_FULL, retryable=True)
-        self._count += 1
+        self._set_count(self._count + 1)
         self.queued += 1
         if self.live:
             self.poke()
@@ -266,7 +280,7 @@ class Replies:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Flush the outbox whenever poked, and sweep expired entries every 10 minutes."""
-        self._count = await self.db.count()
+        self._set_count(await self.db.count())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep_forever)
             task_status.started()
@@ -281,7 +295,7 @@ class Replies:
     async def sweep(self) -> list[OutboxEntry]:
         """Delete expired entries (a WARNING each, from the state db) and recount."""
         expired = await self.db.expire(self.clock())
-        self._count = await self.db.count()
+        self._set_count(await self.db.count())
         return expired
 
     async def flush(self) -> int:
@@ -292,7 +306,7 @@ class Replies:
         while self.live:
             entry = await self.db.peek_next(self.clock())
             if entry is None:
-                self._count = await self.db.count()
+                self._set_count(await self.db.count())
                 return delivered
             if entry.platform and entry.platform not in configured:
                 log.warning(
@@ -315,7 +329,7 @@ class Replies:
                 self.flush_failures += 1
                 attempt = await self.db.bump_attempts(entry.id)
                 if attempt.dropped:
-                    self._count = max(0, self._count - 1)
+                    self._set_count(self._count - 1)
                 log.warning(
                     "relay: outbox entry %d not delivered (%s), attempt %d",
                     entry.id,
@@ -338,7 +352,7 @@ class Replies:
 
     async def _forget(self, entry: OutboxEntry) -> None:
         if await self.db.delete(entry.id):
-            self._count = max(0, self._count - 1)
+            self._set_count(self._count - 1)
 
     def stats(self) -> dict[str, int]:
         """Counters for ``gateway.stats``."""
