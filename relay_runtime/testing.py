@@ -186,16 +186,22 @@ class Harness:
             raise ValueError(f"level {level!r}: expected contact or whitelist")
         steps = ("contact", "whitelist") if level == "whitelist" else ("contact",)
         for step in steps:
-            await _unless_done(self.engine.ops.promote(user, step, OPERATOR))
+            await _unless_done(self._ops().promote(user, step, OPERATOR))
 
     async def make_admin(self, user: str) -> None:
         """Give ``user`` the admin role as the operator (no-op if already an admin)."""
-        await _unless_done(self.engine.ops.set_admin(user, OPERATOR))
+        await _unless_done(self._ops().set_admin(user, OPERATOR))
 
     async def create_invite(self, *, max_uses: int = 1) -> str:
         """A new invite code (what ``/invite CODE`` accepts under ``careful``)."""
-        created = await self.engine.ops.create_invite(OPERATOR, max_uses=max_uses)
+        created = await self._ops().create_invite(OPERATOR, max_uses=max_uses)
         return str(created.code)
+
+    def _ops(self) -> Any:
+        ops = getattr(self.engine, "ops", None)
+        if ops is None:
+            raise RuntimeError("trust operations need the built-in trust engine, not a custom one")
+        return ops
 
     async def drop(self, *, timeout_s: float = SAY_TIMEOUT_S) -> None:
         """Abort the gateway's socket and wait until it has reconnected (READY again)."""

@@ -113,6 +113,8 @@ async def test_a_custom_evaluator_decides() -> None:
         said = await harness.say("anyone?", user="slack:U1")
     assert not said.allowed
     assert said.replies == ("Closed.",)
+        with pytest.raises(RuntimeError, match="built-in trust engine"):
+            await harness.create_invite()
     assert [e.text for e in seen] == ["anyone?"]
     assert seen[0].delivered_via_relay
 
