@@ -111,10 +111,10 @@ async def test_a_custom_evaluator_decides() -> None:
 
     async with open_harness(echo, trust=DenyAll()) as harness:
         said = await harness.say("anyone?", user="slack:U1")
-    assert not said.allowed
-    assert said.replies == ("Closed.",)
         with pytest.raises(RuntimeError, match="built-in trust engine"):
             await harness.create_invite()
+    assert not said.allowed
+    assert said.replies == ("Closed.",)
     assert [e.text for e in seen] == ["anyone?"]
     assert seen[0].delivered_via_relay
 
