@@ -70,7 +70,7 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     ),
     # secret=value, GATEWAY_RELAY_SECRET=value, deliveryKey=value (quoted or bare)
     (
-        re.compile(rf"""(?i)\b({_SECRET_KEY}=)(?:"(?:\\.|[^"])*"|'[^']*'|[^\s,;&)}}\]]+)"""),
+        re.compile(rf"""(?i)\b({_SECRET_KEY}=)(?:"(?:\\.|[^"])*"|'[^']*'|[^\s"',;&)}}\]]+)"""),
         rf"\g<1>{HIDDEN}",
     ),
     # OpenAI-style API keys

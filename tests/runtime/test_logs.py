@@ -126,6 +126,18 @@ def test_json_format() -> None:
     assert data["secret"] == HIDDEN
 
 
+def test_json_lines_stay_valid_json_around_masked_values() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    try:
+        log = logging.getLogger("relay_runtime.test")
+        log.info('connect secret=abc123 token="q r" {"apiKey": "k"}')
+    finally:
+        _uninstall()
+    data = json.loads(out.getvalue())
+    assert data["msg"] == 'connect secret=<hidden> token=<hidden> {"apiKey": "<hidden>"}'
+
+
 def test_configure_logging_replaces_its_own_handler_only() -> None:
     root = logging.getLogger()
     other = logging.NullHandler()
