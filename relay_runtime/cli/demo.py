@@ -164,7 +164,8 @@ class Demo:
         while True:
             self._prompt()
             line = await stdin.readline()
-            if not line:
+            if not line:  # end of input: finish the prompt's line
+                sys.stdout.write("\n")
                 return
             yield line.rstrip("\n")
 
