@@ -9,6 +9,7 @@ READY watcher that starts each flush. The gateway ends when the supervisor does 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -29,7 +30,9 @@ from relay_runtime.errors import RelayDisabled
 from relay_runtime.replies import Replies
 from relay_runtime.state import StateDB, StateError
 from relay_runtime.supervisor import Supervisor
+from trust.engine import TrustConfig, open_trust_engine
 from trust.model import Decision
+from trust.policy import PolicyError, TrustConfigError, resolve_policy
 
 __all__ = ["AdmitAll", "AdmitOutcome", "Gateway", "SuspendCheck", "run_gateway"]
 
@@ -272,70 +275,107 @@ async def run_gateway(
     Calls ``task_status.started(gateway)`` once the first descriptor has arrived. Raises
     :class:`ConfigError` for a bad configuration before any dial, and
     :class:`RelayDisabled` when the connector revoked the credential (terminal 4401).
-    A failing dial is retried on the backoff ladder; it never raises.
+    A failing dial is retried on the backoff ladder; it never raises. ``trust=None`` opens
+    the trust engine for ``config.trust`` (``careful`` unless configured) for the gateway's
+    lifetime.
     """
     config = _check(config, agent)
-    credentials = await boot_control_plane(config)
-    config = _with_credentials(config, credentials)
-    if credentials is not None:
-        await declare_policy(config, credentials)
     try:
-        db = await StateDB.open(
-            config.state_dir,
-            now=time.time(),
-            outbox_max=config.outbox_max,
-            outbox_ttl_s=config.outbox_ttl_s,
-            dedupe_window_s=config.dedupe_window_s,
-            dedupe_max=config.dedupe_max,
-        )
-    except StateError as exc:
-        raise ConfigError("state_dir", str(exc)) from exc
-    evaluator: TrustEvaluator = trust if trust is not None else AdmitAll()
-    async with db:
-        inbound_send, inbound_recv = trio.open_memory_channel[InboundItem](INBOUND_BUFFER)
+        await _run(config, agent, trust, task_status)
+    except BaseExceptionGroup as group:
+        # Nurseries on the way (ours, the trust engine's) wrap it; callers get it plainly.
+        disabled = _disabled_in(group)
+        if disabled is None:
+            raise
+        raise disabled from None
 
-        def on_interrupt(session_key: str, chat_id: str) -> None:
-            dispatcher.interrupt(session_key, chat_id)
 
-        supervisor = Supervisor(config, inbound=inbound_send, on_interrupt=on_interrupt)
-        replies = Replies(_SupervisorLink(supervisor), db, config.identities)
-        dispatcher = Dispatcher(
-            agent=agent,
-            trust=evaluator,
-            replies=replies,
-            db=db,
-            acks=supervisor,
-            identities=config.identities,
-            max_concurrent_turns=config.max_concurrent_turns,
-            max_pending_inbound=config.max_pending_inbound,
-            group_sessions_per_user=config.group_sessions_per_user,
-            thread_sessions_per_user=config.thread_sessions_per_user,
-            remember=supervisor.remember,
-        )
-        gateway = Gateway(
-            config,
-            supervisor,
-            dispatcher,
-            replies,
-            evaluator,
-            wake_confirmed=bool(config.wake_url) and config.wake_confirmed,
-        )
+async def _run(
+    config: GatewayConfig,
+    agent: Agent,
+    trust: TrustEvaluator | None,
+    task_status: trio.TaskStatus[Gateway],
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            async with trio.open_nursery() as nursery:
+            db = await StateDB.open(
+                config.state_dir,
+                now=time.time(),
+                outbox_max=config.outbox_max,
+                outbox_ttl_s=config.outbox_ttl_s,
+                dedupe_window_s=config.dedupe_window_s,
+                dedupe_max=config.dedupe_max,
+            )
+        except StateError as exc:
+            raise ConfigError("state_dir", str(exc)) from exc
+        await stack.enter_async_context(db)
+        evaluator = trust if trust is not None else await _open_policy_engine(config, stack)
+        credentials = await boot_control_plane(config)
+        config = _with_credentials(config, credentials)
+        if credentials is not None:
+            await declare_policy(config, credentials)
+        await _serve(config, agent, evaluator, db, task_status)
 
-                async def supervise(*, task_status: trio.TaskStatus[Supervisor]) -> None:
-                    try:
-                        await supervisor.run(task_status=task_status)
-                    finally:
-                        nursery.cancel_scope.cancel()
 
-                await nursery.start(replies.run_flusher)
-                nursery.start_soon(dispatcher.run, inbound_recv, nursery)
-                nursery.start_soon(_flush_on_ready, supervisor, replies)
-                await nursery.start(supervise)
-                task_status.started(gateway)
-        except BaseExceptionGroup as group:
-            disabled = _disabled_in(group)
-            if disabled is None:
-                raise
-            raise disabled from None
+async def _open_policy_engine(
+    config: GatewayConfig, stack: contextlib.AsyncExitStack
+) -> TrustEvaluator:
+    """The trust engine for ``config.trust`` (a preset name or a policy file), on ``stack``."""
+    try:
+        policy = resolve_policy(config.trust)
+        trust_config = TrustConfig.from_env(policy=policy, state_dir=config.state_dir)
+        engine: TrustEvaluator = await stack.enter_async_context(open_trust_engine(trust_config))
+    except (PolicyError, TrustConfigError) as exc:
+        raise ConfigError("trust", str(exc)) from exc
+    return engine
+
+
+async def _serve(
+    config: GatewayConfig,
+    agent: Agent,
+    evaluator: TrustEvaluator,
+    db: StateDB,
+    task_status: trio.TaskStatus[Gateway],
+) -> None:
+    """Assemble the parts and run them in the gateway's one nursery."""
+    inbound_send, inbound_recv = trio.open_memory_channel[InboundItem](INBOUND_BUFFER)
+
+    def on_interrupt(session_key: str, chat_id: str) -> None:
+        dispatcher.interrupt(session_key, chat_id)
+
+    supervisor = Supervisor(config, inbound=inbound_send, on_interrupt=on_interrupt)
+    replies = Replies(_SupervisorLink(supervisor), db, config.identities)
+    dispatcher = Dispatcher(
+        agent=agent,
+        trust=evaluator,
+        replies=replies,
+        db=db,
+        acks=supervisor,
+        identities=config.identities,
+        max_concurrent_turns=config.max_concurrent_turns,
+        max_pending_inbound=config.max_pending_inbound,
+        group_sessions_per_user=config.group_sessions_per_user,
+        thread_sessions_per_user=config.thread_sessions_per_user,
+        remember=supervisor.remember,
+    )
+    gateway = Gateway(
+        config,
+        supervisor,
+        dispatcher,
+        replies,
+        evaluator,
+        wake_confirmed=bool(config.wake_url) and config.wake_confirmed,
+    )
+    async with trio.open_nursery() as nursery:
+
+        async def supervise(*, task_status: trio.TaskStatus[Supervisor]) -> None:
+            try:
+                await supervisor.run(task_status=task_status)
+            finally:
+                nursery.cancel_scope.cancel()
+
+        await nursery.start(replies.run_flusher)
+        nursery.start_soon(dispatcher.run, inbound_recv, nursery)
+        nursery.start_soon(_flush_on_ready, supervisor, replies)
+        await nursery.start(supervise)
+        task_status.started(gateway)

@@ -58,6 +58,7 @@ async def running(
             "secret": secret,
             "state_dir": tmp_path,
             "platform": "discord",
+            "trust": "open",
             "backoff_base_s": 0.01,
             "backoff_cap_s": 0.05,
         }
@@ -136,6 +137,7 @@ async def test_relay_disabled_is_raised_plainly(tmp_path: Path) -> None:
         "gateway_id": GATEWAY_ID,
         "secret": secret,
         "state_dir": tmp_path,
+        "trust": "open",
         "backoff_base_s": 0.01,
         "backoff_cap_s": 0.05,
     }
@@ -295,6 +297,7 @@ async def test_chaos_1000_buffered_messages_each_answered_once(tmp_path: Path, s
         secret=secret,
         state_dir=tmp_path,
         platform="discord",
+        trust="open",
         backoff_base_s=0.01,
         backoff_cap_s=0.05,
         max_concurrent_turns=8,
