@@ -134,13 +134,27 @@ def _register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], modules: Sequence[str]
 ) -> None:
     for name in modules:
+        if name in _REQUIRED_MODULES:
+            importlib.import_module(name).register(subparsers)
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if name in _REQUIRED_MODULES or exc.name != name:
-                raise
+            if exc.name == name:
+                continue  # not installed: the command simply does not exist
+            _unavailable(name, exc)
+            continue
+        except Exception as exc:  # a broken optional module must not take the CLI down
+            _unavailable(name, exc)
             continue
         module.register(subparsers)
+
+
+def _unavailable(name: str, exc: BaseException) -> None:
+    print(
+        f"relay-runtime: warning: commands of {name} are unavailable ({type(exc).__name__}: {exc})",
+        file=sys.stderr,
+    )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -48,6 +48,27 @@ def test_help_lists_the_commands_and_examples(capsys: pytest.CaptureFixture[str]
     assert "3 relay disabled" in out
 
 
+def test_a_broken_optional_command_module_is_skipped_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import relay_runtime.cli as cli
+
+    (tmp_path / "half_written_cli.py").write_text("raise RuntimeError('half-written')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules = (
+        *cli._COMMAND_MODULES,
+        ("relay_runtime.no_such_cli", ("ghost",)),
+        ("half_written_cli", ("broken",)),
+    )
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", modules)
+    help_text = build_parser().format_help()
+    assert "ghost" not in help_text and "broken" not in help_text
+    assert "    run " in help_text
+    err = capsys.readouterr().err
+    assert "commands of half_written_cli are unavailable (RuntimeError: half-written)" in err
+    assert "no_such_cli" not in err  # simply not installed: no warning
+
+
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == EXIT_USAGE
     assert "usage: relay-runtime" in capsys.readouterr().err
