@@ -80,6 +80,7 @@ async def echo(turn: Turn) -> str:
 async def test_reply_round_trip_and_gateway_surface(tmp_path: Path) -> None:
     async with running(tmp_path, echo) as (connector, gateway, _):
         assert gateway.state == "ready"
+        assert "trust" in gateway.stats
         assert "discord" in gateway.descriptors
         with trio.fail_after(GUARD_S):
             await connector.inject(event("hello"))
@@ -318,3 +319,32 @@ async def test_chaos_1000_buffered_messages_each_answered_once(tmp_path: Path, s
     by_text = answered()
     assert set(by_text) == {f"re: {t}" for t in expected}
     assert all(len(ids) == 1 for ids in by_text.values())  # one reply (one requestId) each
+
+
+async def test_bad_trust_setting_is_a_config_error_before_any_dial(tmp_path: Path) -> None:
+    connector = ReferenceConnector()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connector.serve, "127.0.0.1", 0)
+        config = GatewayConfig(
+            relay_url=connector.base_url, state_dir=tmp_path, trust="let everyone in please"
+        )
+        with pytest.raises(ConfigError, match="trust"):
+            await run_gateway(config, echo)
+        assert connector.connections == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_default_trust_is_the_configured_policy_engine(tmp_path: Path) -> None:
+    buffered = {"always_buffer": True}
+    async with running(tmp_path, echo, trust="strict", connector_options=buffered) as (
+        connector,
+        gateway,
+        _,
+    ):
+        with trio.fail_after(GUARD_S):
+            await connector.inject(event("hello from a stranger", chat="dm1"))
+            await connector.wait_for(lambda: bool(connector.inbound_acks))
+        stats = gateway.stats
+        assert stats["denied"] == 1
+        assert "trust" in stats
+        assert replies_to(connector) == []
