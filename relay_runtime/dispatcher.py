@@ -374,20 +374,23 @@ class Dispatcher:
                     await self.db.release(delivery.handle)
 
     async def _run_delivery(self, delivery: _Delivery) -> None:
-        async with self._limiter:
-            turn_id = await self.db.turn_started(
-                delivery.session_key, delivery.k_msg, delivery.buffer_id, self.clock()
-            )
-            try:
+        turn_id: int | None = None
+        try:
+            async with self._limiter:
+                turn_id = await self.db.turn_started(
+                    delivery.session_key, delivery.k_msg, delivery.buffer_id, self.clock()
+                )
                 state, error = await self._run_turn(delivery)
-            except trio.Cancelled:
-                self.stats.cancelled += 1
-                with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
-                    if delivery.handle is not None:
-                        self._waiting_acks.pop(delivery.handle.claim_id, None)
-                    await self.db.release_turn(delivery.handle, turn_id, self.clock())
-                raise
-            await self.db.complete_turn(delivery.handle, turn_id, state, self.clock(), error)
+                await self.db.complete_turn(delivery.handle, turn_id, state, self.clock(), error)
+        except trio.Cancelled:
+            # Shutdown (an interrupt is caught inside the turn): no ack, claim released,
+            # so the connector's replay runs it again (R64).
+            self.stats.cancelled += 1
+            with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
+                if delivery.handle is not None:
+                    self._waiting_acks.pop(delivery.handle.claim_id, None)
+                await self.db.release_turn(delivery.handle, turn_id, self.clock())
+            raise
         setattr(self.stats, state, getattr(self.stats, state) + 1)
         if delivery.buffer_id:
             self._ack(delivery.buffer_id)
