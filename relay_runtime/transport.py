@@ -216,19 +216,21 @@ class RelaySocket:
         """The only task that writes frames to the socket; one frame per text message."""
         job: WriteJob | None = None
         try:
-            async with self._recv:
-                async for job in self._recv:
-                    try:
-                        await self.ws.send_message(job.text)
-                    except ConnectionClosed:
-                        job.finish("connection closed")
-                        return
-                    self.frames_out += 1
-                    job.finish()
+            async for job in self._recv:
+                try:
+                    await self.ws.send_message(job.text)
+                except ConnectionClosed:
+                    job.finish("connection closed")
+                    return
+                self.frames_out += 1
+                job.finish()
         finally:
             if job is not None:
                 job.finish("connection closed")
+            # Fail what is still queued before closing the receive side: once it is closed,
+            # queued jobs could no longer be drained and their writers would wait forever.
             self._fail_queued()
+            self._recv.close()
 
     def _fail_queued(self) -> None:
         self._send.close()
