@@ -180,23 +180,33 @@ async def test_sigkill_mid_replay_then_restart_answers_each_message_once(tmp_pat
     state = tmp_path / "state"
     log_path = tmp_path / "agent.log"
     texts = [f"msg {n}" for n in range(6)]
+    hold = tmp_path / "hold"
+    hold.touch()
     connector = ReferenceConnector(secrets={GATEWAY_ID: secret}, always_buffer=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(connector.serve, "127.0.0.1", 0)
         args = run_args(connector.base_url, "--agent", "e2e_agents:slow_echo")
-        env = gateway_env(secret, state, E2E_AGENT_LOG=str(log_path), E2E_AGENT_DELAY_S="0.3")
+        env = gateway_env(
+            secret,
+            state,
+            E2E_AGENT_LOG=str(log_path),
+            E2E_AGENT_DELAY_S="0.05",
+            E2E_HOLD_FILE=str(hold),
+            E2E_HOLD_TEXT=texts[2],
+        )
         # Everything is buffered before the gateway exists; it drains one at a time.
         for n, text in enumerate(texts):
             assert (await connector.inject(message(text, n), gateway_id=GATEWAY_ID)).buffer_id
         with trio.fail_after(GUARD_S):
             async with gateway_process(args, env) as first:
-                # Kill once two replays are acked (so committed) and the third is running.
+                # Two replays are acked (so committed); the third is held mid-turn: kill.
                 await connector.wait_for(lambda: len(connector.inbound_acks) >= 2)
                 await wait_until(lambda: f"start {texts[2]}" in agent_log(log_path))
                 first.signal(signal.SIGKILL)
                 assert await first.wait_exit() == -signal.SIGKILL
-            assert f"end {texts[2]}" not in agent_log(log_path)
-            assert len(connector.buffered(GATEWAY_ID)) >= len(texts) - 2
+            assert len(connector.inbound_acks) == 2
+            assert len(connector.buffered(GATEWAY_ID)) == len(texts) - 2
+            hold.unlink()
             async with gateway_process(args, env) as second:
                 await connector.wait_for(lambda: not connector.buffered(GATEWAY_ID))
                 second.signal(signal.SIGTERM)
@@ -216,6 +226,8 @@ async def test_reply_made_while_the_connector_is_down_is_delivered_when_it_retur
     secret = new_secret()
     state = tmp_path / "state"
     log_path = tmp_path / "agent.log"
+    hold = tmp_path / "hold"
+    hold.touch()
     first = ReferenceConnector(secrets={GATEWAY_ID: secret})
     second = ReferenceConnector(secrets={GATEWAY_ID: secret})
     first_scope = trio.CancelScope()
@@ -227,7 +239,14 @@ async def test_reply_made_while_the_connector_is_down_is_delivered_when_it_retur
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_first)
         args = run_args(first.base_url, "--agent", "e2e_agents:slow_echo")
-        env = gateway_env(secret, state, E2E_AGENT_LOG=str(log_path), E2E_AGENT_DELAY_S="1")
+        env = gateway_env(
+            secret,
+            state,
+            E2E_AGENT_LOG=str(log_path),
+            E2E_AGENT_DELAY_S="0.05",
+            E2E_HOLD_FILE=str(hold),
+            E2E_HOLD_TEXT="while away",
+        )
         with trio.fail_after(GUARD_S):
             async with gateway_process(args, env) as gw:
                 await gw.wait_line(READY)
@@ -237,6 +256,7 @@ async def test_reply_made_while_the_connector_is_down_is_delivered_when_it_retur
                 port = first.port
                 await first.drop()
                 first_scope.cancel()
+                hold.unlink()
                 # ... so the reply is committed to the outbox while nothing listens.
                 await wait_until(lambda: _outbox_size(state) == 1, interval_s=0.02)
                 await nursery.start(second.serve, "127.0.0.1", port)
