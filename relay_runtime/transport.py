@@ -72,8 +72,9 @@ async def websocket_dialer(
 ) -> trio_websocket.WebSocketConnection:
     """Dial a real ``ws://``/``wss://`` URL (TLS verified with the system defaults).
 
-    The TCP stream is opened here so it can be closed when the upgrade fails:
-    trio-websocket raises a rejected upgrade from its reader task and would leave it open.
+    The TCP stream is opened here so that it is closed however the socket ends: trio-websocket
+    raises a rejected upgrade from its reader task, and a cancelled socket nursery never runs
+    its close handshake; both would leave the stream open.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -88,6 +89,7 @@ async def websocket_dialer(
         )
     else:
         stream = await trio.open_tcp_stream(parts.hostname, port)
+    nursery.start_soon(_close_when_cancelled, stream)
     try:
         return await trio_websocket.wrap_client_stream(
             nursery,
@@ -100,6 +102,14 @@ async def websocket_dialer(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+async def _close_when_cancelled(stream: trio.abc.AsyncResource) -> None:
+    """Lives in the socket nursery; closes ``stream`` when that nursery is cancelled."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 def bearer_headers(token: str | None) -> list[tuple[bytes, bytes]]:
