@@ -851,3 +851,38 @@ async def test_wait_next_ready_blocks_once_terminal(
     with trio.move_on_after(3600) as scope:
         await h.sup.wait_next_ready(1)
     assert scope.cancelled_caught
+
+
+class HangingDialer(FakeConnector):
+    """A connector whose TCP/upgrade never completes."""
+
+    async def dialer(self, nursery: trio.Nursery, url: str, **kw: Any) -> Any:
+        self.dial_times.append(trio.current_time())
+        await trio.sleep_forever()
+
+
+async def test_dial_is_bounded_by_the_handshake_timeout_and_laddered(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    connector = HangingDialer(nursery)
+    h = await launch(nursery, connector, wait_ready=False)
+    await trio.sleep(100)
+    # Each dial times out after 30 s; the ladder waits 2, 4, then 8 s (next dial at 104 s).
+    assert connector.dial_times == pytest.approx([0.0, 32.0, 66.0])
+    assert h.sup.stats.dial_failures == 3
+    assert h.sup.state == "backoff"
+
+
+async def test_stop_while_dialing_abandons_the_dial(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    connector = HangingDialer(nursery)
+    h = await launch(nursery, connector, wait_ready=False)
+    await trio.sleep(5)
+    assert h.sup.state == "dialing"
+    h.sup.stop()
+    with trio.fail_after(1):
+        await h.finished.wait()
+    await trio.sleep(3600)
+    assert h.sup.state == "closed"
+    assert len(connector.dial_times) == 1
