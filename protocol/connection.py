@@ -7,8 +7,9 @@ clock or draws randomness of its own: timers are actions the driver arms and rep
 decides a transition lives in this file (h11's ``_state.py`` is the model): the transition
 table is :data:`TRANSITIONS`, the §6.5 4401 table is :meth:`ConnectionMachine._unauthorized`.
 
-The driver (``relay_runtime.supervisor``) feeds only events of the *current* socket; a close
-that the machine itself ordered is not fed back (the machine has already moved on).
+The driver (``relay_runtime.supervisor``) feeds only events of the *current* socket, the
+end of a close the machine ordered included: in IDLE_ACKED that close is what the machine
+waits for; after a handshake failure it has already moved to BACKOFF and ignores it.
 """
 
 from __future__ import annotations
