@@ -258,30 +258,40 @@ class Demo:
 
     async def _idle(self, text: str) -> None:
         harness = self._harness()
+        with trio.fail_after(_STEP_TIMEOUT_S):
+            if self.scripted:
+                await self._idle_steps(harness, text)
+            else:
+                states = await _watch_states(harness, lambda: self._idle_steps(harness, text))
+                self.out(f"  states seen: {' -> '.join(states)}")
+
+    async def _idle_steps(self, harness: Harness, text: str) -> None:
         connector, gateway = harness.connector, harness.gateway
         before = gateway.supervisor.stats.handshakes
         old = connector.current(GATEWAY_ID)
-        with trio.fail_after(_STEP_TIMEOUT_S):
-            check = await gateway.suspend()
-            if not check:
-                self.out(f"  cannot go idle: {check.reason}")
-                return
-            self.out("  going_idle sent; the connector acked and now buffers this gateway's mail")
-            if old is not None:
-                await connector.wait_for(lambda: not old.open)
-            self.out("  socket closed 1000; the gateway is dormant (re-dials every 1 s)")
-
-            def delivered(delivery: Delivery) -> None:
-                where = "" if self.scripted else f" ({delivery.buffer_id})"
-                self.out(f"  {self.user}: {text!r} -> {delivery.outcome} at the connector{where}")
-
-            said = await harness.say(text, user=self.user, on_delivered=delivered)
+        check = await gateway.suspend()
+        if not check:
+            self.out(f"  cannot go idle: {check.reason}")
+            return
+        self.out("  going_idle sent; the connector acked and now buffers this gateway's mail")
+        if old is not None:
+            await connector.wait_for(lambda: not old.open)
             self.out(
-                f"  gateway re-dialed (handshake #{gateway.supervisor.stats.handshakes}, "
-                f"was #{before}); the connector replayed its buffer:"
+                f"  socket closed {old.close_code} ({old.close_reason}); the gateway is dormant "
+                "(re-dials every 1 s)"
             )
-            self._show(said)
-            await connector.wait_for(lambda: not connector.is_buffered_only(GATEWAY_ID))
+
+        def delivered(delivery: Delivery) -> None:
+            where = "" if self.scripted else f" ({delivery.buffer_id})"
+            self.out(f"  {self.user}: {text!r} -> {delivery.outcome} at the connector{where}")
+
+        said = await harness.say(text, user=self.user, on_delivered=delivered)
+        self.out(
+            f"  gateway re-dialed (handshake #{gateway.supervisor.stats.handshakes}, "
+            f"was #{before}); the connector replayed its buffer:"
+        )
+        self._show(said)
+        await connector.wait_for(lambda: not connector.is_buffered_only(GATEWAY_ID))
         self.out("  buffer drained; the connector is back to live delivery")
 
     # ------------------------------------------------------------------ output

@@ -36,13 +36,17 @@ async def test_help_usage_errors_and_user_switching() -> None:
 
 
 async def test_interactive_mode_shows_real_values_and_the_states_of_a_drop() -> None:
-    out = await run_lines(["/drop"], scripted=False)
+    out = await run_lines(["/drop", "/idle"], scripted=False)
     banner = "\n".join(out[:6])
     assert "<port>" not in banner and "$INVITE" not in banner
     assert "ws://127.0.0.1:" in banner
-    states = next(line for line in out if line.startswith("  states seen: "))
-    seen = states.removeprefix("  states seen: ").split(" -> ")
+    drop, idle = [line for line in out if line.startswith("  states seen: ")]
+    seen = drop.removeprefix("  states seen: ").split(" -> ")
     assert seen[0] == "ready" and seen[-1] == "ready" and len(seen) >= 3
+    seen = idle.removeprefix("  states seen: ").split(" -> ")
+    assert seen[:2] == ["ready", "idle_requested"] and seen[-1] == "ready"
+    assert any(line.startswith("  socket closed 1000 (going idle)") for line in out)
+    assert any(" -> buffered at the connector (buf-" in line for line in out)
 
 
 async def test_invite_placeholder_is_replaced_by_the_code() -> None:
