@@ -33,7 +33,7 @@ __all__ = [
 UPGRADE_TOKEN_TTL_S = 300
 
 _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
-_EXP = re.compile(r"0|[1-9][0-9]*")
+_EXP = re.compile(r"0|[1-9][0-9]{0,18}")  # at most 19 digits: no huge-int parsing
 _SIG_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 

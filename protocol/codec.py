@@ -181,6 +181,11 @@ def _unstructure_source(s: SessionSource) -> JSONDict:
     return out
 
 
+def _message_type(value: Any) -> str:
+    """A v1 ``message_type``; anything else (including non-text) reads as ``text``."""
+    return value if type(value) is str and value in MESSAGE_TYPES else "text"
+
+
 def _media_urls(d: Mapping[str, Any]) -> tuple[str, ...]:
     value = d.get("media_urls")
     if not value:
@@ -204,7 +209,7 @@ def _structure_event(obj: Any, _: Any = None, *, via_relay: bool = False) -> Mes
         media = get("media_urls")
         return MessageEvent(
             text,
-            message_type if message_type in MESSAGE_TYPES else "text",
+            _message_type(message_type),
             _structure_source(get("source")),
             message_id,
             reply_to,
@@ -215,7 +220,7 @@ def _structure_event(obj: Any, _: Any = None, *, via_relay: bool = False) -> Mes
     message_type = d.get("message_type")
     return MessageEvent(
         text=_opt_str(d, "text", w) or "",
-        message_type=message_type if message_type in MESSAGE_TYPES else "text",
+        message_type=_message_type(message_type),
         source=_structure_source(d.get("source")),
         message_id=_opt_str(d, "message_id", w),
         reply_to_message_id=_opt_str(d, "reply_to_message_id", w),
@@ -681,6 +686,13 @@ def decode_object(obj: Any) -> Frame | FrameError:
             f"relay: dropping {frame_type} frame ({exc.field}: {exc.problem})",
             frame_type,
             exc.field,
+        )
+    except Exception as exc:  # one frame must never end the reader (RC §2, R7)
+        log.exception("relay: decoder failed on a %s frame", frame_type)
+        return FrameError(
+            "malformed",
+            f"relay: skipping malformed frame ({frame_type}: {type(exc).__name__}: {exc})",
+            frame_type,
         )
     return frame
 

@@ -366,12 +366,14 @@ class ConnectionMachine:
     def _failed(self) -> list[Action]:
         """A dial failed or a connection ended before it proved stable: climb the ladder."""
         self._count_failure()
+        self.expired_retry = False
         return self._redial()
 
     def _dropped(self) -> list[Action]:
         """A connection that may have been READY ended (not by 4401)."""
         if not self.stable:
             self._count_failure()
+        self.expired_retry = False
         return self._redial()
 
     def _disable(self) -> list[Action]:
@@ -391,6 +393,9 @@ class ConnectionMachine:
         if reason == "expired":
             self._count_failure()
             if self.expired_retry:
+                # Two in a row: the clock is suspect. Wait on the ladder; the dial after that
+                # is not an expired re-dial any more, so a third `expired` re-dials at once.
+                self.expired_retry = False
                 return [Log("warning", CLOCK_SKEW_MESSAGE), *self._redial()]
             self.expired_retry = True
             return self._redial(immediate=True)

@@ -261,3 +261,15 @@ def test_R36_empty_secrets_in_the_list_are_skipped() -> None:
     token = make_token("gw-instance-1", SECONDARY, now=NOW)
     assert verify_token(token, ["", S, "", SECONDARY], now=NOW) == "gw-instance-1"
     assert verify_token(token, iter([S, SECONDARY]), now=NOW) == "gw-instance-1"
+
+
+def test_R35_expiry_too_long_to_be_a_time_is_rejected_without_raising() -> None:
+    # CPython refuses int() of > 4300 digits; a hostile token must not reach that.
+    huge = (
+        base64.urlsafe_b64encode(("gw:" + "1" * 5000 + ":" + "a" * 64).encode())
+        .decode()
+        .rstrip("=")
+    )
+    assert verify_token(huge, [S]) is None
+    twenty = base64.urlsafe_b64encode(("gw:" + "1" * 20 + ":" + "a" * 64).encode()).decode()
+    assert verify_token(twenty.rstrip("="), [S]) is None

@@ -378,12 +378,29 @@ def test_R52_expired_redials_at_once_then_ladder_with_skew_warning() -> None:
     actions = m.handle(SocketClosed(4401, "expired"))
     assert m.state is State.BACKOFF
     assert any(isinstance(a, Log) and a.level == "warning" for a in actions)
-    # It never disables, however often it repeats.
+    # It never disables, however often it repeats; a dial made after the ladder wait is not
+    # an expired re-dial, so the next `expired` re-dials at once and the one after that waits.
     for _ in range(3):
         m.handle(TimerExpired(Timer.BACKOFF))
         m.handle(DialSucceeded())
+        assert m.handle(SocketClosed(4401, "expired"))[-1] == OpenSocket()
+        m.handle(DialSucceeded())
         m.handle(SocketClosed(4401, "expired"))
         assert m.state is State.BACKOFF
+
+
+def test_R52_expired_mark_does_not_survive_a_failed_dial() -> None:
+    m = machine()
+    ready(m)
+    m.handle(SocketClosed(4401, "expired"))  # immediate re-dial, marked
+    m.handle(DialFailed("connection refused"))  # that re-dial fails on the network
+    assert m.state is State.BACKOFF
+    m.handle(TimerExpired(Timer.BACKOFF))
+    m.handle(DialSucceeded())
+    actions = m.handle(SocketClosed(4401, "expired"))
+    # The previous dial was a ladder dial, not the expired re-dial: no skew warning, at once.
+    assert not any(isinstance(a, Log) for a in actions)
+    assert actions[-1] == OpenSocket()
 
 
 def test_R52_expired_mark_clears_after_a_successful_handshake() -> None:
