@@ -119,9 +119,6 @@ async def test_a_custom_evaluator_decides() -> None:
     assert seen[0].delivered_via_relay
 
 
-# The gateway's TCP socket is not closed after the peer aborts it (transport leak, reported);
-# the warning it raises at garbage collection is not what this test is about.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_drop_reconnects_and_nothing_is_lost() -> None:
     async with open_harness(echo) as harness:
         await harness.say("before", user="telegram:9")
