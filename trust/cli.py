@@ -13,13 +13,12 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 
 from trust.functions import import_co
-from trust.identity import DEFAULT_CANONICALIZER
 from trust.ops import TrustOps, format_client
 from trust.policy import (
     FORMAT_065,
@@ -30,12 +29,16 @@ from trust.policy import (
     load_preset,
     preset_text,
 )
-from trust.records import StoreError, TrustOpError
-from trust.store.base import ClientStore
+from trust.records import AuditTier, StoreError, TrustOpError
+
+if TYPE_CHECKING:
+    from trust.engine import TrustConfig
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
 EXIT_USAGE: Final = 2
+OPERATOR: Final[AuditTier] = "operator"
+"""The CLI's tier: the local operator, whom no policy's ``disable`` list binds."""
 
 
 def local_actor() -> str:
@@ -58,14 +61,16 @@ def _err(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-async def _open(args: argparse.Namespace) -> ClientStore:
-    from trust.engine import TrustConfig, open_store
+def _config(args: argparse.Namespace) -> TrustConfig:
+    """The environment's trust settings; an explicit ``--state-dir`` or ``--dsn`` wins
+    over both ``RELAY_STATE_DIR`` and ``RELAY_TRUST_DSN``."""
+    from trust.engine import TrustConfig
 
-    return await open_store(
-        TrustConfig.from_env(
-            **{k: v for k, v in (("state_dir", args.state_dir), ("dsn", args.dsn)) if v}
-        )
-    )
+    if args.dsn:
+        return TrustConfig.from_env(dsn=args.dsn)
+    if args.state_dir:
+        return TrustConfig.from_env(state_dir=args.state_dir, dsn=None)
+    return TrustConfig.from_env()
 
 
 def _with_store(
@@ -75,9 +80,12 @@ def _with_store(
 
     def run(args: argparse.Namespace) -> int:
         async def main() -> None:
-            store = await _open(args)
+            from trust.engine import open_store
+
+            config = _config(args)  # its canonicalizer: RELAY_TRUST_CASEFOLD_PLATFORMS (T5)
+            store = await open_store(config)
             try:
-                await body(args, TrustOps(store, None, DEFAULT_CANONICALIZER), local_actor())
+                await body(args, TrustOps(store, None, config.canonicalizer), local_actor())
             finally:
                 await store.aclose()
 
@@ -116,52 +124,57 @@ async def _list(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
 
 
 async def _show(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
-    result = await ops.level(args.id, actor)
+    result = await ops.level(args.id, actor, tier=OPERATOR)
     _out(args, result.message, _client_json(result.client))
 
 
 async def _promote(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
-    result = await ops.promote(args.id, args.to, actor, args.reason)
+    result = await ops.promote(args.id, args.to, actor, args.reason, tier=OPERATOR)
     _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
 
 
 async def _demote(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
-    result = await ops.demote(args.id, args.to, actor, args.reason)
+    result = await ops.demote(args.id, args.to, actor, args.reason, tier=OPERATOR)
     _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
 
 
 async def _block(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
-    result = await ops.block(args.id, args.reason, actor)
+    result = await ops.block(args.id, args.reason, actor, tier=OPERATOR)
     _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
 
 
 async def _unblock(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
-    result = await ops.unblock(args.id, actor)
+    result = await ops.unblock(args.id, actor, tier=OPERATOR)
     _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
 
 
 async def _admin(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
     if args.admin_op == "set":
-        result = await ops.set_admin(args.id, actor)
+        result = await ops.set_admin(args.id, actor, tier=OPERATOR)
     else:
-        result = await ops.remove_admin(args.id, actor)
+        result = await ops.remove_admin(args.id, actor, tier=OPERATOR)
     _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
 
 
 async def _audit(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
-    result, rows = await ops.audit(args.client, actor, args.limit)
+    result, rows = await ops.audit(args.client, actor, args.limit, tier=OPERATOR)
     _out(args, result.message, [attrs.asdict(r) for r in rows])
 
 
 async def _revert(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
-    result = await ops.revert(args.audit_id, actor)
+    result = await ops.revert(args.audit_id, actor, tier=OPERATOR)
     _out(args, result.message, {"message": result.message, "audit_id": result.audit_id})
 
 
 async def _invite(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
     if args.invite_op == "create":
         created = await ops.create_invite(
-            actor, max_uses=args.max_uses, expires_in=args.expires, note=args.note, code=args.code
+            actor,
+            tier=OPERATOR,
+            max_uses=args.max_uses,
+            expires_in=args.expires,
+            note=args.note,
+            code=args.code,
         )
         inv = created.invite
         expiry = "never" if inv.expires_at is None else f"at {inv.expires_at} ms"
@@ -195,7 +208,7 @@ async def _invite(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
         ]
         _out(args, "\n".join(lines) or "no invites", data)
     else:
-        result = await ops.revoke_invite(args.invite_id, actor)
+        result = await ops.revoke_invite(args.invite_id, actor, tier=OPERATOR)
         _out(args, result.message, {"message": result.message})
 
 

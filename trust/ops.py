@@ -1,10 +1,12 @@
 """The fixed trust operations of TR §8: one implementation behind the API, the CLI and chat.
 
-Authority (T65): everything but verify needs an admin or the local operator. The local
-operator (``local:<OS user>``, ``config``, ``import:<dir>``) acts with tier ``operator``
-and is never bound by a policy's ``disable`` list (it owns the policy file); an admin acts
-with tier ``admin``, its role re-read in the operation's transaction, and is bound by it
-(T67). Operations answer one clear line; refusals are :class:`TrustOpError`.
+Authority (T65): everything but verify needs an admin or the local operator. The tier is
+a property of the entry point, never of the actor's spelling: the CLI, the import and the
+bootstrap act as ``operator`` and are never bound by a policy's ``disable`` list (the
+operator owns the policy file); chat and API callers act as ``admin`` (the default), the
+role re-read in the operation's transaction and bound by ``disable`` (T67), even when the
+admin's platform happens to be called ``local`` or ``import``. Operations answer one clear
+line; refusals are :class:`TrustOpError`.
 """
 
 from __future__ import annotations
@@ -29,14 +31,6 @@ HELP: Final = (
     "/trust block ID REASON · /trust unblock ID · /trust admin set ID · "
     "/trust admin remove ID · /trust level ID · /trust audit [ID] · /trust help"
 )
-_OPERATOR_PREFIXES: Final = ("local:", "import:")
-
-
-def actor_tier(actor: str) -> AuditTier:
-    """``operator`` for the local operator's actors, else ``admin`` (a client id)."""
-    if actor == "config" or actor.startswith(_OPERATOR_PREFIXES):
-        return "operator"
-    return "admin"
 
 
 def format_audit(entry: AuditEntry) -> str:
@@ -107,9 +101,14 @@ class TrustOps:
             raise TrustOpError("not_authorized", f"{actor} is not an admin; {op} needs one")
 
     async def _atomic(
-        self, op_name: str, op: AtomicOp, typed: str, actor: str, reason: str | None
+        self,
+        op_name: str,
+        op: AtomicOp,
+        typed: str,
+        actor: str,
+        reason: str | None,
+        tier: AuditTier,
     ) -> OpResult:
-        tier = actor_tier(actor)
         self.check_enabled(op_name, tier)
         return await self.store.run_op(
             op, self.client_id(typed), actor=actor, tier=tier, reason=reason
@@ -118,46 +117,71 @@ class TrustOps:
     # --- the operations ----------------------------------------------------------------------
 
     async def promote(
-        self, client_id: str, to: str, actor: str, reason: str | None = None
+        self,
+        client_id: str,
+        to: str,
+        actor: str,
+        reason: str | None = None,
+        *,
+        tier: AuditTier = "admin",
     ) -> OpResult:
         """``promote ID --to contact|whitelist``: one step, never skipping a level."""
         target = _level(to)
         if target is Level.CONTACT:
-            return await self._atomic("promote", "promote_to_contact", client_id, actor, reason)
+            return await self._atomic(
+                "promote", "promote_to_contact", client_id, actor, reason, tier
+            )
         if target is Level.WHITELIST:
-            return await self._atomic("promote", "promote_to_whitelist", client_id, actor, reason)
+            return await self._atomic(
+                "promote", "promote_to_whitelist", client_id, actor, reason, tier
+            )
         raise TrustOpError("invalid_level", "promote --to takes contact or whitelist")
 
     async def demote(
-        self, client_id: str, to: str, actor: str, reason: str | None = None
+        self,
+        client_id: str,
+        to: str,
+        actor: str,
+        reason: str | None = None,
+        *,
+        tier: AuditTier = "admin",
     ) -> OpResult:
         """``demote ID --to contact|stranger``: one step."""
         target = _level(to)
         if target is Level.CONTACT:
-            return await self._atomic("demote", "demote_to_contact", client_id, actor, reason)
+            return await self._atomic("demote", "demote_to_contact", client_id, actor, reason, tier)
         if target is Level.STRANGER:
-            return await self._atomic("demote", "demote_to_stranger", client_id, actor, reason)
+            return await self._atomic(
+                "demote", "demote_to_stranger", client_id, actor, reason, tier
+            )
         raise TrustOpError("invalid_level", "demote --to takes contact or stranger")
 
-    async def block(self, client_id: str, reason: str, actor: str) -> OpResult:
+    async def block(
+        self, client_id: str, reason: str, actor: str, *, tier: AuditTier = "admin"
+    ) -> OpResult:
         """``block ID --reason R``."""
-        return await self._atomic("block", "block", client_id, actor, reason)
+        return await self._atomic("block", "block", client_id, actor, reason, tier)
 
-    async def unblock(self, client_id: str, actor: str, reason: str | None = None) -> OpResult:
+    async def unblock(
+        self, client_id: str, actor: str, reason: str | None = None, *, tier: AuditTier = "admin"
+    ) -> OpResult:
         """``unblock ID``."""
-        return await self._atomic("unblock", "unblock", client_id, actor, reason)
+        return await self._atomic("unblock", "unblock", client_id, actor, reason, tier)
 
-    async def set_admin(self, client_id: str, by_admin: str) -> OpResult:
+    async def set_admin(
+        self, client_id: str, by_admin: str, *, tier: AuditTier = "admin"
+    ) -> OpResult:
         """``admin set ID``; records ``by_admin`` (T69)."""
-        return await self._atomic("admin/set", "set_admin", client_id, by_admin, None)
+        return await self._atomic("admin/set", "set_admin", client_id, by_admin, None, tier)
 
-    async def remove_admin(self, client_id: str, by_admin: str) -> OpResult:
+    async def remove_admin(
+        self, client_id: str, by_admin: str, *, tier: AuditTier = "admin"
+    ) -> OpResult:
         """``admin remove ID``; never the last admin except by the local operator."""
-        return await self._atomic("admin/remove", "remove_admin", client_id, by_admin, None)
+        return await self._atomic("admin/remove", "remove_admin", client_id, by_admin, None, tier)
 
-    async def level(self, client_id: str, actor: str) -> OpResult:
+    async def level(self, client_id: str, actor: str, *, tier: AuditTier = "admin") -> OpResult:
         """``show ID`` / ``/trust level ID``."""
-        tier = actor_tier(actor)
         self.check_enabled("level", tier)
         cid = self.client_id(client_id)
         await self._check_admin("level", actor, tier, cid)
@@ -165,10 +189,9 @@ class TrustOps:
         return OpResult(format_client(rec), None, rec)
 
     async def audit(
-        self, client_id: str | None, actor: str, limit: int = 20
+        self, client_id: str | None, actor: str, limit: int = 20, *, tier: AuditTier = "admin"
     ) -> tuple[OpResult, list[AuditEntry]]:
         """``audit [--client ID] [--limit N]``: newest first."""
-        tier = actor_tier(actor)
         self.check_enabled("audit", tier)
         cid = self.client_id(client_id) if client_id else None
         await self._check_admin("audit", actor, tier, cid)
@@ -178,9 +201,9 @@ class TrustOps:
         text = "\n".join(format_audit(r) for r in rows) or "no audit rows"
         return OpResult(text, None, None), rows
 
-    async def revert(self, audit_id: int, actor: str) -> OpResult:
+    async def revert(self, audit_id: int, actor: str, *, tier: AuditTier = "admin") -> OpResult:
         """``revert AUDIT_ID`` (TR §3)."""
-        return await self.store.revert(audit_id, actor=actor, tier=actor_tier(actor))
+        return await self.store.revert(audit_id, actor=actor, tier=tier)
 
     async def list_clients(
         self, *, level: str | None = None, admins: bool = False, blocked: bool = False
@@ -194,6 +217,7 @@ class TrustOps:
         self,
         actor: str,
         *,
+        tier: AuditTier = "admin",
         max_uses: int = 1,
         expires_in: str | None = "7d",
         note: str | None = None,
@@ -203,7 +227,7 @@ class TrustOps:
         return await create_invite(
             self.store,
             by=actor,
-            tier=actor_tier(actor),
+            tier=tier,
             max_uses=max_uses,
             expires_in=expires_in,
             note=note,
@@ -214,9 +238,11 @@ class TrustOps:
         """``invite list``: ids, uses, expiry; never a code."""
         return await self.store.list_invites()
 
-    async def revoke_invite(self, invite_id: str, actor: str) -> OpResult:
+    async def revoke_invite(
+        self, invite_id: str, actor: str, *, tier: AuditTier = "admin"
+    ) -> OpResult:
         """``invite revoke ID``."""
-        text = await revoke_invite(self.store, invite_id, by=actor, tier=actor_tier(actor))
+        text = await revoke_invite(self.store, invite_id, by=actor, tier=tier)
         return OpResult(text, None, None)
 
     # --- chat --------------------------------------------------------------------------------

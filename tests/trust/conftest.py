@@ -103,3 +103,17 @@ async def store(
     opened = await open_store(backend, tmp_path, wall)
     yield opened
     await opened.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _no_trust_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust tests never pick up the developer's or CI's trust settings (a RELAY_TRUST_DSN
+    in the environment would otherwise send the CLI tests to PostgreSQL)."""
+    for name in (
+        "RELAY_TRUST",
+        "RELAY_TRUST_DSN",
+        "RELAY_STATE_DIR",
+        "RELAY_TRUST_CASEFOLD_PLATFORMS",
+        "RELAY_TRUST_BOOTSTRAP_ADMINS",
+    ):
+        monkeypatch.delenv(name, raising=False)

@@ -478,7 +478,7 @@ async def test_T67_strict_refuses_invites_and_disable_binds_admins_not_operator(
         out = await engine.evaluate(msg("/trust block discord:72 spam", uid="71"))
         assert out.reply == "disabled: 'block' is disabled by policy 'nob'"
         # The local operator owns the policy file: not bound.
-        await engine.ops.block("discord:72", "spam", OP)
+        await engine.ops.block("discord:72", "spam", OP, tier="operator")
     assert (await db.get("discord:72")).blocked
 
 

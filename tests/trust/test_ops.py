@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trust.ops import TrustOps, actor_tier
+from trust.ops import TrustOps
 from trust.policy import Policy, load_preset
 from trust.records import TrustOpError
 from trust.store import SqlClientStore
@@ -12,13 +12,20 @@ from trust.store import SqlClientStore
 OP = "local:alice"
 
 
-def test_actor_tiers() -> None:
-    assert [actor_tier(a) for a in (OP, "config", "import:/x", "discord:1")] == [
-        "operator",
-        "operator",
-        "operator",
-        "admin",
-    ]
+async def test_T67_tier_comes_from_the_caller_not_the_actor_spelling(
+    store: SqlClientStore,
+) -> None:
+    policy = Policy.from_text("---\nname: locked\ndisable: [block]\ndefault: deny\n---\n")
+    ops = TrustOps(store, policy)
+    await ops.set_admin("local:bob", OP, tier="operator")
+    with pytest.raises(TrustOpError) as info:  # an admin on platform 'local' is an admin
+        await ops.block("discord:2", "spam", "local:bob")
+    assert info.value.code == "disabled"
+    with pytest.raises(TrustOpError) as info:
+        await ops.block("discord:2", "spam", "import:/x")  # not an admin at all
+    assert info.value.code in ("disabled", "not_authorized")
+    result = await ops.block("discord:2", "spam", OP, tier="operator")
+    assert result.message.startswith("discord:2 blocked")
 
 
 @pytest.mark.parametrize("preset", ["open", "careful", "strict"])
@@ -26,7 +33,7 @@ async def test_T64_every_operation_exists_on_the_api_under_every_preset(
     store: SqlClientStore, preset: str
 ) -> None:
     ops = TrustOps(store, load_preset(preset))
-    await ops.set_admin("discord:1", OP)
+    await ops.set_admin("discord:1", OP, tier="operator")
     admin = "discord:1"
     results = [
         await ops.promote("discord:2", "contact", admin),
@@ -42,10 +49,10 @@ async def test_T64_every_operation_exists_on_the_api_under_every_preset(
     assert all(r.message for r in results)
     audit, rows = await ops.audit("discord:2", admin)
     assert len(rows) == 8 and audit.message.startswith(f"#{rows[0].id} remove_admin discord:2")
-    created = await ops.create_invite(OP)
+    created = await ops.create_invite(OP, tier="operator")
     assert [i.invite_id for i in await ops.list_invites()] == [created.invite_id]
-    await ops.revoke_invite(created.invite_id, OP)
-    await ops.revert(rows[0].id, OP)
+    await ops.revoke_invite(created.invite_id, OP, tier="operator")
+    await ops.revert(rows[0].id, OP, tier="operator")
     assert (await store.get("discord:2")).is_admin
 
 
@@ -77,7 +84,7 @@ async def test_T67_disable_binds_admin_api_not_the_operator(store: SqlClientStor
         "---\nname: locked\ndisable: [block, admin/set]\ndefault: deny\n---\n"
     )
     ops = TrustOps(store, policy)
-    await ops.set_admin("discord:1", OP)  # the operator is not bound
+    await ops.set_admin("discord:1", OP, tier="operator")  # the operator is not bound
     for call in (
         ops.block("discord:2", "spam", "discord:1"),
         ops.set_admin("discord:3", "discord:1"),
@@ -93,16 +100,16 @@ async def test_T67_disable_binds_admin_api_not_the_operator(store: SqlClientStor
 async def test_typed_ids_and_levels_are_checked(store: SqlClientStore) -> None:
     ops = TrustOps(store)
     for call, code in (
-        (ops.block("nocolon", "x", OP), "invalid_client_id"),
-        (ops.block("anonymous", "x", OP), "anonymous"),
-        (ops.promote("discord:1", "stranger", OP), "invalid_level"),
-        (ops.demote("discord:1", "whitelist", OP), "invalid_level"),
-        (ops.promote("discord:1", "boss", OP), "invalid_level"),
-        (ops.block("discord:abc", "x", OP), "invalid_client_id"),
+        (ops.block("nocolon", "x", OP, tier="operator"), "invalid_client_id"),
+        (ops.block("anonymous", "x", OP, tier="operator"), "anonymous"),
+        (ops.promote("discord:1", "stranger", OP, tier="operator"), "invalid_level"),
+        (ops.demote("discord:1", "whitelist", OP, tier="operator"), "invalid_level"),
+        (ops.promote("discord:1", "boss", OP, tier="operator"), "invalid_level"),
+        (ops.block("discord:abc", "x", OP, tier="operator"), "invalid_client_id"),
     ):
         with pytest.raises(TrustOpError) as info:
             await call
         assert info.value.code == code
     assert await store.list_clients() == []
-    result = await ops.promote("Discord: 007", "contact", OP)
+    result = await ops.promote("Discord: 007", "contact", OP, tier="operator")
     assert result.message.startswith("discord:7 promoted: stranger → contact")
