@@ -265,10 +265,14 @@ class RelaySocket:
             except ConnectionClosed as exc:
                 return self.end_from(exc.reason)
             self.last_seen = trio.current_time()
-            if isinstance(message, str):
-                items = decoder.feed_text(message)
-            else:
-                items = decoder.feed_bytes(message)
+            try:
+                if isinstance(message, str):
+                    items = decoder.feed_text(message)
+                else:
+                    items = decoder.feed_bytes(message)
+            except Exception:
+                log.exception("relay: error while decoding a message; reader continues")
+                continue
             for item in items:
                 if not isinstance(item, FrameError):
                     self.frames_in += 1
