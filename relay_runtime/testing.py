@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_USER", "Harness", "Said", "open_harness", "parse_user"]
 
 DEFAULT_USER: Final = "relay:tester"
 GATEWAY_ID: Final = "gw-harness"
-#: Operator actor used to set up trust levels (an audit row names it).
+#: The actor that sets up trust levels, acting as the local operator (audit rows name it).
 OPERATOR: Final = "local:harness"
 SAY_TIMEOUT_S: Final = 10.0
 #: Bound on the going_idle drain when the harness closes.
@@ -186,15 +186,15 @@ class Harness:
             raise ValueError(f"level {level!r}: expected contact or whitelist")
         steps = ("contact", "whitelist") if level == "whitelist" else ("contact",)
         for step in steps:
-            await _unless_done(self._ops().promote(user, step, OPERATOR))
+            await _unless_done(self._ops().promote(user, step, OPERATOR, tier="operator"))
 
     async def make_admin(self, user: str) -> None:
         """Give ``user`` the admin role as the operator (no-op if already an admin)."""
-        await _unless_done(self._ops().set_admin(user, OPERATOR))
+        await _unless_done(self._ops().set_admin(user, OPERATOR, tier="operator"))
 
     async def create_invite(self, *, max_uses: int = 1) -> str:
         """A new invite code (what ``/invite CODE`` accepts under ``careful``)."""
-        created = await self._ops().create_invite(OPERATOR, max_uses=max_uses)
+        created = await self._ops().create_invite(OPERATOR, max_uses=max_uses, tier="operator")
         return str(created.code)
 
     def _ops(self) -> Any:
