@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
@@ -106,6 +107,11 @@ def demo_command(args: argparse.Namespace) -> int:
         trio.run(demo.run, lines, args.state_dir)
     except KeyboardInterrupt:
         _stdout("bye")
+    except BaseExceptionGroup as group:
+        if group.subgroup(BrokenPipeError) is None or group.split(BrokenPipeError)[1]:
+            raise
+        # The reader of stdout went away (e.g. `| head`): nothing more to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
