@@ -636,6 +636,10 @@ class ReferenceConnector:
             # trio-websocket #184: a ping answered while our close is in flight escapes the
             # socket's reader task. The connection is over either way; the server goes on.
             log.warning("gateway socket ended in a close race: %s", group.exceptions[0])
+        except* Exception as group:
+            # One client must never take the connector down: log, close that socket, go on.
+            log.error("error serving a gateway socket; closing it", exc_info=group)
+            await trio.aclose_forcefully(stream)
 
     async def _handle_socket(self, stream: trio.SocketStream) -> None:
         async with stream, trio.open_nursery() as ws_nursery:
@@ -718,10 +722,14 @@ class ReferenceConnector:
                         conn.close_code = exc.reason.code
                         conn.close_reason = exc.reason.reason
                     break
-                if isinstance(message, str):
-                    items = decoder.feed_text(message)
-                else:
-                    items = decoder.feed_bytes(message)
+                try:
+                    if isinstance(message, str):
+                        items = decoder.feed_text(message)
+                    else:
+                        items = decoder.feed_bytes(message)
+                except Exception:  # a decoder bug must not end the reader either (RC R7)
+                    log.exception("gateway %r: error decoding a message", conn.gateway_id)
+                    continue
                 for item in items:
                     await self._on_item(conn, item)
             nursery.cancel_scope.cancel()

@@ -1,0 +1,69 @@
+"""One client can never take the reference connector down (RC R7, per-connection containment)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from protocol.errors import FrameError
+from protocol.frames import DescriptorFrame, Frame
+from protocol.framing import FrameDecoder
+from relay_runtime.connector import ReferenceConnector
+
+from .peer import GATEWAY, SECRET, dial, good_headers
+
+LIMIT = 10
+
+
+async def start(nursery: trio.Nursery) -> ReferenceConnector:
+    connector = ReferenceConnector(secrets={GATEWAY: [SECRET]})
+    await nursery.start(connector.serve)
+    return connector
+
+
+async def test_R7_decoder_exception_does_not_end_the_connection(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_feed = FrameDecoder.feed_text
+
+    def feed_text(self: FrameDecoder, text: str) -> list[Frame | FrameError]:
+        if "POISON" in text:
+            raise RuntimeError("decoder bug")
+        return real_feed(self, text)
+
+    monkeypatch.setattr(FrameDecoder, "feed_text", feed_text)
+    connector = await start(nursery)
+    with trio.fail_after(LIMIT):
+        async with dial(connector.url, good_headers()) as peer:
+            await peer.ws.send_message("POISON\n")
+            await peer.hello("relay")
+            await peer.expect(DescriptorFrame)
+    assert [h.platform for h in connector.hellos] == ["relay"]
+
+
+async def test_an_exception_serving_one_socket_closes_it_and_the_connector_goes_on(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    connector = await start(nursery)
+    real_instance = connector._instance
+    calls = 0
+
+    def instance(gateway_id: str) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug after the upgrade")
+        return real_instance(gateway_id)
+
+    monkeypatch.setattr(connector, "_instance", instance)
+    with trio.fail_after(LIMIT):
+        async with dial(connector.url, good_headers()) as peer:
+            await peer.hello("relay")
+            with pytest.raises(ConnectionClosed):
+                await peer.expect(DescriptorFrame)
+        async with dial(connector.url, good_headers()) as peer:
+            await peer.hello("relay")
+            await peer.expect(DescriptorFrame)
+    assert calls >= 2
+    assert "bug after the upgrade" in caplog.text
