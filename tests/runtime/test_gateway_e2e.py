@@ -255,8 +255,10 @@ async def test_R45_outbox_of_a_previous_run_is_flushed_at_ready(tmp_path: Path) 
         assert await gateway.replies.db.count() == 0
 
 
-@pytest.mark.parametrize("seed", [7])
-async def test_chaos_1000_buffered_messages_each_answered_once(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "every"), [(7, 60), (11, 25)])
+async def test_chaos_1000_buffered_messages_each_answered_once(
+    tmp_path: Path, seed: int, every: int
+) -> None:
     """The connector drops the socket at seeded random points during a 1,000-message replay.
 
     Every message runs the agent exactly once, and gets exactly one reply: every reply the
@@ -291,7 +293,7 @@ async def test_chaos_1000_buffered_messages_each_answered_once(tmp_path: Path, s
     def replies_to_set() -> set[str]:
         return {m.content for m in connector.messages.values()}
 
-    connector.drop_randomly(random.Random(seed), every=60)
+    connector.drop_randomly(random.Random(seed), every=every)
     config = GatewayConfig(
         relay_url="ws://placeholder",
         gateway_id=GATEWAY_ID,
