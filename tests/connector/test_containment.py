@@ -11,7 +11,7 @@ from protocol.frames import DescriptorFrame, Frame
 from protocol.framing import FrameDecoder
 from relay_runtime.connector import ReferenceConnector
 
-from .peer import GATEWAY, SECRET, dial, good_headers
+from .peer import GATEWAY, SECRET, Peer, dial, good_headers
 
 LIMIT = 10
 
@@ -20,6 +20,11 @@ async def start(nursery: trio.Nursery) -> ReferenceConnector:
     connector = ReferenceConnector(secrets={GATEWAY: [SECRET]})
     await nursery.start(connector.serve)
     return connector
+
+
+async def handshake(peer: Peer) -> None:
+    await peer.hello("relay")
+    await peer.expect(DescriptorFrame)
 
 
 async def test_R7_decoder_exception_does_not_end_the_connection(
@@ -59,11 +64,9 @@ async def test_an_exception_serving_one_socket_closes_it_and_the_connector_goes_
     monkeypatch.setattr(connector, "_instance", instance)
     with trio.fail_after(LIMIT):
         async with dial(connector.url, good_headers()) as peer:
-            await peer.hello("relay")
             with pytest.raises(ConnectionClosed):
-                await peer.expect(DescriptorFrame)
+                await handshake(peer)
         async with dial(connector.url, good_headers()) as peer:
-            await peer.hello("relay")
-            await peer.expect(DescriptorFrame)
+            await handshake(peer)
     assert calls >= 2
     assert "bug after the upgrade" in caplog.text
