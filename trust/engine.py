@@ -76,6 +76,11 @@ AGENT_UNAVAILABLE: Final = "trust agent unavailable"
 AGENT_BUDGET: Final = "trust agent budget exhausted"
 BREAKER_FAILURES: Final = 3
 BREAKER_SKIP_S: Final = 60.0
+AUDIT_GAP_WAIT_S: Final = 30.0
+"""How long the tail waits for a skipped audit id to appear: PostgreSQL assigns ids at
+insert, so a transaction that commits late shows up below ids already seen (or never,
+when it rolled back)."""
+MAX_AUDIT_GAPS: Final = 10_000
 
 INVITE_OK_REPLY: Final = "Invite accepted. You are now a contact."
 INVITE_BAD_REPLY: Final = "That invite code was not accepted."
@@ -323,6 +328,12 @@ class TrustEngine:
         self._failures = 0
         self._skip_until = 0.0
         self._last_audit = 0
+        self._audit_gaps: dict[int, float] = {}  # missing audit id -> give up at (trio time)
+        # Invalidation generations: a view or verdict read while its client changed is used
+        # once but not cached (the tail may already have passed that change).
+        self._generation = 0
+        self._changed: OrderedDict[str, int] = OrderedDict()  # id -> generation of last change
+        self._forgotten = 0  # the newest generation evicted from _changed
         self._stats = StatsRecorder()
 
     # --- public -----------------------------------------------------------------------------
@@ -694,6 +705,7 @@ class TrustEngine:
         self._llm_hour = (hour, calls + 1)
         count.add(cid, now, agent=1)
         pending = self._inflight[cid] = _Consultation()
+        mark = self._generation
         try:
             request = ConsultRequest(
                 policy=self.policy,
@@ -720,7 +732,8 @@ class TrustEngine:
             self._failures = 0
             verdict = attrs.evolve(verdict, cached=False)
             pending.verdict = verdict
-            await self._keep_verdict(cid, verdict)
+            if not self._changed_since({cid}, mark):  # else the state moved meanwhile
+                await self._keep_verdict(cid, verdict)
             return verdict
         finally:
             pending.done.set()
@@ -736,11 +749,13 @@ class TrustEngine:
             if now < expires:
                 return verdict
             del self._verdicts[cid]
+        mark = self._generation
         row = await self.store.cache_get(cid, self.policy.digest)
         if row is None:
             return None
         verdict = AgentVerdict(allow=row.allow, reason=row.reason, cached=True)
-        self._verdicts[cid] = (verdict, row.expires_at)
+        if not self._changed_since({cid}, mark):
+            self._verdicts[cid] = (verdict, row.expires_at)
         return verdict
 
     async def _keep_verdict(self, cid: str, verdict: AgentVerdict) -> None:
@@ -784,7 +799,10 @@ class TrustEngine:
         if view is not None:
             self._views.move_to_end(key)
             return view
+        mark = self._generation
         view = await self.store.view(primary, secondary)
+        if self._changed_since(self._key_ids(key, view), mark):
+            return view
         self._views[key] = view
         for cid in self._key_ids(key, view):
             self._keys_by_id.setdefault(cid, set()).add(key)
@@ -807,13 +825,24 @@ class TrustEngine:
 
     def _invalidate(self, client_id: str) -> None:
         """Forget cached views and verdicts involving ``client_id`` (or its primary)."""
+        self._generation += 1
         ids = {client_id, self._bound.get(client_id, client_id)}
         for cid in ids:
+            self._changed[cid] = self._generation
+            self._changed.move_to_end(cid)
+            if len(self._changed) > self.config.cache_size:
+                _, self._forgotten = self._changed.popitem(last=False)
             for key in list(self._keys_by_id.get(cid, ())):
                 view = self._views.pop(key, None)
                 if view is not None:
                     self._unindex(key, view)
             self._verdicts.pop(cid, None)
+
+    def _changed_since(self, ids: set[str], mark: int) -> bool:
+        """Whether any of ``ids`` was invalidated after generation ``mark``."""
+        if self._forgotten > mark:
+            return True  # the record of what changed since is gone: assume it did
+        return any(self._changed.get(cid, 0) > mark for cid in ids)
 
     def _count(self, cid: str, stored: Counters | None, now: int) -> _Count:
         count = self._counts.get(cid)
@@ -844,12 +873,32 @@ class TrustEngine:
             self._counts = {k: v for k, v in self._counts.items() if v.pending is not None}
 
     async def tail(self) -> None:
-        """Drop views and verdicts of clients changed by any writer since the last look."""
-        changes = await self.store.changes_since(self._last_audit)
+        """Drop views and verdicts of clients changed by any writer since the last look.
+
+        Ids skipped over are remembered as gaps and looked for again until they appear or
+        :data:`AUDIT_GAP_WAIT_S` passes (a late commit on PostgreSQL, T20).
+        """
+        since = min(self._audit_gaps, default=self._last_audit + 1) - 1
+        since = min(since, self._last_audit)
+        changes = await self.store.changes_since(since)
+        now = trio.current_time()
         for audit_id, client_id in changes:
-            self._last_audit = max(self._last_audit, audit_id)
+            if audit_id <= self._last_audit:
+                if self._audit_gaps.pop(audit_id, None) is None:
+                    continue  # seen on an earlier look
+            else:
+                missing = range(self._last_audit + 1, audit_id)
+                if len(self._audit_gaps) + len(missing) <= MAX_AUDIT_GAPS:
+                    for gap in missing:
+                        self._audit_gaps[gap] = now + AUDIT_GAP_WAIT_S
+                else:
+                    log.warning("audit ids %s skipped untracked", missing)
+                self._last_audit = audit_id
             if client_id is not None:
                 self._invalidate(client_id)
+        for gap, give_up in list(self._audit_gaps.items()):
+            if now >= give_up:
+                del self._audit_gaps[gap]
 
     async def _every(self, interval: float, job: str) -> None:
         while True:

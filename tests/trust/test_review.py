@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from protocol.events import MessageEvent, SessionSource
 from tests.trust.conftest import WallClock
@@ -97,3 +99,111 @@ async def test_T67_local_platform_admin_in_chat_is_an_admin_not_the_operator(
     assert [c.client_id for c in await db.list_clients(admins=True)] == ["local:alice"]
     rows = await db.audit(None, 10)
     assert {r.tier for r in rows if r.actor == "local:alice"} == {"admin"}
+
+
+# --- 3. the audit tail sees a PostgreSQL commit that lands below ids already seen ---------
+
+
+@pytest.mark.postgres
+async def test_T20_late_commit_below_seen_ids_is_tailed_on_postgres(
+    pg_schema: str, wall: WallClock
+) -> None:
+    import psycopg
+
+    from tests.trust.conftest import PG_DSN
+    from trust.store import core, open_postgres_store
+    from trust.store.postgres import _PgTx
+
+    store = await open_postgres_store(PG_DSN, schema=pg_schema, clock=wall)
+    slow = psycopg.connect(PG_DSN, autocommit=True, options=f"-c search_path={pg_schema}")
+    try:
+        config = TrustConfig(policy="open", store=store, tail_interval_s=3600)
+        async with open_trust_engine(config) as engine:
+            assert (await engine.evaluate(msg(uid="42"))).decision.allow  # view cached
+            with slow.transaction():  # instance A's block: id assigned now, committed last
+                late = core.run_op(
+                    _PgTx(slow),
+                    "block",
+                    "discord:42",
+                    actor=OP,
+                    tier="operator",
+                    reason="abuse",
+                    now_ms=wall(),
+                )
+                early = await fn.promote_to_contact(store, "discord:7", actor=OP, tier="operator")
+                assert late.audit_id is not None and early.audit_id is not None
+                assert late.audit_id < early.audit_id
+                await engine.tail()  # sees the later id first
+                assert (await engine.evaluate(msg(uid="42"))).decision.allow
+            await engine.tail()
+            out = await engine.evaluate(msg(uid="42"))
+            assert (out.decision.allow, out.decision.reason) == (False, "blocked")
+            await engine.tail()  # the filled gap is not tracked any more
+            assert engine._audit_gaps == {}
+    finally:
+        slow.close()
+        await store.aclose()
+
+
+async def test_tail_gives_up_on_a_gap_that_never_fills(
+    db: SqlClientStore, mock_clock: trio.testing.MockClock
+) -> None:
+    async with open_trust_engine(TrustConfig(policy="open", store=db, tail_interval_s=3600)) as e:
+        await fn.promote_to_contact(db, "discord:1", actor=OP, tier="operator")
+        await db._call(  # a row after a hole: ids 2-4 never commit (rolled back elsewhere)
+            lambda tx: tx.run(
+                "INSERT INTO trust_audit (id, at, client_id, action, actor, tier) "
+                "VALUES (5, 0, 'discord:2', 'block', 'x', 'operator')"
+            )
+        )
+        await e.tail()
+        assert (e._last_audit, set(e._audit_gaps)) == (5, {2, 3, 4})
+        mock_clock.jump(29)
+        await e.tail()
+        assert set(e._audit_gaps) == {2, 3, 4}
+        mock_clock.jump(2)
+        await e.tail()
+        assert e._audit_gaps == {}
+
+
+# --- 4. a view read while the tail passed its change is not cached --------------------------
+
+
+class SlowView(SqlClientStore):
+    """A store whose ``view`` result arrives only when the test says so."""
+
+    release: trio.Event
+
+    async def view(self, primary: str, secondary: str | None) -> Any:
+        got = await super().view(primary, secondary)
+        await self.release.wait()
+        return got
+
+
+async def test_T20_view_read_racing_the_tail_is_used_once_not_cached(
+    tmp_path: Path, wall: WallClock
+) -> None:
+    base = await open_sqlite_store(tmp_path, clock=wall)
+    cli = await open_sqlite_store(tmp_path, clock=wall)
+    store = SlowView(base.backend, base.clock)
+    store.release = trio.Event()
+    try:
+        config = TrustConfig(policy="open", store=store, tail_interval_s=3600)
+        async with open_trust_engine(config) as engine:
+            first: list[bool] = []
+
+            async def evaluate() -> None:
+                first.append((await engine.evaluate(msg(uid="42"))).decision.allow)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(evaluate)
+                await trio.testing.wait_all_tasks_blocked()
+                await fn.block(cli, "discord:42", "abuse", actor=OP, tier="operator")
+                await engine.tail()  # the block is seen while the read is in flight
+                store.release.set()
+            assert first == [True]  # that message was read before the block
+            out = await engine.evaluate(msg(uid="42"))
+            assert (out.decision.allow, out.decision.reason) == (False, "blocked")
+    finally:
+        await cli.aclose()
+        await base.aclose()
