@@ -128,9 +128,6 @@ async def test_config_error_before_any_dial(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-# The dial refused with HTTP 401 leaves one client socket to the garbage collector (seen in
-# the supervisor's dial path, not in the gateway); reported, ignored here.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_relay_disabled_is_raised_plainly(tmp_path: Path) -> None:
     secret = pysecrets.token_urlsafe(32)
     connector = ReferenceConnector(secrets={GATEWAY_ID: secret})
