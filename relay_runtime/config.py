@@ -119,6 +119,8 @@ def _nonempty_text(raw: object, label: str) -> str:
 def _bool(raw: object, label: str) -> bool:
     if isinstance(raw, bool):
         return raw
+    if isinstance(raw, int) and raw in (0, 1):  # a YAML 1/0 (RC §10 lists them as booleans)
+        return raw == 1
     if isinstance(raw, str):
         token = raw.strip().lower()
         if token in _TRUE:
@@ -530,7 +532,8 @@ class GatewayConfig:
         if state_dir is None:
             state_dir = default_state_dir(env)
         dotenv_path = Path(state_dir) / ENV_FILE_NAME
-        if use_env_file and dotenv_path.is_file():
+        state_label = _label_of(_BY_FIELD["state_dir"], sources) or "RELAY_STATE_DIR"
+        if use_env_file and _is_file(dotenv_path, state_label):
             sources = attrs.evolve(
                 sources, dotenv=read_env_file(dotenv_path), dotenv_label=os.fspath(dotenv_path)
             )
@@ -646,7 +649,8 @@ def _resolve(var: _Var, sources: _Sources) -> Any:
     if len(found) > 1 and found[0][1] != found[1][1]:
         raise ConfigError(
             f"{found[0][0]} / {found[1][0]}",
-            f"the two spellings differ ({found[0][1]!r} vs {found[1][1]!r}); keep one",
+            f"the two spellings differ ({_display(found[0][1], secret=var.secret)} vs "
+            f"{_display(found[1][1], secret=var.secret)}); keep one",
         )
     return found[0][1]
 
@@ -724,8 +728,25 @@ def _cross_check(values: Mapping[str, object], label: Callable[[str], str]) -> N
         )
 
 
+def _is_file(path: Path, label: str) -> bool:
+    """``path.is_file()``, with an unreadable parent reported as a :class:`ConfigError`."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(label, f"cannot look at {os.fspath(path)!r} ({exc.strerror})") from None
+
+
 def _check_state_dir(path: Path, label: str) -> None:
     """The state directory exists and is writable, or could be created (nothing is created)."""
+    try:
+        _check_state_dir_access(path, label)
+    except OSError as exc:  # e.g. a parent directory we may not search
+        raise ConfigError(
+            label, f"{os.fspath(path)!r} cannot be used ({exc.strerror or exc})"
+        ) from None
+
+
+def _check_state_dir_access(path: Path, label: str) -> None:
     probe = path
     while not probe.exists():
         if probe.parent == probe:

@@ -121,10 +121,11 @@ class EnrollResult:
 def open_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """An ``AsyncClient`` set up for control-plane calls (use it with ``async with``).
 
-    TLS verified, redirects not followed. The deadline is not httpx's: each call wraps
+    TLS verified, redirects not followed. The deadline is not httpx's: httpx's own timeouts
+    are off (its 5 s default would beat a longer ``http_timeout_s``) and each call wraps
     itself in :func:`trio.fail_after` with the configured ``http_timeout_s``.
     """
-    return httpx.AsyncClient(follow_redirects=False, verify=True, transport=transport)
+    return httpx.AsyncClient(follow_redirects=False, verify=True, transport=transport, timeout=None)
 
 
 class _Unreachable(Exception):

@@ -144,17 +144,21 @@ async def run_enroll(args: argparse.Namespace) -> int:
                 client=client,
                 http_timeout_s=config.http_timeout_s,
             )
-        written = persist_enrollment(
-            config.state_dir, result, connector_url=args.connector_url or None
-        )
     except (ConfigError, _UsageError) as exc:
         _err(str(exc))
         return EXIT_USAGE
     except ControlError as exc:
         _err(str(exc))
         return EXIT_FAILURE
+    try:
+        written = persist_enrollment(
+            config.state_dir, result, connector_url=args.connector_url or None
+        )
+    except ControlError as exc:
+        _err(str(exc))
+        return EXIT_FAILURE
     except OSError as exc:
-        _err(f"could not write {config.state_dir / ENV_FILE_NAME}: {exc.strerror}")
+        _err(f"could not write {config.state_dir / ENV_FILE_NAME}: {exc.strerror or exc}")
         return EXIT_FAILURE
     print(f"Enrolled as {result.credentials.gateway_id}. Wrote {config.env_file}:")
     _print_pairs(written)

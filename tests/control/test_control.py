@@ -602,6 +602,29 @@ async def test_R84_configured_http_timeout_applies(
         assert late.errors[0][1] == "could not reach connector: timed out after 9 s"
 
 
+def test_R84_httpx_has_no_timeout_of_its_own() -> None:
+    # httpx's default 5 s read timeout would beat a configured http_timeout_s above 5 s.
+    client = open_client()
+    assert client.timeout == httpx.Timeout(None)
+
+
+async def test_R84_our_timeout_governs_a_real_silent_server(
+    start_app: StartApp, make_config: MakeConfig
+) -> None:
+    async def silent(request: HttpRequest) -> HttpResponse:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    server = await start_app(silent)
+    config = make_config(server.url, http_timeout_s=0.3)
+    async with open_client() as client:
+        start = trio.current_time()
+        result = await provision(config, IDENTITY_TOKEN, client)
+        elapsed = trio.current_time() - start
+    assert result.errors[0][1] == "could not reach connector: timed out after 0.3 s"
+    assert 0.3 <= elapsed < 2.0
+
+
 async def test_R84_redirects_are_not_followed(
     start_app: StartApp, plane: HttpServer, registry: ControlPlaneRegistry, make_config: MakeConfig
 ) -> None:
