@@ -207,3 +207,34 @@ async def test_T20_view_read_racing_the_tail_is_used_once_not_cached(
     finally:
         await cli.aclose()
         await base.aclose()
+
+
+# --- 5. PostgreSQL connections that died are replaced ---------------------------------------
+
+
+@pytest.mark.postgres
+async def test_postgres_store_survives_pg_terminate_backend(
+    pg_schema: str, wall: WallClock
+) -> None:
+    import psycopg
+
+    from tests.trust.conftest import PG_DSN
+    from trust.store import open_postgres_store
+    from trust.store.postgres import PostgresBackend
+
+    store = await open_postgres_store(PG_DSN, schema=pg_schema, clock=wall)
+    try:
+        backend = store.backend
+        assert isinstance(backend, PostgresBackend)
+        before = {c.info.backend_pid for c in backend._all}
+        with psycopg.connect(PG_DSN, autocommit=True) as admin:  # a restart, as seen by clients
+            for pid in before:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for n in range(3):
+            await store.get(f"discord:{n}")
+        result = await fn.block(store, "discord:3", "spam", actor=OP, tier="operator")
+        assert result.audit_id is not None
+        assert (await store.get("discord:3")).blocked
+        assert {c.info.backend_pid for c in backend._all} != before  # replaced, not reused
+    finally:
+        await store.aclose()

@@ -52,25 +52,58 @@ class PostgresBackend:
         self.limiter = trio.CapacityLimiter(size)
         self._idle: queue.LifoQueue[psycopg.Connection[tuple[object, ...]]] = queue.LifoQueue()
         self._all: list[psycopg.Connection[tuple[object, ...]]] = []
-        options = f"-c search_path={schema}" if schema else None
+        self._dsn = dsn
+        self._options = f"-c search_path={schema}" if schema else None
         try:
             for _ in range(size):
-                conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5, options=options)
+                conn = self._connect()
                 self._all.append(conn)
                 self._idle.put(conn)
         except psycopg.Error as exc:
             self.close()
             raise StoreError(f"trust store unavailable: {exc}") from exc
 
+    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        return self._psycopg.connect(
+            self._dsn, autocommit=True, connect_timeout=5, options=self._options
+        )
+
+    def _replace(
+        self, conn: psycopg.Connection[tuple[object, ...]]
+    ) -> psycopg.Connection[tuple[object, ...]]:
+        """A fresh connection in place of a closed or broken one (a restart, a failover,
+        ``pg_terminate_backend``); the dead one stays in the pool if connecting fails."""
+        try:
+            fresh = self._connect()
+        except self._psycopg.Error as exc:
+            raise StoreError(f"trust store unavailable: {exc}") from exc
+        conn.close()
+        self._all[self._all.index(conn)] = fresh
+        return fresh
+
     def run_tx(self, fn: Callable[[Tx], T], write: bool) -> T:
-        """See :meth:`trust.store.base.Backend.run_tx`."""
+        """See :meth:`trust.store.base.Backend.run_tx`.
+
+        A dead connection is replaced before use. A transaction whose connection dies
+        before its commit (the server rolled it back) runs once more on a fresh one; a
+        failure during the commit itself is not retried (it may have committed).
+        """
         psycopg = self._psycopg
         conn = self._idle.get_nowait()  # the limiter guarantees one is idle
         try:
-            if conn.broken or conn.closed:
-                raise StoreError("trust store connection lost")
-            with conn.transaction():
-                return fn(_PgTx(conn))
+            for attempt in (1, 2):
+                if conn.broken or conn.closed:
+                    conn = self._replace(conn)
+                committing = False
+                try:
+                    with conn.transaction():
+                        result = fn(_PgTx(conn))
+                        committing = True
+                    return result
+                except psycopg.OperationalError:
+                    if attempt == 2 or committing or not (conn.broken or conn.closed):
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
         except psycopg.errors.UniqueViolation as exc:
             raise StoreError(f"trust store conflict: {exc}") from exc
         except psycopg.Error as exc:
