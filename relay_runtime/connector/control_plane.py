@@ -229,13 +229,29 @@ async def _respond(conn: h11.Connection, stream: trio.SocketStream, response: Ht
 
 
 @attrs.define
+class _Secret:
+    value: str
+    # When a newer secret replaced this one; the rotation window counts from here.
+    superseded_at: float | None = None
+
+
+@attrs.define
+class _Burst:
+    """One boot's provision calls: the identities served with the current secret so far."""
+
+    identities: set[Identity]
+    last_at: float
+
+
+@attrs.define
 class GatewayRecord:
     """What the connector knows about one gateway."""
 
     gateway_id: str
     tenant: str
-    # (secret, issued_at), newest first.
-    secrets: list[tuple[str, float]] = attrs.field(factory=list, repr=False)
+    # Newest (the primary) first.
+    secrets: list[_Secret] = attrs.field(factory=list, repr=False)
+    burst: _Burst | None = attrs.field(default=None, repr=False)
     identities: list[Identity] = attrs.field(factory=list)
     route_keys: tuple[str, ...] = ()
     endpoint: str = ""
@@ -255,13 +271,18 @@ class ControlPlaneRegistry:
     """The reference connector's gateway records, shared by its HTTP and WebSocket sides.
 
     ``identity_tokens`` maps an accepted identity bearer to its tenant (the stand-in for an
-    identity provider). Each provision or enroll mints a new secret; older secrets stay
-    valid for ``rotation_window_s`` (so a multi-identity boot's responses all verify, and a
-    restarted instance overlaps the previous one). ``clock`` is injectable for tests.
+    identity provider). Each enroll, and each boot's provisioning, mints a new secret; the
+    secret it replaces stays valid for ``rotation_window_s`` after being *superseded* (so a
+    restarted instance overlaps the previous one). The provision calls of one boot (one per
+    identity, back to back, RC §9) all get the same secret, since the gateway keeps the first
+    response's: a call starts a new burst when its identity was already served in the current
+    one (a new boot) or when ``provision_burst_s`` passed since the burst's last call.
+    ``clock`` is injectable for tests.
     """
 
     identity_tokens: dict[str, str] = attrs.field(factory=dict, repr=False)
     rotation_window_s: float = 900.0
+    provision_burst_s: float = 60.0
     accept_wake_url_on_enroll: bool = True
     clock: Callable[[], float] = time.time
     gateways: dict[str, GatewayRecord] = attrs.field(factory=dict)
@@ -285,7 +306,7 @@ class ControlPlaneRegistry:
     def pin_gateway(self, gateway_id: str, secret: str, *, tenant: str = "dev") -> GatewayRecord:
         """Register a gateway with an operator-chosen secret (a pinned deployment)."""
         record = self.record_for(gateway_id, tenant)
-        record.secrets.insert(0, (secret, self.clock()))
+        self._push(record, secret)
         return record
 
     def revoke(self, gateway_id: str) -> None:
@@ -293,6 +314,7 @@ class ControlPlaneRegistry:
         record = self.gateways.get(gateway_id)
         if record is not None:
             record.secrets.clear()
+            record.burst = None
 
     # ------------------------------------------------------------------ queries
 
@@ -302,7 +324,7 @@ class ControlPlaneRegistry:
         if record is None:
             return []
         self._expire(record)
-        return [secret for secret, _ in record.secrets]
+        return [secret.value for secret in record.secrets]
 
     def verify_bearer(self, token: str) -> str | None:
         """The gateway id a valid HMAC upgrade token belongs to, else ``None``."""
@@ -340,13 +362,38 @@ class ControlPlaneRegistry:
 
     def _expire(self, record: GatewayRecord) -> None:
         cutoff = self.clock() - self.rotation_window_s
-        record.secrets[1:] = [(s, at) for s, at in record.secrets[1:] if at >= cutoff]
+        record.secrets[1:] = [
+            s for s in record.secrets[1:] if s.superseded_at is None or s.superseded_at >= cutoff
+        ]
+
+    def _push(self, record: GatewayRecord, secret: str) -> None:
+        if record.secrets and record.secrets[0].superseded_at is None:
+            record.secrets[0].superseded_at = self.clock()
+        record.secrets.insert(0, _Secret(secret))
+        record.burst = None
+        self._expire(record)
 
     def mint_secret(self, record: GatewayRecord) -> str:
-        """A new primary secret for ``record``; older ones stay for the rotation window."""
+        """A new primary secret for ``record``; the one it replaces stays for the window."""
         secret = secrets.token_hex(32)
-        record.secrets.insert(0, (secret, self.clock()))
-        self._expire(record)
+        self._push(record, secret)
+        return secret
+
+    def provision_secret(self, record: GatewayRecord, identity: Identity) -> str:
+        """The secret for one provision call: the burst's current one, or a newly minted one."""
+        now = self.clock()
+        burst = record.burst
+        if (
+            burst is not None
+            and record.secrets
+            and identity not in burst.identities
+            and now - burst.last_at <= self.provision_burst_s
+        ):
+            burst.identities.add(identity)
+            burst.last_at = now
+            return record.secrets[0].value
+        secret = self.mint_secret(record)
+        record.burst = _Burst({identity}, now)
         return secret
 
     def delivery_key_for(self, tenant: str) -> str:
@@ -462,7 +509,7 @@ class ControlPlane:
         record.endpoint = endpoint
         if wake_url is not None:
             record.wake_urls[instance_id] = wake_url
-        secret = registry.mint_secret(record)
+        secret = registry.provision_secret(record, identity)
         return json_response(
             200,
             {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +13,9 @@ import trio
 import trio.testing
 
 from protocol.auth import make_token, make_upgrade_token, verify_token
+from relay_runtime.config import GatewayConfig
 from relay_runtime.connector.control_plane import (
+    ControlPlane,
     ControlPlaneRegistry,
     HttpRequest,
     HttpResponse,
@@ -19,6 +23,7 @@ from relay_runtime.connector.control_plane import (
     WakePoker,
 )
 from relay_runtime.connector.relevance import RelevancePolicy
+from relay_runtime.control import provision as gateway_provision
 
 from .conftest import IDENTITY_TOKEN, TENANT
 
@@ -79,19 +84,21 @@ async def test_provision_records_identities_and_the_instance_wake_url(
     assert registry.wake_url_for("gw-test", "i-1") == "https://wake.example/i-1"
     assert registry.wake_url_for("gw-test", "other") is None
     assert registry.wake_url_for("nobody") is None
-    # Both responses' secrets verify during the rotation window.
-    assert len(registry.secrets_for("gw-test")) == 2
+    # One boot's provision burst shares one secret (RC §9: the gateway keeps the first).
+    assert len(registry.secrets_for("gw-test")) == 1
 
 
-async def test_secret_rotation_window_expires_old_secrets() -> None:
+async def test_secret_rotation_window_counts_from_when_a_secret_was_superseded() -> None:
     now = [1000.0]
     registry = ControlPlaneRegistry(rotation_window_s=60, clock=lambda: now[0])
     record = registry.record_for("gw", TENANT)
     first = registry.mint_secret(record)
-    now[0] += 30
+    now[0] += 300  # long past the window since issue: the primary stays valid regardless
     second = registry.mint_secret(record)
     assert registry.secrets_for("gw") == [second, first]
-    now[0] += 31
+    now[0] += 60
+    assert registry.secrets_for("gw") == [second, first]  # superseded 60 s ago: still valid
+    now[0] += 1
     assert registry.secrets_for("gw") == [second]
     now[0] += 10_000
     assert registry.secrets_for("gw") == [second]  # the newest always stays
@@ -364,3 +371,77 @@ async def test_provisioned_secret_opens_the_reference_connector_socket(
         async with httpx.AsyncClient() as client:
             response = await client.get(url, headers=upgrade)
         assert response.status_code == 401
+
+
+def provision_request(platform: str, bot_id: str) -> HttpRequest:
+    body = PROVISION_BODY | {"platform": platform, "botId": bot_id}
+    return HttpRequest(
+        "POST",
+        "/relay/provision",
+        (("authorization", f"Bearer {IDENTITY_TOKEN}"),),
+        json.dumps(body).encode(),
+    )
+
+
+async def provision_secret(app: ControlPlane, platform: str, bot_id: str = "B1") -> str:
+    response = await app(provision_request(platform, bot_id))
+    assert response.status == 200, response.body
+    secret: str = json.loads(response.body)["secret"]
+    return secret
+
+
+async def test_R78_one_boot_provisioning_several_identities_gets_one_secret() -> None:
+    now = [1000.0]
+    registry = ControlPlaneRegistry(clock=lambda: now[0])
+    registry.add_identity_token(IDENTITY_TOKEN, TENANT)
+    app = ControlPlane(registry)
+    first = await provision_secret(app, "discord", "D1")
+    now[0] += 1
+    assert await provision_secret(app, "telegram", "T1") == first
+    now[0] += 2 * registry.rotation_window_s
+    # The gateway dials with the first response's secret for as long as it runs.
+    assert registry.secrets_for("gw-test") == [first]
+
+
+async def test_a_repeated_identity_is_a_new_boot_and_gets_a_new_secret() -> None:
+    now = [1000.0]
+    registry = ControlPlaneRegistry(clock=lambda: now[0])
+    registry.add_identity_token(IDENTITY_TOKEN, TENANT)
+    app = ControlPlane(registry)
+    old = await provision_secret(app, "discord")
+    now[0] += 1
+    new = await provision_secret(app, "discord")  # a restarted instance provisions again
+    assert new != old
+    assert registry.secrets_for("gw-test") == [new, old]  # overlap for the old instance
+    now[0] += registry.rotation_window_s + 1
+    assert registry.secrets_for("gw-test") == [new]
+
+
+async def test_provisioning_after_a_pause_starts_a_new_burst() -> None:
+    now = [1000.0]
+    registry = ControlPlaneRegistry(clock=lambda: now[0])
+    registry.add_identity_token(IDENTITY_TOKEN, TENANT)
+    app = ControlPlane(registry)
+    old = await provision_secret(app, "discord")
+    now[0] += registry.rotation_window_s
+    assert await provision_secret(app, "telegram") != old
+
+
+async def test_R78_gateway_provisioning_two_identities_keeps_a_valid_secret(
+    plane: HttpServer, registry: ControlPlaneRegistry, tmp_path: Path
+) -> None:
+    now = [1000.0]
+    registry.clock = lambda: now[0]
+    config = GatewayConfig(
+        relay_url=plane.url,
+        platforms=("discord", "telegram"),
+        bot_ids={"discord": {"botId": "D1"}, "telegram": {"botId": "T1"}},
+        state_dir=tmp_path / "state",
+    )
+    async with httpx.AsyncClient() as client:
+        result = await gateway_provision(config, IDENTITY_TOKEN, client, gateway_id="gw-two")
+    assert result.credentials is not None
+    assert len(result.succeeded) == 2
+    now[0] += 16 * 60  # past the rotation window: a redial must still authenticate
+    token = make_upgrade_token("gw-two", result.credentials.secret, now=now[0])
+    assert verify_token(token, registry.secrets_for("gw-two"), now=now[0]) == "gw-two"
