@@ -545,13 +545,15 @@ class TrustEngine:
         if agent_tier:
             actor = f"agent:{(verdict.model if verdict else '') or 'unknown'}"
         else:
-            actor = f"rule:{self.policy.name}"  # the store appends #<rule index>
+            actor = f"rule:{self.policy.name}"
+        # The store attributes each change with a rule_index to rule:<policy>#<index>.
         payment = self.policy.payment
         context = ApplyContext(
             client.client_id,
             policy=self.policy.name,
             payment_amount=str(payment.amount) if payment else None,
             payment_currency=payment.currency if payment else None,
+            agent_promotions_per_hour=self.config.agent_promotions_per_hour,
         )
         entries = await self.store.apply(
             decision.actions, actor, "agent" if agent_tier else "rule", context

@@ -199,6 +199,11 @@ class _Run:
 
     def finish(self, step: _Step) -> Decision | ConsultAgent:
         policy, state, facts = self.policy, self.state, self.facts
+        staged_block = next((a for a in self.actions if a.op == "block"), None)
+        if staged_block is not None:
+            # A rule staged a block (``on_success: continue``): the client is blocked once
+            # this decision applies, so it is a deny and nothing may escalate past it.
+            return self.decision(False, staged_block.reason, "rule", staged_block.rule_index)
         command = facts.command is not None
         escalate = step.outcome == "use_agent"
         trigger_reason: str | None = None

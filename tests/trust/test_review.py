@@ -14,7 +14,9 @@ from tests.trust.conftest import WallClock
 from trust import functions as fn
 from trust.cli import main
 from trust.engine import TrustConfig, open_trust_engine
+from trust.model import AgentVerdict, ClientState, Decision, Level, RequestFacts, StateChange
 from trust.policy import Policy
+from trust.rules import decide
 from trust.store import SqlClientStore, open_sqlite_store
 
 OP = "local:tester"
@@ -238,3 +240,129 @@ async def test_postgres_store_survives_pg_terminate_backend(
         assert {c.info.backend_pid for c in backend._all} != before  # replaced, not reused
     finally:
         await store.aclose()
+
+
+# --- 6. the agent-promotion budget holds under concurrency ----------------------------------
+
+ASKER = """---
+name: asker
+default: use_agent
+cache: 0
+agent_tools: [promote_to_contact]
+---
+Judge.
+"""
+
+
+class GatedPromoter:
+    """A trust agent that answers 'promote' only once ``crowd`` consultations are waiting."""
+
+    def __init__(self, crowd: int) -> None:
+        self.crowd = crowd
+        self.waiting = 0
+        self.gate = trio.Event()
+
+    async def consult(self, request: Any) -> AgentVerdict:
+        self.waiting += 1
+        if self.waiting >= self.crowd:
+            self.gate.set()
+        await self.gate.wait()
+        change = StateChange("promote_to_contact", reason="seems fine")
+        return AgentVerdict(allow=True, reason="ok", staged=(change,), model="m")
+
+
+async def test_T62_agent_promotions_per_hour_hold_for_concurrent_decisions(
+    store: SqlClientStore,
+) -> None:
+    agent = GatedPromoter(crowd=4)
+    config = TrustConfig(
+        policy=Policy.from_text(ASKER), store=store, agent=agent, agent_promotions_per_hour=1
+    )
+    async with open_trust_engine(config) as engine:
+        outcomes: list[bool] = []
+
+        async def send(uid: str) -> None:
+            outcomes.append((await engine.evaluate(msg(uid=uid))).decision.allow)
+
+        async with trio.open_nursery() as nursery:
+            for uid in ("1", "2", "3", "4"):
+                nursery.start_soon(send, uid)
+        assert outcomes == [True] * 4  # the verdict allows; only the promotion is dropped
+        levels = [(await store.get(f"discord:{u}")).level for u in ("1", "2", "3", "4")]
+        assert sorted(levels, key=lambda lv: lv.rank) == [Level.STRANGER] * 3 + [Level.CONTACT]
+        assert await store.count_audit("promote_to_contact", "agent", 0) == 1
+        assert engine.stats().agent_promotions_dropped == 3
+
+
+# --- 9. a rule-staged block is a deny; each change keeps its own actor -----------------------
+
+BLOCK_THEN_AGENT = """---
+name: p
+fast_rules:
+  - {if: 'requests > 2', action: block, on_success: continue, reason: flood}
+default: use_agent
+cache: 0
+---
+Judge.
+"""
+
+PROMOTE_THEN_AGENT = """---
+name: p
+fast_rules:
+  - {if: is_stranger, action: promote_to_contact, on_success: continue, reason: welcome}
+default: use_agent
+cache: 0
+---
+Judge.
+"""
+
+
+class Allower:
+    calls = 0
+
+    async def consult(self, request: Any) -> AgentVerdict:
+        self.calls += 1
+        return AgentVerdict(allow=True, reason="looks fine", model="m")
+
+
+async def test_staged_block_denies_without_consulting_the_agent(db: SqlClientStore) -> None:
+    agent = Allower()
+    config = TrustConfig(policy=Policy.from_text(BLOCK_THEN_AGENT), store=db, agent=agent)
+    async with open_trust_engine(config) as engine:
+        for _ in range(2):
+            assert (await engine.evaluate(msg())).decision.allow
+        out = await engine.evaluate(msg())
+        assert (out.decision.allow, out.decision.reason, out.decision.tier) == (
+            False,
+            "flood",
+            "rule",
+        )
+        assert agent.calls == 2
+        assert (await db.get("discord:1")).blocked
+
+
+async def test_T22_rule_staged_change_in_an_agent_decision_is_the_rules(
+    db: SqlClientStore,
+) -> None:
+    config = TrustConfig(policy=Policy.from_text(PROMOTE_THEN_AGENT), store=db, agent=Allower())
+    async with open_trust_engine(config) as engine:
+        out = await engine.evaluate(msg())
+        assert (out.decision.allow, out.decision.tier) == (True, "agent")
+    [row] = await db.audit("discord:1", 10)
+    assert (row.action, row.actor, row.tier, row.rule_index) == (
+        "promote_to_contact",
+        "rule:p#0",
+        "rule",
+        0,
+    )
+
+
+def test_T45_staged_block_is_never_escalated_even_with_an_allow_verdict() -> None:
+    policy = Policy.from_text(BLOCK_THEN_AGENT)
+    client = ClientState("discord:1", requests=3)
+    verdict = AgentVerdict(allow=True, reason="looks fine")
+    for facts in (RequestFacts(), RequestFacts(agent=verdict)):
+        decided = decide(policy, client, facts)
+        assert isinstance(decided, Decision)
+        assert (decided.allow, decided.reason, decided.rule_index) == (False, "flood", 0)
+        assert [a.op for a in decided.actions] == ["block"]

@@ -33,6 +33,7 @@ from trust.records import (
     state_text,
 )
 from trust.store.schema import (
+    AGENT_PROMOTION_LOCK_KEY,
     AUDIT_COLUMNS,
     CLIENT_COLUMNS,
     COUNTER_COLUMNS,
@@ -42,6 +43,8 @@ from trust.store.schema import (
     SCHEMA_VERSION,
     Dialect,
 )
+
+HOUR_MS: Final = 3_600_000
 
 Row = tuple[Any, ...]
 
@@ -78,6 +81,8 @@ class ApplyContext:
     policy: str | None = None
     payment_amount: str | None = None
     payment_currency: str | None = None
+    agent_promotions_per_hour: int | None = None
+    """The budget of agent-tier promotions in the last hour, counted in the transaction."""
 
 
 @attrs.frozen
@@ -418,20 +423,22 @@ def apply_changes(
     """One decision's changes in this one transaction; a failed re-check raises
     :class:`PreconditionFailed` and rolls everything back (T18)."""
     entries: list[AuditEntry] = []
-    auth = Authority(actor=actor, tier=tier)
     for change in changes:
         target = resolve(tx, change.client_id or context.client_id)
         current = lock_client(tx, target, now_ms)
-        change_actor = actor
-        if tier == "rule" and change.rule_index is not None and context.policy:
-            change_actor = f"rule:{context.policy}#{change.rule_index}"
-        change_auth = attrs.evolve(auth, actor=change_actor)
+        # Each change is attributed to whoever staged it: a rule's change within an
+        # agent-tier decision is still the rule's (T22).
+        change_auth = Authority(actor=actor, tier=tier)
+        if change.rule_index is not None and context.policy:
+            change_auth = Authority(actor=f"rule:{context.policy}#{change.rule_index}", tier="rule")
         try:
             planned = plan(change.op, current, change_auth, reason=change.reason, now_ms=now_ms)
         except TrustOpError as exc:
             raise PreconditionFailed(target, change.op, exc.message) from None
-        if tier == "agent" and change.op == "promote_to_contact" and not current.agent_may_promote:
-            raise PreconditionFailed(target, change.op, "agent may not promote this client")
+        if change_auth.tier == "agent" and change.op == "promote_to_contact":
+            if not current.agent_may_promote:
+                raise PreconditionFailed(target, change.op, "agent may not promote this client")
+            _check_promotion_budget(tx, target, context, now_ms)
         entry = audit_planned(
             tx,
             planned,
@@ -448,6 +455,18 @@ def apply_changes(
             _record_payment(tx, change.payment_tx, target, context, entry.id, now_ms)
         entries.append(entry)
     return entries
+
+
+def _check_promotion_budget(tx: Tx, target: str, context: ApplyContext, now_ms: int) -> None:
+    """Refuse an agent promotion over the hourly budget, counted under a lock so that
+    concurrent decisions (and instances) cannot all pass the same count (TR §7)."""
+    limit = context.agent_promotions_per_hour
+    if limit is None:
+        return
+    if tx.dialect.xact_lock_sql is not None:
+        tx.rows(tx.dialect.xact_lock_sql, AGENT_PROMOTION_LOCK_KEY)
+    if count_audit(tx, "promote_to_contact", "agent", now_ms - HOUR_MS) >= limit:
+        raise PreconditionFailed(target, "promote_to_contact", "agent promotions per hour reached")
 
 
 def _consume_invite(tx: Tx, invite_id: str, client_id: str, audit_id: int, now_ms: int) -> None:

@@ -22,6 +22,9 @@ class Dialect:
     # BEGIN IMMEDIATE already holds the database write lock).
     lock_suffix: str
     paramstyle_pyformat: bool
+    # Serialises one kind of write across instances for the rest of the transaction
+    # (the agent-promotion budget); None where the write transaction already does.
+    xact_lock_sql: str | None = None
 
     def render(self, ddl: str) -> str:
         """``ddl`` with this dialect's column types."""
@@ -56,6 +59,7 @@ POSTGRES: Final = Dialect(
     },
     lock_suffix=" FOR UPDATE",
     paramstyle_pyformat=True,
+    xact_lock_sql="SELECT pg_advisory_xact_lock(?)",
 )
 
 META_DDL: Final = "CREATE TABLE IF NOT EXISTS trust_meta (key {TEXT} PRIMARY KEY, value {TEXT})"
@@ -175,3 +179,5 @@ COUNTER_COLUMNS: Final = (
 
 # The PostgreSQL advisory lock key that serialises migrations across instances.
 MIGRATION_LOCK_KEY: Final = 0x7472757374  # "trust"
+# The advisory lock key that serialises agent promotions (the per-hour budget, TR §7).
+AGENT_PROMOTION_LOCK_KEY: Final = 0x7472757374_01
