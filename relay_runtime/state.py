@@ -18,10 +18,12 @@ the caller uses consistently; the runtime passes ``time.time()``).
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import logging
 import os
 import sqlite3
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
@@ -63,6 +65,9 @@ OUTBOX_MAX_ATTEMPTS: Final = 5
 #: How long a finished turn's result is kept.
 TURN_RESULT_TTL_S: Final = 24 * 3600
 BUSY_TIMEOUT_MS: Final = 5000
+_SQLITE_COMPANIONS: Final = ("-wal", "-shm", "-journal")
+#: How long closing waits for a database call already running in the worker thread.
+CLOSE_WAIT_S: Final = 4 * BUSY_TIMEOUT_MS / 1000
 
 OutboxKind = Literal["send", "follow_up"]
 TurnEndState = Literal["completed", "failed", "interrupted", "denied", "cancelled"]
@@ -252,10 +257,29 @@ def _turn(row: sqlite3.Row) -> TurnRecord:
 
 
 def _create_private_file(path: Path) -> None:
-    """Create ``path`` with mode 0600 if missing, and force 0600 if it exists."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
+    """Create ``path`` with mode 0600 if missing, and force 0600 if it exists.
+
+    A symlink planted at the database or at one of SQLite's companion files (a shared state
+    dir) would redirect the state elsewhere: it is refused, never followed.
+    """
+    for suffix in _SQLITE_COMPANIONS:
+        companion = path.with_name(path.name + suffix)
+        if companion.is_symlink():
+            raise OSError(errno.ELOOP, "is a symbolic link; refusing to follow it", str(companion))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP, "is a symbolic link; refusing to follow it", str(path)
+            ) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "is not a regular file", str(path))
+        os.fchmod(fd, 0o600)  # on the file we opened, not whatever the path names now
+    finally:
+        os.close(fd)
 
 
 class StateDB:
@@ -410,12 +434,23 @@ class StateDB:
             )
 
     async def aclose(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent), even when the caller is being cancelled.
+
+        A call already running in the worker thread is waited for (shielded, bounded), so
+        the connection is never closed under it and never left open.
+        """
         if self._closed:
             return
         self._closed = True
-        async with self._limiter:
-            await trio.to_thread.run_sync(self._conn.close)
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLOSE_WAIT_S) as waited:
+                await trio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+        if waited.cancelled_caught:
+            # Only a worker thread stuck far past the busy timeout gets here.
+            logger.warning(
+                "relay state: a database call outlived %g s; connection left to the GC",
+                CLOSE_WAIT_S,
+            )
 
     async def __aenter__(self) -> StateDB:
         return self

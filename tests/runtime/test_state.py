@@ -457,6 +457,28 @@ async def test_existing_file_is_made_private(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def plant_symlink(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A state dir whose ``name`` is a symlink to an outside file (mode 0644, empty)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    target.chmod(0o644)
+    (state / name).symlink_to(target)
+    return state, target
+
+
+@pytest.mark.parametrize("name", [DB_FILENAME, f"{DB_FILENAME}-wal", f"{DB_FILENAME}-journal"])
+async def test_a_planted_symlink_is_refused_and_its_target_untouched(
+    tmp_path: Path, name: str
+) -> None:
+    state, target = plant_symlink(tmp_path, name)
+    with pytest.raises(StateError, match="symbolic link"):
+        await open_db(state)
+    assert target.read_bytes() == b""
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
 async def test_synchronous_full_on_the_connection(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
         level = await db._run(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
@@ -521,6 +543,31 @@ async def test_closed_database_refuses_calls(tmp_path: Path) -> None:
     await db.aclose()
     with pytest.raises(StateError, match="closed"):
         await db.count()
+
+
+async def test_aclose_in_a_cancelled_scope_still_closes_the_connection(tmp_path: Path) -> None:
+    db = await open_db(tmp_path)
+    conn = db._conn
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await db.aclose()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")
+
+
+async def test_aclose_waits_for_a_running_call_then_closes(tmp_path: Path) -> None:
+    db = await open_db(tmp_path)
+    conn = db._conn
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put_send, db, "m")
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await db.aclose()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")
+    async with await open_db(tmp_path) as again:
+        assert await again.count() == 1
 
 
 # ------------------------------------------------------------------------ event loop
