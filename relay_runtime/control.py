@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -670,19 +671,24 @@ def persist_enrollment(
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with ``text``, readable by the owner only (0600)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Replace ``path`` atomically with ``text``, readable by the owner only (0600).
+
+    The text goes to a new, uniquely named file (``O_EXCL | O_NOFOLLOW``, so nothing planted
+    in a shared state dir can redirect it) that is then renamed over ``path``; the rename
+    replaces a symlink at ``path`` instead of following it.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o600)  # O_CREAT's mode is masked by the umask
+            os.fchmod(handle.fileno(), 0o600)  # the creation mode is masked by the umask
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
 
 
 def shown_credentials(credentials: Credentials) -> Sequence[tuple[str, str]]:

@@ -760,3 +760,24 @@ def test_persist_refuses_values_that_would_break_the_file(tmp_path: Path) -> Non
             tmp_path, EnrollResult(credentials=creds, wake_url=None, wake_confirmed=False)
         )
     assert not (tmp_path / "relay.env").exists()
+
+
+def test_persist_enrollment_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    target = tmp_path / "attacker-readable"
+    target.write_text("", encoding="utf-8")
+    # The old fixed temp name, and the file itself, both planted as symlinks.
+    (state / ".relay.env.tmp").symlink_to(target)
+    (state / "relay.env").symlink_to(tmp_path / "also-attacker")
+    creds = Credentials(gateway_id="gw-3", secret="Z" * 40)
+    persist_enrollment(state, EnrollResult(credentials=creds, wake_url=None, wake_confirmed=False))
+    assert target.read_text(encoding="utf-8") == ""
+    assert not (tmp_path / "also-attacker").exists()
+    path = state / "relay.env"
+    assert not path.is_symlink()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert f"GATEWAY_RELAY_SECRET={'Z' * 40}" in path.read_text(encoding="utf-8")
+    assert [p.name for p in state.iterdir() if p.name.startswith(".relay.env")] == [
+        ".relay.env.tmp"
+    ]
