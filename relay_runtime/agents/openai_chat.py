@@ -37,6 +37,7 @@ __all__ = [
     "OpenAIChatAgent",
     "OpenAIChatConfig",
     "openai_chat",
+    "validate_env",
 ]
 
 logger = logging.getLogger(__name__)
@@ -431,6 +432,16 @@ def _split_to_fit(text: str, descriptor: CapabilityDescriptor) -> tuple[str, str
     return text[:cut].rstrip(), text[cut:].lstrip()
 
 
+def validate_env(environ: Mapping[str, str] | None = None) -> OpenAIChatConfig:
+    """The startup check of the shipped :func:`openai_chat` agent.
+
+    Reads and validates ``RELAY_AGENT_*`` (``os.environ`` by default) without touching the
+    network; raises :class:`AgentConfigError` naming the variable, so a launcher can refuse
+    to start (exit 2) instead of failing at the first turn.
+    """
+    return OpenAIChatConfig.from_env(environ)
+
+
 _default_agent: OpenAIChatAgent | None = None
 
 
@@ -438,7 +449,8 @@ async def openai_chat(turn: ChatTurn) -> str | None:
     """The shipped agent: an :class:`OpenAIChatAgent` configured from ``RELAY_AGENT_*``.
 
     The configuration is read at the first turn; a bad one raises
-    :class:`AgentConfigError` naming the variable.
+    :class:`AgentConfigError` naming the variable. Call :func:`validate_env` at startup to
+    find that out before serving.
     """
     global _default_agent
     if _default_agent is None:

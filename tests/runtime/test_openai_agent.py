@@ -33,6 +33,7 @@ from relay_runtime.agents.openai_chat import (
     AgentConfigError,
     OpenAIChatAgent,
     OpenAIChatConfig,
+    validate_env,
 )
 
 API_KEY = "sk-test-very-secret-key-0123456789"
@@ -494,3 +495,14 @@ async def test_shipped_openai_chat_reads_the_environment(
     [(_, headers, payload)] = server.requests
     assert payload["model"] == "env-model"
     assert "authorization" not in headers
+
+
+def test_validate_env_is_the_startup_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(AgentConfigError, match="RELAY_AGENT_MODEL is not set"):
+        validate_env({"RELAY_AGENT_BASE_URL": "http://127.0.0.1:9/v1"})
+    with pytest.raises(AgentConfigError, match="RELAY_AGENT_TIMEOUT_S"):
+        validate_env({"RELAY_AGENT_MODEL": "m", "RELAY_AGENT_TIMEOUT_S": "-3"})
+    config = validate_env({"RELAY_AGENT_MODEL": "m", "RELAY_AGENT_API_KEY": API_KEY})
+    assert (config.model, config.api_key) == ("m", API_KEY)
+    monkeypatch.setenv("RELAY_AGENT_MODEL", "from-os-environ")
+    assert validate_env().model == "from-os-environ"
