@@ -37,7 +37,7 @@ name: bench20
 fast_rules:
   - {if: [is_admin, is_dm], action: allow}
   - {if: 'requests_hour > 500', action: block, reason: flooding}
-  - {if: [not is_dm, not mentions_bot], action: deny, reason: not addressed}
+  - {if: [not is_dm, is_stranger], action: deny, reason: strangers write directly}
   - {if: [is_whitelist, 'days_known >= 1'], action: allow}
   - {if: [is_contact, 'requests_today < 200'], action: allow}
   - {if: [is_contact, 'requests_today >= 200'], action: deny, reason: daily limit}

@@ -121,11 +121,16 @@ class LlmSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LlmSettings | None:
-        """`RELAY_TRUST_LLM_*`, else `RELAY_AGENT_*`; None when no base URL (not configured)."""
+        """`RELAY_TRUST_LLM_*` when `RELAY_TRUST_LLM_BASE_URL` is set, else `RELAY_AGENT_*`;
+        None when the chosen group has no base URL (not configured).
+
+        The groups never mix: a key from one group never goes to the other's host.
+        """
+        prefix = "RELAY_TRUST_LLM_" if env.get("RELAY_TRUST_LLM_BASE_URL", "").strip() else None
+        prefix = prefix or "RELAY_AGENT_"
 
         def get(name: str) -> str:
-            value = env.get(f"RELAY_TRUST_LLM_{name}", "").strip()
-            return value or env.get(f"RELAY_AGENT_{name}", "").strip()
+            return env.get(f"{prefix}{name}", "").strip()
 
         base_url = get("BASE_URL")
         if not base_url:

@@ -360,10 +360,15 @@ class TrustEngine:
             }
         )
 
-    async def evaluate(self, event: MessageEvent) -> TrustOutcome:
-        """The decision for one inbound message; raises nothing but ``trio.Cancelled`` (T21)."""
+    async def evaluate(self, event: MessageEvent, *, mentions_bot: bool = False) -> TrustOutcome:
+        """The decision for one inbound message; raises nothing but ``trio.Cancelled`` (T21).
+
+        ``mentions_bot`` is a fact only the runtime knows (the event carries no such field):
+        whether a group message mentions or replies to the bot. Without it the policy
+        condition ``mentions_bot`` is false.
+        """
         try:
-            outcome = await self._evaluate(event)
+            outcome = await self._evaluate(event, mentions_bot)
         except StoreError as exc:
             self._stats.store_errors += 1
             log.warning("trust store error: %s", exc)
@@ -386,7 +391,7 @@ class TrustEngine:
             Decision(allow=False, reason=reason, tier="rule", policy=self.policy.name), False
         )
 
-    async def _evaluate(self, event: MessageEvent) -> TrustOutcome:
+    async def _evaluate(self, event: MessageEvent, mentions_bot: bool) -> TrustOutcome:
         if not event.delivered_via_relay:
             return self._deny(UNAUTHENTICATED)
         src = event.source
@@ -395,7 +400,7 @@ class TrustEngine:
         if command is not None:
             self._stats.commands[command.kind.value] += 1
         if ident.is_anonymous:
-            return await self._anonymous(event, command)
+            return await self._anonymous(event, command, mentions_bot)
         if ident.secondary is not None:
             await self._bind(ident.secondary, ident.primary)
         view = await self._view(ident.primary, ident.secondary)
@@ -405,13 +410,17 @@ class TrustEngine:
         count.add(cid, now, requests=1)
         client = self._client_state(view, count, now)
         if isinstance(command, TrustCommand):
-            return await self._trust_command(event, command, client)
-        return await self._decide_and_apply(event, command, client, ident.secondary)
+            return await self._trust_command(event, command, client, ident.secondary, mentions_bot)
+        return await self._decide_and_apply(event, command, client, ident.secondary, mentions_bot)
 
-    async def _anonymous(self, event: MessageEvent, command: Command | None) -> TrustOutcome:
+    async def _anonymous(
+        self, event: MessageEvent, command: Command | None, mentions_bot: bool
+    ) -> TrustOutcome:
         client = ClientState.anonymous_sender()
         facts = RequestFacts(
-            command=command.kind if command else None, is_dm=event.source.chat_type == "dm"
+            command=command.kind if command else None,
+            is_dm=event.source.chat_type == "dm",
+            mentions_bot=mentions_bot,
         )
         decision = self._timed_decide(client, facts)
         if isinstance(decision, ConsultAgent):  # decide denies these itself; belt and braces
@@ -440,11 +449,12 @@ class TrustEngine:
         command: Command | None,
         client: ClientState,
         secondary: str | None,
+        mentions_bot: bool,
     ) -> TrustOutcome:
         verdict: AgentVerdict | None = None
         decision: Decision | None = None
         for attempt in range(2):
-            facts = await self._facts(event, command, client)
+            facts = await self._facts(event, command, client, mentions_bot)
             decided = self._timed_decide(client, facts)
             if isinstance(decided, ConsultAgent):
                 if verdict is None:
@@ -477,7 +487,7 @@ class TrustEngine:
         return TrustOutcome(denial, False, None)
 
     async def _facts(
-        self, event: MessageEvent, command: Command | None, client: ClientState
+        self, event: MessageEvent, command: Command | None, client: ClientState, mentions_bot: bool
     ) -> RequestFacts:
         invite: InviteCheck | None = None
         payment: PaymentCheck | None = None
@@ -499,7 +509,7 @@ class TrustEngine:
         return RequestFacts(
             command=command.kind if command else None,
             is_dm=event.source.chat_type == "dm",
-            mentions_bot=bool(getattr(event, "mentions_bot", False)),
+            mentions_bot=mentions_bot,
             invite=invite,
             payment=payment,
         )
@@ -637,7 +647,12 @@ class TrustEngine:
     # --- /trust -----------------------------------------------------------------------------
 
     async def _trust_command(
-        self, event: MessageEvent, command: TrustCommand, client: ClientState
+        self,
+        event: MessageEvent,
+        command: TrustCommand,
+        client: ClientState,
+        secondary: str | None,
+        mentions_bot: bool,
     ) -> TrustOutcome:
         is_dm = event.source.chat_type == "dm"
         if client.is_admin and not client.is_blocked:
@@ -650,7 +665,7 @@ class TrustEngine:
                 self._stats.ops_refused += 1
             return TrustOutcome(decision, False, reply)
         # A non-admin's /trust is an ordinary message; if allowed, it is refused and audited.
-        outcome = await self._decide_and_apply(event, command, client, None)
+        outcome = await self._decide_and_apply(event, command, client, secondary, mentions_bot)
         if not outcome.decision.allow:
             return outcome
         self._stats.ops_refused += 1

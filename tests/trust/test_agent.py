@@ -343,17 +343,39 @@ async def test_T62_promotion_with_deny_verdict_is_dropped(llm: FakeLLM, agent: T
     assert (decision.allow, decision.actions, decision.dropped) == (False, (), 1)
 
 
-def test_settings_from_env_and_key_not_in_repr() -> None:
+def test_settings_from_env_one_group_never_mixed_and_key_not_in_repr() -> None:
     assert LlmSettings.from_env({}) is None
+    mixed = {
+        "RELAY_AGENT_BASE_URL": "http://127.0.0.1:1/v1",
+        "RELAY_AGENT_MODEL": "a",
+        "RELAY_TRUST_LLM_MODEL": "b",
+        "RELAY_TRUST_LLM_API_KEY": KEY,
+        "RELAY_TRUST_LLM_TIMEOUT": "4",
+    }
+    s = LlmSettings.from_env(mixed)  # no trust base URL: the agent's group, all of it
+    assert s is not None
+    assert (s.base_url, s.model, s.api_key, s.timeout_s) == (
+        "http://127.0.0.1:1/v1",
+        "a",
+        None,
+        10.0,
+    )
     s = LlmSettings.from_env(
         {
-            "RELAY_AGENT_BASE_URL": "http://127.0.0.1:1/v1",
+            "RELAY_TRUST_LLM_BASE_URL": "http://127.0.0.1:2/v1",
             "RELAY_AGENT_MODEL": "a",
-            "RELAY_TRUST_LLM_MODEL": "b",
-            "RELAY_TRUST_LLM_API_KEY": KEY,
+            "RELAY_AGENT_API_KEY": "sk-agent-key-for-another-host",
             "RELAY_TRUST_LLM_TIMEOUT": "4",
         }
     )
+    assert s is not None  # the trust group, without the agent's key or model
+    assert (s.base_url, s.model, s.api_key, s.timeout_s) == (
+        "http://127.0.0.1:2/v1",
+        "default",
+        None,
+        4.0,
+    )
+    s = LlmSettings.from_env(mixed | {"RELAY_TRUST_LLM_BASE_URL": "http://127.0.0.1:2/v1"})
     assert s is not None
-    assert (s.base_url, s.model, s.api_key, s.timeout_s) == ("http://127.0.0.1:1/v1", "b", KEY, 4.0)
+    assert (s.model, s.api_key) == ("b", KEY)
     assert KEY not in repr(s)

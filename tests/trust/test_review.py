@@ -366,3 +366,22 @@ def test_T45_staged_block_is_never_escalated_even_with_an_allow_verdict() -> Non
         assert isinstance(decided, Decision)
         assert (decided.allow, decided.reason, decided.rule_index) == (False, "flood", 0)
         assert [a.op for a in decided.actions] == ["block"]
+
+
+# --- 8. mentions_bot is a fact the runtime passes, never read off the event ------------------
+
+MENTIONS = """---
+name: m
+fast_rules:
+  - {if: [not is_dm, mentions_bot], action: allow, reason: addressed}
+default: deny
+---
+"""
+
+
+async def test_mentions_bot_only_when_the_runtime_passes_it(db: SqlClientStore) -> None:
+    async with open_trust_engine(TrustConfig(policy=Policy.from_text(MENTIONS), store=db)) as e:
+        group = msg(chat_type="group")
+        assert not (await e.evaluate(group)).decision.allow  # the one-argument seam
+        out = await e.evaluate(group, mentions_bot=True)
+        assert (out.decision.allow, out.decision.reason) == (True, "addressed")
