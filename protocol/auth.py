@@ -25,6 +25,7 @@ __all__ = [
     "make_token",
     "make_upgrade_token",
     "sign",
+    "token_payload_unverified",
     "verify_signature",
     "verify_token",
 ]
@@ -115,6 +116,23 @@ def _decode_token(token: str) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def token_payload_unverified(token: str) -> str | None:
+    """The payload a token *claims*, decoded as :func:`verify_token` does, before any check.
+
+    For a verifier that must choose the secrets to verify with (a connector looks up the
+    gateway id's rotation list); never trust it without verifying. ``None`` if unreadable.
+    """
+    if not isinstance(token, str) or not token:
+        return None
+    text = _decode_token(token)
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) < 3:
+        return None
+    return ":".join(parts[:-2]) or None
 
 
 def verify_token(token: str, secrets: Iterable[str], *, now: float | None = None) -> str | None:

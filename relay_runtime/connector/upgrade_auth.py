@@ -1,6 +1,7 @@
 """Authenticating a ``/relay`` upgrade: bearer token -> gateway id, or why not.
 
-The token's payload is the gateway id. Like the real connector, we peek at that payload to
+The token's payload is the gateway id. Like the real connector, we read that payload
+(:func:`protocol.auth.token_payload_unverified`) to
 choose the gateway's secret list (rotation: primary first, then secondary), then verify the
 whole token with :func:`protocol.auth.verify_token`. A token whose signature is good but
 whose expiry has passed is reported as ``expired`` so the connector can close 4401
@@ -9,16 +10,14 @@ whose expiry has passed is reported as ``expired`` so the connector can close 44
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 import attrs
 
-from protocol.auth import verify_token
+from protocol.auth import token_payload_unverified, verify_token
 
-__all__ = ["UpgradeAuth", "authenticate", "bearer_token", "peek_payload"]
+__all__ = ["UpgradeAuth", "authenticate", "bearer_token"]
 
 RejectReason = Literal[
     "missing", "malformed", "unknown_gateway", "unauthorized", "expired", "revoked"
@@ -59,18 +58,6 @@ def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def peek_payload(token: str) -> str | None:
-    """The unverified payload of a token (its gateway id), or ``None`` if unreadable."""
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    parts = text.split(":")
-    if len(parts) < 3:
-        return None
-    return ":".join(parts[:-2]) or None
-
-
 def authenticate(
     token: str | None,
     secrets_for: Callable[[str], Sequence[str] | None],
@@ -85,7 +72,7 @@ def authenticate(
     """
     if token is None:
         return UpgradeAuth(None, "missing")
-    gateway_id = peek_payload(token)
+    gateway_id = token_payload_unverified(token)
     if gateway_id is None:
         return UpgradeAuth(None, "malformed")
     secrets = secrets_for(gateway_id)

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from protocol.auth import make_token
+from protocol.auth import make_token, token_payload_unverified
 from protocol.codec import unstructure
 from protocol.events import MessageEvent, SessionSource
 from protocol.frames import Inbound
@@ -22,7 +22,7 @@ from relay_runtime.connector import (
 )
 from relay_runtime.connector.presets import INVALID_DESCRIPTOR
 from relay_runtime.connector.relevance import admit
-from relay_runtime.connector.upgrade_auth import authenticate, bearer_token, peek_payload
+from relay_runtime.connector.upgrade_auth import authenticate, bearer_token
 
 from .peer import SECONDARY, SECRET
 
@@ -45,11 +45,13 @@ def test_bearer_token_is_read_case_insensitively_and_only_as_bearer():
     assert bearer_token([]) is None
 
 
-def test_peek_payload_keeps_colons_and_refuses_garbage():
-    assert peek_payload(make_token(COLON_ID, SECRET, 0)) == COLON_ID
-    assert peek_payload("not-base64url!!!") is None
-    assert peek_payload(base64.urlsafe_b64encode(b"only:two").decode().rstrip("=")) is None
-    assert peek_payload(base64.urlsafe_b64encode(b"\xff\xfe:1:2").decode()) is None
+def test_token_payload_unverified_keeps_colons_and_refuses_garbage():
+    assert token_payload_unverified(make_token(COLON_ID, SECRET, 0)) == COLON_ID
+    assert token_payload_unverified("not-base64url!!!") is None
+    assert token_payload_unverified("") is None
+    only_two = base64.urlsafe_b64encode(b"only:two").decode().rstrip("=")
+    assert token_payload_unverified(only_two) is None
+    assert token_payload_unverified(base64.urlsafe_b64encode(b"\xff\xfe:1:2").decode()) is None
 
 
 @pytest.mark.parametrize(
