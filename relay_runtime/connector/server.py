@@ -44,6 +44,7 @@ from wsproto.utilities import LocalProtocolError
 
 from protocol.actions import Edit, FollowUp, GetChatInfo, Send, Typing
 from protocol.codec import encode_frame, to_json
+from protocol.connection import UNAUTHORIZED
 from protocol.descriptor import CapabilityDescriptor
 from protocol.errors import FrameError
 from protocol.events import MessageEvent
@@ -64,6 +65,7 @@ from protocol.frames import (
     PassthroughForwardFrame,
 )
 from protocol.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
+from protocol.urls import RELAY_PATH
 from relay_runtime.connector.buffer import BufferedFrame, DeliveryBuffer
 from relay_runtime.connector.outcomes import Delay, Fail, NoAnswer, Outcome, OutcomeTable, Reply
 from relay_runtime.connector.presets import (
@@ -84,6 +86,7 @@ from relay_runtime.connector.records import (
 from relay_runtime.connector.relevance import RelevancePolicy, admit
 from relay_runtime.connector.seams import ControlPlaneLike, WakePokerLike
 from relay_runtime.connector.upgrade_auth import UpgradeAuth, authenticate, bearer_token
+from relay_runtime.transport import message_limit
 
 __all__ = ["Connection", "ReferenceConnector", "open_connector"]
 
@@ -92,11 +95,6 @@ log = logging.getLogger("relay.connector")
 DescriptorMode = Literal["valid", "invalid", "none"]
 RejectMode = Literal["http", "close"]
 F = TypeVar("F", bound=GatewayFrame)
-
-RELAY_PATH = "/relay"
-UNAUTHORIZED = 4401
-# The WebSocket message limit is 16 x the frame limit, as on the gateway (RC §2).
-_MESSAGE_LIMIT_FACTOR = 16
 
 
 @attrs.define(eq=False)
@@ -648,7 +646,8 @@ class ReferenceConnector:
                 request = await wrap_server_stream(
                     ws_nursery,
                     stream,
-                    max_message_size=_MESSAGE_LIMIT_FACTOR * self.max_frame_bytes,
+                    # The same message limit as the gateway's (RC §2).
+                    max_message_size=message_limit(self.max_frame_bytes),
                 )
             try:
                 if request is not None:
