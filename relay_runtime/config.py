@@ -36,9 +36,11 @@ __all__ = [
     "BotIdEntry",
     "ConfigError",
     "GatewayConfig",
+    "bool_word",
     "default_state_dir",
     "mask",
     "read_env_file",
+    "string_list",
 ]
 
 logger = logging.getLogger("relay_runtime.config")
@@ -48,8 +50,9 @@ ENV_PREFIX: Final = "GATEWAY_RELAY_"
 ENV_FILE_NAME: Final = "relay.env"
 MIN_SECRET_LENGTH: Final = 32
 
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
+#: The boolean words of RC §10, matched stripped and case-insensitively.
+TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
 _PLATFORM_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _INT_RE: Final = re.compile(r"[+-]?[0-9]+")
 
@@ -57,6 +60,43 @@ _INT_RE: Final = re.compile(r"[+-]?[0-9]+")
 def mask(value: object) -> str:
     """How a secret is shown anywhere a human or a log could see it."""
     return "None" if value is None else HIDDEN
+
+
+def bool_word(text: str) -> bool | None:
+    """The boolean an RC §10 word spells (``1/true/yes/on``, ``0/false/no/off``), else None."""
+    token = text.strip().lower()
+    if token in TRUE_WORDS:
+        return True
+    if token in FALSE_WORDS:
+        return False
+    return None
+
+
+def _skip(item: object) -> None:
+    pass
+
+
+def string_list(raw: object, *, on_bad_item: Callable[[object], None] = _skip) -> list[str] | None:
+    """A list (or tuple) of names, or one comma-separated string, as stripped non-empty text.
+
+    ``None`` when ``raw`` is neither. Numbers count as text; any other item is passed to
+    ``on_bad_item`` (which may raise) and skipped.
+    """
+    if isinstance(raw, str):
+        items: list[object] = list(raw.split(","))
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        return None
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            on_bad_item(item)
+            continue
+        text = str(item).strip()
+        if text:
+            out.append(text)
+    return out
 
 
 class ConfigError(Exception):
@@ -121,12 +161,8 @@ def _bool(raw: object, label: str) -> bool:
         return raw
     if isinstance(raw, int) and raw in (0, 1):  # a YAML 1/0 (RC §10 lists them as booleans)
         return raw == 1
-    if isinstance(raw, str):
-        token = raw.strip().lower()
-        if token in _TRUE:
-            return True
-        if token in _FALSE:
-            return False
+    if isinstance(raw, str) and (value := bool_word(raw)) is not None:
+        return value
     raise _Invalid("must be a boolean (1/true/yes/on or 0/false/no/off)")
 
 
@@ -172,18 +208,14 @@ def _platform_name(raw: object, label: str) -> str:
     return name
 
 
+def _not_text(item: object) -> None:
+    raise _Invalid(f"must be text, got {type(item).__name__}")
+
+
 def _string_list(raw: object) -> list[str]:
-    if isinstance(raw, str):
-        items: list[object] = list(raw.split(","))
-    elif isinstance(raw, list | tuple):
-        items = list(raw)
-    else:
+    out = string_list(raw, on_bad_item=_not_text)
+    if out is None:
         raise _Invalid("must be a comma-separated string or a list")
-    out: list[str] = []
-    for item in items:
-        text = _text(item)
-        if text:
-            out.append(text)
     return out
 
 

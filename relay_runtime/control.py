@@ -32,7 +32,14 @@ import trio
 from protocol.auth import make_upgrade_token
 from protocol.events import Identity
 from protocol.urls import ENROLL, POLICY, PROVISION, control_base, control_url
-from relay_runtime.config import ENV_FILE_NAME, HIDDEN, GatewayConfig, mask
+from relay_runtime.config import (
+    ENV_FILE_NAME,
+    HIDDEN,
+    GatewayConfig,
+    bool_word,
+    mask,
+    string_list,
+)
 
 __all__ = [
     "ControlError",
@@ -65,8 +72,6 @@ PROVISION_NO_SECRET: Final = "connector returned an unexpected response (no secr
 
 _ALLOW_BOTS_ON: Final = frozenset({"mentions", "all"})
 _ALLOW_BOTS_OFF: Final = frozenset({"none", "off", "false", "no", "0"})
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
 
 class ControlError(Exception):
@@ -416,11 +421,10 @@ def _truthy(value: object, what: str) -> bool:
     if value is None or isinstance(value, bool | int | float):
         return bool(value)
     if isinstance(value, str):
-        token = value.strip().lower()
-        if token in _TRUE:
-            return True
-        if token in _FALSE:
+        if not value.strip():  # an empty YAML value reads as unset: false, quietly
             return False
+        if (word := bool_word(value)) is not None:
+            return word
     logger.warning("relay: %s is not a boolean (%r); treating it as false", what, value)
     return False
 
@@ -429,22 +433,15 @@ def _scopes(value: object, what: str) -> list[str]:
     """``free_response_channels``: list or comma string of names; else [] + WARNING."""
     if value is None:
         return []
-    if isinstance(value, str):
-        items: list[object] = list(value.split(","))
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    else:
+
+    def skip(item: object) -> None:
+        logger.warning("relay: %s holds a non-string entry %r; skipping it", what, item)
+
+    scopes = string_list(value, on_bad_item=skip)
+    if scopes is None:
         logger.warning("relay: %s is not a list or comma string; ignoring it", what)
         return []
-    out: list[str] = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, str | int):
-            logger.warning("relay: %s holds a non-string entry %r; skipping it", what, item)
-            continue
-        text = str(item).strip()
-        if text:
-            out.append(text)
-    return out
+    return scopes
 
 
 def project_policy(

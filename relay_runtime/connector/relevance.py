@@ -19,16 +19,15 @@ from typing import Any
 import attrs
 
 from protocol.events import MessageEvent
+from relay_runtime.config import string_list
 
 __all__ = ["RelevancePolicy", "admit"]
 
 
 def _scopes(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, Iterable):
-        return ()
-    return tuple(s.strip() for s in value if isinstance(s, str) and s.strip())
+    if not isinstance(value, str | list | tuple) and isinstance(value, Iterable):
+        value = list(value)
+    return tuple(string_list(value) or ())
 
 
 @attrs.frozen

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from relay_runtime.config import HIDDEN, ConfigError, GatewayConfig
+from relay_runtime.config import HIDDEN, ConfigError, GatewayConfig, bool_word, string_list
+from relay_runtime.connector.relevance import RelevancePolicy
+from relay_runtime.control import project_policy
 
 
 @pytest.fixture
@@ -90,3 +92,26 @@ def test_booleans_accept_yaml_integers_one_and_zero(env: dict[str, str], tmp_pat
     bad = write_yaml(tmp_path, "gateway:\n  relay_url: https://c.example\n  relay_enabled: 2\n")
     with pytest.raises(ConfigError, match="must be a boolean"):
         GatewayConfig.load(environ=env, config_path=bad)
+
+
+def test_one_boolean_table_and_one_list_reader_serve_config_control_and_connector() -> None:
+    assert [bool_word(w) for w in (" Yes", "ON", "0", "off", "", "maybe")] == [
+        True,
+        True,
+        False,
+        False,
+        None,
+        None,
+    ]
+    bad: list[object] = []
+    assert string_list(" c1, c2 ,,c3 ") == ["c1", "c2", "c3"]
+    assert string_list(["a ", 7, None, True, ""], on_bad_item=bad.append) == ["a", "7"]
+    assert bad == [None, True]
+    assert string_list({"a": 1}) is None
+    assert project_policy("discord", {"free_response_channels": " x, y"}, {}) == {
+        "platform": "discord",
+        "requireAddress": False,
+        "freeResponseScopes": ["x", "y"],
+        "allowOtherBots": False,
+    }
+    assert RelevancePolicy(free_response_scopes=" x, y").free_response_scopes == ("x", "y")
