@@ -849,11 +849,14 @@ class TrustEngine:
             self._changed.move_to_end(cid)
             if len(self._changed) > self.config.cache_size:
                 _, self._forgotten = self._changed.popitem(last=False)
-            for key in list(self._keys_by_id.get(cid, ())):
-                view = self._views.pop(key, None)
-                if view is not None:
-                    self._unindex(key, view)
+            self._forget_views(cid)
             self._verdicts.pop(cid, None)
+
+    def _forget_views(self, cid: str) -> None:
+        for key in list(self._keys_by_id.get(cid, ())):
+            view = self._views.pop(key, None)
+            if view is not None:
+                self._unindex(key, view)
 
     def _changed_since(self, ids: set[str], mark: int) -> bool:
         """Whether any of ``ids`` was invalidated after generation ``mark``."""
@@ -878,16 +881,22 @@ class TrustEngine:
             c.pending = None
         try:
             await self.store.add_counts(deltas)
-        except StoreError as exc:
+        except Exception as exc:
             self._stats.store_errors += 1
             log.warning("counter flush failed (will retry): %s", exc)
             for d in deltas:
                 count = self._counts.get(d.client_id)
-                if count is not None and count.pending is None:
-                    count.pending = d
+                if count is not None:
+                    count.pending = d if count.pending is None else _merge(d, count.pending)
+            if not isinstance(exc, StoreError):
+                raise
             return
         if len(self._counts) > self.config.cache_size:
-            self._counts = {k: v for k, v in self._counts.items() if v.pending is not None}
+            # Drop flushed counters with their views: a view's counters are as old as the
+            # view, so the next message re-reads both from the store.
+            for cid in [k for k, v in self._counts.items() if v.pending is None]:
+                del self._counts[cid]
+                self._forget_views(cid)
 
     async def tail(self) -> None:
         """Drop views and verdicts of clients changed by any writer since the last look.
@@ -930,6 +939,27 @@ class TrustEngine:
             except StoreError as exc:
                 self._stats.store_errors += 1
                 log.warning("trust %s failed: %s", job, exc)
+
+
+def _merge(older: CounterDelta, newer: CounterDelta) -> CounterDelta:
+    """Two unflushed deltas of one client as one (a failed flush and what came after)."""
+
+    def bucket(old: int, new: int, same: bool) -> int:
+        return old + new if same else new
+
+    same_day, same_hour = older.day == newer.day, older.hour == newer.hour
+    return attrs.evolve(
+        newer,
+        first_seen=min(older.first_seen, newer.first_seen),
+        last_seen=max(older.last_seen, newer.last_seen),
+        requests=older.requests + newer.requests,
+        requests_today=bucket(older.requests_today, newer.requests_today, same_day),
+        requests_hour=bucket(older.requests_hour, newer.requests_hour, same_hour),
+        agent_calls_hour=bucket(older.agent_calls_hour, newer.agent_calls_hour, same_hour),
+        invite_failures_hour=bucket(
+            older.invite_failures_hour, newer.invite_failures_hour, same_hour
+        ),
+    )
 
 
 def _already(client: ClientState) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from trust.cli import main
 from trust.engine import TrustConfig, open_trust_engine
 from trust.model import AgentVerdict, ClientState, Decision, Level, RequestFacts, StateChange
 from trust.policy import Policy
+from trust.records import StoreError
 from trust.rules import decide
 from trust.store import SqlClientStore, open_sqlite_store
 
@@ -385,3 +387,90 @@ async def test_mentions_bot_only_when_the_runtime_passes_it(db: SqlClientStore) 
         assert not (await e.evaluate(group)).decision.allow  # the one-argument seam
         out = await e.evaluate(group, mentions_bot=True)
         assert (out.decision.allow, out.decision.reason) == (True, "addressed")
+
+
+# --- 10. counters survive a cache smaller than the number of clients ------------------------
+
+
+class Denier:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def consult(self, request: Any) -> AgentVerdict:
+        self.calls += 1
+        return AgentVerdict(allow=False, reason="no", model="m")
+
+
+_OTHERS = itertools.count(900)
+
+
+async def _turn(engine: Any, event: MessageEvent) -> None:
+    """Two new clients' messages, then ``event``, then a flush: with cache_size=2 the flush
+    drops every counter while ``event``'s view (read before ``event`` counted) stays cached,
+    so the next message of that client runs on a recreated counter."""
+    for _ in range(2):
+        await engine.evaluate(msg(uid=str(next(_OTHERS))))
+    await engine.evaluate(event)
+    await engine.flush()
+
+
+async def test_T45_T50_T63_hold_with_a_tiny_cache(db: SqlClientStore) -> None:
+    agent = Denier()
+    config = TrustConfig(policy="careful", store=db, agent=agent, cache_size=2)
+    async with open_trust_engine(config) as engine:
+        for i in range(5):  # T50
+            await _turn(engine, msg(f"/invite WRONG-CODE-{i:04d}", uid="3"))
+        out = await engine.evaluate(msg("/invite WRONG-CODE-9999", uid="3"))
+        assert out.decision.reason == "invite rejected: too many attempts"
+        for _ in range(10):  # T45: the 11th message consults, the 10th does not
+            await _turn(engine, msg(uid="4"))
+        assert agent.calls == 0
+        await engine.evaluate(msg(uid="4"))
+        assert agent.calls == 1
+    agent = Denier()
+    config = TrustConfig(policy=Policy.from_text(ASKER), store=db, agent=agent, cache_size=2)
+    async with open_trust_engine(config) as engine:
+        for _ in range(3):  # T63
+            await _turn(engine, msg(uid="5"))
+        calls = agent.calls
+        out = await engine.evaluate(msg(uid="5"))
+        assert out.decision.reason == "trust agent budget exhausted"
+        assert agent.calls == calls
+
+
+# --- 13. smaller findings ---------------------------------------------------------------------
+
+
+class FailingFlush(SqlClientStore):
+    """``add_counts`` fails once, after a message arrived while it was running."""
+
+    during: Any = None
+
+    async def add_counts(self, deltas: Any) -> None:
+        if self.during is not None:
+            during, self.during = self.during, None
+            await during()
+            raise StoreError("database is locked")
+        await super().add_counts(deltas)
+
+
+async def test_failed_flush_merges_with_increments_made_meanwhile(
+    tmp_path: Path, wall: WallClock
+) -> None:
+    base = await open_sqlite_store(tmp_path, clock=wall)
+    store = FailingFlush(base.backend, base.clock)
+    try:
+        async with open_trust_engine(TrustConfig(policy="open", store=store)) as engine:
+            await engine.evaluate(msg())
+
+            async def another() -> None:
+                await engine.evaluate(msg())
+
+            store.during = another
+            await engine.flush()  # fails: both messages' increments must survive
+            assert engine.stats().store_errors == 1
+            await engine.flush()
+        counters = await base.counters("discord:1")
+        assert counters is not None and counters.requests == counters.requests_hour == 2
+    finally:
+        await base.aclose()
