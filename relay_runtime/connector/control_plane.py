@@ -33,7 +33,7 @@ import trio
 
 from protocol.auth import verify_token
 from protocol.events import Identity
-from protocol.urls import http_url_problem
+from protocol.urls import ENROLL, POLICY, PROVISION, RELAY_PATH, http_url_problem
 from relay_runtime.connector.relevance import RelevancePolicy
 
 __all__ = [
@@ -465,9 +465,9 @@ class ControlPlane:
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         routes: dict[str, Callable[[HttpRequest], HttpResponse]] = {
-            "/relay/provision": self._provision,
-            "/relay/policy": self._policy,
-            "/relay/enroll": self._enroll,
+            f"{RELAY_PATH}/{PROVISION}": self._provision,
+            f"{RELAY_PATH}/{POLICY}": self._policy,
+            f"{RELAY_PATH}/{ENROLL}": self._enroll,
         }
         handler = routes.get(request.path.rstrip("/"))
         if handler is None:
