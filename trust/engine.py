@@ -602,6 +602,8 @@ class TrustEngine:
     ) -> str | None:
         if client.is_blocked or client.anonymous or decision.reason == "blocked":
             return None  # blocked and anonymous senders get nothing (T53)
+        if any(a.op == "block" for a in decision.actions):
+            return None  # nor one this very decision blocks
         if isinstance(command, InviteCommand):
             return self._invite_reply(command, client, decision, facts)
         if isinstance(command, PayCommand):
@@ -1001,9 +1003,10 @@ async def open_trust_engine(config: TrustConfig | None = None) -> AsyncIterator[
         if config.bootstrap_admins:
             try:
                 ids = [config.canonicalizer.parse(a) for a in config.bootstrap_admins]
-            except InvalidClientId as exc:
-                raise TrustConfigError(f"RELAY_TRUST_BOOTSTRAP_ADMINS: {exc}") from None
-            await store.bootstrap_admins(ids)
+                await store.bootstrap_admins(list(dict.fromkeys(ids)))
+            except (InvalidClientId, TrustOpError) as exc:
+                why = exc.message if isinstance(exc, TrustOpError) else str(exc)
+                raise TrustConfigError(f"RELAY_TRUST_BOOTSTRAP_ADMINS: {why}") from None
         if config.agent is None and config.llm is not None:
             own_agent = TrustAgent(config.llm)
         engine = TrustEngine(config, policy, store, config.agent or own_agent)

@@ -16,7 +16,7 @@ from trust import functions as fn
 from trust.cli import main
 from trust.engine import TrustConfig, open_trust_engine
 from trust.model import AgentVerdict, ClientState, Decision, Level, RequestFacts, StateChange
-from trust.policy import Policy
+from trust.policy import Policy, TrustConfigError
 from trust.records import StoreError
 from trust.rules import decide
 from trust.store import SqlClientStore, open_sqlite_store
@@ -474,3 +474,67 @@ async def test_failed_flush_merges_with_increments_made_meanwhile(
         assert counters is not None and counters.requests == counters.requests_hour == 2
     finally:
         await base.aclose()
+
+
+# --- 11. bootstrap admins: duplicates collapse, refusals are configuration errors ----------
+
+
+async def test_T17_duplicate_bootstrap_admins_after_canonicalising_start(
+    db: SqlClientStore,
+) -> None:
+    admins = ("discord:1", "Discord: 001", "discord:1")
+    async with open_trust_engine(TrustConfig(policy="open", store=db, bootstrap_admins=admins)):
+        pass
+    assert [c.client_id for c in await db.list_clients(admins=True)] == ["discord:1"]
+    assert len(await db.audit("discord:1", 10)) == 1
+
+
+async def test_T17_blocked_bootstrap_admin_is_a_config_error_naming_it(db: SqlClientStore) -> None:
+    await fn.block(db, "discord:2", "spam", actor=OP, tier="operator")
+    config = TrustConfig(policy="open", store=db, bootstrap_admins=("discord:1", "discord:2"))
+    with pytest.raises(TrustConfigError, match=r"RELAY_TRUST_BOOTSTRAP_ADMINS: .*discord:2"):
+        async with open_trust_engine(config):
+            pass  # pragma: no cover
+    assert await db.list_clients(admins=True) == []  # one transaction: nothing applied
+
+
+# --- 12. no reply_on_deny to a sender this decision blocks -----------------------------------
+
+FLOOD = """---
+name: p
+fast_rules:
+  - {if: 'requests > 2', action: block, reason: flood}
+default: allow
+reply_on_deny: Sorry, not now.
+---
+"""
+
+AGENT_BLOCKS = """---
+name: p
+default: use_agent
+cache: 0
+agent_tools: [block]
+reply_on_deny: Sorry, not now.
+---
+Judge.
+"""
+
+
+class Blocker:
+    async def consult(self, request: Any) -> AgentVerdict:
+        change = StateChange("block", reason="spam")
+        return AgentVerdict(allow=False, reason="spam", staged=(change,), model="m")
+
+
+async def test_T53_no_reply_on_deny_to_a_sender_blocked_by_this_decision(
+    db: SqlClientStore,
+) -> None:
+    async with open_trust_engine(TrustConfig(policy=Policy.from_text(FLOOD), store=db)) as e:
+        replies = [(await e.evaluate(msg())).reply for _ in range(4)]
+    assert replies == [None, None, None, None]
+    assert (await db.get("discord:1")).blocked
+    config = TrustConfig(policy=Policy.from_text(AGENT_BLOCKS), store=db, agent=Blocker())
+    async with open_trust_engine(config) as e:
+        out = await e.evaluate(msg(uid="2"))
+        assert (out.decision.allow, out.reply) == (False, None)
+    assert (await db.get("discord:2")).blocked

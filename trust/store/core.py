@@ -549,9 +549,19 @@ def bootstrap_admins(tx: Tx, client_ids: Iterable[str], now_ms: int) -> list[Aud
         return []
     auth = Authority(actor="config", tier="operator")
     entries = []
+    done: set[str] = set()
     for client_id in client_ids:
-        current = lock_client(tx, resolve(tx, client_id), now_ms)
-        planned = plan("set_admin", current, auth, reason="bootstrap admin", now_ms=now_ms)
+        target = resolve(tx, client_id)
+        if target in done:
+            continue  # listed twice, or an alias of one listed before
+        done.add(target)
+        current = lock_client(tx, target, now_ms)
+        try:
+            planned = plan("set_admin", current, auth, reason="bootstrap admin", now_ms=now_ms)
+        except TrustOpError as exc:
+            raise TrustOpError(
+                exc.code, f"bootstrap admin {client_id} refused: {exc.message}"
+            ) from None
         entries.append(audit_planned(tx, planned, auth, now_ms))
     return entries
 
