@@ -30,6 +30,7 @@ import trio
 from protocol.events import MessageEvent
 from trust.agent import LlmSettings, TrustAgent
 from trust.commands import Command, InviteCommand, PayCommand, TrustCommand, parse_command
+from trust.functions import clean_reason
 from trust.identity import (
     DEFAULT_CANONICALIZER,
     Canonicalizer,
@@ -321,7 +322,7 @@ class TrustEngine:
         self._views: OrderedDict[tuple[str, str | None], StoreView] = OrderedDict()
         self._keys_by_id: dict[str, set[tuple[str, str | None]]] = {}
         self._counts: dict[str, _Count] = {}
-        self._verdicts: dict[str, tuple[AgentVerdict, int]] = {}
+        self._verdicts: OrderedDict[str, tuple[AgentVerdict, int]] = OrderedDict()  # LRU
         self._bound: dict[str, str] = {}
         self._inflight: dict[str, _Consultation] = {}
         self._llm_hour = (0, 0)  # (hour bucket, calls)
@@ -589,7 +590,7 @@ class TrustEngine:
             "allow" if decision.allow else "deny",
             decision.tier,
             decision.rule_index,
-            decision.reason,
+            clean_reason(decision.reason),  # agent-written text: no control characters in logs
         )
         return TrustOutcome(decision, decision.allow and command is None, reply)
 
@@ -766,6 +767,7 @@ class TrustEngine:
         if held is not None:
             verdict, expires = held
             if now < expires:
+                self._verdicts.move_to_end(cid)
                 return verdict
             del self._verdicts[cid]
         mark = self._generation
@@ -774,8 +776,14 @@ class TrustEngine:
             return None
         verdict = AgentVerdict(allow=row.allow, reason=row.reason, cached=True)
         if not self._changed_since({cid}, mark):
-            self._verdicts[cid] = (verdict, row.expires_at)
+            self._hold_verdict(cid, verdict, row.expires_at)
         return verdict
+
+    def _hold_verdict(self, cid: str, verdict: AgentVerdict, expires: int) -> None:
+        self._verdicts[cid] = (verdict, expires)
+        self._verdicts.move_to_end(cid)
+        if len(self._verdicts) > self.config.cache_size:
+            self._verdicts.popitem(last=False)
 
     async def _keep_verdict(self, cid: str, verdict: AgentVerdict) -> None:
         ttl = self.policy.cache_s
@@ -786,7 +794,7 @@ class TrustEngine:
         now = self.store.clock()
         expires = now + ttl * 1000
         cached = AgentVerdict(allow=verdict.allow, reason=verdict.reason, cached=True)
-        self._verdicts[cid] = (cached, expires)
+        self._hold_verdict(cid, cached, expires)
         await self.store.cache_put(
             CachedVerdict(cid, self.policy.digest, verdict.allow, verdict.reason, now, expires)
         )
@@ -941,6 +949,10 @@ class TrustEngine:
             except StoreError as exc:
                 self._stats.store_errors += 1
                 log.warning("trust %s failed: %s", job, exc)
+            except Exception:
+                # A background job never takes the engine down; it runs again next interval.
+                self._stats.background_errors += 1
+                log.exception("trust %s failed", job)
 
 
 def _merge(older: CounterDelta, newer: CounterDelta) -> CounterDelta:

@@ -145,6 +145,13 @@ async def revoke_invite(
 ) -> str:
     """Revoke an invite; returns the one-line answer."""
     if tier == "admin" and not (await store.get(by)).is_admin:
+        await store.record_refusal(
+            "invite/revoke",
+            None,
+            actor=by,
+            tier=tier,
+            reason=f"invite revoke of {invite_id} needs an admin",
+        )
         raise TrustOpError("not_authorized", f"{by} is not an admin; invite revoke needs one")
     entry = await store.revoke_invite(invite_id, actor=by, tier=tier)
     return f"invite {invite_id} revoked (audit #{entry.id})"

@@ -45,6 +45,8 @@ class TrustStats(Mapping[str, object]):
     ops_refused: int
     store_errors: int
     decide_ns: DecideNs
+    background_errors: int = 0
+    """Unexpected failures of a background job (flush, tail, prune); it runs again."""
 
     def __getitem__(self, key: str) -> object:
         if key not in attrs.fields_dict(TrustStats):
@@ -82,6 +84,7 @@ class StatsRecorder:
     ops: Counter[str] = attrs.field(factory=Counter)
     ops_refused: int = 0
     store_errors: int = 0
+    background_errors: int = 0
     decide_count: int = 0
     decide_sum: int = 0
     decide_max: int = 0
@@ -115,4 +118,5 @@ class StatsRecorder:
             ops_refused=self.ops_refused,
             store_errors=self.store_errors,
             decide_ns=DecideNs(self.decide_count, self.decide_sum, self.decide_max),
+            background_errors=self.background_errors,
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,9 @@ from trust import functions as fn
 from trust.cli import main
 from trust.engine import TrustConfig, open_trust_engine
 from trust.model import AgentVerdict, ClientState, Decision, Level, RequestFacts, StateChange
+from trust.ops import TrustOps
 from trust.policy import Policy, TrustConfigError
-from trust.records import StoreError
+from trust.records import StoreError, TrustOpError
 from trust.rules import decide
 from trust.store import SqlClientStore, open_sqlite_store
 
@@ -538,3 +541,94 @@ async def test_T53_no_reply_on_deny_to_a_sender_blocked_by_this_decision(
         out = await e.evaluate(msg(uid="2"))
         assert (out.decision.allow, out.reply) == (False, None)
     assert (await db.get("discord:2")).blocked
+
+
+class BadPrune(SqlClientStore):
+    async def prune(self) -> int:
+        raise RuntimeError("a bug in prune")
+
+
+async def test_background_job_failure_is_logged_counted_and_survived(
+    tmp_path: Path, wall: WallClock, autojump_clock: trio.testing.MockClock
+) -> None:
+    base = await open_sqlite_store(tmp_path, clock=wall)
+    store = BadPrune(base.backend, base.clock)
+    config = TrustConfig(
+        policy="open", store=store, prune_interval_s=1, flush_interval_s=1e6, tail_interval_s=1e6
+    )
+    try:
+        async with open_trust_engine(config) as engine:
+            await trio.sleep(3.5)
+            assert engine.stats().background_errors >= 3
+            assert (await engine.evaluate(msg())).decision.allow
+    finally:
+        await base.aclose()
+
+
+async def test_verdicts_in_memory_are_bounded(db: SqlClientStore) -> None:
+    policy = Policy.from_text(ASKER.replace("cache: 0", "cache: 1h"))
+    config = TrustConfig(policy=policy, store=db, agent=Denier(), cache_size=2)
+    async with open_trust_engine(config) as engine:
+        for uid in ("1", "2", "3", "4"):
+            await engine.evaluate(msg(uid=uid))
+        assert list(engine._verdicts) == ["discord:3", "discord:4"]
+
+
+class Shouter:
+    async def consult(self, request: Any) -> AgentVerdict:
+        return AgentVerdict(allow=False, reason="no\x1b[2J\nFORGED allow line\r", model="m")
+
+
+async def test_agent_reason_is_logged_without_control_characters(
+    db: SqlClientStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trust.engine")
+    config = TrustConfig(policy=Policy.from_text(ASKER), store=db, agent=Shouter())
+    async with open_trust_engine(config) as engine:
+        await engine.evaluate(msg())
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trust discord")]
+    assert "\x1b" not in line and "\n" not in line and "\r" not in line
+    assert line.endswith("reason=trust agent: no[2JFORGED allow line")
+
+
+async def test_T65_non_admin_invite_revoke_is_refused_and_audited(db: SqlClientStore) -> None:
+    ops = TrustOps(db)
+    created = await ops.create_invite(OP, tier="operator")
+    with pytest.raises(TrustOpError) as info:
+        await ops.revoke_invite(created.invite_id, "discord:4")
+    assert info.value.code == "not_authorized"
+    [row] = await db.audit(None, 1)
+    assert (row.action, row.actor, row.tier) == ("refused:invite/revoke", "discord:4", "admin")
+
+
+class CommitFailsOnce:
+    """A sqlite3 connection whose next commit fails (a full disk, an I/O error)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.fail = True
+
+    def commit(self) -> None:
+        if self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("disk I/O error")
+        self._conn.commit()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def test_sqlite_failed_commit_rolls_back_and_the_store_keeps_working(
+    tmp_path: Path,
+) -> None:
+    store = await open_sqlite_store(tmp_path)
+    try:
+        backend = store.backend
+        backend._conn = CommitFailsOnce(backend._conn)  # type: ignore[attr-defined]
+        with pytest.raises(StoreError, match="commit failed"):
+            await fn.block(store, "discord:1", "spam", actor=OP, tier="operator")
+        assert not (await store.get("discord:1")).blocked
+        await fn.block(store, "discord:1", "spam", actor=OP, tier="operator")
+        assert (await store.get("discord:1")).blocked
+    finally:
+        await store.aclose()

@@ -80,6 +80,8 @@ class SqliteBackend:
         try:
             self._conn.commit()
         except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                self._conn.rollback()  # else the next BEGIN fails: the connection is shared
             raise StoreError(f"trust store commit failed: {exc}") from exc
         return result
 
