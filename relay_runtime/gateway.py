@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import attrs
 import trio
@@ -29,7 +29,7 @@ from relay_runtime.dispatcher import Agent, Dispatcher, InboundItem, TrustEvalua
 from relay_runtime.errors import RelayDisabled
 from relay_runtime.replies import Replies
 from relay_runtime.state import StateDB, StateError
-from relay_runtime.supervisor import RelayConfig, Supervisor
+from relay_runtime.supervisor import Supervisor
 from trust.engine import TrustConfig, open_trust_engine
 from trust.model import Decision
 from trust.policy import PolicyError, TrustConfigError, resolve_policy
@@ -343,10 +343,7 @@ async def _serve(
     def on_interrupt(session_key: str, chat_id: str) -> None:
         dispatcher.interrupt(session_key, chat_id)
 
-    # GatewayConfig has every RelayConfig field, read-only (frozen); the protocol declares
-    # them as plain (settable) attributes, which a frozen class cannot match for mypy.
-    relay_config = cast("RelayConfig", config)
-    supervisor = Supervisor(relay_config, inbound=inbound_send, on_interrupt=on_interrupt)
+    supervisor = Supervisor(config, inbound=inbound_send, on_interrupt=on_interrupt)
     replies = Replies(_SupervisorLink(supervisor), db, config.identities)
     dispatcher = Dispatcher(
         agent=agent,

@@ -64,20 +64,46 @@ InboundItem = Inbound | PassthroughForwardFrame
 
 
 class RelayConfig(Protocol):
-    """The :class:`relay_runtime.config.GatewayConfig` fields the supervisor reads."""
+    """The :class:`relay_runtime.config.GatewayConfig` fields the supervisor reads.
 
-    relay_url: str | None
-    gateway_id: str | None
-    secret: str | None
-    max_frame_bytes: int
-    handshake_timeout_s: float
-    outbound_timeout_s: float
-    idle_ack_timeout_s: float
-    ping_interval_s: float
-    ping_timeout_s: float
-    backoff_base_s: float
-    backoff_cap_s: float
-    stable_after_s: float
+    Every member is a read-only property, so a frozen attrs class satisfies it.
+    """
+
+    @property
+    def relay_url(self) -> str | None: ...
+
+    @property
+    def gateway_id(self) -> str | None: ...
+
+    @property
+    def secret(self) -> str | None: ...
+
+    @property
+    def max_frame_bytes(self) -> int: ...
+
+    @property
+    def handshake_timeout_s(self) -> float: ...
+
+    @property
+    def outbound_timeout_s(self) -> float: ...
+
+    @property
+    def idle_ack_timeout_s(self) -> float: ...
+
+    @property
+    def ping_interval_s(self) -> float: ...
+
+    @property
+    def ping_timeout_s(self) -> float: ...
+
+    @property
+    def backoff_base_s(self) -> float: ...
+
+    @property
+    def backoff_cap_s(self) -> float: ...
+
+    @property
+    def stable_after_s(self) -> float: ...
 
     @property
     def identities(self) -> tuple[Identity, ...]:
