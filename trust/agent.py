@@ -24,7 +24,7 @@ import httpx
 import trio
 
 from trust.model import AgentVerdict, ClientState, StateChange
-from trust.policy import Policy, parse_duration
+from trust.policy import Policy, TrustConfigError, parse_duration
 
 __all__ = ["ENGINE_SECTION", "AgentTools", "ConsultInput", "LlmSettings", "TrustAgent"]
 
@@ -108,6 +108,9 @@ class ConsultInput(Protocol):
     def tools(self) -> AgentTools: ...
 
 
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")
+
+
 @attrs.frozen
 class LlmSettings:
     """Where and how to call the LLM; `api_key` is never shown in repr or logs."""
@@ -115,6 +118,17 @@ class LlmSettings:
     base_url: str
     model: str
     api_key: str | None = attrs.field(default=None, repr=False)
+
+    @api_key.validator
+    def _check_key(self, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+        # A key httpx cannot put in a header fails inside the request, and the exception
+        # text would carry the key; refuse it here without echoing it (T23).
+        if value is not None and not _KEY_CHARS.fullmatch(value):
+            raise TrustConfigError(
+                "the trust LLM API key must be printable ASCII without spaces "
+                f"({len(value)} characters given; the key itself is not shown)"
+            )
+
     timeout_s: float = 10.0
     json_mode: bool = True
     max_tokens: int = 300

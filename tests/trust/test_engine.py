@@ -463,12 +463,18 @@ async def test_T66_commands_never_run_the_agent(db: SqlClientStore) -> None:
         assert (await engine.evaluate(msg("plain", uid="60"))).run_agent is True
 
 
-async def test_T67_strict_refuses_invites_and_disable_binds_admins_not_operator(
+async def test_T67_not_C24_invite_without_verify_rule_gets_the_spec_6_not_accepted_reply(
     db: SqlClientStore,
 ) -> None:
+    """Spec §6/T67 and checklist C24 disagree on this reply (C24: `disabled: verify/invite`);
+    the issue owner chose §6's wording, `Invite codes are not accepted here.`"""
     async with engine_for(db, "strict") as engine:
         out = await engine.evaluate(msg("/invite ABCD-EFGH-JKMN-PQRS", uid="70"))
         assert (out.decision.allow, out.reply) == (False, "Invite codes are not accepted here.")
+        assert out.reply != "disabled: verify/invite"
+
+
+async def test_T67_disable_binds_admins_not_operator(db: SqlClientStore) -> None:
     policy = Policy.from_text(
         "---\nname: nob\nfast_rules:\n  - {if: is_admin, action: allow}\n"
         "disable: [block]\ndefault: deny\n---\n"
@@ -499,6 +505,8 @@ async def test_T69_admin_chat_ops_dm_only_and_last_admin_cannot_remove_itself(
         assert out.reply is not None and "admin (by discord:80)" in out.reply
         assert (await db.get("discord:81")).admin_by == "discord:80"
         out = await engine.evaluate(msg("/trust admin remove discord:81", uid="80"))
+        assert out.reply is not None and out.reply.startswith("discord:81 ")
+        assert not (await db.get("discord:81")).is_admin
         out = await engine.evaluate(msg("/trust admin remove discord:80", uid="80"))
         assert out.reply is not None and out.reply.startswith("error: discord:80 is the last admin")
         out = await engine.evaluate(msg("/trust level discord:0081", uid="80"))

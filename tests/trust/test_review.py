@@ -632,3 +632,30 @@ async def test_sqlite_failed_commit_rolls_back_and_the_store_keeps_working(
         assert (await store.get("discord:1")).blocked
     finally:
         await store.aclose()
+
+
+# --- T23: no invite code or API key in exception text -----------------------------------------
+
+CODE = "ZQXW-7K3M-PLRT-9VBN"
+
+
+async def test_T23_no_invite_code_in_exception_text(db: SqlClientStore) -> None:
+    ops = TrustOps(db)
+    await ops.create_invite(OP, tier="operator", code=CODE)
+    failures: list[BaseException] = []
+    for code in (CODE, CODE.lower(), "SECRET-7"):  # in use twice, then too short
+        with pytest.raises(TrustOpError) as info:
+            await ops.create_invite(OP, tier="operator", code=code)
+        failures.append(info.value)
+    for exc in failures:
+        text = f"{exc} {exc!r} {getattr(exc, 'message', '')}"
+        assert CODE not in text.upper() and "SECRET-7" not in text
+
+
+def test_T23_no_api_key_in_exception_text() -> None:
+    for key in ("sk-SECRET\nInjected: 1", "sk-SECRÉT-key", "sk secret"):
+        env = {"RELAY_TRUST_LLM_BASE_URL": "http://127.0.0.1:1/v1", "RELAY_TRUST_LLM_API_KEY": key}
+        with pytest.raises(TrustConfigError) as info:
+            TrustConfig.from_env(env)
+        text = f"{info.value} {info.value!r}"
+        assert "SECRET" not in text.upper() and "secret" not in text
