@@ -534,7 +534,7 @@ async def gateway_main(url: str, state_dir: Path, trust: str, known: int) -> Non
         ops = getattr(engine, "ops", None)
         if ops is not None:
             for session in range(known):
-                await ops.promote(known_user(session), "contact", "local:bench")
+                await ops.promote(known_user(session), "contact", "local:bench", tier="operator")
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 start = functools.partial(run_gateway, config, echo, trust=engine)
