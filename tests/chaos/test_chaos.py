@@ -129,7 +129,11 @@ async def _idle_episodes(
     """Suspend through ``going_idle`` a few times while messages keep flowing."""
     marks = sorted(rng.sample(range(MESSAGES // 10, MESSAGES * 8 // 10), IDLE_EPISODES))
     for mark in marks:
-        await connector.wait_for(lambda mark=mark: ledger.done >= mark)
+
+        def reached(mark: int = mark) -> bool:
+            return ledger.done >= mark
+
+        await connector.wait_for(reached)
         await gateway.supervisor.suspend()  # False (no-op) when not READY just now
 
 
