@@ -12,7 +12,7 @@ import re
 
 import attrs
 
-from trust.model import CommandKind
+from trust.model import TRUST_OPERATIONS, CommandKind
 
 __all__ = [
     "PUBLIC_INVITE_CODES",
@@ -29,8 +29,8 @@ __all__ = [
 PUBLIC_INVITE_CODES = frozenset({"OPENONION", "BETA2024"})
 """Invite codes published by connectonion; never accepted in a policy (T41)."""
 
-TRUST_OPS = ("promote", "demote", "block", "unblock", "admin/set", "admin/remove", "level")
-"""`/trust` operations taking a client id, plus `audit` and `help` (§8)."""
+TRUST_OPS = tuple(op for op in TRUST_OPERATIONS if op != "audit")
+"""`/trust` operations taking a client id; `audit` and `help` take it optionally or not."""
 
 _PAY_REF = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _LEVELS = ("stranger", "contact", "whitelist")

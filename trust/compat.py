@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["LEGACY_KEYS", "Translation", "is_065", "translate"]
 
-LEGACY_KEYS = frozenset({"allow", "deny", "onboard", "default"})
+LEGACY_KEYS = ("allow", "deny", "onboard")
+"""The keys that mark a frontmatter as connectonion 0.6.5 (with ``default``, shared)."""
+_065_KEYS = frozenset({*LEGACY_KEYS, "default"})
 _ALLOW = {"whitelisted": "is_whitelist", "contact": "is_contact", "admin": "is_admin"}
 _DEFAULTS = {"allow": "allow", "deny": "deny", "ask": "use_agent"}
 _MIN_CODE = 8
@@ -42,9 +44,9 @@ class Translation:
 
 def is_065(config: dict[str, Any]) -> bool:
     """True for a connectonion 0.6.5 frontmatter (§4.5)."""
-    if not config or not set(config) <= LEGACY_KEYS:
+    if not config or not set(config) <= _065_KEYS:
         return False
-    return any(k in config for k in ("allow", "deny", "onboard")) or config.get("default") == "ask"
+    return any(k in config for k in LEGACY_KEYS) or config.get("default") == "ask"
 
 
 def _scalar_for_list(key: str, value: object, effect: str) -> str:

@@ -10,7 +10,6 @@ update, so a ``max_uses: 1`` invite admits exactly one client.
 from __future__ import annotations
 
 import hmac
-import re
 import secrets
 from typing import Final
 
@@ -18,6 +17,7 @@ import attrs
 
 from trust.commands import canonical_invite_code, invite_code_digest
 from trust.model import InviteCheck
+from trust.policy import parse_duration
 from trust.records import AuditTier, Invite, TrustOpError
 from trust.store.base import ClientStore
 
@@ -29,9 +29,6 @@ MAX_EXPIRY_S: Final = 365 * 86_400
 DEFAULT_EXPIRY: Final = "7d"
 MAX_FAILURES_PER_HOUR: Final = 5
 """After this many failed ``/invite`` attempts in an hour a client is refused unlooked (T50)."""
-
-_DURATION = re.compile(r"([0-9]+)([smhd])")
-_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def generate_code() -> str:
@@ -51,15 +48,13 @@ def parse_expiry(text: str | int | None) -> int | None:
     """Seconds until expiry from ``90s``/``12h``/``7d``/``never`` (None), 1 s to 365 d."""
     if text is None or (isinstance(text, str) and text.strip().lower() == "never"):
         return None
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
         seconds = text
     else:
-        match = _DURATION.fullmatch(text.strip())
-        if match is None:
-            raise TrustOpError(
-                "invalid_expiry", f"expiry {text!r}: use <number><s|m|h|d> or 'never'"
-            )
-        seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+        try:
+            seconds = parse_duration(text, max_s=MAX_EXPIRY_S)
+        except ValueError as exc:
+            raise TrustOpError("invalid_expiry", f"expiry: {exc}, or 'never'") from None
     if not 1 <= seconds <= MAX_EXPIRY_S:
         raise TrustOpError("invalid_expiry", "expiry must be between 1 s and 365 d, or 'never'")
     return seconds

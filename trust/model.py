@@ -15,7 +15,9 @@ import attrs
 
 __all__ = [
     "ANONYMOUS",
+    "OPERATIONS",
     "STATE_OPS",
+    "TRUST_OPERATIONS",
     "AgentVerdict",
     "ClientState",
     "CommandKind",
@@ -58,6 +60,21 @@ class CommandKind(enum.StrEnum):
     PAY = "pay"
     TRUST = "trust"
 
+
+TRUST_OPERATIONS: tuple[str, ...] = (
+    "promote",
+    "demote",
+    "block",
+    "unblock",
+    "admin/set",
+    "admin/remove",
+    "level",
+    "audit",
+)
+"""The §8 operations of chat, CLI and API, by the names ``/trust`` and ``disable:`` use."""
+
+OPERATIONS: tuple[str, ...] = ("verify/invite", "verify/payment", *TRUST_OPERATIONS)
+"""Everything a policy's ``disable:`` may name: the verifications and the operations."""
 
 StateOp = Literal[
     "promote_to_contact",

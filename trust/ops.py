@@ -11,7 +11,6 @@ line; refusals are :class:`TrustOpError`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Final
 
 from trust.commands import TrustCommand
@@ -291,15 +290,3 @@ def _level(text: str) -> Level:
         raise TrustOpError(
             "invalid_level", f"unknown level {text!r}: stranger, contact or whitelist"
         ) from None
-
-
-OPERATION_NAMES: Final[Sequence[str]] = (
-    "promote",
-    "demote",
-    "block",
-    "unblock",
-    "admin/set",
-    "admin/remove",
-    "level",
-    "audit",
-)

@@ -23,7 +23,16 @@ import attrs
 
 from trust import _yaml
 from trust.commands import canonical_invite_code, invite_code_digest
-from trust.model import STATE_OPS, ClientState, CommandKind, Level, Outcome, RequestFacts
+from trust.compat import LEGACY_KEYS
+from trust.model import (
+    OPERATIONS,
+    STATE_OPS,
+    ClientState,
+    CommandKind,
+    Level,
+    Outcome,
+    RequestFacts,
+)
 
 __all__ = [
     "AGENT_TOOLS",
@@ -56,19 +65,6 @@ FORBIDDEN_ACTIONS = frozenset({"unblock", "set_admin", "remove_admin"})
 ACTIONS = TERMINAL | VERIFY | STATE_OPS
 FOLLOW_UPS = TERMINAL | STATE_OPS | {"continue"}
 AGENT_TOOLS = ("get_level", "get_history", "promote_to_contact", "block")
-OPERATIONS = (
-    "verify/invite",
-    "verify/payment",
-    "promote",
-    "demote",
-    "block",
-    "unblock",
-    "admin/set",
-    "admin/remove",
-    "level",
-    "audit",
-)
-"""The fixed trust operations of §8, by the names `disable:` uses."""
 
 NATIVE_KEYS = (
     "name",
@@ -81,7 +77,6 @@ NATIVE_KEYS = (
     "payment",
     "disable",
 )
-LEGACY_KEYS = ("allow", "deny", "onboard")
 RULE_KEYS = ("if", "action", "on_success", "on_failure", "reason")
 TRIGGER_KEYS = ("when", "reason")
 PolicyFormat = Literal["native", "connectonion-0.6.5"]
@@ -175,8 +170,9 @@ class PolicyError(ValueError):
         super().__init__(f"{count} problem{'s' if count != 1 else ''} in policy:\n{lines}")
 
 
-def parse_duration(value: object) -> int:
-    """Seconds of a policy duration: `0`, `"0"`, `"0s"`, or `<digits><s|m|h|d>` 1 s..30 d."""
+def parse_duration(value: object, *, max_s: int = _MAX_DURATION_S) -> int:
+    """Seconds of a duration: `0`, `"0"`, `"0s"`, or `<digits><s|m|h|d>` from 1 s to `max_s`
+    (30 d for policies). The one duration syntax of the trust package (invite expiry too)."""
     if isinstance(value, bool):
         raise ValueError("a duration, not a boolean (write 0 to disable)")
     if isinstance(value, int):
@@ -192,8 +188,8 @@ def parse_duration(value: object) -> int:
     if match is None:
         raise ValueError(f"{value!r} is not a duration: use whole <digits><s|m|h|d>, e.g. '24h'")
     seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
-    if not 1 <= seconds <= _MAX_DURATION_S:
-        raise ValueError(f"{value!r} is out of range: durations run from 1s to 30d")
+    if not 1 <= seconds <= max_s:
+        raise ValueError(f"{value!r} is out of range: durations run from 1s to {max_s // 86400}d")
     return seconds
 
 

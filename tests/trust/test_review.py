@@ -659,3 +659,33 @@ def test_T23_no_api_key_in_exception_text() -> None:
             TrustConfig.from_env(env)
         text = f"{info.value} {info.value!r}"
         assert "SECRET" not in text.upper() and "secret" not in text
+
+
+# --- one duration syntax, one list of operations ----------------------------------------------
+
+
+def test_invite_expiry_and_policy_durations_share_one_syntax() -> None:
+    from trust.invites import parse_expiry
+    from trust.policy import parse_duration
+
+    for text in ("90s", "15m", "12h", "30d"):
+        assert parse_expiry(text) == parse_duration(text)
+    assert parse_expiry("31d") == 31 * 86_400  # invites may last a year, policies 30 days
+    with pytest.raises(ValueError, match="1s to 30d"):
+        parse_duration("31d")
+    for bad in ("1w", "12 h", "1.5h"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+        with pytest.raises(TrustOpError) as info:
+            parse_expiry(bad)
+        assert info.value.code == "invalid_expiry"
+
+
+def test_one_list_of_operations() -> None:
+    from trust.commands import TRUST_OPS
+    from trust.model import OPERATIONS, TRUST_OPERATIONS
+    from trust.policy import OPERATIONS as DISABLE_NAMES
+
+    assert DISABLE_NAMES is OPERATIONS
+    assert OPERATIONS == ("verify/invite", "verify/payment", *TRUST_OPERATIONS)
+    assert set(TRUST_OPERATIONS) - set(TRUST_OPS) == {"audit"}
