@@ -687,5 +687,5 @@ def test_one_list_of_operations() -> None:
     from trust.policy import OPERATIONS as DISABLE_NAMES
 
     assert DISABLE_NAMES is OPERATIONS
-    assert OPERATIONS == ("verify/invite", "verify/payment", *TRUST_OPERATIONS)
+    assert ("verify/invite", "verify/payment", *TRUST_OPERATIONS) == OPERATIONS
     assert set(TRUST_OPERATIONS) - set(TRUST_OPS) == {"audit"}
