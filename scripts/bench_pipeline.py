@@ -363,6 +363,8 @@ class BenchConnector:
         from relay_runtime.connector import ReferenceConnector
 
         tracker = self.tracker = Tracker()
+        #: Messages go round-robin over this many chats (one user each).
+        self.sessions = SESSIONS
 
         class _Timed(ReferenceConnector):
             async def _on_outbound(self, conn: Any, frame: Outbound) -> None:
@@ -377,7 +379,7 @@ class BenchConnector:
 
     async def inject(self, seq: int) -> None:
         """Inject message ``seq`` (live; buffered if the gateway is away)."""
-        event = make_event(seq, seq % SESSIONS)
+        event = make_event(seq, seq % self.sessions)
         await self.connector.inject(event, gateway_id=GATEWAY_ID)
 
     def trim(self) -> None:

@@ -55,7 +55,7 @@ _json_scalars = (
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False)
-    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+    | st.text(st.characters(codec="utf-8"), max_size=20)
 )
 json_values = st.recursive(
     _json_scalars,
@@ -77,7 +77,7 @@ typed_frames = st.builds(
 text_lines = (
     typed_frames.map(lambda f: json.dumps(f, ensure_ascii=False))
     | json_values.map(lambda v: json.dumps(v, ensure_ascii=False))
-    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
+    | st.text(st.characters(codec="utf-8"), max_size=200)
 ).map(lambda line: line.replace("\n", " ").replace("\r", " "))
 #: A whole message: a text line (sent as text) or raw bytes (sent as binary).
 messages = text_lines.map(lambda line: line + "\n") | st.binary(max_size=300).map(
