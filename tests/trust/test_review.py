@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,9 @@ def msg(
 
 
 @pytest.fixture
-async def db(tmp_path: Path, wall: WallClock) -> SqlClientStore:
+async def db(tmp_path: Path, wall: WallClock) -> AsyncIterator[SqlClientStore]:
     store = await open_sqlite_store(tmp_path, clock=wall)
-    yield store  # type: ignore[misc]
+    yield store
     await store.aclose()
 
 
