@@ -122,9 +122,19 @@ class SupervisorStats:
     frames_out: int = 0
     malformed_frames: int = 0
     inbound_stalls: int = 0
+    inbound_stalled_frames: int = 0
     contained_protocol_errors: int = 0
     last_backoff_s: float | None = None
     last_close: tuple[int, str] | None = None
+
+
+@attrs.define
+class _Stall:
+    """One backpressure episode: the reader waiting on a full inbound queue (RC §7.2)."""
+
+    started: float
+    resumed: float
+    frames: int = 0
 
 
 def _default_token(gateway_id: str, secret: str) -> str:
@@ -199,7 +209,7 @@ class Supervisor:
         self._first_ready = trio.Event()
         self._idle_waiter: list[bool] | None = None
         self._idle_done: trio.Event | None = None
-        self._stalled = False
+        self._stall: _Stall | None = None
 
     # ---- public surface ------------------------------------------------------------------
 
@@ -465,6 +475,7 @@ class Supervisor:
                 log.warning("relay: socket broke: %r", group.exceptions[0])
             if self._socket is not None and generation == self._generation:
                 self._socket = None
+            self._end_stall("the socket ended")
             if ended is None:
                 ended = SocketEnd(ABNORMAL_CLOSURE, "")
             if ended.code >= 0:
@@ -594,14 +605,44 @@ class Supervisor:
         self._report(generation, sm.DescriptorReceived(valid=True))
 
     async def _hand_off(self, item: InboundItem) -> None:
+        """Give one frame to the dispatcher, waiting (and so not reading) while it is full.
+
+        One ERROR opens a backpressure episode; it ends, with one INFO, at the first hand-off
+        that does not wait while the queue is at most half full, or when the socket ends.
+        """
+        stall = self._stall
+        if stall is not None:
+            queued = self._inbound.statistics()
+            # Hysteresis: a queue hovering at the brim would otherwise open a new episode
+            # every few frames.
+            if queued.current_buffer_used <= queued.max_buffer_size // 2:
+                self._end_stall("the queue has room again")
+                stall = None
         try:
             self._inbound.send_nowait(item)
             return
         except trio.WouldBlock:
             pass
-        if not self._stalled:
-            self._stalled = True
+        if stall is None:
+            now = trio.current_time()
+            stall = self._stall = _Stall(started=now, resumed=now)
             self.stats.inbound_stalls += 1
             log.error("relay: inbound queue full; pausing the socket reader (backpressure)")
-        await self._inbound.send(item)
-        self._stalled = False
+        stall.frames += 1
+        self.stats.inbound_stalled_frames += 1
+        try:
+            await self._inbound.send(item)
+        finally:
+            stall.resumed = trio.current_time()
+
+    def _end_stall(self, why: str) -> None:
+        """Close the open backpressure episode, if any, with its one INFO line."""
+        stall, self._stall = self._stall, None
+        if stall is None:
+            return
+        log.info(
+            "relay: inbound backpressure ended (%s) after %.3f s; %d frame(s) waited",
+            why,
+            stall.resumed - stall.started,
+            stall.frames,
+        )

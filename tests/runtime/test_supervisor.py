@@ -886,3 +886,115 @@ async def test_stop_while_dialing_abandons_the_dial(
     await trio.sleep(3600)
     assert h.sup.state == "closed"
     assert len(connector.dial_times) == 1
+
+
+# ---- backpressure episodes (RC §7.2: one ERROR per episode) -------------------------------
+
+
+def _inbound_lines(texts: list[str]) -> str:
+    """Many ``inbound`` frames in one WebSocket message (the reader splits them)."""
+    return "".join(f'{{"type":"inbound","event":{{"text":"{text}"}}}}\n' for text in texts)
+
+
+def _stall_records(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and "inbound queue full" in r.getMessage()
+    ]
+    ends = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO and "inbound backpressure ended" in r.getMessage()
+    ]
+    return errors, ends
+
+
+async def test_R60_long_stall_with_many_frames_logs_one_error_then_one_info(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    connector: FakeConnector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay_runtime.supervisor")
+    h = await launch(nursery, connector, inbound_size=4)
+    conn = await connector.connection(0)
+    await conn.send_raw(_inbound_lines([str(i) for i in range(40)]))
+    await trio.testing.wait_all_tasks_blocked()
+    started = trio.current_time()
+    # A slow dispatcher: one frame a second, so the queue sits at the brim for ~36 s and
+    # the reader waits on every frame after the first four.
+    texts = []
+    for _ in range(40):
+        await trio.sleep(1)
+        texts.append((await h.inbound.receive()).event.text)
+    assert texts == [str(i) for i in range(40)]
+    errors, ends = _stall_records(caplog)
+    assert len(errors) == 1
+    assert ends == []  # the reader has not handed anything over since
+    assert h.sup.stats.inbound_stalls == 1
+    assert h.sup.stats.inbound_stalled_frames == 36
+
+    # The queue is empty now: the next frame goes straight through and ends the episode.
+    await conn.send({"type": "inbound", "event": {"text": "after"}})
+    assert (await h.inbound.receive()).event.text == "after"
+    errors, ends = _stall_records(caplog)
+    assert len(errors) == 1 and len(ends) == 1
+    match = re.search(r"after ([0-9.]+) s; (\d+) frame\(s\) waited", ends[0])
+    assert match is not None, ends[0]
+    assert 35 <= float(match.group(1)) <= 37 and trio.current_time() - started >= 40
+    assert int(match.group(2)) == 36
+    assert h.sup.state == "ready"
+
+
+async def test_R60_queue_hovering_at_the_brim_is_one_episode_a_new_stall_is_another(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    connector: FakeConnector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay_runtime.supervisor")
+    h = await launch(nursery, connector, inbound_size=4)
+    conn = await connector.connection(0)
+    await conn.send_raw(_inbound_lines([f"a{i}" for i in range(12)]))
+    await trio.testing.wait_all_tasks_blocked()
+    # Take two at a time: the reader then hands a frame over without waiting while the
+    # queue is still above half full; that is the same episode, not a new one.
+    received = []
+    while len(received) < 12:
+        await trio.sleep(1)
+        received += [(await h.inbound.receive()).event.text for _ in range(2)]
+        await trio.testing.wait_all_tasks_blocked()
+    assert received == [f"a{i}" for i in range(12)]
+    errors, ends = _stall_records(caplog)
+    assert len(errors) == 1 and ends == []
+
+    # A second burst after the queue drained is a second episode, with its own ERROR.
+    await conn.send_raw(_inbound_lines([f"b{i}" for i in range(8)]))
+    await trio.testing.wait_all_tasks_blocked()
+    errors, ends = _stall_records(caplog)
+    assert len(errors) == 2 and len(ends) == 1
+    assert h.sup.stats.inbound_stalls == 2
+    assert [(await h.inbound.receive()).event.text for _ in range(8)] == [f"b{i}" for i in range(8)]
+
+
+async def test_R60_backpressure_episode_ends_when_the_socket_ends(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    connector: FakeConnector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay_runtime.supervisor")
+    h = await launch(nursery, connector, inbound_size=1)
+    conn = await connector.connection(0)
+    await conn.send_raw(_inbound_lines(["0", "1", "2"]))
+    await trio.sleep(5)
+    # The stalled reader cannot see the connector's frames, so the going_idle_ack never
+    # arrives; the close after the ack timeout ends the socket and with it the episode.
+    h.sup.stop()
+    await h.finished.wait()
+    assert conn.close_code == 1000
+    errors, ends = _stall_records(caplog)
+    assert len(errors) == 1
+    assert len(ends) == 1 and "the socket ended" in ends[0], ends
+    assert h.sup.stats.inbound_stalls == 1
