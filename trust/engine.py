@@ -82,6 +82,7 @@ AUDIT_GAP_WAIT_S: Final = 30.0
 insert, so a transaction that commits late shows up below ids already seen (or never,
 when it rolled back)."""
 MAX_AUDIT_GAPS: Final = 10_000
+AUDIT_START_WINDOW: Final = 1_000
 
 INVITE_OK_REPLY: Final = "Invite accepted. You are now a contact."
 INVITE_BAD_REPLY: Final = "That invite code was not accepted."
@@ -1022,7 +1023,10 @@ async def open_trust_engine(config: TrustConfig | None = None) -> AsyncIterator[
         if config.agent is None and config.llm is not None:
             own_agent = TrustAgent(config.llm)
         engine = TrustEngine(config, policy, store, config.agent or own_agent)
-        engine._last_audit = await store.last_audit_id()
+        # Start a little behind the newest id: the first tail then notes which recent ids
+        # are still uncommitted (a transaction in flight while we start) as gaps to watch.
+        engine._last_audit = max(0, await store.last_audit_id() - AUDIT_START_WINDOW)
+        await engine.tail()
         log.info("trust policy %s (sha256 %s): %s", policy.name, policy.digest, engine.describe())
         if policy.name == "open":
             log.warning("trust policy 'open' admits everyone; for development only")

@@ -153,6 +153,37 @@ async def test_T20_late_commit_below_seen_ids_is_tailed_on_postgres(
         await store.aclose()
 
 
+@pytest.mark.postgres
+async def test_T20_transaction_in_flight_at_start_is_tailed_on_postgres(
+    pg_schema: str, wall: WallClock
+) -> None:
+    import psycopg
+
+    from tests.trust.conftest import PG_DSN
+    from trust.store import core, open_postgres_store
+    from trust.store.postgres import _PgTx
+
+    store = await open_postgres_store(PG_DSN, schema=pg_schema, clock=wall)
+    # Not autocommit: the block below stays one open transaction until commit().
+    slow = psycopg.connect(PG_DSN, options=f"-c search_path={pg_schema}")
+    try:
+        core.run_op(
+            _PgTx(slow), "block", "discord:42", actor=OP, tier="operator", reason="abuse",
+            now_ms=wall(),
+        )  # fmt: skip
+        await fn.promote_to_contact(store, "discord:7", actor=OP, tier="operator")
+        config = TrustConfig(policy="open", store=store, tail_interval_s=3600)
+        async with open_trust_engine(config) as engine:
+            assert (await engine.evaluate(msg(uid="42"))).decision.allow  # view cached
+            slow.commit()
+            await engine.tail()
+            out = await engine.evaluate(msg(uid="42"))
+            assert (out.decision.allow, out.decision.reason) == (False, "blocked")
+    finally:
+        slow.close()
+        await store.aclose()
+
+
 async def test_tail_gives_up_on_a_gap_that_never_fills(
     db: SqlClientStore, mock_clock: trio.testing.MockClock
 ) -> None:
