@@ -22,6 +22,8 @@ from trust.policy import Policy
 from trust.records import AuditEntry, AuditTier, ClientRecord, Invite, OpResult, TrustOpError
 from trust.store.base import ClientStore
 
+ADMIN: Final[AuditTier] = "admin"
+"""The tier of everything sent over chat: an admin, whatever its platform is called."""
 MAX_CHAT_REPLY: Final = 1500
 DM_ONLY_REPLY: Final = "Use a direct message for /trust commands."
 NOT_AUTHORIZED_REPLY: Final = "not authorized: /trust needs the admin role"
@@ -264,21 +266,21 @@ class TrustOps:
         if op == "help":
             return HELP
         if op == "promote":
-            return (await self.promote(typed, command.level or "", sender)).message
+            return (await self.promote(typed, command.level or "", sender, tier=ADMIN)).message
         if op == "demote":
-            return (await self.demote(typed, command.level or "", sender)).message
+            return (await self.demote(typed, command.level or "", sender, tier=ADMIN)).message
         if op == "block":
-            return (await self.block(typed, command.reason or "", sender)).message
+            return (await self.block(typed, command.reason or "", sender, tier=ADMIN)).message
         if op == "unblock":
-            return (await self.unblock(typed, sender)).message
+            return (await self.unblock(typed, sender, tier=ADMIN)).message
         if op == "admin/set":
-            return (await self.set_admin(typed, sender)).message
+            return (await self.set_admin(typed, sender, tier=ADMIN)).message
         if op == "admin/remove":
-            return (await self.remove_admin(typed, sender)).message
+            return (await self.remove_admin(typed, sender, tier=ADMIN)).message
         if op == "level":
-            return (await self.level(typed, sender)).message
+            return (await self.level(typed, sender, tier=ADMIN)).message
         if op == "audit":
-            result, _ = await self.audit(command.client, sender, limit=10)
+            result, _ = await self.audit(command.client, sender, limit=10, tier=ADMIN)
             return result.message
         return HELP
 
