@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -304,19 +305,32 @@ def _python(*args: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def child(argv: list[str], env: dict[str, str] | None = None) -> Any:
-    """Start a child process (stdout piped, stderr inherited) and always stop it."""
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-        text=True,
-    )
-    try:
-        yield proc
-    finally:
-        stop_process(proc)
+def child(argv: list[str], env: dict[str, str] | None = None, stderr: Path | None = None) -> Any:
+    """Start a child process (stdout piped; stderr inherited or to a file); always stop it."""
+    with contextlib.ExitStack() as files:
+        err = files.enter_context(stderr.open("w")) if stderr is not None else None
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, **(env or {})},
+            text=True,
+        )
+        try:
+            yield proc
+        finally:
+            stop_process(proc)
+
+
+def log_summary(path: Path, top: int = 3) -> str:
+    """``N lines`` of a child's stderr log and its most frequent lines (ids masked)."""
+    if not path.exists():
+        return "no log"
+    lines = path.read_text(errors="replace").splitlines()
+    counts = Counter(re.sub(r"[0-9a-f]{32}|\d+", "#", line)[:90] for line in lines)
+    common = "; ".join(f"{n} x {text!r}" for text, n in counts.most_common(top))
+    return f"{len(lines)} lines" + (f" ({common})" if common else "")
 
 
 def stop_process(proc: subprocess.Popen[str], timeout_s: float = 10.0) -> None:
@@ -403,14 +417,20 @@ async def pipeline(
         async with trio.open_nursery() as nursery:
             await nursery.start(bench.connector.serve, HOST, 0)
             argv = gateway_argv(bench.connector.base_url, state_dir, trust, SESSIONS)
-            proc = stack.enter_context(child(argv, {"BENCH_GATEWAY_SECRET": secret}))
+            log = state_dir / "gateway-stderr.log"
+            proc = stack.enter_context(child(argv, {"BENCH_GATEWAY_SECRET": secret}, log))
             try:
-                await wait_line(proc, "READY", START_TIMEOUT_S)
+                try:
+                    await wait_line(proc, "READY", START_TIMEOUT_S)
+                except RuntimeError:
+                    sys.stderr.write(log.read_text(errors="replace")[-4000:])
+                    raise
                 with trio.fail_after(START_TIMEOUT_S):
                     await bench.connector.wait_connected(GATEWAY_ID)
                 yield bench, proc
             finally:
                 nursery.cancel_scope.cancel()
+                print(f"  gateway stderr: {log_summary(log)}", file=sys.stderr, flush=True)
 
 
 async def run_pipeline(
