@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -69,13 +70,26 @@ def test_T5_cli_block_uses_the_casefold_setting_and_the_engine_still_starts(
     assert trio.run(engine_sees_the_block) == (False, "blocked")
 
 
+def test_T5_import_co_uses_the_casefold_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RELAY_TRUST_CASEFOLD_PLATFORMS", "matrix")
+    co = tmp_path / "co"
+    co.mkdir()
+    (co / "contacts.txt").write_text("Alice\n")
+    state = tmp_path / "state"
+    argv = ["import-co", str(co), "--platform", "matrix", "--state-dir", str(state), "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] == ["matrix:alice"]
+
+
 def test_cli_state_dir_flag_wins_over_RELAY_TRUST_DSN(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("RELAY_TRUST_DSN", "postgresql://nobody@127.0.0.1:1/none")
     assert main(["promote", "discord:5", "--to", "contact", "--state-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("discord:5 promoted")
-    assert (tmp_path / "trust.db").exists() or any(tmp_path.iterdir())
+    assert (tmp_path / "relay.db").exists()
 
 
 # --- 2. the tier comes from the entry point, never from the actor's spelling ---------------
