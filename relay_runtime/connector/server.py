@@ -7,7 +7,10 @@ connector's half of the relay contract v1 (RC §1-§8) well enough to run a gate
   of secrets per gateway; a refusal is HTTP 401 or an accept-then-close 4401 (switchable);
   any other path gets 400. The gateway id comes from the token, never from a frame.
 * ``hello`` -> a per-platform descriptor (or an invalid one, or none, for handshake tests).
-* ``outbound`` -> ``outbound_result`` following an :class:`~.outcomes.OutcomeTable`.
+* ``outbound`` -> ``outbound_result`` following an :class:`~.outcomes.OutcomeTable`,
+  idempotent by ``requestId`` per gateway: the gateway's outbox re-sends a reply with its
+  stored ``requestId`` after a drop (RC §6.2), so a repeat is answered with the first result
+  and egresses nothing (counted in ``duplicate_outbounds``).
 * ``going_idle`` flips the gateway's instance to buffered-only and acks; buffered inbound is
   replayed with ``bufferId``s after the next handshake, advancing only on ``inbound_ack``.
 * Test hooks: inject ``inbound`` / ``passthrough_forward`` / ``interrupt_inbound``, revoke or
@@ -29,6 +32,7 @@ import random
 import socket
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -67,7 +71,15 @@ from protocol.frames import (
 from protocol.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
 from protocol.urls import RELAY_PATH
 from relay_runtime.connector.buffer import BufferedFrame, DeliveryBuffer
-from relay_runtime.connector.outcomes import Delay, Fail, NoAnswer, Outcome, OutcomeTable, Reply
+from relay_runtime.connector.outcomes import (
+    Delay,
+    Fail,
+    NoAnswer,
+    Outcome,
+    OutcomeTable,
+    Reply,
+    Succeed,
+)
 from relay_runtime.connector.presets import (
     DEFAULT_DESCRIPTORS,
     INVALID_DESCRIPTOR,
@@ -91,6 +103,9 @@ from relay_runtime.transport import message_limit
 __all__ = ["Connection", "ReferenceConnector", "open_connector"]
 
 log = logging.getLogger("relay.connector")
+
+#: How many performed ``requestId``s the connector remembers for idempotency (LRU).
+DEFAULT_REQUEST_ID_MEMORY = 100_000
 
 DescriptorMode = Literal["valid", "invalid", "none"]
 RejectMode = Literal["http", "close"]
@@ -172,6 +187,9 @@ class ReferenceConnector:
         max_frame_bytes: the frame limit for what gateways send (RC §2).
         close_timeout: how long a close handshake may take before the TCP stream is aborted.
         clock: wall clock for token expiry.
+        request_id_memory: how many performed ``requestId``s (per connector, keyed by
+            gateway) are remembered to answer a repeat without egressing again; the least
+            recently seen is forgotten first.
     """
 
     def __init__(
@@ -189,9 +207,12 @@ class ReferenceConnector:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         close_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        request_id_memory: int = DEFAULT_REQUEST_ID_MEMORY,
     ) -> None:
         if drain_window < 1:
             raise ValueError(f"drain_window must be >= 1, not {drain_window}")
+        if request_id_memory < 1:
+            raise ValueError(f"request_id_memory must be >= 1, not {request_id_memory}")
         if reject_mode not in ("http", "close"):
             raise ValueError(f"reject_mode must be 'http' or 'close', not {reject_mode!r}")
         self._secrets: dict[str, list[str]] = {}
@@ -230,6 +251,12 @@ class ReferenceConnector:
         self._ids = itertools.count(1)
         self._buffer_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
+        self.request_id_memory = request_id_memory
+        # (gateway id, requestId) -> the result given when the action was performed.
+        self._performed: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        #: ``outbound`` frames whose ``requestId`` was already performed for that gateway:
+        #: answered with the first result, nothing egressed again.
+        self.duplicate_outbounds = 0
         self._chaos: _Chaos | None = None
         self.chaos_drops = 0
         self._change = trio.Event()
@@ -783,6 +810,11 @@ class ReferenceConnector:
             conn.nursery.start_soon(self._drain, conn, inst)
 
     async def _on_outbound(self, conn: Connection, frame: Outbound) -> None:
+        first = self._repeat_result(conn, frame)
+        if first is not None:
+            # A repeat answers at once and takes no outcome: the table scripts egress.
+            await self._write(conn, OutboundResult(request_id=frame.request_id, result=first))
+            return
         outcome = self.outcomes.take(frame.action.OP)
         if isinstance(outcome, NoAnswer):
             return
@@ -808,6 +840,24 @@ class ReferenceConnector:
         if isinstance(outcome, Delay | NoAnswer):  # only reached for a nested Delay
             raise TypeError(f"cannot answer with {outcome!r}")
         action = frame.action
+        if isinstance(action, Send | FollowUp | Edit):
+            # Checked again here: a repeat may arrive while the first is delayed.
+            first = self._repeat_result(conn, frame)
+            if first is not None:
+                return first
+            result = self._egress(conn, frame, outcome)
+            if result.get("success") is True:
+                self._remember_performed(conn, frame, result)
+            return result
+        if isinstance(action, Typing):
+            return {"success": True}
+        assert isinstance(action, GetChatInfo)
+        name, kind = self.chat_info.get(action.chat_id, (action.chat_id, "dm"))
+        return {"chat_info": {"name": name, "type": kind}}
+
+    def _egress(self, conn: Connection, frame: Outbound, outcome: Succeed) -> dict[str, Any]:
+        """Post or edit a message as ``frame`` asks; the result to answer with."""
+        action = frame.action
         if isinstance(action, Send | FollowUp):
             message_id = outcome.message_id or f"m-{next(self._message_ids)}"
             chat_id = action.chat_id if isinstance(action, Send) else action.session_key
@@ -819,22 +869,44 @@ class ReferenceConnector:
                 platform=frame.platform,
             )
             return {"success": True, "message_id": message_id}
-        if isinstance(action, Edit):
-            known = self._messages.get(action.message_id)
-            if known is None or known.chat_id != action.chat_id:
-                return {
-                    "success": False,
-                    "error": f"unknown message {action.message_id!r} in chat {action.chat_id!r}",
-                }
-            self._messages[action.message_id] = attrs.evolve(
-                known, content=action.content, edits=known.edits + 1
-            )
-            return {"success": True}
-        if isinstance(action, Typing):
-            return {"success": True}
-        assert isinstance(action, GetChatInfo)
-        name, kind = self.chat_info.get(action.chat_id, (action.chat_id, "dm"))
-        return {"chat_info": {"name": name, "type": kind}}
+        assert isinstance(action, Edit)
+        known = self._messages.get(action.message_id)
+        if known is None or known.chat_id != action.chat_id:
+            return {
+                "success": False,
+                "error": f"unknown message {action.message_id!r} in chat {action.chat_id!r}",
+            }
+        self._messages[action.message_id] = attrs.evolve(
+            known, content=action.content, edits=known.edits + 1
+        )
+        return {"success": True}
+
+    def _repeat_result(self, conn: Connection, frame: Outbound) -> dict[str, Any] | None:
+        """The first result of an action already performed under this ``requestId``, if any.
+
+        A hit counts as a duplicate. Only performed (successful) egress is remembered: a
+        failed attempt egressed nothing, so a retry under the same id is performed afresh.
+        """
+        key = (conn.gateway_id, frame.request_id)
+        first = self._performed.get(key)
+        if first is None:
+            return None
+        self._performed.move_to_end(key)
+        self.duplicate_outbounds += 1
+        log.info(
+            "gateway %r: repeated requestId %r (%s); answering with the first result",
+            conn.gateway_id,
+            frame.request_id,
+            frame.action.OP,
+        )
+        return dict(first)
+
+    def _remember_performed(
+        self, conn: Connection, frame: Outbound, result: dict[str, Any]
+    ) -> None:
+        self._performed[(conn.gateway_id, frame.request_id)] = dict(result)
+        while len(self._performed) > self.request_id_memory:
+            self._performed.popitem(last=False)
 
     async def _on_going_idle(self, conn: Connection) -> None:
         inst = self._instance(conn.gateway_id)
