@@ -235,3 +235,14 @@ async def test_apply_writes_rule_actor_and_policy(store: SqlClientStore) -> None
         "contact",
     )
     assert await store.audit("x:a") == entries
+
+
+async def test_a_missing_state_dir_is_created_as_a_private_directory(tmp_path: Path) -> None:
+    from trust.store import open_sqlite_store
+
+    state = tmp_path / "new" / "state"
+    store = await open_sqlite_store(state)
+    await store.aclose()
+    assert state.is_dir()
+    assert (state / "relay.db").is_file()
+    assert state.stat().st_mode & 0o777 == 0o700

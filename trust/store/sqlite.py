@@ -104,7 +104,8 @@ async def open_sqlite_store(
         if not (path.is_file() or path.suffix in _DB_SUFFIXES):
             path = path / DB_FILENAME
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # A new state directory is private, as the runtime creates it (it holds secrets).
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             return SqliteBackend(path)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open trust store {path}: {exc}") from exc
