@@ -42,6 +42,7 @@ sys.path.insert(0, os.fspath(Path(__file__).resolve().parent))
 import bench_pipeline as bp
 from bench_trust import bench_decide
 
+SCRIPT = Path(__file__).resolve()
 TARGET_DECIDE_US = 20.0
 TARGET_LLM_SHARE = 0.10
 TARGET_SESSION_BYTES = 4096
@@ -187,6 +188,78 @@ async def bench_memory(sessions: int) -> MemoryResult:
         if result.lost:
             raise RuntimeError(f"memory run lost {result.lost} messages")
     return MemoryResult(sessions, before, after)
+
+
+@attrs.frozen
+class IdentityResult:
+    """RSS of a process holding ``base`` and then ``base + added`` idle connected gateways."""
+
+    base: int
+    added: int
+    before_kb: int
+    after_kb: int
+
+    @property
+    def per_identity_bytes(self) -> float:
+        """RSS growth per added idle gateway (its own identity set, socket and state db)."""
+        return (self.after_kb - self.before_kb) * 1024 / self.added
+
+
+async def idle_gateways_main(url: str, state_root: Path, base: int, added: int) -> None:
+    """Child: ``base`` idle gateways, RSS, ``added`` more, RSS; prints ``RESULT before after``."""
+    import functools
+
+    from relay_runtime.config import GatewayConfig
+    from relay_runtime.gateway import AdmitAll, run_gateway
+
+    secret = os.environ["BENCH_GATEWAY_SECRET"]
+
+    async def echo(turn: Any) -> str:
+        return str(turn.text)
+
+    async with trio.open_nursery() as nursery:
+
+        async def start(n: int) -> None:
+            config = GatewayConfig(
+                relay_url=url,
+                gateway_id=f"gw-idle-{n}",
+                secret=secret,
+                state_dir=state_root / str(n),
+            )
+            await nursery.start(functools.partial(run_gateway, config, echo, trust=AdmitAll()))
+
+        for n in range(base):
+            await start(n)
+        await trio.sleep(1.0)  # let allocations settle before the baseline
+        before = _rss_kb(os.getpid())
+        for n in range(base, base + added):
+            await start(n)
+        await trio.sleep(1.0)
+        after = _rss_kb(os.getpid())
+        print(f"RESULT {before} {after}", flush=True)
+        nursery.cancel_scope.cancel()
+
+
+async def bench_identities(base: int, added: int) -> IdentityResult:
+    """RSS per idle identity: a child process dials ``base + added`` gateways and sits idle."""
+    import secrets as secrets_module
+
+    from relay_runtime.connector import ReferenceConnector
+
+    secret = secrets_module.token_urlsafe(32)
+    ids = {f"gw-idle-{n}": secret for n in range(base + added)}
+    connector = ReferenceConnector(secrets=ids)
+    with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(connector.serve, bp.HOST, 0)
+            argv = [sys.executable, os.fspath(SCRIPT), "idle-gateways",
+                    "--url", connector.base_url, "--state-root", tmp,
+                    "--base", str(base), "--added", str(added)]  # fmt: skip
+            with bp.child(argv, {"BENCH_GATEWAY_SECRET": secret}, Path(tmp) / "stderr.log") as proc:
+                line = await bp.wait_line(proc, "RESULT", 120.0)
+            nursery.cancel_scope.cancel()
+    before, after = (int(v) for v in line.split())
+    return IdentityResult(base, added, before, after)
 
 
 # --------------------------------------------------------------------------- reconnect
@@ -367,6 +440,7 @@ def report(
     raw: Sequence[bp.RunResult],
     trust: TrustResult,
     memory: MemoryResult,
+    identities: IdentityResult,
     reconnect: ReconnectResult,
     quick: bool,
     plot_name: str,
@@ -431,7 +505,14 @@ def report(
         "## Memory",
         "",
         f"Gateway RSS {memory.before_kb} KiB -> {memory.after_kb} KiB over "
-        f"{memory.sessions} new sessions: {memory.per_session_bytes:.0f} B per session.",
+        f"{memory.sessions} new sessions: {memory.per_session_bytes:.0f} B per session "
+        "(each session a new chat and a new user, so this includes the trust engine's "
+        "per-client state).",
+        "",
+        f"Idle identities: one process with {identities.base} idle connected gateways, then "
+        f"{identities.base + identities.added}: RSS {identities.before_kb} KiB -> "
+        f"{identities.after_kb} KiB, {identities.per_identity_bytes / 1024:.0f} KiB per idle "
+        "identity set (its supervisor, socket, dispatcher and SQLite state db).",
         "",
         "## Reconnect",
         "",
@@ -455,17 +536,35 @@ async def run_all(quick: bool) -> dict[str, Any]:
         trust = await bench_trust(2_000 if quick else 20_000, Path(tmp))
     print("memory ...", file=sys.stderr, flush=True)
     memory = await bench_memory(2_000 if quick else 10_000)
+    print("idle identities ...", file=sys.stderr, flush=True)
+    identities = await bench_identities(10, 20 if quick else 100)
     print("reconnect ...", file=sys.stderr, flush=True)
     reconnect = await bench_reconnect(3 if quick else 20, 100.0)
-    return {"pipe": pipe, "raw": raw, "trust": trust, "memory": memory, "reconnect": reconnect}
+    return {
+        "pipe": pipe,
+        "raw": raw,
+        "trust": trust,
+        "memory": memory,
+        "identities": identities,
+        "reconnect": reconnect,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run everything, print the table, write the report and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="role")
+    idle = sub.add_parser("idle-gateways", help="(internal) the idle-identities child")
+    idle.add_argument("--url", required=True)
+    idle.add_argument("--state-root", required=True, type=Path)
+    idle.add_argument("--base", type=int, required=True)
+    idle.add_argument("--added", type=int, required=True)
     parser.add_argument("--quick", action="store_true", help="short runs (under 60 s)")
     parser.add_argument("--out", default="bench", help="directory for report.md and the PNG")
     args = parser.parse_args(argv)
+    if args.role == "idle-gateways":
+        trio.run(idle_gateways_main, args.url, args.state_root, args.base, args.added)
+        return 0
     started = time.perf_counter()
     results = trio.run(run_all, args.quick)
     out = Path(args.out)
@@ -479,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / plot_name).write_bytes(latency_plot(series))
     text, ok = report(
         results["pipe"], results["raw"], results["trust"], results["memory"],
-        results["reconnect"], args.quick, plot_name, series,
+        results["identities"], results["reconnect"], args.quick, plot_name, series,
     )  # fmt: skip
     (out / "report.md").write_text(text)
     print(text)
