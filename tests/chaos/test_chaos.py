@@ -199,8 +199,11 @@ async def _chaos_run(state_dir: Path) -> None:
                 gateway_id=GATEWAY_ID,
                 secret=secret,
                 state_dir=state_dir,
-                backoff_base_s=0.01,
-                backoff_cap_s=0.05,
+                # Redial fast: with a drop every ~200 frames no connection is "stable" at the
+                # default 60 s, and the ladder would climb to its cap on every drop.
+                backoff_base_s=0.001,
+                backoff_cap_s=0.005,
+                stable_after_s=0.2,
                 max_concurrent_turns=64,
             )
             gateway: Gateway = await nursery.start(_gateway, config, ledger.agent)
