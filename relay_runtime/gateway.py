@@ -30,6 +30,7 @@ from relay_runtime.errors import RelayDisabled
 from relay_runtime.replies import Replies
 from relay_runtime.state import StateDB, StateError
 from relay_runtime.supervisor import Supervisor
+from relay_runtime.transport import Dialer
 from trust.engine import TrustConfig, open_trust_engine
 from trust.model import Decision
 from trust.policy import PolicyError, TrustConfigError, resolve_policy
@@ -268,6 +269,7 @@ async def run_gateway(
     agent: Agent,
     *,
     trust: TrustEvaluator | None = None,
+    dialer: Dialer | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a gateway until it is stopped or cancelled (architecture §3).
@@ -278,10 +280,14 @@ async def run_gateway(
     A failing dial is retried on the backoff ladder; it never raises. ``trust=None`` opens
     the trust engine for ``config.trust`` (``careful`` unless configured) for the gateway's
     lifetime.
+
+    ``dialer`` opens the connector socket (default: a real trio-websocket dial of
+    ``config.relay_url``); it is the testing seam for running over memory streams (see
+    :class:`~relay_runtime.transport.Dialer` and ``relay_runtime.testing``).
     """
     config = _check(config, agent)
     try:
-        await _run(config, agent, trust, task_status)
+        await _run(config, agent, trust, dialer, task_status)
     except BaseExceptionGroup as group:
         # Nurseries on the way (ours, the trust engine's) wrap it; callers get it plainly.
         disabled = _disabled_in(group)
@@ -294,6 +300,7 @@ async def _run(
     config: GatewayConfig,
     agent: Agent,
     trust: TrustEvaluator | None,
+    dialer: Dialer | None,
     task_status: trio.TaskStatus[Gateway],
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
@@ -314,7 +321,7 @@ async def _run(
         config = _with_credentials(config, credentials)
         if credentials is not None:
             await declare_policy(config, credentials)
-        await _serve(config, agent, evaluator, db, task_status)
+        await _serve(config, agent, evaluator, db, dialer, task_status)
 
 
 async def _open_policy_engine(
@@ -335,6 +342,7 @@ async def _serve(
     agent: Agent,
     evaluator: TrustEvaluator,
     db: StateDB,
+    dialer: Dialer | None,
     task_status: trio.TaskStatus[Gateway],
 ) -> None:
     """Assemble the parts and run them in the gateway's one nursery."""
@@ -343,7 +351,7 @@ async def _serve(
     def on_interrupt(session_key: str, chat_id: str) -> None:
         dispatcher.interrupt(session_key, chat_id)
 
-    supervisor = Supervisor(config, inbound=inbound_send, on_interrupt=on_interrupt)
+    supervisor = Supervisor(config, inbound=inbound_send, on_interrupt=on_interrupt, dialer=dialer)
     replies = Replies(_SupervisorLink(supervisor), db, config.identities)
     dispatcher = Dispatcher(
         agent=agent,

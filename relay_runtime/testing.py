@@ -1,50 +1,77 @@
 """A test kit for agent authors: a real gateway against the reference connector, in-process.
 
-:func:`open_harness` starts the reference connector on ``127.0.0.1`` (a free port), a trust
-engine with the policy you choose, and :func:`~relay_runtime.run_gateway` with your agent,
-all in your test's trio run. :meth:`Harness.say` then sends one message as a user and
-returns what happened — the trust decision and the replies the agent (or the trust engine)
-sent — once the gateway has finished with it::
+:func:`open_harness` starts the reference connector, a trust engine with the policy you
+choose, and :func:`~relay_runtime.run_gateway` with your agent, all in your test's trio run.
+:meth:`Harness.say` then sends one message as a user and returns what happened — the trust
+decision and the replies the agent (or the trust engine) sent — once the gateway has
+finished with it::
 
     from relay_runtime.testing import open_harness
 
-    async def test_greets() -> None:
+    async def test_greets(autojump_clock) -> None:
         async with open_harness(my_agent) as harness:
             said = await harness.say("hello", user="discord:1234")
             assert said.allowed
             assert said.replies == ("hi there!",)
 
-Everything runs for real — WebSocket, HMAC upgrade, frames, the SQLite state db, the trust
-store — over real loopback sockets, so use it without ``autojump_clock`` (the reference
-connector has no memory-stream listener). Each message is delivered through the
-connector's ack-gated buffer, and :meth:`~Harness.say` returns when the gateway acks it:
-the ack follows the turn's completion and its confirmed replies (RC §7), so nothing is
-left in flight and no test needs to sleep.
+Everything runs for real — WebSocket upgrade with its HMAC bearer, frames, the SQLite state
+db, the trust store — over one of two transports:
+
+``memory`` (the default under trio's ``MockClock``)
+    gateway and connector talk over :func:`trio.testing.memory_stream_pair`, no sockets, so
+    the test is deterministic under ``autojump_clock`` and virtual time (an agent that
+    sleeps ten minutes) passes at once. The state db and the trust store work in worker
+    threads, and an autojumping ``MockClock`` would otherwise jump while one runs (the
+    run loop looks idle), firing timeouts early. So in this mode the harness runs
+    :func:`autojump_around_threads` for the harness's lifetime: the same jumps, never
+    while a ``trio.to_thread`` call is in flight.
+``loopback`` (the default under the real clock)
+    the connector listens on ``127.0.0.1`` (a free port) and the gateway dials it over
+    TCP. Use the real clock: a mock clock that jumps while bytes are in flight between two
+    real sockets gives false timeouts.
+
+Each message is delivered through the connector's ack-gated buffer, and :meth:`~Harness.say`
+returns when the gateway acks it: the ack follows the turn's completion and its confirmed
+replies (RC §7), so nothing is left in flight and no test needs to sleep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import secrets
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, NoReturn
 
 import attrs
 import trio
+import trio.testing
 
 from protocol.events import MessageEvent, SessionSource
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector import Delivery, ReferenceConnector
 from relay_runtime.dispatcher import Agent, TrustEvaluator, TrustOutcomeLike
 from relay_runtime.gateway import Gateway, run_gateway
+from relay_runtime.transport import Dialer
 from trust.model import Decision
 
-__all__ = ["DEFAULT_USER", "Harness", "Said", "open_harness", "parse_user"]
+__all__ = [
+    "DEFAULT_USER",
+    "Harness",
+    "Said",
+    "Transport",
+    "autojump_around_threads",
+    "open_harness",
+    "parse_user",
+]
+
+#: How the harness connects gateway and connector; ``auto`` picks ``memory`` under a
+#: ``MockClock`` and ``loopback`` otherwise.
+Transport = Literal["auto", "memory", "loopback"]
 
 DEFAULT_USER: Final = "relay:tester"
 GATEWAY_ID: Final = "gw-harness"
@@ -53,6 +80,10 @@ OPERATOR: Final = "local:harness"
 SAY_TIMEOUT_S: Final = 10.0
 #: Bound on the going_idle drain when the harness closes.
 STOP_TIMEOUT_S: Final = 5.0
+#: The relay URL the gateway is configured with in memory mode (never resolved or dialed).
+MEMORY_RELAY_URL: Final = "ws://reference-connector.invalid"
+#: Real seconds between looks while nothing is scheduled at all (see autojump_around_threads).
+_IDLE_POLL_S: Final = 0.01
 
 
 def parse_user(user: str) -> tuple[str, str]:
@@ -122,6 +153,8 @@ class Harness:
     # Message ids are unique across harnesses: a reused state dir remembers completed ids
     # (replay dedupe) and would skip a repeated one.
     _prefix: str = attrs.field(factory=lambda: f"h{secrets.token_hex(4)}")
+    #: ``"memory"`` or ``"loopback"``: how gateway and connector are connected.
+    transport: str = "loopback"
 
     async def say(
         self,
@@ -234,6 +267,7 @@ async def open_harness(
     users: Mapping[str, str] | None = None,
     admins: Iterable[str] = (),
     connector_options: Mapping[str, Any] | None = None,
+    transport: Transport = "auto",
     **config: Any,
 ) -> AsyncIterator[Harness]:
     """Run ``agent`` behind a real gateway and reference connector for an ``async with``.
@@ -247,8 +281,38 @@ async def open_harness(
         users: ``{"discord:1234": "whitelist", ...}`` levels set before the first message.
         admins: users given the admin role before the first message.
         connector_options: further :class:`ReferenceConnector` arguments.
+        transport: ``memory`` (memory streams; deterministic under ``autojump_clock``),
+            ``loopback`` (TCP on 127.0.0.1; real clock only) or ``auto`` (``memory`` when
+            the run's clock is a ``MockClock``, else ``loopback``).
         config: further :class:`GatewayConfig` fields (e.g. ``max_concurrent_turns=1``).
     """
+    clock = trio.lowlevel.current_clock()
+    mock = clock if isinstance(clock, trio.testing.MockClock) else None
+    if transport == "auto":
+        transport = "memory" if mock is not None else "loopback"
+    elif transport not in ("memory", "loopback"):
+        raise ValueError(f"transport {transport!r}: expected auto, memory or loopback")
+    async with trio.open_nursery() as guard_nursery:
+        if transport == "memory" and mock is not None and mock.autojump_threshold < math.inf:
+            guard_nursery.start_soon(autojump_around_threads, mock)
+        async with _open(
+            agent, trust, state_dir, users, admins, connector_options, transport, config
+        ) as harness:
+            yield harness
+        guard_nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _open(
+    agent: Agent,
+    trust: str | os.PathLike[str] | TrustEvaluator,
+    state_dir: str | os.PathLike[str] | None,
+    users: Mapping[str, str] | None,
+    admins: Iterable[str],
+    connector_options: Mapping[str, Any] | None,
+    transport: str,
+    config: Mapping[str, Any],
+) -> AsyncIterator[Harness]:
     with contextlib.ExitStack() as stack:
         if state_dir is None:
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-harness-"))
@@ -260,17 +324,21 @@ async def open_harness(
         if not options["always_buffer"]:
             # say() waits for the inbound_ack, which only buffered deliveries get.
             raise ValueError("the harness needs the connector's always_buffer=True")
+        # Its bufferIds carry a random run prefix, so a reused state dir (which remembers
+        # completed bufferIds, RC §4.6) never skips a new message.
         connector = ReferenceConnector(secrets={GATEWAY_ID: secret}, **options)
-        # bufferIds are replay-dedupe keys (RC §4.6) and the reference connector numbers them
-        # from 1 on every start; over a reused state dir "buf-1" would read as already done.
-        # Start past anything an earlier run could have issued (no public option yet).
-        connector._buffer_ids = itertools.count(time.time_ns() // 1000)
         # The gateway stops before the connector, so no close handshake waits on a peer
         # that is gone.
         async with trio.open_nursery() as connector_nursery:
-            await connector_nursery.start(connector.serve, "127.0.0.1", 0)
+            dialer: Dialer | None = None
+            if transport == "memory":
+                relay_url = MEMORY_RELAY_URL
+                dialer = connector.memory_dialer(connector_nursery)
+            else:
+                await connector_nursery.start(connector.serve, "127.0.0.1", 0)
+                relay_url = connector.base_url
             settings: dict[str, Any] = {
-                "relay_url": connector.base_url,
+                "relay_url": relay_url,
                 "gateway_id": GATEWAY_ID,
                 "secret": secret,
                 "state_dir": root,
@@ -293,9 +361,11 @@ async def open_harness(
                 recording = _RecordingTrust(engine)
                 async with trio.open_nursery() as gateway_nursery:
                     gateway: Gateway = await gateway_nursery.start(
-                        _run, gateway_config, agent, recording
+                        _run, gateway_config, agent, recording, dialer
                     )
-                    harness = Harness(connector, gateway, engine, root, recording)
+                    harness = Harness(
+                        connector, gateway, engine, root, recording, transport=transport
+                    )
                     for user in admins:
                         await harness.make_admin(user)
                     for user, level in (users or {}).items():
@@ -314,7 +384,45 @@ async def _run(
     config: GatewayConfig,
     agent: Agent,
     trust: TrustEvaluator,
+    dialer: Dialer | None,
     *,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await run_gateway(config, agent, trust=trust, task_status=task_status)
+    await run_gateway(config, agent, trust=trust, dialer=dialer, task_status=task_status)
+
+
+async def autojump_around_threads(clock: trio.testing.MockClock) -> NoReturn:
+    """Autojump ``clock`` as ``MockClock`` would, but never while a worker thread runs.
+
+    With ``autojump_threshold=0`` trio jumps virtual time as soon as every task is blocked,
+    and a task waiting for ``trio.to_thread.run_sync`` counts as blocked: a timeout can fire
+    while SQLite is still working in its thread. Trio has no way to mark a thread call as
+    activity, so this task takes the clock over with two documented rules: a task waiting
+    in :func:`trio.testing.wait_all_tasks_blocked` suppresses ``MockClock``'s own autojump,
+    and :func:`trio.testing.active_thread_count` counts the ``to_thread`` calls in flight.
+    It waits until every other task has been blocked for ``clock.autojump_threshold`` real
+    seconds, then jumps to the next deadline if no thread call is in flight, or else holds
+    the clock still until they have all finished. Threads started other ways (``threading``,
+    ``trio.lowlevel.start_thread_soon``) are not seen. Run it in a nursery for as long as
+    needed; cancel it to hand autojumping back to the clock.
+    """
+    while True:
+        await trio.testing.wait_all_tasks_blocked(clock.autojump_threshold)
+        if trio.testing.active_thread_count():
+            await _hold_while_threads_run()
+            continue
+        jump = trio.lowlevel.current_statistics().seconds_to_next_deadline
+        if 0 < jump < math.inf:
+            clock.jump(jump)
+        elif jump == math.inf:
+            # Nothing is scheduled: look again later rather than spin on an idle loop.
+            await trio.testing.wait_all_tasks_blocked(_IDLE_POLL_S)
+
+
+async def _hold_while_threads_run() -> None:
+    """Keep virtual time still until no ``to_thread`` call is in flight."""
+    async with trio.open_nursery() as nursery:
+        # An infinite cushion never fires: the waiter only keeps the clock from jumping.
+        nursery.start_soon(trio.testing.wait_all_tasks_blocked, math.inf)
+        await trio.testing.wait_all_threads_completed()
+        nursery.cancel_scope.cancel()

@@ -13,6 +13,13 @@ connector's half of the relay contract v1 (RC §1-§8) well enough to run a gate
   and egresses nothing (counted in ``duplicate_outbounds``).
 * ``going_idle`` flips the gateway's instance to buffered-only and acks; buffered inbound is
   replayed with ``bufferId``s after the next handshake, advancing only on ``inbound_ack``.
+* ``bufferId``s are ``buf-<run prefix>-<n>``: the prefix is random per connector unless set,
+  so a gateway whose state dir outlives a connector run never mistakes a new message for a
+  replay it already completed (``bufferId`` is a replay-dedupe key, RC §4.6).
+* Besides listening on TCP (:meth:`ReferenceConnector.serve`) it serves any already-open
+  trio stream (:meth:`ReferenceConnector.serve_stream`), and
+  :meth:`ReferenceConnector.memory_dialer` connects a gateway to it over in-memory streams,
+  for tests under trio's ``MockClock``.
 * Test hooks: inject ``inbound`` / ``passthrough_forward`` / ``interrupt_inbound``, revoke or
   expire a gateway (4401), drop connections (TCP abort or a close code, also at seeded random
   points), and observe every frame with :meth:`ReferenceConnector.wait_for`.
@@ -29,19 +36,24 @@ import itertools
 import logging
 import math
 import random
+import re
 import socket
 import struct
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from secrets import token_hex
 from typing import Any, Literal, TypeVar
 
 import attrs
 import trio
+import trio.testing
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
+    wrap_client_stream,
     wrap_server_stream,
 )
 from wsproto.utilities import LocalProtocolError
@@ -98,7 +110,7 @@ from relay_runtime.connector.records import (
 from relay_runtime.connector.relevance import RelevancePolicy, admit
 from relay_runtime.connector.seams import ControlPlaneLike, WakePokerLike
 from relay_runtime.connector.upgrade_auth import UpgradeAuth, authenticate, bearer_token
-from relay_runtime.transport import message_limit
+from relay_runtime.transport import Dialer, message_limit
 
 __all__ = ["Connection", "ReferenceConnector", "open_connector"]
 
@@ -106,6 +118,8 @@ log = logging.getLogger("relay.connector")
 
 #: How many performed ``requestId``s the connector remembers for idempotency (LRU).
 DEFAULT_REQUEST_ID_MEMORY = 100_000
+#: What a ``buffer_prefix`` may hold: it goes into ``bufferId``s and log lines.
+_BUFFER_PREFIX = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 
 DescriptorMode = Literal["valid", "invalid", "none"]
 RejectMode = Literal["http", "close"]
@@ -124,7 +138,7 @@ class Connection:
     id: int
     gateway_id: str
     ws: WebSocketConnection = attrs.field(repr=False)
-    stream: trio.SocketStream = attrs.field(repr=False)
+    stream: trio.abc.Stream = attrs.field(repr=False)
     hellos: list[Hello] = attrs.field(factory=list)
     handshaken: bool = False
     draining: bool = False
@@ -190,6 +204,10 @@ class ReferenceConnector:
         request_id_memory: how many performed ``requestId``s (per connector, keyed by
             gateway) are remembered to answer a repeat without egressing again; the least
             recently seen is forgotten first.
+        buffer_prefix: the run prefix of every ``bufferId`` (``buf-<prefix>-<n>``); 1-64
+            of ``A-Z a-z 0-9 . _ ~ -``. Default: 8 random hex digits, fresh per connector, so
+            ids never repeat across runs (they are replay-dedupe keys, RC §4.6). Set it
+            only to get predictable ids, and never reuse one against the same state dir.
     """
 
     def __init__(
@@ -208,7 +226,15 @@ class ReferenceConnector:
         close_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
         request_id_memory: int = DEFAULT_REQUEST_ID_MEMORY,
+        buffer_prefix: str | None = None,
     ) -> None:
+        if buffer_prefix is None:
+            buffer_prefix = token_hex(4)
+        elif not isinstance(buffer_prefix, str) or not _BUFFER_PREFIX.fullmatch(buffer_prefix):
+            raise ValueError(
+                f"buffer_prefix must be 1-64 of A-Z a-z 0-9 . _ ~ -, not {buffer_prefix!r}"
+            )
+        self._buffer_prefix = buffer_prefix
         if drain_window < 1:
             raise ValueError(f"drain_window must be >= 1, not {drain_window}")
         if request_id_memory < 1:
@@ -286,6 +312,58 @@ class ReferenceConnector:
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one already-open byte stream as one gateway socket, until it ends.
+
+        The stream gets exactly what a TCP connection gets: the WebSocket upgrade with its
+        HMAC check, then frames. Any trio stream works, e.g. one end of
+        :func:`trio.testing.memory_stream_pair`, so a gateway and the connector can run
+        without sockets under ``MockClock`` (see :meth:`memory_dialer`). Errors end this
+        socket only; wake pokes need :meth:`serve` to be running.
+        """
+        await self._handle_stream(stream)
+
+    def memory_dialer(self, nursery: trio.Nursery) -> Dialer:
+        """A gateway :class:`~relay_runtime.transport.Dialer` that reaches this connector in memory.
+
+        Each dial opens a :func:`trio.testing.memory_stream_pair` and serves the far end
+        with :meth:`serve_stream` in ``nursery`` (which must outlive the gateway's
+        sockets). Pass it as ``run_gateway(..., dialer=...)``; the gateway's
+        ``relay_url`` is then only used for the upgrade request's host and path.
+        """
+
+        serving = nursery
+
+        async def dial(
+            nursery: trio.Nursery,
+            url: str,
+            *,
+            headers: list[tuple[bytes, bytes]],
+            max_message_size: int,
+        ) -> WebSocketConnection:
+            parts = urllib.parse.urlsplit(url)
+            resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            client, server = trio.testing.memory_stream_pair()
+            serving.start_soon(self.serve_stream, server)
+            # Like a TCP dial: the client end closes with the socket's nursery, so the
+            # connector sees the gateway go however the socket ends.
+            nursery.start_soon(_close_when_cancelled, client)
+            return await wrap_client_stream(
+                nursery,
+                client,  # type: ignore[arg-type]  # any trio stream works
+                parts.netloc or "reference-connector",
+                resource,
+                extra_headers=headers,
+                max_message_size=max_message_size,
+            )
+
+        return dial
+
+    @property
+    def buffer_prefix(self) -> str:
+        """The run prefix of this connector's ``bufferId``s (``buf-<prefix>-<n>``)."""
+        return self._buffer_prefix
 
     @property
     def port(self) -> int:
@@ -628,7 +706,7 @@ class ReferenceConnector:
         elif not connected and not self.buffer_when_disconnected and not inst.buffered_only:
             log.info("no gateway connected for %r; dropping an injected frame", inst.gateway_id)
             return Delivery("dropped", reason="no gateway connected")
-        buffer_id = f"buf-{next(self._buffer_ids)}"
+        buffer_id = f"buf-{self._buffer_prefix}-{next(self._buffer_ids)}"
         inst.buffer.append(frame, buffer_id)
         if inst.buffered_only and not inst.poked:
             inst.poked = True
@@ -654,7 +732,7 @@ class ReferenceConnector:
 
     # -- internals: sockets ---------------------------------------------------------------
 
-    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
         try:
             await self._handle_socket(stream)
         except* LocalProtocolError as group:
@@ -666,7 +744,7 @@ class ReferenceConnector:
             log.error("error serving a gateway socket; closing it", exc_info=group)
             await trio.aclose_forcefully(stream)
 
-    async def _handle_socket(self, stream: trio.SocketStream) -> None:
+    async def _handle_socket(self, stream: trio.abc.Stream) -> None:
         async with stream, trio.open_nursery() as ws_nursery:
             request: WebSocketRequest | None = None
             with trio.move_on_after(self.close_timeout):
@@ -682,7 +760,7 @@ class ReferenceConnector:
             finally:
                 ws_nursery.cancel_scope.cancel()
 
-    async def _handle_request(self, request: WebSocketRequest, stream: trio.SocketStream) -> None:
+    async def _handle_request(self, request: WebSocketRequest, stream: trio.abc.Stream) -> None:
         path = request.path.partition("?")[0]
         if path != RELAY_PATH:
             self._reject_record(None, "unknown path", 400, path)
@@ -990,11 +1068,23 @@ class ReferenceConnector:
         await self.wait_for(lambda: not conn.open)
 
 
-async def _abort(stream: trio.SocketStream) -> None:
-    """Close TCP with a reset: no WebSocket close frame, no FIN handshake."""
-    with contextlib.suppress(OSError):
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    await stream.aclose()
+async def _abort(stream: trio.abc.Stream) -> None:
+    """Close TCP with a reset: no WebSocket close frame, no FIN handshake.
+
+    Any other stream (e.g. an in-memory one) is just closed at once.
+    """
+    if isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(stream)
+
+
+async def _close_when_cancelled(stream: trio.abc.AsyncResource) -> None:
+    """Lives in a socket's nursery; closes ``stream`` when that nursery is cancelled."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 @contextlib.asynccontextmanager
