@@ -352,7 +352,12 @@ async def _serve(
         dispatcher.interrupt(session_key, chat_id)
 
     supervisor = Supervisor(config, inbound=inbound_send, on_interrupt=on_interrupt, dialer=dialer)
-    replies = Replies(_SupervisorLink(supervisor), db, config.identities)
+    replies = Replies(
+        _SupervisorLink(supervisor),
+        db,
+        config.identities,
+        room_wait_s=config.outbound_timeout_s,
+    )
     dispatcher = Dispatcher(
         agent=agent,
         trust=evaluator,

@@ -18,12 +18,13 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 import trio
 
@@ -51,6 +52,10 @@ log = logging.getLogger("relay_runtime.replies")
 
 #: How often expired outbox entries are swept between flushes (RC §6.2).
 SWEEP_INTERVAL_S: Final = 600.0
+#: Outbox entries in flight at once during a flush (different chats; one per chat).
+FLUSH_WINDOW: Final = 32
+#: Upper bound on removing answered entries when a flush is cancelled (shutdown).
+FORGET_TIMEOUT_S: Final = 5.0
 
 
 class ReplyLink(Protocol):
@@ -95,11 +100,14 @@ class OutboxStore(Protocol):
     ) -> int:
         """Commit one entry; raise :class:`OutboxFull` at the bound."""
 
-    async def peek_next(self, now: float) -> OutboxEntry | None:
-        """The oldest live entry."""
+    async def peek_batch(self, now: float, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` of the oldest live entries, oldest first."""
 
     async def delete(self, outbox_id: int) -> bool:
         """Remove an entry."""
+
+    async def delete_many(self, outbox_ids: list[int]) -> list[int]:
+        """Remove several entries in one transaction; the ids that were there."""
 
     async def bump_attempts(self, outbox_id: int) -> Attempt:
         """Count one failed delivery (the last one deletes the entry)."""
@@ -109,6 +117,9 @@ class OutboxStore(Protocol):
 
     async def count(self) -> int:
         """Entries queued."""
+
+    async def entries(self) -> list[OutboxEntry]:
+        """Every queued entry, oldest first."""
 
 
 def _is_drop_or_timeout(result: SendResult) -> bool:
@@ -121,18 +132,33 @@ def _is_drop_or_timeout(result: SendResult) -> bool:
     )
 
 
-def _stored_action(entry: OutboxEntry) -> Action | None:
-    """The action an outbox entry holds, or ``None`` (logged) when it cannot be read."""
+def _stored_action(entry: OutboxEntry, *, quiet: bool = False) -> Action | None:
+    """The action an outbox entry holds, or ``None`` (logged unless ``quiet``) if unreadable."""
     try:
         obj = json.loads(entry.action_json)
     except ValueError as exc:
-        log.error("relay: outbox entry %d is not JSON (%s); dropped", entry.id, exc)
+        if not quiet:
+            log.error("relay: outbox entry %d is not JSON (%s); dropped", entry.id, exc)
         return None
     frame = decode_object({"type": "outbound", "requestId": entry.request_id, "action": obj})
     if not isinstance(frame, Outbound):
-        log.error("relay: outbox entry %d is unreadable (%s); dropped", entry.id, frame)
+        if not quiet:
+            log.error("relay: outbox entry %d is unreadable (%s); dropped", entry.id, frame)
         return None
     return frame.action
+
+
+Lane = tuple[str, str]
+
+
+def _lane(platform: str, action: Action) -> Lane:
+    """The ordering lane of a reply: its identity and chat (or, for a follow-up, session).
+
+    Replies are delivered in order within a lane; lanes are independent of each other.
+    """
+    if isinstance(action, FollowUp):
+        return platform, f"session:{action.session_key}"
+    return platform, f"chat:{getattr(action, 'chat_id', '')}"
 
 
 def _never_left(result: SendResult) -> bool:
@@ -156,20 +182,30 @@ class Replies:
         identities: tuple[Identity, ...],
         *,
         clock: Callable[[], float] = time.time,
+        room_wait_s: float = 30.0,
     ) -> None:
         self.link = link
+        self.room_wait_s = room_wait_s
         self.db = db
         self.identities = identities
         self.clock = clock
         self._count = 0
         self._emptied = trio.Event()
         self._emptied.set()
+        # Set while the outbox has room for another entry; waiting producers park on it.
+        self._room = trio.Event()
+        self._room.set()
+        # Queued entries per lane, known once loaded from the outbox (until then every
+        # reply queues while anything is queued).
+        self._queued_lanes: collections.Counter[Lane] = collections.Counter()
+        self._lanes_loaded = False
         self._wake_send, self._wake_recv = trio.open_memory_channel[None](1)
         self.sent = 0
         self.queued = 0
         self.resubmitted = 0
         self.flushed = 0
         self.flush_failures = 0
+        self.waited_for_room = 0
 
     # ------------------------------------------------------------------ state
 
@@ -189,6 +225,10 @@ class Replies:
             self._emptied.set()
         elif self._emptied.is_set():
             self._emptied = trio.Event()
+        if self._count < self.db.outbox_max:
+            self._room.set()
+        elif self._room.is_set():
+            self._room = trio.Event()
 
     async def wait_empty(self) -> None:
         """Wait until the outbox is (as far as this process knows) empty."""
@@ -206,12 +246,19 @@ class Replies:
 
     # ------------------------------------------------------------------ actions
 
-    async def send(self, action: Send | FollowUp, *, platform_raw: str | None) -> SendResult:
-        """Send (or queue) a ``send``/``follow_up``; never raises for transport reasons."""
+    async def send(
+        self, action: Send | FollowUp, *, platform_raw: str | None, wait_for_room: bool = False
+    ) -> SendResult:
+        """Send (or queue) a ``send``/``follow_up``; never raises for transport reasons.
+
+        With ``wait_for_room``, a full outbox makes the caller wait (at most ``room_wait_s``)
+        instead of answering ``relay outbox full`` at once; see :meth:`send_waiting_for_room`.
+        """
+        wait = wait_for_room
         if self.link.state == "disabled":
             return SendResult.failure(DISABLED)
-        if not self.live or self._count > 0:
-            return await self._enqueue(action, platform_raw, new_request_id())
+        if not self.live or self._behind_queued(action, platform_raw):
+            return await self._enqueue(action, platform_raw, new_request_id(), wait=wait)
         request_id = new_request_id()
         result = await self.link.request(action, platform_raw=platform_raw, request_id=request_id)
         if result.success:
@@ -219,7 +266,7 @@ class Replies:
             return result
         if result.error == NOT_CONNECTED:
             # The link went down between our look and the request: the not-READY rule.
-            return await self._enqueue(action, platform_raw, request_id)
+            return await self._enqueue(action, platform_raw, request_id, wait=wait)
         if (
             isinstance(action, Send)
             and result.retryable
@@ -228,8 +275,23 @@ class Replies:
         ):
             self.resubmitted += 1
             log.info("relay: re-submitting failed send through the outbox (error=%s)", result.error)
-            return await self._enqueue(action, platform_raw, request_id)
+            # Same requestId: the first attempt may have egressed before the drop.
+            return await self._enqueue(action, platform_raw, request_id, wait=wait)
         return result
+
+    async def send_waiting_for_room(
+        self, action: Send | FollowUp, *, platform_raw: str | None
+    ) -> SendResult:
+        """Like :meth:`send`, but a full outbox makes the caller wait for room, not fail.
+
+        For producers that can wait, such as turns: a turn waiting here keeps its session's
+        slot, so the dispatcher stops taking inbound and the socket reader pauses (TCP
+        backpressure) instead of the reply being dropped while its inbound is acked. The
+        wait is bounded by ``room_wait_s``; after that (a long outage with a full outbox) the
+        answer is ``relay outbox full`` as for :meth:`send`. Cancellation (shutdown) ends the
+        wait too; the turn is then not acked and runs again on replay.
+        """
+        return await self.send(action, platform_raw=platform_raw, wait_for_room=True)
 
     async def perform(self, action: Action, *, platform_raw: str | None) -> SendResult:
         """Send an action that is never queued (``edit``, ``typing``, ``get_chat_info``)."""
@@ -250,27 +312,81 @@ class Replies:
                 return identity
         return None
 
+    def _entry_platform(self, platform_raw: str | None) -> str:
+        identity = self._identity_for(platform_raw)
+        return identity.platform if identity else ""
+
+    def _behind_queued(self, action: Send | FollowUp, platform_raw: str | None) -> bool:
+        """Whether a reply must queue behind entries already in the outbox.
+
+        Order is kept per lane (chat, or follow-up session): a reply queues only behind
+        entries of its own lane, so one chat's backlog after a drop does not hold up the
+        others (our choice; issue: "in order per session").
+        """
+        if not self._lanes_loaded:
+            return self._count > 0
+        return self._queued_lanes[_lane(self._entry_platform(platform_raw), action)] > 0
+
+    def _lane_left(self, entry: OutboxEntry, action: Action | None = None) -> None:
+        """An entry left the outbox (delivered, failed for good, expired or unreadable)."""
+        if action is None:
+            action = _stored_action(entry, quiet=True)
+        if action is None:
+            return
+        lane = _lane(entry.platform, action)
+        if self._queued_lanes[lane] > 1:
+            self._queued_lanes[lane] -= 1
+        else:
+            self._queued_lanes.pop(lane, None)
+
+    async def load_lanes(self) -> None:
+        """Count the outbox's entries per lane (the flusher does this when it starts)."""
+        lanes: collections.Counter[Lane] = collections.Counter()
+        for entry in await self.db.entries():
+            action = _stored_action(entry, quiet=True)
+            if action is not None:
+                lanes[_lane(entry.platform, action)] += 1
+        self._queued_lanes = lanes
+        self._lanes_loaded = True
+
     async def _enqueue(
-        self, action: Send | FollowUp, platform_raw: str | None, request_id: str
+        self,
+        action: Send | FollowUp,
+        platform_raw: str | None,
+        request_id: str,
+        *,
+        wait: bool = False,
     ) -> SendResult:
         if self.db.outbox_max == 0:
             # An outbox of size 0 means "fail fast" (RC §10): answer as if nothing queues.
             return SendResult.failure(NOT_CONNECTED, retryable=True)
         kind: OutboxKind = "send" if isinstance(action, Send) else "follow_up"
         identity = self._identity_for(platform_raw)
-        try:
-            outbox_id = await self.db.put(
-                identity.platform if identity else "",
-                identity.bot_id if identity else "",
-                to_json(unstructure(action)),
-                request_id,
-                kind,
-                self.clock(),
-            )
-        except OutboxFull:
-            log.error("relay: outbox full (%d entries); %s rejected", self.db.outbox_max, kind)
-            return SendResult.failure(OUTBOX_FULL, retryable=True)
+        deadline = trio.current_time() + self.room_wait_s
+        while True:
+            try:
+                outbox_id = await self.db.put(
+                    identity.platform if identity else "",
+                    identity.bot_id if identity else "",
+                    to_json(unstructure(action)),
+                    request_id,
+                    kind,
+                    self.clock(),
+                )
+                break
+            except OutboxFull:
+                self._set_count(self.db.outbox_max)
+                if not wait or trio.current_time() >= deadline:
+                    log.error(
+                        "relay: outbox full (%d entries); %s rejected", self.db.outbox_max, kind
+                    )
+                    return SendResult.failure(OUTBOX_FULL, retryable=True)
+            self.waited_for_room += 1
+            with trio.move_on_at(deadline):
+                while self._count >= self.db.outbox_max:
+                    await self._room.wait()
         self._set_count(self._count + 1)
+        self._queued_lanes[_lane(identity.platform if identity else "", action)] += 1
         self.queued += 1
         if self.live:
             self.poke()
@@ -281,6 +397,7 @@ class Replies:
     ) -> None:
         """Flush the outbox whenever poked, and sweep expired entries every 10 minutes."""
         self._set_count(await self.db.count())
+        await self.load_lanes()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep_forever)
             task_status.started()
@@ -295,64 +412,128 @@ class Replies:
     async def sweep(self) -> list[OutboxEntry]:
         """Delete expired entries (a WARNING each, from the state db) and recount."""
         expired = await self.db.expire(self.clock())
+        for entry in expired:
+            self._lane_left(entry)
         self._set_count(await self.db.count())
         return expired
 
     async def flush(self) -> int:
-        """Deliver queued entries in order while the link is live; return how many went."""
+        """Deliver queued entries while the link is live; return how many went.
+
+        Entries of one lane (chat, or follow-up session) go strictly in order, one at a
+        time; entries of different lanes are in flight together, up to
+        :data:`FLUSH_WINDOW` (our choice: the order that matters is per chat, and one entry
+        in flight cannot drain the outbox of a busy gateway whose socket keeps dropping).
+
+        A drop or timeout stops the flush; the entries stay for the next READY. Only a
+        timeout (no answer on a live connection) counts as a failed attempt of that entry: a
+        drop is the connection's failure, and with several entries in flight it cannot be
+        pinned on one, so counting it would discard good replies on a flapping link. An entry
+        that never gets an answer is still bounded by its TTL.
+        """
         await self.sweep()
         delivered = 0
         configured = {identity.platform for identity in self.identities}
         while self.live:
-            entry = await self.db.peek_next(self.clock())
-            if entry is None:
+            batch = await self.db.peek_batch(self.clock(), FLUSH_WINDOW)
+            if not batch:
                 self._set_count(await self.db.count())
+                if self._count == 0:
+                    self._queued_lanes.clear()
                 return delivered
-            if entry.platform and entry.platform not in configured:
-                log.warning(
-                    "relay: outbox entry %d targets unconfigured identity %r; dropped",
-                    entry.id,
-                    entry.platform,
-                )
-                await self._forget(entry)
-                continue
-            action = _stored_action(entry)
-            if action is None:
-                await self._forget(entry)
-                continue
-            result = await self.link.request(
-                action, platform_raw=entry.platform, request_id=entry.request_id
-            )
-            if _never_left(result):
-                return delivered  # link went down or was disabled: keep it for the next READY
-            if _is_drop_or_timeout(result):
-                self.flush_failures += 1
-                attempt = await self.db.bump_attempts(entry.id)
-                if attempt.dropped:
-                    self._set_count(self._count - 1)
-                log.warning(
-                    "relay: outbox entry %d not delivered (%s), attempt %d",
-                    entry.id,
-                    result.error,
-                    attempt.attempts,
-                )
+            items: list[tuple[OutboxEntry, Action]] = []
+            for entry in batch:
+                if entry.platform and entry.platform not in configured:
+                    log.warning(
+                        "relay: outbox entry %d targets unconfigured identity %r; dropped",
+                        entry.id,
+                        entry.platform,
+                    )
+                    await self._forget(entry)
+                    continue
+                action = _stored_action(entry)
+                if action is None:
+                    await self._forget(entry)
+                    continue
+                items.append((entry, action))
+            lanes: dict[Lane, list[tuple[OutboxEntry, Action]]] = {}
+            for entry, action in items:
+                lanes.setdefault(_lane(entry.platform, action), []).append((entry, action))
+            stopped = False
+            answered: list[tuple[OutboxEntry, Action]] = []
+
+            async def run_lane(
+                items: list[tuple[OutboxEntry, Action]],
+                answered: list[tuple[OutboxEntry, Action]],
+            ) -> None:
+                nonlocal delivered, stopped
+                for entry, action in items:
+                    if stopped:
+                        return
+                    outcome = await self._deliver(entry, action)
+                    if outcome == "stop":
+                        stopped = True
+                        return
+                    answered.append((entry, action))
+                    delivered += outcome == "delivered"
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    for items in lanes.values():
+                        nursery.start_soon(run_lane, items, answered)
+            finally:
+                # Answered entries leave in one transaction. Should that not happen (a crash),
+                # they go again with their stored requestId, which the connector deduplicates.
+                with trio.CancelScope(shield=True), trio.move_on_after(FORGET_TIMEOUT_S):
+                    await self._forget_many(answered)
+            if stopped:
                 return delivered
-            await self._forget(entry)
-            if result.success:
-                delivered += 1
-                self.flushed += 1
-            else:
-                log.warning(
-                    "relay: queued %s (outbox entry %d) failed: %s",
-                    entry.kind,
-                    entry.id,
-                    result.error,
-                )
         return delivered
 
-    async def _forget(self, entry: OutboxEntry) -> None:
+    async def _deliver(
+        self, entry: OutboxEntry, action: Action
+    ) -> Literal["delivered", "failed", "stop"]:
+        """Send one outbox entry with its stored ``requestId``; any connector answer ends it."""
+        result = await self.link.request(
+            action, platform_raw=entry.platform, request_id=entry.request_id
+        )
+        if _never_left(result):
+            return "stop"  # link went down or was disabled: keep it for the next READY
+        if _is_drop_or_timeout(result):
+            self.flush_failures += 1
+            if result.error != OUTBOUND_TIMED_OUT:
+                log.info("relay: outbox entry %d not delivered (%s)", entry.id, result.error)
+                return "stop"
+            attempt = await self.db.bump_attempts(entry.id)
+            if attempt.dropped:
+                self._set_count(self._count - 1)
+                self._lane_left(entry, action)
+            log.warning(
+                "relay: outbox entry %d not answered (%s), attempt %d",
+                entry.id,
+                result.error,
+                attempt.attempts,
+            )
+            return "stop"
+        if result.success:
+            self.flushed += 1
+            return "delivered"
+        log.warning(
+            "relay: queued %s (outbox entry %d) failed: %s", entry.kind, entry.id, result.error
+        )
+        return "failed"
+
+    async def _forget_many(self, answered: list[tuple[OutboxEntry, Action]]) -> None:
+        gone = set(await self.db.delete_many([entry.id for entry, _ in answered]))
+        for entry, action in answered:
+            if entry.id in gone:
+                self._set_count(self._count - 1)
+                self._lane_left(entry, action)
+
+    async def _forget(self, entry: OutboxEntry, action: Action | None = None) -> None:
         if await self.db.delete(entry.id):
             self._set_count(self._count - 1)
+            self._lane_left(entry, action)
 
     def stats(self) -> dict[str, int]:
         """Counters for ``gateway.stats``."""
@@ -363,4 +544,5 @@ class Replies:
             "replies_resubmitted": self.resubmitted,
             "outbox_flushed": self.flushed,
             "outbox_flush_failures": self.flush_failures,
+            "replies_waited_for_outbox_room": self.waited_for_room,
         }

@@ -31,7 +31,7 @@ import attrs
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "DB_FILENAME",
@@ -526,12 +526,18 @@ class StateDB:
 
     async def peek_next(self, now: float) -> OutboxEntry | None:
         """The oldest entry not expired at ``now`` (FIFO), without removing it."""
+        batch = await self.peek_batch(now, 1)
+        return batch[0] if batch else None
 
-        def peek(conn: sqlite3.Connection) -> OutboxEntry | None:
-            row = conn.execute(
-                "SELECT * FROM relay_outbox WHERE expires_at > ? ORDER BY id LIMIT 1", (now,)
-            ).fetchone()
-            return None if row is None else _entry(row)
+    async def peek_batch(self, now: float, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` of the oldest entries not expired at ``now``, oldest first."""
+
+        def peek(conn: sqlite3.Connection) -> list[OutboxEntry]:
+            rows = conn.execute(
+                "SELECT * FROM relay_outbox WHERE expires_at > ? ORDER BY id LIMIT ?",
+                (now, limit),
+            )
+            return [_entry(row) for row in rows]
 
         return await self._run(peek)
 
@@ -552,8 +558,18 @@ class StateDB:
 
         return await self._run(delete)
 
+    async def delete_many(self, outbox_ids: Sequence[int]) -> list[int]:
+        """Remove several entries in one transaction; returns the ids that were there."""
+        ids = list(outbox_ids)
+
+        def delete(conn: sqlite3.Connection) -> list[int]:
+            sql = "DELETE FROM relay_outbox WHERE id = ?"
+            return [i for i in ids if conn.execute(sql, (i,)).rowcount]
+
+        return await self._run(delete) if ids else []
+
     async def bump_attempts(self, outbox_id: int) -> Attempt:
-        """Count one failed delivery (drop/timeout); the 5th deletes it with an ERROR."""
+        """Count one failed delivery (an unanswered request); the 5th deletes it (ERROR)."""
 
         def bump(conn: sqlite3.Connection) -> tuple[Attempt, OutboxEntry | None]:
             row = conn.execute(

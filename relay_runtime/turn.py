@@ -134,7 +134,7 @@ class Turn:
                 reply_to=reply_to if index == 0 else None,
                 metadata=dict(metadata or {}),
             )
-            result = await self._replies.send(action, platform_raw=self.platform)
+            result = await self._replies.send_waiting_for_room(action, platform_raw=self.platform)
             if not result.success and not result.queued:
                 return result
         return result
@@ -155,7 +155,7 @@ class Turn:
         action = FollowUp(
             session_key=self.session_key, kind=kind, content=content, metadata=dict(metadata or {})
         )
-        return await self._replies.send(action, platform_raw=self.platform)
+        return await self._replies.send_waiting_for_room(action, platform_raw=self.platform)
 
     async def chat_info(self) -> dict[str, str]:
         """``{name, type}`` of the chat; ``{chat_id, "dm"}`` when unknown or disconnected."""

@@ -211,13 +211,25 @@ class MemoryState:
         return oid
 
     async def peek_next(self, now: float) -> OutboxEntry | None:
+        batch = await self.peek_batch(now, 1)
+        return batch[0] if batch else None
+
+    async def entries(self) -> list[OutboxEntry]:
         await trio.lowlevel.checkpoint()
-        live = [e for e in self.outbox.values() if e.expires_at > now]
-        return min(live, key=lambda e: e.id) if live else None
+        return sorted(self.outbox.values(), key=lambda e: e.id)
+
+    async def peek_batch(self, now: float, limit: int) -> list[OutboxEntry]:
+        await trio.lowlevel.checkpoint()
+        live = sorted((e for e in self.outbox.values() if e.expires_at > now), key=lambda e: e.id)
+        return live[:limit]
 
     async def delete(self, outbox_id: int) -> bool:
         await trio.lowlevel.checkpoint()
         return self.outbox.pop(outbox_id, None) is not None
+
+    async def delete_many(self, outbox_ids: list[int]) -> list[int]:
+        await trio.lowlevel.checkpoint()
+        return [i for i in outbox_ids if self.outbox.pop(i, None) is not None]
 
     async def bump_attempts(self, outbox_id: int) -> Attempt:
         await trio.lowlevel.checkpoint()

@@ -22,7 +22,7 @@ from protocol.results import (
 )
 from relay_runtime.replies import SWEEP_INTERVAL_S, Replies
 from relay_runtime.state import StateDB
-from tests.runtime.dispatch_helpers import FakeLink, MemoryState
+from tests.runtime.dispatch_helpers import FakeLink, MemoryState, ok
 
 IDENTITIES = (Identity("discord", "b1"),)
 DAY = 86400.0
@@ -101,7 +101,39 @@ async def test_R45_outbox_survives_restart_and_flushes_fifo_with_stored_ids(
     assert (await replies_after.send(send("five"), platform_raw="discord")).success
 
 
-async def test_R45_drop_or_timeout_keeps_the_entry_and_counts_an_attempt(tmp_path: Path) -> None:
+async def test_R45_order_is_kept_per_chat_and_other_chats_are_not_held_up() -> None:
+    link = FakeLink(state="backoff")
+    state = MemoryState()
+    replies = Replies(link, state, IDENTITIES)
+    await replies.load_lanes()  # what the flusher does when it starts
+    assert (await replies.send(send("a1", chat="A"), platform_raw="discord")).queued
+    link.state = "ready"
+    # Chat B has nothing queued: it goes out at once. Chat A queues behind its backlog.
+    assert (await replies.send(send("b1", chat="B"), platform_raw="discord")).success
+    assert (await replies.send(send("a2", chat="A"), platform_raw="discord")).queued
+    assert sent_texts(link) == ["b1"]
+    assert await replies.flush() == 2
+    assert sent_texts(link) == ["b1", "a1", "a2"]
+    # A's backlog is gone: A sends directly again.
+    assert (await replies.send(send("a3", chat="A"), platform_raw="discord")).success
+    assert replies.outbox_count == 0
+
+
+async def test_lanes_are_loaded_from_an_outbox_left_by_a_previous_run(tmp_path: Path) -> None:
+    async with await StateDB.open(tmp_path, now=0) as db:
+        replies = Replies(FakeLink(state="backoff"), db, IDENTITIES)
+        assert (await replies.send(send("old", chat="A"), platform_raw="discord")).queued
+    link = FakeLink(state="ready")
+    async with await StateDB.open(tmp_path, now=0) as db:
+        replies = Replies(link, db, IDENTITIES)
+        await replies.load_lanes()
+        assert (await replies.send(send("new", chat="A"), platform_raw="discord")).queued
+        assert (await replies.send(send("other", chat="B"), platform_raw="discord")).success
+        assert await replies.flush() == 2
+    assert sent_texts(link) == ["other", "old", "new"]
+
+
+async def test_R45_drop_or_timeout_keeps_the_entry_only_a_timeout_counts(tmp_path: Path) -> None:
     failures = iter(
         [
             SendResult.failure(TRANSPORT_CLOSED, retryable=True),
@@ -117,10 +149,10 @@ async def test_R45_drop_or_timeout_keeps_the_entry_and_counts_an_attempt(tmp_pat
         replies = Replies(link, db, IDENTITIES)
         await replies.send(send("a"), platform_raw="discord")
         link.state = "ready"
-        assert await replies.flush() == 0  # dropped while pending
+        assert await replies.flush() == 0  # dropped while pending: kept, not counted
+        assert [e.attempts for e in await db.entries()] == [0]
+        assert await replies.flush() == 0  # timed out: kept, one unanswered attempt
         assert [e.attempts for e in await db.entries()] == [1]
-        assert await replies.flush() == 0  # timed out
-        assert [e.attempts for e in await db.entries()] == [2]
         # Any outbound_result deletes the entry, a failed one too (logged).
         assert await replies.flush() == 0
         assert await db.entries() == []
@@ -128,13 +160,30 @@ async def test_R45_drop_or_timeout_keeps_the_entry_and_counts_an_attempt(tmp_pat
     assert len({r.request_id for r in link.requests}) == 1  # the stored id each time
 
 
-async def test_R45_five_failed_attempts_drop_the_entry(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_drops_never_use_up_an_entrys_attempts(tmp_path: Path) -> None:
     async def dropped(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
         return SendResult.failure(TRANSPORT_CLOSED, retryable=True)
 
     link = FakeLink(state="backoff", responder=dropped)
+    async with await StateDB.open(tmp_path, now=0) as db:
+        replies = Replies(link, db, IDENTITIES)
+        await replies.send(send("a"), platform_raw="discord")
+        link.state = "ready"
+        for _ in range(20):
+            await replies.flush()
+        assert [e.attempts for e in await db.entries()] == [0]
+        link.responder = ok
+        assert await replies.flush() == 1
+        assert await db.entries() == []
+
+
+async def test_R45_five_unanswered_attempts_drop_the_entry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def unanswered(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True)
+
+    link = FakeLink(state="backoff", responder=unanswered)
     async with await StateDB.open(tmp_path, now=0) as db:
         replies = Replies(link, db, IDENTITIES)
         await replies.send(send("a"), platform_raw="discord")
@@ -205,6 +254,46 @@ async def test_R47_full_outbox_rejects_new_requests(tmp_path: Path) -> None:
             False,
         )
         assert len(await db.entries()) == 2  # accepted replies are never evicted
+
+
+async def test_full_outbox_makes_a_waiting_producer_wait_for_room_not_fail(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    link = FakeLink(state="backoff")
+    state = MemoryState(outbox_max=2)
+    replies = Replies(link, state, IDENTITIES)
+    for text in ("a", "b"):
+        assert (await replies.send(send(text), platform_raw="discord")).queued
+    results: list[SendResult] = []
+
+    async def reply_c() -> None:
+        results.append(await replies.send_waiting_for_room(send("c"), platform_raw="discord"))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(replies.run_flusher)
+        async with trio.open_nursery() as producers:
+            producers.start_soon(reply_c)
+            await trio.sleep(20)  # within room_wait_s (30 s)
+            # Still waiting: nothing was dropped, and R47 still holds for a plain send.
+            assert results == []
+            assert replies.stats()["replies_waited_for_outbox_room"] == 1
+            assert (await replies.send(send("d"), platform_raw="discord")).error == OUTBOX_FULL
+            link.state = "ready"
+            replies.poke()  # what every READY does
+        await replies.wait_empty()
+        nursery.cancel_scope.cancel()
+    # The flush made room; the waiting reply then went out behind the queued ones, in order.
+    assert results[0].success or results[0].queued
+    assert [r.action.content for r in link.requests] == ["a", "b", "c"]  # type: ignore[union-attr]
+
+
+async def test_waiting_for_room_is_bounded(autojump_clock: trio.testing.MockClock) -> None:
+    replies = Replies(FakeLink(state="backoff"), MemoryState(outbox_max=1), IDENTITIES)
+    assert (await replies.send(send("a"), platform_raw="discord")).queued
+    t0 = trio.current_time()
+    result = await replies.send_waiting_for_room(send("b"), platform_raw="discord")
+    assert (result.error, result.retryable) == (OUTBOX_FULL, True)
+    assert trio.current_time() - t0 == pytest.approx(replies.room_wait_s)
 
 
 async def test_outbox_max_zero_fails_fast() -> None:
