@@ -10,6 +10,7 @@ READY watcher that starts each flush. The gateway ends when the supervisor does 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -209,7 +210,14 @@ class Gateway:
 # --------------------------------------------------------------------------- run_gateway
 
 
-def _check(config: object, agent: object) -> GatewayConfig:
+def _check(config: object, agent: object, trust: object = None) -> GatewayConfig:
+    if trust is not None and not inspect.iscoroutinefunction(getattr(trust, "evaluate", None)):
+        # Never silently replaced by a default (trust.md §4.1 level 3, T30).
+        raise ConfigError(
+            "trust",
+            "must be None, or an object with an async evaluate(event) method "
+            f"(a trust engine); got {type(trust).__name__}",
+        )
     if not isinstance(config, GatewayConfig):
         raise ConfigError("config", f"must be a GatewayConfig, got {type(config).__name__}")
     if config.relay_url is None:
@@ -285,7 +293,7 @@ async def run_gateway(
     ``config.relay_url``); it is the testing seam for running over memory streams (see
     :class:`~relay_runtime.transport.Dialer` and ``relay_runtime.testing``).
     """
-    config = _check(config, agent)
+    config = _check(config, agent, trust)
     try:
         await _run(config, agent, trust, dialer, task_status)
     except BaseExceptionGroup as group:

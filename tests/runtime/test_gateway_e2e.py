@@ -347,3 +347,18 @@ async def test_default_trust_is_the_configured_policy_engine(tmp_path: Path) -> 
         assert stats["denied"] == 1
         assert "trust" in stats
         assert replies_to(connector) == []
+
+
+class _NotAnEngine:
+    def evaluate(self, event: object) -> bool:  # not async: cannot be awaited per message
+        return True
+
+
+@pytest.mark.parametrize("trust", ["careful", _NotAnEngine(), object(), 42])
+async def test_T30_an_unsupported_trust_object_is_a_config_error(
+    tmp_path: Path, trust: object
+) -> None:
+    config = GatewayConfig(relay_url="ws://127.0.0.1:9", state_dir=tmp_path)
+    with pytest.raises(ConfigError, match="trust") as caught:
+        await run_gateway(config, echo, trust=trust)  # type: ignore[arg-type]
+    assert "evaluate" in str(caught.value)
