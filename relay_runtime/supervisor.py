@@ -48,6 +48,7 @@ from relay_runtime.transport import (
     ABNORMAL_CLOSURE,
     Dialer,
     DialError,
+    RejectedFrameLog,
     RelaySocket,
     SocketEnd,
     bearer_headers,
@@ -522,12 +523,16 @@ class Supervisor:
                     ping_interval_s=config.ping_interval_s,
                     ping_timeout_s=config.ping_timeout_s,
                     write_buffer=len(self.identities) + 64,
+                    rejected_log=RejectedFrameLog(log),
                 )
                 self._socket = socket
                 nursery.start_soon(socket.writer)
                 self._report(generation, sm.DialSucceeded())
                 nursery.start_soon(socket.keepalive, nursery)
-                ended.append(await socket.reader(lambda item: self._on_item(generation, item)))
+                nursery.start_soon(socket.rejected_log.run)
+                ended.append(
+                    await socket.reader(lambda item: self._on_item(generation, item, socket))
+                )
                 await socket.settle()
                 nursery.cancel_scope.cancel()
         except* ConnectionRejected as group:
@@ -567,10 +572,12 @@ class Supervisor:
         await socket.close(args.code, args.reason)
         nursery.cancel_scope.cancel()
 
-    async def _on_item(self, generation: int, item: Frame | FrameError) -> None:
+    async def _on_item(
+        self, generation: int, item: Frame | FrameError, socket: RelaySocket | None = None
+    ) -> None:
         """Route one decoded frame; only ``inbound``/``passthrough_forward`` may wait."""
         if isinstance(item, FrameError):
-            self._frame_error(generation, item)
+            self._frame_error(generation, item, socket)
         elif isinstance(item, DescriptorFrame):
             self._descriptor(generation, item.descriptor)
         elif isinstance(item, OutboundResult):
@@ -586,12 +593,18 @@ class Supervisor:
             await self._hand_off(item)
         # Anything else is an echo of a gateway frame: ignored (RC §2 Dispatch).
 
-    def _frame_error(self, generation: int, error: FrameError) -> None:
+    def _frame_error(
+        self, generation: int, error: FrameError, socket: RelaySocket | None = None
+    ) -> None:
         if error.kind == "unknown_type":
             log.debug("%s", error.message)
             return
         self.stats.malformed_frames += 1
-        log.log(logging.getLevelName(error.severity.upper()), "%s", error.message)
+        level = logging.getLevelName(error.severity.upper())
+        if socket is not None:
+            socket.rejected_log.log(level, error.message)
+        else:
+            log.log(level, "%s", error.message)
         if error.kind == "invalid_descriptor":
             self._report(generation, sm.DescriptorReceived(valid=False))
 

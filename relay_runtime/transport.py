@@ -29,6 +29,7 @@ __all__ = [
     "KEEPALIVE_TIMEOUT",
     "DialError",
     "Dialer",
+    "RejectedFrameLog",
     "RelaySocket",
     "SocketEnd",
     "WriteJob",
@@ -45,6 +46,9 @@ MESSAGE_LIMIT_FACTOR = 16
 #: Bound on writing the close frame and waiting for the peer's echo.
 CLOSE_TIMEOUT_S = 5.0
 ABNORMAL_CLOSURE = 1006
+#: Rejected-frame lines logged per socket per window before the rest are only counted.
+REJECTED_LOG_BUDGET = 10
+REJECTED_LOG_WINDOW_S = 10.0
 
 
 class Dialer(Protocol):
@@ -149,6 +153,76 @@ async def dial(
         raise DialError(f"{type(exc).__name__}: {exc}") from None
 
 
+class RejectedFrameLog:
+    """Rate limit for one socket's rejected-frame log lines.
+
+    The first ``budget`` rejected frames of a window each get their own line; the rest are
+    counted, and :meth:`run` logs one summary line when the window ends (and, for a partial
+    window, when the socket ends). The exact totals stay in the supervisor's stats.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        budget: int = REJECTED_LOG_BUDGET,
+        window_s: float = REJECTED_LOG_WINDOW_S,
+    ) -> None:
+        self.logger = logger
+        self.budget = budget
+        self.window_s = window_s
+        self._window_start: float | None = None
+        self._logged = 0
+        self._suppressed = 0
+        self._suppressing = trio.Event()
+
+    def log(self, level: int, message: str) -> bool:
+        """Log one rejected frame's line unless the budget is spent; whether it was logged."""
+        now = trio.current_time()
+        if self._window_start is not None and now >= self._window_start + self.window_s:
+            self._end_window(self.window_s)
+        if self._window_start is None:
+            self._window_start = now
+        if self._logged < self.budget:
+            self._logged += 1
+            self.logger.log(level, "%s", message)
+            return True
+        self._suppressed += 1
+        self._suppressing.set()
+        return False
+
+    async def run(self) -> None:
+        """Log each window's summary when it ends; runs in the socket's nursery.
+
+        When the nursery is cancelled (the socket ended), the partial window's count is
+        logged at once, so nothing suppressed goes unreported.
+        """
+        try:
+            while True:
+                await self._suppressing.wait()
+                start = self._window_start
+                assert start is not None
+                await trio.sleep_until(start + self.window_s)
+                # A frame arriving at the boundary may already have closed this window.
+                if self._window_start == start:
+                    self._end_window(self.window_s)
+        finally:
+            if self._window_start is not None:
+                self._end_window(trio.current_time() - self._window_start)
+
+    def _end_window(self, seconds: float) -> None:
+        if self._suppressed:
+            self.logger.warning(
+                "relay: %d more malformed frames suppressed in the last %.3g s",
+                self._suppressed,
+                seconds,
+            )
+        self._window_start = None
+        self._logged = 0
+        self._suppressed = 0
+        self._suppressing = trio.Event()
+
+
 @attrs.frozen
 class SocketEnd:
     """How a socket ended: the close code and reason the gateway acts on."""
@@ -183,6 +257,7 @@ class RelaySocket:
         ping_interval_s: float,
         ping_timeout_s: float,
         write_buffer: int = 64,
+        rejected_log: RejectedFrameLog | None = None,
     ) -> None:
         self.ws = ws
         self.max_frame_bytes = max_frame_bytes
@@ -196,6 +271,8 @@ class RelaySocket:
         self.paused = False
         self.frames_in = 0
         self.frames_out = 0
+        #: Rate-limited log for rejected frames (the socket's owner runs its ``run`` task).
+        self.rejected_log = rejected_log if rejected_log is not None else RejectedFrameLog(log)
 
     # ---- writing ------------------------------------------------------------------------
 
