@@ -226,8 +226,9 @@ def simulate_mixed(messages: int = 20_000, strangers: int = 100) -> MixedResult:
     """Run mixed traffic through a real engine (SQLite, `careful`) and count LLM calls.
 
     Senders, per 20 messages: 15 from known clients (contacts and whitelisted), 2 from a pool
-    of 100 strangers who keep writing, 1 `/invite` from a new stranger with a valid code,
-    1 from a stranger with a wrong code, 1 from a blocked client.
+    of ``strangers`` strangers who keep writing (careful consults the agent once a stranger
+    has sent more than 10 messages), 1 `/invite` from a new stranger with a valid code, 1 from
+    a stranger with a wrong code, 1 from a blocked client.
     """
     return trio.run(_simulate_mixed, messages, strangers)
 
