@@ -380,16 +380,16 @@ class BenchConnector:
         #: Messages go round-robin over this many chats (one user each).
         self.sessions = SESSIONS
 
-        class _Timed(ReferenceConnector):
-            async def _on_outbound(self, conn: Any, frame: Outbound) -> None:
-                content = getattr(frame.action, "content", None)
-                if isinstance(content, str):
-                    seq = parse_seq(content)
-                    if seq is not None:
-                        tracker.complete(seq)
-                await super()._on_outbound(conn, frame)
+        def timed(conn: Any, frame: Outbound) -> None:
+            content = getattr(frame.action, "content", None)
+            if isinstance(content, str):
+                seq = parse_seq(content)
+                if seq is not None:
+                    tracker.complete(seq)
 
-        self.connector = _Timed(secrets={GATEWAY_ID: secret}, **options)
+        self.connector = ReferenceConnector(
+            secrets={GATEWAY_ID: secret}, on_outbound=timed, **options
+        )
 
     async def inject(self, seq: int) -> None:
         """Inject message ``seq`` (live; buffered if the gateway is away)."""
@@ -399,9 +399,7 @@ class BenchConnector:
     def trim(self) -> None:
         """Forget per-frame records so long runs keep flat memory."""
         self.connector.clear_records()
-        messages = getattr(self.connector, "_messages", None)
-        if isinstance(messages, dict):
-            messages.clear()
+        self.connector.clear_messages()
 
 
 @contextlib.asynccontextmanager

@@ -29,5 +29,7 @@ from relay_runtime.connector.records import Sent as Sent
 from relay_runtime.connector.records import SentMessage as SentMessage
 from relay_runtime.connector.relevance import RelevancePolicy as RelevancePolicy
 from relay_runtime.connector.server import Connection as Connection
+from relay_runtime.connector.server import GoingIdleHook as GoingIdleHook
+from relay_runtime.connector.server import OutboundObserver as OutboundObserver
 from relay_runtime.connector.server import ReferenceConnector as ReferenceConnector
 from relay_runtime.connector.server import open_connector as open_connector

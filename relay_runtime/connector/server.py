@@ -20,6 +20,8 @@ connector's half of the relay contract v1 (RC §1-§8) well enough to run a gate
   trio stream (:meth:`ReferenceConnector.serve_stream`), and
   :meth:`ReferenceConnector.memory_dialer` connects a gateway to it over in-memory streams,
   for tests under trio's ``MockClock``.
+* Observer hooks: ``on_outbound`` sees every ``outbound`` frame before it is answered, and
+  ``on_going_idle`` may take over a ``going_idle`` (e.g. drop the socket instead of acking).
 * Test hooks: inject ``inbound`` / ``passthrough_forward`` / ``interrupt_inbound``, revoke or
   expire a gateway (4401), drop connections (TCP abort or a close code, also at seeded random
   points), and observe every frame with :meth:`ReferenceConnector.wait_for`.
@@ -42,7 +44,7 @@ import struct
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from secrets import token_hex
 from typing import Any, Literal, TypeVar
 
@@ -152,6 +154,12 @@ class Connection:
     closing: tuple[int, str | None] | None = attrs.field(default=None, repr=False)
 
 
+#: Observer of each ``outbound`` frame received: ``(connection, frame)``.
+OutboundObserver = Callable[[Connection, Outbound], None]
+#: Awaited for each ``going_idle``; ``True`` if it handled the frame (see the connector).
+GoingIdleHook = Callable[[Connection], Awaitable[bool]]
+
+
 @attrs.define(eq=False)
 class _Instance:
     """One gateway id's delivery state: the buffer, the idle flip, the live connection."""
@@ -208,6 +216,15 @@ class ReferenceConnector:
             of ``A-Z a-z 0-9 . _ ~ -``. Default: 8 random hex digits, fresh per connector, so
             ids never repeat across runs (they are replay-dedupe keys, RC §4.6). Set it
             only to get predictable ids, and never reuse one against the same state dir.
+        on_outbound: called as ``on_outbound(conn, frame)`` for each ``outbound`` frame
+            received, before it is answered (repeats included). An observer: it cannot change
+            the answer, and an exception in it is logged and the frame answered anyway.
+        on_going_idle: awaited as ``on_going_idle(conn)`` for each ``going_idle`` before the
+            connector handles it. Returning ``True`` means the hook dealt with the frame (for
+            instance dropped the socket): the instance is then not flipped to buffered-only
+            and no ``going_idle_ack`` is sent. ``False`` lets the connector go on as usual.
+
+    Both hooks are also plain attributes, settable after construction.
     """
 
     def __init__(
@@ -227,6 +244,8 @@ class ReferenceConnector:
         clock: Callable[[], float] = time.time,
         request_id_memory: int = DEFAULT_REQUEST_ID_MEMORY,
         buffer_prefix: str | None = None,
+        on_outbound: OutboundObserver | None = None,
+        on_going_idle: GoingIdleHook | None = None,
     ) -> None:
         if buffer_prefix is None:
             buffer_prefix = token_hex(4)
@@ -263,6 +282,8 @@ class ReferenceConnector:
         #: chat id -> (name, type) answered to ``get_chat_info``; filled from injected events.
         self.chat_info: dict[str, tuple[str, str]] = {}
         self.policies: dict[tuple[str, str], RelevancePolicy] = {}
+        self.on_outbound: OutboundObserver | None = on_outbound
+        self.on_going_idle: GoingIdleHook | None = on_going_idle
 
         self._revoked: set[str] = set()
         self._instances: dict[str, _Instance] = {}
@@ -653,6 +674,10 @@ class ReferenceConnector:
         await self.wait_for(seen)
         return found[0]
 
+    def clear_messages(self) -> None:
+        """Forget the posted messages (:attr:`messages`); later edits of them then fail."""
+        self._messages.clear()
+
     def clear_records(self) -> None:
         """Forget recorded frames and drops (long benchmark runs); state is kept."""
         self._received.clear()
@@ -888,6 +913,11 @@ class ReferenceConnector:
             conn.nursery.start_soon(self._drain, conn, inst)
 
     async def _on_outbound(self, conn: Connection, frame: Outbound) -> None:
+        if self.on_outbound is not None:
+            try:
+                self.on_outbound(conn, frame)
+            except Exception:
+                log.exception("on_outbound observer failed; answering the frame anyway")
         first = self._repeat_result(conn, frame)
         if first is not None:
             # A repeat answers at once and takes no outcome: the table scripts egress.
@@ -987,6 +1017,8 @@ class ReferenceConnector:
             self._performed.popitem(last=False)
 
     async def _on_going_idle(self, conn: Connection) -> None:
+        if self.on_going_idle is not None and await self.on_going_idle(conn):
+            return
         inst = self._instance(conn.gateway_id)
         conn.draining = False
         inst.buffered_only = True

@@ -62,25 +62,25 @@ class ChaosConnector(ReferenceConnector):
     """
 
     def __init__(self, rng: random.Random, **options: Any) -> None:
-        super().__init__(**options)
+        super().__init__(on_outbound=self._note_reply, on_going_idle=self._maybe_drop, **options)
         self.rng = rng
         self.idle_frames = 0
         self.idle_drops = 0
         self.replies: defaultdict[str, set[str]] = defaultdict(set)
 
-    async def _on_outbound(self, conn: Connection, frame: Outbound) -> None:
+    def _note_reply(self, conn: Connection, frame: Outbound) -> None:
         content = getattr(frame.action, "content", None)
         if isinstance(content, str):
             self.replies[content].add(frame.request_id)
-        await super()._on_outbound(conn, frame)
 
-    async def _on_going_idle(self, conn: Connection) -> None:
+    async def _maybe_drop(self, conn: Connection) -> bool:
+        """Drop the socket instead of acking half of the ``going_idle`` frames."""
         self.idle_frames += 1
         if self.rng.random() < 0.5:
             self.idle_drops += 1
             await self.drop(conn.gateway_id)
-            return
-        await super()._on_going_idle(conn)
+            return True
+        return False
 
 
 class Ledger:
