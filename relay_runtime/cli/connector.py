@@ -106,6 +106,12 @@ def register(subparsers: Any) -> None:
         help="deliver every inbound through the ack-gated buffer",
     )
     parser.add_argument(
+        "--buffer-prefix",
+        metavar="PREFIX",
+        help="run prefix of every bufferId (buf-PREFIX-<n>); 1-64 of A-Z a-z 0-9 . _ ~ -. "
+        "Default: random per run. Never reuse one against the same gateway state dir",
+    )
+    parser.add_argument(
         "--drain-window", type=int, default=1, help="un-acked replays allowed at once (default 1)"
     )
     parser.add_argument("--bench", type=int, metavar="N", help="inject N messages, then exit")
@@ -173,16 +179,26 @@ def _main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    try:
+        connector = build_connector(args, secrets)
+    except ValueError as exc:
+        print(f"relay-runtime connector: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return trio.run(run_connector, connector, args)
+
+
+def build_connector(args: argparse.Namespace, secrets: dict[str, list[str]]) -> ReferenceConnector:
+    """The connector the parsed options ask for; ``ValueError`` names a bad option."""
     descriptors = {p: DEFAULT_DESCRIPTORS[p] for p in args.platform} if args.platform else None
-    connector = ReferenceConnector(
+    return ReferenceConnector(
         secrets=secrets,
         descriptors=descriptors,
         allow_unauthenticated=args.allow_unauthenticated,
         reject_mode=args.reject_mode,
         always_buffer=args.always_buffer,
         drain_window=args.drain_window,
+        buffer_prefix=args.buffer_prefix,
     )
-    return trio.run(run_connector, connector, args)
 
 
 async def run_connector(connector: ReferenceConnector, args: argparse.Namespace) -> int:
