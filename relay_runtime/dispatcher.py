@@ -6,7 +6,8 @@ await outbound results without deadlock (R58). The dispatcher then
 
 * decodes passthrough forwards (Discord interactions become events; others are dropped,
   acked if buffered: R70, R71);
-* claims the delivery on ``K_msg``/``K_buf`` in the state db (R61-R63): a duplicate of a
+* claims the delivery on ``K_msg``/``K_buf`` in the state db (R61-R63), recording a new
+  delivery's turn in the same transaction (started at admission): a duplicate of a
   completed delivery is acked at once if buffered; a duplicate of a running one is acked
   when the original completes;
 * admits at most ``max_pending_inbound`` unfinished deliveries: when full it stops taking
@@ -84,16 +85,13 @@ class TrustEvaluator(Protocol):
 class TurnStore(Protocol):
     """The part of :class:`~relay_runtime.state.StateDB` the dispatcher uses."""
 
-    async def claim(self, k_msg: MessageKey | None, k_buf: str | None, now: float) -> ClaimResult:
-        """Claim a delivery by its keys (RC §7.3)."""
-
-    async def release(self, handle: ClaimHandle | None) -> bool:
-        """Drop an in-flight claim so a replay runs the delivery."""
-
-    async def turn_started(
+    async def claim_turn(
         self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
-    ) -> int:
-        """Record a running turn; return its id."""
+    ) -> tuple[ClaimResult, int | None]:
+        """Claim a delivery (RC §7.3) and, if NEW, record its turn running: one transaction."""
+
+    async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
+        """Release the claim and forget the record of a turn that never started."""
 
     async def complete_turn(
         self,
@@ -127,6 +125,7 @@ class _Delivery:
     session_key: str
     k_msg: MessageKey | None
     handle: ClaimHandle | None = None
+    turn_id: int | None = None
 
 
 @attrs.define
@@ -274,7 +273,9 @@ class Dispatcher:
             )
             if self.remember is not None:
                 self.remember(event)
-            claim = await self.db.claim(delivery.k_msg, delivery.buffer_id, self.clock())
+            claim, turn_id = await self.db.claim_turn(
+                delivery.session_key, delivery.k_msg, delivery.buffer_id, self.clock()
+            )
         except BaseException:
             self._free_slot()
             raise
@@ -291,6 +292,7 @@ class Dispatcher:
                 self._waiting_acks.setdefault(claim.handle.claim_id, []).append(delivery.buffer_id)
             return
         delivery.handle = claim.handle
+        delivery.turn_id = turn_id
         queue = self._queues.get(delivery.session_key)
         if queue is None:
             queue = self._queues[delivery.session_key] = deque()
@@ -371,15 +373,14 @@ class Dispatcher:
                 self.stats.cancelled += 1
                 if delivery.handle is not None:
                     self._waiting_acks.pop(delivery.handle.claim_id, None)
-                    await self.db.release(delivery.handle)
+                await self.db.release_unstarted(delivery.handle, delivery.turn_id)
 
     async def _run_delivery(self, delivery: _Delivery) -> None:
-        turn_id: int | None = None
+        turn_id = delivery.turn_id
+        started = False
         try:
             async with self._limiter:
-                turn_id = await self.db.turn_started(
-                    delivery.session_key, delivery.k_msg, delivery.buffer_id, self.clock()
-                )
+                started = True
                 state, error = await self._run_turn(delivery)
                 await self.db.complete_turn(delivery.handle, turn_id, state, self.clock(), error)
         except trio.Cancelled:
@@ -389,7 +390,10 @@ class Dispatcher:
             with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
                 if delivery.handle is not None:
                     self._waiting_acks.pop(delivery.handle.claim_id, None)
-                await self.db.release_turn(delivery.handle, turn_id, self.clock())
+                if started:
+                    await self.db.release_turn(delivery.handle, turn_id, self.clock())
+                else:
+                    await self.db.release_unstarted(delivery.handle, turn_id)
             raise
         setattr(self.stats, state, getattr(self.stats, state) + 1)
         if delivery.buffer_id:

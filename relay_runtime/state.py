@@ -4,12 +4,16 @@ Everything lives in one SQLite file, ``<state_dir>/relay.db`` (WAL, ``synchronou
 mode 0600). Our tables are prefixed ``relay_``; the trust store keeps its own ``trust_``
 tables in the same file.
 
-The database is only ever touched from a worker thread: every public coroutine hands one
-short function to :func:`trio.to_thread.run_sync` behind a ``CapacityLimiter(1)``, so the
-single connection is used by one thread at a time and the trio loop never waits on disk.
-Each call is one transaction, committed before the coroutine returns. Calls are not
-abandoned on cancellation: a cancelled caller still waits for its (short) transaction, so
-"committed" never becomes "maybe committed".
+The database is only ever touched from a worker thread, one batch at a time, so the single
+connection is used by one thread at a time and the trio loop never waits on disk. Every
+public coroutine queues one short operation; calls made while a batch is running are
+committed together (group commit): the first caller to find no batch running takes the whole
+queue to the worker thread in one hop and runs it as ONE transaction, each operation in its
+own ``SAVEPOINT`` (a failing operation rolls back alone and raises to its own caller), then
+commits once and wakes every caller with its own result. An operation's effects are
+committed before its coroutine returns. Operations are not abandoned on cancellation: a
+caller cancelled after its batch started still waits for the (short) commit, so "committed"
+never becomes "maybe committed"; one cancelled while still queued is not run at all.
 
 No wall clock is read in here: every time-dependent call takes ``now`` (seconds, any epoch
 the caller uses consistently; the runtime passes ``time.time()``).
@@ -25,7 +29,7 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import attrs
 import trio
@@ -256,6 +260,46 @@ def _turn(row: sqlite3.Row) -> TurnRecord:
     )
 
 
+@attrs.define(eq=False)
+class _Op:
+    """One queued database operation and, once its batch ran, its result or error."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    taken: bool = False
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = None
+
+
+def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
+    """Run ``ops`` in order as one transaction, each in its own savepoint; commit once.
+
+    Runs in the worker thread. An operation that raises is rolled back to its savepoint and
+    keeps its error; the others still commit. If the transaction itself fails (BEGIN, COMMIT,
+    or an error that aborted it), every operation gets that error and nothing is committed.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for op in ops:
+            conn.execute("SAVEPOINT relay_op")
+            try:
+                op.value = op.fn(conn)
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise  # SQLite aborted the whole transaction: the batch failed
+                conn.execute("ROLLBACK TO relay_op")
+                op.error = exc
+            conn.execute("RELEASE relay_op")
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        for op in ops:
+            op.value, op.error = None, exc
+    for op in ops:
+        op.done = True
+
+
 def _create_private_file(path: Path) -> None:
     """Create ``path`` with mode 0600 if missing, and force 0600 if it exists.
 
@@ -302,7 +346,9 @@ class StateDB:
         dedupe_max: int,
     ) -> None:
         self._conn = conn
-        self._limiter = trio.CapacityLimiter(1)
+        self._queue: list[_Op] = []
+        self._busy = False  # a batch is in the worker thread
+        self._batch_over = trio.Event()
         self._closed = False
         self.path = path
         self.outbox_max = outbox_max
@@ -355,8 +401,8 @@ class StateDB:
             _create_private_file(path)
         except OSError as exc:
             raise StateError(f"cannot create state database {str(path)!r}: {exc}") from exc
-        # The limiter guarantees one thread at a time; which cached worker thread runs a
-        # call varies, hence check_same_thread=False.
+        # Batches run one at a time; which cached worker thread runs one varies, hence
+        # check_same_thread=False.
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
@@ -444,7 +490,10 @@ class StateDB:
         self._closed = True
         with trio.CancelScope(shield=True):
             with trio.move_on_after(CLOSE_WAIT_S) as waited:
-                await trio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+                # Operations queued before closing still run (their callers lead batches).
+                while self._busy or self._queue:
+                    await self._batch_over.wait()
+                await trio.to_thread.run_sync(self._conn.close)
         if waited.cancelled_caught:
             # Only a worker thread stuck far past the busy timeout gets here.
             logger.warning(
@@ -459,26 +508,53 @@ class StateDB:
         await self.aclose()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` as one transaction in the worker thread."""
+        """Run ``fn(conn)`` in the worker thread; its effects are committed on return.
+
+        ``fn`` shares a transaction with the other operations of its batch, in a savepoint
+        of its own.
+        """
         if self._closed:
             raise StateError("state database is closed")
-
-        def transaction() -> T:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: do not run at all
+        op = _Op(fn)
+        self._queue.append(op)
         try:
-            return await trio.to_thread.run_sync(transaction, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise StateError(f"state database {str(self.path)!r}: {exc}") from exc
+            while not op.done:
+                if not self._busy:
+                    await self._lead_batch()
+                else:
+                    await self._batch_over.wait()
+        except trio.Cancelled:
+            if not op.taken:
+                self._queue.remove(op)
+                raise
+            # Already in a running batch: wait for its commit, so the caller's effects are
+            # known committed (or failed). The cancel reaches it at its next checkpoint.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_WAIT_S):
+                while not op.done:
+                    await self._batch_over.wait()
+            if not op.done:
+                raise
+        if op.error is not None:
+            if isinstance(op.error, sqlite3.Error):
+                raise StateError(f"state database {str(self.path)!r}: {op.error}") from op.error
+            raise op.error
+        return op.value  # type: ignore[no-any-return]
+
+    async def _lead_batch(self) -> None:
+        """Take every queued operation to the worker thread as one batch; wake all waiters."""
+        batch, self._queue = self._queue, []
+        for op in batch:
+            op.taken = True
+        self._busy = True
+        try:
+            # Shielded: the batch holds other callers' operations too.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_run_batch, self._conn, batch)
+        finally:
+            self._busy = False
+            self._batch_over.set()
+            self._batch_over = trio.Event()
 
     # -------------------------------------------------------------------- outbox
 
@@ -646,37 +722,66 @@ class StateDB:
         keys = _claim_keys(k_msg, k_buf)
         if not keys:
             return ClaimResult(ClaimStatus.NEW, None)
-        window = self.dedupe_window_s
+        return await self._run(lambda conn: self._claim_in(conn, keys, now))
 
-        def claim(conn: sqlite3.Connection) -> ClaimResult:
-            self._evict_old_claims(conn, now - window)
-            marks = ",".join("?" * len(keys))
-            found = conn.execute(
-                "SELECT c.claim_id, c.state FROM relay_dedupe_keys k"
-                " JOIN relay_dedupe_claims c ON c.claim_id = k.claim_id"
-                f" WHERE k.key IN ({marks}) ORDER BY c.state = 'completed' DESC, c.claim_id",
-                keys,
-            ).fetchone()
-            if found is not None:
-                status = (
-                    ClaimStatus.COMPLETED
-                    if found["state"] == "completed"
-                    else ClaimStatus.IN_FLIGHT
+    async def claim_turn(
+        self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
+    ) -> tuple[ClaimResult, int | None]:
+        """:meth:`claim` and, for a ``NEW`` delivery, :meth:`turn_started`, in one transaction.
+
+        Returns the claim and the new turn's id (``None`` unless ``NEW``). The turn is
+        recorded ``running`` from now on, started at ``now``; if it never starts, end it with
+        :meth:`release_unstarted`.
+        """
+        keys = _claim_keys(k_msg, k_buf)
+
+        def claim_turn(conn: sqlite3.Connection) -> tuple[ClaimResult, int | None]:
+            result = self._claim_in(conn, keys, now) if keys else ClaimResult(ClaimStatus.NEW, None)
+            if result.status is not ClaimStatus.NEW:
+                return result, None
+            return result, self._start_in(conn, session_key, k_msg, k_buf, now)
+
+        return await self._run(claim_turn)
+
+    async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
+        """One transaction: release the claim and forget the turn record of a turn that
+        never started (recorded by :meth:`claim_turn`, then cancelled while queued)."""
+
+        def release(conn: sqlite3.Connection) -> None:
+            if handle is not None:
+                self._release_in(conn, handle)
+            if turn_id is not None:
+                conn.execute(
+                    "DELETE FROM relay_turns WHERE turn_id = ? AND state = 'running'", (turn_id,)
                 )
-                return ClaimResult(status, ClaimHandle(found["claim_id"]))
-            cur = conn.execute(
-                "INSERT INTO relay_dedupe_claims (state, created_at) VALUES ('in_flight', ?)",
-                (now,),
-            )
-            assert cur.lastrowid is not None
-            claim_id = cur.lastrowid
-            conn.executemany(
-                "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
-                [(key, claim_id) for key in keys],
-            )
-            return ClaimResult(ClaimStatus.NEW, ClaimHandle(claim_id))
 
-        return await self._run(claim)
+        await self._run(release)
+
+    def _claim_in(self, conn: sqlite3.Connection, keys: list[str], now: float) -> ClaimResult:
+        self._evict_old_claims(conn, now - self.dedupe_window_s)
+        marks = ",".join("?" * len(keys))
+        found = conn.execute(
+            "SELECT c.claim_id, c.state FROM relay_dedupe_keys k"
+            " JOIN relay_dedupe_claims c ON c.claim_id = k.claim_id"
+            f" WHERE k.key IN ({marks}) ORDER BY c.state = 'completed' DESC, c.claim_id",
+            keys,
+        ).fetchone()
+        if found is not None:
+            status = (
+                ClaimStatus.COMPLETED if found["state"] == "completed" else ClaimStatus.IN_FLIGHT
+            )
+            return ClaimResult(status, ClaimHandle(found["claim_id"]))
+        cur = conn.execute(
+            "INSERT INTO relay_dedupe_claims (state, created_at) VALUES ('in_flight', ?)",
+            (now,),
+        )
+        assert cur.lastrowid is not None
+        claim_id = cur.lastrowid
+        conn.executemany(
+            "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
+            [(key, claim_id) for key in keys],
+        )
+        return ClaimResult(ClaimStatus.NEW, ClaimHandle(claim_id))
 
     async def complete(self, handle: ClaimHandle | None, now: float) -> bool:
         """Mark a claim ``COMPLETED`` (committed on return); False if it no longer exists."""
@@ -785,16 +890,7 @@ class StateDB:
     ) -> int:
         """Record a turn as ``running``; return its ``turn_id``."""
 
-        def start(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "INSERT INTO relay_turns (session_key, k_msg, k_buf, state, started_at)"
-                " VALUES (?, ?, ?, 'running', ?)",
-                (session_key, None if k_msg is None else json.dumps(list(k_msg)), k_buf, now),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
-
-        return await self._run(start)
+        return await self._run(lambda conn: self._start_in(conn, session_key, k_msg, k_buf, now))
 
     async def turn_finished(
         self, turn_id: int, state: TurnEndState, now: float, error: str | None = None
@@ -874,6 +970,22 @@ class StateDB:
             return self._prune_turns_in(conn, now)
 
         return await self._run(prune)
+
+    @staticmethod
+    def _start_in(
+        conn: sqlite3.Connection,
+        session_key: str,
+        k_msg: MessageKey | None,
+        k_buf: str | None,
+        now: float,
+    ) -> int:
+        cur = conn.execute(
+            "INSERT INTO relay_turns (session_key, k_msg, k_buf, state, started_at)"
+            " VALUES (?, ?, ?, 'running', ?)",
+            (session_key, None if k_msg is None else json.dumps(list(k_msg)), k_buf, now),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
 
     @staticmethod
     def _finish_in(

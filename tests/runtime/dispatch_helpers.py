@@ -178,6 +178,19 @@ class MemoryState:
         if turn_id is not None:
             self.turns[turn_id] = (self.turns[turn_id][0], "cancelled")
 
+    async def claim_turn(
+        self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
+    ) -> tuple[ClaimResult, int | None]:
+        result = await self.claim(k_msg, k_buf, now)
+        if result.status is not ClaimStatus.NEW:
+            return result, None
+        return result, await self.turn_started(session_key, k_msg, k_buf, now)
+
+    async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
+        await self.release(handle)
+        if turn_id is not None and self.turns.get(turn_id, ("", ""))[1] == "running":
+            del self.turns[turn_id]
+
     def turn_states(self) -> list[str]:
         return [state for _, state in self.turns.values()]
 

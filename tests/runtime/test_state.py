@@ -604,3 +604,150 @@ async def test_database_calls_do_not_block_the_trio_loop(
         blocker.close()
         assert events == ["tick"] * 10 + ["release", "put done"]
         assert await db.count() == 1
+
+
+# ---------------------------------------------------------------------- group commit
+
+
+def _commits(db: StateDB) -> list[str]:
+    """Record the COMMITs the connection runs from now on."""
+    seen: list[str] = []
+    db._conn.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+async def test_calls_queued_during_a_batch_commit_together_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """While the first put waits for the write lock, nine more queue; they commit as one."""
+    async with await open_db(tmp_path) as db:
+        commits = _commits(db)
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        ids: dict[str, int] = {}
+
+        async def put(text: str) -> None:
+            ids[text] = await put_send(db, text)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(put, "first")
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(9):
+                nursery.start_soon(put, f"m{i}")
+            await trio.testing.wait_all_tasks_blocked()
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert len(commits) == 2
+        assert len(set(ids.values())) == 10
+        assert (await db.entries())[0].request_id == "first"
+        assert {e.request_id: e.id for e in await db.entries()} == ids
+
+
+async def test_a_failing_operation_rolls_back_alone_and_raises_to_its_caller(
+    tmp_path: Path,
+) -> None:
+    async with await open_db(tmp_path, outbox_max=2) as db:
+        commits = _commits(db)
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        outcomes: dict[str, object] = {}
+
+        def insert_then_fail(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO relay_turns (session_key, state, started_at) VALUES ('x', 'running', 0)"
+            )
+            raise ValueError("operation failed after writing")
+
+        async def call(name: str, fn: object) -> None:
+            try:
+                outcomes[name] = await fn()  # type: ignore[operator]
+            except Exception as exc:
+                outcomes[name] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "lead", lambda: db.turn_started("s", None, None, T0))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(call, "put1", lambda: put_send(db, "a"))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(call, "bad", lambda: db._run(insert_then_fail))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(call, "put2", lambda: put_send(db, "b"))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(call, "full", lambda: put_send(db, "c"))
+            await trio.testing.wait_all_tasks_blocked()
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert len(commits) == 2
+        assert isinstance(outcomes["bad"], ValueError)
+        assert isinstance(outcomes["full"], OutboxFull)
+        assert [e.request_id for e in await db.entries()] == ["a", "b"]
+        assert [t.session_key for t in await db.turns()] == ["s"]
+
+
+async def test_a_call_cancelled_while_queued_does_not_run(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(put_send, db, "leader")
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as queued:
+                queued.cancel()
+                await put_send(db, "never")
+            assert queued.cancelled_caught
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert [e.request_id for e in await db.entries()] == ["leader"]
+
+
+async def test_a_call_cancelled_inside_its_running_batch_still_waits_for_the_commit(
+    tmp_path: Path,
+) -> None:
+    async with await open_db(tmp_path) as db:
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        returned: list[int] = []
+
+        async def put_then_checkpoint(scope: trio.CancelScope) -> None:
+            with scope:
+                returned.append(await put_send(db, "taken"))
+                await trio.lowlevel.checkpoint()
+
+        scope = trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(put_then_checkpoint, scope)
+            await trio.testing.wait_all_tasks_blocked()  # its batch waits for the lock
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert returned == []  # not abandoned: still waiting for its commit
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert scope.cancelled_caught
+        assert len(returned) == 1
+        assert [e.id for e in await db.entries()] == returned
+
+
+async def test_claim_turn_claims_and_records_the_turn_in_one_transaction(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        commits = _commits(db)
+        claim, turn_id = await db.claim_turn("s", K1, "buf-1", T0)
+        assert len(commits) == 1
+        assert claim.status is ClaimStatus.NEW and turn_id is not None
+        record = await db.turn(turn_id)
+        assert record is not None and record.state == "running" and record.k_buf == "buf-1"
+        dup, dup_turn = await db.claim_turn("s", K1, None, T0 + 1)
+        assert dup.status is ClaimStatus.IN_FLIGHT and dup_turn is None
+        await db.complete_turn(claim.handle, turn_id, "completed", T0 + 2)
+        done, done_turn = await db.claim_turn("s", None, "buf-1", T0 + 3)
+        assert done.status is ClaimStatus.COMPLETED and done_turn is None
+        assert len(await db.turns()) == 1
+
+
+async def test_release_unstarted_frees_the_claim_and_forgets_the_turn(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        claim, turn_id = await db.claim_turn("s", K1, "buf-1", T0)
+        await db.release_unstarted(claim.handle, turn_id)
+        assert await db.turns() == []
+        assert await db.claim_status(K1, "buf-1") is ClaimStatus.NEW
+        again, _ = await db.claim_turn("s", K1, "buf-1", T0 + 1)
+        assert again.status is ClaimStatus.NEW
