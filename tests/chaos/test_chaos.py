@@ -46,7 +46,7 @@ IDLE_EPISODES = 4
 #: Wall-clock bound on the run (the CI budget is 60 s on 2 cores), and on the final wait
 #: for replies re-sent from the outbox.
 RUN_TIMEOUT_S = 50.0
-SETTLE_S = 5.0
+SETTLE_S = 10.0
 
 
 def _seed() -> int:
