@@ -7,7 +7,9 @@ await outbound results without deadlock (R58). The dispatcher then
 * decodes passthrough forwards (Discord interactions become events; others are dropped,
   acked if buffered: R70, R71);
 * claims the delivery on ``K_msg``/``K_buf`` in the state db (R61-R63), recording a new
-  delivery's turn in the same transaction (started at admission): a duplicate of a
+  delivery's turn in the same transaction (started at admission). Frames already waiting in
+  the channel are admitted together, their claims in one transaction in arrival order, so a
+  burst costs one commit, not one per frame. A duplicate of a
   completed delivery is acked at once if buffered; a duplicate of a running one is acked
   when the original completes;
 * admits at most ``max_pending_inbound`` unfinished deliveries: when full it stops taking
@@ -27,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
@@ -37,7 +39,14 @@ from protocol.events import Identity, MessageEvent
 from protocol.frames import Frame, Inbound, InboundAck, PassthroughForwardFrame
 from protocol.keys import build_session_key, message_key
 from protocol.passthrough import PassthroughError, decode_forward
-from relay_runtime.state import ClaimHandle, ClaimResult, ClaimStatus, MessageKey, TurnEndState
+from relay_runtime.state import (
+    ClaimHandle,
+    ClaimRequest,
+    ClaimResult,
+    ClaimStatus,
+    MessageKey,
+    TurnEndState,
+)
 from relay_runtime.turn import Turn
 
 if TYPE_CHECKING:
@@ -57,6 +66,8 @@ log = logging.getLogger("relay_runtime.dispatcher")
 
 #: How long shutdown waits for a cancelled turn's claim release to commit.
 RELEASE_TIMEOUT_S: Final = 5.0
+#: Most frames already waiting in the hand-off channel admitted (claimed) together.
+MAX_ADMIT_BATCH: Final = 64
 
 InboundItem = Inbound | PassthroughForwardFrame
 Agent = Callable[[Turn], Awaitable[str | None]]
@@ -89,6 +100,11 @@ class TurnStore(Protocol):
         self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
     ) -> tuple[ClaimResult, int | None]:
         """Claim a delivery (RC §7.3) and, if NEW, record its turn running: one transaction."""
+
+    async def claim_turns(
+        self, requests: Sequence[ClaimRequest], now: float
+    ) -> list[tuple[ClaimResult, int | None]]:
+        """``claim_turn`` for each request in order, all in one transaction."""
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         """Release the claim and forget the record of a turn that never started."""
@@ -248,37 +264,94 @@ class Dispatcher:
         task_status.started()
         async with inbound:
             async for item in inbound:
-                await self.admit(item, turn_nursery)
+                batch = [item]
+                # Take no more than there are free pending slots for: a full dispatcher
+                # holds one frame in hand, so the reader pauses exactly as before (R60).
+                while len(batch) < min(MAX_ADMIT_BATCH, self._slots.value):
+                    try:
+                        batch.append(inbound.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self.admit_many(batch, turn_nursery)
 
     async def admit(self, item: InboundItem, turn_nursery: trio.Nursery) -> None:
         """Admit one frame: decode, take a pending slot, claim, queue for its session."""
-        self.stats.received += 1
-        event = self._event_of(item)
-        if event is None:
-            return
-        if self.agent is None:
-            log.debug("relay: no agent registered; inbound not run and not acked")
-            return
-        await self._take_slot()
+        await self.admit_many([item], turn_nursery)
+
+    async def admit_many(self, items: Sequence[InboundItem], turn_nursery: trio.Nursery) -> None:
+        """Admit frames in arrival order, claiming those that hold pending slots together.
+
+        Each delivery takes a pending slot first; when the bound is reached, the deliveries
+        gathered so far are claimed and queued before waiting for a slot (R60), so a full
+        dispatcher never holds slots for unclaimed deliveries while it waits.
+        """
+        gathered: list[_Delivery] = []
         try:
-            delivery = _Delivery(
-                event=event,
-                buffer_id=item.buffer_id or None,
-                session_key=build_session_key(
-                    event.source,
-                    group_sessions_per_user=self.group_sessions_per_user,
-                    thread_sessions_per_user=self.thread_sessions_per_user,
-                ),
-                k_msg=message_key(event),
-            )
-            if self.remember is not None:
-                self.remember(event)
-            claim, turn_id = await self.db.claim_turn(
-                delivery.session_key, delivery.k_msg, delivery.buffer_id, self.clock()
-            )
+            for item in items:
+                self.stats.received += 1
+                event = self._event_of(item)
+                if event is None:
+                    continue
+                if self.agent is None:
+                    log.debug("relay: no agent registered; inbound not run and not acked")
+                    continue
+                if not self._take_slot_nowait():
+                    await self._claim_and_queue(gathered, turn_nursery)
+                    gathered = []
+                    await self._take_slot()
+                try:
+                    delivery = self._delivery(item, event)
+                except BaseException:
+                    self._free_slot()
+                    raise
+                gathered.append(delivery)
+            await self._claim_and_queue(gathered, turn_nursery)
         except BaseException:
-            self._free_slot()
+            # The gathered deliveries were not claimed (or their claim failed): free slots.
+            for _ in gathered:
+                self._free_slot()
             raise
+
+    def _delivery(self, item: InboundItem, event: MessageEvent) -> _Delivery:
+        delivery = _Delivery(
+            event=event,
+            buffer_id=item.buffer_id or None,
+            session_key=build_session_key(
+                event.source,
+                group_sessions_per_user=self.group_sessions_per_user,
+                thread_sessions_per_user=self.thread_sessions_per_user,
+            ),
+            k_msg=message_key(event),
+        )
+        if self.remember is not None:
+            self.remember(event)
+        return delivery
+
+    async def _claim_and_queue(
+        self, deliveries: list[_Delivery], turn_nursery: trio.Nursery
+    ) -> None:
+        """Claim ``deliveries`` (each holding a slot) in one operation; route each in order.
+
+        On return every slot is either freed or owned by a queued delivery; if it raises,
+        the caller still owns them all.
+        """
+        if not deliveries:
+            return
+        claims = await self.db.claim_turns(
+            [ClaimRequest(d.session_key, d.k_msg, d.buffer_id) for d in deliveries],
+            self.clock(),
+        )
+        for delivery, (claim, turn_id) in zip(deliveries, claims, strict=True):
+            self._route(delivery, claim, turn_id, turn_nursery)
+        deliveries.clear()
+
+    def _route(
+        self,
+        delivery: _Delivery,
+        claim: ClaimResult,
+        turn_id: int | None,
+        turn_nursery: trio.Nursery,
+    ) -> None:
         if claim.status is ClaimStatus.COMPLETED:
             self.stats.duplicates += 1
             self._free_slot()
@@ -313,6 +386,14 @@ class Dispatcher:
                 self._ack(item.buffer_id)
             return None
         return decoded
+
+    def _take_slot_nowait(self) -> bool:
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        return True
 
     async def _take_slot(self) -> None:
         try:

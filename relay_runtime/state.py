@@ -46,6 +46,7 @@ __all__ = [
     "TURN_RESULT_TTL_S",
     "Attempt",
     "ClaimHandle",
+    "ClaimRequest",
     "ClaimResult",
     "ClaimStatus",
     "MessageKey",
@@ -145,6 +146,15 @@ class ClaimResult:
 
     status: ClaimStatus
     handle: ClaimHandle | None
+
+
+@attrs.frozen
+class ClaimRequest:
+    """One delivery to claim in :meth:`StateDB.claim_turns`: its session and its keys."""
+
+    session_key: str
+    k_msg: MessageKey | None
+    k_buf: str | None
 
 
 @attrs.frozen
@@ -742,6 +752,35 @@ class StateDB:
             return result, self._start_in(conn, session_key, k_msg, k_buf, now)
 
         return await self._run(claim_turn)
+
+    async def claim_turns(
+        self, requests: Sequence[ClaimRequest], now: float
+    ) -> list[tuple[ClaimResult, int | None]]:
+        """:meth:`claim_turn` for each request, in order, as ONE operation (one transaction).
+
+        Results are exactly those of sequential :meth:`claim_turn` calls: a later request
+        sharing a key with an earlier ``NEW`` one in the same call is ``IN_FLIGHT``. If any
+        claim fails, none is committed and the error is raised.
+        """
+        if not requests:
+            return []
+        prepared = [(r, _claim_keys(r.k_msg, r.k_buf)) for r in requests]
+
+        def claim_turns(conn: sqlite3.Connection) -> list[tuple[ClaimResult, int | None]]:
+            out: list[tuple[ClaimResult, int | None]] = []
+            for request, keys in prepared:
+                result = (
+                    self._claim_in(conn, keys, now) if keys else ClaimResult(ClaimStatus.NEW, None)
+                )
+                turn_id = None
+                if result.status is ClaimStatus.NEW:
+                    turn_id = self._start_in(
+                        conn, request.session_key, request.k_msg, request.k_buf, now
+                    )
+                out.append((result, turn_id))
+            return out
+
+        return await self._run(claim_turns)
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         """One transaction: release the claim and forget the turn record of a turn that

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -27,6 +27,7 @@ from relay_runtime.state import (
     FOLLOW_UP_TTL_S,
     Attempt,
     ClaimHandle,
+    ClaimRequest,
     ClaimResult,
     ClaimStatus,
     MessageKey,
@@ -112,6 +113,8 @@ class MemoryState:
     claims: dict[int, _Claim] = attrs.field(factory=dict)
     keys: dict[str, int] = attrs.field(factory=dict)
     turns: dict[int, tuple[str, str]] = attrs.field(factory=dict)
+    #: Size of every ``claim_turns`` call, in order.
+    claim_batches: list[int] = attrs.field(factory=list)
     outbox: dict[int, OutboxEntry] = attrs.field(factory=dict)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
@@ -185,6 +188,12 @@ class MemoryState:
         if result.status is not ClaimStatus.NEW:
             return result, None
         return result, await self.turn_started(session_key, k_msg, k_buf, now)
+
+    async def claim_turns(
+        self, requests: Sequence[ClaimRequest], now: float
+    ) -> list[tuple[ClaimResult, int | None]]:
+        self.claim_batches.append(len(requests))
+        return [await self.claim_turn(r.session_key, r.k_msg, r.k_buf, now) for r in requests]
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         await self.release(handle)

@@ -521,3 +521,85 @@ def test_limits_are_checked() -> None:
             max_concurrent_turns=5,
             max_pending_inbound=4,
         )
+
+
+# ----------------------------------------------------------------------------- batched admission
+
+
+def _queued_rig(
+    nursery: trio.Nursery, agent: AgentFn, frames: list[Any], **limits: int
+) -> tuple[Dispatcher, FakeLink, MemoryState]:
+    """A dispatcher whose hand-off channel already holds ``frames`` when it starts."""
+    link, state = FakeLink(), MemoryState()
+    dispatcher = Dispatcher(
+        agent=agent,
+        trust=Verdict(),
+        replies=Replies(link, state, IDENTITIES),
+        db=state,
+        acks=link,
+        identities=IDENTITIES,
+        **limits,
+    )
+    send, recv = trio.open_memory_channel[Any](len(frames))
+    for frame in frames:
+        send.send_nowait(frame)
+    send.close()
+    nursery.start_soon(dispatcher.run, recv, nursery)
+    return dispatcher, link, state
+
+
+async def test_frames_waiting_in_the_channel_are_claimed_in_one_operation(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    frames = [
+        inbound("a1", chat="a", message_id="1", buffer_id="b1"),
+        inbound("b1", chat="b", message_id="2", buffer_id="b2"),
+        inbound("a1", chat="a", message_id="1", buffer_id="b3"),  # duplicate within the burst
+        inbound("a2", chat="a", message_id="3", buffer_id="b4"),
+        inbound("b2", chat="b", message_id="4", buffer_id="b5"),
+    ]
+    dispatcher, link, state = _queued_rig(nursery, echo, frames)
+    await trio.testing.wait_all_tasks_blocked()
+    await dispatcher.wait_idle()
+    assert state.claim_batches == [5]
+    sent = contents(link)
+    assert sorted(sent) == ["a1", "a2", "b1", "b2"]
+    assert [c for c in sent if c[0] == "a"] == ["a1", "a2"]  # per-session order kept
+    assert [c for c in sent if c[0] == "b"] == ["b1", "b2"]
+    assert dispatcher.stats.duplicates == 1
+    # The duplicate is acked when its original completes, not before.
+    assert link.acks.index("b3") > link.acks.index("b1")
+    assert sorted(link.acks) == ["b1", "b2", "b3", "b4", "b5"]
+
+
+async def test_a_burst_is_split_at_the_pending_bound_and_at_the_batch_limit(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    peak = 0
+
+    async def agent(turn: Turn) -> str:
+        nonlocal peak
+        peak = max(peak, dispatcher.pending)
+        await trio.sleep(1)
+        return turn.text
+
+    frames = [inbound(f"m{i}", chat=f"c{i % 3}") for i in range(7)]
+    dispatcher, link, state = _queued_rig(
+        nursery, agent, frames, max_concurrent_turns=1, max_pending_inbound=3
+    )
+    await trio.testing.wait_all_tasks_blocked()
+    await dispatcher.wait_idle()
+    assert peak <= 3
+    assert state.claim_batches[0] == 3  # claimed before waiting for a slot
+    assert sum(state.claim_batches) == 7
+    assert sorted(contents(link)) == sorted(f"m{i}" for i in range(7))
+    for chat in range(3):
+        ours = [c for c in contents(link) if int(c[1:]) % 3 == chat]
+        assert ours == sorted(ours, key=lambda c: int(c[1:]))
+
+    frames = [inbound(f"n{i}", chat=f"d{i}") for i in range(70)]
+    dispatcher, link, state = _queued_rig(nursery, echo, frames)
+    await trio.testing.wait_all_tasks_blocked()
+    await dispatcher.wait_idle()
+    assert state.claim_batches == [64, 6]
+    assert len(contents(link)) == 70

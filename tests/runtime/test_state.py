@@ -19,6 +19,7 @@ from relay_runtime.state import (
     FOLLOW_UP_TTL_S,
     OUTBOX_MAX_ATTEMPTS,
     SCHEMA_VERSION,
+    ClaimRequest,
     ClaimStatus,
     OutboxFull,
     StateDB,
@@ -751,3 +752,41 @@ async def test_release_unstarted_frees_the_claim_and_forgets_the_turn(tmp_path: 
         assert await db.claim_status(K1, "buf-1") is ClaimStatus.NEW
         again, _ = await db.claim_turn("s", K1, "buf-1", T0 + 1)
         assert again.status is ClaimStatus.NEW
+
+
+async def test_claim_turns_is_one_transaction_and_resolves_like_sequential_claims(
+    tmp_path: Path,
+) -> None:
+    async with await open_db(tmp_path) as db:
+        first, first_turn = await db.claim_turn("s0", ("discord", "c", "done"), None, T0)
+        await db.complete_turn(first.handle, first_turn, "completed", T0)
+        commits = _commits(db)
+        results = await db.claim_turns(
+            [
+                ClaimRequest("s1", K1, "buf-1"),
+                ClaimRequest("s1", K1, "buf-2"),  # same K_msg later in the same batch
+                ClaimRequest("s2", None, None),  # no keys: not deduplicated
+                ClaimRequest("s0", ("discord", "c", "done"), "buf-3"),
+                ClaimRequest("s3", None, "buf-2"),  # the K_buf the second request brought
+            ],
+            T0 + 1,
+        )
+        assert len(commits) == 1
+        statuses = [claim.status for claim, _ in results]
+        assert statuses == [
+            ClaimStatus.NEW,
+            ClaimStatus.IN_FLIGHT,
+            ClaimStatus.NEW,
+            ClaimStatus.COMPLETED,
+            ClaimStatus.NEW,
+        ]
+        new_claim = results[0][0]
+        assert results[1][0].handle == new_claim.handle and results[1][1] is None
+        assert results[3][1] is None
+        started = [turn_id for _, turn_id in results if turn_id is not None]
+        assert len(started) == 3
+        records = {r.turn_id: r for r in await db.turns("running")}
+        assert sorted(records) == sorted(started)
+        assert records[started[0]].session_key == "s1" and records[started[0]].k_buf == "buf-1"
+        assert records[started[2]].session_key == "s3"
+        assert await db.claim_turns([], T0 + 2) == []
