@@ -603,3 +603,34 @@ async def test_a_burst_is_split_at_the_pending_bound_and_at_the_batch_limit(
     await dispatcher.wait_idle()
     assert state.claim_batches == [64, 6]
     assert len(contents(link)) == 70
+
+
+async def test_R60_admit_many_claims_what_it_holds_before_waiting_for_a_slot(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def agent(turn: Turn) -> str:
+        await trio.sleep(10)
+        return turn.text
+
+    link, state = FakeLink(), MemoryState()
+    dispatcher = Dispatcher(
+        agent=agent,
+        trust=Verdict(),
+        replies=Replies(link, state, IDENTITIES),
+        db=state,
+        acks=link,
+        identities=IDENTITIES,
+        max_concurrent_turns=1,
+        max_pending_inbound=3,
+    )
+    frames = [inbound(f"m{i}", chat=f"c{i}") for i in range(5)]
+    nursery.start_soon(dispatcher.admit_many, frames, nursery)
+    await trio.testing.wait_all_tasks_blocked()
+    # Three claimed and queued at once; the fourth waits for a slot, unclaimed.
+    assert state.claim_batches == [3]
+    assert dispatcher.pending == 3
+    await trio.sleep(10.5)
+    assert state.claim_batches == [3, 1]
+    await dispatcher.wait_idle()
+    assert sum(state.claim_batches) == 5
+    assert sorted(contents(link)) == [f"m{i}" for i in range(5)]
