@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from relay_runtime.cli.control import register, run_enroll, run_policy, run_provision
+from relay_runtime.cli.control import run_enroll, run_policy, run_provision
 from relay_runtime.config import read_env_file
 from relay_runtime.connector.control_plane import ControlPlaneRegistry, HttpServer
 
-from .conftest import IDENTITY_TOKEN, TENANT
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No relay settings from the outer environment; the state dir under tmp_path."""
-    for name in list(os.environ):
-        if name.startswith(("GATEWAY_RELAY_", "RELAY_")) or name.endswith("_ALLOW_BOTS"):
-            monkeypatch.delenv(name)
-    state = tmp_path / "state"
-    monkeypatch.setenv("RELAY_STATE_DIR", str(state))
-    return state
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="relay-runtime")
-    register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(list(argv))
-
+from ..conftest import IDENTITY_TOKEN, TENANT
+from .conftest import parse
 
 # --------------------------------------------------------------------------- enroll
 
