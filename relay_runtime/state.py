@@ -215,8 +215,42 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     ) WITHOUT ROWID;
     CREATE INDEX relay_dedupe_keys_claim ON relay_dedupe_keys (claim_id);
     """,
+    # 1 -> 2: the number of completed claims, kept by triggers in the same transaction as
+    # the change, so trimming to ``dedupe_max`` does not count the window on every completion.
+    """
+    CREATE TABLE relay_dedupe_count (completed INTEGER NOT NULL);
+    INSERT INTO relay_dedupe_count (completed)
+        SELECT count(*) FROM relay_dedupe_claims WHERE state = 'completed';
+    CREATE TRIGGER relay_dedupe_count_insert AFTER INSERT ON relay_dedupe_claims
+        WHEN new.state = 'completed'
+        BEGIN UPDATE relay_dedupe_count SET completed = completed + 1; END;
+    CREATE TRIGGER relay_dedupe_count_update AFTER UPDATE OF state ON relay_dedupe_claims
+        WHEN (new.state = 'completed') <> (old.state = 'completed')
+        BEGIN
+            UPDATE relay_dedupe_count
+            SET completed = completed + (CASE WHEN new.state = 'completed' THEN 1 ELSE -1 END);
+        END;
+    CREATE TRIGGER relay_dedupe_count_delete AFTER DELETE ON relay_dedupe_claims
+        WHEN old.state = 'completed'
+        BEGIN UPDATE relay_dedupe_count SET completed = completed - 1; END;
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    """The complete SQL statements of ``script`` (a ``;`` inside a trigger body does not end one)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        raise StateError(f"incomplete statement in a state db migration: {pending.strip()!r}")
+    return statements
 
 
 def _msg_key_text(k_msg: MessageKey) -> str:
@@ -447,9 +481,8 @@ class StateDB:
                     f"this relay-runtime supports ({SCHEMA_VERSION}); upgrade relay-runtime"
                 )
             for script in _MIGRATIONS[version:]:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(script):
+                    conn.execute(statement)
             if row is None:
                 conn.execute("INSERT INTO relay_schema (version) VALUES (?)", (SCHEMA_VERSION,))
             elif version != SCHEMA_VERSION:
@@ -871,9 +904,7 @@ class StateDB:
         if cur.rowcount == 0:
             return False
         self._evict_old_claims(conn, now - self.dedupe_window_s)
-        (completed,) = conn.execute(
-            "SELECT count(*) FROM relay_dedupe_claims WHERE state = 'completed'"
-        ).fetchone()
+        (completed,) = conn.execute("SELECT completed FROM relay_dedupe_count").fetchone()
         excess = completed - self.dedupe_max
         if excess > 0:
             oldest = [

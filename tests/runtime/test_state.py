@@ -296,6 +296,68 @@ async def test_dedupe_max_evicts_oldest_completed(tmp_path: Path) -> None:
         assert running.status is ClaimStatus.NEW
 
 
+def completed_count(path: Path) -> tuple[int, int]:
+    """(the trigger-kept count, the real count) of completed claims in the file at ``path``."""
+    with sqlite3.connect(path / DB_FILENAME) as raw:
+        (kept,) = raw.execute("SELECT completed FROM relay_dedupe_count").fetchone()
+        (real,) = raw.execute(
+            "SELECT count(*) FROM relay_dedupe_claims WHERE state = 'completed'"
+        ).fetchone()
+    raw.close()
+    return kept, real
+
+
+async def test_completed_count_follows_complete_trim_expiry_and_rollback(tmp_path: Path) -> None:
+    async with await open_db(tmp_path, dedupe_max=3) as db:
+        handles = []
+        for i in range(5):
+            claim = await db.claim(("relay", "c", f"m{i}"), None, T0 + i)
+            handles.append(claim.handle)
+            await db.complete(claim.handle, T0 + i)
+        assert completed_count(tmp_path) == (3, 3)
+        # Completing twice, or completing a trimmed claim, counts nothing.
+        await db.complete(handles[-1], T0 + 5)
+        await db.complete(handles[0], T0 + 5)
+        running = await db.claim(("relay", "c", "run"), None, T0 + 6)
+        await db.release(running.handle)
+        assert completed_count(tmp_path) == (3, 3)
+
+        # An operation that fails after completing a claim rolls the count back with it.
+        def fails(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE relay_dedupe_claims SET state = 'in_flight'")
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await db._run(fails)
+        assert completed_count(tmp_path) == (3, 3)
+        # Expiry out of the window lowers it.
+        await db.prune(T0 + DAY + 3.5)
+        assert completed_count(tmp_path) == (1, 1)
+
+
+async def test_schema_1_database_upgrades_with_its_completed_count(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        for i in range(3):
+            claim = await db.claim(("relay", "c", f"m{i}"), None, T0 + i)
+            if i:
+                await db.complete(claim.handle, T0 + i)
+    with sqlite3.connect(tmp_path / DB_FILENAME) as raw:  # back to what version 1 wrote
+        raw.execute("DROP TABLE relay_dedupe_count")
+        for name in ("insert", "update", "delete"):
+            raw.execute(f"DROP TRIGGER relay_dedupe_count_{name}")
+        raw.execute("UPDATE relay_schema SET version = 1")
+    raw.close()
+    async with await open_db(tmp_path, now=T0 + 10, dedupe_max=2) as db:
+        assert completed_count(tmp_path) == (2, 2)
+        claim = await db.claim(("relay", "c", "m9"), None, T0 + 10)
+        await db.complete(claim.handle, T0 + 10)
+        assert completed_count(tmp_path) == (2, 2)
+        assert await db.claim_status(("relay", "c", "m1"), None) is ClaimStatus.NEW
+    with sqlite3.connect(tmp_path / DB_FILENAME) as raw:
+        assert raw.execute("SELECT version FROM relay_schema").fetchall() == [(SCHEMA_VERSION,)]
+    raw.close()
+
+
 async def test_delivery_without_keys_is_not_deduplicated(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
         for k_msg in (None, ("relay", "", "m1"), ("relay", "c", "")):
