@@ -73,6 +73,8 @@ BUSY_TIMEOUT_MS: Final = 5000
 _SQLITE_COMPANIONS: Final = ("-wal", "-shm", "-journal")
 #: How long closing waits for a database call already running in the worker thread.
 CLOSE_WAIT_S: Final = 4 * BUSY_TIMEOUT_MS / 1000
+#: Rows one bulk statement touches at most (each takes a few of SQLite's bound parameters).
+BULK_ROWS: Final = 200
 
 OutboxKind = Literal["send", "follow_up"]
 TurnEndState = Literal["completed", "failed", "interrupted", "denied", "cancelled"]
@@ -158,6 +160,17 @@ class ClaimRequest:
 
 
 @attrs.frozen
+class _Completion:
+    """The arguments of one :meth:`StateDB.complete_turn`."""
+
+    handle: ClaimHandle | None
+    turn_id: int | None
+    state: TurnEndState
+    now: float
+    error: str | None
+
+
+@attrs.frozen
 class TurnRecord:
     """One turn's recorded start and end."""
 
@@ -239,7 +252,7 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 
 def _statements(script: str) -> list[str]:
-    """The complete SQL statements of ``script`` (a ``;`` inside a trigger body does not end one)."""
+    """The SQL statements of ``script``; a ``;`` inside a trigger body does not end one."""
     statements: list[str] = []
     pending = ""
     for piece in script.split(";"):
@@ -309,6 +322,11 @@ class _Op:
     """One queued database operation and, once its batch ran, its result or error."""
 
     fn: Callable[[sqlite3.Connection], Any]
+    #: Runs a run of neighbouring operations with the same ``bulk`` in fewer statements,
+    #: with the same effects as running their ``fn`` one after another; it gets their
+    #: ``args`` and returns their values in order.
+    bulk: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
+    args: Any = None
     taken: bool = False
     done: bool = False
     value: Any = None
@@ -319,21 +337,18 @@ def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
     """Run ``ops`` in order as one transaction, each in its own savepoint; commit once.
 
     Runs in the worker thread. An operation that raises is rolled back to its savepoint and
-    keeps its error; the others still commit. If the transaction itself fails (BEGIN, COMMIT,
-    or an error that aborted it), every operation gets that error and nothing is committed.
+    keeps its error; the others still commit. Neighbouring operations that share a ``bulk``
+    run together in one savepoint; if that fails they run again one by one, so an error
+    stays with its own operation. If the transaction itself fails (BEGIN, COMMIT, or an
+    error that aborted it), every operation gets that error and nothing is committed.
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
-        for op in ops:
-            conn.execute("SAVEPOINT relay_op")
-            try:
-                op.value = op.fn(conn)
-            except Exception as exc:
-                if not conn.in_transaction:
-                    raise  # SQLite aborted the whole transaction: the batch failed
-                conn.execute("ROLLBACK TO relay_op")
-                op.error = exc
-            conn.execute("RELEASE relay_op")
+        for group in _runs(ops):
+            if len(group) > 1 and _run_bulk(conn, group):
+                continue
+            for op in group:
+                op.error = _in_savepoint(conn, op)
         conn.execute("COMMIT")
     except BaseException as exc:
         if conn.in_transaction:
@@ -342,6 +357,59 @@ def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
             op.value, op.error = None, exc
     for op in ops:
         op.done = True
+
+
+def _runs(ops: list[_Op]) -> list[list[_Op]]:
+    """``ops`` cut into runs of neighbours with the same ``bulk`` (None never groups)."""
+    runs: list[list[_Op]] = []
+    for op in ops:
+        if runs and op.bulk is not None and op.bulk == runs[-1][0].bulk:
+            runs[-1].append(op)
+        else:
+            runs.append([op])
+    return runs
+
+
+def _run_bulk(conn: sqlite3.Connection, group: list[_Op]) -> bool:
+    """Run ``group`` with its ``bulk`` in one savepoint; False if it has none or it failed."""
+    bulk = group[0].bulk
+    if bulk is None:
+        return False
+    values: list[Any] = []
+
+    def run(conn: sqlite3.Connection) -> None:
+        values.extend(bulk(conn, [op.args for op in group]))
+
+    if _in_savepoint(conn, run) is not None:
+        return False
+    for op, value in zip(group, values, strict=True):
+        op.value = value
+    return True
+
+
+def _in_savepoint(
+    conn: sqlite3.Connection, work: _Op | Callable[[sqlite3.Connection], None]
+) -> Exception | None:
+    """Run ``work`` (an operation, keeping its value) in a savepoint; on an error roll back
+    to it and return the error."""
+    conn.execute("SAVEPOINT relay_op")
+    error: Exception | None = None
+    try:
+        if isinstance(work, _Op):
+            work.value = work.fn(conn)
+        else:
+            work(conn)
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise  # SQLite aborted the whole transaction: the batch failed
+        conn.execute("ROLLBACK TO relay_op")
+        error = exc
+    conn.execute("RELEASE relay_op")
+    return error
+
+
+def _chunks(items: Sequence[T], size: int = BULK_ROWS) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _create_private_file(path: Path) -> None:
@@ -550,16 +618,22 @@ class StateDB:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        bulk: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None,
+        args: Any = None,
+    ) -> T:
         """Run ``fn(conn)`` in the worker thread; its effects are committed on return.
 
         ``fn`` shares a transaction with the other operations of its batch, in a savepoint
-        of its own.
+        of its own. With ``bulk``, neighbouring calls of the same kind may run as
+        ``bulk(conn, [args, ...])`` instead (see :class:`_Op`).
         """
         if self._closed:
             raise StateError("state database is closed")
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: do not run at all
-        op = _Op(fn)
+        op = _Op(fn, bulk, args)
         self._queue.append(op)
         try:
             while not op.done:
@@ -904,6 +978,11 @@ class StateDB:
         if cur.rowcount == 0:
             return False
         self._evict_old_claims(conn, now - self.dedupe_window_s)
+        self._trim_completed(conn)
+        return True
+
+    def _trim_completed(self, conn: sqlite3.Connection) -> None:
+        """Forget the oldest completed claims beyond ``dedupe_max``."""
         (completed,) = conn.execute("SELECT completed FROM relay_dedupe_count").fetchone()
         excess = completed - self.dedupe_max
         if excess > 0:
@@ -916,7 +995,6 @@ class StateDB:
                 )
             ]
             self._delete_claims(conn, oldest)
-        return True
 
     @staticmethod
     def _release_in(conn: sqlite3.Connection, handle: ClaimHandle) -> bool:
@@ -983,6 +1061,7 @@ class StateDB:
         ``state == "cancelled"`` (shutdown) use :meth:`release_turn` instead.
         """
         _check_end_state(state)
+        completion = _Completion(handle, turn_id, state, now, error)
 
         def finish(conn: sqlite3.Connection) -> None:
             if handle is not None:
@@ -990,7 +1069,42 @@ class StateDB:
             if turn_id is not None:
                 self._finish_in(conn, turn_id, state, now, error)
 
-        await self._run(finish)
+        await self._run(finish, self._complete_turns_in, completion)
+
+    def _complete_turns_in(
+        self, conn: sqlite3.Connection, completions: list[_Completion]
+    ) -> list[None]:
+        """Several :meth:`complete_turn` at once: a few statements for the whole run."""
+        claims = [(c.handle.claim_id, c.now) for c in completions if c.handle is not None]
+        for chunk in _chunks(claims):
+            cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
+            conn.execute(
+                "UPDATE relay_dedupe_claims SET state = 'completed',"
+                f" completed_at = CASE claim_id {cases} END"
+                f" WHERE state = 'in_flight' AND claim_id IN ({','.join('?' * len(chunk))})",
+                [*(v for pair in chunk for v in pair), *(claim_id for claim_id, _ in chunk)],
+            )
+        turns = [c for c in completions if c.turn_id is not None]
+        for part in _chunks(turns):
+            cases = " ".join(["WHEN ? THEN ?"] * len(part))
+            conn.execute(
+                f"UPDATE relay_turns SET state = CASE turn_id {cases} END,"
+                f" ended_at = CASE turn_id {cases} END, error = CASE turn_id {cases} END"
+                f" WHERE state = 'running' AND turn_id IN ({','.join('?' * len(part))})",
+                [
+                    *(v for c in part for v in (c.turn_id, c.state)),
+                    *(v for c in part for v in (c.turn_id, c.now)),
+                    *(v for c in part for v in (c.turn_id, c.error)),
+                    *(c.turn_id for c in part),
+                ],
+            )
+        latest = max(c.now for c in completions)
+        if claims:
+            self._evict_old_claims(conn, latest - self.dedupe_window_s)
+            self._trim_completed(conn)
+        if turns:
+            self._prune_turns_in(conn, latest)
+        return [None] * len(completions)
 
     async def release_turn(
         self, handle: ClaimHandle | None, turn_id: int | None, now: float

@@ -790,6 +790,127 @@ async def test_a_call_cancelled_inside_its_running_batch_still_waits_for_the_com
         assert [e.id for e in await db.entries()] == returned
 
 
+def _dump(path: Path) -> list[list[tuple[object, ...]]]:
+    """Every row our dedupe and turn tables hold, in a stable order."""
+    with sqlite3.connect(path / DB_FILENAME) as raw:
+        dump = [
+            sorted(raw.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+            for table in (
+                "relay_dedupe_claims",
+                "relay_dedupe_keys",
+                "relay_dedupe_count",
+                "relay_turns",
+            )
+        ]
+    raw.close()
+    return dump
+
+
+async def test_neighbouring_completions_run_in_bulk_with_the_effects_of_one_by_one(
+    tmp_path: Path,
+) -> None:
+    ends = ["completed", "failed", "denied", "completed", "interrupted", "completed", "failed"]
+
+    async def deliveries(db: StateDB) -> list[tuple[object, int | None]]:
+        claimed = []
+        for i in range(len(ends)):
+            claim, turn_id = await db.claim_turn(f"s{i % 2}", ("relay", "c", f"m{i}"), None, T0)
+            claimed.append((claim.handle, turn_id))
+        return claimed
+
+    def completions(claimed: list[tuple[object, int | None]]) -> list[tuple[object, ...]]:
+        calls: list[tuple[object, ...]] = [
+            (handle, turn_id, end, T0 + 1 + i, "E: x" if end == "failed" else None)
+            for i, ((handle, turn_id), end) in enumerate(zip(claimed, ends, strict=True))
+        ]
+        calls.insert(3, (*claimed[1], "completed", T0 + 3.5, None))  # again: no effect
+        calls.insert(5, (None, None, "completed", T0 + 4.5, None))  # nothing to record
+        return calls
+
+    one_by_one = tmp_path / "one"
+    async with await open_db(one_by_one, dedupe_max=4) as db:
+        for call in completions(await deliveries(db)):
+            await db.complete_turn(*call)  # type: ignore[arg-type]
+
+    in_bulk = tmp_path / "bulk"
+    async with await open_db(in_bulk, dedupe_max=4) as db:
+        claimed = await deliveries(db)
+        bulk_runs: list[int] = []
+        real_bulk = db._complete_turns_in
+
+        def counted(conn: sqlite3.Connection, args: list[object]) -> list[None]:
+            bulk_runs.append(len(args))
+            return real_bulk(conn, args)  # type: ignore[arg-type]
+
+        db._complete_turns_in = counted  # type: ignore[method-assign]
+        blocker = sqlite3.connect(in_bulk / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.prune, T0)  # leads a batch that waits for the lock
+            await trio.testing.wait_all_tasks_blocked()
+            for call in completions(claimed):
+                nursery.start_soon(db.complete_turn, *call)
+                await trio.testing.wait_all_tasks_blocked()
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert bulk_runs == [len(ends) + 2]
+
+    assert _dump(in_bulk) == _dump(one_by_one)
+    _claims, _keys, count, turns = _dump(in_bulk)
+    assert count == [(4,)]  # trimmed to dedupe_max
+    assert [t[4] for t in turns] == ends
+
+
+async def test_a_failing_bulk_is_rolled_back_and_its_operations_run_one_by_one(
+    tmp_path: Path,
+) -> None:
+    async with await open_db(tmp_path) as db:
+        bulk_calls: list[list[object]] = []
+
+        def bulk(conn: sqlite3.Connection, args: list[object]) -> list[object]:
+            bulk_calls.append(args)
+            conn.execute(
+                "INSERT INTO relay_turns (session_key, state, started_at) VALUES ('bulk', 'running', 0)"
+            )
+            raise RuntimeError("bulk failed")
+
+        def insert(name: str) -> object:
+            def fn(conn: sqlite3.Connection) -> str:
+                if name == "bad":
+                    raise ValueError("this one fails")
+                conn.execute(
+                    "INSERT INTO relay_turns (session_key, state, started_at)"
+                    " VALUES (?, 'running', 0)",
+                    (name,),
+                )
+                return f"{name} done"
+
+            return fn
+
+        outcomes: dict[str, object] = {}
+
+        async def call(name: str, bulk_fn: object) -> None:
+            try:
+                outcomes[name] = await db._run(insert(name), bulk_fn, name)  # type: ignore[arg-type]
+            except Exception as exc:
+                outcomes[name] = exc
+
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "lead", None)
+            await trio.testing.wait_all_tasks_blocked()
+            for name, bulk_fn in [("a", bulk), ("bad", bulk), ("b", bulk), ("alone", None)]:
+                nursery.start_soon(call, name, bulk_fn)
+                await trio.testing.wait_all_tasks_blocked()
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert bulk_calls == [["a", "bad", "b"]]
+        assert isinstance(outcomes.pop("bad"), ValueError)
+        assert outcomes == {n: f"{n} done" for n in ("lead", "a", "b", "alone")}
+        assert [t.session_key for t in await db.turns()] == ["lead", "a", "b", "alone"]
+
+
 async def test_claim_turn_claims_and_records_the_turn_in_one_transaction(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
         commits = _commits(db)
