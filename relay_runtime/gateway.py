@@ -41,9 +41,10 @@ __all__ = ["AdmitAll", "AdmitOutcome", "Gateway", "SuspendCheck", "run_gateway"]
 log = logging.getLogger("relay_runtime.gateway")
 
 #: Buffer between the supervisor's reader and the dispatcher. The dispatcher is the
-#: admission point (``max_pending_inbound``); this small slack lets the reader run ahead of
-#: the dispatcher's per-frame dedupe claim instead of stalling on every frame.
-INBOUND_BUFFER: Final = 16
+#: admission point (``max_pending_inbound``); this slack lets the reader run ahead while the
+#: dispatcher commits a batch of claims. It matches the dispatcher's batch (64), so a burst
+#: that arrives during one commit is admitted whole by the next.
+INBOUND_BUFFER: Final = 64
 
 
 # --------------------------------------------------------------------------- trust seam
