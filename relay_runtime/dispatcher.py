@@ -7,9 +7,10 @@ await outbound results without deadlock (R58). The dispatcher then
 * decodes passthrough forwards (Discord interactions become events; others are dropped,
   acked if buffered: R70, R71);
 * claims the delivery on ``K_msg``/``K_buf`` in the state db (R61-R63), recording a new
-  delivery's turn in the same transaction (started at admission). Frames already waiting in
-  the channel are admitted together, their claims in one transaction in arrival order, so a
-  burst costs one commit, not one per frame. A duplicate of a
+  delivery's turn with it (started at admission). Frames already waiting in the channel are
+  admitted together, in arrival order. The decision is made in memory at once and recorded
+  behind (a task of ours commits it right after), so no commit lies on a turn's path;
+  completions are committed before any ack. A duplicate of a
   completed delivery is acked at once if buffered; a duplicate of a running one is acked
   when the original completes;
 * admits at most ``max_pending_inbound`` unfinished deliveries: when full it stops taking
@@ -104,7 +105,10 @@ class TurnStore(Protocol):
     async def claim_turns(
         self, requests: Sequence[ClaimRequest], now: float
     ) -> list[tuple[ClaimResult, int | None]]:
-        """``claim_turn`` for each request in order, all in one transaction."""
+        """``claim_turn`` for each request in order; decided at once, recorded behind."""
+
+    async def flush(self) -> None:
+        """Commit what was recorded behind so far."""
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         """Release the claim and forget the record of a turn that never started."""
@@ -206,6 +210,7 @@ class Dispatcher:
         self._waiting_acks: dict[int, list[str]] = {}
         self._idle = trio.Event()
         self._idle.set()
+        self._claims_to_record = trio.Event()
 
     # ------------------------------------------------------------------ inspection
 
@@ -262,17 +267,34 @@ class Dispatcher:
     ) -> None:
         """Take frames from ``inbound`` until it closes; turns run in ``turn_nursery``."""
         task_status.started()
-        async with inbound:
-            async for item in inbound:
-                batch = [item]
-                # Take no more than there are free pending slots for: a full dispatcher
-                # holds one frame in hand, so the reader pauses exactly as before (R60).
-                while len(batch) < min(MAX_ADMIT_BATCH, self._slots.value):
-                    try:
-                        batch.append(inbound.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self.admit_many(batch, turn_nursery)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._record_claims)
+            async with inbound:
+                async for item in inbound:
+                    batch = [item]
+                    # Take no more than there are free pending slots for: a full dispatcher
+                    # holds one frame in hand, so the reader pauses exactly as before (R60).
+                    while len(batch) < min(MAX_ADMIT_BATCH, self._slots.value):
+                        try:
+                            batch.append(inbound.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await self.admit_many(batch, turn_nursery)
+            nursery.cancel_scope.cancel()
+
+    async def _record_claims(self) -> None:
+        """Commit admitted claims soon after admission, off the turns' path.
+
+        Claims are decided at once and written behind (the turn does not wait for them);
+        this records them promptly so a crash finds the running turns.
+        """
+        while True:
+            await self._claims_to_record.wait()
+            self._claims_to_record = trio.Event()
+            try:
+                await self.db.flush()
+            except Exception as exc:  # logged with its record by the state db too
+                log.error("relay: recording admitted claims failed: %s", exc)
 
     async def admit(self, item: InboundItem, turn_nursery: trio.Nursery) -> None:
         """Admit one frame: decode, take a pending slot, claim, queue for its session."""
@@ -341,6 +363,7 @@ class Dispatcher:
             [ClaimRequest(d.session_key, d.k_msg, d.buffer_id) for d in deliveries],
             self.clock(),
         )
+        self._claims_to_record.set()
         for delivery, (claim, turn_id) in zip(deliveries, claims, strict=True):
             self._route(delivery, claim, turn_id, turn_nursery)
         deliveries.clear()

@@ -21,8 +21,8 @@ the caller uses consistently; the runtime passes ``time.time()``).
 
 from __future__ import annotations
 
-import enum
 import errno
+import functools
 import json
 import logging
 import os
@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import attrs
 import trio
+
+from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus, DedupeWindow
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -127,29 +129,6 @@ class Attempt:
     dropped: bool
 
 
-class ClaimStatus(enum.Enum):
-    """What :meth:`StateDB.claim` found for a delivery."""
-
-    NEW = "new"  # nothing known: the caller owns the new claim and runs the turn
-    IN_FLIGHT = "in_flight"  # the same delivery is running now: do not run
-    COMPLETED = "completed"  # already handled within the window: do not run, ack at once
-
-
-@attrs.frozen
-class ClaimHandle:
-    """Names one claim row; for ``NEW`` it is the caller's own claim."""
-
-    claim_id: int
-
-
-@attrs.frozen
-class ClaimResult:
-    """Status of a delivery, and the claim it maps to (``None`` when it has no keys)."""
-
-    status: ClaimStatus
-    handle: ClaimHandle | None
-
-
 @attrs.frozen
 class ClaimRequest:
     """One delivery to claim in :meth:`StateDB.claim_turns`: its session and its keys."""
@@ -161,13 +140,14 @@ class ClaimRequest:
 
 @attrs.frozen
 class _Completion:
-    """The arguments of one :meth:`StateDB.complete_turn`."""
+    """What one :meth:`StateDB.complete_turn` records."""
 
-    handle: ClaimHandle | None
+    claim_id: int | None  # None: no claim to mark (none, or not in flight)
     turn_id: int | None
     state: TurnEndState
     now: float
     error: str | None
+    forgotten: list[int]  # claims the window forgot on this completion
 
 
 @attrs.frozen
@@ -227,25 +207,6 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         claim_id INTEGER NOT NULL REFERENCES relay_dedupe_claims (claim_id)
     ) WITHOUT ROWID;
     CREATE INDEX relay_dedupe_keys_claim ON relay_dedupe_keys (claim_id);
-    """,
-    # 1 -> 2: the number of completed claims, kept by triggers in the same transaction as
-    # the change, so trimming to ``dedupe_max`` does not count the window on every completion.
-    """
-    CREATE TABLE relay_dedupe_count (completed INTEGER NOT NULL);
-    INSERT INTO relay_dedupe_count (completed)
-        SELECT count(*) FROM relay_dedupe_claims WHERE state = 'completed';
-    CREATE TRIGGER relay_dedupe_count_insert AFTER INSERT ON relay_dedupe_claims
-        WHEN new.state = 'completed'
-        BEGIN UPDATE relay_dedupe_count SET completed = completed + 1; END;
-    CREATE TRIGGER relay_dedupe_count_update AFTER UPDATE OF state ON relay_dedupe_claims
-        WHEN (new.state = 'completed') <> (old.state = 'completed')
-        BEGIN
-            UPDATE relay_dedupe_count
-            SET completed = completed + (CASE WHEN new.state = 'completed' THEN 1 ELSE -1 END);
-        END;
-    CREATE TRIGGER relay_dedupe_count_delete AFTER DELETE ON relay_dedupe_claims
-        WHEN old.state = 'completed'
-        BEGIN UPDATE relay_dedupe_count SET completed = completed - 1; END;
     """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -327,6 +288,10 @@ class _Op:
     #: ``args`` and returns their values in order.
     bulk: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
     args: Any = None
+    #: Records a decision already made in memory: it runs even if its caller stops waiting.
+    keep: bool = False
+    #: Nobody waits for it (write-behind, or its caller was cancelled): errors are logged.
+    orphan: bool = False
     taken: bool = False
     done: bool = False
     value: Any = None
@@ -408,6 +373,10 @@ def _in_savepoint(
     return error
 
 
+def _nothing(conn: sqlite3.Connection) -> None:
+    """An operation with no effect: waiting for it commits everything queued before it."""
+
+
 def _chunks(items: Sequence[T], size: int = BULK_ROWS) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -456,17 +425,23 @@ class StateDB:
         outbox_ttl_s: float,
         dedupe_window_s: float,
         dedupe_max: int,
+        dedupe: DedupeWindow | None = None,
+        next_turn_id: int = 1,
     ) -> None:
         self._conn = conn
         self._queue: list[_Op] = []
         self._busy = False  # a batch is in the worker thread
         self._batch_over = trio.Event()
+        self._queued = trio.Event()  # set when written-behind records are queued
         self._closed = False
         self.path = path
         self.outbox_max = outbox_max
         self.outbox_ttl_s = outbox_ttl_s
         self.dedupe_window_s = dedupe_window_s
         self.dedupe_max = dedupe_max
+        #: Decides every claim; the claim tables follow it write-behind (see dedupe.py).
+        self._dedupe = dedupe or DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
+        self._next_turn_id = next_turn_id
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -497,6 +472,12 @@ class StateDB:
                 raise StateError(f"{name} must be > 0, got {value!r}")
         path = Path(state_dir) / DB_FILENAME
         conn = await trio.to_thread.run_sync(cls._connect, path, now)
+        try:
+            dedupe = DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
+            next_turn_id = await trio.to_thread.run_sync(cls._load, conn, dedupe, now)
+        except BaseException:
+            conn.close()
+            raise
         return cls(
             conn,
             path,
@@ -504,7 +485,42 @@ class StateDB:
             outbox_ttl_s=outbox_ttl_s,
             dedupe_window_s=dedupe_window_s,
             dedupe_max=dedupe_max,
+            dedupe=dedupe,
+            next_turn_id=next_turn_id,
         )
+
+    @staticmethod
+    def _load(conn: sqlite3.Connection, dedupe: DedupeWindow, now: float) -> int:
+        """Read the completed claims into ``dedupe`` (trimmed to its bounds in both places);
+        return the next turn id."""
+        rows = conn.execute(
+            "SELECT c.claim_id, c.completed_at, k.key FROM relay_dedupe_claims c"
+            " LEFT JOIN relay_dedupe_keys k ON k.claim_id = c.claim_id"
+            " WHERE c.state = 'completed' ORDER BY c.completed_at, c.claim_id, k.key"
+        ).fetchall()
+        keys: dict[int, list[str]] = {}
+        completed_at: dict[int, float] = {}
+        for claim_id, at, key in rows:
+            completed_at[claim_id] = at
+            keys.setdefault(claim_id, [])
+            if key is not None:
+                keys[claim_id].append(key)
+        for claim_id, claim_keys in keys.items():
+            dedupe.load_completed(claim_id, claim_keys, completed_at[claim_id])
+        forgotten = dedupe.expire(now)
+        while dedupe.completed > dedupe.max_completed:
+            forgotten.extend(dedupe.trim_one())
+        ids = dict(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+        dedupe.skip_to(int(ids.get("relay_dedupe_claims", 0)) + 1)
+        if forgotten:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                StateDB._delete_claims(conn, forgotten)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return int(ids.get("relay_turns", 0)) + 1
 
     @staticmethod
     def _connect(path: Path, now: float) -> sqlite3.Connection:
@@ -601,9 +617,13 @@ class StateDB:
         self._closed = True
         with trio.CancelScope(shield=True):
             with trio.move_on_after(CLOSE_WAIT_S) as waited:
-                # Operations queued before closing still run (their callers lead batches).
+                # Operations queued before closing still run: their callers lead batches,
+                # and written-behind records are committed here.
                 while self._busy or self._queue:
-                    await self._batch_over.wait()
+                    if self._busy:
+                        await self._batch_over.wait()
+                    else:
+                        await self._lead_batch()
                 await trio.to_thread.run_sync(self._conn.close)
         if waited.cancelled_caught:
             # Only a worker thread stuck far past the busy timeout gets here.
@@ -623,17 +643,23 @@ class StateDB:
         fn: Callable[[sqlite3.Connection], T],
         bulk: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None,
         args: Any = None,
+        *,
+        keep: bool = False,
     ) -> T:
         """Run ``fn(conn)`` in the worker thread; its effects are committed on return.
 
         ``fn`` shares a transaction with the other operations of its batch, in a savepoint
         of its own. With ``bulk``, neighbouring calls of the same kind may run as
-        ``bulk(conn, [args, ...])`` instead (see :class:`_Op`).
+        ``bulk(conn, [args, ...])`` instead (see :class:`_Op`). A ``keep`` operation
+        records a decision the in-memory window already made: if its caller is cancelled
+        before it runs, it stays queued (and commits with the next batch) instead of being
+        dropped.
         """
         if self._closed:
             raise StateError("state database is closed")
-        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: do not run at all
-        op = _Op(fn, bulk, args)
+        if not keep:
+            await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: do not run
+        op = _Op(fn, bulk, args, keep=keep)
         self._queue.append(op)
         try:
             while not op.done:
@@ -643,7 +669,11 @@ class StateDB:
                     await self._batch_over.wait()
         except trio.Cancelled:
             if not op.taken:
-                self._queue.remove(op)
+                if op.keep:
+                    op.orphan = True
+                    self._queued.set()
+                else:
+                    self._queue.remove(op)
                 raise
             # Already in a running batch: wait for its commit, so the caller's effects are
             # known committed (or failed). The cancel reaches it at its next checkpoint.
@@ -672,6 +702,14 @@ class StateDB:
             self._busy = False
             self._batch_over.set()
             self._batch_over = trio.Event()
+        for op in batch:
+            if op.orphan and op.error is not None:
+                logger.error(
+                    "relay state: a written-behind record failed (%s: %s); a replay of its "
+                    "delivery after a restart may run it again",
+                    type(op.error).__name__,
+                    op.error,
+                )
 
     # -------------------------------------------------------------------- outbox
 
@@ -827,19 +865,22 @@ class StateDB:
             )
 
     # -------------------------------------------------------------- dedupe window
+    #
+    # Decisions come from the in-memory DedupeWindow; the claim tables follow it in the
+    # same order through the batch queue (dedupe.py says why that is enough).
 
     async def claim(self, k_msg: MessageKey | None, k_buf: str | None, now: float) -> ClaimResult:
-        """Claim a delivery by its keys (RC §4.6, §7.3).
+        """Claim a delivery by its keys (RC §4.6, §7.3); the claim is committed on return.
 
-        ``NEW``: no key is known; an ``IN_FLIGHT`` claim holding both keys was committed and
-        its handle returned. ``COMPLETED`` (either key completed within the window) wins over
+        ``NEW``: no key is known; an ``IN_FLIGHT`` claim holding both keys was taken and its
+        handle returned. ``COMPLETED`` (either key completed within the window) wins over
         ``IN_FLIGHT`` (either key running); the handle then names the existing claim. A
         delivery with neither key is not deduplicated: ``NEW`` with no handle.
         """
-        keys = _claim_keys(k_msg, k_buf)
-        if not keys:
-            return ClaimResult(ClaimStatus.NEW, None)
-        return await self._run(lambda conn: self._claim_in(conn, keys, now))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        result, write = self._decide([(None, k_msg, k_buf)], now)
+        await self._run(write, keep=True)
+        return result[0][0]
 
     async def claim_turn(
         self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
@@ -850,177 +891,149 @@ class StateDB:
         recorded ``running`` from now on, started at ``now``; if it never starts, end it with
         :meth:`release_unstarted`.
         """
-        keys = _claim_keys(k_msg, k_buf)
-
-        def claim_turn(conn: sqlite3.Connection) -> tuple[ClaimResult, int | None]:
-            result = self._claim_in(conn, keys, now) if keys else ClaimResult(ClaimStatus.NEW, None)
-            if result.status is not ClaimStatus.NEW:
-                return result, None
-            return result, self._start_in(conn, session_key, k_msg, k_buf, now)
-
-        return await self._run(claim_turn)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        results, write = self._decide([(session_key, k_msg, k_buf)], now)
+        await self._run(write, keep=True)
+        return results[0]
 
     async def claim_turns(
         self, requests: Sequence[ClaimRequest], now: float
     ) -> list[tuple[ClaimResult, int | None]]:
-        """:meth:`claim_turn` for each request, in order, as ONE operation (one transaction).
+        """:meth:`claim_turn` for each request, in order, without waiting for a commit.
 
-        Results are exactly those of sequential :meth:`claim_turn` calls: a later request
-        sharing a key with an earlier ``NEW`` one in the same call is ``IN_FLIGHT``. If any
-        claim fails, none is committed and the error is raised.
+        Results are exactly those of sequential :meth:`claim_turn` calls (a later request
+        sharing a key with an earlier ``NEW`` one is ``IN_FLIGHT``) and are final at once:
+        the records are written behind, committed with the next batch, before any operation
+        queued after this call (see :meth:`flush`). Nothing here waits on the disk, so a
+        turn starts without a commit on its path.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         if not requests:
             return []
-        prepared = [(r, _claim_keys(r.k_msg, r.k_buf)) for r in requests]
+        results, write = self._decide([(r.session_key, r.k_msg, r.k_buf) for r in requests], now)
+        if self._closed:
+            raise StateError("state database is closed")
+        self._queue.append(_Op(write, keep=True, orphan=True))
+        self._queued.set()
+        return results
 
-        def claim_turns(conn: sqlite3.Connection) -> list[tuple[ClaimResult, int | None]]:
-            out: list[tuple[ClaimResult, int | None]] = []
-            for request, keys in prepared:
-                result = (
-                    self._claim_in(conn, keys, now) if keys else ClaimResult(ClaimStatus.NEW, None)
-                )
-                turn_id = None
-                if result.status is ClaimStatus.NEW:
-                    turn_id = self._start_in(
-                        conn, request.session_key, request.k_msg, request.k_buf, now
-                    )
-                out.append((result, turn_id))
-            return out
+    async def flush(self) -> None:
+        """Commit everything queued so far (the write-behind claims included)."""
+        await self._run(_nothing)
 
-        return await self._run(claim_turns)
+    async def wait_queued(self) -> None:
+        """Wait until written-behind records are waiting for a commit."""
+        while not any(op.orphan for op in self._queue):
+            await self._queued.wait()
+            self._queued = trio.Event()
+
+    def _decide(
+        self,
+        requests: Sequence[tuple[str | None, MessageKey | None, str | None]],
+        now: float,
+    ) -> tuple[list[tuple[ClaimResult, int | None]], Callable[[sqlite3.Connection], None]]:
+        """Claim ``requests`` in memory now; the write that records them (and the turns of
+        requests with a session key that are ``NEW``)."""
+        results: list[tuple[ClaimResult, int | None]] = []
+        claims: list[tuple[int, list[str]]] = []
+        turns: list[tuple[int, str, MessageKey | None, str | None]] = []
+        forgotten: list[int] = []
+        for session_key, k_msg, k_buf in requests:
+            keys = _claim_keys(k_msg, k_buf)
+            result, gone = self._dedupe.claim(keys, now)
+            forgotten.extend(gone)
+            turn_id = None
+            if result.status is ClaimStatus.NEW:
+                if result.handle is not None:
+                    claims.append((result.handle.claim_id, keys))
+                if session_key is not None:
+                    turn_id = self._take_turn_id()
+                    turns.append((turn_id, session_key, k_msg, k_buf))
+            results.append((result, turn_id))
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._delete_claims(conn, forgotten)
+            conn.executemany(
+                "INSERT INTO relay_dedupe_claims (claim_id, state, created_at)"
+                " VALUES (?, 'in_flight', ?)",
+                [(claim_id, now) for claim_id, _ in claims],
+            )
+            # OR REPLACE: a key this process has forgotten may still name an older row here.
+            conn.executemany(
+                "INSERT OR REPLACE INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
+                [(key, claim_id) for claim_id, keys in claims for key in keys],
+            )
+            for turn_id, session_key, k_msg, k_buf in turns:
+                self._start_in(conn, turn_id, session_key, k_msg, k_buf, now)
+
+        return results, write
+
+    def _take_turn_id(self) -> int:
+        turn_id = self._next_turn_id
+        self._next_turn_id += 1
+        return turn_id
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         """One transaction: release the claim and forget the turn record of a turn that
         never started (recorded by :meth:`claim_turn`, then cancelled while queued)."""
+        released = self._dedupe.release(handle)
 
         def release(conn: sqlite3.Connection) -> None:
-            if handle is not None:
-                self._release_in(conn, handle)
+            if released and handle is not None:
+                self._delete_claims(conn, [handle.claim_id])
             if turn_id is not None:
                 conn.execute(
                     "DELETE FROM relay_turns WHERE turn_id = ? AND state = 'running'", (turn_id,)
                 )
 
-        await self._run(release)
-
-    def _claim_in(self, conn: sqlite3.Connection, keys: list[str], now: float) -> ClaimResult:
-        self._evict_old_claims(conn, now - self.dedupe_window_s)
-        marks = ",".join("?" * len(keys))
-        found = conn.execute(
-            "SELECT c.claim_id, c.state FROM relay_dedupe_keys k"
-            " JOIN relay_dedupe_claims c ON c.claim_id = k.claim_id"
-            f" WHERE k.key IN ({marks}) ORDER BY c.state = 'completed' DESC, c.claim_id",
-            keys,
-        ).fetchone()
-        if found is not None:
-            status = (
-                ClaimStatus.COMPLETED if found["state"] == "completed" else ClaimStatus.IN_FLIGHT
-            )
-            return ClaimResult(status, ClaimHandle(found["claim_id"]))
-        cur = conn.execute(
-            "INSERT INTO relay_dedupe_claims (state, created_at) VALUES ('in_flight', ?)",
-            (now,),
-        )
-        assert cur.lastrowid is not None
-        claim_id = cur.lastrowid
-        conn.executemany(
-            "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
-            [(key, claim_id) for key in keys],
-        )
-        return ClaimResult(ClaimStatus.NEW, ClaimHandle(claim_id))
+        await self._run(release, keep=True)
 
     async def complete(self, handle: ClaimHandle | None, now: float) -> bool:
-        """Mark a claim ``COMPLETED`` (committed on return); False if it no longer exists."""
-        if handle is None:
+        """Mark a claim ``COMPLETED`` (committed on return); False if it is not in flight."""
+        changed, forgotten = self._dedupe.complete(handle, now)
+        if not changed:
             return False
-        return await self._run(lambda conn: self._complete_in(conn, handle, now))
+        assert handle is not None
+
+        def complete(conn: sqlite3.Connection) -> None:
+            self._complete_claims_in(conn, [(handle.claim_id, now)], forgotten)
+
+        await self._run(complete, keep=True)
+        return True
 
     async def release(self, handle: ClaimHandle | None) -> bool:
         """Remove an ``IN_FLIGHT`` claim (shutdown-cancelled or never started).
 
         A replay of the delivery then runs it. A completed claim is left alone (False).
         """
-        if handle is None:
+        if not self._dedupe.release(handle):
             return False
-
-        def release(conn: sqlite3.Connection) -> bool:
-            return self._release_in(conn, handle)
-
-        return await self._run(release)
+        assert handle is not None
+        await self._run(lambda conn: self._delete_claims(conn, [handle.claim_id]), keep=True)
+        return True
 
     async def claim_status(self, k_msg: MessageKey | None, k_buf: str | None) -> ClaimStatus:
         """Read-only lookup: ``NEW`` if neither key is known (expired ones still count)."""
-        keys = _claim_keys(k_msg, k_buf)
-        if not keys:
-            return ClaimStatus.NEW
-
-        def lookup(conn: sqlite3.Connection) -> ClaimStatus:
-            states = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT c.state FROM relay_dedupe_keys k JOIN relay_dedupe_claims c"
-                    f" ON c.claim_id = k.claim_id WHERE k.key IN ({','.join('?' * len(keys))})",
-                    keys,
-                )
-            }
-            if "completed" in states:
-                return ClaimStatus.COMPLETED
-            return ClaimStatus.IN_FLIGHT if states else ClaimStatus.NEW
-
-        return await self._run(lookup)
-
-    def _complete_in(self, conn: sqlite3.Connection, handle: ClaimHandle, now: float) -> bool:
-        cur = conn.execute(
-            "UPDATE relay_dedupe_claims SET state = 'completed', completed_at = ?"
-            " WHERE claim_id = ? AND state = 'in_flight'",
-            (now, handle.claim_id),
-        )
-        if cur.rowcount == 0:
-            return False
-        self._evict_old_claims(conn, now - self.dedupe_window_s)
-        self._trim_completed(conn)
-        return True
-
-    def _trim_completed(self, conn: sqlite3.Connection) -> None:
-        """Forget the oldest completed claims beyond ``dedupe_max``."""
-        (completed,) = conn.execute("SELECT completed FROM relay_dedupe_count").fetchone()
-        excess = completed - self.dedupe_max
-        if excess > 0:
-            oldest = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT claim_id FROM relay_dedupe_claims WHERE state = 'completed'"
-                    " ORDER BY completed_at, claim_id LIMIT ?",
-                    (excess,),
-                )
-            ]
-            self._delete_claims(conn, oldest)
+        await trio.lowlevel.checkpoint()
+        return self._dedupe.status(_claim_keys(k_msg, k_buf))
 
     @staticmethod
-    def _release_in(conn: sqlite3.Connection, handle: ClaimHandle) -> bool:
-        row = conn.execute(
-            "SELECT 1 FROM relay_dedupe_claims WHERE claim_id = ? AND state = 'in_flight'",
-            (handle.claim_id,),
-        ).fetchone()
-        if row is None:
-            return False
-        StateDB._delete_claims(conn, [handle.claim_id])
-        return True
-
-    @staticmethod
-    def _evict_old_claims(conn: sqlite3.Connection, cutoff: float) -> None:
-        old = [
-            r[0]
-            for r in conn.execute(
-                "SELECT claim_id FROM relay_dedupe_claims"
-                " WHERE state = 'completed' AND completed_at <= ?",
-                (cutoff,),
+    def _complete_claims_in(
+        conn: sqlite3.Connection, completed: Sequence[tuple[int, float]], forgotten: list[int]
+    ) -> None:
+        """Mark ``(claim_id, now)`` pairs completed, then delete the ``forgotten`` claims."""
+        for chunk in _chunks(completed):
+            cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
+            conn.execute(
+                "UPDATE relay_dedupe_claims SET state = 'completed',"
+                f" completed_at = CASE claim_id {cases} END"
+                f" WHERE state = 'in_flight' AND claim_id IN ({','.join('?' * len(chunk))})",
+                [*(v for pair in chunk for v in pair), *(claim_id for claim_id, _ in chunk)],
             )
-        ]
-        StateDB._delete_claims(conn, old)
+        StateDB._delete_claims(conn, forgotten)
 
     @staticmethod
-    def _delete_claims(conn: sqlite3.Connection, claim_ids: list[int]) -> None:
+    def _delete_claims(conn: sqlite3.Connection, claim_ids: Sequence[int]) -> None:
         if not claim_ids:
             return
         params = [(c,) for c in claim_ids]
@@ -1037,8 +1050,9 @@ class StateDB:
         now: float,
     ) -> int:
         """Record a turn as ``running``; return its ``turn_id``."""
-
-        return await self._run(lambda conn: self._start_in(conn, session_key, k_msg, k_buf, now))
+        turn_id = self._take_turn_id()
+        await self._run(lambda conn: self._start_in(conn, turn_id, session_key, k_msg, k_buf, now))
+        return turn_id
 
     async def turn_finished(
         self, turn_id: int, state: TurnEndState, now: float, error: str | None = None
@@ -1058,32 +1072,35 @@ class StateDB:
         """One transaction: mark the claim ``COMPLETED`` and record the turn's end state.
 
         This is the record RC §7.4 requires to be committed before an ``inbound_ack``. For
-        ``state == "cancelled"`` (shutdown) use :meth:`release_turn` instead.
+        ``state == "cancelled"`` (shutdown) use :meth:`release_turn` instead. Neighbouring
+        calls in a batch are recorded together (same effects, fewer statements).
         """
         _check_end_state(state)
-        completion = _Completion(handle, turn_id, state, now, error)
+        changed, forgotten = self._dedupe.complete(handle, now)
+        claim_id = handle.claim_id if changed and handle is not None else None
+        completion = _Completion(claim_id, turn_id, state, now, error, forgotten)
+        await self._run(
+            functools.partial(self._complete_turns_in, completions=[completion]),
+            self._complete_turns_in_bulk,
+            completion,
+            keep=True,
+        )
 
-        def finish(conn: sqlite3.Connection) -> None:
-            if handle is not None:
-                self._complete_in(conn, handle, now)
-            if turn_id is not None:
-                self._finish_in(conn, turn_id, state, now, error)
-
-        await self._run(finish, self._complete_turns_in, completion)
-
-    def _complete_turns_in(
+    def _complete_turns_in_bulk(
         self, conn: sqlite3.Connection, completions: list[_Completion]
     ) -> list[None]:
-        """Several :meth:`complete_turn` at once: a few statements for the whole run."""
-        claims = [(c.handle.claim_id, c.now) for c in completions if c.handle is not None]
-        for chunk in _chunks(claims):
-            cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
-            conn.execute(
-                "UPDATE relay_dedupe_claims SET state = 'completed',"
-                f" completed_at = CASE claim_id {cases} END"
-                f" WHERE state = 'in_flight' AND claim_id IN ({','.join('?' * len(chunk))})",
-                [*(v for pair in chunk for v in pair), *(claim_id for claim_id, _ in chunk)],
-            )
+        self._complete_turns_in(conn, completions)
+        return [None] * len(completions)
+
+    def _complete_turns_in(
+        self, conn: sqlite3.Connection, completions: Sequence[_Completion]
+    ) -> None:
+        """Record :meth:`complete_turn` calls: a few statements for all of them."""
+        self._complete_claims_in(
+            conn,
+            [(c.claim_id, c.now) for c in completions if c.claim_id is not None],
+            [claim_id for c in completions for claim_id in c.forgotten],
+        )
         turns = [c for c in completions if c.turn_id is not None]
         for part in _chunks(turns):
             cases = " ".join(["WHEN ? THEN ?"] * len(part))
@@ -1098,26 +1115,22 @@ class StateDB:
                     *(c.turn_id for c in part),
                 ],
             )
-        latest = max(c.now for c in completions)
-        if claims:
-            self._evict_old_claims(conn, latest - self.dedupe_window_s)
-            self._trim_completed(conn)
         if turns:
-            self._prune_turns_in(conn, latest)
-        return [None] * len(completions)
+            self._prune_turns_in(conn, max(c.now for c in turns))
 
     async def release_turn(
         self, handle: ClaimHandle | None, turn_id: int | None, now: float
     ) -> None:
         """One transaction: release the claim and record the turn as ``cancelled``."""
+        released = self._dedupe.release(handle)
 
         def release(conn: sqlite3.Connection) -> None:
-            if handle is not None:
-                self._release_in(conn, handle)
+            if released and handle is not None:
+                self._delete_claims(conn, [handle.claim_id])
             if turn_id is not None:
                 self._finish_in(conn, turn_id, "cancelled", now, None)
 
-        await self._run(release)
+        await self._run(release, keep=True)
 
     async def turn(self, turn_id: int) -> TurnRecord | None:
         """The record of one turn, if still kept."""
@@ -1147,29 +1160,28 @@ class StateDB:
 
         Returns the number of turn records removed. (Outbox expiry is :meth:`expire`.)
         """
-        window = self.dedupe_window_s
+        forgotten = self._dedupe.expire(now)
 
         def prune(conn: sqlite3.Connection) -> int:
-            self._evict_old_claims(conn, now - window)
+            self._delete_claims(conn, forgotten)
             return self._prune_turns_in(conn, now)
 
-        return await self._run(prune)
+        return await self._run(prune, keep=True)
 
     @staticmethod
     def _start_in(
         conn: sqlite3.Connection,
+        turn_id: int,
         session_key: str,
         k_msg: MessageKey | None,
         k_buf: str | None,
         now: float,
-    ) -> int:
-        cur = conn.execute(
-            "INSERT INTO relay_turns (session_key, k_msg, k_buf, state, started_at)"
-            " VALUES (?, ?, ?, 'running', ?)",
-            (session_key, None if k_msg is None else json.dumps(list(k_msg)), k_buf, now),
+    ) -> None:
+        conn.execute(
+            "INSERT INTO relay_turns (turn_id, session_key, k_msg, k_buf, state, started_at)"
+            " VALUES (?, ?, ?, ?, 'running', ?)",
+            (turn_id, session_key, None if k_msg is None else json.dumps(list(k_msg)), k_buf, now),
         )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
 
     @staticmethod
     def _finish_in(

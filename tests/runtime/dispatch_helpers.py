@@ -195,6 +195,9 @@ class MemoryState:
         self.claim_batches.append(len(requests))
         return [await self.claim_turn(r.session_key, r.k_msg, r.k_buf, now) for r in requests]
 
+    async def flush(self) -> None:
+        await trio.lowlevel.checkpoint()
+
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         await self.release(handle)
         if turn_id is not None and self.turns.get(turn_id, ("", ""))[1] == "running":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from protocol.frames import PassthroughForward, PassthroughForwardFrame
 from protocol.results import SendResult
 from relay_runtime.dispatcher import Dispatcher
 from relay_runtime.replies import Replies
-from relay_runtime.state import ClaimStatus, StateDB
+from relay_runtime.state import DB_FILENAME, ClaimStatus, StateDB
 from relay_runtime.turn import Turn
 from tests.runtime.dispatch_helpers import FakeLink, MemoryState, Verdict, inbound
 
@@ -270,6 +271,38 @@ async def test_R64_turn_cancelled_by_shutdown_is_not_acked_and_runs_on_replay(
             nursery.cancel_scope.cancel()
     assert calls == ["stuck", "quick", "quick"]
     assert rig.link.acks == ["b1", "b2"]
+
+
+async def test_admitted_claims_are_recorded_while_their_turns_still_run(tmp_path: Path) -> None:
+    """Claims are decided in memory and written behind; the dispatcher commits them soon
+    after admission, so a crash during a long turn finds it ``running``."""
+    started = trio.Event()
+
+    async def slow(turn: Turn) -> str:
+        started.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    db = await StateDB.open(tmp_path, now=1000.0)
+    async with db, trio.open_nursery() as nursery:
+        rig = make_rig(nursery, slow, state=db)
+        await rig.feed(inbound("x", message_id="m1", buffer_id="b1"))
+        await started.wait()
+
+        def read() -> tuple[list[Any], list[Any]]:
+            with sqlite3.connect(tmp_path / DB_FILENAME) as raw:  # not through db: no flush
+                rows = raw.execute("SELECT session_key, state FROM relay_turns").fetchall()
+                claims = raw.execute("SELECT state FROM relay_dedupe_claims").fetchall()
+            raw.close()
+            return rows, claims
+
+        with trio.fail_after(5):
+            while not read()[0]:
+                await db._batch_over.wait()  # the dispatcher's own commit, nobody else's
+        rows, claims = read()
+        assert rows == [("agent:main:discord:group:c1:u1", "running")]
+        assert claims == [("in_flight",)]
+        nursery.cancel_scope.cancel()
 
 
 # ----------------------------------------------------------------------------- acks

@@ -296,66 +296,125 @@ async def test_dedupe_max_evicts_oldest_completed(tmp_path: Path) -> None:
         assert running.status is ClaimStatus.NEW
 
 
-def completed_count(path: Path) -> tuple[int, int]:
-    """(the trigger-kept count, the real count) of completed claims in the file at ``path``."""
+def completed_rows(path: Path) -> list[tuple[int, str]]:
+    """(claim_id, key) of every completed claim in the file at ``path``."""
     with sqlite3.connect(path / DB_FILENAME) as raw:
-        (kept,) = raw.execute("SELECT completed FROM relay_dedupe_count").fetchone()
-        (real,) = raw.execute(
-            "SELECT count(*) FROM relay_dedupe_claims WHERE state = 'completed'"
-        ).fetchone()
+        rows = raw.execute(
+            "SELECT c.claim_id, k.key FROM relay_dedupe_claims c JOIN relay_dedupe_keys k"
+            " ON k.claim_id = c.claim_id WHERE c.state = 'completed' ORDER BY 1, 2"
+        ).fetchall()
     raw.close()
-    return kept, real
+    return rows
 
 
-async def test_completed_count_follows_complete_trim_expiry_and_rollback(tmp_path: Path) -> None:
+async def test_file_follows_the_window_through_trim_expiry_and_release(tmp_path: Path) -> None:
     async with await open_db(tmp_path, dedupe_max=3) as db:
-        handles = []
         for i in range(5):
             claim = await db.claim(("relay", "c", f"m{i}"), None, T0 + i)
+            assert claim.handle is not None
+            await db.complete(claim.handle, T0 + i)
+            assert not await db.complete(claim.handle, T0 + i)  # twice: no effect
+        running = await db.claim(("relay", "c", "run"), None, T0 + 6)
+        assert await db.release(running.handle)
+        assert not await db.release(running.handle)
+        assert [k for _, k in completed_rows(tmp_path)] == [
+            '["msg","relay","c","m2"]',
+            '["msg","relay","c","m3"]',
+            '["msg","relay","c","m4"]',
+        ]
+        await db.prune(T0 + DAY + 3.5)  # m2 and m3 leave the window
+        assert [k for _, k in completed_rows(tmp_path)] == ['["msg","relay","c","m4"]']
+        assert await db.claim_status(("relay", "c", "m3"), None) is ClaimStatus.NEW
+        assert await db.claim_status(("relay", "c", "m4"), None) is ClaimStatus.COMPLETED
+
+
+async def test_restart_reads_the_window_back_and_trims_it_to_a_lower_bound(
+    tmp_path: Path,
+) -> None:
+    async with await open_db(tmp_path) as db:
+        handles = []
+        for i in range(4):
+            claim = await db.claim(("relay", "c", f"m{i}"), f"b{i}", T0 + i)
             handles.append(claim.handle)
             await db.complete(claim.handle, T0 + i)
-        assert completed_count(tmp_path) == (3, 3)
-        # Completing twice, or completing a trimmed claim, counts nothing.
-        await db.complete(handles[-1], T0 + 5)
-        await db.complete(handles[0], T0 + 5)
-        running = await db.claim(("relay", "c", "run"), None, T0 + 6)
-        await db.release(running.handle)
-        assert completed_count(tmp_path) == (3, 3)
-
-        # An operation that fails after completing a claim rolls the count back with it.
-        def fails(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE relay_dedupe_claims SET state = 'in_flight'")
-            raise RuntimeError("boom")
-
-        with pytest.raises(RuntimeError, match="boom"):
-            await db._run(fails)
-        assert completed_count(tmp_path) == (3, 3)
-        # Expiry out of the window lowers it.
-        await db.prune(T0 + DAY + 3.5)
-        assert completed_count(tmp_path) == (1, 1)
-
-
-async def test_schema_1_database_upgrades_with_its_completed_count(tmp_path: Path) -> None:
-    async with await open_db(tmp_path) as db:
-        for i in range(3):
-            claim = await db.claim(("relay", "c", f"m{i}"), None, T0 + i)
-            if i:
-                await db.complete(claim.handle, T0 + i)
-    with sqlite3.connect(tmp_path / DB_FILENAME) as raw:  # back to what version 1 wrote
-        raw.execute("DROP TABLE relay_dedupe_count")
-        for name in ("insert", "update", "delete"):
-            raw.execute(f"DROP TRIGGER relay_dedupe_count_{name}")
-        raw.execute("UPDATE relay_schema SET version = 1")
-    raw.close()
+        released = await db.claim(("relay", "c", "gone"), None, T0 + 5)
+        await db.release(released.handle)
     async with await open_db(tmp_path, now=T0 + 10, dedupe_max=2) as db:
-        assert completed_count(tmp_path) == (2, 2)
-        claim = await db.claim(("relay", "c", "m9"), None, T0 + 10)
-        await db.complete(claim.handle, T0 + 10)
-        assert completed_count(tmp_path) == (2, 2)
-        assert await db.claim_status(("relay", "c", "m1"), None) is ClaimStatus.NEW
-    with sqlite3.connect(tmp_path / DB_FILENAME) as raw:
-        assert raw.execute("SELECT version FROM relay_schema").fetchall() == [(SCHEMA_VERSION,)]
-    raw.close()
+        for i, expected in enumerate(["new", "new", "completed", "completed"]):
+            assert (await db.claim_status(None, f"b{i}")).value == expected
+            assert (await db.claim_status(("relay", "c", f"m{i}"), None)).value == expected
+        assert {c for c, _ in completed_rows(tmp_path)} == {h.claim_id for h in handles[2:]}
+        # Ids are never reused, not even a released claim's.
+        fresh = await db.claim(("relay", "c", "fresh"), None, T0 + 11)
+        assert fresh.handle is not None and released.handle is not None
+        assert fresh.handle.claim_id > released.handle.claim_id
+
+
+async def test_claim_turns_decides_at_once_and_records_behind(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        commits = _commits(db)
+        requests = [ClaimRequest("s", ("relay", "c", f"m{i}"), None) for i in range(3)]
+        results = await db.claim_turns(requests, T0)
+        assert commits == []  # decided without a commit
+        assert [r.status for r, _ in results] == [ClaimStatus.NEW] * 3
+        again = await db.claim_turns(requests[:1], T0)
+        assert again[0][0].status is ClaimStatus.IN_FLIGHT
+        # The next operation commits what was written behind first.
+        records = await db.turns()
+        assert [t.turn_id for t in records] == [t for _, t in results]
+        assert len(commits) == 1
+        handle = results[0][0].handle
+        await db.complete_turn(handle, results[0][1], "completed", T0 + 1)
+        assert (await db.claim_turns(requests[:1], T0 + 2))[0][0].status is ClaimStatus.COMPLETED
+
+
+async def test_written_behind_records_are_flushed_and_committed_on_close(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        waiter_saw: list[str] = []
+
+        async def flusher() -> None:
+            await db.wait_queued()
+            waiter_saw.append("queued")
+            await db.flush()
+            waiter_saw.append("flushed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher)
+            await trio.testing.wait_all_tasks_blocked()
+            assert waiter_saw == []
+            await db.claim_turns([ClaimRequest("s", ("relay", "c", "m1"), None)], T0)
+        assert waiter_saw == ["queued", "flushed"]
+        assert [t.session_key for t in await db.turns()] == ["s"]
+        await db.claim_turns([ClaimRequest("t", ("relay", "c", "m2"), None)], T0)
+    # Closed with a record still written behind: closing committed it.
+    async with await open_db(tmp_path, now=T0 + 1) as db:
+        assert [(t.session_key, t.state) for t in await db.turns()] == [
+            ("s", "crashed"),
+            ("t", "crashed"),
+        ]
+
+
+async def test_a_cancelled_completion_is_still_recorded(tmp_path: Path) -> None:
+    async with await open_db(tmp_path) as db:
+        claim, turn_id = await db.claim_turn("s", K1, None, T0)
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.prune, T0)  # leads a batch that waits for the lock
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await db.complete_turn(claim.handle, turn_id, "completed", T0 + 1)
+            assert scope.cancelled_caught
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert await db.claim_status(K1, None) is ClaimStatus.COMPLETED
+        await db.flush()
+        assert claim.handle is not None
+        key = '["msg","telegram","chat1","m1"]'
+        assert completed_rows(tmp_path) == [(claim.handle.claim_id, key)]
+        record = await db.turn(turn_id)  # type: ignore[arg-type]
+        assert record is not None and record.state == "completed"
 
 
 async def test_delivery_without_keys_is_not_deduplicated(tmp_path: Path) -> None:
@@ -798,7 +857,6 @@ def _dump(path: Path) -> list[list[tuple[object, ...]]]:
             for table in (
                 "relay_dedupe_claims",
                 "relay_dedupe_keys",
-                "relay_dedupe_count",
                 "relay_turns",
             )
         ]
@@ -856,8 +914,8 @@ async def test_neighbouring_completions_run_in_bulk_with_the_effects_of_one_by_o
         assert bulk_runs == [len(ends) + 2]
 
     assert _dump(in_bulk) == _dump(one_by_one)
-    _claims, _keys, count, turns = _dump(in_bulk)
-    assert count == [(4,)]  # trimmed to dedupe_max
+    claims, _keys, turns = _dump(in_bulk)
+    assert sum(1 for c in claims if c[1] == "completed") == 4  # trimmed to dedupe_max
     assert [t[4] for t in turns] == ends
 
 
@@ -937,7 +995,7 @@ async def test_release_unstarted_frees_the_claim_and_forgets_the_turn(tmp_path: 
         assert again.status is ClaimStatus.NEW
 
 
-async def test_claim_turns_is_one_transaction_and_resolves_like_sequential_claims(
+async def test_claim_turns_records_in_one_transaction_and_resolves_like_sequential_claims(
     tmp_path: Path,
 ) -> None:
     async with await open_db(tmp_path) as db:
@@ -954,6 +1012,8 @@ async def test_claim_turns_is_one_transaction_and_resolves_like_sequential_claim
             ],
             T0 + 1,
         )
+        assert commits == []  # decided at once, recorded behind in one transaction:
+        await db.flush()
         assert len(commits) == 1
         statuses = [claim.status for claim, _ in results]
         assert statuses == [

@@ -1,0 +1,147 @@
+"""The in-memory dedupe window (RC §7.3) and the state file that follows it."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+
+from relay_runtime.dedupe import ClaimHandle, ClaimStatus, DedupeWindow
+from relay_runtime.state import DB_FILENAME, StateDB
+
+DAY = 86400.0
+
+
+def window(**kw: float) -> DedupeWindow:
+    return DedupeWindow(window_s=kw.get("window_s", DAY), max_completed=int(kw.get("max", 3)))
+
+
+def test_completed_wins_over_in_flight_and_the_older_claim_is_named() -> None:
+    w = window()
+    a, _ = w.claim(["msg:a"], 0)
+    b, _ = w.claim(["buf:b"], 0)
+    assert (a.status, b.status) == (ClaimStatus.NEW, ClaimStatus.NEW)
+    both, _ = w.claim(["msg:a", "buf:b"], 1)
+    assert both.status is ClaimStatus.IN_FLIGHT and both.handle == a.handle
+    assert w.complete(b.handle, 2) == (True, [])
+    both, _ = w.claim(["msg:a", "buf:b"], 3)
+    assert both.status is ClaimStatus.COMPLETED and both.handle == b.handle
+    assert (w.completed, w.in_flight) == (1, 1)
+
+
+def test_a_delivery_without_keys_is_never_deduplicated() -> None:
+    w = window()
+    for _ in range(2):
+        result, _ = w.claim([], 0)
+        assert result.status is ClaimStatus.NEW and result.handle is None
+    assert w.in_flight == 0
+
+
+def test_completion_forgets_the_oldest_beyond_the_bound_and_expiry_by_the_window() -> None:
+    w = window(max=2, window_s=100)
+    handles = [w.claim([f"k{i}"], i)[0].handle for i in range(4)]
+    assert [w.complete(h, 10 + i)[1] for i, h in enumerate(handles)] == [[], [], [1], [2]]
+    assert w.status(["k0"]) is ClaimStatus.NEW
+    assert w.status(["k3"]) is ClaimStatus.COMPLETED
+    # k2 completed at 12, k3 at 13: a claim at 112.5 forgets k2 only.
+    result, forgotten = w.claim(["k2"], 112.5)
+    assert forgotten == [3] and result.status is ClaimStatus.NEW
+    assert w.expire(113) == [4]
+
+
+def test_release_and_complete_only_act_on_claims_in_flight() -> None:
+    w = window()
+    result, _ = w.claim(["k"], 0)
+    assert w.complete(result.handle, 1)[0]
+    assert not w.release(result.handle)
+    assert not w.complete(result.handle, 2)[0]
+    assert not w.release(None) and not w.complete(ClaimHandle(99), 0)[0]
+    other, _ = w.claim(["j"], 0)
+    assert w.release(other.handle)
+    assert w.status(["j"]) is ClaimStatus.NEW
+
+
+def test_ids_are_not_reused() -> None:
+    w = DedupeWindow(window_s=DAY, max_completed=5, next_claim_id=10)
+    w.load_completed(12, ["old"], 0.0)
+    w.skip_to(11)
+    result, _ = w.claim(["new"], 1)
+    assert result.handle == ClaimHandle(13)
+
+
+@pytest.mark.parametrize(("window_s", "max_completed"), [(0, 1), (1, 0)])
+def test_bad_bounds_are_refused(window_s: float, max_completed: int) -> None:
+    with pytest.raises(ValueError, match="must be > 0"):
+        DedupeWindow(window_s=window_s, max_completed=max_completed)
+
+
+# An operation: (kind, key index, buffer key index or None, time step).
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["claim", "claim", "complete", "complete", "release", "prune"]),
+        st.integers(0, 5),
+        st.one_of(st.none(), st.integers(0, 3)),
+        st.floats(0, 25),
+    ),
+    min_size=4,
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops)
+def test_after_any_history_a_restart_sees_what_the_window_saw(
+    history: list[tuple[str, int, int | None, float]],
+) -> None:
+    """The claim tables follow the in-memory window exactly: whatever happened, reopening
+    the file (a restart) gives the same answer for every completed delivery."""
+
+    async def run(path: Path) -> None:
+        now = 1000.0
+        keys = [(("relay", "c", f"m{i}"), f"b{i % 4}") for i in range(6)]
+        handles: dict[int, ClaimHandle | None] = {}
+        async with await StateDB.open(path, now=now, dedupe_max=2, dedupe_window_s=60) as db:
+            for kind, index, buf, step in history:
+                now += step
+                k_msg, _ = keys[index]
+                k_buf = None if buf is None else f"b{buf}"
+                if kind == "claim":
+                    result = await db.claim(k_msg, k_buf, now)
+                    if result.status is ClaimStatus.NEW:
+                        handles[index] = result.handle
+                elif kind == "complete" and index in handles:
+                    await db.complete(handles[index], now)
+                elif kind == "release" and index in handles:
+                    await db.release(handles.pop(index))
+                elif kind == "prune":
+                    await db.prune(now)
+            await db.prune(now)  # reopening expires by the window too: line both up
+            await db.flush()
+            with sqlite3.connect(path / DB_FILENAME) as raw:
+                in_file = raw.execute(
+                    "SELECT k.key, c.state FROM relay_dedupe_keys k"
+                    " JOIN relay_dedupe_claims c ON c.claim_id = k.claim_id"
+                ).fetchall()
+            raw.close()
+            # Every key the file holds is one the window holds, in the same state.
+            for key, state in in_file:
+                assert db._dedupe.status([key]).value == state, key
+            assert sum(1 for _, state in in_file if state == "completed") <= 2 * 2  # keys
+            seen = {
+                (k_msg, b): await db.claim_status(k_msg, b)
+                for k_msg, _ in keys
+                for b in [None, "b0", "b1", "b2", "b3"]
+            }
+        async with await StateDB.open(path, now=now, dedupe_max=2, dedupe_window_s=60) as db:
+            for (k_msg, b), status in seen.items():
+                # In-flight claims are released by a restart; completed ones are kept.
+                expected = ClaimStatus.NEW if status is ClaimStatus.IN_FLIGHT else status
+                assert await db.claim_status(k_msg, b) is expected, (k_msg, b)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trio.run(run, Path(tmp))
