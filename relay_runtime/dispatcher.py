@@ -67,6 +67,8 @@ log = logging.getLogger("relay_runtime.dispatcher")
 
 #: How long shutdown waits for a cancelled turn's claim release to commit.
 RELEASE_TIMEOUT_S: Final = 5.0
+#: Longest a written-behind claim or completion waits before it is committed.
+RECORD_DELAY_S: Final = 0.05
 #: Most frames already waiting in the hand-off channel admitted (claimed) together.
 MAX_ADMIT_BATCH: Final = 64
 
@@ -110,6 +112,9 @@ class TurnStore(Protocol):
     async def flush(self) -> None:
         """Commit what was recorded behind so far."""
 
+    async def wait_queued(self) -> None:
+        """Wait until records written behind are waiting for a commit."""
+
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         """Release the claim and forget the record of a turn that never started."""
 
@@ -120,8 +125,11 @@ class TurnStore(Protocol):
         state: TurnEndState,
         now: float,
         error: str | None = None,
+        *,
+        write_behind: bool = False,
     ) -> None:
-        """Commit the claim as COMPLETED and the turn's end state, in one transaction."""
+        """Commit the claim as COMPLETED and the turn's end state, in one transaction
+        (``write_behind``: decided at once, committed by the next :meth:`flush`)."""
 
     async def release_turn(
         self, handle: ClaimHandle | None, turn_id: int | None, now: float
@@ -210,7 +218,6 @@ class Dispatcher:
         self._waiting_acks: dict[int, list[str]] = {}
         self._idle = trio.Event()
         self._idle.set()
-        self._claims_to_record = trio.Event()
 
     # ------------------------------------------------------------------ inspection
 
@@ -283,14 +290,15 @@ class Dispatcher:
             nursery.cancel_scope.cancel()
 
     async def _record_claims(self) -> None:
-        """Commit admitted claims soon after admission, off the turns' path.
+        """Commit what admission and completion wrote behind, soon, off the turns' path.
 
-        Claims are decided at once and written behind (the turn does not wait for them);
-        this records them promptly so a crash finds the running turns.
+        Claims and unacked completions are decided at once and written behind (no turn
+        waits for them); this commits them within :data:`RECORD_DELAY_S`, one commit for
+        whatever gathered meanwhile, so a crash finds running turns recorded.
         """
         while True:
-            await self._claims_to_record.wait()
-            self._claims_to_record = trio.Event()
+            await self.db.wait_queued()
+            await trio.sleep(RECORD_DELAY_S)
             try:
                 await self.db.flush()
             except Exception as exc:  # logged with its record by the state db too
@@ -363,7 +371,12 @@ class Dispatcher:
             [ClaimRequest(d.session_key, d.k_msg, d.buffer_id) for d in deliveries],
             self.clock(),
         )
-        self._claims_to_record.set()
+        if any(
+            c.status is ClaimStatus.COMPLETED and d.buffer_id
+            for d, (c, _) in zip(deliveries, claims, strict=True)
+        ):
+            # Acked at once below: the completion it duplicates may be written behind (R65).
+            await self.db.flush()
         for delivery, (claim, turn_id) in zip(deliveries, claims, strict=True):
             self._route(delivery, claim, turn_id, turn_nursery)
         deliveries.clear()
@@ -486,7 +499,12 @@ class Dispatcher:
             async with self._limiter:
                 started = True
                 state, error = await self._run_turn(delivery)
-                await self.db.complete_turn(delivery.handle, turn_id, state, self.clock(), error)
+                # Only what is acked needs its completion committed first (R65); the rest
+                # is recorded behind, off the session's path.
+                write_behind = not delivery.buffer_id and not self._acks_waiting_on(delivery)
+                await self.db.complete_turn(
+                    delivery.handle, turn_id, state, self.clock(), error, write_behind=write_behind
+                )
         except trio.Cancelled:
             # Shutdown (an interrupt is caught inside the turn): no ack, claim released,
             # so the connector's replay runs it again (R64).
@@ -502,9 +520,16 @@ class Dispatcher:
         setattr(self.stats, state, getattr(self.stats, state) + 1)
         if delivery.buffer_id:
             self._ack(delivery.buffer_id)
-        if delivery.handle is not None:
+        if self._acks_waiting_on(delivery):
+            if write_behind:  # a duplicate came while the completion was being decided
+                await self.db.flush()
+            assert delivery.handle is not None
             for buffer_id in self._waiting_acks.pop(delivery.handle.claim_id, []):
                 self._ack(buffer_id)
+
+    def _acks_waiting_on(self, delivery: _Delivery) -> bool:
+        """Duplicates of ``delivery`` wait to be acked when it completes."""
+        return delivery.handle is not None and delivery.handle.claim_id in self._waiting_acks
 
     async def _run_turn(self, delivery: _Delivery) -> tuple[TurnEndState, str | None]:
         """Trust, then the agent, in the turn's own cancel scope; returns its end state."""

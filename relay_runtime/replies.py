@@ -206,6 +206,9 @@ class Replies:
         self.flushed = 0
         self.flush_failures = 0
         self.waited_for_room = 0
+        #: Passes of the flusher task (one per poke it took) that have ended.
+        self.flusher_passes = 0
+        self._pass_over = trio.Event()
 
     # ------------------------------------------------------------------ state
 
@@ -402,7 +405,17 @@ class Replies:
             nursery.start_soon(self._sweep_forever)
             task_status.started()
             async for _ in self._wake_recv:
-                await self.flush()
+                try:
+                    await self.flush()
+                finally:
+                    self.flusher_passes += 1
+                    self._pass_over.set()
+                    self._pass_over = trio.Event()
+
+    async def wait_flusher_pass(self, passes: int) -> None:
+        """Wait until the flusher task has ended ``passes`` passes (the first runs at READY)."""
+        while self.flusher_passes < passes:
+            await self._pass_over.wait()
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -911,14 +911,17 @@ class StateDB:
         if not requests:
             return []
         results, write = self._decide([(r.session_key, r.k_msg, r.k_buf) for r in requests], now)
-        if self._closed:
-            raise StateError("state database is closed")
-        self._queue.append(_Op(write, keep=True, orphan=True))
-        self._queued.set()
+        self._write_behind(_Op(write))
         return results
 
     async def flush(self) -> None:
-        """Commit everything queued so far (the write-behind claims included)."""
+        """Commit everything queued so far (written-behind records included)."""
+        if not self._queue:
+            if self._busy:  # the running batch may hold written-behind records
+                await self._batch_over.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+            return
         await self._run(_nothing)
 
     async def wait_queued(self) -> None:
@@ -1068,23 +1071,36 @@ class StateDB:
         state: TurnEndState,
         now: float,
         error: str | None = None,
+        *,
+        write_behind: bool = False,
     ) -> None:
         """One transaction: mark the claim ``COMPLETED`` and record the turn's end state.
 
-        This is the record RC §7.4 requires to be committed before an ``inbound_ack``. For
-        ``state == "cancelled"`` (shutdown) use :meth:`release_turn` instead. Neighbouring
-        calls in a batch are recorded together (same effects, fewer statements).
+        This is the record RC §7.4 requires to be committed before an ``inbound_ack``: it
+        is committed on return. With ``write_behind`` (a delivery nobody acks) it is
+        decided at once and committed with the next batch instead (see :meth:`flush`).
+        For ``state == "cancelled"`` (shutdown) use :meth:`release_turn` instead.
+        Neighbouring calls in a batch are recorded together (same effects, fewer
+        statements).
         """
         _check_end_state(state)
+        if write_behind:
+            await trio.lowlevel.checkpoint()  # before deciding: nothing may come between
         changed, forgotten = self._dedupe.complete(handle, now)
         claim_id = handle.claim_id if changed and handle is not None else None
         completion = _Completion(claim_id, turn_id, state, now, error, forgotten)
-        await self._run(
-            functools.partial(self._complete_turns_in, completions=[completion]),
-            self._complete_turns_in_bulk,
-            completion,
-            keep=True,
-        )
+        record = functools.partial(self._complete_turns_in, completions=[completion])
+        if write_behind:
+            self._write_behind(_Op(record, self._complete_turns_in_bulk, completion))
+            return
+        await self._run(record, self._complete_turns_in_bulk, completion, keep=True)
+
+    def _write_behind(self, op: _Op) -> None:
+        if self._closed:
+            raise StateError("state database is closed")
+        op.keep = op.orphan = True
+        self._queue.append(op)
+        self._queued.set()
 
     def _complete_turns_in_bulk(
         self, conn: sqlite3.Connection, completions: list[_Completion]

@@ -167,6 +167,8 @@ class MemoryState:
         state: TurnEndState,
         now: float,
         error: str | None = None,
+        *,
+        write_behind: bool = False,
     ) -> None:
         await trio.lowlevel.checkpoint()
         if handle is not None and handle.claim_id in self.claims:
@@ -197,6 +199,9 @@ class MemoryState:
 
     async def flush(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    async def wait_queued(self) -> None:
+        await trio.sleep_forever()  # nothing is ever written behind here
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         await self.release(handle)

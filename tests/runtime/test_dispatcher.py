@@ -305,6 +305,41 @@ async def test_admitted_claims_are_recorded_while_their_turns_still_run(tmp_path
         nursery.cancel_scope.cancel()
 
 
+@attrs.define(eq=False)
+class FileCheckingLink(FakeLink):
+    """Reads the state file's claims at each ack: what was committed before it went out."""
+
+    path: Path | None = None
+    at_ack: list[list[tuple[Any, ...]]] = attrs.field(factory=list)
+
+    def send_nowait(self, frame: Any) -> bool:
+        assert self.path is not None
+        with sqlite3.connect(self.path / DB_FILENAME) as raw:
+            self.at_ack.append(raw.execute("SELECT state FROM relay_dedupe_claims").fetchall())
+        raw.close()
+        return super().send_nowait(frame)
+
+
+async def test_R65_a_replay_of_a_live_delivery_is_acked_after_its_completion_commits(
+    tmp_path: Path,
+) -> None:
+    """A live delivery (no bufferId, nobody to ack) records its completion behind; a
+    buffered replay of it is COMPLETED at once and acked only once that is committed."""
+    db = await StateDB.open(tmp_path, now=1000.0)
+    link = FileCheckingLink(path=tmp_path)
+    async with db, trio.open_nursery() as nursery:
+        rig = make_rig(nursery, echo, state=db, link=link)
+        await rig.feed(inbound("x", message_id="m1"))
+        await rig.settle()
+        assert await db.claim_status(("discord", "c1", "m1"), None) is ClaimStatus.COMPLETED
+        await rig.feed(inbound("x", message_id="m1", buffer_id="b1"))
+        await rig.settle()
+        nursery.cancel_scope.cancel()
+    assert contents(link) == ["x"]  # run once
+    assert link.acks == ["b1"]
+    assert link.at_ack == [[("completed",)]]
+
+
 # ----------------------------------------------------------------------------- acks
 
 

@@ -211,6 +211,9 @@ async def test_R75_can_suspend_names_the_first_unmet_obligation(tmp_path: Path) 
     ):
         assert gateway.can_suspend().ok
         with trio.fail_after(GUARD_S):
+            # The flush at READY is over, so nothing below delivers the entry put behind
+            # the reply policy's back (nothing on this path waits for the state db).
+            await gateway.replies.wait_flusher_pass(1)
             await connector.inject(event("busy"))
             await started.wait()
         assert gateway.can_suspend().reason == "1 turn(s) running"

@@ -394,6 +394,27 @@ async def test_written_behind_records_are_flushed_and_committed_on_close(tmp_pat
         ]
 
 
+async def test_a_completion_written_behind_is_decided_at_once_and_committed_later(
+    tmp_path: Path,
+) -> None:
+    async with await open_db(tmp_path) as db:
+        claim, turn_id = await db.claim_turn("s", K1, None, T0)
+        commits = _commits(db)
+        await db.complete_turn(claim.handle, turn_id, "completed", T0 + 1, write_behind=True)
+        assert commits == []
+        assert await db.claim_status(K1, None) is ClaimStatus.COMPLETED
+        assert (await db.claim(K1, None, T0 + 2)).status is ClaimStatus.COMPLETED
+        assert len(commits) == 1  # the claim above went to the file behind it
+        assert completed_rows(tmp_path) != []
+        other, other_turn = await db.claim_turn("s", ("telegram", "chat1", "m2"), None, T0)
+        await db.complete_turn(other.handle, other_turn, "failed", T0 + 3, "E", write_behind=True)
+    # Closing committed it.
+    async with await open_db(tmp_path, now=T0 + 4) as db:
+        assert await db.claim_status(("telegram", "chat1", "m2"), None) is ClaimStatus.COMPLETED
+        record = await db.turn(other_turn)  # type: ignore[arg-type]
+        assert record is not None and (record.state, record.error) == ("failed", "E")
+
+
 async def test_a_cancelled_completion_is_still_recorded(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
         claim, turn_id = await db.claim_turn("s", K1, None, T0)
