@@ -530,12 +530,15 @@ def _what_if_synchronous(level: str) -> None:
 
 
 async def gateway_main(url: str, state_dir: Path, trust: str, known: int) -> None:
-    """Child: the echo gateway, trust engine on, ``known`` bench users made contacts."""
+    """Child: the echo gateway, trust engine on, ``known`` bench users made contacts.
+
+    It stands in for ``relay-runtime run``: same trust opening, same heap settling at READY.
+    """
     sync_level = os.environ.get("BENCH_WHAT_IF_SYNCHRONOUS")
     if sync_level in ("NORMAL", "OFF"):
         _what_if_synchronous(sync_level)
     from relay_runtime.agents.echo import echo
-    from relay_runtime.cli.run import open_trust
+    from relay_runtime.cli.run import open_trust, settle_heap
     from relay_runtime.config import GatewayConfig
     from relay_runtime.gateway import run_gateway
 
@@ -559,6 +562,7 @@ async def gateway_main(url: str, state_dir: Path, trust: str, known: int) -> Non
             async with trio.open_nursery() as nursery:
                 start = functools.partial(run_gateway, config, echo, trust=engine)
                 await nursery.start(start)
+                settle_heap()  # as `relay-runtime run` does once the gateway is ready
                 print("READY", flush=True)
                 async for _ in signals:
                     break
