@@ -17,6 +17,7 @@ claims returns their ids, so the database can delete exactly the same rows.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import attrs
@@ -74,8 +75,9 @@ class DedupeWindow:
         self._next_id = next_claim_id
         self._by_key: dict[str, _Claim] = {}
         self._by_id: dict[int, _Claim] = {}
-        #: Completed claim ids, oldest completion first (dicts keep insertion order).
-        self._completed: dict[int, None] = {}
+        #: Completed claim ids, oldest completion first. An OrderedDict, not a dict: taking
+        #: the oldest of a dict whose front was deleted scans the holes left there.
+        self._completed: OrderedDict[int, None] = OrderedDict()
 
     @property
     def completed(self) -> int:
@@ -166,14 +168,12 @@ class DedupeWindow:
     def _expire(self, now: float) -> list[int]:
         cutoff = now - self.window_s
         forgotten: list[int] = []
-        for claim_id in self._completed:
-            completed_at = self._by_id[claim_id].completed_at
-            assert completed_at is not None
-            if completed_at > cutoff:
+        while self._completed:
+            oldest = self._by_id[next(iter(self._completed))]
+            assert oldest.completed_at is not None
+            if oldest.completed_at > cutoff:
                 break  # completions are kept in order; a clock step back only delays this
-            forgotten.append(claim_id)
-        for claim_id in forgotten:
-            self._forget(claim_id)
+            forgotten.append(self._forget(oldest.claim_id))
         return forgotten
 
     def _forget(self, claim_id: int) -> int:
