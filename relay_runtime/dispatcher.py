@@ -371,15 +371,21 @@ class Dispatcher:
             [ClaimRequest(d.session_key, d.k_msg, d.buffer_id) for d in deliveries],
             self.clock(),
         )
-        if any(
-            c.status is ClaimStatus.COMPLETED and d.buffer_id
-            for d, (c, _) in zip(deliveries, claims, strict=True)
-        ):
-            # Acked at once below: the completion it duplicates may be written behind (R65).
-            await self.db.flush()
-        for delivery, (claim, turn_id) in zip(deliveries, claims, strict=True):
-            self._route(delivery, claim, turn_id, turn_nursery)
+        # Routed with no await in between: an IN_FLIGHT duplicate is waiting for its ack
+        # before the turn it duplicates can look (R65).
+        acks = [
+            buffer_id
+            for delivery, (claim, turn_id) in zip(deliveries, claims, strict=True)
+            if (buffer_id := self._route(delivery, claim, turn_id, turn_nursery))
+        ]
         deliveries.clear()
+        if acks:
+            # Duplicates of completed deliveries: the completion may still be written
+            # behind, and the ack must follow its commit (R65). Not acked if this fails or
+            # is cancelled: the connector replays, and the replay is acked.
+            await self.db.flush()
+            for buffer_id in acks:
+                self._ack(buffer_id)
 
     def _route(
         self,
@@ -387,19 +393,19 @@ class Dispatcher:
         claim: ClaimResult,
         turn_id: int | None,
         turn_nursery: trio.Nursery,
-    ) -> None:
+    ) -> str | None:
+        """Queue a NEW delivery, register an IN_FLIGHT duplicate's ack; return the bufferId
+        of a COMPLETED duplicate, to ack once its completion is committed."""
         if claim.status is ClaimStatus.COMPLETED:
             self.stats.duplicates += 1
             self._free_slot()
-            if delivery.buffer_id:
-                self._ack(delivery.buffer_id)
-            return
+            return delivery.buffer_id
         if claim.status is ClaimStatus.IN_FLIGHT:
             self.stats.duplicates += 1
             self._free_slot()
             if delivery.buffer_id and claim.handle is not None:
                 self._waiting_acks.setdefault(claim.handle.claim_id, []).append(delivery.buffer_id)
-            return
+            return None
         delivery.handle = claim.handle
         delivery.turn_id = turn_id
         queue = self._queues.get(delivery.session_key)
@@ -409,6 +415,7 @@ class Dispatcher:
             turn_nursery.start_soon(self._session_worker, delivery.session_key, queue)
         else:
             queue.append(delivery)
+        return None
 
     def _event_of(self, item: InboundItem) -> MessageEvent | None:
         if isinstance(item, Inbound):

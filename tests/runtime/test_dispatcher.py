@@ -340,6 +340,49 @@ async def test_R65_a_replay_of_a_live_delivery_is_acked_after_its_completion_com
     assert link.at_ack == [[("completed",)]]
 
 
+async def test_R65_in_flight_duplicate_admitted_with_a_completed_one_is_acked(
+    tmp_path: Path,
+) -> None:
+    """One admission holds a replay of a completed delivery (acked after a commit) and a
+    replay of a running one: the latter waits for its original and is acked when it ends,
+    even if it ends while the former's ack waits for the commit (review finding)."""
+    release = trio.Event()
+
+    async def agent(turn: Turn) -> str:
+        if turn.text == "slow":
+            await release.wait()
+        return ""
+
+    class ReleaseOnFlush(StateDB):
+        async def flush(self) -> None:
+            release.set()  # the running turn ends while the admission flushes
+            await trio.testing.wait_all_tasks_blocked()
+            await super().flush()
+
+    db = await ReleaseOnFlush.open(tmp_path, now=1000.0)
+    async with db, trio.open_nursery() as nursery:
+        rig = make_rig(nursery, agent, state=db)
+        await rig.feed(inbound("done", message_id="m0", buffer_id="b0"))
+        await rig.settle()
+        await rig.feed(inbound("slow", message_id="m1"))
+        with trio.fail_after(5):
+            while rig.dispatcher.running != 1:
+                await trio.testing.wait_all_tasks_blocked()
+        await rig.dispatcher.admit_many(
+            [
+                inbound("done", message_id="m0", buffer_id="b1"),
+                inbound("slow", message_id="m1", buffer_id="b2"),
+            ],
+            nursery,
+        )
+        with trio.fail_after(5):
+            await rig.settle()
+            while len(rig.link.acks) < 3:
+                await db._batch_over.wait()
+        nursery.cancel_scope.cancel()
+    assert sorted(rig.link.acks) == ["b0", "b1", "b2"]
+
+
 # ----------------------------------------------------------------------------- acks
 
 
