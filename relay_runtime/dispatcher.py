@@ -46,6 +46,7 @@ from relay_runtime.state import (
     ClaimResult,
     ClaimStatus,
     MessageKey,
+    StateError,
     TurnEndState,
 )
 from relay_runtime.turn import Turn
@@ -69,6 +70,8 @@ log = logging.getLogger("relay_runtime.dispatcher")
 RELEASE_TIMEOUT_S: Final = 5.0
 #: Longest a written-behind claim or completion waits before it is committed.
 RECORD_DELAY_S: Final = 0.05
+#: Pause after a failed commit of written-behind records before the next try.
+RECORD_RETRY_S: Final = 1.0
 #: Most frames already waiting in the hand-off channel admitted (claimed) together.
 MAX_ADMIT_BATCH: Final = 64
 
@@ -301,8 +304,10 @@ class Dispatcher:
             await trio.sleep(RECORD_DELAY_S)
             try:
                 await self.db.flush()
-            except Exception as exc:  # logged with its record by the state db too
-                log.error("relay: recording admitted claims failed: %s", exc)
+            except StateError:
+                # Logged by the state db, which keeps the records and retries them with
+                # every batch; acks wait (flush raises) until one succeeds.
+                await trio.sleep(RECORD_RETRY_S)
 
     async def admit(self, item: InboundItem, turn_nursery: trio.Nursery) -> None:
         """Admit one frame: decode, take a pending slot, claim, queue for its session."""

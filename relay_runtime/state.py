@@ -302,7 +302,9 @@ def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
     """Run ``ops`` in order as one transaction, each in its own savepoint; commit once.
 
     Runs in the worker thread. An operation that raises is rolled back to its savepoint and
-    keeps its error; the others still commit. Neighbouring operations that share a ``bulk``
+    keeps its error; the others still commit, unless it was written behind (nobody waits
+    for it): then the whole batch fails, so the file never holds what followed a record it
+    lacks. Neighbouring operations that share a ``bulk``
     run together in one savepoint; if that fails they run again one by one, so an error
     stays with its own operation. If the transaction itself fails (BEGIN, COMMIT, or an
     error that aborted it), every operation gets that error and nothing is committed.
@@ -314,6 +316,10 @@ def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
                 continue
             for op in group:
                 op.error = _in_savepoint(conn, op)
+                if op.error is not None and op.orphan:
+                    # A decision the window already made: the file may not skip it and
+                    # keep what came after. Abort the batch; it is retried whole.
+                    raise op.error
         conn.execute("COMMIT")
     except BaseException as exc:
         if conn.in_transaction:
@@ -433,6 +439,8 @@ class StateDB:
         self._busy = False  # a batch is in the worker thread
         self._batch_over = trio.Event()
         self._queued = trio.Event()  # set when written-behind records are queued
+        #: Why the oldest written-behind record still queued failed its last commit.
+        self._behind_error: BaseException | None = None
         self._closed = False
         self.path = path
         self.outbox_max = outbox_max
@@ -702,14 +710,27 @@ class StateDB:
             self._busy = False
             self._batch_over.set()
             self._batch_over = trio.Event()
-        for op in batch:
-            if op.orphan and op.error is not None:
-                logger.error(
-                    "relay state: a written-behind record failed (%s: %s); a replay of its "
-                    "delivery after a restart may run it again",
-                    type(op.error).__name__,
-                    op.error,
-                )
+        failed = [op for op in batch if op.orphan and op.error is not None]
+        if failed:
+            # Kept, in order, ahead of everything queued since: the file must not skip a
+            # decision the window made. flush() reports the failure until a retry succeeds;
+            # the awaited operations of the batch failed with it (raised to their callers).
+            error = failed[0].error
+            self._behind_error = error
+            for op in failed:
+                op.taken = op.done = False
+                op.value = op.error = None
+            self._queue[:0] = failed
+            self._queued.set()
+            logger.error(
+                "relay state: %d written-behind record(s) not committed (%s: %s); "
+                "kept to retry with the next batch",
+                len(failed),
+                type(error).__name__,
+                error,
+            )
+        elif any(op.orphan for op in batch):
+            self._behind_error = None
 
     # -------------------------------------------------------------------- outbox
 
@@ -915,14 +936,24 @@ class StateDB:
         return results
 
     async def flush(self) -> None:
-        """Commit everything queued so far (written-behind records included)."""
+        """Commit everything queued so far (written-behind records included).
+
+        Raises :class:`StateError` while a written-behind record could not be committed
+        (it stays queued and is retried with every batch): nothing that depends on it, an
+        ``inbound_ack`` above all, may go out.
+        """
         if not self._queue:
             if self._busy:  # the running batch may hold written-behind records
                 await self._batch_over.wait()
             else:
                 await trio.lowlevel.checkpoint()
-            return
-        await self._run(_nothing)
+        else:
+            await self._run(_nothing)
+        if self._behind_error is not None:
+            raise StateError(
+                f"state database {str(self.path)!r}: records written behind are not "
+                f"committed: {self._behind_error}"
+            ) from self._behind_error
 
     async def wait_queued(self) -> None:
         """Wait until written-behind records are waiting for a commit."""
@@ -961,9 +992,10 @@ class StateDB:
                 " VALUES (?, 'in_flight', ?)",
                 [(claim_id, now) for claim_id, _ in claims],
             )
-            # OR REPLACE: a key this process has forgotten may still name an older row here.
+            # Plain INSERT: the file follows the window exactly, so a key taken here is
+            # free there; if not, that is an error to see, not to paper over.
             conn.executemany(
-                "INSERT OR REPLACE INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
+                "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
                 [(key, claim_id) for claim_id, keys in claims for key in keys],
             )
             for turn_id, session_key, k_msg, k_buf in turns:

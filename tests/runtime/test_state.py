@@ -24,6 +24,7 @@ from relay_runtime.state import (
     OutboxFull,
     StateDB,
     StateError,
+    _Op,
 )
 
 if TYPE_CHECKING:
@@ -413,6 +414,34 @@ async def test_a_completion_written_behind_is_decided_at_once_and_committed_late
         assert await db.claim_status(("telegram", "chat1", "m2"), None) is ClaimStatus.COMPLETED
         record = await db.turn(other_turn)  # type: ignore[arg-type]
         assert record is not None and (record.state, record.error) == ("failed", "E")
+
+
+async def test_a_failed_record_written_behind_is_kept_in_order_and_flush_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with await open_db(tmp_path) as db:
+        ran: list[str] = []
+
+        def flaky(conn: sqlite3.Connection) -> None:
+            ran.append("flaky")
+            if ran.count("flaky") == 1:
+                raise sqlite3.OperationalError("disk I/O error")
+
+        def after(conn: sqlite3.Connection) -> None:
+            ran.append("after")
+
+        db._write_behind(_Op(flaky))
+        db._write_behind(_Op(after))
+        caplog.set_level(logging.ERROR, logger="relay_runtime.state")
+        with pytest.raises(StateError, match="disk I/O error"):
+            await db.flush()
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "2 written-behind record(s) not committed" in errors[0].message
+        assert ran == ["flaky"]  # the batch stopped there: nothing after it was committed
+        await db.flush()  # retried whole, in order; then nothing is left behind
+        assert ran == ["flaky", "flaky", "after"]
+        await db.flush()
+        assert ran == ["flaky", "flaky", "after"]
 
 
 async def test_a_cancelled_completion_is_still_recorded(tmp_path: Path) -> None:
