@@ -5,9 +5,9 @@ database keeps one, loaded from its file at open, decides every claim with it at
 records the decision in SQLite behind it (write-behind, in the same order), so a delivery's
 turn can start without waiting for a commit. What is only in flight is not worth a commit
 before the turn: crash recovery releases in-flight claims anyway, so a replay runs the
-delivery again either way. Completion is what must be durable before an ``inbound_ack``,
-and :meth:`StateDB.complete_turn <relay_runtime.state.StateDB.complete_turn>` still
-commits it before it returns.
+delivery again either way. Completion is what must be durable before an ``inbound_ack``:
+the dispatcher has it committed before any ack that depends on it, and records the
+completions nobody acks behind as well.
 
 The window remembers completed deliveries for ``window_s`` seconds and at most
 ``max_completed`` of them, oldest completion forgotten first. Each change that forgets

@@ -42,8 +42,8 @@ log = logging.getLogger("relay_runtime.gateway")
 
 #: Buffer between the supervisor's reader and the dispatcher. The dispatcher is the
 #: admission point (``max_pending_inbound``); this slack lets the reader run ahead while the
-#: dispatcher commits a batch of claims. It matches the dispatcher's batch (64), so a burst
-#: that arrives during one commit is admitted whole by the next.
+#: dispatcher is busy (admitting, or waiting for the commit a duplicate's ack needs). It
+#: matches the dispatcher's batch (64), so a burst that arrives meanwhile is admitted whole.
 INBOUND_BUFFER: Final = 64
 
 

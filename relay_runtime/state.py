@@ -10,10 +10,16 @@ public coroutine queues one short operation; calls made while a batch is running
 committed together (group commit): the first caller to find no batch running takes the whole
 queue to the worker thread in one hop and runs it as ONE transaction, each operation in its
 own ``SAVEPOINT`` (a failing operation rolls back alone and raises to its own caller), then
-commits once and wakes every caller with its own result. An operation's effects are
-committed before its coroutine returns. Operations are not abandoned on cancellation: a
-caller cancelled after its batch started still waits for the (short) commit, so "committed"
-never becomes "maybe committed"; one cancelled while still queued is not run at all.
+commits once and wakes every caller with its own result. Unless said otherwise, an
+operation's effects are committed before its coroutine returns; a caller cancelled after its
+batch started still waits for the (short) commit, and one cancelled while still queued is
+not run at all.
+
+The exceptions are records of decisions the in-memory dedupe window (dedupe.py) has already
+made: claims, and completions nobody acks. They are written behind: queued in decision
+order, committed with the next batch or by :meth:`StateDB.flush` (the dispatcher commits
+them within 50 ms), never dropped when a caller is cancelled, committed at close, and if
+one fails, its batch fails and they are retried whole, in order.
 
 No wall clock is read in here: every time-dependent call takes ``now`` (seconds, any epoch
 the caller uses consistently; the runtime passes ``time.time()``).

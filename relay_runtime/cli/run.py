@@ -214,11 +214,13 @@ async def serve_until_signalled(
     *,
     trust: TrustEvaluator | None = None,
     drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    freeze_heap: bool = False,
 ) -> None:
     """Run ``run_gateway`` in a root nursery with a SIGINT/SIGTERM drain (must be main thread).
 
     Returns after a signal-initiated drain or when the gateway stops by itself; raises what
-    ``run_gateway`` raises (``ConfigError``, ``RelayDisabled``).
+    ``run_gateway`` raises (``ConfigError``, ``RelayDisabled``). ``freeze_heap``: call
+    :func:`settle_heap` once ready (the CLI does; it owns the process).
     """
     with trio.open_signal_receiver(*_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
@@ -233,7 +235,7 @@ async def serve_until_signalled(
 
             gateway: Gateway = await nursery.start(gateway_task)
             shutdown.gateway = gateway
-            frozen = settle_heap()
+            frozen = settle_heap() if freeze_heap else 0
             log.info(
                 "gateway ready",
                 extra={
@@ -253,7 +255,9 @@ def settle_heap() -> int:
     into garbage: walking it cost a turn 10-20 ms now and then at 1,000 msg/s
     (docs/benchmarks.md). Collected once and frozen after READY, the collector keeps only
     the objects made since. The CLI does this because it owns the process; an application
-    embedding ``run_gateway`` decides for its own process.
+    embedding ``run_gateway`` decides for its own process. The price: a frozen object that
+    later becomes part of cyclic garbage (say, the first connection's tasks after a
+    reconnect) is never collected, a one-off bounded by the start-up heap.
     """
     gc.collect()
     gc.freeze()
@@ -273,7 +277,7 @@ def _register_config_secrets(config: GatewayConfig) -> None:
 
 async def _main(config: GatewayConfig, agent: Agent) -> None:
     async with open_trust(config) as trust:
-        await serve_until_signalled(config, agent, trust=trust)
+        await serve_until_signalled(config, agent, trust=trust, freeze_heap=True)
 
 
 def _check_policy(config: GatewayConfig, given: str | None, config_file: str | None) -> None:
