@@ -198,11 +198,14 @@ class Gateway:
         """Flip to buffered delivery and close, re-dialing on the dormant cadence (RC §8).
 
         Refused (nothing sent) while :meth:`can_suspend` is not met; ``"not acked"`` when
-        the connector did not ack ``going_idle`` in time (the socket then stays up).
+        the connector did not ack ``going_idle`` in time (the socket then stays up). State
+        written behind is committed first (raises :class:`StateError` if it cannot be).
         """
         check = self.can_suspend()
         if not check:
             return check
+        # What was written behind is committed before the process may be scaled away.
+        await self.dispatcher.db.flush()
         if await self.supervisor.suspend():
             return SuspendCheck(True)
         return SuspendCheck(False, "not acked")

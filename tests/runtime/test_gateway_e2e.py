@@ -11,6 +11,7 @@ import contextlib
 import functools
 import random
 import secrets as pysecrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from relay_runtime import ConfigError, Gateway, GatewayConfig, RelayDisabled, Tu
 from relay_runtime.connector.outcomes import NoAnswer
 from relay_runtime.connector.server import ReferenceConnector
 from relay_runtime.dispatcher import Agent
-from relay_runtime.state import StateDB
+from relay_runtime.state import DB_FILENAME, StateDB
 
 GATEWAY_ID = "gw-e2e"
 GUARD_S = 30
@@ -238,6 +239,35 @@ async def test_R75_can_suspend_names_the_first_unmet_obligation(tmp_path: Path) 
         with trio.fail_after(GUARD_S):
             await gateway.supervisor.outbound.wait_drained()
         assert gateway.can_suspend().reason == "outbox not empty (1)"
+
+
+async def test_suspend_commits_what_was_written_behind_before_going_idle(tmp_path: Path) -> None:
+    """A live turn's completion is recorded behind; suspending (the process may be scaled
+    away next) commits it before ``going_idle`` goes out."""
+    seen_at_idle: list[list[tuple[str, ...]]] = []
+
+    async def on_going_idle(conn: Any) -> bool:
+        with sqlite3.connect(tmp_path / DB_FILENAME) as raw:
+            seen_at_idle.append(raw.execute("SELECT state FROM relay_dedupe_claims").fetchall())
+        raw.close()
+        return False
+
+    async def agent(turn: Turn) -> str:
+        return "ok"
+
+    wake = {"wake_url": "http://127.0.0.1:9/wake", "wake_confirmed": True}
+    options = {"on_going_idle": on_going_idle}
+    async with running(tmp_path, agent, connector_options=options, **wake) as (
+        connector,
+        gateway,
+        _,
+    ):
+        with trio.fail_after(GUARD_S):
+            await connector.inject(event("hi", message_id="m1"))
+            await connector.wait_for(lambda: len(connector.messages) == 1)
+            await gateway.dispatcher.wait_idle()
+            assert await gateway.suspend()
+    assert seen_at_idle == [[("completed",)]]
 
 
 async def test_R45_outbox_of_a_previous_run_is_flushed_at_ready(tmp_path: Path) -> None:
