@@ -28,6 +28,7 @@ the caller uses consistently; the runtime passes ``time.time()``).
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import json
 import logging
@@ -393,6 +394,32 @@ def _chunks(items: Sequence[T], size: int = BULK_ROWS) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _lock_state(path: Path) -> int:
+    """Hold ``<db>.lock`` (``flock``) for as long as the returned descriptor is open.
+
+    The dedupe window lives in memory and claim ids are handed out there: two gateways on
+    one state dir would collide, so the second is refused. The OS drops the lock when the
+    process dies, so a crash never leaves it behind.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot create state lock {str(lock_path)!r}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StateError(
+                f"state database {str(path)!r} is in use by another gateway ({lock_path.name} "
+                "is locked); give each running gateway its own state directory"
+            ) from None
+        raise StateError(f"cannot lock {str(lock_path)!r}: {exc}") from exc
+    return fd
+
+
 def _create_private_file(path: Path) -> None:
     """Create ``path`` with mode 0600 if missing, and force 0600 if it exists.
 
@@ -439,8 +466,10 @@ class StateDB:
         dedupe_max: int,
         dedupe: DedupeWindow | None = None,
         next_turn_id: int = 1,
+        lock_fd: int | None = None,
     ) -> None:
         self._conn = conn
+        self._lock_fd = lock_fd
         self._queue: list[_Op] = []
         self._busy = False  # a batch is in the worker thread
         self._batch_over = trio.Event()
@@ -485,16 +514,22 @@ class StateDB:
             if value <= 0:
                 raise StateError(f"{name} must be > 0, got {value!r}")
         path = Path(state_dir) / DB_FILENAME
-        conn = await trio.to_thread.run_sync(cls._connect, path, now)
+        lock_fd = await trio.to_thread.run_sync(_lock_state, path)
         try:
-            dedupe = DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
-            next_turn_id = await trio.to_thread.run_sync(cls._load, conn, dedupe, now)
+            conn = await trio.to_thread.run_sync(cls._connect, path, now)
+            try:
+                dedupe = DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
+                next_turn_id = await trio.to_thread.run_sync(cls._load, conn, dedupe, now)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
-            conn.close()
+            os.close(lock_fd)
             raise
         return cls(
             conn,
             path,
+            lock_fd=lock_fd,
             outbox_max=outbox_max,
             outbox_ttl_s=outbox_ttl_s,
             dedupe_window_s=dedupe_window_s,
@@ -639,6 +674,8 @@ class StateDB:
                     else:
                         await self._lead_batch()
                 await trio.to_thread.run_sync(self._conn.close)
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)  # the next gateway on this state dir may start
         if waited.cancelled_caught:
             # Only a worker thread stuck far past the busy timeout gets here.
             logger.warning(

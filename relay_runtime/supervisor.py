@@ -211,6 +211,9 @@ class Supervisor:
         self._idle_waiter: list[bool] | None = None
         self._idle_done: trio.Event | None = None
         self._stall: _Stall | None = None
+        #: Called with the new state name on every state change (an observer: it must not
+        #: block or raise). The demo shows the states a drop or an idle goes through.
+        self.on_state: Callable[[str], None] | None = None
 
     # ---- public surface ------------------------------------------------------------------
 
@@ -360,8 +363,11 @@ class Supervisor:
 
     def _feed(self, event: sm.Event) -> None:
         """Hand one event to the machine and carry out its actions (synchronously)."""
+        before = self.machine.state
         for action in self.machine.handle(event):
             self._apply(action)
+        if self.machine.state is not before and self.on_state is not None:
+            self.on_state(self.machine.state.value)
         if self.machine.terminal:
             self._timers.clear()
             self._terminal.set()

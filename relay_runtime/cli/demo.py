@@ -325,20 +325,11 @@ async def _script_lines(lines: list[str]) -> AsyncGenerator[str, None]:
 
 async def _watch_states(harness: Harness, action: Callable[[], Awaitable[None]]) -> list[str]:
     """Run ``action`` (a coroutine function) and collect the gateway states seen meanwhile."""
+    supervisor = harness.gateway.supervisor
     seen = [harness.gateway.state]
-    done = trio.Event()
-
-    async def watch() -> None:
-        while not done.is_set():
-            state = harness.gateway.state
-            if state != seen[-1]:
-                seen.append(state)
-            await trio.sleep(0.001)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
+    supervisor.on_state = seen.append
+    try:
         await action()
-        done.set()
-    if harness.gateway.state != seen[-1]:
-        seen.append(harness.gateway.state)
+    finally:
+        supervisor.on_state = None
     return seen

@@ -651,6 +651,14 @@ async def test_a_planted_symlink_is_refused_and_its_target_untouched(
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
 
 
+async def test_a_second_gateway_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    async with await open_db(tmp_path):
+        with pytest.raises(StateError, match="in use by another gateway"):
+            await open_db(tmp_path)
+    async with await open_db(tmp_path):  # released on close
+        pass
+
+
 async def test_synchronous_full_on_the_connection(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
         level = await db._run(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
