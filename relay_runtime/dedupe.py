@@ -78,6 +78,7 @@ class DedupeWindow:
         #: Completed claim ids, oldest completion first. An OrderedDict, not a dict: taking
         #: the oldest of a dict whose front was deleted scans the holes left there.
         self._completed: OrderedDict[int, None] = OrderedDict()
+        self._newest = float("-inf")  # the latest completion time recorded
 
     @property
     def completed(self) -> int:
@@ -97,6 +98,7 @@ class DedupeWindow:
             self._by_key[key] = claim
         self._completed[claim_id] = None
         self._next_id = max(self._next_id, claim_id + 1)
+        self._newest = max(self._newest, completed_at)
 
     def skip_to(self, next_claim_id: int) -> None:
         """Hand out no claim id below ``next_claim_id`` (ids the database has used)."""
@@ -132,19 +134,27 @@ class DedupeWindow:
         return ClaimResult(ClaimStatus.NEW, ClaimHandle(claim.claim_id)), forgotten
 
     def complete(self, handle: ClaimHandle | None, now: float) -> tuple[bool, list[int]]:
-        """Mark an in-flight claim completed at ``now``; False if it is not in flight.
+        """Mark an in-flight claim completed at ``now`` (or at the newest completion's time,
+        if later: see :meth:`completed_at`); False if it is not in flight.
 
         Also returns the ids forgotten by the window and by ``max_completed``.
         """
         claim = None if handle is None else self._by_id.get(handle.claim_id)
         if claim is None or claim.completed_at is not None:
             return False, []
-        claim.completed_at = now
+        # Never before the newest completion: the order kept here is then the order of the
+        # times recorded, which is the order a restart reads back (and trims by).
+        claim.completed_at = self._newest = max(now, self._newest)
         self._completed[claim.claim_id] = None
         forgotten = self._expire(now)
         while len(self._completed) > self.max_completed:
             forgotten.extend(self.trim_one())
         return True, forgotten
+
+    def completed_at(self, handle: ClaimHandle) -> float | None:
+        """When the claim completed, as recorded here; None if in flight or unknown."""
+        claim = self._by_id.get(handle.claim_id)
+        return None if claim is None else claim.completed_at
 
     def release(self, handle: ClaimHandle | None) -> bool:
         """Drop an in-flight claim (its delivery will run if replayed); False if not in flight."""

@@ -155,6 +155,7 @@ class _Completion:
     now: float
     error: str | None
     forgotten: list[int]  # claims the window forgot on this completion
+    completed_at: float  # the claim's completion time as the window recorded it
 
 
 @attrs.frozen
@@ -1072,9 +1073,11 @@ class StateDB:
         if not changed:
             return False
         assert handle is not None
+        at = self._dedupe.completed_at(handle)
+        assert at is not None
 
         def complete(conn: sqlite3.Connection) -> None:
-            self._complete_claims_in(conn, [(handle.claim_id, now)], forgotten)
+            self._complete_claims_in(conn, [(handle.claim_id, at)], forgotten)
 
         await self._run(complete, keep=True)
         return True
@@ -1163,7 +1166,9 @@ class StateDB:
             await trio.lowlevel.checkpoint()  # before deciding: nothing may come between
         changed, forgotten = self._dedupe.complete(handle, now)
         claim_id = handle.claim_id if changed and handle is not None else None
-        completion = _Completion(claim_id, turn_id, state, now, error, forgotten)
+        at = now if claim_id is None else self._dedupe.completed_at(ClaimHandle(claim_id))
+        assert at is not None
+        completion = _Completion(claim_id, turn_id, state, now, error, forgotten, at)
         record = functools.partial(self._complete_turns_in, completions=[completion])
         if write_behind:
             self._write_behind(_Op(record, self._complete_turns_in_bulk, completion))
@@ -1189,7 +1194,7 @@ class StateDB:
         """Record :meth:`complete_turn` calls: a few statements for all of them."""
         self._complete_claims_in(
             conn,
-            [(c.claim_id, c.now) for c in completions if c.claim_id is not None],
+            [(c.claim_id, c.completed_at) for c in completions if c.claim_id is not None],
             [claim_id for c in completions for claim_id in c.forgotten],
         )
         turns = [c for c in completions if c.turn_id is not None]

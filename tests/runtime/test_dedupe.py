@@ -66,6 +66,28 @@ def test_release_and_complete_only_act_on_claims_in_flight() -> None:
     assert w.status(["j"]) is ClaimStatus.NEW
 
 
+def test_a_completion_is_never_recorded_before_the_newest_one() -> None:
+    w = window()
+    a, _ = w.claim(["a"], 0)
+    b, _ = w.claim(["b"], 0)
+    assert a.handle is not None and b.handle is not None
+    w.complete(a.handle, 10)
+    w.complete(b.handle, 9)  # its clock read came first, its completion second
+    assert (w.completed_at(a.handle), w.completed_at(b.handle)) == (10, 10)
+    assert w.trim_one() == [a.handle.claim_id]  # completion order, as a restart would read
+
+
+async def test_a_restart_trims_in_the_order_the_window_kept(tmp_path: Path) -> None:
+    async with await StateDB.open(tmp_path, now=0.0, dedupe_max=2) as db:
+        a = await db.claim(("relay", "c", "a"), None, 0.0)
+        b = await db.claim(("relay", "c", "b"), None, 0.0)
+        await db.complete(a.handle, 10.0)
+        await db.complete(b.handle, 9.0)
+    async with await StateDB.open(tmp_path, now=11.0, dedupe_max=1) as db:
+        assert await db.claim_status(("relay", "c", "a"), None) is ClaimStatus.NEW
+        assert await db.claim_status(("relay", "c", "b"), None) is ClaimStatus.COMPLETED
+
+
 def test_ids_are_not_reused() -> None:
     w = DedupeWindow(window_s=DAY, max_completed=5, next_claim_id=10)
     w.load_completed(12, ["old"], 0.0)
