@@ -519,7 +519,9 @@ class Dispatcher:
                 )
         except trio.Cancelled:
             # Shutdown (an interrupt is caught inside the turn): no ack, claim released,
-            # so the connector's replay runs it again (R64).
+            # so the connector's replay runs it again (R64). If the turn had finished and
+            # only its completion was waiting to commit, that completion stands (it is
+            # kept) and the release finds nothing: the replay is acked without running.
             self.stats.cancelled += 1
             with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
                 if delivery.handle is not None:

@@ -12,7 +12,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 
 from relay_runtime.dedupe import ClaimHandle, ClaimStatus, DedupeWindow
-from relay_runtime.state import DB_FILENAME, StateDB
+from relay_runtime.state import DB_FILENAME, ClaimRequest, StateDB
 
 DAY = 86400.0
 
@@ -105,7 +105,9 @@ def test_bad_bounds_are_refused(window_s: float, max_completed: int) -> None:
 # An operation: (kind, key index, buffer key index or None, time step).
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["claim", "claim", "complete", "complete", "release", "prune"]),
+        st.sampled_from(
+            ["claim", "claim_turns", "complete", "complete_behind", "release", "prune"]
+        ),
         st.integers(0, 5),
         st.one_of(st.none(), st.integers(0, 3)),
         st.floats(0, 25),
@@ -136,6 +138,21 @@ def test_after_any_history_a_restart_sees_what_the_window_saw(
                     result = await db.claim(k_msg, k_buf, now)
                     if result.status is ClaimStatus.NEW:
                         handles[index] = result.handle
+                elif kind == "claim_turns":  # written behind, with the next key too
+                    nxt = (index + 1) % len(keys)
+                    requests = [
+                        ClaimRequest("s", k_msg, k_buf),
+                        ClaimRequest("s", keys[nxt][0], None),
+                    ]
+                    for i, (result, _) in zip(
+                        (index, nxt), await db.claim_turns(requests, now), strict=True
+                    ):
+                        if result.status is ClaimStatus.NEW:
+                            handles[i] = result.handle
+                elif kind == "complete_behind" and index in handles:
+                    await db.complete_turn(
+                        handles[index], None, "completed", now, write_behind=True
+                    )
                 elif kind == "complete" and index in handles:
                     await db.complete(handles[index], now)
                 elif kind == "release" and index in handles:
@@ -150,9 +167,10 @@ def test_after_any_history_a_restart_sees_what_the_window_saw(
                     " JOIN relay_dedupe_claims c ON c.claim_id = k.claim_id"
                 ).fetchall()
             raw.close()
-            # Every key the file holds is one the window holds, in the same state.
+            # The file holds exactly the keys the window holds, each in the same state.
             for key, state in in_file:
                 assert db._dedupe.status([key]).value == state, key
+            assert {key for key, _ in in_file} == set(db._dedupe._by_key)
             assert sum(1 for _, state in in_file if state == "completed") <= 2 * 2  # keys
             seen = {
                 (k_msg, b): await db.claim_status(k_msg, b)

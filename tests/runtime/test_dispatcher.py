@@ -383,6 +383,39 @@ async def test_R65_in_flight_duplicate_admitted_with_a_completed_one_is_acked(
     assert sorted(rig.link.acks) == ["b0", "b1", "b2"]
 
 
+async def test_R65_a_duplicate_arriving_while_a_completion_is_decided_waits_for_its_commit(
+    tmp_path: Path,
+) -> None:
+    """A live turn's completion is to be written behind; a buffered duplicate admitted just
+    before it is decided must still be acked only after the completion is committed."""
+    reached, gate = trio.Event(), trio.Event()
+
+    class Gated(StateDB):
+        async def complete_turn(self, *args: Any, **kwargs: Any) -> None:
+            if kwargs.get("write_behind"):
+                reached.set()
+                await gate.wait()
+            await super().complete_turn(*args, **kwargs)
+
+    db = await Gated.open(tmp_path, now=1000.0)
+    link = FileCheckingLink(path=tmp_path)
+    async with db, trio.open_nursery() as nursery:
+        rig = make_rig(nursery, echo, state=db, link=link)
+        await rig.feed(inbound("x", message_id="m1"))
+        with trio.fail_after(5):
+            await reached.wait()
+        await rig.dispatcher.admit_many([inbound("x", message_id="m1", buffer_id="b1")], nursery)
+        gate.set()
+        with trio.fail_after(5):
+            await rig.settle()
+            while not link.acks:
+                await db._batch_over.wait()
+        nursery.cancel_scope.cancel()
+    assert contents(link) == ["x"]
+    assert link.acks == ["b1"]
+    assert link.at_ack == [[("completed",)]]
+
+
 # ----------------------------------------------------------------------------- acks
 
 
