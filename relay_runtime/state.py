@@ -305,6 +305,10 @@ class _Op:
     value: Any = None
     error: BaseException | None = None
 
+    def run(self, conn: sqlite3.Connection) -> None:
+        """Run ``fn`` alone, keeping its value."""
+        self.value = self.fn(conn)
+
 
 def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
     """Run ``ops`` in order as one transaction, each in its own savepoint; commit once.
@@ -323,7 +327,7 @@ def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
             if len(group) > 1 and _run_bulk(conn, group):
                 continue
             for op in group:
-                op.error = _in_savepoint(conn, op)
+                op.error = _in_savepoint(conn, op.run)
                 if op.error is not None and op.orphan:
                     # A decision the window already made: the file may not skip it and
                     # keep what came after. Abort the batch; it is retried whole.
@@ -367,17 +371,13 @@ def _run_bulk(conn: sqlite3.Connection, group: list[_Op]) -> bool:
 
 
 def _in_savepoint(
-    conn: sqlite3.Connection, work: _Op | Callable[[sqlite3.Connection], None]
+    conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], None]
 ) -> Exception | None:
-    """Run ``work`` (an operation, keeping its value) in a savepoint; on an error roll back
-    to it and return the error."""
+    """Run ``work`` in a savepoint; on an error roll back to it and return the error."""
     conn.execute("SAVEPOINT relay_op")
     error: Exception | None = None
     try:
-        if isinstance(work, _Op):
-            work.value = work.fn(conn)
-        else:
-            work(conn)
+        work(conn)
     except Exception as exc:
         if not conn.in_transaction:
             raise  # SQLite aborted the whole transaction: the batch failed
@@ -1171,9 +1171,9 @@ class StateDB:
         completion = _Completion(claim_id, turn_id, state, now, error, forgotten, at)
         record = functools.partial(self._complete_turns_in, completions=[completion])
         if write_behind:
-            self._write_behind(_Op(record, self._complete_turns_in_bulk, completion))
+            self._write_behind(_Op(record, self._complete_turns_in, completion))
             return
-        await self._run(record, self._complete_turns_in_bulk, completion, keep=True)
+        await self._run(record, self._complete_turns_in, completion, keep=True)
 
     def _write_behind(self, op: _Op) -> None:
         if self._closed:
@@ -1182,16 +1182,11 @@ class StateDB:
         self._queue.append(op)
         self._queued.set()
 
-    def _complete_turns_in_bulk(
-        self, conn: sqlite3.Connection, completions: list[_Completion]
-    ) -> list[None]:
-        self._complete_turns_in(conn, completions)
-        return [None] * len(completions)
-
     def _complete_turns_in(
         self, conn: sqlite3.Connection, completions: Sequence[_Completion]
-    ) -> None:
-        """Record :meth:`complete_turn` calls: a few statements for all of them."""
+    ) -> list[None]:
+        """Record :meth:`complete_turn` calls: a few statements for all of them (its value,
+        one ``None`` each, makes it usable as their ``bulk``)."""
         self._complete_claims_in(
             conn,
             [(c.claim_id, c.completed_at) for c in completions if c.claim_id is not None],
@@ -1213,6 +1208,7 @@ class StateDB:
             )
         if turns:
             self._prune_turns_in(conn, max(c.now for c in turns))
+        return [None] * len(completions)
 
     async def release_turn(
         self, handle: ClaimHandle | None, turn_id: int | None, now: float
