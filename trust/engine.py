@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -37,7 +38,13 @@ from trust.identity import (
     InvalidClientId,
     parse_platform_list,
 )
-from trust.invites import MAX_FAILURES_PER_HOUR, check_invite
+from trust.invites import (
+    CLIENT_SCOPE_PREFIX,
+    GLOBAL_FAILURES_PER_HOUR,
+    GLOBAL_SCOPE,
+    MAX_FAILURES_PER_HOUR,
+    lookup_invite,
+)
 from trust.model import (
     AgentVerdict,
     ClientState,
@@ -62,7 +69,7 @@ from trust.records import (
 from trust.rules import decide
 from trust.stats import StatsRecorder, TrustStats
 from trust.store.base import ClientStore
-from trust.store.core import ApplyContext, CounterDelta, StoreView
+from trust.store.core import ApplyContext, AttemptWindow, CounterDelta, StoreView
 
 log = logging.getLogger("trust.engine")
 
@@ -90,6 +97,10 @@ INVITE_OFF_REPLY: Final = "Invite codes are not accepted here."
 PAY_OK_REPLY: Final = "Payment verified. You are now a contact."
 PAY_BAD_REPLY: Final = "That payment was not accepted."
 PAY_OFF_REPLY: Final = "Payments are not accepted here."
+OFF_REASON: Final = "disabled by policy"
+INVITE_FAILURES_PER_CLIENT_RANGE: Final = (1, 1_000)
+INVITE_FAILURES_PER_HOUR_RANGE: Final = (1, 1_000_000)
+LIMIT_WARNING_EVERY_MS: Final = 60_000
 
 
 @attrs.frozen
@@ -175,6 +186,18 @@ class TrustConfig:
     cache_size: int = 100_000
     llm: LlmSettings | None = None
     """Used to build the trust agent (closed with the engine) when ``agent`` is None."""
+    invite_failures_per_client_hour: int = attrs.field(
+        default=MAX_FAILURES_PER_HOUR,
+        validator=lambda _, a, v: _check_range(a.name, v, INVITE_FAILURES_PER_CLIENT_RANGE),
+    )
+    """Failed ``/invite`` attempts one client may make in any hour (T50); counted in the
+    store, so every instance on it shares the window."""
+    invite_failures_per_hour: int = attrs.field(
+        default=GLOBAL_FAILURES_PER_HOUR,
+        validator=lambda _, a, v: _check_range(a.name, v, INVITE_FAILURES_PER_HOUR_RANGE),
+    )
+    """Failed ``/invite`` attempts all clients together may make in any hour; past it every
+    attempt is refused unlooked. Keep it tight when the policy has short 0.6.5 codes."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> TrustConfig:
@@ -195,8 +218,40 @@ class TrustConfig:
             "bootstrap_admins": admins,
             "llm": LlmSettings.from_env(env),
         }
+        for name, key, bounds in (
+            (
+                "RELAY_TRUST_INVITE_FAILURES_PER_CLIENT_HOUR",
+                "invite_failures_per_client_hour",
+                INVITE_FAILURES_PER_CLIENT_RANGE,
+            ),
+            (
+                "RELAY_TRUST_INVITE_FAILURES_PER_HOUR",
+                "invite_failures_per_hour",
+                INVITE_FAILURES_PER_HOUR_RANGE,
+            ),
+        ):
+            raw = env.get(name, "").strip()
+            if raw:
+                values[key] = _env_int(name, raw, bounds)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _check_range(name: str, value: object, bounds: tuple[int, int]) -> None:
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise TrustConfigError(f"{name}: {value!r} is not an integer in {lo}..{hi}")
+
+
+def _env_int(name: str, raw: str, bounds: tuple[int, int]) -> int:
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        value = None
+    lo, hi = bounds
+    if value is None or not lo <= value <= hi:
+        raise TrustConfigError(f"{name}={raw[:40]!r}: expected an integer in {lo}..{hi}")
+    return value
 
 
 def default_state_dir() -> Path:
@@ -337,6 +392,13 @@ class TrustEngine:
         self._changed: OrderedDict[str, int] = OrderedDict()  # id -> generation of last change
         self._forgotten = 0  # the newest generation evicted from _changed
         self._stats = StatsRecorder()
+        self._global_full_warned = -LIMIT_WARNING_EVERY_MS
+        # §6/T67 (and C24 as superseded): a verify operation is on iff a rule uses it and
+        # `disable:` does not list it; where it is off, every client gets the not-accepted
+        # reply and nothing is looked up or sent to a verifier.
+        enabled = policy.enabled_operations()
+        self._accepts_invites = "verify/invite" in enabled
+        self._accepts_payments = "verify/payment" in enabled
 
     # --- public -----------------------------------------------------------------------------
 
@@ -494,20 +556,21 @@ class TrustEngine:
         invite: InviteCheck | None = None
         payment: PaymentCheck | None = None
         open_to_checks = not client.is_blocked
-        if (
-            isinstance(command, InviteCommand)
-            and open_to_checks
-            and self.policy.uses_action("verify_invite")
-        ):
-            invite = await self._check_invite(client, command.code)
+        if isinstance(command, InviteCommand) and open_to_checks:
+            if not self._accepts_invites:
+                invite = InviteCheck(ok=False, reason=OFF_REASON)
+            else:
+                invite = await self._check_invite(client, command.code)
         if (
             isinstance(command, PayCommand)
             and open_to_checks
             and command.reference is not None
             and client.level is Level.STRANGER
-            and self.policy.uses_action("verify_payment")
         ):
-            payment = await self._check_payment(client, command.reference)
+            if not self._accepts_payments:
+                payment = PaymentCheck(ok=False, reason=OFF_REASON)
+            else:
+                payment = await self._check_payment(client, command.reference)
         return RequestFacts(
             command=command.kind if command else None,
             is_dm=event.source.chat_type == "dm",
@@ -517,19 +580,64 @@ class TrustEngine:
         )
 
     async def _check_invite(self, client: ClientState, code: str | None) -> InviteCheck:
-        count = self._counts[client.client_id]
-        now = self.store.clock()
-        count.roll(now)
-        if count.invite_failures_hour >= MAX_FAILURES_PER_HOUR:
+        """Look a code up only within the store's failure windows (T50, issue 12).
+
+        The attempt is counted in the client's window before the lookup, and, unless it
+        found a generated 80-bit store code, in the deployment-wide window before its result
+        is used: a full window answers ``too many attempts`` whatever the code. Both windows
+        live in the store, so every instance sharing it shares them, and a window's last
+        slot goes to one attempt only. A right code is un-counted.
+        """
+        if not code:
+            return InviteCheck(ok=False, reason="missing code")
+        cid = client.client_id
+        attempt = secrets.token_hex(12)
+        per_client = AttemptWindow(
+            CLIENT_SCOPE_PREFIX + cid, self.config.invite_failures_per_client_hour
+        )
+        if await self._window_full(attempt, per_client):
             return InviteCheck(ok=False, reason="too many attempts")
-        check = await check_invite(self.store, code)
-        if not check.ok and code:
-            policy_id = self.policy.match_policy_code(code)
-            if policy_id is not None:
-                check = InviteCheck(ok=True, invite_id=policy_id)
-        if not check.ok and code:
-            count.add(client.client_id, now, failures=1)
+        check, strong = await lookup_invite(self.store, code)
+        if not strong:
+            # Any guess at a weak code (custom store codes, 0.6.5 policy codes) lands here:
+            # a failed guess cannot be told apart by the code it aimed at.
+            everyone = AttemptWindow(GLOBAL_SCOPE, self.config.invite_failures_per_hour)
+            if await self._window_full(attempt, everyone):
+                return InviteCheck(ok=False, reason="too many attempts")
+            if not check.ok:
+                policy_id = self.policy.match_policy_code(code)
+                if policy_id is not None:
+                    check = InviteCheck(ok=True, invite_id=policy_id)
+        if check.ok:
+            try:
+                await self.store.release_invite_attempt(attempt)
+            except StoreError as exc:  # the slot stays counted: the limit errs on the safe side
+                self._stats.store_errors += 1
+                log.warning("could not un-count a successful invite attempt: %s", exc)
+        else:
+            now = self.store.clock()
+            self._counts[cid].add(cid, now, failures=1)  # statistics; the limit is the store's
         return check
+
+    async def _window_full(self, attempt: str, window: AttemptWindow) -> bool:
+        full = await self.store.reserve_invite_attempt(attempt, (window,))
+        if full is None:
+            return False
+        self._stats.invite_attempts_limited += 1
+        self._warn_window_full(full)
+        return True
+
+    def _warn_window_full(self, scope: str) -> None:
+        if scope != GLOBAL_SCOPE:
+            return
+        now = self.store.clock()
+        if now - self._global_full_warned >= LIMIT_WARNING_EVERY_MS:
+            self._global_full_warned = now
+            log.warning(
+                "invite attempts: %d failures in the last hour across all clients; every "
+                "/invite is refused until the window drains (invite_failures_per_hour)",
+                self.config.invite_failures_per_hour,
+            )
 
     async def _check_payment(self, client: ClientState, reference: str) -> PaymentCheck:
         payment = self.policy.payment
@@ -542,6 +650,7 @@ class TrustEngine:
             reference=reference,
             amount=Decimal(payment.amount),
             currency=payment.currency,
+            canonical_payer=self.config.canonicalizer.parse,
         )
 
     def _timed_decide(self, client: ClientState, facts: RequestFacts) -> Decision | ConsultAgent:
@@ -617,7 +726,7 @@ class TrustEngine:
     def _invite_reply(
         self, command: InviteCommand, client: ClientState, decision: Decision, facts: RequestFacts
     ) -> str | None:
-        if not self.policy.uses_action("verify_invite"):
+        if not self._accepts_invites:
             return INVITE_OFF_REPLY
         if command.code is None:
             return "usage: /invite CODE"
@@ -634,7 +743,7 @@ class TrustEngine:
     def _pay_reply(
         self, command: PayCommand, client: ClientState, decision: Decision, facts: RequestFacts
     ) -> str | None:
-        if not self.policy.uses_action("verify_payment"):
+        if not self._accepts_payments:
             return PAY_OFF_REPLY
         if command.usage is not None:
             return command.usage

@@ -29,6 +29,13 @@ MAX_EXPIRY_S: Final = 365 * 86_400
 DEFAULT_EXPIRY: Final = "7d"
 MAX_FAILURES_PER_HOUR: Final = 5
 """After this many failed ``/invite`` attempts in an hour a client is refused unlooked (T50)."""
+GLOBAL_FAILURES_PER_HOUR: Final = 20
+"""The default deployment-wide window: failed ``/invite`` attempts in any hour, all clients
+together, before every attempt is refused unlooked. A failed guess cannot be told apart by
+the code it aimed at, so this one window guards every code, including short 0.6.5 policy
+codes (issue 12); the default is sized for those."""
+CLIENT_SCOPE_PREFIX: Final = "client:"
+GLOBAL_SCOPE: Final = "global"
 
 
 def generate_code() -> str:
@@ -96,6 +103,7 @@ async def create_invite(
     if not 1 <= max_uses <= MAX_USES:
         raise TrustOpError("invalid_max_uses", f"max uses must be 1-{MAX_USES}")
     seconds = parse_expiry(expires_in)
+    generated = code is None
     if code is None:
         code = generate_code()
     elif len(canonical_invite_code(code)) < MIN_CUSTOM_CODE:
@@ -114,6 +122,7 @@ async def create_invite(
         max_uses=max_uses,
         uses=0,
         note=note,
+        generated=generated,
     )
     if await store.find_invite(invite.code_sha256) is not None:
         raise TrustOpError("invalid_code", "that invite code is already in use")
@@ -123,16 +132,22 @@ async def create_invite(
 
 async def check_invite(store: ClientStore, code: str | None) -> InviteCheck:
     """Classify a typed code: ok with its invite id, or unknown/revoked/expired/exhausted."""
+    return (await lookup_invite(store, code))[0]
+
+
+async def lookup_invite(store: ClientStore, code: str | None) -> tuple[InviteCheck, bool]:
+    """:func:`check_invite` and whether the code is a stored *generated* one (any status):
+    an attempt that found an 80-bit code was not a guess at a weak one."""
     if not code:
-        return InviteCheck(ok=False, reason="missing code")
+        return InviteCheck(ok=False, reason="missing code"), False
     digest = code_digest(code)
     invite = await store.find_invite(digest)
     if invite is None or not hmac.compare_digest(invite.code_sha256, digest):
-        return InviteCheck(ok=False, reason="unknown")
+        return InviteCheck(ok=False, reason="unknown"), False
     status = invite.status(store.clock())
     if status != "active":
-        return InviteCheck(ok=False, reason=status, invite_id=invite.invite_id)
-    return InviteCheck(ok=True, reason="", invite_id=invite.invite_id)
+        return InviteCheck(ok=False, reason=status, invite_id=invite.invite_id), invite.generated
+    return InviteCheck(ok=True, reason="", invite_id=invite.invite_id), invite.generated
 
 
 async def revoke_invite(
@@ -153,13 +168,17 @@ async def revoke_invite(
 
 
 __all__ = [
+    "CLIENT_SCOPE_PREFIX",
     "CROCKFORD",
+    "GLOBAL_FAILURES_PER_HOUR",
+    "GLOBAL_SCOPE",
     "MAX_FAILURES_PER_HOUR",
     "CreatedInvite",
     "check_invite",
     "code_digest",
     "create_invite",
     "generate_code",
+    "lookup_invite",
     "parse_expiry",
     "revoke_invite",
 ]

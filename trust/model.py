@@ -154,12 +154,20 @@ class InviteCheck:
 
 @attrs.frozen
 class PaymentCheck:
-    """A payment verifier's answer for a `/pay REFERENCE` (§6), amount already re-checked."""
+    """A payment verifier's answer for a `/pay REFERENCE` (§6); the engine re-checks it.
+
+    A verifier fills in, for an `ok` answer, the transfer's `tx_id`, the `amount_paid`, its
+    `currency` (ISO 4217) and the `payer` as a client id (`platform:user-id`): the engine
+    refuses a wrong currency and a payer who is not the sender (issue 12), so a reference
+    learned from someone else's transfer cannot be claimed.
+    """
 
     ok: bool
     reason: str = ""
     tx_id: str | None = None
     amount_paid: Decimal | None = None
+    currency: str | None = None
+    payer: str | None = None
 
 
 @attrs.frozen

@@ -124,6 +124,9 @@ class Invite:
     revoked_at: int | None = None
     revoked_by: str | None = None
     note: str | None = None
+    generated: bool = False
+    """An 80-bit code made by :func:`trust.invites.generate_code` (not a custom one): too
+    strong to guess, so attempts that hit it skip the deployment-wide failure window."""
 
     def status(self, now_ms: int) -> Literal["active", "revoked", "expired", "exhausted"]:
         """Why this invite can or cannot be used at ``now_ms``."""

@@ -47,6 +47,8 @@ class TrustStats(Mapping[str, object]):
     decide_ns: DecideNs
     background_errors: int = 0
     """Unexpected failures of a background job (flush, tail, prune); it runs again."""
+    invite_attempts_limited: int = 0
+    """``/invite`` attempts refused unlooked because a failure window was full."""
 
     def __getitem__(self, key: str) -> object:
         if key not in attrs.fields_dict(TrustStats):
@@ -85,6 +87,7 @@ class StatsRecorder:
     ops_refused: int = 0
     store_errors: int = 0
     background_errors: int = 0
+    invite_attempts_limited: int = 0
     decide_count: int = 0
     decide_sum: int = 0
     decide_max: int = 0
@@ -119,4 +122,5 @@ class StatsRecorder:
             store_errors=self.store_errors,
             decide_ns=DecideNs(self.decide_count, self.decide_sum, self.decide_max),
             background_errors=self.background_errors,
+            invite_attempts_limited=self.invite_attempts_limited,
         )

@@ -284,6 +284,9 @@ default: deny
 
 
 class PayVerifier:
+    """A lax verifier: every reference is a 10 EUR transfer by whoever asks (a payment
+    system that cannot tell payers apart), so only the tx_id check stops a replay (T55)."""
+
     def __init__(self) -> None:
         self.calls: list[str] = []
 
@@ -291,7 +294,37 @@ class PayVerifier:
         self, *, client_id: str, reference: str, amount: Decimal, currency: str | None
     ) -> PaymentCheck:
         self.calls.append(reference)
-        return PaymentCheck(ok=True, tx_id=f"tx-{reference}", amount_paid=Decimal("10"))
+        return PaymentCheck(
+            ok=True,
+            tx_id=f"tx-{reference}",
+            amount_paid=Decimal("10"),
+            currency="EUR",
+            payer=client_id,
+        )
+
+
+class LedgerVerifier:
+    """A verifier over a payment system's ledger: reference -> (payer, amount, currency).
+    It answers what the ledger says, whoever asks (a stand-in for a real payment API)."""
+
+    def __init__(self, ledger: dict[str, tuple[str, str, str]]) -> None:
+        self.ledger = ledger
+        self.calls: list[tuple[str, str]] = []
+
+    async def verify(
+        self, *, client_id: str, reference: str, amount: Decimal, currency: str | None
+    ) -> PaymentCheck:
+        self.calls.append((client_id, reference))
+        if reference not in self.ledger:
+            return PaymentCheck(ok=False, reason="unknown reference")
+        payer, paid, paid_in = self.ledger[reference]
+        return PaymentCheck(
+            ok=True,
+            tx_id=f"tx-{reference}",
+            amount_paid=Decimal(paid),
+            currency=paid_in,
+            payer=payer,
+        )
 
 
 async def test_T54_T55_only_pay_reaches_the_verifier_and_a_tx_onboards_one_client(

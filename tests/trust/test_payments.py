@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import attrs
 import pytest
 import trio
 
@@ -14,11 +15,17 @@ from trust.store import ApplyContext, SqlClientStore
 
 
 class Verifier:
-    """A verifier answering from a table of references (a stand-in for a payment API)."""
+    """A verifier answering from a table of references (a stand-in for a payment API).
 
-    def __init__(self, answers: dict[str, PaymentCheck], delay: float = 0.0) -> None:
+    With ``echo_payer`` it is lax: it reports whoever asks as the payer (a payment system
+    that cannot tell payers apart), so only the engine's tx_id check stops a replay."""
+
+    def __init__(
+        self, answers: dict[str, PaymentCheck], delay: float = 0.0, *, echo_payer: bool = False
+    ) -> None:
         self.answers = answers
         self.delay = delay
+        self.echo_payer = echo_payer
         self.calls: list[tuple[str, str, Decimal, str | None]] = []
 
     async def verify(
@@ -28,10 +35,11 @@ class Verifier:
         await trio.sleep(self.delay)
         if reference == "boom":
             raise RuntimeError("api down")
-        return self.answers.get(reference, PaymentCheck(ok=False, reason="unknown reference"))
+        answer = self.answers.get(reference, PaymentCheck(ok=False, reason="unknown reference"))
+        return attrs.evolve(answer, payer=client_id) if self.echo_payer else answer
 
 
-PAID = PaymentCheck(ok=True, tx_id="tx-1", amount_paid=Decimal("10"))
+PAID = PaymentCheck(ok=True, tx_id="tx-1", amount_paid=Decimal("10"), currency="EUR", payer="x:a")
 
 
 async def _check(
@@ -55,7 +63,8 @@ async def test_T56_no_verifier_fails_closed(store: SqlClientStore) -> None:
 async def test_verifier_gets_policy_amount_and_answers_are_rechecked(
     store: SqlClientStore,
 ) -> None:
-    verifier = Verifier({"good": PAID, "cheap": PaymentCheck(True, "", "tx-2", Decimal("9.99"))})
+    cheap = PaymentCheck(True, "", "tx-2", Decimal("9.99"), currency="EUR", payer="x:a")
+    verifier = Verifier({"good": PAID, "cheap": cheap})
     assert (await _check(store, verifier, "good")).ok
     assert verifier.calls == [("x:a", "good", Decimal("10"), "EUR")]
     assert (await _check(store, verifier, "cheap")).reason == "amount too low"
@@ -74,7 +83,7 @@ async def test_verifier_timeout_fails_closed(
 
 
 async def test_T55_one_tx_id_promotes_only_the_first_client(store: SqlClientStore) -> None:
-    verifier = Verifier({"good": PAID})
+    verifier = Verifier({"good": PAID}, echo_payer=True)
     first = await _check(store, verifier, "good", "x:a")
     assert first.ok
     change = StateChange("promote_to_contact", payment_tx=first.tx_id, rule_index=0)

@@ -28,7 +28,7 @@ from trust.records import (
     TrustOpError,
 )
 from trust.store import core
-from trust.store.core import ApplyContext, CounterDelta, StoreView, Tx
+from trust.store.core import ApplyContext, AttemptWindow, CounterDelta, StoreView, Tx
 from trust.store.schema import Dialect
 
 T = TypeVar("T")
@@ -142,6 +142,17 @@ class ClientStore(Protocol):
 
     async def revoke_invite(self, invite_id: str, *, actor: str, tier: AuditTier) -> AuditEntry:
         """Revoke an invite."""
+        ...
+
+    async def reserve_invite_attempt(
+        self, attempt_id: str, windows: Sequence[AttemptWindow]
+    ) -> str | None:
+        """Count an ``/invite`` attempt in every window atomically, or refuse: the scope of
+        the first full window, or None when counted (shared by every instance)."""
+        ...
+
+    async def release_invite_attempt(self, attempt_id: str) -> None:
+        """Un-count an attempt whose code was right."""
         ...
 
     async def payment_used(self, tx_id: str) -> str | None:
@@ -329,6 +340,26 @@ class SqlClientStore:
         """See :meth:`ClientStore.revoke_invite`."""
         now = self.clock()
         return await self._call(lambda tx: core.revoke_invite(tx, invite_id, actor, tier, now))
+
+    async def reserve_invite_attempt(
+        self, attempt_id: str, windows: Sequence[AttemptWindow]
+    ) -> str | None:
+        """See :meth:`ClientStore.reserve_invite_attempt`."""
+        now = self.clock()
+        return await self._call(
+            lambda tx: core.reserve_invite_attempt(tx, attempt_id, windows, now)
+        )
+
+    async def release_invite_attempt(self, attempt_id: str) -> None:
+        """See :meth:`ClientStore.release_invite_attempt`."""
+        await self._call(lambda tx: core.release_invite_attempt(tx, attempt_id))
+
+    async def invite_attempts(self, scope: str, window_ms: int = core.HOUR_MS) -> int:
+        """Attempts counted in ``scope`` within the last ``window_ms``."""
+        since = self.clock() - window_ms
+        return await self._call(
+            lambda tx: core.count_invite_attempts(tx, scope, since), write=False
+        )
 
     async def payment_used(self, tx_id: str) -> str | None:
         """See :meth:`ClientStore.payment_used`."""

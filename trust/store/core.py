@@ -8,6 +8,7 @@ to a thread.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
@@ -51,7 +52,8 @@ Row = tuple[Any, ...]
 POLICY_INVITE_PREFIX: Final = "policy:"
 """Invite ids of codes written in a (0.6.5) policy file: unlimited, nothing to consume."""
 
-_NINETY_DAYS_MS: Final = 90 * 86_400_000
+_DAY_MS: Final = 86_400_000
+_NINETY_DAYS_MS: Final = 90 * _DAY_MS
 
 
 class Tx(Protocol):
@@ -179,6 +181,7 @@ def invite_from_row(row: Row) -> Invite:
         revoked_at=_opt_int(row[7]),
         revoked_by=_opt_str(row[8]),
         note=_opt_str(row[9]),
+        generated=bool(row[10]),
     )
 
 
@@ -722,7 +725,7 @@ def last_audit_id(tx: Tx) -> int:
 def insert_invite(tx: Tx, invite: Invite, tier: AuditTier) -> AuditEntry:
     """Store a new invite and its ``invite_create`` audit row (no client)."""
     tx.run(
-        f"INSERT INTO trust_invites ({INVITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO trust_invites ({INVITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         invite.invite_id,
         invite.code_sha256,
         invite.created_by,
@@ -733,6 +736,7 @@ def insert_invite(tx: Tx, invite: Invite, tier: AuditTier) -> AuditEntry:
         invite.revoked_at,
         invite.revoked_by,
         invite.note,
+        invite.generated,
     )
     return insert_audit(
         tx,
@@ -784,6 +788,73 @@ def revoke_invite(tx: Tx, invite_id: str, actor: str, tier: AuditTier, now_ms: i
         tier=tier,
         invite_id=invite_id,
     )
+
+
+@attrs.frozen
+class AttemptWindow:
+    """One limit on failed ``/invite`` attempts: at most ``limit`` counted attempts in
+    ``scope`` (``client:<id>`` or ``global``) in any ``window_ms`` (a sliding window)."""
+
+    scope: str
+    limit: int
+    window_ms: int = HOUR_MS
+
+
+def _scope_lock_key(scope: str) -> int:
+    """The advisory lock of one attempt scope: a signed 64-bit digest of its name."""
+    digest = hashlib.sha256(b"trust_invite_attempts:" + scope.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def reserve_invite_attempt(
+    tx: Tx, attempt_id: str, windows: Sequence[AttemptWindow], now_ms: int
+) -> str | None:
+    """Count one ``/invite`` attempt in every window, or in none: the scope of the first
+    full window, or None when the attempt was counted everywhere.
+
+    Each scope is locked before it is counted (PostgreSQL: a transaction advisory lock per
+    scope, taken in one order; SQLite: the write transaction holds the database), so two
+    instances racing for a window's last slot cannot both pass.
+    """
+    ordered = sorted(windows, key=lambda w: w.scope)
+    if tx.dialect.xact_lock_sql is not None:
+        for window in ordered:
+            tx.rows(tx.dialect.xact_lock_sql, _scope_lock_key(window.scope))
+    for window in ordered:
+        row = _one(
+            tx,
+            "SELECT COUNT(*) FROM trust_invite_attempts WHERE scope = ? AND at > ?",
+            window.scope,
+            now_ms - window.window_ms,
+        )
+        if row is not None and int(row[0]) >= window.limit:
+            return window.scope
+    for window in ordered:
+        tx.run(
+            "DELETE FROM trust_invite_attempts WHERE scope = ? AND at <= ?",
+            window.scope,
+            now_ms - window.window_ms,
+        )
+        tx.run(
+            "INSERT INTO trust_invite_attempts (attempt_id, scope, at) VALUES (?, ?, ?)",
+            attempt_id,
+            window.scope,
+            now_ms,
+        )
+    return None
+
+
+def release_invite_attempt(tx: Tx, attempt_id: str) -> None:
+    """Un-count an attempt that succeeded (a right code is not a guess to limit)."""
+    tx.run("DELETE FROM trust_invite_attempts WHERE attempt_id = ?", attempt_id)
+
+
+def count_invite_attempts(tx: Tx, scope: str, since_ms: int) -> int:
+    """Attempts counted in ``scope`` after ``since_ms``."""
+    row = _one(
+        tx, "SELECT COUNT(*) FROM trust_invite_attempts WHERE scope = ? AND at > ?", scope, since_ms
+    )
+    return int(row[0]) if row else 0
 
 
 def payment_used(tx: Tx, tx_id: str) -> str | None:
@@ -884,8 +955,10 @@ def add_counts(tx: Tx, deltas: Iterable[CounterDelta]) -> None:
 
 
 def prune(tx: Tx, now_ms: int) -> int:
-    """Drop expired cache rows and counters of strangers unseen for 90 days."""
+    """Drop expired cache rows, invite attempts older than a day (no window is longer) and
+    counters of strangers unseen for 90 days."""
     dropped = tx.run("DELETE FROM trust_decision_cache WHERE expires_at <= ?", now_ms)
+    dropped += tx.run("DELETE FROM trust_invite_attempts WHERE at <= ?", now_ms - _DAY_MS)
     dropped += tx.run(
         "DELETE FROM trust_counters WHERE last_seen < ? AND client_id NOT IN"
         " (SELECT client_id FROM trust_clients WHERE level <> 'stranger' OR blocked OR is_admin)",

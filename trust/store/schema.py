@@ -2,7 +2,8 @@
 
 Migrations are forward-only: ``MIGRATIONS[n]`` takes the schema from version ``n`` to
 ``n + 1`` and the version is kept in ``trust_meta``. Column types are written as
-placeholders (``{INT}``, ``{BOOL}``, ``{BLOB}``, ``{SERIAL}``) that each dialect fills in.
+placeholders (``{INT}``, ``{BOOL}``, ``{BLOB}``, ``{SERIAL}``, ``{FALSE}``) that each
+dialect fills in.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ SQLITE: Final = Dialect(
         "BLOB": "BLOB",
         "SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT",
         "TEXT": "TEXT",
+        "FALSE": "0",
     },
     lock_suffix="",
     paramstyle_pyformat=False,
@@ -56,6 +58,7 @@ POSTGRES: Final = Dialect(
         "BLOB": "BYTEA",
         "SERIAL": "BIGSERIAL PRIMARY KEY",
         "TEXT": "TEXT",
+        "FALSE": "FALSE",
     },
     lock_suffix=" FOR UPDATE",
     paramstyle_pyformat=True,
@@ -155,7 +158,22 @@ _V1: Final[tuple[str, ...]] = (
     )""",
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1,)
+_V2: Final[tuple[str, ...]] = (
+    # Failed-invite windows shared by every instance on the store (issue 12): one row per
+    # counted attempt and scope (``client:<id>`` or ``global``), kept for the window only.
+    # No guessed code is stored, not even as a digest.
+    """CREATE TABLE trust_invite_attempts (
+        attempt_id {TEXT} NOT NULL,
+        scope {TEXT} NOT NULL,
+        at {INT} NOT NULL,
+        PRIMARY KEY (attempt_id, scope)
+    )""",
+    "CREATE INDEX trust_invite_attempts_scope ON trust_invite_attempts (scope, at)",
+    # Invites made before this version count as custom: the window guards them too.
+    "ALTER TABLE trust_invites ADD COLUMN generated {BOOL} NOT NULL DEFAULT {FALSE}",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
 """``MIGRATIONS[n]`` upgrades schema version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -170,7 +188,7 @@ AUDIT_COLUMNS: Final = (
 )
 INVITE_COLUMNS: Final = (
     "invite_id, code_sha256, created_by, created_at, expires_at, max_uses, uses, revoked_at,"
-    " revoked_by, note"
+    " revoked_by, note, generated"
 )
 COUNTER_COLUMNS: Final = (
     "client_id, first_seen, last_seen, requests, day, requests_today, hour, requests_hour,"
