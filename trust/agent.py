@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -109,6 +110,18 @@ class ConsultInput(Protocol):
 
 
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
+TIMEOUT_RANGE_S = (0.1, 3600.0)
+
+
+def _timeout(name: str, raw: str) -> float:
+    lo, hi = TIMEOUT_RANGE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not lo <= value <= hi:  # NaN and infinities fail too
+        raise TrustConfigError(f"{name}={raw[:40]!r}: expected seconds between {lo:g} and {hi:g}")
+    return value
 
 
 @attrs.frozen
@@ -154,7 +167,7 @@ class LlmSettings:
             base_url=base_url,
             model=get("MODEL") or "default",
             api_key=get("API_KEY") or None,
-            timeout_s=float(timeout) if timeout else 10.0,
+            timeout_s=_timeout(f"{prefix}TIMEOUT", timeout) if timeout else 10.0,
         )
 
 

@@ -13,6 +13,7 @@ holds here within that interval, T20), and a prune every 10 minutes.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -201,9 +202,11 @@ class TrustConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> TrustConfig:
-        """Settings from ``RELAY_TRUST``, ``RELAY_STATE_DIR``, ``RELAY_TRUST_DSN``,
-        ``RELAY_TRUST_BOOTSTRAP_ADMINS`` and ``RELAY_TRUST_CASEFOLD_PLATFORMS``."""
+        """Settings from ``RELAY_TRUST``, ``RELAY_STATE_DIR`` and the ``RELAY_TRUST_*``
+        variables of :data:`TRUST_ENV`; an unknown ``RELAY_TRUST_*`` name (a typo) or a
+        value out of range is a one-line :class:`TrustConfigError`."""
         env = os.environ if env is None else env
+        _check_names(env)
         canonicalizer = Canonicalizer(
             casefold_platforms=parse_platform_list(env.get("RELAY_TRUST_CASEFOLD_PLATFORMS"))
         )
@@ -235,6 +238,30 @@ class TrustConfig:
                 values[key] = _env_int(name, raw, bounds)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+TRUST_ENV: Final = frozenset(
+    {
+        "RELAY_TRUST_DSN",
+        "RELAY_TRUST_BOOTSTRAP_ADMINS",
+        "RELAY_TRUST_CASEFOLD_PLATFORMS",
+        "RELAY_TRUST_INVITE_FAILURES_PER_CLIENT_HOUR",
+        "RELAY_TRUST_INVITE_FAILURES_PER_HOUR",
+        "RELAY_TRUST_LLM_BASE_URL",
+        "RELAY_TRUST_LLM_MODEL",
+        "RELAY_TRUST_LLM_API_KEY",
+        "RELAY_TRUST_LLM_TIMEOUT",
+    }
+)
+"""Every ``RELAY_TRUST_*`` variable the trust engine reads (besides ``RELAY_TRUST``)."""
+
+
+def _check_names(env: Mapping[str, str]) -> None:
+    for name in sorted(env):
+        if name.startswith("RELAY_TRUST_") and name not in TRUST_ENV:
+            close = difflib.get_close_matches(name, sorted(TRUST_ENV), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise TrustConfigError(f"unknown trust setting {name}{hint}")
 
 
 def _check_range(name: str, value: object, bounds: tuple[int, int]) -> None:

@@ -189,3 +189,13 @@ def test_T26_unreadable_list_file_changes_nothing(
     (co / "blocklist.txt").mkdir()
     assert main(["import-co", str(co), "--state-dir", str(state)]) == 1
     assert get(state, f"co:0x{'a' * 64}").stored is False
+
+
+def test_a_mistyped_trust_variable_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_TRUST_INVITE_FAILURES_PER_HOUR", "0")
+    assert run(tmp_path, "list") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "RELAY_TRUST_INVITE_FAILURES_PER_HOUR='0': expected an integer in 1..1000000" in err

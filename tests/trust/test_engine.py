@@ -357,6 +357,38 @@ async def test_T56_no_verifier_denies_pay(db: SqlClientStore) -> None:
     assert out.reply == "That payment was not accepted."
 
 
+async def test_issue12_a_learned_transfer_reference_cannot_be_claimed_first(
+    db: SqlClientStore,
+) -> None:
+    """discord:11 learned discord:10's reference and sends it first: the verifier reports
+    discord:10 as the payer, so discord:11 is refused and the transfer stays discord:10's."""
+    verifier = LedgerVerifier(
+        {"REF-10": ("discord:10", "10", "EUR"), "REF-USD": ("discord:12", "10", "USD")}
+    )
+    async with engine_for(db, Policy.from_text(PAY_POLICY), verifier=verifier) as engine:
+        out = await engine.evaluate(msg("/pay REF-10", uid="11"))
+        assert (out.decision.allow, out.decision.reason, out.reply) == (
+            False,
+            "payment rejected: payer is not the sender",
+            "That payment was not accepted.",
+        )
+        out = await engine.evaluate(msg("/pay REF-10", uid="10"))
+        assert (out.decision.allow, out.reply) == (True, "Payment verified. You are now a contact.")
+        out = await engine.evaluate(msg("/pay REF-USD", uid="12"))
+        assert (out.decision.allow, out.decision.reason) == (
+            False,
+            "payment rejected: wrong currency",
+        )
+    assert verifier.calls == [
+        ("discord:11", "REF-10"),
+        ("discord:10", "REF-10"),
+        ("discord:12", "REF-USD"),
+    ]
+    assert (await db.get("discord:11")).level is Level.STRANGER
+    assert (await db.get("discord:12")).level is Level.STRANGER
+    assert await db.payment_used("tx-REF-10") == "discord:10"
+
+
 async def test_T61_cached_verdict_reused_without_call_then_dropped_on_state_change(
     db: SqlClientStore,
 ) -> None:
@@ -505,6 +537,77 @@ async def test_T67_not_C24_invite_without_verify_rule_gets_the_spec_6_not_accept
         out = await engine.evaluate(msg("/invite ABCD-EFGH-JKMN-PQRS", uid="70"))
         assert (out.decision.allow, out.reply) == (False, "Invite codes are not accepted here.")
         assert out.reply != "disabled: verify/invite"
+
+
+NO_INVITES_BY_DISABLE = """---
+name: noinv
+fast_rules:
+  - {if: is_admin, action: allow}
+  - {if: has_invite_code, action: verify_invite, on_success: promote_to_contact}
+disable: [verify/invite]
+default: deny
+---
+"""
+
+INVITE_OFF = "Invite codes are not accepted here."
+PAY_OFF = "Payments are not accepted here."
+
+
+async def _client_in_state(store: SqlClientStore, cid: str, state: str) -> None:
+    if state in ("contact", "whitelist", "blocked"):
+        await fn.promote_to_contact(store, cid, actor=OP, tier="operator")
+    if state == "whitelist":
+        await fn.promote_to_whitelist(store, cid, actor=OP, tier="operator")
+    if state == "admin":
+        await fn.set_admin(store, cid, by_admin=OP, tier="operator")
+    if state == "blocked":
+        await fn.block(store, cid, "spam", actor=OP, tier="operator")
+
+
+@pytest.mark.parametrize("state", ["stranger", "contact", "whitelist", "admin", "blocked"])
+async def test_T67_not_C24_not_accepted_replies_for_every_client_state(
+    db: SqlClientStore, state: str
+) -> None:
+    """Spec §6/T67 and checklist C24 disagreed (C24: `disabled: verify/invite` and
+    `No payment needed…`); issue 12 settles it for §6/T67: where the policy accepts no
+    invites or no payments, `/invite` and `/pay` get the not-accepted reply whatever the
+    sender's state (blocked senders still get nothing, T53), and nothing is looked up."""
+    invite = await create_invite(db, by=OP)
+    verifier = PayVerifier()
+    cases = [
+        ("strict", f"/invite {invite.code}", INVITE_OFF),
+        ("strict", "/invite", INVITE_OFF),
+        ("strict", "/pay REF-1", PAY_OFF),
+        ("strict", "/pay", PAY_OFF),
+        ("careful", "/pay REF-1", PAY_OFF),
+        (Policy.from_text(PAY_POLICY), f"/invite {invite.code}", INVITE_OFF),
+        (Policy.from_text(NO_INVITES_BY_DISABLE), f"/invite {invite.code}", INVITE_OFF),
+    ]
+    cid = f"discord:{len(state)}"
+    await _client_in_state(db, cid, state)
+    for policy, text, reply in cases:
+        async with engine_for(db, policy, verifier=verifier) as engine:
+            out = await engine.evaluate(msg(text, uid=cid.split(":")[1]))
+        expected = None if state == "blocked" else reply
+        assert (out.reply, out.run_agent) == (expected, False), (policy, text)
+        assert out.reply not in ("disabled: verify/invite", "disabled: verify/payment")
+        assert not (out.reply or "").startswith("No payment needed")
+    assert verifier.calls == []
+    (stored,) = await db.list_invites()
+    assert stored.uses == 0
+    assert await db.invite_attempts("global") == 0
+    level_before = {"contact": "contact", "whitelist": "whitelist", "blocked": "contact"}
+    assert (await db.get(cid)).level is Level(level_before.get(state, "stranger"))
+
+
+async def test_no_payment_needed_only_where_payments_are_accepted(db: SqlClientStore) -> None:
+    await fn.promote_to_contact(db, "discord:13", actor=OP, tier="operator")
+    async with engine_for(db, Policy.from_text(PAY_POLICY), verifier=PayVerifier()) as engine:
+        out = await engine.evaluate(msg("/pay REF-9", uid="13"))
+        assert out.reply == "No payment needed: you are already a contact."
+    async with engine_for(db, "careful", verifier=PayVerifier()) as engine:
+        out = await engine.evaluate(msg("/pay REF-9", uid="13"))
+        assert out.reply == PAY_OFF
 
 
 async def test_T67_disable_binds_admins_not_operator(db: SqlClientStore) -> None:

@@ -289,3 +289,31 @@ async def test_a_version_1_store_migrates_keeping_its_invites(
         }
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"RELAY_TRUST_INVITE_FAILURES_PER_HOURS": "5"},
+            "unknown trust setting RELAY_TRUST_INVITE_FAILURES_PER_HOURS; "
+            "did you mean RELAY_TRUST_INVITE_FAILURES_PER_HOUR?",
+        ),
+        (
+            {"RELAY_TRUST_LLM_BASE_URL": "http://127.0.0.1:9", "RELAY_TRUST_LLM_TIMEOUT": "1e-300"},
+            "RELAY_TRUST_LLM_TIMEOUT='1e-300': expected seconds between 0.1 and 3600",
+        ),
+        (
+            {"RELAY_TRUST_LLM_BASE_URL": "http://127.0.0.1:9", "RELAY_TRUST_LLM_TIMEOUT": "nan"},
+            "RELAY_TRUST_LLM_TIMEOUT='nan': expected seconds between 0.1 and 3600",
+        ),
+        (
+            {"RELAY_TRUST_LLM_BASE_URL": "http://127.0.0.1:9", "RELAY_TRUST_LLM_TIMEOUT": "soon"},
+            "RELAY_TRUST_LLM_TIMEOUT='soon': expected seconds between 0.1 and 3600",
+        ),
+    ],
+)
+def test_a_mistyped_trust_variable_is_one_line_naming_it(env: dict[str, str], message: str) -> None:
+    with pytest.raises(TrustConfigError) as info:
+        TrustConfig.from_env(env)
+    assert str(info.value) == message

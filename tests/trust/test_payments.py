@@ -99,3 +99,58 @@ async def test_T55_one_tx_id_promotes_only_the_first_client(store: SqlClientStor
             [change], "rule:p", "rule", ApplyContext("x:b", policy="p", payment_amount="10")
         )
     assert (await store.get("x:b")).stored is False
+
+
+async def test_issue12_a_learned_reference_cannot_be_claimed_by_another_client(
+    store: SqlClientStore,
+) -> None:
+    """x:b learned x:a's transfer reference and races to claim it: the verifier reports
+    who paid, and the engine refuses a payer who is not the claimant."""
+    verifier = Verifier({"good": PAID})
+    stolen = await _check(store, verifier, "good", "x:b")
+    assert (stolen.ok, stolen.reason) == (False, "payer is not the sender")
+    own = await _check(store, verifier, "good", "x:a")
+    assert (own.ok, own.payer, own.currency) == (True, "x:a", "EUR")
+
+
+async def test_payer_is_canonicalised_and_may_be_an_alias_of_the_sender(
+    store: SqlClientStore,
+) -> None:
+    answers = {
+        "spelled": attrs.evolve(PAID, tx_id="tx-s", payer=" X: a"),
+        "alias": attrs.evolve(PAID, tx_id="tx-al", payer="y:a-alt"),
+        "garbage": attrs.evolve(PAID, tx_id="tx-g", payer="nobody"),
+        "other": attrs.evolve(PAID, tx_id="tx-o", payer="x:ab"),
+    }
+    verifier = Verifier(answers)
+    assert (await _check(store, verifier, "spelled")).payer == "x:a"
+    assert (await _check(store, verifier, "alias")).reason == "payer is not the sender"
+    await store.bind_alias("y:a-alt", "x:a")
+    assert (await _check(store, verifier, "alias")).ok
+    assert (await _check(store, verifier, "garbage")).reason == "payer is not the sender"
+    assert (await _check(store, verifier, "other")).reason == "payer is not the sender"
+
+
+async def test_issue12_wrong_currency_is_refused(store: SqlClientStore) -> None:
+    answers = {
+        "usd": attrs.evolve(PAID, tx_id="tx-u", currency="USD"),
+        "lower": attrs.evolve(PAID, tx_id="tx-l", currency=" eur "),
+    }
+    verifier = Verifier(answers)
+    # 10 USD is not 10 EUR, whatever the amount says.
+    assert (await _check(store, verifier, "usd")).reason == "wrong currency"
+    assert (await _check(store, verifier, "lower")).currency == "EUR"
+    # A policy without a currency takes the one the verifier reports.
+    free = await check_payment(
+        store, verifier, client_id="x:a", reference="usd", amount=Decimal("10"), currency=None
+    )
+    assert (free.ok, free.currency) == (True, "USD")
+
+
+@pytest.mark.parametrize("field", ["tx_id", "amount_paid", "currency", "payer"])
+async def test_an_ok_answer_without_amount_currency_or_payer_is_a_verifier_error(
+    store: SqlClientStore, field: str
+) -> None:
+    verifier = Verifier({"good": attrs.evolve(PAID, **{field: None})})
+    result = await _check(store, verifier, "good")
+    assert (result.ok, result.reason) == (False, "payment verifier error")
