@@ -22,13 +22,16 @@ import attrs
 from protocol.backoff import Uniform, ladder_delay
 
 __all__ = [
+    "CLOCK_SKEW_MESSAGE",
     "NO_CREDENTIALS_MESSAGE",
+    "REFUSED_DISABLED_MESSAGE",
     "TRANSITIONS",
     "Action",
     "CancelTimer",
     "CloseSocket",
     "ConnectionMachine",
     "ConnectionStateError",
+    "CredentialsRefused",
     "DescriptorReceived",
     "DialFailed",
     "DialSucceeded",
@@ -61,8 +64,13 @@ DISABLED_MESSAGE = (
     "re-provision or re-enroll to re-enable"
 )
 CLOCK_SKEW_MESSAGE = (
-    "relay: connector rejected a freshly minted token as expired twice in a row; "
-    "check the clock on this host"
+    "relay: connector rejected a freshly minted token as expired again within the token "
+    "lifetime; check this host's clock (skew) or the connector; re-dialing on the backoff "
+    "ladder instead of at once"
+)
+REFUSED_DISABLED_MESSAGE = (
+    "relay disabled: the connector refuses these credentials (401/4401 on every dial, never "
+    "a handshake) and --exit-on-refused is set"
 )
 UNAUTHORIZED = 4401
 TRANSPORT_CLOSED = "relay transport closed"
@@ -94,6 +102,8 @@ class Timer(enum.Enum):
     IDLE_ACK = "idle_ack"
     STABILITY = "stability"
     BACKOFF = "backoff"
+    #: a token lifetime after a 4401 ``expired``: another one within it is suspect.
+    EXPIRED_WINDOW = "expired_window"
 
 
 class IdleMode(enum.Enum):
@@ -114,6 +124,10 @@ class Timing:
     stable_after_s: float = 60.0
     dormant_interval_s: float = 1.0
     idle_drain_s: float = 5.0
+    #: lifetime of a freshly minted upgrade token (RC §5); bounds the ``expired`` window.
+    token_ttl_s: float = 300.0
+    #: handshake-less refusals (HTTP 401 / close 4401) in a row before they are reported.
+    refused_report_after: int = 3
 
 
 # ---- events -------------------------------------------------------------------------------
@@ -255,6 +269,20 @@ class IdleResolved:
 
 
 @attrs.frozen
+class CredentialsRefused:
+    """The connector has refused every dial's credentials ``refusals`` times in a row, with
+    no handshake since the process started or since the last handshake.
+
+    Reported after :attr:`Timing.refused_report_after` refusals, then after twice as many
+    each time (a back-off on the report). ``exiting``: this report disables the machine
+    (``exit_on_refused``).
+    """
+
+    refusals: int
+    exiting: bool = False
+
+
+@attrs.frozen
 class Log:
     """Emit a log record; ``level`` is a lower-case level name."""
 
@@ -272,6 +300,7 @@ Action = (
     | FailPending
     | HandshakeCompleted
     | IdleResolved
+    | CredentialsRefused
     | Log
 )
 
@@ -287,6 +316,8 @@ class ConnectionMachine:
         has_credentials: both a gatewayId and a secret are configured (RC §5).
         timing: durations; RC defaults when omitted.
         uniform: ``uniform(low, high)`` used for the full-jitter ladder.
+        exit_on_refused: go DISABLED at the first :class:`CredentialsRefused` report
+            instead of retrying for ever.
     """
 
     def __init__(
@@ -295,8 +326,10 @@ class ConnectionMachine:
         has_credentials: bool,
         uniform: Uniform,
         timing: Timing | None = None,
+        exit_on_refused: bool = False,
     ) -> None:
         self.has_credentials = has_credentials
+        self.exit_on_refused = exit_on_refused
         self.timing = timing if timing is not None else Timing()
         self._uniform = uniform
         self.state = State.INIT
@@ -315,6 +348,13 @@ class ConnectionMachine:
         self.idle_mode: IdleMode | None = None
         #: the delay chosen for the last ladder wait (for stats and logs).
         self.last_delay: float | None = None
+        #: an ``expired`` 4401 arrived less than a token lifetime ago.
+        self.recent_expired = False
+        #: handshake-less refusals (401/4401) since the start or the last handshake.
+        self.refusals = 0
+        self._report_refusals_at = self.timing.refused_report_after
+        #: why the machine went DISABLED (the message ``RelayDisabled`` carries).
+        self.disabled_reason: str | None = None
 
     @property
     def live(self) -> bool:
@@ -328,6 +368,9 @@ class ConnectionMachine:
 
     def handle(self, event: Event) -> list[Action]:
         """Apply ``event``; return the actions the driver must carry out, in order."""
+        if isinstance(event, TimerExpired) and event.timer is Timer.EXPIRED_WINDOW:
+            self.recent_expired = False
+            return []
         handler = TRANSITIONS.get((self.state, type(event)))
         if handler is None:
             if isinstance(event, Start):
@@ -376,10 +419,11 @@ class ConnectionMachine:
         self.expired_retry = False
         return self._redial()
 
-    def _disable(self) -> list[Action]:
+    def _disable(self, message: str = DISABLED_MESSAGE) -> list[Action]:
         self.state = State.DISABLED
+        self.disabled_reason = message
         return [
-            Log("error", DISABLED_MESSAGE),
+            Log("error", message),
             FailPending(RELAY_DISABLED, retryable=False),
             *(CancelTimer(timer) for timer in Timer),
             IdleResolved(acked=False),
@@ -392,20 +436,36 @@ class ConnectionMachine:
             return [Log("error", NO_CREDENTIALS_MESSAGE), *self._failed()]
         if reason == "expired":
             self._count_failure()
-            if self.expired_retry:
-                # Two in a row: the clock is suspect. Wait on the ladder; the dial after that
-                # is not an expired re-dial any more, so a third `expired` re-dials at once.
+            window = StartTimer(Timer.EXPIRED_WINDOW, self.timing.token_ttl_s)
+            if self.expired_retry or self.recent_expired:
+                # A token minted for this dial, or one minted less than a token lifetime after
+                # the last `expired`, cannot have aged out: the clock (or the connector) is
+                # suspect. Wait on the ladder while it lasts, instead of re-dialing in a loop.
                 self.expired_retry = False
-                return [Log("warning", CLOCK_SKEW_MESSAGE), *self._redial()]
+                return [Log("warning", CLOCK_SKEW_MESSAGE), window, *self._redial()]
             self.expired_retry = True
-            return self._redial(immediate=True)
+            self.recent_expired = True
+            return [window, *self._redial(immediate=True)]
         if not self.handshake_seen:
-            return self._failed()
+            return self._refused()
         if not self.fresh_token_retry:
             self._count_failure()
             self.fresh_token_retry = True
             return self._redial(immediate=True)
         return self._disable()
+
+    def _refused(self) -> list[Action]:
+        """A refusal with no handshake yet: ladder, reporting a streak with back-off."""
+        self.refusals += 1
+        if self.refusals < self._report_refusals_at:
+            return self._failed()
+        self._report_refusals_at *= 2
+        if self.exit_on_refused:
+            return [
+                CredentialsRefused(self.refusals, exiting=True),
+                *self._disable(REFUSED_DISABLED_MESSAGE),
+            ]
+        return [CredentialsRefused(self.refusals), *self._failed()]
 
     def _close_socket_gone(self, event: SocketClosed, pending_error: list[Action]) -> list[Action]:
         if event.code == UNAUTHORIZED:
@@ -452,6 +512,8 @@ class ConnectionMachine:
         self.state = State.READY
         self.handshake_seen = True
         self.expired_retry = False
+        self.refusals = 0
+        self._report_refusals_at = self.timing.refused_report_after
         self.dormant = False
         return [
             CancelTimer(Timer.HANDSHAKE),

@@ -374,6 +374,7 @@ _VARS: Final[tuple[_Var, ...]] = (
     _relay("backoff_base_s", _seconds),
     _relay("backoff_cap_s", _seconds),
     _relay("stable_after_s", _seconds),
+    _relay("exit_on_refused", _bool),
     _relay("max_concurrent_turns", _int(1)),
     _relay("max_pending_inbound", _int(1)),
     _relay("outbox_max", _int(0)),
@@ -460,6 +461,7 @@ class GatewayConfig:
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 30.0
     stable_after_s: float = 60.0
+    exit_on_refused: bool = False
     max_concurrent_turns: int = 16
     max_pending_inbound: int = 1000
     outbox_max: int = 1000

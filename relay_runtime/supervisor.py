@@ -184,7 +184,10 @@ class Supervisor:
                 backoff_base_s=config.backoff_base_s,
                 backoff_cap_s=config.backoff_cap_s,
                 stable_after_s=config.stable_after_s,
+                token_ttl_s=float(getattr(config, "token_ttl_s", 300) or 300),
             ),
+            # Optional on RelayConfig: a plain config without the key retries for ever.
+            exit_on_refused=bool(getattr(config, "exit_on_refused", False)),
         )
         self.outbound = OutboundRouter(
             identities=self.identities,
@@ -343,7 +346,7 @@ class Supervisor:
                 await self._connection_done.wait()
             nursery.cancel_scope.cancel()
         if self.machine.state is sm.State.DISABLED:
-            raise RelayDisabled()
+            raise RelayDisabled(self.machine.disabled_reason or sm.DISABLED_MESSAGE)
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -404,8 +407,29 @@ class Supervisor:
             if self._idle_waiter is not None and self._idle_done is not None:
                 self._idle_waiter.append(action.acked)
                 self._idle_done.set()
+        elif isinstance(action, sm.CredentialsRefused):
+            self._refused(action)
         elif isinstance(action, sm.Log):
             log.log(logging.getLevelName(action.level.upper()), "%s", action.message)
+
+    def _refused(self, action: sm.CredentialsRefused) -> None:
+        gateway_id = self.config.gateway_id or "?"
+        then = (
+            "exiting (--exit-on-refused)"
+            if action.exiting
+            else f"still retrying; reported again after {2 * action.refusals} refusals"
+        )
+        log.error(
+            "relay: the connector refuses these credentials: %d dials in a row refused "
+            "(HTTP 401 / close 4401) without a handshake for gateway id %s; check that %s "
+            "is enrolled (relay-runtime enroll) or provisioned (relay-runtime provision) "
+            "with this connector and that GATEWAY_RELAY_SECRET is its current secret; %s",
+            action.refusals,
+            gateway_id,
+            gateway_id,
+            then,
+            extra={"event": "credentials_refused", "refusals": action.refusals},
+        )
 
     def _send_hellos(self) -> None:
         socket = self._socket

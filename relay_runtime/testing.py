@@ -155,6 +155,8 @@ class Harness:
     _prefix: str = attrs.field(factory=lambda: f"h{secrets.token_hex(4)}")
     #: ``"memory"`` or ``"loopback"``: how gateway and connector are connected.
     transport: str = "loopback"
+    #: who the harness's own trust changes (levels, admins, invites) are recorded as.
+    operator: str = OPERATOR
 
     async def say(
         self,
@@ -219,15 +221,15 @@ class Harness:
             raise ValueError(f"level {level!r}: expected contact or whitelist")
         steps = ("contact", "whitelist") if level == "whitelist" else ("contact",)
         for step in steps:
-            await _unless_done(self._ops().promote(user, step, OPERATOR, tier="operator"))
+            await _unless_done(self._ops().promote(user, step, self.operator, tier="operator"))
 
     async def make_admin(self, user: str) -> None:
         """Give ``user`` the admin role as the operator (no-op if already an admin)."""
-        await _unless_done(self._ops().set_admin(user, OPERATOR, tier="operator"))
+        await _unless_done(self._ops().set_admin(user, self.operator, tier="operator"))
 
     async def create_invite(self, *, max_uses: int = 1) -> str:
         """A new invite code (what ``/invite CODE`` accepts under ``careful``)."""
-        created = await self._ops().create_invite(OPERATOR, max_uses=max_uses, tier="operator")
+        created = await self._ops().create_invite(self.operator, max_uses=max_uses, tier="operator")
         return str(created.code)
 
     def _ops(self) -> Any:
@@ -268,6 +270,7 @@ async def open_harness(
     admins: Iterable[str] = (),
     connector_options: Mapping[str, Any] | None = None,
     transport: Transport = "auto",
+    operator: str = OPERATOR,
     **config: Any,
 ) -> AsyncIterator[Harness]:
     """Run ``agent`` behind a real gateway and reference connector for an ``async with``.
@@ -284,6 +287,7 @@ async def open_harness(
         transport: ``memory`` (memory streams; deterministic under ``autojump_clock``),
             ``loopback`` (TCP on 127.0.0.1; real clock only) or ``auto`` (``memory`` when
             the run's clock is a ``MockClock``, else ``loopback``).
+        operator: the actor the harness's own trust changes are audited as.
         config: further :class:`GatewayConfig` fields (e.g. ``max_concurrent_turns=1``).
     """
     clock = trio.lowlevel.current_clock()
@@ -296,7 +300,7 @@ async def open_harness(
         if transport == "memory" and mock is not None and mock.autojump_threshold < math.inf:
             guard_nursery.start_soon(autojump_around_threads, mock)
         async with _open(
-            agent, trust, state_dir, users, admins, connector_options, transport, config
+            agent, trust, state_dir, users, admins, connector_options, transport, config, operator
         ) as harness:
             yield harness
         guard_nursery.cancel_scope.cancel()
@@ -312,6 +316,7 @@ async def _open(
     connector_options: Mapping[str, Any] | None,
     transport: str,
     config: Mapping[str, Any],
+    operator: str = OPERATOR,
 ) -> AsyncIterator[Harness]:
     with contextlib.ExitStack() as stack:
         if state_dir is None:
@@ -364,7 +369,13 @@ async def _open(
                         _run, gateway_config, agent, recording, dialer
                     )
                     harness = Harness(
-                        connector, gateway, engine, root, recording, transport=transport
+                        connector,
+                        gateway,
+                        engine,
+                        root,
+                        recording,
+                        transport=transport,
+                        operator=operator,
                     )
                     for user in admins:
                         await harness.make_admin(user)

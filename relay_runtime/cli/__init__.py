@@ -6,7 +6,8 @@ its parser and sets ``func`` (``argparse.Namespace -> int`` exit status). The gl
 :mod:`relay_runtime.logs` for every command.
 
 Exit status (architecture §4): 0 clean (including a SIGINT/SIGTERM drain), 1 anything else,
-2 bad configuration or usage, 3 relay disabled by the connector.
+2 bad configuration or usage, 3 relay disabled by the connector, 130 Ctrl-C in a command
+that does not drain. Every error is one ``relay-runtime: error: <message>`` line.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Final
 
+from relay_runtime import stop_signals
 from relay_runtime.config import ConfigError
 from relay_runtime.errors import RelayDisabled
 from relay_runtime.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
@@ -24,12 +27,16 @@ from relay_runtime.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 __all__ = [
     "EXIT_DISABLED",
     "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
     "UsageError",
     "build_parser",
     "exit_status_for",
     "main",
+    "missing_extra",
+    "print_error",
+    "print_warning",
 ]
 
 # Modules that provide subcommands, in the order ``--help`` lists them, with the commands
@@ -49,6 +56,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_DISABLED = 3
+#: Interrupted by Ctrl-C in a command that does not drain (128 + SIGINT, as shells do).
+EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("relay_runtime.cli")
 
@@ -64,7 +73,9 @@ examples:
       run your own agent (any async def agent(turn) -> str | None)
   relay-runtime --log-format json --log-level debug run --relay-url ws://127.0.0.1:8080
 
-exit status: 0 clean shutdown, 1 failure, 2 bad configuration or usage, 3 relay disabled
+exit status: 0 clean shutdown (also after SIGINT/SIGTERM), 1 failure, 2 bad configuration
+or usage, 3 relay disabled (credentials revoked, or refused with --exit-on-refused),
+130 interrupted (Ctrl-C) in a command other than run and demo
 """
 
 
@@ -101,14 +112,45 @@ def exit_status_for(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
+#: Optional dependencies by top-level module: (what needs it, the extra that installs it).
+OPTIONAL_EXTRAS: Final = {"psycopg": ("PostgreSQL support", "postgres")}
+
+
+def missing_extra(exc: BaseException) -> str | None:
+    """The line for a missing optional dependency, naming the extra to install."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    known = OPTIONAL_EXTRAS.get(exc.name.partition(".")[0])
+    if known is None:
+        return None
+    what, extra = known
+    return f"{what} needs the {extra} extra: pip install 'relay-runtime[{extra}]'"
+
+
 def _describe(exc: BaseException) -> str:
-    leaves = _leaves(exc)
+    leaves = [leaf for leaf in _leaves(exc) if not _is_cancelled(leaf)] or _leaves(exc)
     kinds: tuple[type[BaseException], ...] = (RelayDisabled, *_usage_errors())
     for kind in kinds:
         for leaf in leaves:
             if isinstance(leaf, kind):
                 return str(leaf)
-    return "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
+    for leaf in leaves:
+        if (line := missing_extra(leaf)) is not None:
+            return line
+    described = "; ".join(_one_line(leaf) for leaf in leaves)
+    return f"{described} (--log-level debug shows where)"
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename!r}" if exc.filename is not None else ""
+        return f"{exc.strerror}{where}"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_cancelled(exc: BaseException) -> bool:
+    return type(exc).__name__ == "Cancelled" and type(exc).__module__.startswith("trio")
 
 
 def _modules_for(command: str | None) -> list[str]:
@@ -188,11 +230,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; returns the exit status."""
+    """Parse ``argv`` and run the chosen subcommand; returns the exit status.
+
+    Whatever a command raises ends as one ``relay-runtime: error: <message>`` line on
+    stderr (the traceback is logged at DEBUG), never a traceback: exception groups are
+    unwrapped, a missing optional dependency names the extra that provides it, Ctrl-C
+    exits 130.
+    """
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_chosen_command(words))
     args = parser.parse_args(words)
     func = getattr(args, "func", None)
+    if not getattr(args, "handles_signals", False):
+        stop_signals.restore_defaults()  # only run and demo take SIGINT/SIGTERM over
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -200,12 +250,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, level)
     try:
         status: int = func(args)
-    except KeyboardInterrupt:
-        return EXIT_FAILURE
-    except Exception as exc:
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(exc)):
+            return EXIT_INTERRUPTED
         status = exit_status_for(exc)
         if status == EXIT_FAILURE:
-            log.error("relay-runtime %s failed", args.command, exc_info=exc)
-        else:
-            print(f"relay-runtime: error: {_describe(exc)}", file=sys.stderr)
+            log.debug("relay-runtime %s failed", args.command, exc_info=exc)
+        print_error(_describe(exc))
     return status
+
+
+def print_error(message: str) -> None:
+    """The one line every command prints for an error: ``relay-runtime: error: <message>``."""
+    print(f"relay-runtime: error: {message}", file=sys.stderr)
+
+
+def print_warning(message: str) -> None:
+    """``relay-runtime: warning: <message>`` on stderr."""
+    print(f"relay-runtime: warning: {message}", file=sys.stderr)

@@ -13,14 +13,19 @@ connector while the gateway is away, the re-dial and the drain.
 ``--script FILE`` reads the lines from a file instead of the console and prints a
 deterministic transcript (the port, the state directory and the invite code are shown as
 placeholders; write ``$INVITE`` in a script to type the code).
+
+Ctrl-C (SIGINT) or SIGTERM quits at once, mid-line or mid-step, with exit status 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import os
+import signal
 import sys
+import tempfile
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Final
@@ -28,6 +33,7 @@ from typing import Final
 import attrs
 import trio
 
+from relay_runtime import stop_signals
 from relay_runtime.agents import echo
 from relay_runtime.cli import UsageError
 from relay_runtime.connector import Delivery
@@ -87,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_USER,
         help=f"the user you start as (default {DEFAULT_USER})",
     )
-    parser.set_defaults(func=demo_command, default_log_level="warning")
+    parser.set_defaults(func=demo_command, default_log_level="warning", handles_signals=True)
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -103,9 +109,11 @@ def demo_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--as: {exc}") from None
     demo = Demo(user=user, scripted=lines is not None, out=_stdout)
+    if stop_signals.received() is not None:  # Ctrl-C while the demo was starting
+        return 0
     try:
-        trio.run(demo.run, lines, args.state_dir)
-    except KeyboardInterrupt:
+        trio.run(demo.run_until_interrupted, lines, args.state_dir)
+    except KeyboardInterrupt:  # without the launcher's signal handling (in-process use)
         _stdout("bye")
     except BaseExceptionGroup as group:
         if group.subgroup(BrokenPipeError) is None or group.split(BrokenPipeError)[1]:
@@ -140,9 +148,38 @@ class Demo:
     out: Callable[[str], None]
     invite_code: str = ""
     harness: Harness | None = None
+    #: the scope of the input loop, once everything has started (Ctrl-C cancels it).
+    _session: trio.CancelScope | None = None
+
+    async def run_until_interrupted(self, lines: list[str] | None, state_dir: str | None) -> None:
+        """:meth:`run`, ended at once (and quietly) by SIGINT/SIGTERM: Ctrl-C quits."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            if stop_signals.received() is not None:
+                return
+            async with trio.open_nursery() as nursery:
+
+                async def quit_on_signal() -> None:
+                    async for _ in signals:
+                        if self._session is None:  # still starting: stop everything
+                            nursery.cancel_scope.cancel()
+                        else:  # end the session; the gateway then shuts down as on /quit
+                            if not self.scripted:
+                                sys.stdout.write("\n")  # end the prompt's line
+                            self._session.cancel()
+                        return
+
+                nursery.start_soon(quit_on_signal)
+                await self.run(lines, state_dir)
+                nursery.cancel_scope.cancel()
 
     async def run(self, lines: list[str] | None, state_dir: str | None) -> None:
         """Start everything, then feed the script's or the console's lines."""
+        with contextlib.ExitStack() as stack:
+            if state_dir is None:
+                state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-demo-"))
+            await self._run(lines, state_dir)
+
+    async def _run(self, lines: list[str] | None, state_dir: str) -> None:
         async with open_harness(
             echo,
             trust="careful",
@@ -151,29 +188,30 @@ class Demo:
             users={u: "whitelist" for u, role in DEMO_USERS.items() if role == "whitelisted"},
             wake_url=_WAKE_URL,
             wake_confirmed=True,
+            operator=_operator(),
         ) as harness:
             self.harness = harness
             self.invite_code = await harness.create_invite()
             self._banner(harness)
             source = _script_lines(lines) if lines is not None else self._console_lines()
-            async with contextlib.aclosing(source):
-                async for line in source:
-                    if not await self.handle(line):
-                        break
+            with trio.CancelScope() as self._session:
+                async with contextlib.aclosing(source):
+                    async for line in source:
+                        if not await self.handle(line):
+                            break
             self.out("bye")
 
     # ------------------------------------------------------------------ input
 
     async def _console_lines(self) -> AsyncGenerator[str, None]:
-        # stdin is read in a worker thread, so the trio loop (and the gateway) keeps running.
-        stdin = trio.wrap_file(sys.stdin)
+        stdin = _StdinLines(sys.stdin.fileno())
         while True:
             self._prompt()
             line = await stdin.readline()
-            if not line:  # end of input: finish the prompt's line
+            if line is None:  # end of input: finish the prompt's line
                 sys.stdout.write("\n")
                 return
-            yield line.rstrip("\n")
+            yield line
 
     def _prompt(self) -> None:
         sys.stdout.write(f"{self.user}> ")
@@ -226,7 +264,10 @@ class Demo:
         except TrustOpError:  # invalid for its platform: the sender is anonymous
             return "anonymous"
         record = await engine.store.get(client_id)
-        return f"{record.effective_level}, admin" if record.is_admin else record.effective_level
+        if record.is_admin:  # the banner's word; an admin's stored level does not matter
+            return "admin"
+        level: str = record.effective_level
+        return "whitelisted" if level == "whitelist" else level
 
     async def _say(self, text: str) -> None:
         typed = text.replace(INVITE_PLACEHOLDER, self.invite_code)
@@ -316,6 +357,38 @@ class Demo:
     def _harness(self) -> Harness:
         assert self.harness is not None, "the demo is not running"
         return self.harness
+
+
+def _operator() -> str:
+    """``local:<OS user>``: the demo's own trust changes are audited as the trust CLI's are."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "local:demo"
+
+
+class _StdinLines:
+    """Lines of a file descriptor, read so that a cancel (Ctrl-C) interrupts the wait.
+
+    ``os.read`` runs in a worker thread that a cancel abandons; unlike a buffered
+    ``sys.stdin.readline`` it holds no lock that could stall the interpreter's exit.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = b""
+        self._eof = False
+
+    async def readline(self) -> str | None:
+        """The next line without its newline; ``None`` at the end of input."""
+        while b"\n" not in self._buffer and not self._eof:
+            chunk = await trio.to_thread.run_sync(os.read, self._fd, 65536, abandon_on_cancel=True)
+            self._buffer += chunk
+            self._eof = not chunk
+        if not self._buffer:
+            return None
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", errors="replace").rstrip("\r")
 
 
 async def _script_lines(lines: list[str]) -> AsyncGenerator[str, None]:

@@ -20,12 +20,14 @@ import importlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final
 
 import attrs
 import trio
 
+from protocol.connection import Timing
+from relay_runtime import stop_signals
 from relay_runtime.cli import UsageError
 from relay_runtime.config import GatewayConfig
 from relay_runtime.dispatcher import Agent, TrustEvaluator
@@ -49,6 +51,27 @@ DEFAULT_AGENT: Final = "relay_runtime.agents:echo"
 #: Bound on the ``going_idle`` drain after a signal; the process exits within 10 s.
 DRAIN_TIMEOUT_S: Final = 8.0
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+REFUSED_REPORT_AFTER: Final = Timing().refused_report_after
+_RUN_DESCRIPTION: Final = f"""\
+Run a gateway: dial the connector, pass each inbound message through the trust policy,
+run the agent, send its replies. It runs until stopped.
+
+what happens when:
+  SIGINT/SIGTERM (Ctrl-C)   drain through going_idle (at most {DRAIN_TIMEOUT_S:.0f} s), exit 0;
+                            a second signal stops at once, also exit 0; a signal during
+                            start-up stops before anything is dialed, exit 0
+  bad configuration         one line naming the option, variable or file; exit 2
+  connector unreachable     retried on the backoff ladder (1 s doubling to 30 s), for ever
+  credentials refused       (HTTP 401 or close 4401 on every dial, never a handshake: a
+                            wrong secret, an unknown or unprovisioned gateway id) an ERROR
+                            after {REFUSED_REPORT_AFTER} refusals in a row naming the gateway id
+                            and what to check, repeated after 2x as many each time; retried
+                            for ever, or exit 3 with --exit-on-refused
+  credentials revoked       (refused again after this process had a handshake, and once more
+                            with a freshly minted token) exit 3
+
+exit status: 0 stopped by a signal, 1 failure, 2 bad configuration, 3 relay disabled
+"""
 _OPENAI_AGENTS: Final = frozenset(
     {"relay_runtime.agents:openai_chat", "relay_runtime.agents.openai_chat:openai_chat"}
 )
@@ -59,11 +82,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "run",
         help="run a gateway against a relay connector",
-        description=(
-            "Run a gateway: dial the connector, pass each inbound message through the trust "
-            "policy, run the agent, send its replies. SIGINT/SIGTERM drain through "
-            "going_idle and exit 0; a revoked credential exits 3; bad configuration exits 2."
-        ),
+        description=_RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--relay-url",
@@ -81,13 +101,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="open|careful|strict|PATH",
         help="trust policy: a preset or a policy file (env RELAY_TRUST; default careful)",
     )
-    parser.add_argument("--config", metavar="FILE", help="YAML config file (gateway.relay_* keys)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML config file (gateway.relay_* keys, see docs)"
+    )
     parser.add_argument(
         "--state-dir",
         metavar="DIR",
         help="state directory (env RELAY_STATE_DIR; default $XDG_STATE_HOME/relay-runtime)",
     )
-    parser.set_defaults(func=run_command)
+    parser.add_argument(
+        "--exit-on-refused",
+        action="store_true",
+        default=None,
+        help="exit 3 instead of retrying when the connector refuses these credentials "
+        f"{REFUSED_REPORT_AFTER} dials in a row with no handshake "
+        "(env GATEWAY_RELAY_EXIT_ON_REFUSED, key gateway.relay_exit_on_refused)",
+    )
+    parser.set_defaults(func=run_command, handles_signals=True)
 
 
 # --------------------------------------------------------------------------- the agent
@@ -180,30 +210,42 @@ class _Shutdown:
 
 
 async def _watch_signals(signals: AsyncIterator[int], shutdown: _Shutdown) -> None:
-    """First signal: drain through ``going_idle`` (bounded), then cancel. Second: cancel."""
+    """First signal: drain through ``going_idle`` (bounded), then cancel. Second: cancel.
+
+    Signals after the second are swallowed by the receiver until the process has exited,
+    so no number of them kills it with -15.
+    """
     async for signum in signals:
-        name = signal.Signals(signum).name
-        if shutdown.gateway is None:
-            log.info("%s received before the gateway was ready; stopping", name)
-            shutdown.scope.cancel()
-            return
-        log.info("%s received; draining through going_idle", name, extra={"signal": name})
-        with trio.move_on_after(shutdown.drain_timeout_s) as drain:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_on_next, signals, drain)
-                acked = await shutdown.gateway.go_idle()
-                nursery.cancel_scope.cancel()
-        if drain.cancelled_caught:
-            log.warning("drain did not finish in time; stopping anyway")
-        else:
-            log.info("drained", extra={"going_idle_acked": acked})
-        shutdown.scope.cancel()
+        await _stop(signal.Signals(signum).name, signals, shutdown)
         return
 
 
-async def _cancel_on_next(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+async def _stop(name: str, signals: AsyncIterator[int], shutdown: _Shutdown) -> None:
+    if shutdown.gateway is None:
+        log.info("%s received before the gateway was ready; stopping", name)
+        shutdown.scope.cancel()
+        return
+    log.info("%s received; draining through going_idle", name, extra={"signal": name})
+    cut_by: list[str] = []
+    with trio.move_on_after(shutdown.drain_timeout_s) as drain:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_next, signals, drain, cut_by)
+            acked = await shutdown.gateway.go_idle()
+            nursery.cancel_scope.cancel()
+    if cut_by:
+        log.warning("drain cut short by a second %s; stopping now", cut_by[0])
+    elif drain.cancelled_caught:
+        log.warning("drain did not finish within %.0f s; stopping anyway", shutdown.drain_timeout_s)
+    else:
+        log.info("drained", extra={"going_idle_acked": acked})
+    shutdown.scope.cancel()
+
+
+async def _cancel_on_next(
+    signals: AsyncIterator[int], scope: trio.CancelScope, cut_by: list[str]
+) -> None:
     async for signum in signals:
-        log.warning("%s received again; stopping now", signal.Signals(signum).name)
+        cut_by.append(signal.Signals(signum).name)
         scope.cancel()
         return
 
@@ -219,32 +261,90 @@ async def serve_until_signalled(
     """Run ``run_gateway`` in a root nursery with a SIGINT/SIGTERM drain (must be main thread).
 
     Returns after a signal-initiated drain or when the gateway stops by itself; raises what
-    ``run_gateway`` raises (``ConfigError``, ``RelayDisabled``). ``freeze_heap``: call
-    :func:`settle_heap` once ready (the CLI does; it owns the process).
+    ``run_gateway`` raises (``ConfigError``, ``RelayDisabled``), as itself rather than in an
+    exception group. ``freeze_heap``: call :func:`settle_heap` once ready (the CLI does; it
+    owns the process).
     """
+
+    @contextlib.asynccontextmanager
+    async def given() -> AsyncIterator[TrustEvaluator | None]:
+        yield trust
+
+    await _serve(config, agent, given, drain_timeout_s=drain_timeout_s, freeze_heap=freeze_heap)
+
+
+async def _serve(
+    config: GatewayConfig,
+    agent: Agent,
+    trust: Callable[[], contextlib.AbstractAsyncContextManager[TrustEvaluator | None]],
+    *,
+    drain_timeout_s: float,
+    freeze_heap: bool,
+) -> None:
+    """Take the signals over first, then open ``trust()`` and run the gateway under them."""
     with trio.open_signal_receiver(*_SIGNALS) as signals:
-        async with trio.open_nursery() as nursery:
-            shutdown = _Shutdown(nursery.cancel_scope, drain_timeout_s)
-            nursery.start_soon(_watch_signals, signals, shutdown)
+        early = stop_signals.received()
+        if early is not None:  # recorded by the launcher while the process was starting
+            log.info("%s received during start-up; stopping", early.name)
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                shutdown = _Shutdown(nursery.cancel_scope, drain_timeout_s)
+                nursery.start_soon(_watch_signals, signals, shutdown)
+                async with trust() as evaluator:
+                    await _run_until_stopped(
+                        config, agent, evaluator, nursery, shutdown, freeze_heap=freeze_heap
+                    )
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise unwrap(group) from None
 
-            async def gateway_task(*, task_status: trio.TaskStatus[Gateway]) -> None:
-                try:
-                    await run_gateway(config, agent, trust=trust, task_status=task_status)
-                finally:
-                    nursery.cancel_scope.cancel()
 
-            gateway: Gateway = await nursery.start(gateway_task)
-            shutdown.gateway = gateway
-            frozen = settle_heap() if freeze_heap else 0
-            log.info(
-                "gateway ready",
-                extra={
-                    "event": "ready",
-                    "state": gateway.state,
-                    "platforms": ",".join(gateway.descriptors),
-                    "heap_frozen": frozen,
-                },
-            )
+async def _run_until_stopped(
+    config: GatewayConfig,
+    agent: Agent,
+    evaluator: TrustEvaluator | None,
+    nursery: trio.Nursery,
+    shutdown: _Shutdown,
+    *,
+    freeze_heap: bool = True,
+) -> None:
+    async def gateway_task(*, task_status: trio.TaskStatus[Gateway]) -> None:
+        try:
+            await run_gateway(config, agent, trust=evaluator, task_status=task_status)
+        finally:
+            nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as inner:
+        gateway: Gateway = await inner.start(gateway_task)
+        shutdown.gateway = gateway
+        log.info(
+            "gateway ready",
+            extra={
+                "event": "ready",
+                "state": gateway.state,
+                "gateway_id": config.gateway_id or "",
+                "platforms": ",".join(gateway.descriptors),
+            },
+        )
+        if freeze_heap:
+            log.debug("start-up heap frozen", extra={"heap_frozen": settle_heap()})
+
+
+def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception a group carries besides cancellations, else the group itself."""
+    _, rest = group.split(trio.Cancelled)
+    if rest is None:
+        return group
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [rest]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 def settle_heap() -> int:
@@ -276,8 +376,13 @@ def _register_config_secrets(config: GatewayConfig) -> None:
 
 
 async def _main(config: GatewayConfig, agent: Agent) -> None:
-    async with open_trust(config) as trust:
-        await serve_until_signalled(config, agent, trust=trust, freeze_heap=True)
+    await _serve(
+        config,
+        agent,
+        lambda: open_trust(config),
+        drain_timeout_s=DRAIN_TIMEOUT_S,
+        freeze_heap=True,
+    )
 
 
 def _check_policy(config: GatewayConfig, given: str | None, config_file: str | None) -> None:
@@ -303,7 +408,12 @@ def _check_policy(config: GatewayConfig, given: str | None, config_file: str | N
 def run_command(args: argparse.Namespace) -> int:
     """``run``: validate everything, then serve until a signal; returns the exit status."""
     config = GatewayConfig.load(
-        args={"relay_url": args.relay_url, "state_dir": args.state_dir, "trust": args.trust},
+        args={
+            "relay_url": args.relay_url,
+            "state_dir": args.state_dir,
+            "trust": args.trust,
+            "exit_on_refused": args.exit_on_refused,
+        },
         config_path=args.config,
     )
     _register_config_secrets(config)
@@ -327,6 +437,9 @@ def run_command(args: argparse.Namespace) -> int:
             "state_dir": os.fspath(config.state_dir),
         },
     )
+    if (early := stop_signals.received()) is not None:
+        log.info("%s received during start-up; stopping", early.name)
+        return 0
     trio.run(_main, config, agent)
     log.info("gateway stopped", extra={"event": "stopped"})
     return 0

@@ -8,11 +8,14 @@ import pytest
 
 from protocol.backoff import ladder_bound, ladder_delay
 from protocol.connection import (
+    CLOCK_SKEW_MESSAGE,
     NO_CREDENTIALS_MESSAGE,
+    REFUSED_DISABLED_MESSAGE,
     CancelTimer,
     CloseSocket,
     ConnectionMachine,
     ConnectionStateError,
+    CredentialsRefused,
     DescriptorReceived,
     DialFailed,
     DialSucceeded,
@@ -365,51 +368,142 @@ def test_R51_4401_before_any_handshake_ladders() -> None:
     assert not m.handshake_seen
 
 
+WINDOW = StartTimer(Timer.EXPIRED_WINDOW, 300.0)
+
+
 def test_R52_expired_redials_at_once_then_ladder_with_skew_warning() -> None:
     m = machine()
     ready(m)
     assert m.handle(SocketClosed(4401, " Expired ")) == [
         CancelTimer(Timer.STABILITY),
         FailPending("relay transport closed", retryable=True),
+        WINDOW,
         OpenSocket(),
     ]
     assert m.state is State.DIALING
     m.handle(DialSucceeded())
     actions = m.handle(SocketClosed(4401, "expired"))
     assert m.state is State.BACKOFF
-    assert any(isinstance(a, Log) and a.level == "warning" for a in actions)
-    # It never disables, however often it repeats; a dial made after the ladder wait is not
-    # an expired re-dial, so the next `expired` re-dials at once and the one after that waits.
+    assert Log("warning", CLOCK_SKEW_MESSAGE) in actions
+    # It never disables, however often it repeats; while `expired` keeps coming less than a
+    # token lifetime apart, every re-dial waits on the ladder (issue 11: no 2-4 ms loop).
     for _ in range(3):
         m.handle(TimerExpired(Timer.BACKOFF))
         m.handle(DialSucceeded())
-        assert m.handle(SocketClosed(4401, "expired"))[-1] == OpenSocket()
-        m.handle(DialSucceeded())
-        m.handle(SocketClosed(4401, "expired"))
+        actions = m.handle(SocketClosed(4401, "expired"))
         assert m.state is State.BACKOFF
+        assert Log("warning", CLOCK_SKEW_MESSAGE) in actions and WINDOW in actions
 
 
-def test_R52_expired_mark_does_not_survive_a_failed_dial() -> None:
+def test_R52_expired_after_a_failed_redial_still_waits_within_the_window() -> None:
     m = machine()
     ready(m)
-    m.handle(SocketClosed(4401, "expired"))  # immediate re-dial, marked
+    m.handle(SocketClosed(4401, "expired"))  # immediate re-dial
     m.handle(DialFailed("connection refused"))  # that re-dial fails on the network
-    assert m.state is State.BACKOFF
     m.handle(TimerExpired(Timer.BACKOFF))
     m.handle(DialSucceeded())
     actions = m.handle(SocketClosed(4401, "expired"))
-    # The previous dial was a ladder dial, not the expired re-dial: no skew warning, at once.
-    assert not any(isinstance(a, Log) for a in actions)
-    assert actions[-1] == OpenSocket()
+    assert Log("warning", CLOCK_SKEW_MESSAGE) in actions
+    assert m.state is State.BACKOFF
 
 
-def test_R52_expired_mark_clears_after_a_successful_handshake() -> None:
+def test_R52_second_expired_after_a_handshake_within_the_token_lifetime_uses_the_ladder() -> None:
+    # A connector that closes 4401 `expired` right after every handshake: re-dialed every
+    # 2-4 ms for ever before (issue 11); now the ladder, climbing, with a WARNING.
+    m = machine()
+    ready(m)
+    assert m.handle(SocketClosed(4401, "expired"))[-1] == OpenSocket()
+    delays = []
+    for _ in range(4):
+        if m.state is State.BACKOFF:
+            m.handle(TimerExpired(Timer.BACKOFF))
+        m.handle(DialSucceeded())
+        m.handle(DescriptorReceived(valid=True))
+        assert m.state is State.READY
+        actions = m.handle(SocketClosed(4401, "expired"))
+        assert m.state is State.BACKOFF
+        assert Log("warning", CLOCK_SKEW_MESSAGE) in actions
+        delays.append(backoff_delay(actions))
+    assert delays == sorted(delays) and delays[-1] > delays[0]
+
+
+def test_R52_expired_window_ends_after_the_token_lifetime() -> None:
     m = machine()
     ready(m)
     m.handle(SocketClosed(4401, "expired"))
     m.handle(DialSucceeded())
     m.handle(DescriptorReceived(valid=True))
-    assert m.handle(SocketClosed(4401, "expired"))[-1] == OpenSocket()
+    assert m.handle(TimerExpired(Timer.EXPIRED_WINDOW)) == []
+    assert m.state is State.READY
+    # A token lifetime later an `expired` is plausible again: at once, no warning.
+    actions = m.handle(SocketClosed(4401, "expired"))
+    assert actions[-1] == OpenSocket()
+    assert not any(isinstance(a, Log) for a in actions)
+
+
+def refuse(m: ConnectionMachine, how: str) -> list[object]:
+    """One handshake-less refusal: HTTP 401 at upgrade, or accept-then-close 4401."""
+    if m.state is State.BACKOFF:
+        m.handle(TimerExpired(Timer.BACKOFF))
+    elif m.state is State.INIT:
+        m.handle(Start())
+    if how == "http":
+        return list(m.handle(DialFailed("upgrade rejected with HTTP 401", http_status=401)))
+    m.handle(DialSucceeded())
+    return list(m.handle(SocketClosed(4401, "unauthorized")))
+
+
+@pytest.mark.parametrize("how", ["http", "close"])
+def test_refused_credentials_are_reported_after_a_streak_then_with_back_off(how: str) -> None:
+    m = machine()
+    reported = []
+    for n in range(1, 25):
+        actions = refuse(m, how)
+        assert m.state is State.BACKOFF  # never disabled by default
+        reported += [(n, a) for a in actions if isinstance(a, CredentialsRefused)]
+    assert reported == [
+        (3, CredentialsRefused(3)),
+        (6, CredentialsRefused(6)),
+        (12, CredentialsRefused(12)),
+        (24, CredentialsRefused(24)),
+    ]
+
+
+def test_a_handshake_ends_the_refusal_streak() -> None:
+    m = machine()
+    actions = refuse(m, "http") + refuse(m, "close")
+    assert not [a for a in actions if isinstance(a, CredentialsRefused | Log)]
+    ready(m)
+    assert m.refusals == 0
+
+
+def test_exit_on_refused_disables_at_the_first_report() -> None:
+    m = ConnectionMachine(has_credentials=True, uniform=top, exit_on_refused=True)
+    refuse(m, "http")
+    refuse(m, "http")
+    assert m.state is State.BACKOFF
+    actions = refuse(m, "close")
+    assert actions[0] == CredentialsRefused(3, exiting=True)
+    assert m.state is State.DISABLED
+    assert m.disabled_reason == REFUSED_DISABLED_MESSAGE
+    assert Log("error", REFUSED_DISABLED_MESSAGE) in actions
+    assert FailPending("relay disabled", retryable=False) in actions
+
+
+def test_expired_and_network_failures_are_not_refusals() -> None:
+    m = machine()
+    m.handle(Start())
+    for _ in range(6):
+        m.handle(DialFailed("connection refused"))
+        m.handle(TimerExpired(Timer.BACKOFF))
+        m.handle(DialSucceeded())
+        m.handle(SocketClosed(4401, "expired"))
+        if m.state is State.BACKOFF:
+            m.handle(TimerExpired(Timer.BACKOFF))
+        else:
+            m.handle(DialFailed("connection refused"))
+            m.handle(TimerExpired(Timer.BACKOFF))
+    assert m.refusals == 0
 
 
 def test_R53_4401_after_handshake_redials_once_with_fresh_token() -> None:
