@@ -705,7 +705,14 @@ def _read_config_file(path: Path) -> Mapping[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        raise ConfigError(os.fspath(path), f"the config file is not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        what = f": {problem}" if problem else ""
+        context = getattr(exc, "context", None)
+        if problem and context:
+            what += f" ({context})"
+        raise ConfigError(
+            os.fspath(path), f"the config file is not valid YAML{where}{what}"
+        ) from None
     if data is None:
         return MappingProxyType({})
     if not isinstance(data, dict):

@@ -260,20 +260,30 @@ async def _flush_on_ready(supervisor: Supervisor, replies: Replies) -> None:
         replies.poke()
 
 
-def _disabled_in(group: BaseExceptionGroup[BaseException]) -> RelayDisabled | None:
-    """The RelayDisabled a nursery raised, if that (plus cancellations) is all it raised."""
-    matched, rest = group.split(RelayDisabled)
+def _plain_error_in(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+    """The RelayDisabled or ConfigError a nursery raised, if that (plus cancellations) is
+    all it raised."""
+    matched, rest = group.split((RelayDisabled, ConfigError))
     if matched is None:
         return None
     if rest is not None:
         _, other = rest.split(trio.Cancelled)
         if other is not None:
             return None
-    leaf: BaseException = matched
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    assert isinstance(leaf, RelayDisabled)
-    return leaf
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [matched]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    disabled = [leaf for leaf in leaves if isinstance(leaf, RelayDisabled)]
+    if disabled:
+        return disabled[0]
+    if len(leaves) == 1 and isinstance(leaves[0], ConfigError):
+        return leaves[0]
+    return None
 
 
 async def run_gateway(
@@ -288,7 +298,8 @@ async def run_gateway(
 
     Calls ``task_status.started(gateway)`` once the first descriptor has arrived. Raises
     :class:`ConfigError` for a bad configuration before any dial, and
-    :class:`RelayDisabled` when the connector revoked the credential (terminal 4401).
+    :class:`RelayDisabled` when the connector revoked the credential (terminal 4401), each
+    as itself, never inside an exception group.
     A failing dial is retried on the backoff ladder; it never raises. ``trust=None`` opens
     the trust engine for ``config.trust`` (``careful`` unless configured) for the gateway's
     lifetime.
@@ -302,10 +313,10 @@ async def run_gateway(
         await _run(config, agent, trust, dialer, task_status)
     except BaseExceptionGroup as group:
         # Nurseries on the way (ours, the trust engine's) wrap it; callers get it plainly.
-        disabled = _disabled_in(group)
-        if disabled is None:
+        plain = _plain_error_in(group)
+        if plain is None:
             raise
-        raise disabled from None
+        raise plain from None
 
 
 async def _run(

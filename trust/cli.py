@@ -2,12 +2,14 @@
 
 The CLI acts as the local operator ``local:<OS user>`` (tier ``operator``), which no
 policy's ``disable`` list binds. Exit status: 0 done, 1 refused (``TrustOpError``) or the
-store failed, 2 usage or policy error. ``--json`` prints machine-readable results.
+store failed, 2 usage or policy error (an invalid client id included). ``--json`` prints
+machine-readable results. Errors are one ``relay-runtime: error: <message>`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import json
 import sys
@@ -58,7 +60,23 @@ def _out(args: argparse.Namespace, text: str, data: object) -> None:
 
 
 def _err(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"relay-runtime: error: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"relay-runtime: warning: {message}", file=sys.stderr)
+
+
+def iso_utc(epoch_ms: int | None) -> str:
+    """An epoch-milliseconds time as ISO 8601 UTC (``2026-12-13T21:40:00Z``); ``never``."""
+    if epoch_ms is None:
+        return "never"
+    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.UTC)
+    return moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: Refusals that are a usage error (exit 2) rather than a refused operation (exit 1).
+_USAGE_CODES: Final = frozenset({"invalid_client_id"})
 
 
 def _config(args: argparse.Namespace) -> TrustConfig:
@@ -95,7 +113,7 @@ def _with_store(
             if args.json:
                 print(json.dumps({"error": exc.code, "message": exc.message}))
             _err(exc.message)
-            return EXIT_REFUSED
+            return EXIT_USAGE if exc.code in _USAGE_CODES else EXIT_REFUSED
         except StoreError as exc:
             _err(str(exc))
             return EXIT_REFUSED
@@ -177,7 +195,7 @@ async def _invite(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
             code=args.code,
         )
         inv = created.invite
-        expiry = "never" if inv.expires_at is None else f"at {inv.expires_at} ms"
+        expiry = "never" if inv.expires_at is None else f"at {iso_utc(inv.expires_at)}"
         text = (
             f"invite {created.invite_id}: {created.code}\n"
             f"max uses {inv.max_uses}, expires {expiry}. The code is shown only this once."
@@ -190,6 +208,7 @@ async def _invite(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
                 "code": created.code,
                 "max_uses": inv.max_uses,
                 "expires_at": inv.expires_at,
+                "expires": iso_utc(inv.expires_at),
             },
         )
     elif args.invite_op == "list":
@@ -197,7 +216,7 @@ async def _invite(args: argparse.Namespace, ops: TrustOps, actor: str) -> None:
         now = ops.store.clock()
         lines = [
             f"{i.invite_id} {i.status(now)} uses {i.uses}/{i.max_uses} "
-            f"expires {'never' if i.expires_at is None else i.expires_at} "
+            f"expires {iso_utc(i.expires_at)} "
             f"by {i.created_by}{f' ({i.note})' if i.note else ''}"
             for i in invites
         ]
@@ -254,13 +273,13 @@ def _policy_check(args: argparse.Namespace) -> int:
         policy = Policy.from_file(args.file)
     except PolicyError as exc:
         for item in exc.items:
-            print(f"error: {item}", file=sys.stderr)
+            _err(str(item))
         return EXIT_USAGE
     except OSError as exc:
         _err(f"{args.file}: {exc.strerror or exc}")
         return EXIT_USAGE
     for warning in policy.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        _warn(str(warning))
     print(f"ok: policy {policy.name!r} (sha256 {policy.digest})")
     if policy.format == FORMAT_065 and policy.native_frontmatter:
         print("connectonion 0.6.5 policy; native translation:")
@@ -304,75 +323,131 @@ def _policy_copy(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 
+_DESCRIPTION: Final = """\
+Inspect and change the trust store as the local operator (local:<OS user>), whom no
+policy's disable list binds. The store is the gateway's: <state dir>/relay.db, or
+PostgreSQL with --dsn / RELAY_TRUST_DSN.
+
+exit status: 0 done, 1 refused or the store failed, 2 usage or policy error
+"""
+_ID_HELP: Final = "client id, PLATFORM:USER_ID (e.g. telegram:12345, discord:80351110224678912)"
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``trust`` command and its subcommands to ``subparsers``."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", help="state directory (default $RELAY_STATE_DIR)")
-    common.add_argument("--dsn", help="PostgreSQL DSN (default $RELAY_TRUST_DSN)")
-    common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument(
+        "--state-dir", metavar="DIR", help="state directory holding relay.db (env RELAY_STATE_DIR)"
+    )
+    common.add_argument(
+        "--dsn",
+        metavar="DSN",
+        help="PostgreSQL DSN instead of relay.db (env RELAY_TRUST_DSN; needs the postgres extra)",
+    )
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "trust", help="inspect and change trust state", description=__doc__
+        "trust",
+        help="inspect and change trust state",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="trust_command", metavar="SUBCOMMAND", required=True)
 
     def add(name: str, help_text: str, body: Any = None) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, parents=[common])
+        p: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text[:1].upper() + help_text[1:] + ".",
+            parents=[common],
+        )
         if body is not None:
             p.set_defaults(func=_with_store(body))
         return p
 
     p = add("list", "list stored clients", _list)
-    p.add_argument("--level", choices=("stranger", "contact", "whitelist"))
-    p.add_argument("--admins", action="store_true")
-    p.add_argument("--blocked", action="store_true")
-    add("show", "show one client", _show).add_argument("id")
+    p.add_argument(
+        "--level", choices=("stranger", "contact", "whitelist"), help="only clients at this level"
+    )
+    p.add_argument("--admins", action="store_true", help="only admins")
+    p.add_argument("--blocked", action="store_true", help="only blocked clients")
+    add("show", "show one client's level, role and block", _show).add_argument("id", help=_ID_HELP)
     for name, body, levels in (
         ("promote", _promote, ("contact", "whitelist")),
         ("demote", _demote, ("contact", "stranger")),
     ):
-        p = add(name, f"{name} a client one level", body)
-        p.add_argument("id")
-        p.add_argument("--to", required=True, choices=levels)
-        p.add_argument("--reason")
-    p = add("block", "block a client", _block)
-    p.add_argument("id")
-    p.add_argument("--reason", required=True)
-    add("unblock", "unblock a client", _unblock).add_argument("id")
+        p = add(name, f"{name} a client one level (to {' or '.join(levels)})", body)
+        p.add_argument("id", help=_ID_HELP)
+        p.add_argument("--to", required=True, choices=levels, help="the new level, one step away")
+        p.add_argument("--reason", help="why, for the audit log")
+    p = add("block", "block a client (nothing it sends reaches the agent)", _block)
+    p.add_argument("id", help=_ID_HELP)
+    p.add_argument("--reason", required=True, help="why, for the audit log")
+    add("unblock", "unblock a client", _unblock).add_argument("id", help=_ID_HELP)
     p = add("admin", "grant or remove the admin role", _admin)
-    p.add_argument("admin_op", choices=("set", "remove"))
-    p.add_argument("id")
-    p = add("invite", "create, list or revoke invites", _invite)
-    isub = p.add_subparsers(dest="invite_op", required=True)
-    c = isub.add_parser("create", parents=[common])
-    c.add_argument("--max-uses", type=int, default=1)
-    c.add_argument("--expires", default="7d", help="DURATION (90s, 12h, 7d) or never")
-    c.add_argument("--note")
+    p.add_argument("admin_op", choices=("set", "remove"), help="set: grant; remove: take away")
+    p.add_argument("id", help=_ID_HELP)
+    p = add("invite", "create, list or revoke invite codes", _invite)
+    isub = p.add_subparsers(dest="invite_op", metavar="ACTION", required=True)
+    c = isub.add_parser(
+        "create",
+        parents=[common],
+        help="create an invite code (shown once)",
+        description="Create an invite code; a stranger who sends /invite CODE becomes a contact.",
+    )
+    c.add_argument("--max-uses", type=int, default=1, help="how many may use it (default 1)")
+    c.add_argument(
+        "--expires", default="7d", help="lifetime: DURATION (90s, 12h, 7d; default 7d) or never"
+    )
+    c.add_argument("--note", help="a note shown by invite list")
     c.add_argument("--code", help="a custom code (at least 12 characters)")
-    isub.add_parser("list", parents=[common])
-    isub.add_parser("revoke", parents=[common]).add_argument("invite_id")
-    p = add("audit", "show the audit log", _audit)
-    p.add_argument("--client")
-    p.add_argument("--limit", type=int, default=20)
-    add("revert", "undo one audit row", _revert).add_argument("audit_id", type=int)
+    isub.add_parser(
+        "list", parents=[common], help="list invites", description="List invites and their use."
+    )
+    r = isub.add_parser(
+        "revoke", parents=[common], help="revoke an invite", description="Revoke an invite."
+    )
+    r.add_argument("invite_id", help="the invite's id, as invite list shows it")
+    p = add("audit", "show the audit log, newest first", _audit)
+    p.add_argument("--client", metavar="ID", help="only rows about this client")
+    p.add_argument("--limit", type=int, default=20, help="at most this many rows (default 20)")
+    add("revert", "undo one audit row", _revert).add_argument(
+        "audit_id", type=int, help="the row's number, as audit shows it (#N)"
+    )
     p = add("import-co", "import connectonion ~/.co list files", _import_co)
-    p.add_argument("dir")
-    p.add_argument("--platform", default="co")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("dir", help="the directory holding the list files (e.g. ~/.co)")
+    p.add_argument("--platform", default="co", help="platform of the imported ids (default co)")
+    p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace clients stored with another level"
+    )
 
-    p = sub.add_parser("policy", help="check, show or copy policies")
-    psub = p.add_subparsers(dest="policy_op", required=True)
-    pc = psub.add_parser("check", help="validate a policy file")
-    pc.add_argument("file")
+    p = sub.add_parser(
+        "policy",
+        help="check, show or copy policies",
+        description="Check, show or copy trust policies (no store needed).",
+    )
+    psub = p.add_subparsers(dest="policy_op", metavar="ACTION", required=True)
+    pc = psub.add_parser(
+        "check", help="validate a policy file", description="Validate a policy file."
+    )
+    pc.add_argument("file", help="the policy file (Markdown with front matter)")
     pc.set_defaults(func=_policy_check)
-    ps = psub.add_parser("show", help="print a policy's compiled rules")
-    ps.add_argument("name", metavar="PRESET|PATH")
+    ps = psub.add_parser(
+        "show",
+        help="print a policy's compiled rules",
+        description="Print a policy's compiled rules.",
+    )
+    ps.add_argument("name", metavar="PRESET|PATH", help="a preset name or a policy file")
     ps.set_defaults(func=_policy_show)
-    pp = psub.add_parser("copy", help="copy a preset as a starting point")
-    pp.add_argument("preset", choices=PRESETS)
-    pp.add_argument("path", nargs="?")
-    pp.add_argument("--force", action="store_true")
+    pp = psub.add_parser(
+        "copy",
+        help="copy a preset as a starting point",
+        description="Copy a preset to a file you can edit.",
+    )
+    pp.add_argument("preset", choices=PRESETS, help="the preset to copy")
+    pp.add_argument("path", nargs="?", help="where to write it (default policies/PRESET.md)")
+    pp.add_argument("--force", action="store_true", help="overwrite an existing file")
     pp.set_defaults(func=_policy_copy)
     return parser
 

@@ -34,9 +34,11 @@ TRUST_OPS = tuple(op for op in TRUST_OPERATIONS if op != "audit")
 
 _PAY_REF = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _LEVELS = ("stranger", "contact", "whitelist")
+#: The levels each command moves to, as `/trust help` lists them (one step at a time).
+_TARGETS = {"promote": "contact|whitelist", "demote": "contact|stranger"}
 _TRUST_USAGE = (
-    "usage: /trust promote ID LEVEL | demote ID LEVEL | block ID REASON | unblock ID | "
-    "admin set ID | admin remove ID | level ID | audit [ID] | help"
+    "usage: /trust promote ID contact|whitelist | demote ID contact|stranger | "
+    "block ID REASON | unblock ID | admin set ID | admin remove ID | level ID | audit [ID] | help"
 )
 
 
@@ -137,7 +139,7 @@ def _parse_trust(args: list[str]) -> TrustCommand:
     if op in ("promote", "demote"):
         if len(rest) == 2 and rest[1].lower() in _LEVELS:
             return TrustCommand(op=op, client=rest[0], level=rest[1].lower())
-        return TrustCommand(op=op, usage=f"usage: /trust {op} ID stranger|contact|whitelist")
+        return TrustCommand(op=op, usage=f"usage: /trust {op} ID {_TARGETS[op]}")
     if op == "block":
         if len(rest) >= 2:
             return TrustCommand(op=op, client=rest[0], reason=" ".join(rest[1:]))

@@ -2,20 +2,21 @@
 
 Exit status: 0 done; 1 the connector refused or could not be reached (its message is
 printed); 2 bad configuration or usage (a missing enrollment token, connector URL or
-identity token is named). Secrets are printed as ``<hidden>``.
+identity token is named). Secrets are printed as ``<hidden>``. Errors are one
+``relay-runtime: error: <message>`` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TextIO
+from typing import Any
 
 import trio
 
 from protocol.urls import http_url_problem, relay_url_problem
+from relay_runtime.cli import print_error, print_warning
 from relay_runtime.config import ENV_FILE_NAME, ConfigError, GatewayConfig
 from relay_runtime.control import (
     UNCONFIRMED_WAKE_WARNING,
@@ -58,13 +59,19 @@ def register(subparsers: Any) -> None:
         description="Exchange an enrollment token for gateway credentials and store them in "
         f"<state dir>/{ENV_FILE_NAME} (mode 0600).",
     )
-    enroll_parser.add_argument("--token", help="enrollment token (GATEWAY_RELAY_ENROLL_TOKEN)")
     enroll_parser.add_argument(
-        "--connector-url", help="connector base URL (default: GATEWAY_RELAY_URL)"
+        "--token", metavar="TOKEN", help="enrollment token (env GATEWAY_RELAY_ENROLL_TOKEN)"
     )
-    enroll_parser.add_argument("--gateway-id", help="gateway id (default: gw-<hostname>)")
     enroll_parser.add_argument(
-        "--wake-url", help="URL the connector GETs to wake this gateway (GATEWAY_RELAY_WAKE_URL)"
+        "--connector-url", metavar="URL", help="connector base URL (env GATEWAY_RELAY_URL)"
+    )
+    enroll_parser.add_argument(
+        "--gateway-id", metavar="ID", help="gateway id (default: gw-<hostname>)"
+    )
+    enroll_parser.add_argument(
+        "--wake-url",
+        metavar="URL",
+        help="URL the connector GETs to wake this gateway (env GATEWAY_RELAY_WAKE_URL)",
     )
     _common(enroll_parser)
     enroll_parser.set_defaults(func=_sync(run_enroll))
@@ -72,26 +79,40 @@ def register(subparsers: Any) -> None:
     provision_parser = subparsers.add_parser(
         "provision",
         help="provision every identity with the connector (credentials are only shown)",
+        description="Register every configured identity (platform, bot id) with the connector "
+        "using an identity token (GATEWAY_RELAY_IDENTITY_TOKEN, or the GATEWAY_RELAY_IDP_* "
+        "client credentials) and print the gateway credentials it issues. Nothing is stored: "
+        "a running gateway provisions itself at start the same way.",
     )
-    provision_parser.add_argument("--relay-url", help="connector URL (default: GATEWAY_RELAY_URL)")
-    provision_parser.add_argument("--gateway-id", help="gateway id (default: gw-<hostname>)")
+    provision_parser.add_argument(
+        "--relay-url", metavar="URL", help="connector base URL (env GATEWAY_RELAY_URL)"
+    )
+    provision_parser.add_argument(
+        "--gateway-id", metavar="ID", help="gateway id (default: gw-<hostname>)"
+    )
     _common(provision_parser)
     provision_parser.set_defaults(func=_sync(run_provision))
 
     policy_parser = subparsers.add_parser(
-        "policy", help="show or send the relevance policy projected from the configuration"
+        "policy",
+        help="show or send the relevance policy projected from the configuration",
+        description="Show or send the relevance policy (which group messages the connector "
+        "delivers: require_mention, free_response_channels, <PLATFORM>_ALLOW_BOTS) projected "
+        "per platform from the configuration. A running gateway declares it at start.",
     )
     mode = policy_parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--show", action="store_true", help="print the projected policy")
     mode.add_argument("--send", action="store_true", help="declare it to the connector")
-    policy_parser.add_argument("--relay-url", help="connector URL (default: GATEWAY_RELAY_URL)")
+    policy_parser.add_argument(
+        "--relay-url", metavar="URL", help="connector base URL (env GATEWAY_RELAY_URL)"
+    )
     _common(policy_parser)
     policy_parser.set_defaults(func=_sync(run_policy))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="config.yaml to read")
-    parser.add_argument("--state-dir", metavar="DIR", help="state directory (RELAY_STATE_DIR)")
+    parser.add_argument("--config", metavar="FILE", help="YAML config file to read")
+    parser.add_argument("--state-dir", metavar="DIR", help="state directory (env RELAY_STATE_DIR)")
 
 
 def _sync(command: Callable[[argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
@@ -106,8 +127,24 @@ def _load(args: argparse.Namespace, **extra: object) -> GatewayConfig:
     return GatewayConfig.load(args=given, config_path=args.config)
 
 
-def _err(message: str, stream: TextIO | None = None) -> None:
-    print(f"relay-runtime: {message}", file=stream or sys.stderr)
+def _err(message: str) -> None:
+    print_error(message)
+
+
+def nothing_to_declare(platform: str) -> str:
+    """What ``policy`` says for a platform without a policy: what would make one."""
+    if platform == "relay":
+        return (
+            "relay: nothing to declare: a relevance policy is per chat platform; set "
+            "GATEWAY_RELAY_PLATFORM (e.g. discord) and then require_mention or "
+            "free_response_channels in the config file, or DISCORD_ALLOW_BOTS "
+            "(see docs/control-plane.md, Relevance policy)"
+        )
+    return (
+        f"{platform}: nothing to declare (the connector's defaults apply): set "
+        f"require_mention or free_response_channels in the config file (top level or a "
+        f"{platform}: block), or {platform.upper()}_ALLOW_BOTS=mentions|all"
+    )
 
 
 def _print_pairs(pairs: Any) -> None:
@@ -163,7 +200,7 @@ async def run_enroll(args: argparse.Namespace) -> int:
     print(f"Enrolled as {result.credentials.gateway_id}. Wrote {config.env_file}:")
     _print_pairs(written)
     if wake_url and not result.wake_confirmed:
-        _err(UNCONFIRMED_WAKE_WARNING)
+        print_warning(UNCONFIRMED_WAKE_WARNING)
     print("Restart the gateway to use the new credentials.")
     return EXIT_OK
 
@@ -202,8 +239,11 @@ async def run_policy(args: argparse.Namespace) -> int:
         policies = {platform: policy_for(config, platform) for platform in platforms}
         if args.show:
             for platform, policy in policies.items():
-                shown = "nothing to declare" if policy is None else _compact(policy)
-                print(f"{platform}: {shown}")
+                print(
+                    nothing_to_declare(platform)
+                    if policy is None
+                    else f"{platform}: {_compact(policy)}"
+                )
             return EXIT_OK
         if config.relay_url is None:
             raise _UsageError(NO_RELAY_URL.format(flag="--relay-url"))
@@ -212,7 +252,7 @@ async def run_policy(args: argparse.Namespace) -> int:
             failed: list[str] = []
             for platform, policy in policies.items():
                 if policy is None:
-                    print(f"{platform}: nothing to declare")
+                    print(nothing_to_declare(platform))
                     continue
                 if await send_policy(config, credentials, policy, client):
                     print(f"{platform}: declared {_compact(policy)}")

@@ -35,7 +35,7 @@ def get(tmp_path: Path, cid: str) -> ClientRecord:
 def test_T6_block_without_colon_fails_invalid_client_id_and_stores_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(tmp_path, "block", "nocolon", "--reason", "x") == 1
+    assert run(tmp_path, "block", "nocolon", "--reason", "x") == 2  # a usage error (issue 16)
     assert "invalid client id" in capsys.readouterr().err
     assert main(["list", "--state-dir", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
