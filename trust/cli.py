@@ -352,7 +352,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="trust_command", metavar="SUBCOMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="trust_command",
+        metavar="SUBCOMMAND",
+        required=True,
+        help="what to do (SUBCOMMAND --help for more)",
+    )
 
     def add(name: str, help_text: str, body: Any = None) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(
@@ -388,7 +393,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("admin_op", choices=("set", "remove"), help="set: grant; remove: take away")
     p.add_argument("id", help=_ID_HELP)
     p = add("invite", "create, list or revoke invite codes", _invite)
-    isub = p.add_subparsers(dest="invite_op", metavar="ACTION", required=True)
+    isub = p.add_subparsers(
+        dest="invite_op", metavar="ACTION", required=True, help="create, list or revoke"
+    )
     c = isub.add_parser(
         "create",
         parents=[common],
@@ -427,7 +434,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="check, show or copy policies",
         description="Check, show or copy trust policies (no store needed).",
     )
-    psub = p.add_subparsers(dest="policy_op", metavar="ACTION", required=True)
+    psub = p.add_subparsers(
+        dest="policy_op", metavar="ACTION", required=True, help="check, show or copy"
+    )
     pc = psub.add_parser(
         "check", help="validate a policy file", description="Validate a policy file."
     )

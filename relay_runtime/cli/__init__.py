@@ -224,7 +224,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="lowest level logged (default: info; warning for demo)",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="what to do (COMMAND --help for more)"
+    )
     _register(subparsers, _modules_for(command))
     return parser
 
