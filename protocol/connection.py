@@ -102,7 +102,7 @@ class Timer(enum.Enum):
     IDLE_ACK = "idle_ack"
     STABILITY = "stability"
     BACKOFF = "backoff"
-    #: a token lifetime after a 4401 ``expired``: another one within it is suspect.
+    #: half a token lifetime after a 4401 ``expired``: another one within it is suspect.
     EXPIRED_WINDOW = "expired_window"
 
 
@@ -348,7 +348,7 @@ class ConnectionMachine:
         self.idle_mode: IdleMode | None = None
         #: the delay chosen for the last ladder wait (for stats and logs).
         self.last_delay: float | None = None
-        #: an ``expired`` 4401 arrived less than a token lifetime ago.
+        #: an ``expired`` 4401 arrived less than half a token lifetime ago.
         self.recent_expired = False
         #: handshake-less refusals (401/4401) since the start or the last handshake.
         self.refusals = 0
@@ -436,11 +436,13 @@ class ConnectionMachine:
             return [Log("error", NO_CREDENTIALS_MESSAGE), *self._failed()]
         if reason == "expired":
             self._count_failure()
-            window = StartTimer(Timer.EXPIRED_WINDOW, self.timing.token_ttl_s)
+            # Half a token lifetime: a token minted after the last `expired` cannot have aged
+            # out that soon, while a connector that re-checks token age on long sessions
+            # closes a lifetime after the mint at the earliest (never a false alarm).
+            window = StartTimer(Timer.EXPIRED_WINDOW, self.timing.token_ttl_s / 2)
             if self.expired_retry or self.recent_expired:
-                # A token minted for this dial, or one minted less than a token lifetime after
-                # the last `expired`, cannot have aged out: the clock (or the connector) is
-                # suspect. Wait on the ladder while it lasts, instead of re-dialing in a loop.
+                # The clock (or the connector) is suspect: wait on the ladder while it lasts,
+                # instead of re-dialing in a loop.
                 self.expired_retry = False
                 return [Log("warning", CLOCK_SKEW_MESSAGE), window, *self._redial()]
             self.expired_retry = True

@@ -553,22 +553,39 @@ async def test_R51_4401_before_handshake_ladders_and_unauthenticated_never_disab
 async def test_R52_expired_redials_at_once_never_disables(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, connector: FakeConnector
 ) -> None:
+    # Issue 11 changed this on purpose: a second `expired` less than half a token lifetime
+    # after the last one waits on the ladder (it re-dialed every few ms for ever before);
+    # once that window has passed, an `expired` re-dials at once again.
     h = await launch(nursery, connector)
-    for index in range(3):
+    index = 0
+    for _ in range(3):
         conn = await connector.connection(index)
         await h.sup.wait_ready()
         closed_at = trio.current_time()
         await conn.close(4401, "expired")
         await connector.connection(index + 1)
         assert connector.dial_times[index + 1] == closed_at  # at once
+        conn = await connector.connection(index + 1)
+        await h.sup.wait_ready(after=h.sup.handshakes)
+        closed_at = trio.current_time()
+        await conn.close(4401, "expired")  # again, right after a handshake
+        await connector.connection(index + 2)
+        assert connector.dial_times[index + 2] > closed_at  # the ladder
+        index += 2
+        await trio.sleep(200)  # past the window (150 s): the next one is plausible again
     # Two in a row (the re-dial itself is refused as expired): the ladder, no disable.
     connector.descriptor_for = lambda n, p: None
-    conn = await connector.connection(3)
+    conn = await connector.connection(index)
     await conn.next("hello")
     closed_at = trio.current_time()
     await conn.close(4401, "expired")
-    await connector.connection(4)
-    assert connector.dial_times[4] > closed_at
+    conn = await connector.connection(index + 1)
+    assert connector.dial_times[index + 1] == closed_at  # at once: the window had passed
+    await conn.next("hello")
+    closed_at = trio.current_time()
+    await conn.close(4401, "expired")
+    await connector.connection(index + 2)
+    assert connector.dial_times[index + 2] > closed_at
     assert h.sup.state != "disabled"
 
 
