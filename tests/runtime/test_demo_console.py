@@ -53,3 +53,17 @@ async def test_invite_placeholder_is_replaced_by_the_code() -> None:
     out = await run_lines(["/as carol", "/invite $INVITE", "hi"], scripted=True)
     assert "  reply: Invite accepted. You are now a contact." in out
     assert out[-3:] == ["  trust: allow - contact (tier rule)", "  reply: hi", "bye"]
+
+
+async def test_levels_match_the_banner_and_no_internal_names_leak() -> None:
+    # Issue 16: an admin showed as "stranger, admin" under a banner saying "(admin)"; the
+    # audit log said "by local:harness/operator"; the state dir was /tmp/relay-harness-*.
+    out = await run_lines(["/users", "/trust audit"], scripted=False)
+    assert "  demo:alice: admin" in out
+    assert "  demo:bob: whitelisted" in out
+    assert "  demo:carol: stranger" in out
+    banner = "\n".join(out[:6])
+    assert "relay-demo-" in banner
+    text = "\n".join(out)
+    assert "harness" not in text
+    assert "/operator" in text and "by local:" in text  # the audit rows of the demo's set-up
