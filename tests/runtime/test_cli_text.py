@@ -255,3 +255,15 @@ async def test_run_gateway_raises_a_config_error_as_itself(tmp_path: Path) -> No
             except BaseExceptionGroup as group:
                 pytest.fail(f"run_gateway raised an exception group: {group!r}")
         pytest.fail(f"no ConfigError for {config!r}")
+
+
+def test_trust_usage_errors_name_the_levels_trust_help_names() -> None:
+    from trust.commands import parse_command
+    from trust.ops import HELP
+
+    for op, levels in (("promote", "contact|whitelist"), ("demote", "contact|stranger")):
+        assert f"/trust {op} ID {levels}" in HELP
+        command = parse_command(f"/trust {op} telegram:1")
+        assert command is not None and command.usage == f"usage: /trust {op} ID {levels}"
+        general = parse_command("/trust frobnicate")
+        assert general is not None and f"{op} ID {levels}" in (general.usage or "")
