@@ -17,6 +17,7 @@ pokes sleeping gateways with :class:`WakePoker`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import secrets
@@ -24,17 +25,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 import h11
 import httpx
 import trio
 
-from protocol.auth import verify_token
 from protocol.events import Identity
 from protocol.urls import ENROLL, POLICY, PROVISION, RELAY_PATH, http_url_problem
 from relay_runtime.connector.relevance import RelevancePolicy
+from relay_runtime.connector.upgrade_auth import DEFAULT_MAX_TOKEN_LIFETIME_S, authenticate
 
 __all__ = [
     "ControlPlane",
@@ -50,8 +51,16 @@ __all__ = [
 
 logger = logging.getLogger("relay_runtime.connector.control_plane")
 
+_V = TypeVar("_V")
+
 MAX_BODY_BYTES: Final = 1 << 20
 IDLE_TIMEOUT_S: Final = 30.0
+#: After an error that ends a connection early (413, 400), how long the server keeps
+#: reading and discarding what the client still sends, so that closing does not reset the
+#: connection (and destroy the unread response at the client) while the client is uploading.
+LINGER_S: Final = 5.0
+#: ... and at most this many bytes.
+LINGER_BYTES: Final = 64 << 20
 _READ_SIZE: Final = 65536
 
 
@@ -150,16 +159,18 @@ async def _serve_connection(
         try:
             while True:
                 request: HttpRequest | None = None
+                early: HttpResponse | None = None
                 with trio.move_on_after(idle_timeout_s):
                     try:
                         request = await _read_request(conn, stream, max_body_bytes)
                     except h11.RemoteProtocolError as exc:
-                        await _respond(conn, stream, _error(400, f"bad request: {exc}"))
-                        return
+                        early = _error(400, f"bad request: {exc}")
                     except _TooLarge:
-                        problem = f"body larger than {max_body_bytes} bytes"
-                        await _respond(conn, stream, _error(413, problem))
-                        return
+                        early = _error(413, f"body larger than {max_body_bytes} bytes")
+                if early is not None:
+                    await _respond(conn, stream, attrs.evolve(early, headers=_CLOSE))
+                    await _linger(stream)
+                    return
                 if request is None:
                     return
                 try:
@@ -186,6 +197,9 @@ async def _read_request(
             conn.receive_data(await stream.receive_some(_READ_SIZE))
         elif isinstance(event, h11.Request):
             head = event
+            declared = dict(head.headers).get(b"content-length")
+            if declared is not None and int(declared) > max_body_bytes:
+                raise _TooLarge  # h11 has checked that it is a number
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > max_body_bytes:
@@ -202,6 +216,25 @@ async def _read_request(
             )
         else:  # ConnectionClosed, or PAUSED after a peer's half-close
             return None
+
+
+_CLOSE: Final = (("connection", "close"),)
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Half-close, then read and discard until the client closes (bounded); see LINGER_S.
+
+    The response is already sent: the FIN tells the client it is complete, and reading on
+    keeps the kernel from answering the client's remaining upload with a reset.
+    """
+    with trio.move_on_after(LINGER_S):
+        try:
+            await stream.send_eof()
+            drained = 0
+            while drained < LINGER_BYTES and (chunk := await stream.receive_some(_READ_SIZE)):
+                drained += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
 
 async def _respond(conn: h11.Connection, stream: trio.SocketStream, response: HttpResponse) -> None:
@@ -277,7 +310,12 @@ class ControlPlaneRegistry:
     identity, back to back, RC §9) all get the same secret, since the gateway keeps the first
     response's: a call starts a new burst when its identity was already served in the current
     one (a new boot) or when ``provision_burst_s`` passed since the burst's last call.
-    ``clock`` is injectable for tests.
+    ``clock`` is injectable for tests. Upgrade tokens presented to ``/relay/policy`` follow
+    the same lifetime policy as the WebSocket side (``max_token_lifetime_s``, ``None`` for
+    legacy tokens; see :mod:`~relay_runtime.connector.upgrade_auth`).
+
+    Bearer secrets (identity tokens, enrollment tokens) are compared in constant time
+    against every known one, never looked up by value.
     """
 
     identity_tokens: dict[str, str] = attrs.field(factory=dict, repr=False)
@@ -285,11 +323,13 @@ class ControlPlaneRegistry:
     provision_burst_s: float = 60.0
     accept_wake_url_on_enroll: bool = True
     clock: Callable[[], float] = time.time
+    max_token_lifetime_s: float | None = DEFAULT_MAX_TOKEN_LIFETIME_S
     gateways: dict[str, GatewayRecord] = attrs.field(factory=dict)
     delivery_keys: dict[str, str] = attrs.field(factory=dict, repr=False)
     # (route, body) of every request that reached a handler, for tests to inspect.
     received: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list, repr=False)
     _enrollment_tokens: dict[str, _EnrollmentToken] = attrs.field(factory=dict, repr=False)
+    _revoke_listeners: list[Callable[[str], None]] = attrs.field(factory=list, repr=False)
 
     # ------------------------------------------------------------------ set-up
 
@@ -310,11 +350,21 @@ class ControlPlaneRegistry:
         return record
 
     def revoke(self, gateway_id: str) -> None:
-        """Forget every secret of ``gateway_id`` (its next upgrade is refused)."""
+        """Forget every secret of ``gateway_id`` (its next upgrade is refused).
+
+        Every listener (:meth:`on_revoke`) is told, so a connector serving this registry
+        closes the gateway's live sockets 4401 as well.
+        """
         record = self.gateways.get(gateway_id)
         if record is not None:
             record.secrets.clear()
             record.burst = None
+        for listener in list(self._revoke_listeners):
+            listener(gateway_id)
+
+    def on_revoke(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(gateway_id)`` on each :meth:`revoke`."""
+        self._revoke_listeners.append(listener)
 
     # ------------------------------------------------------------------ queries
 
@@ -328,12 +378,10 @@ class ControlPlaneRegistry:
 
     def verify_bearer(self, token: str) -> str | None:
         """The gateway id a valid HMAC upgrade token belongs to, else ``None``."""
-        now = self.clock()
-        for gateway_id in self.gateways:
-            keys = self.secrets_for(gateway_id)
-            if keys and verify_token(token, keys, now=now) == gateway_id:
-                return gateway_id
-        return None
+        auth = authenticate(
+            token, self.secrets_for, now=self.clock(), max_lifetime_s=self.max_token_lifetime_s
+        )
+        return auth.gateway_id if auth.ok else None
 
     def policy_for(self, gateway_id: str, platform: str) -> RelevancePolicy | None:
         """The declared relevance policy of ``gateway_id`` for ``platform``, if any."""
@@ -349,7 +397,9 @@ class ControlPlaneRegistry:
 
     def tenant_for(self, identity_token: str | None) -> str | None:
         """The tenant an identity bearer proves, if it is known."""
-        return None if identity_token is None else self.identity_tokens.get(identity_token)
+        if identity_token is None:
+            return None
+        return _constant_time_find(identity_token, self.identity_tokens)
 
     # ------------------------------------------------------------------ mutations
 
@@ -404,7 +454,7 @@ class ControlPlaneRegistry:
 
     def consume_enrollment_token(self, token: str, tenant: str) -> str | None:
         """``None`` if ``token`` is valid for ``tenant`` (and now used), else why not."""
-        entry = self._enrollment_tokens.get(token)
+        entry = _constant_time_find(token, self._enrollment_tokens)
         if entry is None:
             return "enrollment token invalid or expired"
         if entry.used:
@@ -413,6 +463,21 @@ class ControlPlaneRegistry:
             return "enrollment token belongs to another tenant"
         entry.used = True
         return None
+
+
+def _constant_time_find(given: str, table: Mapping[str, _V]) -> _V | None:
+    """The value of the key equal to ``given``, comparing with every key in constant time.
+
+    A dict lookup by a secret leaks, through timing, how much of a guess matches a stored
+    key's hash bucket and prefix; this compares every key with ``hmac.compare_digest`` and
+    does not stop at the first match.
+    """
+    wanted = given.encode("utf-8", "surrogateescape")
+    found: _V | None = None
+    for key, value in table.items():
+        if hmac.compare_digest(key.encode("utf-8", "surrogateescape"), wanted):
+            found = value
+    return found
 
 
 # --------------------------------------------------------------------------- the app
@@ -427,6 +492,8 @@ def _body_object(request: HttpRequest) -> dict[str, Any]:
         body = json.loads(request.body)
     except ValueError:
         raise _BadBody("body is not valid JSON") from None
+    except RecursionError:
+        raise _BadBody("body is nested too deeply") from None
     if not isinstance(body, dict):
         raise _BadBody("body must be a JSON object")
     return body

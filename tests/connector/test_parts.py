@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from protocol.auth import make_token, token_payload_unverified
+from protocol.auth import make_token, token_payload_unverified, verify_token
 from protocol.codec import unstructure
 from protocol.events import MessageEvent, SessionSource
 from protocol.frames import Inbound
@@ -59,7 +59,7 @@ def test_token_payload_unverified_keeps_colons_and_refuses_garbage():
     [
         (make_token("gw-1", SECRET, 300, now=NOW), "gw-1", None),
         (make_token("gw-1", SECONDARY, 300, now=NOW), "gw-1", None),
-        (make_token(COLON_ID, SECRET, 0), COLON_ID, None),
+        (make_token(COLON_ID, SECRET, 60, now=NOW), COLON_ID, None),
         (make_token("gw-1", SECRET, 300, now=NOW - 301), "gw-1", "expired"),
         (make_token("gw-1", "other-secret", 300, now=NOW), None, "unauthorized"),
         (make_token("gw-2", SECRET, 300, now=NOW), None, "unknown_gateway"),
@@ -77,6 +77,54 @@ def test_token_valid_exactly_at_its_expiry():
     token = make_token("gw-1", SECRET, 300, now=NOW)
     assert authenticate(token, secrets_for, now=NOW + 300).ok
     assert authenticate(token, secrets_for, now=NOW + 301).reject == "expired"
+
+
+def test_a_token_that_never_expires_is_refused_unless_legacy_tokens_are_accepted():
+    # Behaviour change (issue 12): exp=0 was accepted; a leaked one is a permanent credential.
+    forever = make_token(COLON_ID, SECRET, 0)
+    auth = authenticate(forever, secrets_for, now=NOW)
+    assert (auth.gateway_id, auth.reject, auth.close_reason) == (
+        COLON_ID,
+        "no_expiry",
+        "unauthorized",
+    )
+    assert authenticate(forever, secrets_for, now=NOW, max_lifetime_s=None).ok
+
+
+@pytest.mark.parametrize(
+    ("ttl", "max_lifetime", "reject"),
+    [
+        (300, 600.0, None),  # what the gateway mints
+        (600, 600.0, None),  # exactly at the limit
+        (601, 600.0, "lifetime"),
+        (30 * 365 * 86400, 600.0, "lifetime"),  # 30 years
+        (30 * 365 * 86400, None, None),  # legacy tokens accepted
+        (120, 60.0, "lifetime"),
+    ],
+)
+def test_a_token_living_longer_than_the_maximum_is_refused(ttl, max_lifetime, reject):
+    token = make_token("gw-1", SECRET, ttl, now=NOW)
+    auth = authenticate(token, secrets_for, now=NOW, max_lifetime_s=max_lifetime)
+    assert auth.reject == reject
+
+
+#: The frozen cross-language vector R31 (tests/protocol/test_auth.py): exp=0, secret SECRET.
+V1 = (
+    "Z3ctaW5zdGFuY2UtMTowOjM3YWE3YjE0NWU4NzY0ZDQwM2JhOWM2MzlmMjMwZGQ2M2RlOGVkOTliODhm"
+    "ZWQzNmFhMDI2MjVhOGE3ZTM1NjQ"
+)
+
+
+def test_the_hermes_vector_verifies_in_protocol_and_is_refused_only_by_connector_policy():
+    assert verify_token(V1, [SECRET], now=NOW) == "gw-instance-1"
+    legacy = authenticate(V1, lambda g: [SECRET], now=NOW, max_lifetime_s=None)
+    assert (legacy.gateway_id, legacy.ok) == ("gw-instance-1", True)
+    assert authenticate(V1, lambda g: [SECRET], now=NOW).reject == "no_expiry"
+
+
+def test_lifetime_is_checked_only_for_genuine_tokens():
+    forged = make_token("gw-1", "other-secret", 0)
+    assert authenticate(forged, secrets_for, now=NOW).reject == "unauthorized"
 
 
 def test_a_revoked_gateway_is_refused_with_a_valid_token():

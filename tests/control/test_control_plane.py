@@ -445,3 +445,131 @@ async def test_R78_gateway_provisioning_two_identities_keeps_a_valid_secret(
     now[0] += 16 * 60  # past the rotation window: a redial must still authenticate
     token = make_upgrade_token("gw-two", result.credentials.secret, now=now[0])
     assert verify_token(token, registry.secrets_for("gw-two"), now=now[0]) == "gw-two"
+
+
+# --------------------------------------------------------------------------- hardening (issue 12)
+
+
+async def test_policy_refuses_upgrade_tokens_that_never_expire_or_live_too_long(
+    plane: HttpServer, registry: ControlPlaneRegistry
+) -> None:
+    body = {
+        "platform": "discord",
+        "requireAddress": True,
+        "freeResponseScopes": [],
+        "allowOtherBots": False,
+    }
+    async with httpx.AsyncClient() as client:
+        secret = (await provision(client, plane))["secret"]
+        url = f"{plane.url}/relay/policy"
+        for token in (make_token("gw-test", secret, 0), make_token("gw-test", secret, 10**9)):
+            response = await client.post(url, json=body, headers=bearer(token))
+            assert response.status_code == 401
+        assert registry.policy_for("gw-test", "discord") is None
+        registry.max_token_lifetime_s = None  # the legacy switch
+        response = await client.post(url, json=body, headers=bearer(make_token("gw-test", secret)))
+        assert response.status_code == 200
+
+
+class _NoLookups(dict[str, str]):
+    """A table that can be iterated but not indexed: a lookup by secret fails the test."""
+
+    def __getitem__(self, key: object) -> str:
+        raise AssertionError("looked up by secret")
+
+    def get(self, key: object, default: object = None) -> str:  # type: ignore[override]
+        raise AssertionError("looked up by secret")
+
+    def __contains__(self, key: object) -> bool:
+        raise AssertionError("looked up by secret")
+
+
+def test_identity_tokens_are_compared_in_constant_time_against_every_known_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hmac
+
+    from relay_runtime.connector import control_plane
+
+    registry = ControlPlaneRegistry()
+    registry.identity_tokens = _NoLookups(
+        {"tok-a-0123456789": "a", "tok-b-0123456789": "b", "tok-c-0123456789": "c"}
+    )
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(control_plane.hmac, "compare_digest", spy)
+    assert registry.tenant_for("tok-a-0123456789") == "a"
+    assert len(calls) == 3  # no early exit at the first (matching) key
+    assert registry.tenant_for("tok-a-0123456780") is None
+    assert registry.tenant_for("") is None
+    token = registry.issue_enrollment_token("a")
+    calls.clear()
+    assert registry.consume_enrollment_token(token, "a") is None
+    assert calls, "the enrollment token was not compared with compare_digest"
+
+
+async def test_json_nested_100k_levels_is_a_400_not_a_500(
+    plane: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with httpx.AsyncClient() as client:
+        for route in ("provision", "enroll", "policy"):
+            token = IDENTITY_TOKEN if route != "policy" else "x"
+            response = await client.post(
+                f"{plane.url}/relay/{route}",
+                content=b"[" * 100_000 + b"]" * 100_000,
+                headers=bearer(token),
+            )
+            if route == "policy":  # the bearer is checked first
+                assert response.status_code == 401
+                continue
+            assert response.status_code == 400, response.text
+            assert response.json() == {"error": "body is nested too deeply"}
+    assert "RecursionError" not in caplog.text
+    assert "handler failed" not in caplog.text
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_2_mib_body_gets_a_413_the_client_can_read(
+    plane: HttpServer, chunked: bool
+) -> None:
+    body = b"x" * (2 << 20)
+
+    async def stream_body() -> Any:
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    for _ in range(5):  # a reset before the client reads the 413 is timing-dependent
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{plane.url}/relay/provision",
+                content=stream_body() if chunked else body,
+                headers=bearer(IDENTITY_TOKEN),
+            )
+        assert response.status_code == 413
+        assert response.json() == {"error": f"body larger than {1 << 20} bytes"}
+        assert response.headers["connection"] == "close"
+
+
+async def test_a_client_that_sends_2_mib_before_reading_still_reads_the_413(
+    plane: HttpServer,
+) -> None:
+    # A plain client writes its whole request, then reads. Closing with its upload unread
+    # made the kernel reset the connection (the write failed, the 413 was lost); the server
+    # now reads and discards the rest, half-closes, and the client reads the answer.
+    body = b"x" * (2 << 20)
+    head = (
+        f"POST /relay/provision HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"authorization: Bearer {IDENTITY_TOKEN}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    for _ in range(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", plane.port)
+        async with stream:
+            await stream.send_all(head + body)
+            reply = await _read_all(stream)
+        assert reply.startswith(b"HTTP/1.1 413 "), reply[:80]
+        assert reply.endswith(b'{"error":"body larger than 1048576 bytes"}')
