@@ -1,39 +1,76 @@
-"""``relay-runtime connector``: run the reference connector as a standalone process.
+"""``relay-runtime connector``: run the reference connector, or drive a running one.
 
-For local development and for benchmarks that keep the connector in its own process. It is
-a development and test peer, not a production connector. On start it prints the ``ws://``
-URL a gateway dials (the first line of stdout), then serves until SIGINT/SIGTERM.
+For local development, for checking a gateway by hand, and for benchmarks that keep the
+connector in its own process. It is a development and test peer, not a production
+connector. Served, it prints two lines on stdout: the ``ws://`` URL a gateway dials, then
+the ``http://`` URL of its control plane (``/relay/provision|policy|enroll``, and the
+operator routes under ``/admin/``); then it serves until SIGINT/SIGTERM.
 
-Gateways are given as ``--gateway-id ID --secret S [--secret S2 ...]`` groups (a second
-secret is the rotation secondary), else taken from ``GATEWAY_RELAY_ID`` and
-``GATEWAY_RELAY_SECRET`` so a gateway and a connector started from one shell agree.
+Gateways are given as ``--gateway-id ID`` followed by its secrets: ``--secret-file FILE``
+(one secret per non-empty line), ``--secret-env VAR`` (an environment variable), or
+``--secret S`` (visible in ``ps``; warned about). Several secrets are a rotation list,
+primary first. Without ``--gateway-id`` the gateway's own ``GATEWAY_RELAY_ID`` and
+``GATEWAY_RELAY_SECRET`` are used, so a gateway and a connector started from one shell agree.
+
+Security choices (docs/connector.md): ``--allow-unauthenticated`` is refused on a
+non-loopback ``--host`` (exit 2); upgrade tokens that never expire or live longer than
+``--max-token-lifetime`` (600 s) are refused unless ``--accept-legacy-tokens``; the admin
+routes need the admin token (``RELAY_CONNECTOR_ADMIN_TOKEN`` or ``--admin-token-file``), are
+off without one, and are refused on a non-loopback ``--control-host`` unless
+``--allow-remote-admin``.
+
+The subcommands (``status``, ``wait``, ``inject``, ``buffer``, ``hold``, ``flush``,
+``revoke``, ``journal``) call a running connector's admin routes: ``--url`` or
+``RELAY_CONNECTOR_URL`` (its control-plane URL) and the same admin token. Each prints JSON,
+one object per line.
 
 ``--bench N`` turns the process into a load source: once a gateway is connected it injects
 ``N`` messages at ``--rate`` per second, each in its own chat, waits for the gateway's
-``send`` to each chat and prints one JSON summary of the round-trip times, then exits.
+``send`` to each chat and for the connector's result to each of those sends, closes the
+gateway's socket 1001, prints one JSON summary of the round-trip times, then exits.
 
-Exit status: 0 done; 1 a ``--bench`` run timed out before every reply; 2 bad usage.
+Exit status: 0 done; 1 a ``--bench`` run timed out before every reply, or an admin call
+failed; 2 bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import logging
 import math
 import os
 import signal
+import stat
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 import trio
 
 from protocol.actions import Send
 from protocol.events import MessageEvent, SessionSource
-from protocol.frames import Outbound
+from protocol.frames import Outbound, OutboundResult
 from relay_runtime.connector import DEFAULT_DESCRIPTORS, Connection, ReferenceConnector
+from relay_runtime.connector.admin import MAX_WAIT_S, AdminApi, operator_app
+from relay_runtime.connector.admin_client import AdminClient, AdminError
+from relay_runtime.connector.control_plane import ControlPlane, ControlPlaneRegistry, serve_http
+from relay_runtime.connector.records import Post
+from relay_runtime.connector.upgrade_auth import DEFAULT_MAX_TOKEN_LIFETIME_S
+from relay_runtime.logs import register_secret
 
-__all__ = ["Bench", "parse_credentials", "register", "run_connector"]
+__all__ = [
+    "Bench",
+    "UsageProblem",
+    "is_loopback",
+    "parse_credentials",
+    "read_secret_file",
+    "register",
+    "run_connector",
+]
+
+log = logging.getLogger("relay_runtime.cli.connector")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -41,10 +78,22 @@ EXIT_USAGE = 2
 
 ENV_GATEWAY_ID = "GATEWAY_RELAY_ID"
 ENV_SECRET = "GATEWAY_RELAY_SECRET"
+ENV_ADMIN_TOKEN = "RELAY_CONNECTOR_ADMIN_TOKEN"
+ENV_URL = "RELAY_CONNECTOR_URL"
+#: A secret file larger than this is refused (it is not a secret file).
+MAX_SECRET_FILE_BYTES = 64 * 1024
+#: How long a finished ``--bench`` waits for the connector to answer the last sends.
+BENCH_SETTLE_S = 10.0
+
+_PREFIX = "relay-runtime: error:"
+
+
+class UsageProblem(ValueError):
+    """A bad option or input; its message is the one line printed (exit 2)."""
 
 
 class _Credential(argparse.Action):
-    """Collects ``--gateway-id`` / ``--secret`` in command-line order, as one list."""
+    """Collects ``--gateway-id`` / ``--secret*`` in command-line order, as one list."""
 
     def __call__(
         self,
@@ -59,13 +108,21 @@ class _Credential(argparse.Action):
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``connector`` subcommand."""
+    """Add the ``connector`` command and its admin subcommands."""
     parser = subparsers.add_parser(
         "connector",
-        help="run the reference connector (a development and test peer) on loopback",
-        description="Serve /relay on HOST:PORT and print the ws:// URL. A development and "
-        "test peer, not a production connector.",
+        help="run the reference connector (a development and test peer), or drive a running one",
+        description="Serve /relay on HOST:PORT and the control plane on CONTROL-HOST:"
+        "CONTROL-PORT, and print both URLs; or, with a subcommand, call a running "
+        "connector's admin routes. A development and test peer, not a production connector.",
     )
+    _serve_options(parser)
+    parser.set_defaults(func=_main, credentials=None)
+    commands = parser.add_subparsers(dest="admin_command", metavar="SUBCOMMAND")
+    _admin_commands(commands)
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port (default: 0, any free one)")
     parser.add_argument(
@@ -76,11 +133,26 @@ def register(subparsers: Any) -> None:
         help=f"accept this gateway (repeatable; default: ${ENV_GATEWAY_ID})",
     )
     parser.add_argument(
+        "--secret-file",
+        dest="secret_file",
+        action=_Credential,
+        metavar="FILE",
+        help="secrets of the preceding --gateway-id, one per non-empty line (primary first)",
+    )
+    parser.add_argument(
+        "--secret-env",
+        dest="secret_env",
+        action=_Credential,
+        metavar="VAR",
+        help="a secret of the preceding --gateway-id, read from environment variable VAR",
+    )
+    parser.add_argument(
         "--secret",
         dest="secret",
         action=_Credential,
         metavar="SECRET",
-        help=f"a secret of the preceding --gateway-id (default: ${ENV_SECRET})",
+        help=f"a secret of the preceding --gateway-id (default: ${ENV_SECRET}); visible in "
+        "ps, prefer --secret-file or --secret-env",
     )
     parser.add_argument(
         "--platform",
@@ -92,7 +164,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--allow-unauthenticated",
         action="store_true",
-        help="accept upgrades without a bearer (as gateway '')",
+        help="accept upgrades without a bearer (as gateway ''); loopback --host only",
+    )
+    parser.add_argument(
+        "--max-token-lifetime",
+        type=float,
+        default=DEFAULT_MAX_TOKEN_LIFETIME_S,
+        metavar="SECONDS",
+        help="refuse upgrade tokens that expire later than this from now, or never "
+        f"(default {DEFAULT_MAX_TOKEN_LIFETIME_S:g})",
+    )
+    parser.add_argument(
+        "--accept-legacy-tokens",
+        action="store_true",
+        help="accept tokens that never expire (exp=0) or live longer than --max-token-lifetime",
     )
     parser.add_argument(
         "--reject-mode",
@@ -114,6 +199,32 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--drain-window", type=int, default=1, help="un-acked replays allowed at once (default 1)"
     )
+    parser.add_argument(
+        "--control-host",
+        default="127.0.0.1",
+        help="interface of the HTTP control plane and admin routes (default: 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--control-port",
+        type=int,
+        default=0,
+        help="port of the HTTP control plane and admin routes (default: 0, any free one)",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help=f"the admin routes' bearer token (default: ${ENV_ADMIN_TOKEN}; none: admin off)",
+    )
+    parser.add_argument(
+        "--allow-remote-admin",
+        action="store_true",
+        help="serve the admin routes on a non-loopback --control-host",
+    )
+    parser.add_argument(
+        "--journal",
+        metavar="FILE",
+        help="also append every post the gateway makes to FILE, one JSON object per line",
+    )
     parser.add_argument("--bench", type=int, metavar="N", help="inject N messages, then exit")
     parser.add_argument(
         "--rate", type=float, default=100.0, help="--bench messages per second (default 100)"
@@ -124,27 +235,67 @@ def register(subparsers: Any) -> None:
         default=120.0,
         help="seconds to wait for the gateway and every reply (default 120)",
     )
-    parser.set_defaults(func=_main, credentials=None)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def read_secret_file(path: str, option: str) -> list[str]:
+    """The non-empty, stripped lines of ``path``; ``UsageProblem`` names what is wrong.
+
+    A secret file readable by others is used, with a WARNING (``chmod 600`` fixes it).
+    """
+    try:
+        with open(path, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise UsageProblem(f"{option} {path}: not a regular file")
+            data = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise UsageProblem(f"{option} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise UsageProblem(f"{option} {path}: larger than {MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageProblem(f"{option} {path}: not UTF-8 text") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UsageProblem(f"{option} {path}: the file is empty")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s %s is readable by others; chmod 600 %s", option, path, path)
+    return lines
 
 
 def parse_credentials(
-    items: Sequence[tuple[str, str]] | None, env: dict[str, str] | os._Environ[str]
+    items: Sequence[tuple[str, str]] | None,
+    env: Mapping[str, str],
+    read_file: Callable[[str, str], list[str]] = read_secret_file,
 ) -> dict[str, list[str]]:
-    """Gateway id -> secrets from the ordered ``--gateway-id``/``--secret`` items, else env.
+    """Gateway id -> secrets from the ordered ``--gateway-id``/``--secret*`` items, else env.
 
-    Raises ``ValueError`` naming the problem: a secret before any ``--gateway-id``, or a
-    gateway without a secret.
+    Raises ``ValueError`` (a :class:`UsageProblem`) naming the problem: a secret before any
+    ``--gateway-id``, a gateway without a secret, an unreadable file, an unset variable.
     """
     result: dict[str, list[str]] = {}
     current: str | None = None
     for kind, value in items or []:
+        option = "--" + kind.replace("_", "-")
         if kind == "gateway_id":
             if not value:
-                raise ValueError("--gateway-id must not be empty")
+                raise UsageProblem("--gateway-id must not be empty")
             current = value
             result.setdefault(current, [])
-        elif current is None:
-            raise ValueError("--secret must follow a --gateway-id")
+            continue
+        if current is None:
+            raise UsageProblem(f"{option} must follow a --gateway-id")
+        if kind == "secret_file":
+            result[current].extend(read_file(value, option))
+        elif kind == "secret_env":
+            secret = env.get(value, "").strip()
+            if not secret:
+                raise UsageProblem(f"--secret-env {value}: the variable is not set or empty")
+            result[current].append(secret)
         elif value:
             result[current].append(value)
     if not items:
@@ -153,65 +304,165 @@ def parse_credentials(
         if gateway_id and secret:
             result[gateway_id] = [secret]
         elif secret:
-            raise ValueError(f"{ENV_SECRET} is set without {ENV_GATEWAY_ID}")
+            raise UsageProblem(f"{ENV_SECRET} is set without {ENV_GATEWAY_ID}")
     for gateway_id, secrets in result.items():
         if not secrets:
-            raise ValueError(f"--gateway-id {gateway_id!r} has no --secret")
+            raise UsageProblem(f"--gateway-id {gateway_id!r} has no --secret-file/--secret-env")
     return result
 
 
-def _main(args: argparse.Namespace) -> int:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost`` or a loopback IP literal).
+
+    Any other name counts as non-loopback: it is not resolved, and may not stay loopback.
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return True
     try:
-        secrets = parse_credentials(args.credentials, os.environ)
-    except ValueError as exc:
-        print(f"relay-runtime connector: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not secrets and not args.allow_unauthenticated:
-        print(
-            "relay-runtime connector: no gateway credentials; pass --gateway-id/--secret, set "
-            f"{ENV_GATEWAY_ID}/{ENV_SECRET}, or use --allow-unauthenticated",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _admin_token(path: str | None, env: Mapping[str, str]) -> str | None:
+    if path is not None:
+        return read_secret_file(path, "--admin-token-file")[0]
+    return env.get(ENV_ADMIN_TOKEN, "").strip() or None
+
+
+def _check_serve_options(args: argparse.Namespace) -> None:
+    """Refuse what is unsafe or meaningless; ``UsageProblem`` names it."""
     if args.drain_window < 1 or (args.bench is not None and (args.bench < 1 or args.rate <= 0)):
-        print(
-            "relay-runtime connector: --drain-window, --bench and --rate must be > 0",
-            file=sys.stderr,
+        raise UsageProblem("--drain-window, --bench and --rate must be > 0")
+    if not (math.isfinite(args.max_token_lifetime) and args.max_token_lifetime > 0):
+        raise UsageProblem(
+            f"--max-token-lifetime must be a number of seconds > 0, not {args.max_token_lifetime}"
         )
-        return EXIT_USAGE
+    for option, port in (("--port", args.port), ("--control-port", args.control_port)):
+        if not 0 <= port <= 65535:
+            raise UsageProblem(f"{option} must be 0-65535, not {port}")
+    if args.allow_unauthenticated and not is_loopback(args.host):
+        raise UsageProblem(
+            f"--allow-unauthenticated with --host {args.host!r}: anyone who can reach it "
+            "could act as a gateway; use --host 127.0.0.1 or give gateways secrets"
+        )
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def _main(args: argparse.Namespace) -> int:
+    if getattr(args, "admin_command", None) is not None:
+        return _admin_main(args)
     try:
+        _check_serve_options(args)
+        secrets = parse_credentials(args.credentials, os.environ)
+        admin_token = _admin_token(args.admin_token_file, os.environ)
+        if not secrets and not args.allow_unauthenticated:
+            raise UsageProblem(
+                "no gateway credentials; pass --gateway-id with --secret-file or --secret-env, "
+                f"set {ENV_GATEWAY_ID}/{ENV_SECRET}, or use --allow-unauthenticated"
+            )
+        remote = not is_loopback(args.control_host)
+        if admin_token is not None and remote and not args.allow_remote_admin:
+            raise UsageProblem(
+                f"admin routes on --control-host {args.control_host!r} would be reachable "
+                "from the network; use 127.0.0.1 or pass --allow-remote-admin"
+            )
         connector = build_connector(args, secrets)
     except ValueError as exc:
-        print(f"relay-runtime connector: {exc}", file=sys.stderr)
+        print(f"{_PREFIX} {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return trio.run(run_connector, connector, args)
+    for values in secrets.values():
+        for secret in values:
+            register_secret(secret)
+    register_secret(admin_token)
+    if any(kind == "secret" for kind, _ in args.credentials or []):
+        log.warning(
+            "--secret puts the secret on the command line, visible to every user in ps; "
+            "use --secret-file or --secret-env"
+        )
+    if not is_loopback(args.host) or not is_loopback(args.control_host):
+        log.warning(
+            "serving on a non-loopback address over plain ws:// and http://; this is a "
+            "development peer and nothing it carries is encrypted"
+        )
+    journal: IO[str] | None = None
+    if args.journal is not None:
+        try:
+            journal = open(args.journal, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            print(f"{_PREFIX} --journal {args.journal}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+        connector.journal_sink = _journal_writer(journal)
+    try:
+        return trio.run(run_connector, connector, args, admin_token)
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+def _journal_writer(handle: IO[str]) -> Callable[[Post], None]:
+    def write(post: Post) -> None:
+        handle.write(json.dumps(post.to_json(), ensure_ascii=False) + "\n")
+        handle.flush()
+
+    return write
 
 
 def build_connector(args: argparse.Namespace, secrets: dict[str, list[str]]) -> ReferenceConnector:
     """The connector the parsed options ask for; ``ValueError`` names a bad option."""
     descriptors = {p: DEFAULT_DESCRIPTORS[p] for p in args.platform} if args.platform else None
+    lifetime = None if args.accept_legacy_tokens else args.max_token_lifetime
+    registry = ControlPlaneRegistry(max_token_lifetime_s=lifetime)
     return ReferenceConnector(
         secrets=secrets,
+        registry=registry,
         descriptors=descriptors,
         allow_unauthenticated=args.allow_unauthenticated,
         reject_mode=args.reject_mode,
         always_buffer=args.always_buffer,
         drain_window=args.drain_window,
         buffer_prefix=args.buffer_prefix,
+        max_token_lifetime_s=lifetime,
     )
 
 
-async def run_connector(connector: ReferenceConnector, args: argparse.Namespace) -> int:
-    """Serve until a signal (or until the ``--bench`` run ends); returns the exit status."""
+async def run_connector(
+    connector: ReferenceConnector, args: argparse.Namespace, admin_token: str | None = None
+) -> int:
+    """Serve until a signal (or until the ``--bench`` run ends); returns the exit status.
+
+    Prints the ``ws://`` URL, then the control plane's ``http://`` URL, one per line.
+    """
     status = EXIT_OK
     async with trio.open_nursery() as nursery:
         url = await nursery.start(connector.serve, args.host, args.port)
+        registry = connector.registry
+        if not isinstance(registry, ControlPlaneRegistry):
+            registry = ControlPlaneRegistry()
+        app = operator_app(ControlPlane(registry), AdminApi(connector, admin_token, registry))
+        control_host = getattr(args, "control_host", "127.0.0.1")
+        control_port = getattr(args, "control_port", 0)
+        server = await nursery.start(
+            lambda task_status: serve_http(
+                app, host=control_host, port=control_port, task_status=task_status
+            )
+        )
         print(url, flush=True)
+        print(server.url, flush=True)
+        log.info(
+            "control plane on %s (admin routes %s)",
+            server.url,
+            "on" if admin_token else f"off: no {ENV_ADMIN_TOKEN}",
+        )
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         if args.bench is not None:
             run = Bench(connector, args.bench, args.rate)
             with trio.move_on_after(args.bench_timeout):
                 await run.run()
+            with trio.move_on_after(BENCH_SETTLE_S):
+                await run.settle()
             summary = run.summary()
             print(json.dumps(summary, sort_keys=True), flush=True)
             status = EXIT_OK if summary["answered"] == summary["count"] else EXIT_FAILURE
@@ -226,12 +477,140 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
+# --------------------------------------------------------------------------- admin client
+
+
+def _admin_commands(commands: Any) -> None:
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(
+            name, help=help_text, description=help_text
+        )
+        sub.add_argument(
+            "--url",
+            dest="admin_url",
+            metavar="URL",
+            help=f"the running connector's control-plane URL (default: ${ENV_URL})",
+        )
+        sub.add_argument(
+            "--admin-token-file",
+            dest="client_token_file",
+            metavar="FILE",
+            help=f"the admin token (default: ${ENV_ADMIN_TOKEN})",
+        )
+        sub.add_argument(
+            "--gateway-id",
+            dest="target",
+            metavar="ID",
+            help="the gateway (default: the only one the connector knows)",
+        )
+        sub.set_defaults(admin_command=name)
+        return sub
+
+    add("status", "show every gateway the connector knows")
+    wait = add("wait", "wait until a gateway is connected/disconnected/drained, or posts arrive")
+    wait.add_argument(
+        "until",
+        choices=("connected", "disconnected", "drained", "journal"),
+        help="what to wait for (journal: until the journal holds --count posts)",
+    )
+    wait.add_argument("--count", type=int, default=1, help="journal posts to wait for (default 1)")
+    wait.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds before giving up (default 30)"
+    )
+    inject = add("inject", "deliver an inbound message to the gateway, live or buffered")
+    inject.add_argument("text", help="the message text")
+    inject.add_argument("--platform", dest="inject_platform", default="relay", help="(relay)")
+    inject.add_argument("--chat", default="chat-1", help="chat id (default chat-1)")
+    inject.add_argument("--chat-type", default="dm", help="dm, group, channel... (default dm)")
+    inject.add_argument("--user", default="user-1", help="sender's user id (default user-1)")
+    inject.add_argument(
+        "--buffered",
+        action="store_true",
+        help="deliver through the ack-gated buffer (with a bufferId) rather than live",
+    )
+    inject.add_argument(
+        "--unaddressed",
+        action="store_true",
+        help="the message does not mention or reply to the bot (for the relevance gate)",
+    )
+    add("buffer", "list what is buffered for the gateway, oldest first")
+    add("hold", "flip the gateway to buffered-only (as after going_idle)")
+    add("flush", "replay the gateway's buffer on its live connection now")
+    add("revoke", "refuse the gateway's tokens and close its live socket with 4401")
+    journal = add("journal", "show what the gateway posted (one JSON object per post)")
+    journal.add_argument("--after", type=int, default=0, help="skip the first N posts")
+
+
+def _admin_main(args: argparse.Namespace) -> int:
+    command: str = args.admin_command
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    try:
+        url = args.admin_url or os.environ.get(ENV_URL, "").strip()
+        if not url:
+            raise UsageProblem(f"no connector URL; pass --url or set {ENV_URL}")
+        token = _admin_token(args.client_token_file, os.environ)
+        if token is None:
+            raise UsageProblem(f"no admin token; set {ENV_ADMIN_TOKEN} or pass --admin-token-file")
+        body, wait_s = _admin_body(command, args)
+    except ValueError as exc:
+        print(f"{_PREFIX} {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        reply = AdminClient(url, token).call(command, body, wait_s=wait_s)
+    except AdminError as exc:
+        print(f"{_PREFIX} {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for line in _admin_lines(command, reply):
+        print(json.dumps(line, ensure_ascii=False, sort_keys=True))
+    return EXIT_OK
+
+
+def _admin_body(command: str, args: argparse.Namespace) -> tuple[dict[str, Any], float]:
+    body: dict[str, Any] = {"gatewayId": args.target}
+    if command == "wait":
+        if not (math.isfinite(args.timeout) and 0 <= args.timeout <= MAX_WAIT_S):
+            raise UsageProblem(f"--timeout must be 0-{MAX_WAIT_S:g} seconds, not {args.timeout}")
+        if args.count < 0:
+            raise UsageProblem(f"--count must be >= 0, not {args.count}")
+        body |= {"until": args.until, "count": args.count, "timeoutS": args.timeout}
+        return body, args.timeout
+    if command == "inject":
+        body |= {
+            "text": args.text,
+            "platform": args.inject_platform,
+            "chatId": args.chat,
+            "chatType": args.chat_type,
+            "userId": args.user,
+            "buffered": args.buffered,
+            "addressed": not args.unaddressed,
+        }
+    elif command == "journal":
+        if args.after < 0:
+            raise UsageProblem(f"--after must be >= 0, not {args.after}")
+        body["after"] = args.after
+    return body, 0.0
+
+
+def _admin_lines(command: str, reply: dict[str, Any]) -> list[Any]:
+    if command in ("status", "wait"):
+        return list(reply.get("gateways", []))
+    if command == "buffer":
+        return list(reply.get("entries", []))
+    if command == "journal":
+        return list(reply.get("entries", []))
+    return [reply]
+
+
+# --------------------------------------------------------------------------- bench
+
+
 class Bench:
     """Injects ``count`` messages at ``rate``/s and times each until the gateway's reply.
 
     Each message goes to its own chat ``bench-<i>``; its round trip ends at the first
     ``outbound`` ``send`` to that chat. Times are seconds of the trio clock. Bound
-    :meth:`run` with a cancel scope; :meth:`summary` reports whatever was measured.
+    :meth:`run` (and :meth:`settle`) with a cancel scope; :meth:`summary` reports whatever
+    was measured.
     """
 
     def __init__(self, connector: ReferenceConnector, count: int, rate: float) -> None:
@@ -243,6 +622,7 @@ class Bench:
         self.answered: set[str] = set()
         self._seen = 0
         self._t0: float | None = None
+        self.gateway_id: str | None = None
 
     async def run(self) -> None:
         """Wait for a gateway, inject every message on schedule, wait for every reply.
@@ -257,7 +637,7 @@ class Bench:
         await connector.wait_for(lambda: handshaken() is not None)
         first = handshaken()
         assert first is not None
-        gateway_id = first.gateway_id
+        self.gateway_id = gateway_id = first.gateway_id
         self._t0 = t0 = trio.current_time()
         for i in range(self.count):
             chat = f"bench-{i}"
@@ -267,6 +647,31 @@ class Bench:
             event = MessageEvent(text=f"ping {i}", source=source)
             await connector.inject(event, gateway_id=gateway_id)
         await connector.wait_for(self._collect)
+
+    async def settle(self) -> None:
+        """After :meth:`run`: wait until the connector answered every ``send`` it timed, then
+        close the measured gateway's sockets 1001 (going away), so the gateway sees each of
+        its sends succeed and the connection end cleanly rather than reset mid-reply.
+
+        Bound it with a cancel scope.
+        """
+        connector = self.connector
+        asked = {
+            r.frame.request_id
+            for r in connector.received
+            if isinstance(r.frame, Outbound)
+            and isinstance(r.frame.action, Send)
+            and r.frame.action.chat_id in self.answered
+        }
+
+        def answered() -> bool:
+            results = (s.frame for s in connector.sent)
+            done = {f.request_id for f in results if isinstance(f, OutboundResult)}
+            return asked <= done
+
+        await connector.wait_for(answered)
+        if self.gateway_id is not None:
+            await connector.drop(self.gateway_id, code=1001, reason="bench done")
 
     def _collect(self) -> bool:
         received = self.connector.received

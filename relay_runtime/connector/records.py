@@ -18,6 +18,7 @@ __all__ = [
     "BadFrame",
     "Delivery",
     "GatedDrop",
+    "Post",
     "Received",
     "Rejection",
     "Sent",
@@ -100,3 +101,37 @@ class SentMessage:
     gateway_id: str
     platform: str | None = None
     edits: int = 0
+
+
+@attrs.frozen
+class Post:
+    """One message the gateway posted, followed up or edited: an entry of the journal.
+
+    ``seq`` counts from 1 in the order the connector performed the posts; ``at`` is the
+    connector's wall clock (Unix seconds). Only performed egress is journalled: a repeated
+    ``requestId`` or a scripted failure is not.
+    """
+
+    seq: int
+    at: float
+    gateway_id: str
+    platform: str
+    op: str
+    chat_id: str
+    message_id: str
+    content: str
+    request_id: str
+
+    def to_json(self) -> dict[str, object]:
+        """The entry as a JSON object (camelCase keys, like the wire)."""
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "gatewayId": self.gateway_id,
+            "platform": self.platform,
+            "op": self.op,
+            "chatId": self.chat_id,
+            "messageId": self.message_id,
+            "content": self.content,
+            "requestId": self.request_id,
+        }

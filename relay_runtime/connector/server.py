@@ -104,6 +104,7 @@ from relay_runtime.connector.records import (
     BadFrame,
     Delivery,
     GatedDrop,
+    Post,
     Received,
     Rejection,
     Sent,
@@ -111,7 +112,12 @@ from relay_runtime.connector.records import (
 )
 from relay_runtime.connector.relevance import RelevancePolicy, admit
 from relay_runtime.connector.seams import ControlPlaneLike, WakePokerLike
-from relay_runtime.connector.upgrade_auth import UpgradeAuth, authenticate, bearer_token
+from relay_runtime.connector.upgrade_auth import (
+    DEFAULT_MAX_TOKEN_LIFETIME_S,
+    UpgradeAuth,
+    authenticate,
+    bearer_token,
+)
 from relay_runtime.transport import Dialer, message_limit
 
 __all__ = ["Connection", "ReferenceConnector", "open_connector"]
@@ -209,6 +215,9 @@ class ReferenceConnector:
         max_frame_bytes: the frame limit for what gateways send (RC §2).
         close_timeout: how long a close handshake may take before the TCP stream is aborted.
         clock: wall clock for token expiry.
+        max_token_lifetime_s: refuse (401/4401) a genuine token that never expires
+            (``exp=0``) or expires more than this many seconds from now; ``None`` accepts
+            such legacy tokens. Default 600 s (the gateway mints 300 s tokens).
         request_id_memory: how many performed ``requestId``s (per connector, keyed by
             gateway) are remembered to answer a repeat without egressing again; the least
             recently seen is forgotten first.
@@ -219,6 +228,8 @@ class ReferenceConnector:
         on_outbound: called as ``on_outbound(conn, frame)`` for each ``outbound`` frame
             received, before it is answered (repeats included). An observer: it cannot change
             the answer, and an exception in it is logged and the frame answered anyway.
+        journal_sink: called with each :class:`~.records.Post` as it is journalled (e.g. to
+            keep the journal on disk); an exception in it is logged and ignored.
         on_going_idle: awaited as ``on_going_idle(conn)`` for each ``going_idle`` before the
             connector handles it. Returning ``True`` means the hook dealt with the frame (for
             instance dropped the socket): the instance is then not flipped to buffered-only
@@ -242,10 +253,12 @@ class ReferenceConnector:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         close_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        max_token_lifetime_s: float | None = DEFAULT_MAX_TOKEN_LIFETIME_S,
         request_id_memory: int = DEFAULT_REQUEST_ID_MEMORY,
         buffer_prefix: str | None = None,
         on_outbound: OutboundObserver | None = None,
         on_going_idle: GoingIdleHook | None = None,
+        journal_sink: Callable[[Post], None] | None = None,
     ) -> None:
         if buffer_prefix is None:
             buffer_prefix = token_hex(4)
@@ -258,12 +271,18 @@ class ReferenceConnector:
             raise ValueError(f"drain_window must be >= 1, not {drain_window}")
         if request_id_memory < 1:
             raise ValueError(f"request_id_memory must be >= 1, not {request_id_memory}")
+        if max_token_lifetime_s is not None and not max_token_lifetime_s > 0:
+            raise ValueError(f"max_token_lifetime_s must be > 0, not {max_token_lifetime_s}")
         if reject_mode not in ("http", "close"):
             raise ValueError(f"reject_mode must be 'http' or 'close', not {reject_mode!r}")
         self._secrets: dict[str, list[str]] = {}
         for gateway_id, value in (secrets or {}).items():
             self.set_secrets(gateway_id, value)
         self.registry = registry
+        on_revoke = getattr(registry, "on_revoke", None)
+        if on_revoke is not None:
+            # The control plane forgot the gateway's secrets: its live sockets go as well.
+            on_revoke(self._close_revoked)
         self.poker = poker
         self.descriptors: dict[str, DescriptorSpec] = dict(
             DEFAULT_DESCRIPTORS if descriptors is None else descriptors
@@ -278,6 +297,7 @@ class ReferenceConnector:
         self.max_frame_bytes = max_frame_bytes
         self.close_timeout = close_timeout
         self.clock = clock
+        self.max_token_lifetime_s = max_token_lifetime_s
         self.outcomes = OutcomeTable()
         #: chat id -> (name, type) answered to ``get_chat_info``; filled from injected events.
         self.chat_info: dict[str, tuple[str, str]] = {}
@@ -295,6 +315,8 @@ class ReferenceConnector:
         self._gated: list[GatedDrop] = []
         self._messages: dict[str, SentMessage] = {}
         self._pokes: list[str] = []
+        self._journal: list[Post] = []
+        self.journal_sink = journal_sink
         self._ids = itertools.count(1)
         self._buffer_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
@@ -432,6 +454,18 @@ class ReferenceConnector:
         self._changed()
         return await self._close_all(gateway_id, UNAUTHORIZED, "unauthorized")
 
+    def _close_revoked(self, gateway_id: str) -> None:
+        """Close ``gateway_id``'s live sockets 4401 ``unauthorized`` (from a sync caller).
+
+        Each connection's own task performs the close; this only asks for it.
+        """
+        for conn in self._connections:
+            if conn.open and conn.gateway_id == gateway_id and conn.nursery is not None:
+                conn.close_code, conn.close_reason = UNAUTHORIZED, "unauthorized"
+                conn.closing = (UNAUTHORIZED, "unauthorized")
+                conn.nursery.cancel_scope.cancel()
+        self._changed()
+
     def reinstate(self, gateway_id: str) -> None:
         """Accept ``gateway_id``'s tokens again after :meth:`revoke`."""
         self._revoked.discard(gateway_id)
@@ -454,13 +488,15 @@ class ReferenceConnector:
         gateway_id: str | None = None,
         addressed: bool = True,
         from_bot: bool | None = None,
+        buffered: bool = False,
     ) -> Delivery:
         """Deliver ``event`` to a gateway as an ``inbound`` frame.
 
         Passes the relevance gate first (``addressed``: the message mentions or replies to
         the bot; ``from_bot`` defaults to ``event.source.is_bot``). Then goes live to the
         connected gateway, or into the instance's buffer when it is flipped, still draining,
-        disconnected, or ``always_buffer`` is set.
+        disconnected, or ``always_buffer`` or ``buffered`` is set (a connected, draining
+        gateway then gets it at once through the buffer, with a ``bufferId``).
         """
         inst = self._instance(self._resolve(gateway_id))
         source = event.source
@@ -480,7 +516,7 @@ class ReferenceConnector:
             self._changed()
             log.info("relevance gate dropped a message for %r: %s", inst.gateway_id, reason)
             return Delivery("gated", reason=reason)
-        return await self._deliver(inst, Inbound(event=event))
+        return await self._deliver(inst, Inbound(event=event), force_buffer=buffered)
 
     async def inject_passthrough(
         self, forward: PassthroughForward, *, gateway_id: str | None = None
@@ -507,6 +543,50 @@ class ReferenceConnector:
         if conn is None or not conn.open:
             return False
         return await self._write_text(conn, text, None)
+
+    # -- operator controls ----------------------------------------------------------------
+
+    def hold(self, gateway_id: str | None = None) -> None:
+        """Flip the instance to buffered-only, as a ``going_idle`` would (no ack is sent).
+
+        Inbound for it is buffered from now on, the live connection (if any) stops
+        replaying, and the flip lasts until :meth:`flush` or the next handshake drains the
+        buffer empty.
+        """
+        inst = self._instance(self._resolve(gateway_id))
+        inst.buffered_only = True
+        inst.poked = False
+        if inst.current is not None:
+            inst.current.draining = False
+        self._changed()
+
+    def flush(self, gateway_id: str | None = None) -> int:
+        """Replay the instance's buffer on its live connection now; returns how many wait.
+
+        Entries still leave the buffer only on ``inbound_ack``; once it is empty the
+        buffered-only flip is cleared. ``LookupError`` if no gateway is connected (the buffer
+        is then replayed after its next handshake anyway).
+        """
+        gid = self._resolve(gateway_id)
+        inst = self._instance(gid)
+        conn = inst.current
+        if conn is None or not conn.open:
+            raise LookupError(f"gateway {gid!r} is not connected")
+        conn.draining = True
+        self._changed()
+        return len(inst.buffer)
+
+    def known_gateways(self) -> list[str]:
+        """Every gateway id configured here, in the registry, or seen on a socket, sorted."""
+        known = set(self._secrets) | set(self._instances)
+        gateways = getattr(self.registry, "gateways", None)
+        if isinstance(gateways, Mapping):
+            known |= {g for g in gateways if isinstance(g, str)}
+        return sorted(known)
+
+    def resolve_gateway(self, gateway_id: str | None = None) -> str:
+        """``gateway_id``, or the only gateway known; ``ValueError`` names the choices."""
+        return self._resolve(gateway_id)
 
     # -- drops ----------------------------------------------------------------------------
 
@@ -617,6 +697,11 @@ class ReferenceConnector:
         return self._messages
 
     @property
+    def journal(self) -> Sequence[Post]:
+        """What gateways posted (send, follow_up, edit), in the order it was performed."""
+        return self._journal
+
+    @property
     def pokes(self) -> Sequence[str]:
         """Wake URLs poked, in order."""
         return self._pokes
@@ -717,13 +802,15 @@ class ReferenceConnector:
             policy = RelevancePolicy.coerce(self.registry.policy_for(gateway_id, platform))
         return policy
 
-    async def _deliver(self, inst: _Instance, frame: BufferedFrame) -> Delivery:
+    async def _deliver(
+        self, inst: _Instance, frame: BufferedFrame, *, force_buffer: bool = False
+    ) -> Delivery:
         conn = inst.current
         connected = conn is not None and conn.open and conn.draining
         if (
             connected
             and conn is not None
-            and not (inst.buffered_only or len(inst.buffer) or self.always_buffer)
+            and not (inst.buffered_only or len(inst.buffer) or self.always_buffer or force_buffer)
         ):
             if await self._write(conn, frame):
                 return Delivery("live")
@@ -832,7 +919,13 @@ class ReferenceConnector:
         token = bearer_token(headers)
         if token is None and self.allow_unauthenticated:
             return UpgradeAuth("")
-        return authenticate(token, self.secrets_for, now=self.clock(), is_revoked=self.is_revoked)
+        return authenticate(
+            token,
+            self.secrets_for,
+            now=self.clock(),
+            is_revoked=self.is_revoked,
+            max_lifetime_s=self.max_token_lifetime_s,
+        )
 
     def _reject_record(self, gateway_id: str | None, reason: str, status: int, path: str) -> None:
         self._rejections.append(Rejection(gateway_id, reason, status, path))
@@ -976,6 +1069,7 @@ class ReferenceConnector:
                 gateway_id=conn.gateway_id,
                 platform=frame.platform,
             )
+            self._journal_post(conn, frame, chat_id, message_id)
             return {"success": True, "message_id": message_id}
         assert isinstance(action, Edit)
         known = self._messages.get(action.message_id)
@@ -987,7 +1081,31 @@ class ReferenceConnector:
         self._messages[action.message_id] = attrs.evolve(
             known, content=action.content, edits=known.edits + 1
         )
+        self._journal_post(conn, frame, action.chat_id, action.message_id)
         return {"success": True}
+
+    def _journal_post(
+        self, conn: Connection, frame: Outbound, chat_id: str, message_id: str
+    ) -> None:
+        action = frame.action
+        assert isinstance(action, Send | FollowUp | Edit)
+        post = Post(
+            seq=len(self._journal) + 1,
+            at=self.clock(),
+            gateway_id=conn.gateway_id,
+            platform=frame.platform or "",
+            op=action.OP,
+            chat_id=chat_id,
+            message_id=message_id,
+            content=action.content,
+            request_id=frame.request_id,
+        )
+        self._journal.append(post)
+        if self.journal_sink is not None:
+            try:
+                self.journal_sink(post)
+            except Exception:
+                log.exception("journal sink failed; the post is journalled in memory only")
 
     def _repeat_result(self, conn: Connection, frame: Outbound) -> dict[str, Any] | None:
         """The first result of an action already performed under this ``requestId``, if any.

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 
+import attrs
 import pytest
 import trio
+from trio_websocket import ConnectionClosed
 
 from protocol.actions import Send
-from protocol.frames import DescriptorFrame, Inbound, Outbound
+from protocol.frames import DescriptorFrame, Inbound, Outbound, OutboundResult
 from relay_runtime.cli.connector import parse_credentials
 
-from .peer import SECRET, dial, good_headers
+from .peer import SECRET, Peer, dial, good_headers
 
 LIMIT = 20
 
@@ -62,7 +65,18 @@ def test_no_credentials_is_a_usage_error():
     assert "no gateway credentials" in done.stderr
 
 
+async def _read_line(stdout: trio.abc.ReceiveStream) -> str:
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await stdout.receive_some(1)
+        assert chunk, "connector exited before printing its URLs"
+        line += chunk
+    return line.decode().strip()
+
+
 async def _start(*extra: str) -> tuple[trio.Process, trio.abc.ReceiveStream, str]:
+    """A connector process for gateway ``gw-test``; returns it, its stdout and the ws URL."""
+    env = {**os.environ, "TEST_GATEWAY_SECRET": SECRET}
     command = [
         sys.executable,
         "-m",
@@ -72,18 +86,16 @@ async def _start(*extra: str) -> tuple[trio.Process, trio.abc.ReceiveStream, str
         "connector",
         "--gateway-id",
         "gw-test",
-        "--secret",
-        SECRET,
+        "--secret-env",
+        "TEST_GATEWAY_SECRET",
         *extra,
     ]
-    proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+    proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = await proc.stdout.receive_some(1)
-        assert chunk, "connector exited before printing its URL"
-        line += chunk
-    return proc, proc.stdout, line.decode().strip()
+    url = await _read_line(proc.stdout)
+    control = await _read_line(proc.stdout)
+    assert control.startswith("http://127.0.0.1:")
+    return proc, proc.stdout, url
 
 
 async def test_standalone_connector_prints_its_url_serves_and_stops_on_sigterm():
@@ -109,14 +121,17 @@ async def test_bench_mode_times_round_trips_to_the_gateway_send():
             async with dial(url, good_headers()) as peer:
                 await peer.hello("relay")
                 await peer.expect(DescriptorFrame)
-                asked = 0
+                asked = results = 0
                 while asked < 5:  # inbound and results interleave at 500/s
                     frame = await peer.next()
+                    results += isinstance(frame, OutboundResult)
                     if isinstance(frame, Inbound):
                         action = Send(chat_id=frame.event.source.chat_id, content="pong")
                         await peer.send(Outbound(request_id=f"{asked:032x}", action=action))
                         asked += 1
-                # The run ends at the fifth send; its result may never be read.
+                # The run waits for the connector's result to every send, then closes 1001.
+                closed = await _count_results_until_closed(peer)
+                results += closed.count
                 output = b""
                 while not output.endswith(b"\n"):
                     chunk = await stdout.receive_some(4096)
@@ -125,6 +140,26 @@ async def test_bench_mode_times_round_trips_to_the_gateway_send():
         finally:
             status = await proc.wait()
     summary = json.loads(output)
+    assert results == 5
+    assert (closed.code, closed.reason) == (1001, "bench done")
     assert status == 0
     assert summary["count"] == summary["answered"] == 5
     assert 0 <= summary["p50_ms"] <= summary["max_ms"]
+
+
+@attrs.frozen
+class _Closed:
+    count: int
+    code: int | None
+    reason: str | None
+
+
+async def _count_results_until_closed(peer: Peer) -> _Closed:
+    """Read frames until the connector closes the socket; count the outbound results."""
+    count = 0
+    try:
+        while True:
+            count += isinstance(await peer.next(), OutboundResult)
+    except ConnectionClosed as exc:
+        reason = exc.reason
+    return _Closed(count, reason.code if reason else None, reason.reason if reason else None)
