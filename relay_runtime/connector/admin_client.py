@@ -6,6 +6,7 @@ Every failure is an :class:`AdminError` whose message is one line for the user.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -16,6 +17,8 @@ __all__ = ["AdminClient", "AdminError"]
 
 #: Added to a call's own wait so the HTTP read does not time out first (seconds).
 _SLACK_S = 10.0
+#: Between attempts to reach a connector that is not listening yet, during a wait (seconds).
+_RETRY_S = 0.2
 
 
 class AdminError(Exception):
@@ -31,20 +34,32 @@ class AdminClient:
         self._timeout_s = timeout_s
 
     def call(self, route: str, body: dict[str, Any] | None = None, *, wait_s: float = 0.0) -> Any:
-        """POST ``body`` to ``/admin/<route>`` and return the decoded JSON reply."""
+        """POST ``body`` to ``/admin/<route>`` and return the decoded JSON reply.
+
+        With ``wait_s`` (a ``wait`` call), a connector that is not listening yet (connection
+        refused) is tried again until ``wait_s`` has passed: a script may start the
+        connector in the background and wait for its gateway on the next line.
+        """
         url = f"{self.base_url}{ADMIN_PREFIX}/{route}"
         payload = {k: v for k, v in (body or {}).items() if v is not None}
-        try:
-            with httpx.Client(timeout=self._timeout_s + wait_s + _SLACK_S) as client:
-                response = client.post(
-                    url,
-                    json=payload,
-                    headers={"Authorization": f"Bearer {self._token}"},
-                    follow_redirects=False,
-                )
-        except httpx.HTTPError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise AdminError(f"cannot reach the connector at {self.base_url}: {reason}") from None
+        deadline = time.monotonic() + wait_s
+        with httpx.Client(timeout=self._timeout_s + wait_s + _SLACK_S) as client:
+            while True:
+                try:
+                    response = client.post(
+                        url,
+                        json=payload,
+                        headers={"Authorization": f"Bearer {self._token}"},
+                        follow_redirects=False,
+                    )
+                    break
+                except httpx.ConnectError as exc:
+                    if time.monotonic() + _RETRY_S < deadline:
+                        time.sleep(_RETRY_S)
+                        continue
+                    raise self._unreachable(exc) from None
+                except httpx.HTTPError as exc:
+                    raise self._unreachable(exc) from None
         try:
             reply = response.json()
         except ValueError:
@@ -56,3 +71,7 @@ class AdminClient:
         if not isinstance(reply, dict):
             raise AdminError(f"connector answered {route} with something other than JSON")
         return reply
+
+    def _unreachable(self, exc: Exception) -> AdminError:
+        reason = str(exc) or type(exc).__name__
+        return AdminError(f"cannot reach the connector at {self.base_url}: {reason}")

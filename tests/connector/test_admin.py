@@ -6,6 +6,8 @@ Everything on real loopback sockets; waits synchronise on frames or on the conne
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -271,3 +273,60 @@ async def test_the_journal_sink_sees_every_post(nursery: trio.Nursery) -> None:
                 await peer.expect(OutboundResult)
     assert [json.loads(json.dumps(p.to_json()))["content"] for p in posts] == ["hi"]
     assert list(admin.connector.journal) == posts
+
+
+# -- the subcommands against a running connector ------------------------------------------------
+
+
+async def run_cli(*args: str, **env: str) -> tuple[int, str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_RELAY_", "RELAY_"))}
+    done = await trio.run_process(
+        [sys.executable, "-m", "relay_runtime", "connector", *args],
+        env=base | env,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_subcommands_print_json_lines_and_failures_as_one_line(admin: Admin) -> None:
+    env = {"RELAY_CONNECTOR_URL": admin.server.url, "RELAY_CONNECTOR_ADMIN_TOKEN": TOKEN}
+    with trio.fail_after(60):
+        code, out, err = await run_cli("inject", "--chat", "c5", "hello there", **env)
+        assert (code, err) == (0, "")
+        assert json.loads(out)["outcome"] == "buffered"  # nothing connected: kept for later
+        code, out, _ = await run_cli("buffer", **env)
+        assert [json.loads(line)["text"] for line in out.splitlines()] == ["hello there"]
+        code, out, err = await run_cli("flush", **env)
+        assert (code, out) == (1, "")
+        assert err == (
+            "relay-runtime: error: connector refused flush (HTTP 409): gateway 'gw-test' is "
+            "not connected; its buffer is replayed when it reconnects\n"
+        )
+        code, _, err = await run_cli("status", **(env | {"RELAY_CONNECTOR_ADMIN_TOKEN": "bad"}))
+        assert (code, err) == (
+            1,
+            "relay-runtime: error: connector refused status (HTTP 401): admin token missing "
+            "or wrong\n",
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "problem"),
+    [
+        (["status"], {"RELAY_CONNECTOR_ADMIN_TOKEN": "t"}, 2, "no connector URL; pass --url or set RELAY_CONNECTOR_URL"),
+        (["status", "--url", "http://127.0.0.1:9"], {}, 2, "no admin token; set RELAY_CONNECTOR_ADMIN_TOKEN or pass --admin-token-file"),
+        (["wait", "connected", "--timeout", "700", "--url", "http://127.0.0.1:9"], {"RELAY_CONNECTOR_ADMIN_TOKEN": "t"}, 2, "--timeout must be 0-600 seconds, not 700.0"),
+        (["journal", "--after", "-1", "--url", "http://127.0.0.1:9"], {"RELAY_CONNECTOR_ADMIN_TOKEN": "t"}, 2, "--after must be >= 0, not -1"),
+        (["status", "--url", "http://127.0.0.1:9"], {"RELAY_CONNECTOR_ADMIN_TOKEN": "t"}, 1, "cannot reach the connector at http://127.0.0.1:9: "),
+    ],
+)  # fmt: skip
+async def test_subcommand_usage_errors(
+    args: list[str], env: dict[str, str], code: int, problem: str
+) -> None:
+    with trio.fail_after(60):
+        got, out, err = await run_cli(*args, **env)
+    assert (got, out) == (code, "")
+    assert err.startswith("relay-runtime: error: " + problem), err
+    assert err.count("\n") == 1
