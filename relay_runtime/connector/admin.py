@@ -22,8 +22,8 @@ route; the CLI refuses to serve the admin routes on a non-loopback address unles
 
 from __future__ import annotations
 
-import hmac
 import json
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -114,7 +114,7 @@ class AdminApi:
                 "RELAY_CONNECTOR_ADMIN_TOKEN or --admin-token-file",
             )
         given = (request.bearer() or "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, self.token.encode("utf-8", "surrogateescape")):
+        if not secrets.compare_digest(given, self.token.encode("utf-8", "surrogateescape")):
             return _error(401, "admin token missing or wrong")
         try:
             body = _body(request)

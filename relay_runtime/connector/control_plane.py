@@ -17,7 +17,6 @@ pokes sleeping gateways with :class:`WakePoker`.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import secrets
@@ -469,13 +468,13 @@ def _constant_time_find(given: str, table: Mapping[str, _V]) -> _V | None:
     """The value of the key equal to ``given``, comparing with every key in constant time.
 
     A dict lookup by a secret leaks, through timing, how much of a guess matches a stored
-    key's hash bucket and prefix; this compares every key with ``hmac.compare_digest`` and
+    key's hash bucket and prefix; this compares every key with ``secrets.compare_digest`` and
     does not stop at the first match.
     """
     wanted = given.encode("utf-8", "surrogateescape")
     found: _V | None = None
     for key, value in table.items():
-        if hmac.compare_digest(key.encode("utf-8", "surrogateescape"), wanted):
+        if secrets.compare_digest(key.encode("utf-8", "surrogateescape"), wanted):
             found = value
     return found
 

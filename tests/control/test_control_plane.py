@@ -487,7 +487,7 @@ class _NoLookups(dict[str, str]):
 def test_identity_tokens_are_compared_in_constant_time_against_every_known_token(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import hmac
+    import secrets
 
     from relay_runtime.connector import control_plane
 
@@ -496,13 +496,13 @@ def test_identity_tokens_are_compared_in_constant_time_against_every_known_token
         {"tok-a-0123456789": "a", "tok-b-0123456789": "b", "tok-c-0123456789": "c"}
     )
     calls: list[tuple[bytes, bytes]] = []
-    real = hmac.compare_digest
+    real = secrets.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(control_plane.hmac, "compare_digest", spy)
+    monkeypatch.setattr(control_plane.secrets, "compare_digest", spy)
     assert registry.tenant_for("tok-a-0123456789") == "a"
     assert len(calls) == 3  # no early exit at the first (matching) key
     assert registry.tenant_for("tok-a-0123456780") is None
