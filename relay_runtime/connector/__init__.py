@@ -23,6 +23,7 @@ from relay_runtime.connector.presets import generic_descriptor as generic_descri
 from relay_runtime.connector.records import BadFrame as BadFrame
 from relay_runtime.connector.records import Delivery as Delivery
 from relay_runtime.connector.records import GatedDrop as GatedDrop
+from relay_runtime.connector.records import Post as Post
 from relay_runtime.connector.records import Received as Received
 from relay_runtime.connector.records import Rejection as Rejection
 from relay_runtime.connector.records import Sent as Sent

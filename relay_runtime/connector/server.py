@@ -25,6 +25,12 @@ connector's half of the relay contract v1 (RC §1-§8) well enough to run a gate
 * Test hooks: inject ``inbound`` / ``passthrough_forward`` / ``interrupt_inbound``, revoke or
   expire a gateway (4401), drop connections (TCP abort or a close code, also at seeded random
   points), and observe every frame with :meth:`ReferenceConnector.wait_for`.
+* Operator controls (driven over HTTP by :mod:`~relay_runtime.connector.admin`): flip an
+  instance to buffered-only (:meth:`ReferenceConnector.hold`), replay its buffer now
+  (:meth:`ReferenceConnector.flush`), and the journal of what gateways posted
+  (:attr:`ReferenceConnector.journal`, optionally mirrored by a ``journal_sink``).
+* Upgrade tokens that never expire or live longer than ``max_token_lifetime_s`` are refused
+  (see :mod:`~relay_runtime.connector.upgrade_auth`).
 
 One :class:`ReferenceConnector` serves any number of gateways; each authenticated gateway id
 is one *instance* with its own delivery buffer (an unauthenticated dev gateway is instance
