@@ -118,7 +118,11 @@ def register(subparsers: Any) -> None:
     )
     _serve_options(parser)
     parser.set_defaults(func=_main, credentials=None)
-    commands = parser.add_subparsers(dest="admin_command", metavar="SUBCOMMAND")
+    commands = parser.add_subparsers(
+        dest="admin_command",
+        metavar="SUBCOMMAND",
+        help="call a running connector's admin routes (none: serve a connector)",
+    )
     _admin_commands(commands)
 
 
