@@ -11,8 +11,11 @@ Pure string work; validation of the configured value lives in :mod:`relay_runtim
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
+
+import idna
 
 RELAY_PATH: Final = "/relay"
 
@@ -24,6 +27,11 @@ ENROLL: Final = "enroll"
 _TO_WS: Final = {"https": "wss", "http": "ws"}
 _TO_HTTP: Final = {"wss": "https", "ws": "http"}
 _RELAY_SCHEMES: Final = frozenset({"http", "https", "ws", "wss"})
+_MAX_LABEL: Final = 63
+_MAX_HOST: Final = 253
+_LDH: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+#: Shown instead of the ``user:password`` part of a URL.
+HIDDEN_USERINFO: Final = "<hidden>"
 
 
 def _split_scheme(url: str) -> tuple[str, str]:
@@ -74,20 +82,96 @@ def control_url(relay_url: str, route: str) -> str:
 def relay_url_problem(relay_url: str) -> str | None:
     """Why ``relay_url`` is not a usable connector URL, or ``None`` when it is.
 
-    Accepted: an ``http``/``https``/``ws``/``wss`` URL with a host and no query or fragment.
+    Accepted: an ``http``/``https``/``ws``/``wss`` URL with a dialable host (see
+    :func:`host_problem`), a port in 1-65535 if any, no ``user:password@`` (the gateway
+    authenticates with its bearer token; credentials in the URL would replace it on the
+    control plane and be sent as the WebSocket ``Host``), no query or fragment.
     """
-    return _url_problem(relay_url, _RELAY_SCHEMES, "http(s) or ws(s)")
+    return _url_problem(relay_url, _RELAY_SCHEMES, "http(s) or ws(s)", userinfo=False)
 
 
 def http_url_problem(url: str) -> str | None:
-    """Why ``url`` is not a plain ``http(s)`` URL with a host (no query, no fragment)."""
-    return _url_problem(url, frozenset({"http", "https"}), "http(s)")
+    """Why ``url`` is not a plain ``http(s)`` URL with a dialable host (no query, no fragment).
+
+    ``user:password@`` is allowed here (a wake URL may carry basic auth); log such a URL
+    through :func:`redact_url`.
+    """
+    return _url_problem(url, frozenset({"http", "https"}), "http(s)", userinfo=True)
 
 
-def _url_problem(url: str, schemes: frozenset[str], wanted: str) -> str | None:
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``<hidden>@``; anything else as given.
+
+    For every place a configured URL is shown (logs, error messages): the userinfo is a
+    credential. A text that does not parse is returned with everything up to the last ``@``
+    of its authority hidden, so a malformed URL cannot leak a password either.
+    """
     try:
         parts = urlsplit(url)
-        _port = parts.port  # raises ValueError for an out-of-range port
+    except ValueError:
+        scheme, sep, rest = url.partition("://")
+        authority, slash, tail = rest.partition("/")
+        if sep and "@" in authority:
+            return f"{scheme}://{HIDDEN_USERINFO}@{authority.rpartition('@')[2]}{slash}{tail}"
+        return url
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{HIDDEN_USERINFO}@{host}"))
+
+
+def host_problem(host: str) -> str | None:
+    """Why the dialer could not resolve ``host`` (a URL's hostname), or ``None``.
+
+    Checked the way the socket layer will use it: an IP literal is fine; a name must encode
+    with both IDNA codecs in play (the standard library's, used by ``getaddrinfo`` and TLS
+    SNI for text host names, and UTS-46 ``idna``, used by trio for non-ASCII names), with no
+    empty label (``a..b``), no label over 63 octets, at most 253 octets in all, and ASCII
+    labels made of letters, digits, ``-`` and ``_``, not starting or ending with ``-``.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host  # one trailing dot: fully qualified
+    if not name:
+        return f"host {host!r} is empty"
+    for label in name.split("."):
+        if not label:
+            return f"host {host!r} has an empty label"
+        try:
+            encoded = label.encode("ascii")
+        except UnicodeEncodeError:
+            try:
+                encoded = idna.encode(label, uts46=True)
+                label.encode("idna")
+            except (idna.IDNAError, UnicodeError) as exc:
+                return f"host {host!r} has a label that is not valid IDNA ({exc})"
+        else:
+            if not set(label.lower()) <= _LDH:
+                return (
+                    f"host {host!r} has a label with a character other than a letter, a digit, "
+                    "'-' or '_'"
+                )
+            if label.startswith("-") or label.endswith("-"):
+                return f"host {host!r} has a label that starts or ends with '-'"
+        if len(encoded) > _MAX_LABEL:
+            return f"host {host!r} has a label longer than {_MAX_LABEL} characters"
+    try:
+        total = len(idna.encode(name, uts46=True)) if not name.isascii() else len(name)
+        name.encode("idna")
+    except (idna.IDNAError, UnicodeError) as exc:
+        return f"host {host!r} is not valid IDNA ({exc})"
+    if total > _MAX_HOST:
+        return f"host {host!r} is longer than {_MAX_HOST} characters"
+    return None
+
+
+def _url_problem(url: str, schemes: frozenset[str], wanted: str, *, userinfo: bool) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for an out-of-range or non-numeric port
     except ValueError as exc:
         return f"is not a valid URL ({exc})"
     if parts.scheme.lower() not in schemes:
@@ -95,6 +179,12 @@ def _url_problem(url: str, schemes: frozenset[str], wanted: str) -> str | None:
         return f"must use an {wanted} scheme (got {shown!r})"
     if not parts.hostname:
         return "has no host"
+    if not userinfo and "@" in parts.netloc:
+        return "must not contain user:password@ (the gateway authenticates with its token)"
+    if port == 0:
+        return "has port 0 (a port must be 1-65535)"
+    if (problem := host_problem(parts.hostname)) is not None:
+        return problem
     if parts.query or url.rstrip().endswith("?"):
         return "must not have a query string"
     if parts.fragment or "#" in url:

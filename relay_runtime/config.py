@@ -14,22 +14,26 @@ WARNING and fall back to empty/false.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import json
 import logging
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
 import yaml
 
 from protocol.events import Identity
 from protocol.urls import dial_url as _dial_url
-from protocol.urls import http_url_problem, relay_url_problem
+from protocol.urls import http_url_problem, redact_url, relay_url_problem
 
 __all__ = [
     "HIDDEN",
@@ -49,12 +53,20 @@ HIDDEN: Final = "<hidden>"
 ENV_PREFIX: Final = "GATEWAY_RELAY_"
 ENV_FILE_NAME: Final = "relay.env"
 MIN_SECRET_LENGTH: Final = 32
+HOUR: Final = 3600
+#: A config file larger than this is refused unread (a YAML file of settings is a few KiB).
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+#: ``relay.env`` holds a few ``KEY=VALUE`` lines.
+MAX_ENV_FILE_BYTES: Final = 64 * 1024
+#: Deepest nesting of mappings and lists accepted in a config file.
+MAX_CONFIG_DEPTH: Final = 64
+DAY: Final = 86_400
 
 #: The boolean words of RC §10, matched stripped and case-insensitively.
 TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
 _PLATFORM_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-_INT_RE: Final = re.compile(r"[+-]?[0-9]+")
+_INT_RE: Final = re.compile(r"[+-]?[0-9]{1,19}")  # no huge-int parsing
 
 
 def mask(value: object) -> str:
@@ -166,39 +178,57 @@ def _bool(raw: object, label: str) -> bool:
     raise _Invalid("must be a boolean (1/true/yes/on or 0/false/no/off)")
 
 
-def _int(minimum: int, *, strict: bool = False) -> Callable[[object, str], int]:
-    def parse(raw: object, label: str) -> int:
+class _Int:
+    """An integer setting in ``low..high`` (both included); the range is in every complaint."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low = low
+        self.high = high
+
+    @property
+    def range_text(self) -> str:
+        return f"an integer from {self.low} to {self.high}"
+
+    def __call__(self, raw: object, label: str) -> int:
         if isinstance(raw, bool):
-            raise _Invalid("must be an integer, got a boolean")
+            raise _Invalid(f"must be {self.range_text}, got a boolean")
         if isinstance(raw, int):
             value = raw
         elif isinstance(raw, str) and _INT_RE.fullmatch(raw.strip()):
             value = int(raw.strip())
         else:
-            raise _Invalid("must be an integer")
-        if value < minimum or (strict and value == minimum):
-            op = ">" if strict else "≥"
-            raise _Invalid(f"must be an integer {op} {minimum}")
+            raise _Invalid(f"must be {self.range_text}")
+        if not self.low <= value <= self.high:
+            raise _Invalid(f"must be {self.range_text}")
         return value
 
-    return parse
 
+class _Seconds:
+    """A duration setting in seconds, ``low..high`` (both included, finite)."""
 
-def _seconds(raw: object, label: str) -> float:
-    if isinstance(raw, bool):
-        raise _Invalid("must be a number of seconds, got a boolean")
-    if isinstance(raw, int | float):
-        value = float(raw)
-    elif isinstance(raw, str):
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise _Invalid("must be a number of seconds") from None
-    else:
-        raise _Invalid("must be a number of seconds")
-    if not math.isfinite(value) or value <= 0:
-        raise _Invalid("must be a number of seconds > 0")
-    return value
+    def __init__(self, low: float, high: float) -> None:
+        self.low = low
+        self.high = high
+
+    @property
+    def range_text(self) -> str:
+        return f"a number of seconds from {self.low:g} to {self.high:g}"
+
+    def __call__(self, raw: object, label: str) -> float:
+        if isinstance(raw, bool):
+            raise _Invalid(f"must be {self.range_text}, got a boolean")
+        if isinstance(raw, int | float):
+            value = float(raw)
+        elif isinstance(raw, str) and len(raw) <= 64:
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                raise _Invalid(f"must be {self.range_text}") from None
+        else:
+            raise _Invalid(f"must be {self.range_text}")
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            raise _Invalid(f"must be {self.range_text}")
+        return value
 
 
 def _platform_name(raw: object, label: str) -> str:
@@ -240,7 +270,7 @@ def _relay_url(raw: object, label: str) -> str | None:
         return None
     problem = relay_url_problem(url)
     if problem is not None:
-        raise _Invalid(f"{url!r} {problem}")
+        raise _Invalid(f"{redact_url(url)!r} {problem}")
     return url.rstrip("/")
 
 
@@ -251,7 +281,7 @@ def _http_url(*, strip_slash: bool) -> Callable[[object, str], str | None]:
             return None
         problem = http_url_problem(url)
         if problem is not None:
-            raise _Invalid(f"{url!r} {problem}")
+            raise _Invalid(f"{redact_url(url)!r} {problem}")
         return url.rstrip("/") if strip_slash else url
 
     return parse
@@ -363,24 +393,25 @@ _VARS: Final[tuple[_Var, ...]] = (
     _idp("client_id", _opt_text),
     _idp("client_secret", _opt_text, secret=True),
     _idp("scope", _opt_text),
-    _relay("max_frame_bytes", _int(1024)),
-    _relay("handshake_timeout_s", _seconds),
-    _relay("outbound_timeout_s", _seconds),
-    _relay("idle_ack_timeout_s", _seconds),
-    _relay("http_timeout_s", _seconds),
-    _relay("token_ttl_s", _int(0, strict=True)),
-    _relay("ping_interval_s", _seconds),
-    _relay("ping_timeout_s", _seconds),
-    _relay("backoff_base_s", _seconds),
-    _relay("backoff_cap_s", _seconds),
-    _relay("stable_after_s", _seconds),
+    # The ranges are documented in docs/configuration.md; keep the two in step.
+    _relay("max_frame_bytes", _Int(1024, 64 * 1024 * 1024)),
+    _relay("handshake_timeout_s", _Seconds(0.1, HOUR)),
+    _relay("outbound_timeout_s", _Seconds(0.1, HOUR)),
+    _relay("idle_ack_timeout_s", _Seconds(0.1, HOUR)),
+    _relay("http_timeout_s", _Seconds(0.1, HOUR)),
+    _relay("token_ttl_s", _Int(10, 600)),
+    _relay("ping_interval_s", _Seconds(1, HOUR)),
+    _relay("ping_timeout_s", _Seconds(1, HOUR)),
+    _relay("backoff_base_s", _Seconds(0.001, HOUR)),
+    _relay("backoff_cap_s", _Seconds(0.001, DAY)),
+    _relay("stable_after_s", _Seconds(0.01, DAY)),
     _relay("exit_on_refused", _bool),
-    _relay("max_concurrent_turns", _int(1)),
-    _relay("max_pending_inbound", _int(1)),
-    _relay("outbox_max", _int(0)),
-    _relay("outbox_ttl_s", _int(0, strict=True)),
-    _relay("dedupe_window_s", _int(0, strict=True)),
-    _relay("dedupe_max", _int(0, strict=True)),
+    _relay("max_concurrent_turns", _Int(1, 10_000)),
+    _relay("max_pending_inbound", _Int(1, 1_000_000)),
+    _relay("outbox_max", _Int(0, 1_000_000)),
+    _relay("outbox_ttl_s", _Int(1, 30 * DAY)),
+    _relay("dedupe_window_s", _Int(1, 30 * DAY)),
+    _relay("dedupe_max", _Int(1, 10_000_000)),
     _Var("state_dir", _path, "RELAY_STATE_DIR", (("gateway", "relay_state_dir"),)),
     _relay("group_sessions_per_user", _bool),
     _relay("thread_sessions_per_user", _bool),
@@ -558,8 +589,10 @@ class GatewayConfig:
         unknown = sorted(set(given) - set(_BY_FIELD))
         if unknown:
             raise ConfigError(unknown[0], "is not a configuration setting")
+        _check_env_names(env)
         file_label = "" if config_path is None else os.fspath(config_path)
         file_data = {} if config_path is None else _read_config_file(Path(config_path))
+        _check_file_keys(file_data, file_label)
         sources = _Sources(given, env, {}, "", file_data, file_label)
 
         state_dir = _resolve(_BY_FIELD["state_dir"], sources)
@@ -567,10 +600,10 @@ class GatewayConfig:
             state_dir = default_state_dir(env)
         dotenv_path = Path(state_dir) / ENV_FILE_NAME
         state_label = _label_of(_BY_FIELD["state_dir"], sources) or "RELAY_STATE_DIR"
-        if use_env_file and _is_file(dotenv_path, state_label):
-            sources = attrs.evolve(
-                sources, dotenv=read_env_file(dotenv_path), dotenv_label=os.fspath(dotenv_path)
-            )
+        if use_env_file and _env_file_usable(Path(state_dir), state_label):
+            dotenv = read_env_file(dotenv_path)
+            _check_env_file_names(dotenv, os.fspath(dotenv_path))
+            sources = attrs.evolve(sources, dotenv=dotenv, dotenv_label=os.fspath(dotenv_path))
 
         values: dict[str, object] = {"state_dir": state_dir}
         labels: dict[str, str] = {}
@@ -587,6 +620,7 @@ class GatewayConfig:
         _cross_check(merged, labels.__getitem__)
         _check_state_dir(Path(str(merged["state_dir"])), labels["state_dir"])
         _warn_short_secret(merged, labels)
+        _warn_plain_text(merged, labels)
 
         platforms = merged["platforms"]
         identity_platforms: tuple[str, ...] = (
@@ -689,16 +723,57 @@ def _resolve(var: _Var, sources: _Sources) -> Any:
     return found[0][1]
 
 
-def _read_config_file(path: Path) -> Mapping[str, Any]:
+def _read_limited(path: Path, limit: int, label: str, what: str) -> bytes:
+    """At most ``limit`` bytes of the regular file ``path``; anything else is a ConfigError.
+
+    Opened non-blocking (a FIFO must not hang start-up) and checked with ``fstat`` on the
+    open descriptor: a device such as ``/dev/zero``, a pipe or a directory is refused
+    before a byte is read, and a file over ``limit`` is refused after reading ``limit + 1``.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError(
-            os.fspath(path), f"cannot read the config file ({exc.strerror})"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(os.fspath(path), "the config file is not UTF-8 text") from None
+        raise ConfigError(label, f"cannot read {what} ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+            raise ConfigError(label, f"{what} is {kind}, not a regular file")
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise ConfigError(label, f"cannot read {what} ({exc.strerror})") from None
+    if len(data) > limit:
+        raise ConfigError(label, f"{what} is larger than {limit} bytes; refusing to read it")
+    return data
+
+
+def _yaml_depth_problem(text: str) -> str | None:
+    """Why ``text`` nests too deeply for the loader, from the (iterative) event parser."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH:
+                mark = event.start_mark
+                where = "" if mark is None else f" at line {mark.line + 1}"
+                return f"the config file nests deeper than {MAX_CONFIG_DEPTH} levels{where}"
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def _read_config_file(path: Path) -> Mapping[str, Any]:
+    label = os.fspath(path)
+    raw = _read_limited(path, MAX_CONFIG_BYTES, label, "the config file")
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(label, "the config file is not UTF-8 text") from None
+    try:
+        problem = _yaml_depth_problem(text)
+        if problem is not None:
+            raise ConfigError(label, problem)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = ""
@@ -710,23 +785,28 @@ def _read_config_file(path: Path) -> Mapping[str, Any]:
         context = getattr(exc, "context", None)
         if problem and context:
             what += f" ({context})"
-        raise ConfigError(
-            os.fspath(path), f"the config file is not valid YAML{where}{what}"
-        ) from None
+        raise ConfigError(label, f"the config file is not valid YAML{where}{what}") from None
+    except RecursionError:  # defence in depth: the depth check above should prevent it
+        raise ConfigError(label, "the config file nests too deeply") from None
     if data is None:
         return MappingProxyType({})
     if not isinstance(data, dict):
-        raise ConfigError(os.fspath(path), "the config file must hold a YAML mapping")
+        raise ConfigError(label, "the config file must hold a YAML mapping")
     return MappingProxyType(data)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a ``relay.env`` file (blank lines and ``#`` comments skipped)."""
-    out: dict[str, str] = {}
+    """``KEY=VALUE`` lines of a ``relay.env`` file (blank lines and ``#`` comments skipped).
+
+    At most :data:`MAX_ENV_FILE_BYTES`, a regular file, UTF-8; else :class:`ConfigError`.
+    """
+    label = os.fspath(path)
+    raw = _read_limited(path, MAX_ENV_FILE_BYTES, label, "relay.env")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(os.fspath(path), f"cannot read ({exc.strerror})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(label, "relay.env is not UTF-8 text") from None
+    out: dict[str, str] = {}
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped or stripped.startswith("#") or "=" not in stripped:
@@ -734,6 +814,138 @@ def read_env_file(path: Path) -> dict[str, str]:
         key, _, value = stripped.partition("=")
         out[key.strip()] = value.strip()
     return out
+
+
+# --------------------------------------------------------------------------- unknown names
+#
+# A typo must not be silently ignored. The GATEWAY_RELAY_ namespace, relay.env and the
+# gateway.relay_* / gateway.idp.* keys are ours alone: any unknown name there is an error.
+# RELAY_* variables are shared with the agent (RELAY_AGENT_*), the trust engine
+# (RELAY_TRUST_*), the reference connector (RELAY_CONNECTOR_*) and the test and bench
+# harnesses, so there only a name that is not one of theirs and looks like one of ours
+# (a near miss of RELAY_TRUST / RELAY_STATE_DIR, or GATEWAY_RELAY_<X> without its prefix) is
+# refused. Other top-level and gateway keys of the file belong to the host application.
+
+#: RELAY_* families read by other parts of the project; never refused here.
+OTHER_RELAY_PREFIXES: Final = (
+    "RELAY_AGENT_",
+    "RELAY_TRUST_",
+    "RELAY_CONNECTOR_",
+    "RELAY_TEST_",
+    "RELAY_CHAOS_",
+    "RELAY_FUZZ_",
+    "RELAY_BENCH_",
+)
+#: Single RELAY_* names read elsewhere: the tests' PostgreSQL switch, and
+#: ``<PLATFORM>_ALLOW_BOTS`` for a platform named ``relay``.
+OTHER_RELAY_NAMES: Final = frozenset({"RELAY_REQUIRE_PG", "RELAY_ALLOW_BOTS"})
+_NEAR_MISS: Final = 0.85
+
+
+def _closest(name: str, known: list[str], cutoff: float = 0.6) -> str | None:
+    found = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def _unknown(label: str, suggestion: str | None, what: str = "setting") -> ConfigError:
+    hint = f"; did you mean {suggestion}?" if suggestion else " (see docs/configuration.md)"
+    return ConfigError(label, f"is not a known {what}{hint}")
+
+
+def _our_env_names() -> list[str]:
+    return sorted(var.env for var in _VARS if var.env is not None)
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """Refuse an environment variable that is ours by name or looks like a typo of one."""
+    ours = _our_env_names()
+    known = set(ours)
+    unprefixed = {f"RELAY_{n[len(ENV_PREFIX) :]}": n for n in ours if n.startswith(ENV_PREFIX)}
+    relay_names = sorted({n for n in ours if not n.startswith(ENV_PREFIX)} | set(unprefixed))
+    for name in sorted(env):
+        if name in known:
+            continue
+        if name.startswith(ENV_PREFIX):
+            raise _unknown(name, _closest(name, ours), "GATEWAY_RELAY_* variable")
+        if not name.startswith("RELAY_") or name in OTHER_RELAY_NAMES:
+            continue
+        if name.startswith(OTHER_RELAY_PREFIXES):
+            continue
+        if name in unprefixed:
+            raise _unknown(name, unprefixed[name], "variable")
+        near = _closest(name, relay_names, _NEAR_MISS)
+        if near is not None:
+            raise _unknown(name, unprefixed.get(near, near), "variable")
+
+
+def _check_env_file_names(dotenv: Mapping[str, str], label: str) -> None:
+    ours = _our_env_names()
+    for name in sorted(dotenv):
+        if name not in ours:
+            raise _unknown(f"{name} in {label}", _closest(name, ours), "relay.env setting")
+
+
+def _file_keys() -> dict[tuple[str, ...], list[str]]:
+    """Known keys by parent path: ``("gateway",)`` -> ``["relay_url", ...]``, etc."""
+    out: dict[tuple[str, ...], list[str]] = {}
+    for var in _VARS:
+        for key in var.keys:
+            for depth in range(1, len(key)):
+                out.setdefault(key[:depth], []).append(key[depth])
+    out[("gateway",)].append("platforms")  # per-platform relevance blocks (control.py)
+    return {parent: sorted(set(keys)) for parent, keys in out.items()}
+
+
+def _check_file_keys(data: Mapping[str, Any], file_label: str) -> None:
+    """Refuse unknown keys in our parts of the config file, naming the closest known one."""
+    if not data:
+        return
+    known = _file_keys()
+
+    def refuse(path: tuple[str, ...], suggestion: str | None) -> ConfigError:
+        return _unknown(f"{'.'.join(path)} in {file_label}", suggestion, "config key")
+
+    relay_keys = known[("gateway",)]
+    for key in data:
+        text = str(key)
+        if text in ("gateway", "platforms"):
+            continue
+        if text.startswith("relay_"):
+            near = _closest(text, relay_keys)
+            raise refuse((text,), f"gateway.{near}" if near else None)
+        near = _closest(text, ["gateway", "platforms"], 0.8)
+        if near is not None:
+            raise refuse((text,), near)
+
+    def check_block(path: tuple[str, ...], *, strict: bool, prefix: str = "relay_") -> None:
+        block = _node(data, path)
+        if block is None:
+            return
+        if not isinstance(block, Mapping):
+            raise ConfigError(f"{'.'.join(path)} in {file_label}", "must be a mapping")
+        names = known.get(path, [])
+        for key in block:
+            text = str(key)
+            if text in names:
+                continue
+            near = _closest(text, names, 0.6 if strict or text.startswith(prefix) else 0.85)
+            if strict or text.startswith(prefix) or near is not None:
+                raise refuse((*path, text), ".".join((*path, near)) if near else None)
+
+    check_block(("gateway",), strict=False)
+    check_block(("gateway", "idp"), strict=True)
+    check_block(("platforms",), strict=False, prefix="\0")
+    check_block(("platforms", "relay"), strict=False)
+    check_block(("platforms", "relay", "extra"), strict=False)
+
+
+def _node(data: Mapping[str, Any], path: tuple[str, ...]) -> object:
+    node: object = data
+    for part in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
 
 
 def _cross_check(values: Mapping[str, object], label: Callable[[str], str]) -> None:
@@ -769,12 +981,20 @@ def _cross_check(values: Mapping[str, object], label: Callable[[str], str]) -> N
         )
 
 
-def _is_file(path: Path, label: str) -> bool:
-    """``path.is_file()``, with an unreadable parent reported as a :class:`ConfigError`."""
+def _env_file_usable(state_dir: Path, label: str) -> bool:
+    """Whether ``<state_dir>/relay.env`` exists and may be trusted (else a ConfigError).
+
+    The ``~/.ssh`` rules of :func:`relay_runtime.statedir.check_env_file`: a relay.env that
+    someone else could have written is refused, not read.
+    """
+    from relay_runtime.statedir import check_env_file
+
     try:
-        return path.is_file()
-    except OSError as exc:
-        raise ConfigError(label, f"cannot look at {os.fspath(path)!r} ({exc.strerror})") from None
+        return check_env_file(state_dir)
+    except OSError as exc:  # e.g. a parent directory we may not search
+        raise ConfigError(
+            label, f"cannot look at {os.fspath(state_dir)!r} ({exc.strerror})"
+        ) from None
 
 
 def _check_state_dir(path: Path, label: str) -> None:
@@ -798,6 +1018,33 @@ def _check_state_dir_access(path: Path, label: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         verb = "written" if probe == path else "created"
         raise ConfigError(label, f"{os.fspath(path)!r} cannot be {verb} (permission denied)")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` (and ``*.localhost``) or a loopback IP address."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_plain_text(values: Mapping[str, object], labels: Mapping[str, str]) -> None:
+    """WARNING for a relay URL that sends the bearer token unencrypted off this host."""
+    url = values["relay_url"]
+    if not isinstance(url, str):
+        return
+    parts = urlsplit(url)
+    if parts.scheme.lower() in ("ws", "http") and not is_loopback_host(parts.hostname or ""):
+        logger.warning(
+            "relay: %s %s is plain %s to a host that is not loopback: the bearer token and "
+            "every message cross the network unencrypted; use wss:// or https://",
+            labels["relay_url"],
+            redact_url(url),
+            parts.scheme.lower(),
+        )
 
 
 def _warn_short_secret(values: Mapping[str, object], labels: Mapping[str, str]) -> None:

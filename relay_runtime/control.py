@@ -29,9 +29,9 @@ import attrs
 import httpx
 import trio
 
-from protocol.auth import make_upgrade_token
+from protocol.auth import make_token
 from protocol.events import Identity
-from protocol.urls import ENROLL, POLICY, PROVISION, control_base, control_url
+from protocol.urls import ENROLL, POLICY, PROVISION, control_base, control_url, redact_url
 from relay_runtime.config import (
     ENV_FILE_NAME,
     HIDDEN,
@@ -56,6 +56,8 @@ __all__ = [
     "provision",
     "resolve_identity_token",
     "send_policy",
+    "upgrade_token",
+    "upgrade_token_factory",
 ]
 
 logger = logging.getLogger("relay_runtime.control")
@@ -220,6 +222,28 @@ def default_gateway_id(hostname: str | None = None) -> str:
     """``gw-<hostname>``, or ``gw-hermes`` when the host has no name (RC §9)."""
     name = (socket.gethostname() if hostname is None else hostname).strip()
     return f"gw-{name}" if name else "gw-hermes"
+
+
+# --------------------------------------------------------------------------- bearer tokens
+
+
+def upgrade_token(config: GatewayConfig, gateway_id: str, secret: str, *, now: float) -> str:
+    """The bearer for one upgrade or control-plane call: valid ``config.token_ttl_s`` seconds.
+
+    ``now`` is wall-clock time (token expiry is wall time, compared by the connector).
+    """
+    return make_token(gateway_id, secret, config.token_ttl_s, now=now)
+
+
+def upgrade_token_factory(
+    config: GatewayConfig, wall_clock: Callable[[], float] = time.time
+) -> Callable[[str, str], str]:
+    """``(gateway_id, secret) -> token`` minting with ``config.token_ttl_s`` (the supervisor's)."""
+
+    def mint(gateway_id: str, secret: str) -> str:
+        return upgrade_token(config, gateway_id, secret, now=wall_clock())
+
+    return mint
 
 
 # --------------------------------------------------------------------------- identity token
@@ -503,7 +527,7 @@ async def send_policy(
         return False
     platform = policy.get("platform")
     try:
-        token = make_upgrade_token(credentials.gateway_id, credentials.secret, now=wall_clock())
+        token = upgrade_token(config, credentials.gateway_id, credentials.secret, now=wall_clock())
         reply = await _send(
             client,
             control_url(config.relay_url, POLICY),
@@ -615,7 +639,7 @@ async def _enroll_once(
     try:
         return await _send(client, url, http_timeout_s, bearer=identity_token, json_body=body)
     except _Unreachable as exc:
-        base = control_base(connector_url)
+        base = redact_url(control_base(connector_url))
         raise ControlError(f"Could not reach the connector at {base}: {exc}") from None
 
 
@@ -664,7 +688,9 @@ def persist_enrollment(
         lines.append(line)
     lines.extend(f"{key}={value}" for key, value in updates.items() if key not in done)
     _write_private(path, "".join(f"{line}\n" for line in lines))
-    return [(key, HIDDEN if secret else value) for key, value, secret in wanted if value]
+    return [
+        (key, HIDDEN if secret else redact_url(value)) for key, value, secret in wanted if value
+    ]
 
 
 def _write_private(path: Path, text: str) -> None:

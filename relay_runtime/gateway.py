@@ -25,7 +25,12 @@ from protocol.events import MessageEvent
 from protocol.frames import Interrupt
 from protocol.results import SendResult
 from relay_runtime.config import ConfigError, GatewayConfig
-from relay_runtime.control import Credentials, boot_control_plane, declare_policy
+from relay_runtime.control import (
+    Credentials,
+    boot_control_plane,
+    declare_policy,
+    upgrade_token_factory,
+)
 from relay_runtime.dispatcher import Agent, Dispatcher, InboundItem, TrustEvaluator
 from relay_runtime.errors import RelayDisabled
 from relay_runtime.replies import Replies
@@ -374,7 +379,13 @@ async def _serve(
     def on_interrupt(session_key: str, chat_id: str) -> None:
         dispatcher.interrupt(session_key, chat_id)
 
-    supervisor = Supervisor(config, inbound=inbound_send, on_interrupt=on_interrupt, dialer=dialer)
+    supervisor = Supervisor(
+        config,
+        inbound=inbound_send,
+        on_interrupt=on_interrupt,
+        dialer=dialer,
+        token_factory=upgrade_token_factory(config),
+    )
     replies = Replies(
         _SupervisorLink(supervisor),
         db,

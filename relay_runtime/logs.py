@@ -73,6 +73,8 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
         re.compile(rf"""(?i)\b({_SECRET_KEY}=)(?:"(?:\\.|[^"])*"|'[^']*'|[^\s"',;&)}}\]]+)"""),
         rf"\g<1>{HIDDEN}",
     ),
+    # user:password@ in a URL (scheme://userinfo@host)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@?#\"'<>]+@"), rf"\g<1>{HIDDEN}@"),
     # OpenAI-style API keys
     (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), HIDDEN),
     # /invite CODE in a logged chat line, and bare invite codes (XXXX-XXXX-XXXX-XXXX)

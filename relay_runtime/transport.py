@@ -151,6 +151,8 @@ async def dial(
         raise DialError(f"upgrade rejected with HTTP {exc.status_code}", exc.status_code) from None
     except (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError) as exc:
         raise DialError(f"{type(exc).__name__}: {exc}") from None
+    except ValueError as exc:  # a host the resolver cannot encode (UnicodeError), a bad port
+        raise DialError(f"cannot dial this URL: {type(exc).__name__}: {exc}") from None
 
 
 class RejectedFrameLog:

@@ -27,12 +27,14 @@ import attrs
 import trio
 
 from protocol.connection import Timing
+from protocol.urls import redact_url
 from relay_runtime import stop_signals
 from relay_runtime.cli import UsageError
 from relay_runtime.config import GatewayConfig
 from relay_runtime.dispatcher import Agent, TrustEvaluator
 from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.logs import register_secret
+from relay_runtime.statedir import FRESH_STATE_FLAG, check_state_dir
 
 __all__ = [
     "DEFAULT_AGENT",
@@ -117,6 +119,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"{REFUSED_REPORT_AFTER} dials in a row with no handshake "
         "(env GATEWAY_RELAY_EXIT_ON_REFUSED, key gateway.relay_exit_on_refused)",
     )
+    parser.add_argument(
+        FRESH_STATE_FLAG,
+        action="store_true",
+        help=(
+            "accept an empty or missing relay.db in a state directory that has been used "
+            "before, and start with empty state (trust store and dedupe window gone)"
+        ),
+    )
     parser.set_defaults(func=run_command, handles_signals=True)
 
 
@@ -187,6 +197,7 @@ def make_state_dir(config: GatewayConfig) -> None:
     """Create the state directory (mode 0700) if it is missing."""
     from relay_runtime.config import ConfigError
 
+    existed = config.state_dir.exists()
     try:
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -195,6 +206,8 @@ def make_state_dir(config: GatewayConfig) -> None:
         ) from None
     if not config.state_dir.is_dir():
         raise ConfigError("state_dir", f"{os.fspath(config.state_dir)!r} is not a directory")
+    if not existed:
+        log.info("created state directory %s (mode 0700)", os.fspath(config.state_dir))
 
 
 # --------------------------------------------------------------------------- serving
@@ -427,10 +440,11 @@ def run_command(args: argparse.Namespace) -> int:
         )
     agent = load_agent(args.agent)
     _check_policy(config, args.trust, args.config)
+    check_state_dir(config.state_dir, fresh=getattr(args, "fresh_state", False))
     log.info(
         "starting gateway",
         extra={
-            "relay_url": config.relay_url,
+            "relay_url": redact_url(config.relay_url),
             "gateway_id": config.gateway_id or "",
             "agent": args.agent,
             "trust": config.trust or "careful",

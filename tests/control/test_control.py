@@ -738,19 +738,22 @@ def test_persist_enrollment_keeps_other_lines_and_drops_a_stale_confirmation(
     state.mkdir()
     path = state / "relay.env"
     path.write_text(
-        "# mine\nOTHER=1\nGATEWAY_RELAY_SECRET=old\nGATEWAY_RELAY_WAKE_CONFIRMED=1\n",
+        "# mine\nGATEWAY_RELAY_INSTANCE_ID=i-1\nGATEWAY_RELAY_SECRET=old\n"
+        "GATEWAY_RELAY_WAKE_CONFIRMED=1\n",
         encoding="utf-8",
     )
     path.chmod(0o644)
     creds = Credentials(gateway_id="gw-2", secret="N" * 40)
     persist_enrollment(state, EnrollResult(credentials=creds, wake_url=None, wake_confirmed=False))
     assert path.read_text(encoding="utf-8") == (
-        f"# mine\nOTHER=1\nGATEWAY_RELAY_SECRET={'N' * 40}\nGATEWAY_RELAY_ID=gw-2\n"
+        f"# mine\nGATEWAY_RELAY_INSTANCE_ID=i-1\nGATEWAY_RELAY_SECRET={'N' * 40}\n"
+        "GATEWAY_RELAY_ID=gw-2\n"
     )
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     # The loader reads it back.
     config = GatewayConfig.from_env({"RELAY_STATE_DIR": str(state)})
     assert (config.gateway_id, config.secret) == ("gw-2", "N" * 40)
+    assert config.instance_id == "i-1"
 
 
 def test_persist_refuses_values_that_would_break_the_file(tmp_path: Path) -> None:
