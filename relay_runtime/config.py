@@ -270,7 +270,7 @@ def _relay_url(raw: object, label: str) -> str | None:
         return None
     problem = relay_url_problem(url)
     if problem is not None:
-        raise _Invalid(f"{redact_url(url)!r} {problem}")
+        raise _Invalid(problem)
     return url.rstrip("/")
 
 
@@ -281,7 +281,7 @@ def _http_url(*, strip_slash: bool) -> Callable[[object, str], str | None]:
             return None
         problem = http_url_problem(url)
         if problem is not None:
-            raise _Invalid(f"{redact_url(url)!r} {problem}")
+            raise _Invalid(problem)
         return url.rstrip("/") if strip_slash else url
 
     return parse
@@ -650,7 +650,7 @@ class _Sources:
 def _display(raw: object, *, secret: bool) -> str:
     if secret:
         return HIDDEN
-    text = repr(raw)
+    text = repr(redact_url(raw) if isinstance(raw, str) and "@" in raw else raw)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -847,6 +847,13 @@ def _closest(name: str, known: list[str], cutoff: float = 0.6) -> str | None:
     return found[0] if found else None
 
 
+def _closest_prefixed(name: str, known: list[str]) -> str | None:
+    """The closest ``GATEWAY_RELAY_*`` name, comparing what follows the shared prefix."""
+    tails = [n[len(ENV_PREFIX) :] for n in known if n.startswith(ENV_PREFIX)]
+    near = _closest(name[len(ENV_PREFIX) :], tails)
+    return None if near is None else ENV_PREFIX + near
+
+
 def _unknown(label: str, suggestion: str | None, what: str = "setting") -> ConfigError:
     hint = f"; did you mean {suggestion}?" if suggestion else " (see docs/configuration.md)"
     return ConfigError(label, f"is not a known {what}{hint}")
@@ -866,7 +873,7 @@ def _check_env_names(env: Mapping[str, str]) -> None:
         if name in known:
             continue
         if name.startswith(ENV_PREFIX):
-            raise _unknown(name, _closest(name, ours), "GATEWAY_RELAY_* variable")
+            raise _unknown(name, _closest_prefixed(name, ours), "GATEWAY_RELAY_* variable")
         if not name.startswith("RELAY_") or name in OTHER_RELAY_NAMES:
             continue
         if name.startswith(OTHER_RELAY_PREFIXES):
@@ -882,7 +889,9 @@ def _check_env_file_names(dotenv: Mapping[str, str], label: str) -> None:
     ours = _our_env_names()
     for name in sorted(dotenv):
         if name not in ours:
-            raise _unknown(f"{name} in {label}", _closest(name, ours), "relay.env setting")
+            near = _closest_prefixed(name, ours) if name.startswith(ENV_PREFIX) else None
+            near = near or _closest(name, ours)
+            raise _unknown(f"{name} in {label}", near, "relay.env setting")
 
 
 def _file_keys() -> dict[tuple[str, ...], list[str]]:
@@ -1039,8 +1048,8 @@ def _warn_plain_text(values: Mapping[str, object], labels: Mapping[str, str]) ->
     parts = urlsplit(url)
     if parts.scheme.lower() in ("ws", "http") and not is_loopback_host(parts.hostname or ""):
         logger.warning(
-            "relay: %s %s is plain %s to a host that is not loopback: the bearer token and "
-            "every message cross the network unencrypted; use wss:// or https://",
+            "relay: %s %s is plain %s to a host that is not loopback: the upgrade credential "
+            "and every message cross the network unencrypted; use wss:// or https://",
             labels["relay_url"],
             redact_url(url),
             parts.scheme.lower(),

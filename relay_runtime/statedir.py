@@ -17,7 +17,7 @@ anything from the directory:
 
 Every refusal is a :class:`StateDirError` (a :class:`~relay_runtime.config.ConfigError`, so
 exit status 2) whose one-line message names the file and the command that fixes it. Nothing
-here creates, modifies or locks anything.
+here modifies or locks anything (see :func:`_check_database` for the one file SQLite may add).
 """
 
 from __future__ import annotations
@@ -196,11 +196,17 @@ def _check_state_dir(state_dir: Path, *, fresh: bool) -> None:
 
 
 def _check_database(db: Path) -> None:
-    """Open ``db`` read-only and check its structure and our tables."""
+    """Open ``db`` read-only and check its structure and our tables.
+
+    Without a ``-wal`` file (a clean stop) the file is opened ``immutable``, so SQLite creates
+    nothing next to it; with one, the WAL holds committed pages the check must see, and a
+    read-only connection may then add the ``-shm`` index the gateway would create anyway.
+    """
+    uri = f"file:{quote(os.fspath(db))}?mode=ro"
+    if not os.path.lexists(db.with_name(db.name + "-wal")):
+        uri += "&immutable=1"
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"file:{quote(os.fspath(db))}?mode=ro", uri=True, timeout=5.0)
-        ) as conn:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as conn:
             verdict = [row[0] for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
             tables = {
                 row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
