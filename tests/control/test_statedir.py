@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -256,10 +257,11 @@ def test_an_unreadable_relay_db_names_the_chmod(
         # Root reads anything: stand in for the refusal the kernel gives everyone else.
         real_connect = sqlite3.connect
 
-        def connect(target: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        def connect(target: str, *args: Any, **kwargs: Any) -> sqlite3.Connection:
             if "relay.db" in target:
                 raise sqlite3.OperationalError("unable to open database file")
-            return real_connect(target, *args, **kwargs)  # type: ignore[arg-type]
+            conn: sqlite3.Connection = real_connect(target, *args, **kwargs)
+            return conn
 
         monkeypatch.setattr(sqlite3, "connect", connect)
         monkeypatch.setattr(os, "access", lambda path, mode: False)
