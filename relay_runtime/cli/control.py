@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from protocol.urls import http_url_problem, relay_url_problem
+from protocol.urls import http_url_problem, redact_url, relay_url_problem
 from relay_runtime.cli import print_error, print_warning
 from relay_runtime.config import ENV_FILE_NAME, ConfigError, GatewayConfig
 from relay_runtime.control import (
@@ -163,10 +163,10 @@ async def run_enroll(args: argparse.Namespace) -> int:
         if not url:
             raise _UsageError(NO_RELAY_URL.format(flag="--connector-url"))
         if (problem := relay_url_problem(url)) is not None:
-            raise _UsageError(f"--connector-url {url!r} {problem}")
+            raise _UsageError(f"--connector-url {redact_url(url)!r} {problem}")
         wake_url = (args.wake_url or "").strip().rstrip("/") or config.wake_url
         if wake_url and (problem := http_url_problem(wake_url)) is not None:
-            raise _UsageError(f"--wake-url {wake_url!r} {problem}")
+            raise _UsageError(f"--wake-url {redact_url(wake_url)!r} {problem}")
         gateway_id = args.gateway_id or default_gateway_id()
         async with open_client() as client:
             identity_token = await resolve_identity_token(config, client)

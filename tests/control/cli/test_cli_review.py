@@ -65,3 +65,17 @@ async def test_enroll_that_cannot_write_relay_env_exits_1_naming_the_file(
     args = parse("enroll", "--token", token, "--connector-url", plane.url, "--gateway-id", "gw")
     assert await run_enroll(args) == 1
     assert f"could not write {clean_env / 'relay.env'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--connector-url", "--wake-url"])
+async def test_enroll_never_shows_the_password_of_a_url(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: a URL's user:password@ is a credential; the error shows <hidden>@."""
+    urls = {"--connector-url": "http://127.0.0.1:9", "--wake-url": "https://w.example"}
+    urls[flag] = "ftp://bob:hunter2@w.example"  # refused (scheme): the message shows the URL
+    args = parse("enroll", "--token", "t", *(x for kv in urls.items() for x in kv))
+    assert await run_enroll(args) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert f"{flag} 'ftp://<hidden>@w.example'" in err
