@@ -231,6 +231,17 @@ class _Seconds:
         return value
 
 
+def _seconds(raw: object, label: str) -> float:
+    """Any finite number of seconds > 0, for a parser that applies a range of its own."""
+    try:
+        return _POSITIVE_SECONDS(raw, label)
+    except _Invalid:
+        raise _Invalid("must be a number of seconds > 0") from None
+
+
+_POSITIVE_SECONDS: Final = _Seconds(math.ulp(0.0), math.inf)
+
+
 def _platform_name(raw: object, label: str) -> str:
     name = _req_text(raw, label)
     if not _PLATFORM_RE.fullmatch(name):
