@@ -309,7 +309,7 @@ def test_a_healthy_state_dir_passes_and_nothing_is_changed(state: Path) -> None:
     assert after == before
 
 
-def test_a_state_dir_error_creates_nothing(
+def test_a_failing_run_creates_no_state_dir(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failing run leaves no ~/.local/state/relay-runtime behind."""
