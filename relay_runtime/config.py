@@ -45,6 +45,7 @@ __all__ = [
     "mask",
     "read_env_file",
     "string_list",
+    "warn_if_plain_text",
 ]
 
 logger = logging.getLogger("relay_runtime.config")
@@ -631,7 +632,6 @@ class GatewayConfig:
         _cross_check(merged, labels.__getitem__)
         _check_state_dir(Path(str(merged["state_dir"])), labels["state_dir"])
         _warn_short_secret(merged, labels)
-        _warn_plain_text(merged, labels)
 
         platforms = merged["platforms"]
         identity_platforms: tuple[str, ...] = (
@@ -1051,20 +1051,27 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _warn_plain_text(values: Mapping[str, object], labels: Mapping[str, str]) -> None:
-    """WARNING for a relay URL that sends the bearer token unencrypted off this host."""
-    url = values["relay_url"]
-    if not isinstance(url, str):
-        return
+def warn_if_plain_text(config: GatewayConfig) -> bool:
+    """Log a WARNING when the relay URL is plain ``ws``/``http`` to a host off this machine.
+
+    The bearer token and every message would cross the network unencrypted. Called once the
+    gateway is about to start (not by :meth:`GatewayConfig.load`, so a run that stops on a
+    configuration error prints its one error line and nothing else). Returns whether it
+    warned.
+    """
+    url = config.relay_url
+    if url is None:
+        return False
     parts = urlsplit(url)
-    if parts.scheme.lower() in ("ws", "http") and not is_loopback_host(parts.hostname or ""):
-        logger.warning(
-            "relay: %s %s is plain %s to a host that is not loopback: the upgrade credential "
-            "and every message cross the network unencrypted; use wss:// or https://",
-            labels["relay_url"],
-            redact_url(url),
-            parts.scheme.lower(),
-        )
+    if parts.scheme.lower() not in ("ws", "http") or is_loopback_host(parts.hostname or ""):
+        return False
+    logger.warning(
+        "relay: the relay URL %s is plain %s to a host that is not loopback: the upgrade "
+        "credential and every message cross the network unencrypted; use wss:// or https://",
+        redact_url(url),
+        parts.scheme.lower(),
+    )
+    return True
 
 
 def _warn_short_secret(values: Mapping[str, object], labels: Mapping[str, str]) -> None:

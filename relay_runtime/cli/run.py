@@ -30,7 +30,7 @@ from protocol.connection import Timing
 from protocol.urls import redact_url
 from relay_runtime import stop_signals
 from relay_runtime.cli import UsageError
-from relay_runtime.config import GatewayConfig
+from relay_runtime.config import GatewayConfig, warn_if_plain_text
 from relay_runtime.dispatcher import Agent, TrustEvaluator
 from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.logs import register_secret
@@ -454,6 +454,7 @@ def run_command(args: argparse.Namespace) -> int:
     if (early := stop_signals.received()) is not None:
         log.info("%s received during start-up; stopping", early.name)
         return 0
+    warn_if_plain_text(config)
     trio.run(_main, config, agent)
     log.info("gateway stopped", extra={"event": "stopped"})
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,11 @@ from relay_runtime.config import (
     MAX_CONFIG_DEPTH,
     ConfigError,
     GatewayConfig,
+    warn_if_plain_text,
 )
 from relay_runtime.logs import mask_text
 from relay_runtime.transport import DialError, dial, websocket_dialer
+from tests.e2e.conftest import GUARD_S, gateway_env, gateway_process, new_secret
 
 LONG_LABEL = "a" * 64
 PREFIX = "relay-runtime: error: "
@@ -228,27 +231,38 @@ def test_userinfo_is_redacted_everywhere_a_url_is_shown() -> None:
         ("ws://relay.example", True),
         ("http://10.0.0.5:8080", True),
         ("wss://relay.example", False),
+        ("https://10.0.0.5", False),
         ("ws://127.0.0.1:8080", False),
+        ("ws://127.8.9.10:8080", False),
         ("ws://localhost:8080", False),
         ("ws://[::1]:8080", False),
     ],
 )
 def test_plain_ws_to_a_host_that_is_not_loopback_is_a_warning(
-    caplog: pytest.LogCaptureFixture, tmp_path: Path, url: str, warned: bool
+    caplog: pytest.LogCaptureFixture, url: str, warned: bool
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="relay_runtime.config"):
-        GatewayConfig.load(
-            environ={"GATEWAY_RELAY_URL": url, "RELAY_STATE_DIR": str(tmp_path / "s")}
-        )
-    warnings = [r.getMessage() for r in caplog.records if "unencrypted" in r.getMessage()]
-    if warned:
-        assert warnings == [
-            f"relay: GATEWAY_RELAY_URL {url} is plain {url.split(':')[0]} to a host that is not "
-            "loopback: the upgrade credential and every message cross the network unencrypted; use "
-            "wss:// or https://"
-        ]
-    else:
-        assert warnings == []
+        assert warn_if_plain_text(GatewayConfig(relay_url=url)) is warned
+    expected = [
+        f"relay: the relay URL {url} is plain {url.split(':')[0]} to a host that is not "
+        "loopback: the upgrade credential and every message cross the network unencrypted; "
+        "use wss:// or https://"
+    ]
+    assert [r.getMessage() for r in caplog.records] == (expected if warned else [])
+
+
+async def test_run_warns_about_plain_ws_after_its_checks(tmp_path: Path) -> None:
+    """The real process: the WARNING comes with ``starting gateway``, once everything passed."""
+    env = gateway_env(new_secret(), tmp_path / "state", GATEWAY_RELAY_HANDSHAKE_TIMEOUT_S="0.2")
+    args = ["run", "--relay-url", "ws://192.0.2.1:9", "--trust", "open"]  # TEST-NET-1
+    with trio.fail_after(GUARD_S):
+        async with gateway_process(args, env) as gw:
+            line = await gw.wait_line("is plain ws to a host that is not loopback")
+            assert "level=WARNING" in line
+            assert gw.saw("starting gateway")
+            await gw.wait_line("next dial in")  # serving: the signal handler is in place
+            gw.signal(signal.SIGTERM)
+            assert await gw.wait_exit() == 0
 
 
 # --------------------------------------------------------------------------- config files
