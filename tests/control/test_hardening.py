@@ -332,7 +332,7 @@ def test_a_yaml_syntax_error_says_what_is_wrong(tmp_path: Path) -> None:
         GatewayConfig.from_file(path)
     assert str(info.value) == (
         f"{path}: the config file is not valid YAML at line 2, column 1: "
-        "expected ',' or ']', but got '<stream end>'"
+        "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence)"
     )
 
 
