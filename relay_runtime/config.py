@@ -43,6 +43,7 @@ __all__ = [
     "bool_word",
     "default_state_dir",
     "mask",
+    "metrics_address",
     "read_env_file",
     "string_list",
     "warn_if_plain_text",
@@ -243,6 +244,71 @@ def _seconds(raw: object, label: str) -> float:
 _POSITIVE_SECONDS: Final = _Seconds(math.ulp(0.0), math.inf)
 
 
+#: Longest turn time limit: a turn outliving the dedupe window's default could be replayed.
+MAX_TURN_TIMEOUT_S: Final = 86_400.0
+
+
+def _turn_timeout(raw: object, label: str) -> float:
+    """Seconds in (0, 86400], or 0 for no limit."""
+    problem = "must be 0 (no limit) or a number of seconds > 0"
+    if isinstance(raw, bool):
+        raise _Invalid(f"{problem}, got a boolean")
+    if raw == 0 or (isinstance(raw, str) and raw.strip() and _is_zero(raw.strip())):
+        return 0.0
+    try:
+        value = _seconds(raw, label)
+    except _Invalid:
+        raise _Invalid(problem) from None
+    if value > MAX_TURN_TIMEOUT_S:
+        raise _Invalid(f"must be at most {MAX_TURN_TIMEOUT_S:g} seconds (0 = no limit)")
+    return value
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
+
+
+def metrics_address(raw: object) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``[HOST:]PORT`` metrics address; loopback when only a port is given.
+
+    ``None`` when ``raw`` is unset, ``off`` or ``false``. Raises ``ValueError`` saying what is
+    wrong. An IPv6 host is written in brackets (``[::1]:9464``); port 0 takes any free port.
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise ValueError(f"must be [HOST:]PORT, got {type(raw).__name__}")
+    text = str(raw).strip()
+    if not text or (bool_word(text) is False and not text.isdigit()):
+        return None
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
+    if not host:
+        raise ValueError(f"{text!r}: the host before ':' is empty")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: the port must be an integer 0-65535")
+    return host, int(port_text)
+
+
+def _metrics(raw: object, label: str) -> str | None:
+    try:
+        address = metrics_address(raw)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    if address is None:
+        return None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _platform_name(raw: object, label: str) -> str:
     name = _req_text(raw, label)
     if not _PLATFORM_RE.fullmatch(name):
@@ -428,6 +494,8 @@ _VARS: Final[tuple[_Var, ...]] = (
     _relay("group_sessions_per_user", _bool),
     _relay("thread_sessions_per_user", _bool),
     _Var("trust", _nonempty_text, "RELAY_TRUST", (("gateway", "relay_trust"),)),
+    _relay("turn_timeout_s", _turn_timeout),
+    _relay("metrics", _metrics),
 )
 _BY_FIELD: Final = {var.field: var for var in _VARS}
 
@@ -515,6 +583,8 @@ class GatewayConfig:
     group_sessions_per_user: bool = True
     thread_sessions_per_user: bool = False
     trust: str = "careful"
+    turn_timeout_s: float = 600.0
+    metrics: str | None = None
     platform_settings: Mapping[str, Any] = attrs.field(
         factory=lambda: MappingProxyType({}), repr=False, eq=False
     )

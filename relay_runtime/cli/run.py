@@ -127,7 +127,45 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "before, and start with empty state (trust store and dedupe window gone)"
         ),
     )
+    parser.add_argument(
+        "--turn-timeout",
+        metavar="SECONDS",
+        type=_turn_timeout,
+        help=(
+            "cancel a turn that runs longer, record it timed out and ack its message "
+            "(env GATEWAY_RELAY_TURN_TIMEOUT_S; default 600; 0 = no limit; at most 86400)"
+        ),
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        type=_metrics_address,
+        help=(
+            "serve Prometheus /metrics and the /healthz, /readyz probes on this address "
+            "(env GATEWAY_RELAY_METRICS; off by default; a bare port listens on 127.0.0.1)"
+        ),
+    )
     parser.set_defaults(func=run_command, handles_signals=True)
+
+
+def _turn_timeout(text: str) -> float:
+    from relay_runtime.config import ConfigError
+
+    try:
+        value = GatewayConfig(turn_timeout_s=text).turn_timeout_s  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from None
+    return value
+
+
+def _metrics_address(text: str) -> str:
+    from relay_runtime.config import ConfigError
+
+    try:
+        value = GatewayConfig(metrics=text).metrics
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from None
+    return value or ""
 
 
 # --------------------------------------------------------------------------- the agent
@@ -426,6 +464,8 @@ def run_command(args: argparse.Namespace) -> int:
             "state_dir": args.state_dir,
             "trust": args.trust,
             "exit_on_refused": args.exit_on_refused,
+            "turn_timeout_s": args.turn_timeout,
+            "metrics": args.metrics,
         },
         config_path=args.config,
     )
