@@ -20,7 +20,10 @@ await outbound results without deadlock (R58). The dispatcher then
   only while their session has work, so tasks are bounded by the pending bound;
 * acks a buffered delivery only after the turn completed, its replies were confirmed or
   queued, and the COMPLETED record was committed (R65). A turn cancelled by shutdown is not
-  acked and its claim is released so a replay runs it (R64).
+  acked and its claim is released so a replay runs it (R64);
+* cancels a turn that runs past ``turn_timeout_s`` (a cancel scope with a deadline, which
+  the agent reads as ``Turn.deadline``): it ends ``timed_out``, completed and acked like any
+  other, so a hung agent never turns its message into a poison loop of replays.
 
 Turn tasks live in a nursery the caller owns (the gateway's), so they outlive a socket.
 """
@@ -28,6 +31,7 @@ Turn tasks live in a nursery the caller owns (the gateway's), so they outlive a 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -171,6 +175,7 @@ class DispatchStats:
     denied: int = 0
     empty: int = 0
     cancelled: int = 0
+    timed_out: int = 0
     dropped: int = 0
     acked: int = 0
     ack_failures: int = 0
@@ -195,6 +200,7 @@ class Dispatcher:
         thread_sessions_per_user: bool = False,
         remember: Callable[[MessageEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
+        turn_timeout_s: float | None = None,
     ) -> None:
         if max_concurrent_turns < 1 or max_pending_inbound < max_concurrent_turns:
             raise ValueError(
@@ -212,6 +218,11 @@ class Dispatcher:
         self.thread_sessions_per_user = thread_sessions_per_user
         self.remember = remember
         self.clock = clock
+        #: Turn time limit in seconds; ``None`` or 0: none.
+        self.turn_timeout_s = turn_timeout_s or None
+        #: Called with ``(end state, seconds the turn ran)`` after each turn (an observer:
+        #: it must not block or raise). The metrics endpoint's latency histogram.
+        self.on_turn_end: Callable[[str, float], None] | None = None
         self.stats = DispatchStats()
         self._limiter = trio.CapacityLimiter(max_concurrent_turns)
         self._slots = trio.Semaphore(max_pending_inbound)
@@ -510,7 +521,10 @@ class Dispatcher:
         try:
             async with self._limiter:
                 started = True
+                began = trio.current_time()
                 state, error = await self._run_turn(delivery)
+                if self.on_turn_end is not None:
+                    self.on_turn_end(state, trio.current_time() - began)
                 # Only what is acked needs its completion committed first (R65); the rest
                 # is recorded behind, off the session's path.
                 write_behind = not delivery.buffer_id and not self._acks_waiting_on(delivery)
@@ -546,26 +560,33 @@ class Dispatcher:
         return delivery.handle is not None and delivery.handle.claim_id in self._waiting_acks
 
     async def _run_turn(self, delivery: _Delivery) -> tuple[TurnEndState, str | None]:
-        """Trust, then the agent, in the turn's own cancel scope; returns its end state."""
+        """Trust, then the agent, in the turn's own cancel scope; returns its end state.
+
+        An interrupt cancels the outer scope; the time limit is an inner scope's deadline.
+        """
         event = delivery.event
         state: TurnEndState = "completed"
         error: str | None = None
+        limit = trio.CancelScope()
+        if self.turn_timeout_s is not None:
+            limit.deadline = trio.current_time() + self.turn_timeout_s
         with trio.CancelScope() as scope:
             self._running[delivery.session_key] = scope
             try:
-                if not event.text and not event.media_urls:
-                    self.stats.empty += 1
-                    return "completed", None
-                outcome = await self.trust.evaluate(event)
-                turn = self._turn(delivery, outcome.decision)
-                if outcome.reply:
-                    await turn.reply(outcome.reply)
-                if not outcome.run_agent:
-                    return "denied", None
-                assert self.agent is not None
-                answer = await self.agent(turn)
-                if isinstance(answer, str) and answer:
-                    await turn.reply(answer)
+                with limit:
+                    if not event.text and not event.media_urls:
+                        self.stats.empty += 1
+                        return "completed", None
+                    outcome = await self.trust.evaluate(event)
+                    turn = self._turn(delivery, outcome.decision, limit.deadline)
+                    if outcome.reply:
+                        await turn.reply(outcome.reply)
+                    if not outcome.run_agent:
+                        return "denied", None
+                    assert self.agent is not None
+                    answer = await self.agent(turn)
+                    if isinstance(answer, str) and answer:
+                        await turn.reply(answer)
             except Exception as exc:
                 log.exception(
                     "relay: turn of %s raised; counted completed (no replay)", delivery.session_key
@@ -576,9 +597,18 @@ class Dispatcher:
         if scope.cancelled_caught:
             log.info("relay: turn of %s interrupted", delivery.session_key)
             return "interrupted", None
+        if limit.cancelled_caught:
+            log.warning(
+                "relay: turn of %s (message %s) timed out after %g s (turn_timeout_s); "
+                "cancelled, recorded timed_out, its delivery completed",
+                delivery.session_key,
+                event.delivery_message_id or delivery.buffer_id or "without an id",
+                self.turn_timeout_s,
+            )
+            return "timed_out", f"timed out after {self.turn_timeout_s:g} s"
         return state, error
 
-    def _turn(self, delivery: _Delivery, decision: Decision) -> Turn:
+    def _turn(self, delivery: _Delivery, decision: Decision, deadline: float) -> Turn:
         source = delivery.event.source
         platform = source.platform_raw or self.identities[0].platform
         return Turn(
@@ -588,4 +618,5 @@ class Dispatcher:
             descriptor=self.replies.descriptor_for(platform),
             decision=decision,
             replies=self.replies,
+            deadline=None if deadline == math.inf else deadline,
         )

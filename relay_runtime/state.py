@@ -86,13 +86,13 @@ CLOSE_WAIT_S: Final = 4 * BUSY_TIMEOUT_MS / 1000
 BULK_ROWS: Final = 200
 
 OutboxKind = Literal["send", "follow_up"]
-TurnEndState = Literal["completed", "failed", "interrupted", "denied", "cancelled"]
+TurnEndState = Literal["completed", "failed", "interrupted", "denied", "cancelled", "timed_out"]
 TurnState = Literal[
-    "running", "completed", "failed", "interrupted", "denied", "cancelled", "crashed"
+    "running", "completed", "failed", "interrupted", "denied", "cancelled", "timed_out", "crashed"
 ]
 #: States a caller may finish a turn with (``crashed`` is only set by crash recovery).
 TURN_END_STATES: Final[frozenset[str]] = frozenset(
-    {"completed", "failed", "interrupted", "denied", "cancelled"}
+    {"completed", "failed", "interrupted", "denied", "cancelled", "timed_out"}
 )
 #: ``K_msg`` of RC §4.6: ``(platform_raw, chat_id, message_id)``.
 MessageKey = tuple[str, str, str]

@@ -86,7 +86,9 @@ class Turn:
     ``platform`` is the platform the message arrived on as the connector named it
     (``source.platform_raw``; the primary identity's platform when the connector named
     none), and ``descriptor`` is that platform's current capability descriptor. ``decision``
-    is the trust engine's verdict that admitted the message.
+    is the trust engine's verdict that admitted the message. ``deadline`` is when the turn
+    time limit (``turn_timeout_s``) cancels the turn, in trio time (compare it with
+    :func:`trio.current_time`), or ``None`` when turns are unlimited.
     """
 
     event: MessageEvent
@@ -95,6 +97,7 @@ class Turn:
     descriptor: CapabilityDescriptor
     decision: Decision
     _replies: Replies = attrs.field(alias="replies", repr=False)
+    deadline: float | None = None
 
     @property
     def text(self) -> str:

@@ -179,7 +179,8 @@ async def test_a_ten_minute_agent_runs_instantly_in_virtual_time(
             await trio.sleep(5)
         return "done after ten minutes"
 
-    async with open_harness(slow) as harness:
+    # Ten minutes is the default turn time limit, which would cut this turn short.
+    async with open_harness(slow, turn_timeout_s=900) as harness:
         start = trio.current_time()
         said = await harness.say("take your time", user="telegram:5", timeout_s=3600)
         elapsed = trio.current_time() - start
