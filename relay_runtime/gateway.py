@@ -157,7 +157,7 @@ class Gateway:
     def stats(self) -> dict[str, Any]:
         """Counters from every part (dispatcher, replies, connection, trust if it has any)."""
         out: dict[str, Any] = {"state": self.state}
-        out.update(attrs.asdict(self.supervisor.stats))
+        out.update(self.supervisor.stats_dict())
         out["pending_requests"] = self.supervisor.outbound.pending_count
         out.update(self.dispatcher.stats_dict())
         out.update(self.replies.stats())

@@ -252,6 +252,15 @@ class Supervisor:
             return placeholder_descriptor(platform)
         return self.default_descriptor
 
+    def stats_dict(self) -> dict[str, object]:
+        """The counters, with the live socket's frames counted while it is open."""
+        out = attrs.asdict(self.stats)
+        socket = self._socket
+        if socket is not None:  # added to ``stats`` when the socket ends
+            out["frames_in"] += socket.frames_in
+            out["frames_out"] += socket.frames_out
+        return out
+
     def remember(self, event: MessageEvent) -> None:
         """Feed the chat memory used for tagging and scope injection (RC §7.7)."""
         self.outbound.memory.remember(event)
@@ -512,9 +521,27 @@ class Supervisor:
             if ended.code >= 0:
                 self.stats.drops += 1
                 self.stats.last_close = (ended.code, ended.reason)
+                self._log_end(generation, ended)
                 self._report(generation, sm.SocketClosed(ended.code, ended.reason))
         finally:
             done.set()
+
+    def _log_end(self, generation: int, ended: SocketEnd) -> None:
+        """One line per socket end: INFO for the close we asked for, else a WARNING drop."""
+        reason = repr(ended.reason) if ended.reason else "none given"
+        orderly = generation == self._generation and self.machine.state in (
+            sm.State.IDLE_ACKED,
+            sm.State.CLOSED,
+        )
+        if orderly:
+            log.info("relay: connection closed (close code %d, reason %s)", ended.code, reason)
+        else:
+            log.warning(
+                "relay: connection dropped (close code %d, reason %s)",
+                ended.code,
+                reason,
+                extra={"close_code": ended.code},
+            )
 
     async def _socket_lifetime(self, generation: int, close_request: trio.Event) -> SocketEnd:
         """One socket from dial to end; a ``SocketEnd`` with code -1 means 'no socket'."""

@@ -1163,7 +1163,13 @@ async def open_trust_engine(config: TrustConfig | None = None) -> AsyncIterator[
         # are still uncommitted (a transaction in flight while we start) as gaps to watch.
         engine._last_audit = max(0, await store.last_audit_id() - AUDIT_START_WINDOW)
         await engine.tail()
-        log.info("trust policy %s (sha256 %s): %s", policy.name, policy.digest, engine.describe())
+        log.info(
+            "trust policy %s (sha256 %s): operations %s; trust agent %s",
+            policy.name,
+            policy.digest,
+            ", ".join(policy.enabled_operations()) or "none",
+            "configured" if engine.agent is not None else "not configured",
+        )
         if policy.name == "open":
             log.warning("trust policy 'open' admits everyone; for development only")
         async with trio.open_nursery() as nursery:
