@@ -142,6 +142,8 @@ class Gateway:
         self.replies = replies
         self.trust = trust
         self.wake_confirmed = wake_confirmed
+        #: ``http://host:port`` of the metrics and health endpoint, when ``config.metrics``.
+        self.metrics_url: str | None = None
 
     @property
     def state(self) -> str:
@@ -365,6 +367,17 @@ async def _open_policy_engine(
     return engine
 
 
+async def _serve_metrics(
+    gateway: Gateway, address: str, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """The metrics and health endpoint (imported only when configured) in our nursery."""
+    from relay_runtime.metrics import GatewayMetrics, serve_metrics
+
+    async with trio.open_nursery() as nursery:
+        gateway.metrics_url = await nursery.start(serve_metrics, GatewayMetrics(gateway), address)
+        task_status.started()
+
+
 async def _serve(
     config: GatewayConfig,
     agent: Agent,
@@ -404,6 +417,7 @@ async def _serve(
         group_sessions_per_user=config.group_sessions_per_user,
         thread_sessions_per_user=config.thread_sessions_per_user,
         remember=supervisor.remember,
+        turn_timeout_s=config.turn_timeout_s,
     )
     gateway = Gateway(
         config,
@@ -421,6 +435,8 @@ async def _serve(
             finally:
                 nursery.cancel_scope.cancel()
 
+        if config.metrics is not None:  # /metrics, /healthz, /readyz (issue 16)
+            await nursery.start(_serve_metrics, gateway, config.metrics)
         await nursery.start(replies.run_flusher)
         nursery.start_soon(dispatcher.run, inbound_recv, nursery)
         nursery.start_soon(_flush_on_ready, supervisor, replies)

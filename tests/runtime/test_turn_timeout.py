@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from relay_runtime.cli import build_parser
 from relay_runtime.config import ConfigError, GatewayConfig
 from relay_runtime.testing import open_harness
 from relay_runtime.turn import Turn
@@ -145,3 +146,18 @@ def test_turn_timeout_setting_rejects(raw: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         GatewayConfig.load(environ=env, use_env_file=False)
     assert str(caught.value) == f"GATEWAY_RELAY_TURN_TIMEOUT_S: {problem} (value {raw!r})"
+
+
+def test_turn_timeout_option(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["run", "--turn-timeout", "90"])
+    config = GatewayConfig.load(
+        args={"turn_timeout_s": args.turn_timeout}, environ={}, use_env_file=False
+    )
+    assert config.turn_timeout_s == 90.0
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["run", "--turn-timeout", "-5"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "relay-runtime run: error: argument --turn-timeout: "
+        "must be 0 (no limit) or a number of seconds > 0 (value '-5')"
+    )
