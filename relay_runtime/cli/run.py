@@ -142,7 +142,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_metrics_address,
         help=(
             "serve Prometheus /metrics and the /healthz, /readyz probes on this address "
-            "(env GATEWAY_RELAY_METRICS; off by default; a bare port listens on 127.0.0.1)"
+            "(env GATEWAY_RELAY_METRICS; off by default, and 'off' turns it off; a bare "
+            "port listens on 127.0.0.1)"
         ),
     )
     parser.set_defaults(func=run_command, handles_signals=True)
@@ -159,13 +160,14 @@ def _turn_timeout(text: str) -> float:
 
 
 def _metrics_address(text: str) -> str:
+    """Checked here (so the error names the option); ``off`` passes through and wins."""
     from relay_runtime.config import ConfigError
 
     try:
-        value = GatewayConfig(metrics=text).metrics
+        GatewayConfig(metrics=text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(exc.problem) from None
-    return value or ""
+    return text.strip()
 
 
 # --------------------------------------------------------------------------- the agent

@@ -243,10 +243,17 @@ async def test_readyz_is_503_while_the_process_cannot_connect(tmp_path: Path) ->
 )
 def test_metrics_option_reaches_the_config(raw: str, expected: str) -> None:
     args = build_parser().parse_args(["run", "--metrics", raw])
-    assert args.metrics == expected
     config = GatewayConfig.load(args={"metrics": args.metrics}, environ={}, use_env_file=False)
     assert config.metrics == expected
     assert GatewayConfig.load(environ={}, use_env_file=False).metrics is None  # off by default
+
+
+def test_metrics_off_on_the_command_line_wins_over_the_environment() -> None:
+    args = build_parser().parse_args(["run", "--metrics", "off"])
+    environ = {"GATEWAY_RELAY_METRICS": "9464"}
+    assert GatewayConfig.load(environ=environ, use_env_file=False).metrics == "127.0.0.1:9464"
+    config = GatewayConfig.load(args={"metrics": args.metrics}, environ=environ, use_env_file=False)
+    assert config.metrics is None
 
 
 @pytest.mark.parametrize(
