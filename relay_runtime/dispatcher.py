@@ -30,8 +30,10 @@ Turn tasks live in a nursery the caller owns (the gateway's), so they outlive a 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,15 +42,19 @@ from typing import TYPE_CHECKING, Final, Protocol
 import attrs
 import trio
 
+from protocol.codec import decode_object, encode_frame
 from protocol.events import Identity, MessageEvent
 from protocol.frames import Frame, Inbound, InboundAck, PassthroughForwardFrame
 from protocol.keys import build_session_key, message_key
 from protocol.passthrough import PassthroughError, decode_forward
+from relay_runtime.outbound import reply_ids_for
 from relay_runtime.state import (
+    REPLY_KEY_BYTES,
     ClaimHandle,
     ClaimRequest,
     ClaimResult,
     ClaimStatus,
+    InboxRecord,
     MessageKey,
     StateError,
     TurnEndState,
@@ -143,6 +149,12 @@ class TurnStore(Protocol):
     ) -> None:
         """Release the claim and record the turn cancelled, in one transaction."""
 
+    def take_resumable(self) -> list[InboxRecord]:
+        """Live deliveries the previous process admitted and did not finish (once)."""
+
+    async def claim_resumed(self, records: Sequence[InboxRecord], now: float) -> list[ClaimResult]:
+        """Claim resumed deliveries under their recorded turns; decided at once."""
+
 
 class FrameSink(Protocol):
     """Fire-and-forget frames (``inbound_ack``) go out through this (the supervisor)."""
@@ -159,8 +171,16 @@ class _Delivery:
     buffer_id: str | None
     session_key: str
     k_msg: MessageKey | None
+    #: The frame, kept in the durable inbox until the turn ends (live deliveries only).
+    inbound: str | None = None
     handle: ClaimHandle | None = None
     turn_id: int | None = None
+
+    @property
+    def resumable(self) -> bool:
+        """Left unfinished, the next process resumes it from the inbox (so nothing to
+        release at shutdown: its record stays ``running``)."""
+        return self.inbound is not None and self.turn_id is not None
 
 
 @attrs.define
@@ -180,6 +200,7 @@ class DispatchStats:
     acked: int = 0
     ack_failures: int = 0
     paused: int = 0
+    resumed: int = 0
 
 
 class Dispatcher:
@@ -201,6 +222,7 @@ class Dispatcher:
         remember: Callable[[MessageEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
         turn_timeout_s: float | None = None,
+        reply_key: bytes | None = None,
     ) -> None:
         if max_concurrent_turns < 1 or max_pending_inbound < max_concurrent_turns:
             raise ValueError(
@@ -223,6 +245,8 @@ class Dispatcher:
         #: Called with ``(end state, seconds the turn ran)`` after each turn (an observer:
         #: it must not block or raise). The metrics endpoint's latency histogram.
         self.on_turn_end: Callable[[str, float], None] | None = None
+        #: The gateway's key for replies' requestIds (the state db's; random if none given).
+        self.reply_key = reply_key if reply_key is not None else os.urandom(REPLY_KEY_BYTES)
         self.stats = DispatchStats()
         self._limiter = trio.CapacityLimiter(max_concurrent_turns)
         self._slots = trio.Semaphore(max_pending_inbound)
@@ -286,10 +310,14 @@ class Dispatcher:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Take frames from ``inbound`` until it closes; turns run in ``turn_nursery``."""
-        task_status.started()
+        """Take frames from ``inbound`` until it closes; turns run in ``turn_nursery``.
+
+        Started once the deliveries resumed from the inbox are queued.
+        """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._record_claims)
+            await self._resume(turn_nursery)
+            task_status.started()
             async with inbound:
                 async for item in inbound:
                     batch = [item]
@@ -319,6 +347,30 @@ class Dispatcher:
                 # Logged by the state db, which keeps the records and retries them with
                 # every batch; acks wait (flush raises) until one succeeds.
                 await trio.sleep(RECORD_RETRY_S)
+
+    async def _resume(self, turn_nursery: trio.Nursery) -> None:
+        """Queue the live deliveries the previous process left unfinished, before anything
+        new (they are older), each under its recorded turn: one more run each."""
+        records = self.db.take_resumable()
+        if not records:
+            return
+        claims = await self.db.claim_resumed(records, self.clock())
+        for record, claim in zip(records, claims, strict=True):
+            if claim.status is not ClaimStatus.NEW:
+                continue
+            item = decode_object(json.loads(record.inbound))
+            if not isinstance(item, Inbound | PassthroughForwardFrame):
+                log.error("relay: inbox record of turn %d is unreadable; dropped", record.turn_id)
+                continue
+            event = self._event_of(item)
+            if event is None:
+                continue
+            await self._take_slot()
+            delivery = self._delivery(item, event)
+            delivery.handle, delivery.turn_id = claim.handle, record.turn_id
+            self.stats.resumed += 1
+            self._queue(delivery, turn_nursery)
+        log.info("relay: resumed %d unfinished live message(s)", self.stats.resumed)
 
     async def admit(self, item: InboundItem, turn_nursery: trio.Nursery) -> None:
         """Admit one frame: decode, take a pending slot, claim, queue for its session."""
@@ -360,6 +412,7 @@ class Dispatcher:
 
     def _delivery(self, item: InboundItem, event: MessageEvent) -> _Delivery:
         delivery = _Delivery(
+            inbound=None if item.buffer_id else encode_frame(item),
             event=event,
             buffer_id=item.buffer_id or None,
             session_key=build_session_key(
@@ -384,7 +437,7 @@ class Dispatcher:
         if not deliveries:
             return
         claims = await self.db.claim_turns(
-            [ClaimRequest(d.session_key, d.k_msg, d.buffer_id) for d in deliveries],
+            [ClaimRequest(d.session_key, d.k_msg, d.buffer_id, d.inbound) for d in deliveries],
             self.clock(),
         )
         # Routed with no await in between: an IN_FLIGHT duplicate is waiting for its ack
@@ -424,6 +477,11 @@ class Dispatcher:
             return None
         delivery.handle = claim.handle
         delivery.turn_id = turn_id
+        self._queue(delivery, turn_nursery)
+        return None
+
+    def _queue(self, delivery: _Delivery, turn_nursery: trio.Nursery) -> None:
+        """Queue a claimed delivery (holding a slot) behind its session's others."""
         queue = self._queues.get(delivery.session_key)
         if queue is None:
             queue = self._queues[delivery.session_key] = deque()
@@ -431,7 +489,6 @@ class Dispatcher:
             turn_nursery.start_soon(self._session_worker, delivery.session_key, queue)
         else:
             queue.append(delivery)
-        return None
 
     def _event_of(self, item: InboundItem) -> MessageEvent | None:
         if isinstance(item, Inbound):
@@ -513,7 +570,8 @@ class Dispatcher:
                 self.stats.cancelled += 1
                 if delivery.handle is not None:
                     self._waiting_acks.pop(delivery.handle.claim_id, None)
-                await self.db.release_unstarted(delivery.handle, delivery.turn_id)
+                if not delivery.resumable:  # else kept running for the next process
+                    await self.db.release_unstarted(delivery.handle, delivery.turn_id)
 
     async def _run_delivery(self, delivery: _Delivery) -> None:
         turn_id = delivery.turn_id
@@ -536,11 +594,15 @@ class Dispatcher:
             # so the connector's replay runs it again (R64). If the turn had finished and
             # only its completion was waiting to commit, that completion stands (it is
             # kept) and the release finds nothing: the replay is acked without running.
+            # A live delivery is not released: its inbox record stays running and the
+            # next process resumes it (its replies go out under the same requestIds).
             self.stats.cancelled += 1
             with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
                 if delivery.handle is not None:
                     self._waiting_acks.pop(delivery.handle.claim_id, None)
-                if started:
+                if delivery.resumable:
+                    pass
+                elif started:
                     await self.db.release_turn(delivery.handle, turn_id, self.clock())
                 else:
                     await self.db.release_unstarted(delivery.handle, turn_id)
@@ -619,4 +681,5 @@ class Dispatcher:
             decision=decision,
             replies=self.replies,
             deadline=None if deadline == math.inf else deadline,
+            request_ids=reply_ids_for(self.reply_key, delivery.k_msg, delivery.buffer_id),
         )

@@ -418,7 +418,11 @@ async def _serve(
         thread_sessions_per_user=config.thread_sessions_per_user,
         remember=supervisor.remember,
         turn_timeout_s=config.turn_timeout_s,
+        reply_key=db.reply_key,
     )
+    # Turns running when a going-idle close starts get its drain window to finish (their
+    # replies still go out); what does not finish is resumed (live) or replayed (buffered).
+    supervisor.drain_hook = dispatcher.wait_idle
     gateway = Gateway(
         config,
         supervisor,

@@ -8,6 +8,9 @@ It never raises for transport reasons (R20): every local outcome is a ``SendResu
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import uuid
 from collections import OrderedDict
@@ -33,7 +36,15 @@ from protocol.results import (
     SendResult,
 )
 
-__all__ = ["ChatMemory", "Link", "LinkStatus", "OutboundRouter", "new_request_id"]
+__all__ = [
+    "ChatMemory",
+    "Link",
+    "LinkStatus",
+    "OutboundRouter",
+    "RequestIds",
+    "new_request_id",
+    "reply_ids_for",
+]
 
 log = logging.getLogger("relay_runtime.outbound")
 
@@ -44,6 +55,52 @@ CHAT_MEMORY_SIZE = 10_000
 def new_request_id() -> str:
     """A fresh ``requestId``: ``uuid4().hex``, 32 lowercase hex digits (R9)."""
     return uuid.uuid4().hex
+
+
+class RequestIds:
+    """The ``requestId``s of one turn's replies, derived from its delivery (RC §6.2).
+
+    The n-th ``send``/``follow_up`` a turn makes (n counted from 0, each chunk of a split
+    reply once) gets ``HMAC-SHA256(key, delivery || n)`` cut to 32 lowercase hex digits,
+    where ``delivery`` names the delivery by its ``K_msg`` (else its ``K_buf``) and ``key``
+    is the gateway's reply key (random, kept in its state db). A re-run of the same
+    delivery after a crash or a replay therefore re-sends under the same ids, and the
+    connector, which deduplicates by ``(gateway id, requestId)``, drops the repeat: the
+    first reply stands, even when the re-run (an LLM) wrote different text.
+    """
+
+    __slots__ = ("_delivery", "_key", "_next")
+
+    def __init__(self, key: bytes, delivery: str) -> None:
+        self._key = key
+        self._delivery = delivery.encode()
+        self._next = 0
+
+    def next(self) -> str:
+        """The id of the turn's next reply."""
+        ordinal = self._next
+        self._next += 1
+        digest = hmac.new(
+            self._key, self._delivery + b"\x00" + str(ordinal).encode(), hashlib.sha256
+        )
+        return digest.hexdigest()[:32]
+
+
+def reply_ids_for(
+    key: bytes, k_msg: tuple[str, str, str] | None, k_buf: str | None
+) -> RequestIds | None:
+    """The :class:`RequestIds` of a delivery, or ``None`` (random ids) when it has no key.
+
+    ``K_msg`` counts only with a chat and a message id (as for dedupe, RC §4.6); it is
+    preferred over ``K_buf`` because a message keeps it whether it came live or replayed.
+    """
+    if k_msg is not None and k_msg[1] and k_msg[2]:
+        delivery = json.dumps(["msg", *(str(part) for part in k_msg)], separators=(",", ":"))
+    elif k_buf:
+        delivery = json.dumps(["buf", str(k_buf)], separators=(",", ":"))
+    else:
+        return None
+    return RequestIds(key, delivery)
 
 
 class LinkStatus(Protocol):

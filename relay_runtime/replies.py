@@ -4,8 +4,9 @@
 
 * ``send`` and ``follow_up`` go out directly while the link is live (READY or IDLE_REQUESTED)
   and the outbox is empty. Otherwise they are committed to the durable outbox and the caller
-  gets ``queued: true`` with the ``outbox_id`` (R44). A direct ``send`` that failed
-  retryably and unambiguously is re-submitted once through the outbox; an egress decline is
+  gets ``queued: true`` with the ``outbox_id`` (R44). One pending when the socket closed (a
+  drop, or shutdown) is queued in the outbox under its ``requestId`` (retryable, §6.2), and
+  so is a direct ``send`` that failed retryably and unambiguously; an egress decline is
   final (R19).
 * ``edit``, ``typing`` and ``get_chat_info`` are never queued: they fail fast when the link
   is down (R43), as the supervisor answers them.
@@ -250,25 +251,41 @@ class Replies:
     # ------------------------------------------------------------------ actions
 
     async def send(
-        self, action: Send | FollowUp, *, platform_raw: str | None, wait_for_room: bool = False
+        self,
+        action: Send | FollowUp,
+        *,
+        platform_raw: str | None,
+        wait_for_room: bool = False,
+        request_id: str | None = None,
     ) -> SendResult:
         """Send (or queue) a ``send``/``follow_up``; never raises for transport reasons.
 
         With ``wait_for_room``, a full outbox makes the caller wait (at most ``room_wait_s``)
         instead of answering ``relay outbox full`` at once; see :meth:`send_waiting_for_room`.
+        ``request_id`` is the reply's id (a turn derives it from its delivery, so a re-run
+        re-sends under the same id); a fresh random one when ``None``. It goes out, or into
+        the outbox, unchanged.
         """
         wait = wait_for_room
         if self.link.state == "disabled":
             return SendResult.failure(DISABLED)
+        request_id = request_id or new_request_id()
         if not self.live or self._behind_queued(action, platform_raw):
-            return await self._enqueue(action, platform_raw, new_request_id(), wait=wait)
-        request_id = new_request_id()
+            return await self._enqueue(action, platform_raw, request_id, wait=wait)
         result = await self.link.request(action, platform_raw=platform_raw, request_id=request_id)
         if result.success:
             self.sent += 1
             return result
         if result.error == NOT_CONNECTED:
             # The link went down between our look and the request: the not-READY rule.
+            return await self._enqueue(action, platform_raw, request_id, wait=wait)
+        if result.error == TRANSPORT_CLOSED or (result.error or "").startswith(SEND_FAILED_PREFIX):
+            # Pending when the socket closed (a drop, or our own shutdown): the connector
+            # may or may not have performed it. Retryable (RC §6.2): it goes to the outbox
+            # under the same requestId, and the connector drops it if it was performed.
+            # The turn returns (and its delivery is acked) only once it is queued (§7.4).
+            self.resubmitted += 1
+            log.info("relay: %s pending at close queued in the outbox", action.OP)
             return await self._enqueue(action, platform_raw, request_id, wait=wait)
         if (
             isinstance(action, Send)
@@ -283,7 +300,7 @@ class Replies:
         return result
 
     async def send_waiting_for_room(
-        self, action: Send | FollowUp, *, platform_raw: str | None
+        self, action: Send | FollowUp, *, platform_raw: str | None, request_id: str | None = None
     ) -> SendResult:
         """Like :meth:`send`, but a full outbox makes the caller wait for room, not fail.
 
@@ -294,7 +311,9 @@ class Replies:
         answer is ``relay outbox full`` as for :meth:`send`. Cancellation (shutdown) ends the
         wait too; the turn is then not acked and runs again on replay.
         """
-        return await self.send(action, platform_raw=platform_raw, wait_for_room=True)
+        return await self.send(
+            action, platform_raw=platform_raw, wait_for_room=True, request_id=request_id
+        )
 
     async def perform(self, action: Action, *, platform_raw: str | None) -> SendResult:
         """Send an action that is never queued (``edit``, ``typing``, ``get_chat_info``)."""

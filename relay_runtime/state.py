@@ -58,6 +58,7 @@ __all__ = [
     "ClaimRequest",
     "ClaimResult",
     "ClaimStatus",
+    "InboxRecord",
     "MessageKey",
     "OutboxEntry",
     "OutboxFull",
@@ -96,6 +97,11 @@ TURN_END_STATES: Final[frozenset[str]] = frozenset(
 )
 #: ``K_msg`` of RC §4.6: ``(platform_raw, chat_id, message_id)``.
 MessageKey = tuple[str, str, str]
+#: How many times a live delivery left unfinished by a crash or a shutdown is resumed (one
+#: more run per restart) before it is given up as one that keeps killing the process.
+RESUME_MAX: Final = 3
+#: Bytes of the random per-gateway key replies' ``requestId``s are derived with.
+REPLY_KEY_BYTES: Final = 32
 
 T = TypeVar("T")
 
@@ -138,11 +144,28 @@ class Attempt:
 
 @attrs.frozen
 class ClaimRequest:
-    """One delivery to claim in :meth:`StateDB.claim_turns`: its session and its keys."""
+    """One delivery to claim in :meth:`StateDB.claim_turns`: its session and its keys.
+
+    ``inbound`` is the delivery's frame (JSON) for the durable inbox: kept with its turn
+    until the turn ends, so a live delivery a crash or shutdown interrupted is resumed by
+    the next process (``None``: not kept, e.g. buffered ones, which the connector replays).
+    """
 
     session_key: str
     k_msg: MessageKey | None
     k_buf: str | None
+    inbound: str | None = None
+
+
+@attrs.frozen
+class InboxRecord:
+    """A live delivery the previous process admitted and did not finish: to resume."""
+
+    turn_id: int
+    session_key: str
+    k_msg: MessageKey | None
+    inbound: str
+    resumes: int
 
 
 @attrs.frozen
@@ -215,6 +238,16 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         claim_id INTEGER NOT NULL REFERENCES relay_dedupe_claims (claim_id)
     ) WITHOUT ROWID;
     CREATE INDEX relay_dedupe_keys_claim ON relay_dedupe_keys (claim_id);
+    """,
+    # The gateway's reply key (requestIds derived from deliveries) and the durable inbox: a
+    # live delivery's frame is kept with its turn until the turn ends.
+    """
+    CREATE TABLE relay_meta (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE relay_turns ADD COLUMN inbound TEXT;
+    ALTER TABLE relay_turns ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0;
     """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -468,6 +501,8 @@ class StateDB:
         dedupe: DedupeWindow | None = None,
         next_turn_id: int = 1,
         lock_fd: int | None = None,
+        reply_key: bytes | None = None,
+        resumable: Sequence[InboxRecord] = (),
     ) -> None:
         self._conn = conn
         self._lock_fd = lock_fd
@@ -486,6 +521,9 @@ class StateDB:
         #: Decides every claim; the claim tables follow it write-behind (see dedupe.py).
         self._dedupe = dedupe or DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
         self._next_turn_id = next_turn_id
+        #: The key the ``requestId``s of replies are derived with (kept in the file).
+        self.reply_key = reply_key if reply_key is not None else os.urandom(REPLY_KEY_BYTES)
+        self._resumable = list(resumable)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -519,6 +557,7 @@ class StateDB:
         try:
             conn = await trio.to_thread.run_sync(cls._connect, path, now)
             try:
+                resumable, reply_key = await trio.to_thread.run_sync(cls._prepare, conn, path, now)
                 dedupe = DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
                 next_turn_id = await trio.to_thread.run_sync(cls._load, conn, dedupe, now)
             except BaseException:
@@ -537,7 +576,27 @@ class StateDB:
             dedupe_max=dedupe_max,
             dedupe=dedupe,
             next_turn_id=next_turn_id,
+            reply_key=reply_key,
+            resumable=resumable,
         )
+
+    @staticmethod
+    def _prepare(
+        conn: sqlite3.Connection, path: Path, now: float
+    ) -> tuple[list[InboxRecord], bytes]:
+        """Recover from a crash; the deliveries to resume and the gateway's reply key."""
+        try:
+            resumable = StateDB._recover(conn, now)
+            row = conn.execute("SELECT value FROM relay_meta WHERE name = 'reply_key'").fetchone()
+            if row is not None and len(row[0]) == REPLY_KEY_BYTES:
+                return resumable, bytes(row[0])
+            key = os.urandom(REPLY_KEY_BYTES)
+            conn.execute(
+                "INSERT OR REPLACE INTO relay_meta (name, value) VALUES ('reply_key', ?)", (key,)
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state database {str(path)!r} is unusable: {exc}") from exc
+        return resumable, key
 
     @staticmethod
     def _load(conn: sqlite3.Connection, dedupe: DedupeWindow, now: float) -> int:
@@ -593,7 +652,6 @@ class StateDB:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             StateDB._migrate(conn, path)
-            StateDB._recover(conn, now)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StateError(f"state database {str(path)!r} is unusable: {exc}") from exc
@@ -628,12 +686,35 @@ class StateDB:
             raise
 
     @staticmethod
-    def _recover(conn: sqlite3.Connection, now: float) -> None:
+    def _recover(conn: sqlite3.Connection, now: float) -> list[InboxRecord]:
+        """Turns left ``running`` end ``crashed`` and in-flight claims are released, except
+        the live deliveries kept in the inbox: those stay ``running``, returned to resume
+        (at most :data:`RESUME_MAX` times each)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
+            resumable = [
+                InboxRecord(
+                    turn_id=row["turn_id"],
+                    session_key=row["session_key"],
+                    k_msg=_turn(row).k_msg,
+                    inbound=row["inbound"],
+                    resumes=row["resumes"],
+                )
+                for row in conn.execute(
+                    "SELECT * FROM relay_turns WHERE state = 'running' AND inbound IS NOT NULL"
+                    " AND resumes < ? ORDER BY turn_id",
+                    (RESUME_MAX,),
+                )
+            ]
+            given_up = conn.execute(
+                "SELECT count(*) FROM relay_turns WHERE state = 'running'"
+                " AND inbound IS NOT NULL AND resumes >= ?",
+                (RESUME_MAX,),
+            ).fetchone()[0]
             crashed = conn.execute(
-                "UPDATE relay_turns SET state = 'crashed', ended_at = ? WHERE state = 'running'",
-                (now,),
+                "UPDATE relay_turns SET state = 'crashed', ended_at = ?, inbound = NULL"
+                " WHERE state = 'running' AND (inbound IS NULL OR resumes >= ?)",
+                (now, RESUME_MAX),
             ).rowcount
             claims = [
                 r[0]
@@ -651,10 +732,23 @@ class StateDB:
             logger.warning(
                 "relay state: %d turn(s) were running at a crash; marked crashed", crashed
             )
+        if given_up:
+            logger.error(
+                "relay state: %d live message(s) were interrupted %d times; given up, not run"
+                " again",
+                given_up,
+                RESUME_MAX,
+            )
+        if resumable:
+            logger.warning(
+                "relay state: %d live message(s) were admitted and not finished; resuming them",
+                len(resumable),
+            )
         if claims:
             logger.info(
                 "relay state: released %d in-flight dedupe claim(s) after a crash", len(claims)
             )
+        return resumable
 
     async def aclose(self) -> None:
         """Close the connection (idempotent), even when the caller is being cancelled.
@@ -943,7 +1037,7 @@ class StateDB:
         delivery with neither key is not deduplicated: ``NEW`` with no handle.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        result, write = self._decide([(None, k_msg, k_buf)], now)
+        result, write = self._decide([(None, k_msg, k_buf, None)], now)
         await self._run(write, keep=True)
         return result[0][0]
 
@@ -957,7 +1051,7 @@ class StateDB:
         :meth:`release_unstarted`.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        results, write = self._decide([(session_key, k_msg, k_buf)], now)
+        results, write = self._decide([(session_key, k_msg, k_buf, None)], now)
         await self._run(write, keep=True)
         return results[0]
 
@@ -975,7 +1069,9 @@ class StateDB:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not requests:
             return []
-        results, write = self._decide([(r.session_key, r.k_msg, r.k_buf) for r in requests], now)
+        results, write = self._decide(
+            [(r.session_key, r.k_msg, r.k_buf, r.inbound) for r in requests], now
+        )
         self._write_behind(_Op(write))
         return results
 
@@ -1007,16 +1103,16 @@ class StateDB:
 
     def _decide(
         self,
-        requests: Sequence[tuple[str | None, MessageKey | None, str | None]],
+        requests: Sequence[tuple[str | None, MessageKey | None, str | None, str | None]],
         now: float,
     ) -> tuple[list[tuple[ClaimResult, int | None]], Callable[[sqlite3.Connection], None]]:
         """Claim ``requests`` in memory now; the write that records them (and the turns of
         requests with a session key that are ``NEW``)."""
         results: list[tuple[ClaimResult, int | None]] = []
         claims: list[tuple[int, list[str]]] = []
-        turns: list[tuple[int, str, MessageKey | None, str | None]] = []
+        turns: list[tuple[int, str, MessageKey | None, str | None, str | None]] = []
         forgotten: list[int] = []
-        for session_key, k_msg, k_buf in requests:
+        for session_key, k_msg, k_buf, inbound in requests:
             keys = _claim_keys(k_msg, k_buf)
             result, gone = self._dedupe.claim(keys, now)
             forgotten.extend(gone)
@@ -1026,7 +1122,7 @@ class StateDB:
                     claims.append((result.handle.claim_id, keys))
                 if session_key is not None:
                     turn_id = self._take_turn_id()
-                    turns.append((turn_id, session_key, k_msg, k_buf))
+                    turns.append((turn_id, session_key, k_msg, k_buf, inbound))
             results.append((result, turn_id))
 
         def write(conn: sqlite3.Connection) -> None:
@@ -1042,10 +1138,60 @@ class StateDB:
                 "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
                 [(key, claim_id) for claim_id, keys in claims for key in keys],
             )
-            for turn_id, session_key, k_msg, k_buf in turns:
-                self._start_in(conn, turn_id, session_key, k_msg, k_buf, now)
+            for turn_id, session_key, k_msg, k_buf, inbound in turns:
+                self._start_in(conn, turn_id, session_key, k_msg, k_buf, now, inbound)
 
         return results, write
+
+    def take_resumable(self) -> list[InboxRecord]:
+        """The live deliveries the previous process left unfinished, oldest first (once)."""
+        resumable, self._resumable = self._resumable, []
+        return resumable
+
+    async def claim_resumed(self, records: Sequence[InboxRecord], now: float) -> list[ClaimResult]:
+        """Claim resumed deliveries again under their own turn ids; count the resume.
+
+        Decided at once, written behind like :meth:`claim_turns`. A delivery whose key
+        completed meanwhile (``COMPLETED``) is not run: its turn is recorded ``crashed``.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        results: list[ClaimResult] = []
+        claims: list[tuple[int, list[str]]] = []
+        forgotten: list[int] = []
+        resumed: list[int] = []
+        dropped: list[int] = []
+        for record in records:
+            keys = _claim_keys(record.k_msg, None)
+            result, gone = self._dedupe.claim(keys, now)
+            forgotten.extend(gone)
+            if result.status is ClaimStatus.NEW:
+                if result.handle is not None:
+                    claims.append((result.handle.claim_id, keys))
+                resumed.append(record.turn_id)
+            else:
+                dropped.append(record.turn_id)
+            results.append(result)
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._delete_claims(conn, forgotten)
+            conn.executemany(
+                "INSERT INTO relay_dedupe_claims (claim_id, state, created_at)"
+                " VALUES (?, 'in_flight', ?)",
+                [(claim_id, now) for claim_id, _ in claims],
+            )
+            conn.executemany(
+                "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
+                [(key, claim_id) for claim_id, keys in claims for key in keys],
+            )
+            conn.executemany(
+                "UPDATE relay_turns SET resumes = resumes + 1 WHERE turn_id = ?",
+                [(turn_id,) for turn_id in resumed],
+            )
+            for turn_id in dropped:
+                self._finish_in(conn, turn_id, "crashed", now, "duplicate of a completed delivery")
+
+        self._write_behind(_Op(write))
+        return results
 
     def _take_turn_id(self) -> int:
         turn_id = self._next_turn_id
@@ -1197,7 +1343,8 @@ class StateDB:
             cases = " ".join(["WHEN ? THEN ?"] * len(part))
             conn.execute(
                 f"UPDATE relay_turns SET state = CASE turn_id {cases} END,"
-                f" ended_at = CASE turn_id {cases} END, error = CASE turn_id {cases} END"
+                f" ended_at = CASE turn_id {cases} END, error = CASE turn_id {cases} END,"
+                " inbound = NULL"
                 f" WHERE state = 'running' AND turn_id IN ({','.join('?' * len(part))})",
                 [
                     *(v for c in part for v in (c.turn_id, c.state)),
@@ -1268,11 +1415,20 @@ class StateDB:
         k_msg: MessageKey | None,
         k_buf: str | None,
         now: float,
+        inbound: str | None = None,
     ) -> None:
         conn.execute(
-            "INSERT INTO relay_turns (turn_id, session_key, k_msg, k_buf, state, started_at)"
-            " VALUES (?, ?, ?, ?, 'running', ?)",
-            (turn_id, session_key, None if k_msg is None else json.dumps(list(k_msg)), k_buf, now),
+            "INSERT INTO relay_turns"
+            " (turn_id, session_key, k_msg, k_buf, state, started_at, inbound)"
+            " VALUES (?, ?, ?, ?, 'running', ?, ?)",
+            (
+                turn_id,
+                session_key,
+                None if k_msg is None else json.dumps(list(k_msg)),
+                k_buf,
+                now,
+                inbound,
+            ),
         )
 
     @staticmethod
@@ -1280,7 +1436,7 @@ class StateDB:
         conn: sqlite3.Connection, turn_id: int, state: str, now: float, error: str | None
     ) -> bool:
         cur = conn.execute(
-            "UPDATE relay_turns SET state = ?, ended_at = ?, error = ?"
+            "UPDATE relay_turns SET state = ?, ended_at = ?, error = ?, inbound = NULL"
             " WHERE turn_id = ? AND state = 'running'",
             (state, now, error, turn_id),
         )

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Protocol
 
@@ -217,6 +217,10 @@ class Supervisor:
         #: Called with the new state name on every state change (an observer: it must not
         #: block or raise). The demo shows the states a drop or an idle goes through.
         self.on_state: Callable[[str], None] | None = None
+        #: Awaited (with the pending requests) in a going-idle close's drain window: the
+        #: gateway's running turns, whose replies may still go out on this socket.
+        self.drain_hook: Callable[[], Awaitable[None]] | None = None
+        self._draining = False
 
     # ---- public surface ------------------------------------------------------------------
 
@@ -227,8 +231,9 @@ class Supervisor:
 
     @property
     def live(self) -> bool:
-        """Outbound frames may be sent now (READY or IDLE_REQUESTED)."""
-        return self.machine.live and self._socket is not None
+        """Outbound frames may be sent now (READY or IDLE_REQUESTED, or the drain window of
+        a going-idle close: the connector buffers new inbound, turns still finish)."""
+        return self._socket is not None and (self.machine.live or self._draining)
 
     @property
     def descriptors(self) -> Mapping[str, CapabilityDescriptor]:
@@ -272,7 +277,7 @@ class Supervisor:
     def send_nowait(self, frame: Frame) -> bool:
         """Queue a fire-and-forget frame (``inbound_ack``, ``interrupt``); False if not live."""
         socket = self._socket
-        if socket is None or not self.machine.live:
+        if socket is None or not self.live:
             return False
         text = encode_frame(frame)
         if socket.too_large(text):
@@ -624,8 +629,15 @@ class Supervisor:
             dial_scope.cancel()
             return
         if args.drain_s > 0:
-            with trio.move_on_after(args.drain_s):
-                await self.outbound.wait_drained()
+            self._draining = self.drain_hook is not None
+            try:
+                with trio.move_on_after(args.drain_s):
+                    if self.drain_hook is not None:
+                        await self.drain_hook()
+                    self._draining = False
+                    await self.outbound.wait_drained()
+            finally:
+                self._draining = False
         await socket.close(args.code, args.reason)
         nursery.cancel_scope.cancel()
 

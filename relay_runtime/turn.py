@@ -18,6 +18,7 @@ from protocol.events import MessageEvent, SessionSource
 from protocol.results import SendResult
 
 if TYPE_CHECKING:
+    from relay_runtime.outbound import RequestIds
     from relay_runtime.replies import Replies
     from trust.model import Decision
 
@@ -88,7 +89,9 @@ class Turn:
     none), and ``descriptor`` is that platform's current capability descriptor. ``decision``
     is the trust engine's verdict that admitted the message. ``deadline`` is when the turn
     time limit (``turn_timeout_s``) cancels the turn, in trio time (compare it with
-    :func:`trio.current_time`), or ``None`` when turns are unlimited.
+    :func:`trio.current_time`), or ``None`` when turns are unlimited. ``request_ids`` names
+    this turn's replies after its delivery, so a re-run re-sends under the same
+    ``requestId``s (``None``: random ids).
     """
 
     event: MessageEvent
@@ -98,6 +101,10 @@ class Turn:
     decision: Decision
     _replies: Replies = attrs.field(alias="replies", repr=False)
     deadline: float | None = None
+    _request_ids: RequestIds | None = attrs.field(default=None, alias="request_ids", repr=False)
+
+    def _next_request_id(self) -> str | None:
+        return None if self._request_ids is None else self._request_ids.next()
 
     @property
     def text(self) -> str:
@@ -137,7 +144,9 @@ class Turn:
                 reply_to=reply_to if index == 0 else None,
                 metadata=dict(metadata or {}),
             )
-            result = await self._replies.send_waiting_for_room(action, platform_raw=self.platform)
+            result = await self._replies.send_waiting_for_room(
+                action, platform_raw=self.platform, request_id=self._next_request_id()
+            )
             if not result.success and not result.queued:
                 return result
         return result
@@ -158,7 +167,9 @@ class Turn:
         action = FollowUp(
             session_key=self.session_key, kind=kind, content=content, metadata=dict(metadata or {})
         )
-        return await self._replies.send_waiting_for_room(action, platform_raw=self.platform)
+        return await self._replies.send_waiting_for_room(
+            action, platform_raw=self.platform, request_id=self._next_request_id()
+        )
 
     async def chat_info(self) -> dict[str, str]:
         """``{name, type}`` of the chat; ``{chat_id, "dm"}`` when unknown or disconnected."""

@@ -30,6 +30,7 @@ from relay_runtime.state import (
     ClaimRequest,
     ClaimResult,
     ClaimStatus,
+    InboxRecord,
     MessageKey,
     OutboxEntry,
     OutboxFull,
@@ -196,6 +197,12 @@ class MemoryState:
     ) -> list[tuple[ClaimResult, int | None]]:
         self.claim_batches.append(len(requests))
         return [await self.claim_turn(r.session_key, r.k_msg, r.k_buf, now) for r in requests]
+
+    def take_resumable(self) -> list[InboxRecord]:
+        return []  # nothing survives this twin: no process before this one
+
+    async def claim_resumed(self, records: Sequence[InboxRecord], now: float) -> list[ClaimResult]:
+        return [await self.claim(r.k_msg, None, now) for r in records]
 
     async def flush(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -338,19 +338,28 @@ async def test_final_send_failures_are_not_resubmitted(result: SendResult) -> No
     assert state.outbox == {}
 
 
-async def test_drop_while_pending_is_resubmitted_follow_up_is_not() -> None:
-    async def drop(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
-        return SendResult.failure(TRANSPORT_CLOSED, retryable=True)
+@pytest.mark.parametrize("retryable", [True, False], ids=["drop", "shutdown"])
+async def test_send_and_follow_up_pending_at_close_go_to_the_outbox_under_their_id(
+    retryable: bool,
+) -> None:
+    # RC §6.2 as changed by issue 11: a send or follow_up pending when the socket closed
+    # (a drop: retryable; our own shutdown: not) may or may not have been performed, so it
+    # is queued under its requestId, and the connector drops the repeat. (Before issue 11
+    # a follow_up, and anything failed at shutdown, was returned as a failure and lost.)
+    async def close(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return SendResult.failure(TRANSPORT_CLOSED, retryable=retryable)
 
     state = MemoryState()
-    replies = Replies(FakeLink(responder=drop), state, IDENTITIES)
-    assert (await replies.send(send("a"), platform_raw="discord")).queued
-    assert len(state.outbox) == 1
-    other = MemoryState()
-    replies = Replies(FakeLink(responder=drop), other, IDENTITIES)
-    follow = await replies.send(FollowUp(session_key="k", kind="r", content="x"), platform_raw=None)
-    assert (follow.error, follow.queued) == (TRANSPORT_CLOSED, False)
-    assert other.outbox == {}
+    replies = Replies(FakeLink(responder=close), state, IDENTITIES)
+    sent = await replies.send(send("a"), platform_raw="discord", request_id="a" * 32)
+    follow = await replies.send(
+        FollowUp(session_key="k", kind="r", content="x"), platform_raw=None, request_id="b" * 32
+    )
+    assert sent.queued and follow.queued
+    assert sorted((e.kind, e.request_id) for e in state.outbox.values()) == [
+        ("follow_up", "b" * 32),
+        ("send", "a" * 32),
+    ]
 
 
 async def test_disabled_halts_the_flush_and_refuses_sends() -> None:
