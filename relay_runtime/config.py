@@ -490,6 +490,8 @@ _VARS: Final[tuple[_Var, ...]] = (
     _relay("outbox_ttl_s", _Int(1, 30 * DAY)),
     _relay("dedupe_window_s", _Int(1, 30 * DAY)),
     _relay("dedupe_max", _Int(1, 10_000_000)),
+    _relay("turns_max", _Int(1, 100_000_000)),
+    _relay("storage_failure_limit_s", _Seconds(1, DAY)),
     _Var("state_dir", _path, "RELAY_STATE_DIR", (("gateway", "relay_state_dir"),)),
     _relay("group_sessions_per_user", _bool),
     _relay("thread_sessions_per_user", _bool),
@@ -579,6 +581,10 @@ class GatewayConfig:
     outbox_ttl_s: int = 86_400
     dedupe_window_s: int = 86_400
     dedupe_max: int = 10_000
+    #: Turn records kept at most (besides 24 h), so relay_turns stays bounded on disk.
+    turns_max: int = 100_000
+    #: How long the state db may fail to write before the gateway exits (status 1).
+    storage_failure_limit_s: float = 60.0
     state_dir: Path = attrs.field(factory=default_state_dir)
     group_sessions_per_user: bool = True
     thread_sessions_per_user: bool = False

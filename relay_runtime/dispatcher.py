@@ -30,6 +30,7 @@ Turn tasks live in a nursery the caller owns (the gateway's), so they outlive a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -80,8 +81,10 @@ log = logging.getLogger("relay_runtime.dispatcher")
 RELEASE_TIMEOUT_S: Final = 5.0
 #: Longest a written-behind claim or completion waits before it is committed.
 RECORD_DELAY_S: Final = 0.05
-#: Pause after a failed commit of written-behind records before the next try.
-RECORD_RETRY_S: Final = 1.0
+#: First pause after a failed commit of written-behind records (doubling up to the cap).
+RECORD_RETRY_S: Final = 0.1
+#: Longest pause between tries while storage fails.
+RECORD_RETRY_CAP_S: Final = 2.0
 #: Most frames already waiting in the hand-off channel admitted (claimed) together.
 MAX_ADMIT_BATCH: Final = 64
 
@@ -341,12 +344,22 @@ class Dispatcher:
         while True:
             await self.db.wait_queued()
             await trio.sleep(RECORD_DELAY_S)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Commit what was written behind, retrying with backoff while storage fails.
+
+        The state db keeps failed records and logs one ERROR per failure episode; acks
+        wait here until their records are committed (nothing is acked unrecorded).
+        """
+        pause = RECORD_RETRY_S
+        while True:
             try:
                 await self.db.flush()
+                return
             except StateError:
-                # Logged by the state db, which keeps the records and retries them with
-                # every batch; acks wait (flush raises) until one succeeds.
-                await trio.sleep(RECORD_RETRY_S)
+                await trio.sleep(pause)
+                pause = min(pause * 2, RECORD_RETRY_CAP_S)
 
     async def _resume(self, turn_nursery: trio.Nursery) -> None:
         """Queue the live deliveries the previous process left unfinished, before anything
@@ -452,7 +465,10 @@ class Dispatcher:
             # Duplicates of completed deliveries: the completion may still be written
             # behind, and the ack must follow its commit (R65). Not acked if this fails or
             # is cancelled: the connector replays, and the replay is acked.
-            await self.db.flush()
+            try:
+                await self.db.flush()
+            except StateError:
+                return
             for buffer_id in acks:
                 self._ack(buffer_id)
 
@@ -571,7 +587,8 @@ class Dispatcher:
                 if delivery.handle is not None:
                     self._waiting_acks.pop(delivery.handle.claim_id, None)
                 if not delivery.resumable:  # else kept running for the next process
-                    await self.db.release_unstarted(delivery.handle, delivery.turn_id)
+                    with contextlib.suppress(StateError):  # logged; recovery releases it
+                        await self.db.release_unstarted(delivery.handle, delivery.turn_id)
 
     async def _run_delivery(self, delivery: _Delivery) -> None:
         turn_id = delivery.turn_id
@@ -586,9 +603,18 @@ class Dispatcher:
                 # Only what is acked needs its completion committed first (R65); the rest
                 # is recorded behind, off the session's path.
                 write_behind = not delivery.buffer_id and not self._acks_waiting_on(delivery)
-                await self.db.complete_turn(
-                    delivery.handle, turn_id, state, self.clock(), error, write_behind=write_behind
-                )
+                try:
+                    await self.db.complete_turn(
+                        delivery.handle,
+                        turn_id,
+                        state,
+                        self.clock(),
+                        error,
+                        write_behind=write_behind,
+                    )
+                except StateError:
+                    # Storage fails: the record is kept and retried; the ack waits for it.
+                    await self._commit()
         except trio.Cancelled:
             # Shutdown (an interrupt is caught inside the turn): no ack, claim released,
             # so the connector's replay runs it again (R64). If the turn had finished and
@@ -600,19 +626,20 @@ class Dispatcher:
             with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
                 if delivery.handle is not None:
                     self._waiting_acks.pop(delivery.handle.claim_id, None)
-                if delivery.resumable:
-                    pass
-                elif started:
-                    await self.db.release_turn(delivery.handle, turn_id, self.clock())
-                else:
-                    await self.db.release_unstarted(delivery.handle, turn_id)
+                with contextlib.suppress(StateError):  # logged; recovery releases it
+                    if delivery.resumable:
+                        pass
+                    elif started:
+                        await self.db.release_turn(delivery.handle, turn_id, self.clock())
+                    else:
+                        await self.db.release_unstarted(delivery.handle, turn_id)
             raise
         setattr(self.stats, state, getattr(self.stats, state) + 1)
         if delivery.buffer_id:
             self._ack(delivery.buffer_id)
         if self._acks_waiting_on(delivery):
             if write_behind:  # a duplicate came while the completion was being decided
-                await self.db.flush()
+                await self._commit()
             assert delivery.handle is not None
             for buffer_id in self._waiting_acks.pop(delivery.handle.claim_id, []):
                 self._ack(buffer_id)

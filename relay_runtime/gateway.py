@@ -34,7 +34,7 @@ from relay_runtime.control import (
 from relay_runtime.dispatcher import Agent, Dispatcher, InboundItem, TrustEvaluator
 from relay_runtime.errors import RelayDisabled
 from relay_runtime.replies import Replies
-from relay_runtime.state import StateDB, StateError
+from relay_runtime.state import StateDB, StateError, StorageFailed
 from relay_runtime.supervisor import Supervisor
 from relay_runtime.transport import Dialer
 from trust.engine import TrustConfig, open_trust_engine
@@ -267,6 +267,34 @@ async def _flush_on_ready(supervisor: Supervisor, replies: Replies) -> None:
         replies.poke()
 
 
+async def _watch_storage(db: StateDB, supervisor: Supervisor, limit_s: float) -> None:
+    """Bound a storage failure: go idle so the connector buffers, exit if it lasts.
+
+    On each failure episode (the state db logs its one ERROR) the gateway sends
+    ``going_idle`` as a suspend would, so new inbound waits in the connector's buffer
+    instead of arriving here unrecordable; the dormant re-dial then drains that buffer once
+    acks can be recorded again. An episode longer than ``limit_s`` raises
+    :class:`StorageFailed` (the CLI exits 1).
+    """
+    while True:
+        await db.wait_failing()
+        if supervisor.state == "ready":
+            with trio.move_on_after(limit_s):
+                await supervisor.suspend()
+        since = db.failing_since
+        if since is None:
+            continue
+        with trio.move_on_at(since + limit_s):
+            await db.wait_recovered()
+            continue
+        message = (
+            f"state database {str(db.path)!r} could not be written for {limit_s:g} s "
+            f"({db.failure_cause}); exiting"
+        )
+        log.critical("relay: %s", message)
+        raise StorageFailed(message)
+
+
 def _plain_error_in(group: BaseExceptionGroup[BaseException]) -> Exception | None:
     """The RelayDisabled or ConfigError a nursery raised, if that (plus cancellations) is
     all it raised."""
@@ -442,6 +470,7 @@ async def _serve(
         if config.metrics is not None:  # /metrics, /healthz, /readyz (issue 16)
             await nursery.start(_serve_metrics, gateway, config.metrics)
         await nursery.start(replies.run_flusher)
+        nursery.start_soon(_watch_storage, db, supervisor, config.storage_failure_limit_s)
         nursery.start_soon(dispatcher.run, inbound_recv, nursery)
         nursery.start_soon(_flush_on_ready, supervisor, replies)
         await nursery.start(supervise)

@@ -45,7 +45,7 @@ from protocol.results import (
     SendResult,
 )
 from relay_runtime.outbound import new_request_id
-from relay_runtime.state import Attempt, OutboxEntry, OutboxFull, OutboxKind
+from relay_runtime.state import Attempt, OutboxEntry, OutboxFull, OutboxKind, StateError
 
 __all__ = ["SWEEP_INTERVAL_S", "OutboxStore", "Replies", "ReplyLink"]
 
@@ -57,6 +57,9 @@ SWEEP_INTERVAL_S: Final = 600.0
 FLUSH_WINDOW: Final = 32
 #: Upper bound on removing answered entries when a flush is cancelled (shutdown).
 FORGET_TIMEOUT_S: Final = 5.0
+#: First and longest pause between tries to queue a reply while storage fails.
+PUT_RETRY_S: Final = 0.1
+PUT_RETRY_CAP_S: Final = 2.0
 
 
 class ReplyLink(Protocol):
@@ -385,6 +388,7 @@ class Replies:
         kind: OutboxKind = "send" if isinstance(action, Send) else "follow_up"
         identity = self._identity_for(platform_raw)
         deadline = trio.current_time() + self.room_wait_s
+        pause = PUT_RETRY_S
         while True:
             try:
                 outbox_id = await self.db.put(
@@ -403,6 +407,12 @@ class Replies:
                         "relay: outbox full (%d entries); %s rejected", self.db.outbox_max, kind
                     )
                     return SendResult.failure(OUTBOX_FULL, retryable=True)
+            except StateError:
+                # Storage fails (logged once per episode by the state db): the reply waits
+                # for it, as its turn does; the gateway gives up after its storage limit.
+                await trio.sleep(pause)
+                pause = min(pause * 2, PUT_RETRY_CAP_S)
+                continue
             self.waited_for_room += 1
             with trio.move_on_at(deadline):
                 while self._count >= self.db.outbox_max:
@@ -426,6 +436,9 @@ class Replies:
             async for _ in self._wake_recv:
                 try:
                     await self.flush()
+                except StateError:
+                    # Storage fails (logged by the state db); entries stay for the next pass.
+                    self.flush_failures += 1
                 finally:
                     self.flusher_passes += 1
                     self._pass_over.set()
@@ -439,7 +452,8 @@ class Replies:
     async def _sweep_forever(self) -> None:
         while True:
             await trio.sleep(SWEEP_INTERVAL_S)
-            await self.sweep()
+            with contextlib.suppress(StateError):  # storage fails: the next sweep does it
+                await self.sweep()
 
     async def sweep(self) -> list[OutboxEntry]:
         """Delete expired entries (a WARNING each, from the state db) and recount."""

@@ -65,6 +65,7 @@ __all__ = [
     "OutboxKind",
     "StateDB",
     "StateError",
+    "StorageFailed",
     "TurnEndState",
     "TurnRecord",
     "TurnState",
@@ -85,6 +86,21 @@ _SQLITE_COMPANIONS: Final = ("-wal", "-shm", "-journal")
 CLOSE_WAIT_S: Final = 4 * BUSY_TIMEOUT_MS / 1000
 #: Rows one bulk statement touches at most (each takes a few of SQLite's bound parameters).
 BULK_ROWS: Final = 200
+#: Tries, and the first pause between them (doubling), to commit written-behind records at
+#: close while storage fails; then they are given up so the process can end (bounded).
+CLOSE_RETRIES: Final = 3
+CLOSE_RETRY_S: Final = 0.1
+#: SQLite primary result codes that mean the storage, not the statement, failed.
+_STORAGE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_NOLFS,
+    }
+)
 
 OutboxKind = Literal["send", "follow_up"]
 TurnEndState = Literal["completed", "failed", "interrupted", "denied", "cancelled", "timed_out"]
@@ -108,6 +124,18 @@ T = TypeVar("T")
 
 class StateError(Exception):
     """The state database cannot be used (unreadable, newer schema, bad argument)."""
+
+
+class StorageFailed(StateError):
+    """Writing the state database failed for longer than the configured limit."""
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the disk failing (full, I/O error, file-size limit, read-only)."""
+    if isinstance(exc, OSError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _STORAGE_CODES
 
 
 class OutboxFull(StateError):
@@ -333,6 +361,8 @@ class _Op:
     keep: bool = False
     #: Nobody waits for it (write-behind, or its caller was cancelled): errors are logged.
     orphan: bool = False
+    #: Only reads: its success says nothing about whether writes work again.
+    read: bool = False
     taken: bool = False
     done: bool = False
     value: Any = None
@@ -512,6 +542,13 @@ class StateDB:
         self._queued = trio.Event()  # set when written-behind records are queued
         #: Why the oldest written-behind record still queued failed its last commit.
         self._behind_error: BaseException | None = None
+        #: When (trio clock) the current storage-failure episode began; None: writes work.
+        self.failing_since: float | None = None
+        #: What failed first in the current (or last) episode.
+        self.failure_cause: str | None = None
+        self._failing = trio.Event()
+        self._recovered = trio.Event()
+        self._recovered.set()
         self._closed = False
         self.path = path
         self.outbox_max = outbox_max
@@ -762,12 +799,21 @@ class StateDB:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(CLOSE_WAIT_S) as waited:
                 # Operations queued before closing still run: their callers lead batches,
-                # and written-behind records are committed here.
+                # and written-behind records are committed here, with a few tries (backing
+                # off) while storage fails; then they are given up, so closing is bounded.
+                tries = 0
                 while self._busy or self._queue:
                     if self._busy:
                         await self._batch_over.wait()
-                    else:
-                        await self._lead_batch()
+                        continue
+                    await self._lead_batch()
+                    if self._behind_error is None:
+                        continue
+                    tries += 1
+                    if tries >= CLOSE_RETRIES:
+                        self._give_up_behind()
+                        break
+                    await trio.sleep(CLOSE_RETRY_S * 2 ** (tries - 1))
                 await trio.to_thread.run_sync(self._conn.close)
                 if self._lock_fd is not None:
                     os.close(self._lock_fd)  # the next gateway on this state dir may start
@@ -791,6 +837,7 @@ class StateDB:
         args: Any = None,
         *,
         keep: bool = False,
+        read: bool = False,
     ) -> T:
         """Run ``fn(conn)`` in the worker thread; its effects are committed on return.
 
@@ -805,7 +852,7 @@ class StateDB:
             raise StateError("state database is closed")
         if not keep:
             await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: do not run
-        op = _Op(fn, bulk, args, keep=keep)
+        op = _Op(fn, bulk, args, keep=keep, read=read)
         self._queue.append(op)
         try:
             while not op.done:
@@ -848,27 +895,88 @@ class StateDB:
             self._busy = False
             self._batch_over.set()
             self._batch_over = trio.Event()
-        failed = [op for op in batch if op.orphan and op.error is not None]
+        failed: list[_Op] = []
+        for op in batch:
+            if not op.keep or op.error is None:
+                continue
+            if op.orphan:
+                failed.append(op)
+            else:
+                # Its caller gets the error, and the decision is still recorded: a copy
+                # nobody waits for is kept to retry like a written-behind record.
+                failed.append(_Op(op.fn, op.bulk, op.args, keep=True, orphan=True))
+        storage = next(
+            (op.error for op in batch if op.error is not None and is_storage_error(op.error)),
+            None,
+        )
         if failed:
             # Kept, in order, ahead of everything queued since: the file must not skip a
             # decision the window made. flush() reports the failure until a retry succeeds;
             # the awaited operations of the batch failed with it (raised to their callers).
-            error = failed[0].error
+            error = next(op.error for op in batch if op.keep and op.error is not None)
+            assert error is not None
             self._behind_error = error
             for op in failed:
                 op.taken = op.done = False
                 op.value = op.error = None
             self._queue[:0] = failed
             self._queued.set()
-            logger.error(
-                "relay state: %d written-behind record(s) not committed (%s: %s); "
-                "kept to retry with the next batch",
-                len(failed),
-                type(error).__name__,
-                error,
-            )
-        elif any(op.orphan for op in batch):
-            self._behind_error = None
+            self._storage_failed(storage or error, len(failed))
+        else:
+            if any(op.orphan for op in batch):
+                self._behind_error = None
+            if storage is not None:
+                self._storage_failed(storage, 0)
+            elif any(not op.read and op.error is None for op in batch):
+                self._storage_ok()
+
+    def _storage_failed(self, error: BaseException, kept: int) -> None:
+        """A write failed: one ERROR opens an episode (with its cause); repeats are DEBUG."""
+        cause = f"{type(error).__name__}: {error}"
+        if self.failing_since is not None:
+            logger.debug("relay state: still failing (%s)", cause)
+            return
+        self.failing_since = trio.current_time()
+        self.failure_cause = cause
+        self._recovered = trio.Event()
+        self._failing.set()
+        logger.error(
+            "relay state: writing the state database failed (%s); %d record(s) kept and "
+            "retried with backoff; nothing is acked until they are committed",
+            cause,
+            kept,
+        )
+
+    def _storage_ok(self) -> None:
+        """A write committed: an open failure episode ends (one WARNING)."""
+        if self.failing_since is None:
+            return
+        logger.warning(
+            "relay state: the state database is writable again after %.1f s",
+            trio.current_time() - self.failing_since,
+        )
+        self.failing_since = None
+        self._failing = trio.Event()
+        self._recovered.set()
+
+    def _give_up_behind(self) -> None:
+        """At close, with storage failing: drop the written-behind records still queued."""
+        behind = [op for op in self._queue if op.orphan]
+        self._queue = [op for op in self._queue if not op.orphan]
+        logger.error(
+            "relay state: %d written-behind record(s) not committed at close (%s); live "
+            "messages they admitted are lost, buffered ones will be replayed",
+            len(behind),
+            self.failure_cause or self._behind_error,
+        )
+
+    async def wait_failing(self) -> None:
+        """Wait until a storage-failure episode is open."""
+        await self._failing.wait()
+
+    async def wait_recovered(self) -> None:
+        """Wait until no storage-failure episode is open."""
+        await self._recovered.wait()
 
     # -------------------------------------------------------------------- outbox
 
@@ -929,7 +1037,7 @@ class StateDB:
             )
             return [_entry(row) for row in rows]
 
-        return await self._run(peek)
+        return await self._run(peek, read=True)
 
     async def entries(self) -> list[OutboxEntry]:
         """Every queued entry, oldest first (for inspection and tests)."""
@@ -937,7 +1045,7 @@ class StateDB:
         def select(conn: sqlite3.Connection) -> list[OutboxEntry]:
             return [_entry(r) for r in conn.execute("SELECT * FROM relay_outbox ORDER BY id")]
 
-        return await self._run(select)
+        return await self._run(select, read=True)
 
     async def delete(self, outbox_id: int) -> bool:
         """Remove an entry (delivered, or given up by the caller); False if it was gone."""
@@ -1000,7 +1108,7 @@ class StateDB:
             (n,) = conn.execute("SELECT count(*) FROM relay_outbox").fetchone()
             return int(n)
 
-        return await self._run(count)
+        return await self._run(count, read=True)
 
     @staticmethod
     def _expire_in(conn: sqlite3.Connection, now: float) -> list[OutboxEntry]:
@@ -1088,7 +1196,7 @@ class StateDB:
             else:
                 await trio.lowlevel.checkpoint()
         else:
-            await self._run(_nothing)
+            await self._run(_nothing, read=True)
         if self._behind_error is not None:
             raise StateError(
                 f"state database {str(self.path)!r}: records written behind are not "
@@ -1378,7 +1486,7 @@ class StateDB:
             row = conn.execute("SELECT * FROM relay_turns WHERE turn_id = ?", (turn_id,)).fetchone()
             return None if row is None else _turn(row)
 
-        return await self._run(select)
+        return await self._run(select, read=True)
 
     async def turns(self, state: TurnState | None = None) -> list[TurnRecord]:
         """Kept turn records, oldest first, optionally only those in ``state``."""
@@ -1392,7 +1500,7 @@ class StateDB:
                 )
             return [_turn(r) for r in rows]
 
-        return await self._run(select)
+        return await self._run(select, read=True)
 
     async def prune(self, now: float) -> int:
         """Drop turn results older than 24 h and dedupe claims outside the window.

@@ -436,7 +436,9 @@ async def test_a_failed_record_written_behind_is_kept_in_order_and_flush_says_so
         with pytest.raises(StateError, match="disk I/O error"):
             await db.flush()
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(errors) == 1 and "2 written-behind record(s) not committed" in errors[0].message
+        # One ERROR opens the storage-failure episode, naming its cause (issue 11).
+        assert len(errors) == 1 and "2 record(s) kept" in errors[0].message
+        assert "OperationalError: disk I/O error" in errors[0].message
         assert ran == ["flaky"]  # the batch stopped there: nothing after it was committed
         await db.flush()  # retried whole, in order; then nothing is left behind
         assert ran == ["flaky", "flaky", "after"]
