@@ -88,8 +88,10 @@ async def test_a_state_dir_that_cannot_grow_is_one_error_going_idle_and_a_bounde
                     assert sent < 5000, "the file-size limit was never reached:\n" + gw.text()
                     await connector.inject(message(sent), gateway_id=GATEWAY_ID)
                     sent += 1
-                    if sent % 20 == 0:
-                        await connector.wait_for(lambda: len(connector.messages) >= sent - 20)
+                    if sent % 20 == 0:  # keep about 20 in flight
+                        await connector.wait_for(
+                            lambda behind=sent - 20: len(connector.messages) >= behind
+                        )
                 await connector.wait_for(lambda: len(connector.going_idles) >= 1)
                 if ending == "sigterm":
                     gw.signal(signal.SIGTERM)
