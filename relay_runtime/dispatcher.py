@@ -87,6 +87,8 @@ RECORD_RETRY_S: Final = 0.1
 RECORD_RETRY_CAP_S: Final = 2.0
 #: Most frames already waiting in the hand-off channel admitted (claimed) together.
 MAX_ADMIT_BATCH: Final = 64
+#: Most deliveries taken back from the durable inbox at once, as slots free up.
+UNPARK_BATCH: Final = 256
 
 InboundItem = Inbound | PassthroughForwardFrame
 Agent = Callable[[Turn], Awaitable[str | None]]
@@ -158,6 +160,9 @@ class TurnStore(Protocol):
     async def claim_resumed(self, records: Sequence[InboxRecord], now: float) -> list[ClaimResult]:
         """Claim resumed deliveries under their recorded turns; decided at once."""
 
+    async def inbox_frames(self, turn_ids: Sequence[int]) -> dict[int, str]:
+        """The frames kept in the inbox for these turns (after what is written behind)."""
+
 
 class FrameSink(Protocol):
     """Fire-and-forget frames (``inbound_ack``) go out through this (the supervisor)."""
@@ -174,16 +179,19 @@ class _Delivery:
     buffer_id: str | None
     session_key: str
     k_msg: MessageKey | None
-    #: The frame, kept in the durable inbox until the turn ends (live deliveries only).
+    #: The frame, kept in the durable inbox until the turn ends (live deliveries, and any
+    #: delivery parked beyond the pending bound).
     inbound: str | None = None
+    #: Admitted beyond the pending bound: holds no slot, waits in the durable inbox.
+    parked: bool = False
     handle: ClaimHandle | None = None
     turn_id: int | None = None
 
     @property
     def resumable(self) -> bool:
-        """Left unfinished, the next process resumes it from the inbox (so nothing to
-        release at shutdown: its record stays ``running``)."""
-        return self.inbound is not None and self.turn_id is not None
+        """Live and left unfinished: the next process resumes it from the inbox (so
+        nothing to release at shutdown: its record stays ``running``)."""
+        return self.inbound is not None and not self.buffer_id and self.turn_id is not None
 
 
 @attrs.define
@@ -204,6 +212,7 @@ class DispatchStats:
     ack_failures: int = 0
     paused: int = 0
     resumed: int = 0
+    parked: int = 0
 
 
 class Dispatcher:
@@ -254,6 +263,10 @@ class Dispatcher:
         self._limiter = trio.CapacityLimiter(max_concurrent_turns)
         self._slots = trio.Semaphore(max_pending_inbound)
         self._paused = False
+        #: Admitted deliveries beyond the pending bound, oldest first: their frames wait in
+        #: the durable inbox (the state db), only ``(turn_id, claim)`` is held here.
+        self._parked: deque[tuple[int, ClaimHandle | None]] = deque()
+        self._unpark_wake = trio.Event()
         self._queues: dict[str, deque[_Delivery]] = {}
         self._running: dict[str, trio.CancelScope] = {}
         self._waiting_acks: dict[int, list[str]] = {}
@@ -274,18 +287,26 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        """Admitted deliveries waiting for their session or a concurrency slot."""
-        return self.pending - self.running
+        """Admitted deliveries waiting: for their session, a concurrency slot, or (beyond
+        the pending bound) in the durable inbox."""
+        return self.pending - self.running + len(self._parked)
+
+    @property
+    def parked(self) -> int:
+        """Admitted deliveries waiting in the durable inbox (beyond the pending bound)."""
+        return len(self._parked)
 
     async def wait_idle(self) -> None:
         """Wait until no admitted delivery is unfinished."""
-        while self.pending:
+        while self.pending or self._parked:
             await self._idle.wait()
 
     def stats_dict(self) -> dict[str, int]:
         """Counters plus the current pending/running figures."""
         out = attrs.asdict(self.stats)
-        out.update(pending=self.pending, running=self.running, queued=self.queued)
+        out.update(
+            pending=self.pending, running=self.running, queued=self.queued, inbox=self.parked
+        )
         return out
 
     # ------------------------------------------------------------------ control
@@ -320,18 +341,21 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._record_claims)
             await self._resume(turn_nursery)
+            nursery.start_soon(self._unpark, turn_nursery)
             task_status.started()
             async with inbound:
                 async for item in inbound:
                     batch = [item]
-                    # Take no more than there are free pending slots for: a full dispatcher
-                    # holds one frame in hand, so the reader pauses exactly as before (R60).
-                    while len(batch) < min(MAX_ADMIT_BATCH, self._slots.value):
+                    # Admission never waits for a slot: beyond the bound, deliveries wait
+                    # in the durable inbox, so the reader keeps reading (issue 11).
+                    while len(batch) < MAX_ADMIT_BATCH:
                         try:
                             batch.append(inbound.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                     await self.admit_many(batch, turn_nursery)
+            # The parked deliveries still come back (the unparker is ours).
+            await self.wait_idle()
             nursery.cancel_scope.cancel()
 
     async def _record_claims(self) -> None:
@@ -378,10 +402,12 @@ class Dispatcher:
             event = self._event_of(item)
             if event is None:
                 continue
-            await self._take_slot()
+            self.stats.resumed += 1
+            if self._parked or not self._take_slot_nowait():
+                self._park(record.turn_id, claim.handle)  # its frame is in the inbox
+                continue
             delivery = self._delivery(item, event)
             delivery.handle, delivery.turn_id = claim.handle, record.turn_id
-            self.stats.resumed += 1
             self._queue(delivery, turn_nursery)
         log.info("relay: resumed %d unfinished live message(s)", self.stats.resumed)
 
@@ -390,11 +416,11 @@ class Dispatcher:
         await self.admit_many([item], turn_nursery)
 
     async def admit_many(self, items: Sequence[InboundItem], turn_nursery: trio.Nursery) -> None:
-        """Admit frames in arrival order, claiming those that hold pending slots together.
+        """Admit frames in arrival order, claiming them together; never waits for a slot.
 
-        Each delivery takes a pending slot first; when the bound is reached, the deliveries
-        gathered so far are claimed and queued before waiting for a slot (R60), so a full
-        dispatcher never holds slots for unclaimed deliveries while it waits.
+        Each delivery takes a pending slot if one is free and nothing waits in the inbox
+        before it; otherwise it is parked: claimed like any other, its frame kept in the
+        durable inbox (committed with the claims), and taken back in order as slots free.
         """
         gathered: list[_Delivery] = []
         try:
@@ -406,26 +432,26 @@ class Dispatcher:
                 if self.agent is None:
                     log.debug("relay: no agent registered; inbound not run and not acked")
                     continue
-                if not self._take_slot_nowait():
-                    await self._claim_and_queue(gathered, turn_nursery)
-                    gathered = []
-                    await self._take_slot()
+                park = bool(self._parked) or not self._take_slot_nowait()
                 try:
-                    delivery = self._delivery(item, event)
+                    delivery = self._delivery(item, event, park=park)
                 except BaseException:
-                    self._free_slot()
+                    if not park:
+                        self._free_slot()
                     raise
                 gathered.append(delivery)
             await self._claim_and_queue(gathered, turn_nursery)
         except BaseException:
             # The gathered deliveries were not claimed (or their claim failed): free slots.
-            for _ in gathered:
-                self._free_slot()
+            for delivery in gathered:
+                if not delivery.parked:
+                    self._free_slot()
             raise
 
-    def _delivery(self, item: InboundItem, event: MessageEvent) -> _Delivery:
+    def _delivery(self, item: InboundItem, event: MessageEvent, *, park: bool = False) -> _Delivery:
         delivery = _Delivery(
-            inbound=None if item.buffer_id else encode_frame(item),
+            inbound=encode_frame(item) if park or not item.buffer_id else None,
+            parked=park,
             event=event,
             buffer_id=item.buffer_id or None,
             session_key=build_session_key(
@@ -479,22 +505,84 @@ class Dispatcher:
         turn_id: int | None,
         turn_nursery: trio.Nursery,
     ) -> str | None:
-        """Queue a NEW delivery, register an IN_FLIGHT duplicate's ack; return the bufferId
-        of a COMPLETED duplicate, to ack once its completion is committed."""
+        """Queue (or park) a NEW delivery, register an IN_FLIGHT duplicate's ack; return the
+        bufferId of a COMPLETED duplicate, to ack once its completion is committed."""
         if claim.status is ClaimStatus.COMPLETED:
             self.stats.duplicates += 1
-            self._free_slot()
+            if not delivery.parked:
+                self._free_slot()
             return delivery.buffer_id
         if claim.status is ClaimStatus.IN_FLIGHT:
             self.stats.duplicates += 1
-            self._free_slot()
+            if not delivery.parked:
+                self._free_slot()
             if delivery.buffer_id and claim.handle is not None:
                 self._waiting_acks.setdefault(claim.handle.claim_id, []).append(delivery.buffer_id)
             return None
         delivery.handle = claim.handle
         delivery.turn_id = turn_id
-        self._queue(delivery, turn_nursery)
+        if delivery.parked:
+            assert turn_id is not None
+            self._park(turn_id, claim.handle)
+        else:
+            self._queue(delivery, turn_nursery)
         return None
+
+    def _park(self, turn_id: int, handle: ClaimHandle | None) -> None:
+        if not self._parked and not self._paused:
+            self._paused = True
+            self.stats.paused += 1
+            log.warning(
+                "relay: %d inbound deliveries unfinished (max_pending_inbound); further ones "
+                "wait in the durable inbox (the reader keeps reading)",
+                self.max_pending_inbound,
+            )
+        self._parked.append((turn_id, handle))
+        self.stats.parked += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._unpark_wake.set()
+
+    async def _unpark(self, turn_nursery: trio.Nursery) -> None:
+        """Take parked deliveries back from the durable inbox, in order, as slots free."""
+        while True:
+            while not (self._parked and self._slots.value):
+                await self._unpark_wake.wait()
+                self._unpark_wake = trio.Event()
+            batch = [
+                self._parked.popleft()
+                for _ in range(min(len(self._parked), self._slots.value, UNPARK_BATCH))
+            ]
+            for _ in batch:
+                self._slots.acquire_nowait()
+            queued = 0
+            try:
+                frames = await self._inbox_frames([turn_id for turn_id, _ in batch])
+                for turn_id, handle in batch:
+                    item = decode_object(json.loads(frames[turn_id]))
+                    assert isinstance(item, Inbound | PassthroughForwardFrame)
+                    event = self._event_of(item)
+                    assert event is not None  # it was decoded once already
+                    delivery = self._delivery(item, event)
+                    delivery.handle, delivery.turn_id = handle, turn_id
+                    delivery.inbound = delivery.inbound or frames[turn_id]
+                    self._queue(delivery, turn_nursery)
+                    queued += 1
+            finally:
+                for _ in batch[queued:]:
+                    self._free_slot()
+            if not self._parked and self._paused:
+                self._paused = False
+                log.info("relay: the durable inbox is drained")
+
+    async def _inbox_frames(self, turn_ids: list[int]) -> dict[int, str]:
+        """The parked frames, retrying with backoff while storage fails."""
+        pause = RECORD_RETRY_S
+        while True:
+            try:
+                return await self.db.inbox_frames(turn_ids)
+            except StateError:
+                await trio.sleep(pause)
+                pause = min(pause * 2, RECORD_RETRY_CAP_S)
 
     def _queue(self, delivery: _Delivery, turn_nursery: trio.Nursery) -> None:
         """Queue a claimed delivery (holding a slot) behind its session's others."""
@@ -527,29 +615,11 @@ class Dispatcher:
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         return True
 
-    async def _take_slot(self) -> None:
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            if not self._paused:
-                self._paused = True
-                self.stats.paused += 1
-                log.error(
-                    "relay: %d inbound deliveries unfinished (max_pending_inbound); "
-                    "pausing the reader",
-                    self.max_pending_inbound,
-                )
-            await self._slots.acquire()
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-
     def _free_slot(self) -> None:
         self._slots.release()
-        # The episode ends once the backlog has drained to half the bound (hysteresis, so
-        # a reader hovering at the bound logs one ERROR, not one per delivery).
-        if self._paused and self.pending <= self.max_pending_inbound // 2:
-            self._paused = False
-            log.info("relay: inbound backlog drained to %d; reading again", self.pending)
-        if not self.pending:
+        if self._parked:
+            self._unpark_wake.set()
+        elif not self.pending:
             self._idle.set()
 
     def _ack(self, buffer_id: str) -> None:

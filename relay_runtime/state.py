@@ -739,18 +739,19 @@ class StateDB:
                 )
                 for row in conn.execute(
                     "SELECT * FROM relay_turns WHERE state = 'running' AND inbound IS NOT NULL"
-                    " AND resumes < ? ORDER BY turn_id",
+                    " AND k_buf IS NULL AND resumes < ? ORDER BY turn_id",
                     (RESUME_MAX,),
                 )
             ]
             given_up = conn.execute(
                 "SELECT count(*) FROM relay_turns WHERE state = 'running'"
-                " AND inbound IS NOT NULL AND resumes >= ?",
+                " AND inbound IS NOT NULL AND k_buf IS NULL AND resumes >= ?",
                 (RESUME_MAX,),
             ).fetchone()[0]
             crashed = conn.execute(
                 "UPDATE relay_turns SET state = 'crashed', ended_at = ?, inbound = NULL"
-                " WHERE state = 'running' AND (inbound IS NULL OR resumes >= ?)",
+                " WHERE state = 'running'"
+                " AND (inbound IS NULL OR k_buf IS NOT NULL OR resumes >= ?)",
                 (now, RESUME_MAX),
             ).rowcount
             claims = [
@@ -1250,6 +1251,24 @@ class StateDB:
                 self._start_in(conn, turn_id, session_key, k_msg, k_buf, now, inbound)
 
         return results, write
+
+    async def inbox_frames(self, turn_ids: Sequence[int]) -> dict[int, str]:
+        """The frames kept in the inbox for ``turn_ids`` (records written behind before
+        this call included: it runs after them)."""
+        ids = list(turn_ids)
+
+        def select(conn: sqlite3.Connection) -> dict[int, str]:
+            out: dict[int, str] = {}
+            for chunk in _chunks(ids):
+                rows = conn.execute(
+                    "SELECT turn_id, inbound FROM relay_turns WHERE inbound IS NOT NULL"
+                    f" AND turn_id IN ({','.join('?' * len(chunk))})",
+                    list(chunk),
+                )
+                out.update((int(turn_id), inbound) for turn_id, inbound in rows)
+            return out
+
+        return await self._run(select, read=True)
 
     def take_resumable(self) -> list[InboxRecord]:
         """The live deliveries the previous process left unfinished, oldest first (once)."""

@@ -116,6 +116,8 @@ class MemoryState:
     turns: dict[int, tuple[str, str]] = attrs.field(factory=dict)
     #: Size of every ``claim_turns`` call, in order.
     claim_batches: list[int] = attrs.field(factory=list)
+    #: Frames kept in the inbox, by turn id.
+    inbox: dict[int, str] = attrs.field(factory=dict)
     outbox: dict[int, OutboxEntry] = attrs.field(factory=dict)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
@@ -196,7 +198,17 @@ class MemoryState:
         self, requests: Sequence[ClaimRequest], now: float
     ) -> list[tuple[ClaimResult, int | None]]:
         self.claim_batches.append(len(requests))
-        return [await self.claim_turn(r.session_key, r.k_msg, r.k_buf, now) for r in requests]
+        results = []
+        for r in requests:
+            result = await self.claim_turn(r.session_key, r.k_msg, r.k_buf, now)
+            if result[1] is not None and r.inbound is not None:
+                self.inbox[result[1]] = r.inbound
+            results.append(result)
+        return results
+
+    async def inbox_frames(self, turn_ids: Sequence[int]) -> dict[int, str]:
+        await trio.lowlevel.checkpoint()
+        return {t: self.inbox[t] for t in turn_ids if t in self.inbox}
 
     def take_resumable(self) -> list[InboxRecord]:
         return []  # nothing survives this twin: no process before this one

@@ -144,7 +144,7 @@ async def test_slow_turn_in_one_session_does_not_delay_another_sessions_reply(
     assert at["re: slow"] == 3600.0
 
 
-async def test_R60_concurrency_bounded_and_reader_pauses_at_pending_bound(
+async def test_R60_concurrency_bounded_and_beyond_the_pending_bound_the_inbox_holds_them(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
@@ -162,21 +162,23 @@ async def test_R60_concurrency_bounded_and_reader_pauses_at_pending_bound(
 
     rig = make_rig(nursery, agent, max_concurrent_turns=2, max_pending_inbound=3)
     admitted_at: list[float] = []
-    with caplog.at_level(logging.ERROR, logger="relay_runtime.dispatcher"):
+    with caplog.at_level(logging.WARNING, logger="relay_runtime.dispatcher"):
         for i in range(7):
             await rig.feed(inbound(f"m{i}", chat=f"c{i}"))
             admitted_at.append(trio.current_time())
+        await trio.testing.wait_all_tasks_blocked()
+        # Issue 11 (RC §7.2 as changed): the reader never waits for the dispatcher. Three
+        # hold pending slots; the other four wait in the durable inbox (claimed, frames
+        # kept in the state db), and come back in order as slots free.
+        assert rig.dispatcher.pending == 3 and rig.dispatcher.parked == 4
+        assert len(rig.state.inbox) == 7  # live: each frame kept until its turn ends
         await rig.settle()
     assert peak == 2
-    # Three admitted and one more taken in hand at once; the reader then waits until a
-    # turn finishes (a handed-over frame is the dispatcher's, so the reader blocks on the
-    # fifth).
-    assert admitted_at[:4] == [0.0] * 4
-    assert admitted_at[4] == 10.0
+    assert admitted_at == [0.0] * 7
     assert sorted(contents(rig.link)) == [f"m{i}" for i in range(7)]
-    pauses = [r for r in caplog.records if "pausing the reader" in r.getMessage()]
-    assert len(pauses) == 1  # one ERROR per episode
-    assert rig.dispatcher.pending == 0
+    episodes = [r for r in caplog.records if "wait in the durable inbox" in r.getMessage()]
+    assert len(episodes) == 1  # one WARNING per episode
+    assert rig.dispatcher.pending == 0 and rig.dispatcher.parked == 0
 
 
 # ----------------------------------------------------------------------------- dedupe
@@ -734,8 +736,7 @@ async def test_a_burst_is_split_at_the_pending_bound_and_at_the_batch_limit(
     await trio.testing.wait_all_tasks_blocked()
     await dispatcher.wait_idle()
     assert peak <= 3
-    assert state.claim_batches[0] == 3  # claimed before waiting for a slot
-    assert sum(state.claim_batches) == 7
+    assert state.claim_batches == [7]  # all admitted at once, four of them parked
     assert sorted(contents(link)) == sorted(f"m{i}" for i in range(7))
     for chat in range(3):
         ours = [c for c in contents(link) if int(c[1:]) % 3 == chat]
@@ -749,7 +750,7 @@ async def test_a_burst_is_split_at_the_pending_bound_and_at_the_batch_limit(
     assert len(contents(link)) == 70
 
 
-async def test_R60_admit_many_claims_what_it_holds_before_waiting_for_a_slot(
+async def test_R60_admit_many_claims_everything_at_once_and_parks_beyond_the_bound(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     async def agent(turn: Turn) -> str:
@@ -768,13 +769,12 @@ async def test_R60_admit_many_claims_what_it_holds_before_waiting_for_a_slot(
         max_pending_inbound=3,
     )
     frames = [inbound(f"m{i}", chat=f"c{i}") for i in range(5)]
-    nursery.start_soon(dispatcher.admit_many, frames, nursery)
-    await trio.testing.wait_all_tasks_blocked()
-    # Three claimed and queued at once; the fourth waits for a slot, unclaimed.
-    assert state.claim_batches == [3]
-    assert dispatcher.pending == 3
+    nursery.start_soon(dispatcher._unpark, nursery)
+    await dispatcher.admit_many(frames, nursery)  # returns at once: it never waits for room
+    assert state.claim_batches == [5]
+    assert (dispatcher.pending, dispatcher.parked) == (3, 2)
     await trio.sleep(10.5)
-    assert state.claim_batches == [3, 1]
+    assert (dispatcher.pending, dispatcher.parked) == (3, 1)
     await dispatcher.wait_idle()
-    assert sum(state.claim_batches) == 5
+    assert state.claim_batches == [5]
     assert sorted(contents(link)) == [f"m{i}" for i in range(5)]
