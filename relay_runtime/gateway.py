@@ -370,6 +370,7 @@ async def _run(
                 outbox_ttl_s=config.outbox_ttl_s,
                 dedupe_window_s=config.dedupe_window_s,
                 dedupe_max=config.dedupe_max,
+                turns_max=config.turns_max,
             )
         except StateError as exc:
             raise ConfigError("state_dir", str(exc)) from exc

@@ -533,6 +533,7 @@ class StateDB:
         lock_fd: int | None = None,
         reply_key: bytes | None = None,
         resumable: Sequence[InboxRecord] = (),
+        turns_max: int = 100_000,
     ) -> None:
         self._conn = conn
         self._lock_fd = lock_fd
@@ -558,6 +559,9 @@ class StateDB:
         #: Decides every claim; the claim tables follow it write-behind (see dedupe.py).
         self._dedupe = dedupe or DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
         self._next_turn_id = next_turn_id
+        #: Turn records kept at most (ended ones beyond it are dropped, oldest first).
+        self.turns_max = turns_max
+        self._turns_floor = 0
         #: The key the ``requestId``s of replies are derived with (kept in the file).
         self.reply_key = reply_key if reply_key is not None else os.urandom(REPLY_KEY_BYTES)
         self._resumable = list(resumable)
@@ -574,6 +578,7 @@ class StateDB:
         outbox_ttl_s: float = 86400,
         dedupe_window_s: float = 86400,
         dedupe_max: int = 10000,
+        turns_max: int = 100_000,
     ) -> StateDB:
         """Open (creating if needed) ``<state_dir>/relay.db``, migrate, and recover.
 
@@ -586,6 +591,7 @@ class StateDB:
             ("outbox_ttl_s", outbox_ttl_s),
             ("dedupe_window_s", dedupe_window_s),
             ("dedupe_max", dedupe_max),
+            ("turns_max", turns_max),
         ):
             if value <= 0:
                 raise StateError(f"{name} must be > 0, got {value!r}")
@@ -615,6 +621,7 @@ class StateDB:
             next_turn_id=next_turn_id,
             reply_key=reply_key,
             resumable=resumable,
+            turns_max=turns_max,
         )
 
     @staticmethod
@@ -1558,25 +1565,33 @@ class StateDB:
             ),
         )
 
-    @staticmethod
     def _finish_in(
-        conn: sqlite3.Connection, turn_id: int, state: str, now: float, error: str | None
+        self, conn: sqlite3.Connection, turn_id: int, state: str, now: float, error: str | None
     ) -> bool:
         cur = conn.execute(
             "UPDATE relay_turns SET state = ?, ended_at = ?, error = ?, inbound = NULL"
             " WHERE turn_id = ? AND state = 'running'",
             (state, now, error, turn_id),
         )
-        StateDB._prune_turns_in(conn, now)
+        self._prune_turns_in(conn, now)
         return cur.rowcount > 0
 
-    @staticmethod
-    def _prune_turns_in(conn: sqlite3.Connection, now: float) -> int:
+    def _prune_turns_in(self, conn: sqlite3.Connection, now: float) -> int:
+        """Drop ended turn records older than 24 h, and beyond the newest ``turns_max``
+        (turn ids only grow, so that is a range of the primary key)."""
         cur = conn.execute(
             "DELETE FROM relay_turns WHERE ended_at IS NOT NULL AND ended_at <= ?",
             (now - TURN_RESULT_TTL_S,),
         )
-        return cur.rowcount
+        removed = cur.rowcount
+        floor = self._next_turn_id - self.turns_max
+        if floor > self._turns_floor:
+            cur = conn.execute(
+                "DELETE FROM relay_turns WHERE turn_id < ? AND ended_at IS NOT NULL", (floor,)
+            )
+            removed += cur.rowcount
+            self._turns_floor = floor
+        return removed
 
 
 def _check_end_state(state: str) -> None:

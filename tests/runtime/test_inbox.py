@@ -227,3 +227,15 @@ async def test_a_live_message_that_keeps_being_cut_is_given_up_after_resume_max(
     async with await StateDB.open(tmp_path, now=2000.0) as db:
         assert db.take_resumable() == []
         assert [t.state for t in await db.turns()] == ["crashed"]
+
+
+async def test_turn_records_are_bounded_by_count_as_well_as_age(tmp_path: Path) -> None:
+    async with await StateDB.open(tmp_path, now=1000.0, turns_max=5) as db:
+        await db.claim_turn("s", ("discord", "c", "first"), None, 1000.0)
+        for i in range(12):
+            claim, turn_id = await db.claim_turn("s", ("discord", "c", f"m{i}"), None, 1000.0)
+            await db.complete_turn(claim.handle, turn_id, "completed", 1001.0)
+        kept = await db.turns()
+    # The newest five ended ones, and the one still running (never dropped).
+    assert [t.k_msg[2] for t in kept if t.k_msg] == ["first", "m7", "m8", "m9", "m10", "m11"]
+    assert [t.state for t in kept] == ["running"] + ["completed"] * 5
