@@ -488,6 +488,9 @@ class Supervisor:
     def _request_close(self, action: sm.CloseSocket) -> None:
         if self._close_request is not None and not self._close_request.is_set():
             self._close_args = action
+            # Live from this very moment (the state is already IDLE_ACKED): a turn that
+            # replies before the close watcher runs must still reply on this socket.
+            self._draining = action.drain_s > 0 and self.drain_hook is not None
             self._close_request.set()
 
     def _current(self, generation: int) -> bool:
@@ -626,10 +629,10 @@ class Supervisor:
         args = self._close_args or sm.CloseSocket(1000, "closing")
         socket = self._socket
         if socket is None:
+            self._draining = False
             dial_scope.cancel()
             return
         if args.drain_s > 0:
-            self._draining = self.drain_hook is not None
             try:
                 with trio.move_on_after(args.drain_s):
                     if self.drain_hook is not None:
