@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "UPGRADE_TOKEN_TTL_S",
+    "derive_request_id",
     "make_token",
     "make_upgrade_token",
     "sign",
@@ -42,6 +43,17 @@ def sign(message: str | bytes, secret: str) -> str:
     """The lowercase hex HMAC-SHA256 of ``message`` keyed with ``secret``'s UTF-8 bytes."""
     data = message.encode("utf-8") if isinstance(message, str) else message
     return hmac.new(secret.encode("utf-8"), data, hashlib.sha256).hexdigest()
+
+
+def derive_request_id(key: bytes, delivery: bytes, ordinal: int) -> str:
+    """The ``requestId`` of a turn's ``ordinal``-th reply to ``delivery`` (issue 11).
+
+    ``HMAC-SHA256(key, delivery || 0x00 || str(ordinal))`` cut to 32 lowercase hex digits,
+    so a re-run of the same delivery re-sends under the same ids (the connector drops the
+    repeat), and ids of different gateways (keys) or deliveries never meet.
+    """
+    message = delivery + b"\x00" + str(ordinal).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
 def make_token(payload: str, secret: str, ttl_seconds: int = 0, *, now: float | None = None) -> str:

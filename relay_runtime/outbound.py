@@ -8,8 +8,6 @@ It never raises for transport reasons (R20): every local outcome is a ``SendResu
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import uuid
@@ -20,6 +18,7 @@ import attrs
 import trio
 
 from protocol.actions import Action, Edit, GetChatInfo, Send, Typing
+from protocol.auth import derive_request_id
 from protocol.codec import encode_frame
 from protocol.descriptor import CapabilityDescriptor
 from protocol.events import Identity, MessageEvent
@@ -80,10 +79,7 @@ class RequestIds:
         """The id of the turn's next reply."""
         ordinal = self._next
         self._next += 1
-        digest = hmac.new(
-            self._key, self._delivery + b"\x00" + str(ordinal).encode(), hashlib.sha256
-        )
-        return digest.hexdigest()[:32]
+        return derive_request_id(self._key, self._delivery, ordinal)
 
 
 def reply_ids_for(
