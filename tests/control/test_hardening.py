@@ -132,7 +132,7 @@ def test_every_numeric_setting_has_a_range_in_the_docs() -> None:
             )
             assert f"{low} to {high}" in row.replace(",", ""), (var.field, row)
             checked += 1
-    assert checked == 17
+    assert checked == 19  # issue 11 added turns_max and storage_failure_limit_s
 
 
 def test_the_ranges_hold_in_the_constructor_and_the_config_file(tmp_path: Path) -> None:
