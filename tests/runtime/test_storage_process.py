@@ -109,3 +109,6 @@ async def test_a_state_dir_that_cannot_grow_is_one_error_going_idle_and_a_bounde
     else:
         assert code == 1, gw.text()
         assert gw.saw("could not be written for 3 s"), gw.text()
+        # The exit is one error line for the operator, not a traceback.
+        assert "Traceback" not in gw.text(), gw.text()
+        assert sum("relay-runtime: error:" in line for line in gw.lines) == 1, gw.text()
