@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["RelayDisabled", "RelayError"]
+__all__ = ["RelayDisabled", "RelayError", "leaves"]
 
 
 class RelayError(Exception):
@@ -22,3 +22,11 @@ class RelayDisabled(RelayError):
         "credential (4401); re-provision or re-enroll to re-enable",
     ) -> None:
         super().__init__(message)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions an exception group carries, however deeply nested (``[exc]`` for a
+    plain exception), in order."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
+    return [exc]

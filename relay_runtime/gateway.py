@@ -32,7 +32,7 @@ from relay_runtime.control import (
     upgrade_token_factory,
 )
 from relay_runtime.dispatcher import Agent, Dispatcher, InboundItem, TrustEvaluator
-from relay_runtime.errors import RelayDisabled
+from relay_runtime.errors import RelayDisabled, leaves
 from relay_runtime.replies import Replies
 from relay_runtime.state import StateDB, StateError, StorageFailed
 from relay_runtime.supervisor import Supervisor
@@ -305,19 +305,12 @@ def _plain_error_in(group: BaseExceptionGroup[BaseException]) -> Exception | Non
         _, other = rest.split(trio.Cancelled)
         if other is not None:
             return None
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [matched]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    disabled = [leaf for leaf in leaves if isinstance(leaf, RelayDisabled)]
+    carried = leaves(matched)
+    disabled = [leaf for leaf in carried if isinstance(leaf, RelayDisabled)]
     if disabled:
         return disabled[0]
-    if len(leaves) == 1 and isinstance(leaves[0], ConfigError):
-        return leaves[0]
+    if len(carried) == 1 and isinstance(carried[0], ConfigError):
+        return carried[0]
     return None
 
 

@@ -21,7 +21,7 @@ from typing import Final
 
 from relay_runtime import stop_signals
 from relay_runtime.config import ConfigError
-from relay_runtime.errors import RelayDisabled
+from relay_runtime.errors import RelayDisabled, leaves
 from relay_runtime.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 __all__ = [
@@ -93,21 +93,15 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, UsageError, PolicyError, TrustConfigError)
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
 def exit_status_for(exc: BaseException) -> int:
     """The exit status an exception (or exception group) escaping a command maps to.
 
     Revocation wins over a configuration error, which wins over anything else.
     """
-    leaves = _leaves(exc)
-    if any(isinstance(leaf, RelayDisabled) for leaf in leaves):
+    carried = leaves(exc)
+    if any(isinstance(leaf, RelayDisabled) for leaf in carried):
         return EXIT_DISABLED
-    if any(isinstance(leaf, _usage_errors()) for leaf in leaves):
+    if any(isinstance(leaf, _usage_errors()) for leaf in carried):
         return EXIT_USAGE
     return EXIT_FAILURE
 
@@ -128,16 +122,16 @@ def missing_extra(exc: BaseException) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
-    leaves = [leaf for leaf in _leaves(exc) if not _is_cancelled(leaf)] or _leaves(exc)
+    carried = [leaf for leaf in leaves(exc) if not _is_cancelled(leaf)] or leaves(exc)
     kinds: tuple[type[BaseException], ...] = (RelayDisabled, *_usage_errors())
     for kind in kinds:
-        for leaf in leaves:
+        for leaf in carried:
             if isinstance(leaf, kind):
                 return str(leaf)
-    for leaf in leaves:
+    for leaf in carried:
         if (line := missing_extra(leaf)) is not None:
             return line
-    described = "; ".join(_one_line(leaf) for leaf in leaves)
+    described = "; ".join(_one_line(leaf) for leaf in carried)
     return f"{described} (--log-level debug shows where)"
 
 
@@ -255,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SystemExit, GeneratorExit):
         raise
     except BaseException as exc:
-        if any(isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(exc)):
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves(exc)):
             return EXIT_INTERRUPTED
         status = exit_status_for(exc)
         if status == EXIT_FAILURE:

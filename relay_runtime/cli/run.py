@@ -32,6 +32,7 @@ from relay_runtime import stop_signals
 from relay_runtime.cli import UsageError
 from relay_runtime.config import GatewayConfig, warn_if_plain_text
 from relay_runtime.dispatcher import Agent, TrustEvaluator
+from relay_runtime.errors import leaves
 from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.logs import register_secret
 from relay_runtime.statedir import FRESH_STATE_FLAG, check_state_dir
@@ -389,15 +390,8 @@ def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
     _, rest = group.split(trio.Cancelled)
     if rest is None:
         return group
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [rest]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else group
+    carried = leaves(rest)
+    return carried[0] if len(carried) == 1 else group
 
 
 def settle_heap() -> int:
