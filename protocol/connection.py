@@ -5,7 +5,7 @@ out, and :attr:`ConnectionMachine.state` is the new state. Nothing here does I/O
 clock or draws randomness of its own: timers are actions the driver arms and reports back as
 :class:`TimerExpired`, and the jitter comes from an injected ``uniform``. Everything that
 decides a transition lives in this file (h11's ``_state.py`` is the model): the transition
-table is :data:`TRANSITIONS`, the §6.5 4401 table is :meth:`ConnectionMachine._unauthorized`.
+table is :data:`TRANSITIONS`, the RC §6.5 4401 table is :meth:`ConnectionMachine._unauthorized`.
 
 The driver (``relay_runtime.supervisor``) feeds only events of the *current* socket, the
 end of a close the machine ordered included: in IDLE_ACKED that close is what the machine
@@ -430,7 +430,7 @@ class ConnectionMachine:
         ]
 
     def _unauthorized(self, reason: str) -> list[Action]:
-        """The §6.5 table: a close 4401 (or HTTP 401 at upgrade, ``reason == ""``)."""
+        """The RC §6.5 table: a close 4401 (or HTTP 401 at upgrade, ``reason == ""``)."""
         reason = reason.strip().lower()
         if not self.has_credentials:
             return [Log("error", NO_CREDENTIALS_MESSAGE), *self._failed()]

@@ -1,6 +1,6 @@
 """relay-runtime: a trio-native runtime that lets a chat agent live behind a relay connector.
 
-The public surface (architecture §3)::
+The public surface (AR §3)::
 
     gateway = await nursery.start(run_gateway, GatewayConfig(relay_url=...), agent)
 

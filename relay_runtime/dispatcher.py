@@ -95,7 +95,7 @@ Agent = Callable[[Turn], Awaitable[str | None]]
 
 
 class TrustOutcomeLike(Protocol):
-    """What ``trust.evaluate`` returns (trust.md §0)."""
+    """What ``trust.evaluate`` returns (TR §0)."""
 
     @property
     def decision(self) -> Decision: ...

@@ -1,4 +1,4 @@
-"""``run_gateway``: the runtime assembled, and the :class:`Gateway` handle (architecture §2-§3).
+"""``run_gateway``: the runtime assembled, and the :class:`Gateway` handle (AR §2-§3).
 
 One nursery, owned by :func:`run_gateway`, holds everything that lives as long as the
 gateway: the connection supervisor (which owns each socket's nursery), the inbound
@@ -57,7 +57,7 @@ INBOUND_BUFFER: Final = 64
 
 @attrs.frozen
 class AdmitOutcome:
-    """A trust outcome of the trust.md §0 shape."""
+    """A trust outcome of the TR §0 shape."""
 
     decision: Decision
     run_agent: bool
@@ -223,7 +223,7 @@ class Gateway:
 
 def _check(config: object, agent: object, trust: object = None) -> GatewayConfig:
     if trust is not None and not inspect.iscoroutinefunction(getattr(trust, "evaluate", None)):
-        # Never silently replaced by a default (trust.md §4.1 level 3, T30).
+        # Never silently replaced by a default (TR §4.1 level 3, T30).
         raise ConfigError(
             "trust",
             "must be None, or an object with an async evaluate(event) method "
@@ -322,7 +322,7 @@ async def run_gateway(
     dialer: Dialer | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a gateway until it is stopped or cancelled (architecture §3).
+    """Run a gateway until it is stopped or cancelled (AR §3).
 
     Calls ``task_status.started(gateway)`` once the first descriptor has arrived. Raises
     :class:`ConfigError` for a bad configuration before any dial, and

@@ -3,7 +3,7 @@
 :class:`OutboundRouter` turns an action into an ``outbound`` frame, hands it to a
 :class:`Link` (the supervisor) for writing and waits for the matching ``outbound_result``.
 It never raises for transport reasons (R20): every local outcome is a ``SendResult`` with the
-§3.4 text. The caller's own cancellation still propagates.
+RC §3.4 text. The caller's own cancellation still propagates.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def _chat_id(action: Action) -> str | None:
 
 
 class OutboundRouter:
-    """Correlates outbound requests with their results and applies the §3 rules."""
+    """Correlates outbound requests with their results and applies the RC §3 rules."""
 
     def __init__(
         self,

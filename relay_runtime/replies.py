@@ -5,7 +5,7 @@
 * ``send`` and ``follow_up`` go out directly while the link is live (READY or IDLE_REQUESTED)
   and the outbox is empty. Otherwise they are committed to the durable outbox and the caller
   gets ``queued: true`` with the ``outbox_id`` (R44). One pending when the socket closed (a
-  drop, or shutdown) is queued in the outbox under its ``requestId`` (retryable, §6.2), and
+  drop, or shutdown) is queued in the outbox under its ``requestId`` (retryable, RC §6.2), and
   so is a direct ``send`` that failed retryably and unambiguously; an egress decline is
   final (R19).
 * ``edit``, ``typing`` and ``get_chat_info`` are never queued: they fail fast when the link
@@ -286,7 +286,7 @@ class Replies:
             # Pending when the socket closed (a drop, or our own shutdown): the connector
             # may or may not have performed it. Retryable (RC §6.2): it goes to the outbox
             # under the same requestId, and the connector drops it if it was performed.
-            # The turn returns (and its delivery is acked) only once it is queued (§7.4).
+            # The turn returns (and its delivery is acked) only once it is queued (RC §7.4).
             self.resubmitted += 1
             log.info("relay: %s pending at close queued in the outbox", action.OP)
             return await self._enqueue(action, platform_raw, request_id, wait=wait)

@@ -1,6 +1,6 @@
 """The agent's handle on one admitted message: :class:`Turn`, and reply chunking.
 
-A :class:`Turn` is what an agent receives (architecture §3). It carries the event and what
+A :class:`Turn` is what an agent receives (AR §3). It carries the event and what
 the runtime knows about it (session key, platform descriptor, trust decision) and the
 outbound actions, which go through the reply policy (:mod:`relay_runtime.replies`): they
 return a :class:`~protocol.results.SendResult` and never raise for transport reasons.

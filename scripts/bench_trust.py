@@ -1,4 +1,4 @@
-"""Trust fast-rule latency: `decide` with a warm view (trust spec §5 Performance, T48).
+"""Trust fast-rule latency: `decide` with a warm view (TR §5 Performance, T48).
 
 Runs N decisions (default 100 000) spread over the three presets and a 20-rule policy, for
 a mix of client states and messages, timing each call, and prints the median and p99 in µs.

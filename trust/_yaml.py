@@ -1,4 +1,4 @@
-"""A safe YAML reader that keeps line numbers and rejects duplicate keys (trust spec §4.2).
+"""A safe YAML reader that keeps line numbers and rejects duplicate keys (TR §4.2).
 
 `load(text, first_line)` returns the plain Python value (dicts, lists, scalars from PyYAML's
 safe constructors), the 1-based file line of every key path, the raw text of every scalar

@@ -1,4 +1,4 @@
-"""The trust agent: the LLM tier (trust spec §7).
+"""The trust agent: the LLM tier (TR §7).
 
 `TrustAgent.consult(request)` asks an OpenAI-compatible chat-completions endpoint whether
 one client may be admitted. The policy body is the system prompt (plus a fixed engine

@@ -1,4 +1,4 @@
-"""Trust commands in message text: `/invite CODE`, `/pay REF`, `/trust ...` (spec §6, §8).
+"""Trust commands in message text: `/invite CODE`, `/pay REF`, `/trust ...` (TR §6, §8).
 
 `parse_command(text)` turns a message into a command value, or None for an ordinary
 message. Parsing never raises; a malformed command is still that command (so its text

@@ -1,4 +1,4 @@
-"""Translation of connectonion 0.6.5 policies into native rules (trust spec §4.5).
+"""Translation of connectonion 0.6.5 policies into native rules (TR §4.5).
 
 A 0.6.5 frontmatter uses only `allow`, `deny`, `onboard` and `default`. `translate` turns it
 into a native frontmatter mapping that decides the same for well-formed input, and reports

@@ -282,7 +282,7 @@ def _env_int(name: str, raw: str, bounds: tuple[int, int]) -> int:
 
 
 def default_state_dir() -> Path:
-    """``$XDG_STATE_HOME/relay-runtime`` (architecture §5)."""
+    """``$XDG_STATE_HOME/relay-runtime`` (AR §5)."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "relay-runtime"
 

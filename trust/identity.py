@@ -1,4 +1,4 @@
-"""Client identity: canonical ids, platform rules, primary/secondary ids (trust spec §1).
+"""Client identity: canonical ids, platform rules, primary/secondary ids (TR §1).
 
 A client id is `<platform>:<uid>` where both parts are canonical. Canonicalisation makes
 every spelling of one account the same id, so re-spelling an id cannot get past a block;

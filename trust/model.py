@@ -1,4 +1,4 @@
-"""The values `decide` reads and returns (trust spec §5).
+"""The values `decide` reads and returns (TR §5).
 
 Everything here is a frozen attrs class or an enum; nothing does I/O. The store builds a
 `ClientState` from its view of one client, the engine pre-resolves `RequestFacts` for one

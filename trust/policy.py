@@ -1,4 +1,4 @@
-"""Policy files: parsing, strict validation, compilation, presets, resolution (spec §4).
+"""Policy files: parsing, strict validation, compilation, presets, resolution (TR §4).
 
 A policy is Markdown with a YAML frontmatter. `Policy.from_text` / `Policy.from_file` read
 the native format (or translate a connectonion 0.6.5 policy, see `trust.compat`), report

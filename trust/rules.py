@@ -1,4 +1,4 @@
-"""The fast-rule tier: `decide(policy, client, facts) -> Decision | ConsultAgent` (spec §5).
+"""The fast-rule tier: `decide(policy, client, facts) -> Decision | ConsultAgent` (TR §5).
 
 Pure and total: no I/O, no clock, no mutation, never raises. Order: a blocked client is
 denied before any rule; an anonymous sender is denied on any path that would consult the

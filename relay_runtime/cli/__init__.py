@@ -5,7 +5,7 @@ its parser and sets ``func`` (``argparse.Namespace -> int`` exit status). The gl
 ``--log-format`` and ``--log-level`` come before the subcommand and configure
 :mod:`relay_runtime.logs` for every command.
 
-Exit status (architecture §4): 0 clean (including a SIGINT/SIGTERM drain), 1 anything else,
+Exit status (AR §4): 0 clean (including a SIGINT/SIGTERM drain), 1 anything else,
 2 bad configuration or usage, 3 relay disabled by the connector, 130 Ctrl-C in a command
 that does not drain. Every error is one ``relay-runtime: error: <message>`` line.
 """

@@ -1,10 +1,10 @@
-"""``relay-runtime run``: run one gateway until a signal drains it (architecture §4).
+"""``relay-runtime run``: run one gateway until a signal drains it (AR §4).
 
 Startup resolves everything that can be wrong before any dial — the configuration
 (:meth:`GatewayConfig.load`: ``--relay-url``/``--state-dir``/``--trust`` over
 ``GATEWAY_RELAY_*``/``RELAY_STATE_DIR``/``RELAY_TRUST`` over ``--config`` over defaults), the
 agent (``--agent MODULE:ATTR``; the shipped ``openai_chat`` validates ``RELAY_AGENT_*``
-here) and the trust policy (trust.md §4.1) — and exits 2 naming the option, variable or
+here) and the trust policy (TR §4.1) — and exits 2 naming the option, variable or
 file at fault. Then one root nursery runs the gateway and a signal watcher: the first
 SIGINT/SIGTERM drains through ``going_idle`` (bounded, so the process exits within
 ``DRAIN_TIMEOUT_S``) and cancels; a second one cancels at once. A revoked credential ends
@@ -215,7 +215,7 @@ async def open_trust(
 ) -> AsyncIterator[TrustEvaluator]:
     """The running trust engine for ``config.trust`` over the gateway's state directory.
 
-    The policy is resolved per trust.md §4.1 (a bad one raises ``TrustConfigError`` or
+    The policy is resolved per TR §4.1 (a bad one raises ``TrustConfigError`` or
     ``PolicyError``: exit 2); ``RELAY_TRUST_DSN``, ``RELAY_TRUST_BOOTSTRAP_ADMINS`` and
     ``RELAY_TRUST_CASEFOLD_PLATFORMS`` come from ``environ``. The engine's background tasks
     live for the ``async with`` block.

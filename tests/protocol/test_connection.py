@@ -66,7 +66,7 @@ def backoff_delay(actions: list[object]) -> float:
     return delay
 
 
-# ---- §6.1 rows ----------------------------------------------------------------------------
+# ---- RC §6.1 rows ------------------------------------------------------------------------
 
 
 def test_init_start_dials() -> None:
@@ -292,7 +292,7 @@ def test_late_events_are_ignored() -> None:
     assert m.state is State.BACKOFF
 
 
-# ---- §6.4 ladder --------------------------------------------------------------------------
+# ---- RC §6.4 ladder ----------------------------------------------------------------------
 
 
 def test_R49_ladder_bounds() -> None:
@@ -339,7 +339,7 @@ def test_ladder_uses_injected_source() -> None:
     assert calls == [(0.0, 2.0), (0.0, 3.0), (0.0, 3.0)]
 
 
-# ---- §6.5 4401 table ----------------------------------------------------------------------
+# ---- RC §6.5 4401 table ------------------------------------------------------------------
 
 
 def test_R51_no_credentials_4401_logs_and_ladders_never_disables() -> None:

@@ -14,7 +14,7 @@ from protocol.keys import build_session_key, message_key, session_key
 
 GROUP = SessionSource(platform="discord", chat_id="chanA", chat_type="group", user_id="userX")
 
-# -- R28: the 11 rows of §4.4 -----------------------------------------------------------------
+# -- R28: the 11 rows of RC §4.4 -----------------------------------------------------------
 
 ROWS: list[tuple[int, SessionSource, dict[str, bool], str]] = [
     (1, GROUP, {}, "agent:main:discord:group:chanA:userX"),

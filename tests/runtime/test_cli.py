@@ -1,4 +1,4 @@
-"""The command line in-process: registration, help, exit codes (architecture §4)."""
+"""The command line in-process: registration, help, exit codes (AR §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Outbound correlation and the §3 rules, against an in-memory link (no socket)."""
+"""Outbound correlation and the RC §3 rules, against an in-memory link (no socket)."""
 
 from __future__ import annotations
 

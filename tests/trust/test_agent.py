@@ -1,4 +1,4 @@
-"""The trust agent against a real OpenAI-style HTTP server on 127.0.0.1 (trust spec §7,
+"""The trust agent against a real OpenAI-style HTTP server on 127.0.0.1 (TR §7,
 T57-T60, T62 verdict side)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Command parsing: `/invite`, `/pay`, `/trust` (trust spec §6, §8, C11, C20)."""
+"""Command parsing: `/invite`, `/pay`, `/trust` (TR §6, §8, C11, C20)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""connectonion 0.6.5 policy translation (trust spec §4.5, T40, T41, C12, C14)."""
+"""connectonion 0.6.5 policy translation (TR §4.5, T40, T41, C12, C14)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from trust.rules import decide
 
 CODE = "WELCOME-2025-ALPHA"
 
-# --- the 0.6.5 reference: evaluate_request as the fact sheet (§2.2) records it ------------
+# --- the 0.6.5 reference: evaluate_request as the connectonion fact sheet records it ------
 
 
 def evaluate_065(

@@ -531,7 +531,7 @@ async def test_T66_commands_never_run_the_agent(db: SqlClientStore) -> None:
 async def test_T67_not_C24_invite_without_verify_rule_gets_the_spec_6_not_accepted_reply(
     db: SqlClientStore,
 ) -> None:
-    """Spec §6/T67 and checklist C24 disagree on this reply (C24: `disabled: verify/invite`);
+    """TR §6/T67 and checklist C24 disagree on this reply (C24: `disabled: verify/invite`);
     the issue owner chose §6's wording, `Invite codes are not accepted here.`"""
     async with engine_for(db, "strict") as engine:
         out = await engine.evaluate(msg("/invite ABCD-EFGH-JKMN-PQRS", uid="70"))
@@ -568,7 +568,7 @@ async def _client_in_state(store: SqlClientStore, cid: str, state: str) -> None:
 async def test_T67_not_C24_not_accepted_replies_for_every_client_state(
     db: SqlClientStore, state: str
 ) -> None:
-    """Spec §6/T67 and checklist C24 disagreed (C24: `disabled: verify/invite` and
+    """TR §6/T67 and checklist C24 disagreed (C24: `disabled: verify/invite` and
     `No payment needed…`); issue 12 settles it for §6/T67: where the policy accepts no
     invites or no payments, `/invite` and `/pay` get the not-accepted reply whatever the
     sender's state (blocked senders still get nothing, T53), and nothing is looked up."""

@@ -1,4 +1,4 @@
-"""Identity checklist T1-T8 (trust spec §1, C1-C8)."""
+"""Identity checklist T1-T8 (TR §1, C1-C8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Policy files: layout, strict validation, durations, resolution (trust spec §4, T16, T29,
+"""Policy files: layout, strict validation, durations, resolution (TR §4, T16, T29,
 T31-T38, C9-C15, C27)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Presets as package data (trust spec §4.4, T28, T39)."""
+"""Presets as package data (TR §4.4, T28, T39)."""
 
 from __future__ import annotations
 

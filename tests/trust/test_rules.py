@@ -1,4 +1,4 @@
-"""`decide`: order, reasons, follow-ups, escalation, agent containment (trust spec §5,
+"""`decide`: order, reasons, follow-ups, escalation, agent containment (TR §5,
 T12, T16, T42-T47, C16-C26)."""
 
 from __future__ import annotations
