@@ -13,8 +13,9 @@ await outbound results without deadlock (R58). The dispatcher then
   completions are committed before any ack. A duplicate of a
   completed delivery is acked at once if buffered; a duplicate of a running one is acked
   when the original completes;
-* admits at most ``max_pending_inbound`` unfinished deliveries: when full it stops taking
-  frames, so the reader stops reading the socket (R60);
+* admits every delivery at once: up to ``max_pending_inbound`` hold a place in memory, and
+  beyond that a delivery is parked in the durable inbox and comes back in arrival order as
+  places free, so the reader never stops reading the socket (RC §7.2, R60);
 * runs the turns of one session key one at a time in arrival order, and different sessions
   concurrently, at most ``max_concurrent_turns`` at once (R59, R60). Session workers exist
   only while their session has work, so tasks are bounded by the pending bound;
