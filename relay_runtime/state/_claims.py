@@ -1,0 +1,160 @@
+"""Claims of the replay-dedupe window (RC §4.6, §7.3).
+
+Decisions come from the in-memory DedupeWindow; the claim tables follow it in the same
+order through the batch queue (dedupe.py says why that is enough).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING
+
+import trio
+
+from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus
+from relay_runtime.state._engine import _Op
+from relay_runtime.state._records import ClaimRequest, MessageKey, _claim_keys
+from relay_runtime.state._sql import complete_claims_in, delete_claims, start_in
+from relay_runtime.state._turns import _Turns
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+
+class _Claims(_Turns):
+    """The claim calls of :class:`~relay_runtime.state.StateDB`."""
+
+    async def claim(self, k_msg: MessageKey | None, k_buf: str | None, now: float) -> ClaimResult:
+        """Claim a delivery by its keys (RC §4.6, §7.3); the claim is committed on return.
+
+        ``NEW``: no key is known; an ``IN_FLIGHT`` claim holding both keys was taken and its
+        handle returned. ``COMPLETED`` (either key completed within the window) wins over
+        ``IN_FLIGHT`` (either key running); the handle then names the existing claim. A
+        delivery with neither key is not deduplicated: ``NEW`` with no handle.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        result, write = self._decide([(None, k_msg, k_buf, None)], now)
+        await self._run(write, keep=True)
+        return result[0][0]
+
+    async def claim_turn(
+        self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
+    ) -> tuple[ClaimResult, int | None]:
+        """:meth:`claim` and, for a ``NEW`` delivery, :meth:`turn_started`, in one transaction.
+
+        Returns the claim and the new turn's id (``None`` unless ``NEW``). The turn is
+        recorded ``running`` from now on, started at ``now``; if it never starts, end it with
+        :meth:`release_unstarted`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        results, write = self._decide([(session_key, k_msg, k_buf, None)], now)
+        await self._run(write, keep=True)
+        return results[0]
+
+    async def claim_turns(
+        self, requests: Sequence[ClaimRequest], now: float
+    ) -> list[tuple[ClaimResult, int | None]]:
+        """:meth:`claim_turn` for each request, in order, without waiting for a commit.
+
+        Results are exactly those of sequential :meth:`claim_turn` calls (a later request
+        sharing a key with an earlier ``NEW`` one is ``IN_FLIGHT``) and are final at once:
+        the records are written behind, committed with the next batch, before any operation
+        queued after this call (see :meth:`flush`). Nothing here waits on the disk, so a
+        turn starts without a commit on its path.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not requests:
+            return []
+        results, write = self._decide(
+            [(r.session_key, r.k_msg, r.k_buf, r.inbound) for r in requests], now
+        )
+        self._write_behind(_Op(write))
+        return results
+
+    def _decide(
+        self,
+        requests: Sequence[tuple[str | None, MessageKey | None, str | None, str | None]],
+        now: float,
+    ) -> tuple[list[tuple[ClaimResult, int | None]], Callable[[sqlite3.Connection], None]]:
+        """Claim ``requests`` in memory now; the write that records them (and the turns of
+        requests with a session key that are ``NEW``)."""
+        results: list[tuple[ClaimResult, int | None]] = []
+        claims: list[tuple[int, list[str]]] = []
+        turns: list[tuple[int, str, MessageKey | None, str | None, str | None]] = []
+        forgotten: list[int] = []
+        for session_key, k_msg, k_buf, inbound in requests:
+            keys = _claim_keys(k_msg, k_buf)
+            result, gone = self._dedupe.claim(keys, now)
+            forgotten.extend(gone)
+            turn_id = None
+            if result.status is ClaimStatus.NEW:
+                if result.handle is not None:
+                    claims.append((result.handle.claim_id, keys))
+                if session_key is not None:
+                    turn_id = self._take_turn_id()
+                    turns.append((turn_id, session_key, k_msg, k_buf, inbound))
+            results.append((result, turn_id))
+
+        def write(conn: sqlite3.Connection) -> None:
+            delete_claims(conn, forgotten)
+            conn.executemany(
+                "INSERT INTO relay_dedupe_claims (claim_id, state, created_at)"
+                " VALUES (?, 'in_flight', ?)",
+                [(claim_id, now) for claim_id, _ in claims],
+            )
+            # Plain INSERT: the file follows the window exactly, so a key taken here is
+            # free there; if not, that is an error to see, not to paper over.
+            conn.executemany(
+                "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
+                [(key, claim_id) for claim_id, keys in claims for key in keys],
+            )
+            for turn_id, session_key, k_msg, k_buf, inbound in turns:
+                start_in(conn, turn_id, session_key, k_msg, k_buf, now, inbound)
+
+        return results, write
+
+    async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
+        """One transaction: release the claim and forget the turn record of a turn that
+        never started (recorded by :meth:`claim_turn`, then cancelled while queued)."""
+        released = self._dedupe.release(handle)
+
+        def release(conn: sqlite3.Connection) -> None:
+            if released and handle is not None:
+                delete_claims(conn, [handle.claim_id])
+            if turn_id is not None:
+                conn.execute(
+                    "DELETE FROM relay_turns WHERE turn_id = ? AND state = 'running'", (turn_id,)
+                )
+
+        await self._run(release, keep=True)
+
+    async def complete(self, handle: ClaimHandle | None, now: float) -> bool:
+        """Mark a claim ``COMPLETED`` (committed on return); False if it is not in flight."""
+        changed, forgotten = self._dedupe.complete(handle, now)
+        if not changed:
+            return False
+        assert handle is not None
+        at = self._dedupe.completed_at(handle)
+        assert at is not None
+
+        def complete(conn: sqlite3.Connection) -> None:
+            complete_claims_in(conn, [(handle.claim_id, at)], forgotten)
+
+        await self._run(complete, keep=True)
+        return True
+
+    async def release(self, handle: ClaimHandle | None) -> bool:
+        """Remove an ``IN_FLIGHT`` claim (shutdown-cancelled or never started).
+
+        A replay of the delivery then runs it. A completed claim is left alone (False).
+        """
+        if not self._dedupe.release(handle):
+            return False
+        assert handle is not None
+        await self._run(lambda conn: delete_claims(conn, [handle.claim_id]), keep=True)
+        return True
+
+    async def claim_status(self, k_msg: MessageKey | None, k_buf: str | None) -> ClaimStatus:
+        """Read-only lookup: ``NEW`` if neither key is known (expired ones still count)."""
+        await trio.lowlevel.checkpoint()
+        return self._dedupe.status(_claim_keys(k_msg, k_buf))

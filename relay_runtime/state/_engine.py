@@ -1,0 +1,422 @@
+"""The group-commit engine: one worker thread, one transaction per batch.
+
+The database is only ever touched from a worker thread, one batch at a time, so the single
+connection is used by one thread at a time and the trio loop never waits on disk. Every
+public coroutine queues one short operation; calls made while a batch is running are
+committed together (group commit): the first caller to find no batch running takes the whole
+queue to the worker thread in one hop and runs it as ONE transaction, each operation in its
+own ``SAVEPOINT`` (a failing operation rolls back alone and raises to its own caller), then
+commits once and wakes every caller with its own result. Unless said otherwise, an
+operation's effects are committed before its coroutine returns; a caller cancelled after its
+batch started still waits for the (short) commit, and one cancelled while still queued is
+not run at all.
+
+The exceptions are records of decisions the in-memory dedupe window (dedupe.py) has already
+made: claims, and completions nobody acks. They are written behind: queued in decision
+order, committed with the next batch or by :meth:`_Engine.flush` (the dispatcher commits
+them within 50 ms), never dropped when a caller is cancelled, committed at close, and if
+one fails, its batch fails and they are retried whole, in order. A storage failure (disk
+full, I/O error) opens an episode the gateway watches (:meth:`_Engine.wait_failing`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import attrs
+import trio
+
+from relay_runtime.state._records import StateError
+from relay_runtime.state._schema import BUSY_TIMEOUT_MS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+logger = logging.getLogger("relay_runtime.state")
+
+#: How long closing waits for a database call already running in the worker thread.
+CLOSE_WAIT_S: Final = 4 * BUSY_TIMEOUT_MS / 1000
+#: Rows one bulk statement touches at most (each takes a few of SQLite's bound parameters).
+BULK_ROWS: Final = 200
+#: Tries, and the first pause between them (doubling), to commit written-behind records at
+#: close while storage fails; then they are given up so the process can end (bounded).
+CLOSE_RETRIES: Final = 3
+CLOSE_RETRY_S: Final = 0.1
+#: SQLite primary result codes that mean the storage, not the statement, failed.
+_STORAGE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_NOLFS,
+    }
+)
+
+
+T = TypeVar("T")
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the disk failing (full, I/O error, file-size limit, read-only)."""
+    if isinstance(exc, OSError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _STORAGE_CODES
+
+
+@attrs.define(eq=False)
+class _Op:
+    """One queued database operation and, once its batch ran, its result or error."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    #: Runs a run of neighbouring operations with the same ``bulk`` in fewer statements,
+    #: with the same effects as running their ``fn`` one after another; it gets their
+    #: ``args`` and returns their values in order.
+    bulk: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
+    args: Any = None
+    #: Records a decision already made in memory: it runs even if its caller stops waiting.
+    keep: bool = False
+    #: Nobody waits for it (write-behind, or its caller was cancelled): errors are logged.
+    orphan: bool = False
+    #: Only reads: its success says nothing about whether writes work again.
+    read: bool = False
+    taken: bool = False
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = None
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        """Run ``fn`` alone, keeping its value."""
+        self.value = self.fn(conn)
+
+
+def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
+    """Run ``ops`` in order as one transaction, each in its own savepoint; commit once.
+
+    Runs in the worker thread. An operation that raises is rolled back to its savepoint and
+    keeps its error; the others still commit, unless it was written behind (nobody waits
+    for it): then the whole batch fails, so the file never holds what followed a record it
+    lacks. Neighbouring operations that share a ``bulk``
+    run together in one savepoint; if that fails they run again one by one, so an error
+    stays with its own operation. If the transaction itself fails (BEGIN, COMMIT, or an
+    error that aborted it), every operation gets that error and nothing is committed.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for group in _runs(ops):
+            if len(group) > 1 and _run_bulk(conn, group):
+                continue
+            for op in group:
+                op.error = _in_savepoint(conn, op.run)
+                if op.error is not None and op.orphan:
+                    # A decision the window already made: the file may not skip it and
+                    # keep what came after. Abort the batch; it is retried whole.
+                    raise op.error
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        for op in ops:
+            op.value, op.error = None, exc
+    for op in ops:
+        op.done = True
+
+
+def _runs(ops: list[_Op]) -> list[list[_Op]]:
+    """``ops`` cut into runs of neighbours with the same ``bulk`` (None never groups)."""
+    runs: list[list[_Op]] = []
+    for op in ops:
+        if runs and op.bulk is not None and op.bulk == runs[-1][0].bulk:
+            runs[-1].append(op)
+        else:
+            runs.append([op])
+    return runs
+
+
+def _run_bulk(conn: sqlite3.Connection, group: list[_Op]) -> bool:
+    """Run ``group`` with its ``bulk`` in one savepoint; False if it has none or it failed."""
+    bulk = group[0].bulk
+    if bulk is None:
+        return False
+    values: list[Any] = []
+
+    def run(conn: sqlite3.Connection) -> None:
+        values.extend(bulk(conn, [op.args for op in group]))
+
+    if _in_savepoint(conn, run) is not None:
+        return False
+    for op, value in zip(group, values, strict=True):
+        op.value = value
+    return True
+
+
+def _in_savepoint(
+    conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], None]
+) -> Exception | None:
+    """Run ``work`` in a savepoint; on an error roll back to it and return the error."""
+    conn.execute("SAVEPOINT relay_op")
+    error: Exception | None = None
+    try:
+        work(conn)
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise  # SQLite aborted the whole transaction: the batch failed
+        conn.execute("ROLLBACK TO relay_op")
+        error = exc
+    conn.execute("RELEASE relay_op")
+    return error
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """An operation with no effect: waiting for it commits everything queued before it."""
+
+
+def chunks(items: Sequence[T], size: int = BULK_ROWS) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class _Engine:
+    """The batch queue and storage-failure watch of :class:`~relay_runtime.state.StateDB`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int | None) -> None:
+        self._conn = conn
+        self._lock_fd = lock_fd
+        self._queue: list[_Op] = []
+        self._busy = False  # a batch is in the worker thread
+        self._batch_over = trio.Event()
+        self._queued = trio.Event()  # set when written-behind records are queued
+        #: Why the oldest written-behind record still queued failed its last commit.
+        self._behind_error: BaseException | None = None
+        #: When (trio clock) the current storage-failure episode began; None: writes work.
+        self.failing_since: float | None = None
+        #: What failed first in the current (or last) episode.
+        self.failure_cause: str | None = None
+        self._failing = trio.Event()
+        self._recovered = trio.Event()
+        self._recovered.set()
+        self._closed = False
+        self.path = path
+
+    async def aclose(self) -> None:
+        """Close the connection (idempotent), even when the caller is being cancelled.
+
+        A call already running in the worker thread is waited for (shielded, bounded), so
+        the connection is never closed under it and never left open.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLOSE_WAIT_S) as waited:
+                # Operations queued before closing still run: their callers lead batches,
+                # and written-behind records are committed here, with a few tries (backing
+                # off) while storage fails; then they are given up, so closing is bounded.
+                tries = 0
+                while self._busy or self._queue:
+                    if self._busy:
+                        await self._batch_over.wait()
+                        continue
+                    await self._lead_batch()
+                    if self._behind_error is None:
+                        continue
+                    tries += 1
+                    if tries >= CLOSE_RETRIES:
+                        self._give_up_behind()
+                        break
+                    await trio.sleep(CLOSE_RETRY_S * 2 ** (tries - 1))
+                await trio.to_thread.run_sync(self._conn.close)
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)  # the next gateway on this state dir may start
+        if waited.cancelled_caught:
+            # Only a worker thread stuck far past the busy timeout gets here.
+            logger.warning(
+                "relay state: a database call outlived %g s; connection left to the GC",
+                CLOSE_WAIT_S,
+            )
+
+    async def _run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        bulk: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None,
+        args: Any = None,
+        *,
+        keep: bool = False,
+        read: bool = False,
+    ) -> T:
+        """Run ``fn(conn)`` in the worker thread; its effects are committed on return.
+
+        ``fn`` shares a transaction with the other operations of its batch, in a savepoint
+        of its own. With ``bulk``, neighbouring calls of the same kind may run as
+        ``bulk(conn, [args, ...])`` instead (see :class:`_Op`). A ``keep`` operation
+        records a decision the in-memory window already made: if its caller is cancelled
+        before it runs, it stays queued (and commits with the next batch) instead of being
+        dropped.
+        """
+        if self._closed:
+            raise StateError("state database is closed")
+        if not keep:
+            await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: do not run
+        op = _Op(fn, bulk, args, keep=keep, read=read)
+        self._queue.append(op)
+        try:
+            while not op.done:
+                if not self._busy:
+                    await self._lead_batch()
+                else:
+                    await self._batch_over.wait()
+        except trio.Cancelled:
+            if not op.taken:
+                if op.keep:
+                    op.orphan = True
+                    self._queued.set()
+                else:
+                    self._queue.remove(op)
+                raise
+            # Already in a running batch: wait for its commit, so the caller's effects are
+            # known committed (or failed). The cancel reaches it at its next checkpoint.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_WAIT_S):
+                while not op.done:
+                    await self._batch_over.wait()
+            if not op.done:
+                raise
+        if op.error is not None:
+            if isinstance(op.error, sqlite3.Error):
+                raise StateError(f"state database {str(self.path)!r}: {op.error}") from op.error
+            raise op.error
+        return op.value  # type: ignore[no-any-return]
+
+    async def _lead_batch(self) -> None:
+        """Take every queued operation to the worker thread as one batch; wake all waiters."""
+        batch, self._queue = self._queue, []
+        for op in batch:
+            op.taken = True
+        self._busy = True
+        try:
+            # Shielded: the batch holds other callers' operations too.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_run_batch, self._conn, batch)
+        finally:
+            self._busy = False
+            self._batch_over.set()
+            self._batch_over = trio.Event()
+        failed: list[_Op] = []
+        for op in batch:
+            if not op.keep or op.error is None:
+                continue
+            if op.orphan:
+                failed.append(op)
+            else:
+                # Its caller gets the error, and the decision is still recorded: a copy
+                # nobody waits for is kept to retry like a written-behind record.
+                failed.append(_Op(op.fn, op.bulk, op.args, keep=True, orphan=True))
+        storage = next(
+            (op.error for op in batch if op.error is not None and is_storage_error(op.error)),
+            None,
+        )
+        if failed:
+            # Kept, in order, ahead of everything queued since: the file must not skip a
+            # decision the window made. flush() reports the failure until a retry succeeds;
+            # the awaited operations of the batch failed with it (raised to their callers).
+            error = next(op.error for op in batch if op.keep and op.error is not None)
+            assert error is not None
+            self._behind_error = error
+            for op in failed:
+                op.taken = op.done = False
+                op.value = op.error = None
+            self._queue[:0] = failed
+            self._queued.set()
+            self._storage_failed(storage or error, len(failed))
+        else:
+            if any(op.orphan for op in batch):
+                self._behind_error = None
+            if storage is not None:
+                self._storage_failed(storage, 0)
+            elif any(not op.read and op.error is None for op in batch):
+                self._storage_ok()
+
+    def _storage_failed(self, error: BaseException, kept: int) -> None:
+        """A write failed: one ERROR opens an episode (with its cause); repeats are DEBUG."""
+        cause = f"{type(error).__name__}: {error}"
+        if self.failing_since is not None:
+            logger.debug("relay state: still failing (%s)", cause)
+            return
+        self.failing_since = trio.current_time()
+        self.failure_cause = cause
+        self._recovered = trio.Event()
+        self._failing.set()
+        logger.error(
+            "relay state: writing the state database failed (%s); %d record(s) kept and "
+            "retried with backoff; nothing is acked until they are committed",
+            cause,
+            kept,
+        )
+
+    def _storage_ok(self) -> None:
+        """A write committed: an open failure episode ends (one WARNING)."""
+        if self.failing_since is None:
+            return
+        logger.warning(
+            "relay state: the state database is writable again after %.1f s",
+            trio.current_time() - self.failing_since,
+        )
+        self.failing_since = None
+        self._failing = trio.Event()
+        self._recovered.set()
+
+    def _give_up_behind(self) -> None:
+        """At close, with storage failing: drop the written-behind records still queued."""
+        behind = [op for op in self._queue if op.orphan]
+        self._queue = [op for op in self._queue if not op.orphan]
+        logger.error(
+            "relay state: %d written-behind record(s) not committed at close (%s); live "
+            "messages they admitted are lost, buffered ones will be replayed",
+            len(behind),
+            self.failure_cause or self._behind_error,
+        )
+
+    async def wait_failing(self) -> None:
+        """Wait until a storage-failure episode is open."""
+        await self._failing.wait()
+
+    async def wait_recovered(self) -> None:
+        """Wait until no storage-failure episode is open."""
+        await self._recovered.wait()
+
+    async def flush(self) -> None:
+        """Commit everything queued so far (written-behind records included).
+
+        Raises :class:`StateError` while a written-behind record could not be committed
+        (it stays queued and is retried with every batch): nothing that depends on it, an
+        ``inbound_ack`` above all, may go out.
+        """
+        if not self._queue:
+            if self._busy:  # the running batch may hold written-behind records
+                await self._batch_over.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+        else:
+            await self._run(_nothing, read=True)
+        if self._behind_error is not None:
+            raise StateError(
+                f"state database {str(self.path)!r}: records written behind are not "
+                f"committed: {self._behind_error}"
+            ) from self._behind_error
+
+    async def wait_queued(self) -> None:
+        """Wait until written-behind records are waiting for a commit."""
+        while not any(op.orphan for op in self._queue):
+            await self._queued.wait()
+            self._queued = trio.Event()
+
+    def _write_behind(self, op: _Op) -> None:
+        if self._closed:
+            raise StateError("state database is closed")
+        op.keep = op.orphan = True
+        self._queue.append(op)
+        self._queued.set()

@@ -1,0 +1,92 @@
+"""SQLite statements and row decoding the parts of the state db share."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import TYPE_CHECKING
+
+from relay_runtime.state._engine import chunks
+from relay_runtime.state._records import MessageKey, OutboxEntry, TurnRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def _entry(row: sqlite3.Row) -> OutboxEntry:
+    return OutboxEntry(
+        id=row["id"],
+        platform=row["platform"],
+        bot_id=row["bot_id"],
+        action_json=row["action_json"],
+        request_id=row["request_id"],
+        kind=row["kind"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        attempts=row["attempts"],
+    )
+
+
+def _turn(row: sqlite3.Row) -> TurnRecord:
+    k_msg_raw = row["k_msg"]
+    k_msg: MessageKey | None = None
+    if k_msg_raw is not None:
+        platform, chat_id, message_id = json.loads(k_msg_raw)
+        k_msg = (platform, chat_id, message_id)
+    return TurnRecord(
+        turn_id=row["turn_id"],
+        session_key=row["session_key"],
+        k_msg=k_msg,
+        k_buf=row["k_buf"],
+        state=row["state"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        error=row["error"],
+    )
+
+
+def complete_claims_in(
+    conn: sqlite3.Connection, completed: Sequence[tuple[int, float]], forgotten: list[int]
+) -> None:
+    """Mark ``(claim_id, now)`` pairs completed, then delete the ``forgotten`` claims."""
+    for chunk in chunks(completed):
+        cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
+        conn.execute(
+            "UPDATE relay_dedupe_claims SET state = 'completed',"
+            f" completed_at = CASE claim_id {cases} END"
+            f" WHERE state = 'in_flight' AND claim_id IN ({','.join('?' * len(chunk))})",
+            [*(v for pair in chunk for v in pair), *(claim_id for claim_id, _ in chunk)],
+        )
+    delete_claims(conn, forgotten)
+
+
+def delete_claims(conn: sqlite3.Connection, claim_ids: Sequence[int]) -> None:
+    if not claim_ids:
+        return
+    params = [(c,) for c in claim_ids]
+    conn.executemany("DELETE FROM relay_dedupe_keys WHERE claim_id = ?", params)
+    conn.executemany("DELETE FROM relay_dedupe_claims WHERE claim_id = ?", params)
+
+
+def start_in(
+    conn: sqlite3.Connection,
+    turn_id: int,
+    session_key: str,
+    k_msg: MessageKey | None,
+    k_buf: str | None,
+    now: float,
+    inbound: str | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO relay_turns"
+        " (turn_id, session_key, k_msg, k_buf, state, started_at, inbound)"
+        " VALUES (?, ?, ?, ?, 'running', ?, ?)",
+        (
+            turn_id,
+            session_key,
+            None if k_msg is None else json.dumps(list(k_msg)),
+            k_buf,
+            now,
+            inbound,
+        ),
+    )
