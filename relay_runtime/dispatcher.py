@@ -56,10 +56,10 @@ from relay_runtime.state import (
     ClaimRequest,
     ClaimResult,
     ClaimStatus,
-    InboxRecord,
     MessageKey,
     StateError,
     TurnEndState,
+    TurnStore,
 )
 from relay_runtime.turn import Turn
 
@@ -113,56 +113,6 @@ class TrustEvaluator(Protocol):
 
     async def evaluate(self, event: MessageEvent) -> TrustOutcomeLike:
         """Return a TrustOutcome; raises nothing but ``trio.Cancelled``."""
-
-
-class TurnStore(Protocol):
-    """The part of :class:`~relay_runtime.state.StateDB` the dispatcher uses."""
-
-    async def claim_turn(
-        self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
-    ) -> tuple[ClaimResult, int | None]:
-        """Claim a delivery (RC §7.3) and, if NEW, record its turn running: one transaction."""
-
-    async def claim_turns(
-        self, requests: Sequence[ClaimRequest], now: float
-    ) -> list[tuple[ClaimResult, int | None]]:
-        """``claim_turn`` for each request in order; decided at once, recorded behind."""
-
-    async def flush(self) -> None:
-        """Commit what was recorded behind so far."""
-
-    async def wait_queued(self) -> None:
-        """Wait until records written behind are waiting for a commit."""
-
-    async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
-        """Release the claim and forget the record of a turn that never started."""
-
-    async def complete_turn(
-        self,
-        handle: ClaimHandle | None,
-        turn_id: int | None,
-        state: TurnEndState,
-        now: float,
-        error: str | None = None,
-        *,
-        write_behind: bool = False,
-    ) -> None:
-        """Commit the claim as COMPLETED and the turn's end state, in one transaction
-        (``write_behind``: decided at once, committed by the next :meth:`flush`)."""
-
-    async def release_turn(
-        self, handle: ClaimHandle | None, turn_id: int | None, now: float
-    ) -> None:
-        """Release the claim and record the turn cancelled, in one transaction."""
-
-    def take_resumable(self) -> list[InboxRecord]:
-        """Live deliveries the previous process admitted and did not finish (once)."""
-
-    async def claim_resumed(self, records: Sequence[InboxRecord], now: float) -> list[ClaimResult]:
-        """Claim resumed deliveries under their recorded turns; decided at once."""
-
-    async def inbox_frames(self, turn_ids: Sequence[int]) -> dict[int, str]:
-        """The frames kept in the inbox for these turns (after what is written behind)."""
 
 
 class FrameSink(Protocol):

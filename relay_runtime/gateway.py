@@ -34,7 +34,7 @@ from relay_runtime.control import (
 from relay_runtime.dispatcher import Agent, Dispatcher, InboundItem, TrustEvaluator
 from relay_runtime.errors import RelayDisabled, leaves
 from relay_runtime.replies import Replies
-from relay_runtime.state import StateDB, StateError, StorageFailed
+from relay_runtime.state import StateDB, StateError, StateStore, StorageFailed
 from relay_runtime.supervisor import Supervisor
 from relay_runtime.transport import Dialer
 from trust.engine import TrustConfig, open_trust_engine
@@ -267,7 +267,7 @@ async def _flush_on_ready(supervisor: Supervisor, replies: Replies) -> None:
         replies.poke()
 
 
-async def _watch_storage(db: StateDB, supervisor: Supervisor, limit_s: float) -> None:
+async def _watch_storage(db: StateStore, supervisor: Supervisor, limit_s: float) -> None:
     """Bound a storage failure: go idle so the connector buffers, exit if it lasts.
 
     On each failure episode (the state db logs its one ERROR) the gateway sends
@@ -288,7 +288,7 @@ async def _watch_storage(db: StateDB, supervisor: Supervisor, limit_s: float) ->
             await db.wait_recovered()
             continue
         message = (
-            f"state database {str(db.path)!r} could not be written for {limit_s:g} s "
+            f"state database {db.location!r} could not be written for {limit_s:g} s "
             f"({db.failure_cause}); exiting"
         )
         log.critical("relay: %s", message)
@@ -404,7 +404,7 @@ async def _serve(
     config: GatewayConfig,
     agent: Agent,
     evaluator: TrustEvaluator,
-    db: StateDB,
+    db: StateStore,
     dialer: Dialer | None,
     task_status: trio.TaskStatus[Gateway],
 ) -> None:

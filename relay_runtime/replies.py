@@ -45,7 +45,13 @@ from protocol.results import (
     SendResult,
 )
 from relay_runtime.outbound import new_request_id
-from relay_runtime.state import Attempt, OutboxEntry, OutboxFull, OutboxKind, StateError
+from relay_runtime.state import (
+    OutboxEntry,
+    OutboxFull,
+    OutboxKind,
+    OutboxStore,
+    StateError,
+)
 
 __all__ = ["SWEEP_INTERVAL_S", "OutboxStore", "Replies", "ReplyLink"]
 
@@ -84,46 +90,6 @@ class ReplyLink(Protocol):
         request_id: str | None = None,
     ) -> SendResult:
         """Send one action and wait for its result; never raises for transport reasons."""
-
-
-class OutboxStore(Protocol):
-    """The part of :class:`~relay_runtime.state.StateDB` the reply policy uses."""
-
-    @property
-    def outbox_max(self) -> int:
-        """The outbox bound (0 = nothing is ever queued)."""
-
-    async def put(
-        self,
-        identity_platform: str,
-        identity_bot_id: str,
-        action_json: str,
-        request_id: str,
-        kind: OutboxKind,
-        now: float,
-    ) -> int:
-        """Commit one entry; raise :class:`OutboxFull` at the bound."""
-
-    async def peek_batch(self, now: float, limit: int) -> list[OutboxEntry]:
-        """Up to ``limit`` of the oldest live entries, oldest first."""
-
-    async def delete(self, outbox_id: int) -> bool:
-        """Remove an entry."""
-
-    async def delete_many(self, outbox_ids: list[int]) -> list[int]:
-        """Remove several entries in one transaction; the ids that were there."""
-
-    async def bump_attempts(self, outbox_id: int) -> Attempt:
-        """Count one failed delivery (the last one deletes the entry)."""
-
-    async def expire(self, now: float) -> list[OutboxEntry]:
-        """Delete expired entries."""
-
-    async def count(self) -> int:
-        """Entries queued."""
-
-    async def entries(self) -> list[OutboxEntry]:
-        """Every queued entry, oldest first."""
 
 
 def _is_drop_or_timeout(result: SendResult) -> bool:

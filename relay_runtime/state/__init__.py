@@ -11,8 +11,9 @@ claims), ``_store`` (opening and crash recovery), ``_interface`` (the protocols)
 from __future__ import annotations
 
 from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus
-from relay_runtime.state._engine import _Op as _Op  # tests queue raw operations
+from relay_runtime.state._batch import _Op as _Op  # tests queue raw operations
 from relay_runtime.state._engine import is_storage_error
+from relay_runtime.state._interface import OutboxStore, StateStore, TurnStore
 from relay_runtime.state._records import (
     DB_FILENAME,
     FOLLOW_UP_TTL_S,
@@ -56,11 +57,14 @@ __all__ = [
     "OutboxEntry",
     "OutboxFull",
     "OutboxKind",
+    "OutboxStore",
     "StateDB",
     "StateError",
+    "StateStore",
     "StorageFailed",
     "TurnEndState",
     "TurnRecord",
     "TurnState",
+    "TurnStore",
     "is_storage_error",
 ]

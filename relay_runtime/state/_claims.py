@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus
-from relay_runtime.state._engine import _Op
+from relay_runtime.state._batch import _Op
 from relay_runtime.state._records import ClaimRequest, MessageKey, _claim_keys
 from relay_runtime.state._sql import complete_claims_in, delete_claims, start_in
 from relay_runtime.state._turns import _Turns

@@ -26,22 +26,22 @@ import os
 import sqlite3
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import attrs
 import trio
 
+from relay_runtime.state._batch import _nothing, _Op, _run_batch
 from relay_runtime.state._records import StateError
 from relay_runtime.state._schema import BUSY_TIMEOUT_MS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
     from pathlib import Path
 
 logger = logging.getLogger("relay_runtime.state")
 
+T = TypeVar("T")
+
 #: How long closing waits for a database call already running in the worker thread.
 CLOSE_WAIT_S: Final = 4 * BUSY_TIMEOUT_MS / 1000
-#: Rows one bulk statement touches at most (each takes a few of SQLite's bound parameters).
-BULK_ROWS: Final = 200
 #: Tries, and the first pause between them (doubling), to commit written-behind records at
 #: close while storage fails; then they are given up so the process can end (bounded).
 CLOSE_RETRIES: Final = 3
@@ -59,126 +59,12 @@ _STORAGE_CODES: Final = frozenset(
 )
 
 
-T = TypeVar("T")
-
-
 def is_storage_error(exc: BaseException) -> bool:
     """Whether ``exc`` is the disk failing (full, I/O error, file-size limit, read-only)."""
     if isinstance(exc, OSError):
         return True
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _STORAGE_CODES
-
-
-@attrs.define(eq=False)
-class _Op:
-    """One queued database operation and, once its batch ran, its result or error."""
-
-    fn: Callable[[sqlite3.Connection], Any]
-    #: Runs a run of neighbouring operations with the same ``bulk`` in fewer statements,
-    #: with the same effects as running their ``fn`` one after another; it gets their
-    #: ``args`` and returns their values in order.
-    bulk: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
-    args: Any = None
-    #: Records a decision already made in memory: it runs even if its caller stops waiting.
-    keep: bool = False
-    #: Nobody waits for it (write-behind, or its caller was cancelled): errors are logged.
-    orphan: bool = False
-    #: Only reads: its success says nothing about whether writes work again.
-    read: bool = False
-    taken: bool = False
-    done: bool = False
-    value: Any = None
-    error: BaseException | None = None
-
-    def run(self, conn: sqlite3.Connection) -> None:
-        """Run ``fn`` alone, keeping its value."""
-        self.value = self.fn(conn)
-
-
-def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
-    """Run ``ops`` in order as one transaction, each in its own savepoint; commit once.
-
-    Runs in the worker thread. An operation that raises is rolled back to its savepoint and
-    keeps its error; the others still commit, unless it was written behind (nobody waits
-    for it): then the whole batch fails, so the file never holds what followed a record it
-    lacks. Neighbouring operations that share a ``bulk``
-    run together in one savepoint; if that fails they run again one by one, so an error
-    stays with its own operation. If the transaction itself fails (BEGIN, COMMIT, or an
-    error that aborted it), every operation gets that error and nothing is committed.
-    """
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        for group in _runs(ops):
-            if len(group) > 1 and _run_bulk(conn, group):
-                continue
-            for op in group:
-                op.error = _in_savepoint(conn, op.run)
-                if op.error is not None and op.orphan:
-                    # A decision the window already made: the file may not skip it and
-                    # keep what came after. Abort the batch; it is retried whole.
-                    raise op.error
-        conn.execute("COMMIT")
-    except BaseException as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        for op in ops:
-            op.value, op.error = None, exc
-    for op in ops:
-        op.done = True
-
-
-def _runs(ops: list[_Op]) -> list[list[_Op]]:
-    """``ops`` cut into runs of neighbours with the same ``bulk`` (None never groups)."""
-    runs: list[list[_Op]] = []
-    for op in ops:
-        if runs and op.bulk is not None and op.bulk == runs[-1][0].bulk:
-            runs[-1].append(op)
-        else:
-            runs.append([op])
-    return runs
-
-
-def _run_bulk(conn: sqlite3.Connection, group: list[_Op]) -> bool:
-    """Run ``group`` with its ``bulk`` in one savepoint; False if it has none or it failed."""
-    bulk = group[0].bulk
-    if bulk is None:
-        return False
-    values: list[Any] = []
-
-    def run(conn: sqlite3.Connection) -> None:
-        values.extend(bulk(conn, [op.args for op in group]))
-
-    if _in_savepoint(conn, run) is not None:
-        return False
-    for op, value in zip(group, values, strict=True):
-        op.value = value
-    return True
-
-
-def _in_savepoint(
-    conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], None]
-) -> Exception | None:
-    """Run ``work`` in a savepoint; on an error roll back to it and return the error."""
-    conn.execute("SAVEPOINT relay_op")
-    error: Exception | None = None
-    try:
-        work(conn)
-    except Exception as exc:
-        if not conn.in_transaction:
-            raise  # SQLite aborted the whole transaction: the batch failed
-        conn.execute("ROLLBACK TO relay_op")
-        error = exc
-    conn.execute("RELEASE relay_op")
-    return error
-
-
-def _nothing(conn: sqlite3.Connection) -> None:
-    """An operation with no effect: waiting for it commits everything queued before it."""
-
-
-def chunks(items: Sequence[T], size: int = BULK_ROWS) -> list[Sequence[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class _Engine:
@@ -202,6 +88,11 @@ class _Engine:
         self._recovered.set()
         self._closed = False
         self.path = path
+
+    @property
+    def location(self) -> str:
+        """Where the state lives, for messages: the database file's path."""
+        return str(self.path)
 
     async def aclose(self) -> None:
         """Close the connection (idempotent), even when the caller is being cancelled.

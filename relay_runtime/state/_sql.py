@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING
 
-from relay_runtime.state._engine import chunks
+from relay_runtime.state._batch import chunks
 from relay_runtime.state._records import MessageKey, OutboxEntry, TurnRecord
 
 if TYPE_CHECKING:

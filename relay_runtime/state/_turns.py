@@ -16,7 +16,8 @@ import attrs
 import trio
 
 from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus, DedupeWindow
-from relay_runtime.state._engine import _Engine, _Op, chunks
+from relay_runtime.state._batch import _Op, chunks
+from relay_runtime.state._engine import _Engine
 from relay_runtime.state._records import (
     TURN_RESULT_TTL_S,
     InboxRecord,
