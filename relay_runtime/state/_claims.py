@@ -14,7 +14,7 @@ import trio
 from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus
 from relay_runtime.state._batch import _Op
 from relay_runtime.state._records import ClaimRequest, MessageKey, _claim_keys
-from relay_runtime.state._sql import complete_claims_in, delete_claims, start_in
+from relay_runtime.state._sql import delete_claims, start_in
 from relay_runtime.state._turns import _Turns
 
 if TYPE_CHECKING:
@@ -24,43 +24,22 @@ if TYPE_CHECKING:
 class _Claims(_Turns):
     """The claim calls of :class:`~relay_runtime.state.StateDB`."""
 
-    async def claim(self, k_msg: MessageKey | None, k_buf: str | None, now: float) -> ClaimResult:
-        """Claim a delivery by its keys (RC §4.6, §7.3); the claim is committed on return.
-
-        ``NEW``: no key is known; an ``IN_FLIGHT`` claim holding both keys was taken and its
-        handle returned. ``COMPLETED`` (either key completed within the window) wins over
-        ``IN_FLIGHT`` (either key running); the handle then names the existing claim. A
-        delivery with neither key is not deduplicated: ``NEW`` with no handle.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        result, write = self._decide([(None, k_msg, k_buf, None)], now)
-        await self._run(write, keep=True)
-        return result[0][0]
-
-    async def claim_turn(
-        self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
-    ) -> tuple[ClaimResult, int | None]:
-        """:meth:`claim` and, for a ``NEW`` delivery, :meth:`turn_started`, in one transaction.
-
-        Returns the claim and the new turn's id (``None`` unless ``NEW``). The turn is
-        recorded ``running`` from now on, started at ``now``; if it never starts, end it with
-        :meth:`release_unstarted`.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        results, write = self._decide([(session_key, k_msg, k_buf, None)], now)
-        await self._run(write, keep=True)
-        return results[0]
-
     async def claim_turns(
         self, requests: Sequence[ClaimRequest], now: float
     ) -> list[tuple[ClaimResult, int | None]]:
-        """:meth:`claim_turn` for each request, in order, without waiting for a commit.
+        """Claim each delivery by its keys (RC §4.6, §7.3), in order, and record the turn of
+        each ``NEW`` one ``running`` (started at ``now``), without waiting for a commit.
 
-        Results are exactly those of sequential :meth:`claim_turn` calls (a later request
-        sharing a key with an earlier ``NEW`` one is ``IN_FLIGHT``) and are final at once:
-        the records are written behind, committed with the next batch, before any operation
-        queued after this call (see :meth:`flush`). Nothing here waits on the disk, so a
-        turn starts without a commit on its path.
+        Per request: the claim and the new turn's id (``None`` unless ``NEW``). ``NEW``: no
+        key is known; an ``IN_FLIGHT`` claim holding both keys was taken and its handle
+        returned. ``COMPLETED`` (either key completed within the window) wins over
+        ``IN_FLIGHT`` (either key running); the handle then names the existing claim. A
+        delivery with neither key is not deduplicated: ``NEW`` with no handle. A later
+        request sharing a key with an earlier ``NEW`` one is ``IN_FLIGHT``. Results are
+        final at once: the records are written behind, committed with the next batch,
+        before any operation queued after this call (see :meth:`flush`). Nothing here waits
+        on the disk, so a turn starts without a commit on its path. A turn that never starts
+        is ended with :meth:`release_unstarted`.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if not requests:
@@ -115,7 +94,7 @@ class _Claims(_Turns):
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         """One transaction: release the claim and forget the turn record of a turn that
-        never started (recorded by :meth:`claim_turn`, then cancelled while queued)."""
+        never started (recorded by :meth:`claim_turns`, then cancelled while queued)."""
         released = self._dedupe.release(handle)
 
         def release(conn: sqlite3.Connection) -> None:
@@ -127,34 +106,3 @@ class _Claims(_Turns):
                 )
 
         await self._run(release, keep=True)
-
-    async def complete(self, handle: ClaimHandle | None, now: float) -> bool:
-        """Mark a claim ``COMPLETED`` (committed on return); False if it is not in flight."""
-        changed, forgotten = self._dedupe.complete(handle, now)
-        if not changed:
-            return False
-        assert handle is not None
-        at = self._dedupe.completed_at(handle)
-        assert at is not None
-
-        def complete(conn: sqlite3.Connection) -> None:
-            complete_claims_in(conn, [(handle.claim_id, at)], forgotten)
-
-        await self._run(complete, keep=True)
-        return True
-
-    async def release(self, handle: ClaimHandle | None) -> bool:
-        """Remove an ``IN_FLIGHT`` claim (shutdown-cancelled or never started).
-
-        A replay of the delivery then runs it. A completed claim is left alone (False).
-        """
-        if not self._dedupe.release(handle):
-            return False
-        assert handle is not None
-        await self._run(lambda conn: delete_claims(conn, [handle.claim_id]), keep=True)
-        return True
-
-    async def claim_status(self, k_msg: MessageKey | None, k_buf: str | None) -> ClaimStatus:
-        """Read-only lookup: ``NEW`` if neither key is known (expired ones still count)."""
-        await trio.lowlevel.checkpoint()
-        return self._dedupe.status(_claim_keys(k_msg, k_buf))

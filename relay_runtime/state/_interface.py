@@ -31,10 +31,6 @@ __all__ = ["OutboxStore", "StateStore", "TurnStore"]
 class TurnStore(Protocol):
     """Claims, turn records and the durable inbox: the part the dispatcher uses."""
 
-    @property
-    def reply_key(self) -> bytes:
-        """The gateway's key replies' ``requestId``s are derived with (kept by the store)."""
-
     async def claim_turns(
         self, requests: Sequence[ClaimRequest], now: float
     ) -> list[tuple[ClaimResult, int | None]]:
@@ -122,6 +118,10 @@ class OutboxStore(Protocol):
 
 class StateStore(TurnStore, OutboxStore, Protocol):
     """A gateway's whole state: what the gateway opens, watches and closes."""
+
+    @property
+    def reply_key(self) -> bytes:
+        """The gateway's key replies' ``requestId``s are derived with (kept by the store)."""
 
     @property
     def location(self) -> str:

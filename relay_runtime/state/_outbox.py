@@ -77,11 +77,6 @@ class _Outbox(_Engine):
         self._log_expired(expired, now)
         return outbox_id
 
-    async def peek_next(self, now: float) -> OutboxEntry | None:
-        """The oldest entry not expired at ``now`` (FIFO), without removing it."""
-        batch = await self.peek_batch(now, 1)
-        return batch[0] if batch else None
-
     async def peek_batch(self, now: float, limit: int) -> list[OutboxEntry]:
         """Up to ``limit`` of the oldest entries not expired at ``now``, oldest first."""
 

@@ -21,14 +21,13 @@ from relay_runtime.state._engine import _Engine
 from relay_runtime.state._records import (
     TURN_RESULT_TTL_S,
     InboxRecord,
-    MessageKey,
     TurnEndState,
     TurnRecord,
     TurnState,
     _check_end_state,
     _claim_keys,
 )
-from relay_runtime.state._sql import _turn, complete_claims_in, delete_claims, start_in
+from relay_runtime.state._sql import _turn, complete_claims_in, delete_claims
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -130,25 +129,6 @@ class _Turns(_Engine):
         return turn_id
 
     # --------------------------------------------------------------- turn results
-
-    async def turn_started(
-        self,
-        session_key: str,
-        k_msg: MessageKey | None,
-        k_buf: str | None,
-        now: float,
-    ) -> int:
-        """Record a turn as ``running``; return its ``turn_id``."""
-        turn_id = self._take_turn_id()
-        await self._run(lambda conn: start_in(conn, turn_id, session_key, k_msg, k_buf, now))
-        return turn_id
-
-    async def turn_finished(
-        self, turn_id: int, state: TurnEndState, now: float, error: str | None = None
-    ) -> bool:
-        """Record a turn's end state; False if the turn is unknown or already ended."""
-        _check_end_state(state)
-        return await self._run(lambda conn: self._finish_in(conn, turn_id, state, now, error))
 
     async def complete_turn(
         self,

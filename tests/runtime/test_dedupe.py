@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 
 from relay_runtime.dedupe import ClaimHandle, ClaimStatus, DedupeWindow
 from relay_runtime.state import DB_FILENAME, ClaimRequest, StateDB
+from tests.runtime import state_steps as steps
 
 DAY = 86400.0
 
@@ -79,13 +80,13 @@ def test_a_completion_is_never_recorded_before_the_newest_one() -> None:
 
 async def test_a_restart_trims_in_the_order_the_window_kept(tmp_path: Path) -> None:
     async with await StateDB.open(tmp_path, now=0.0, dedupe_max=2) as db:
-        a = await db.claim(("relay", "c", "a"), None, 0.0)
-        b = await db.claim(("relay", "c", "b"), None, 0.0)
-        await db.complete(a.handle, 10.0)
-        await db.complete(b.handle, 9.0)
+        a = await steps.claim(db, ("relay", "c", "a"), None, 0.0)
+        b = await steps.claim(db, ("relay", "c", "b"), None, 0.0)
+        await steps.complete(db, a.handle, 10.0)
+        await steps.complete(db, b.handle, 9.0)
     async with await StateDB.open(tmp_path, now=11.0, dedupe_max=1) as db:
-        assert await db.claim_status(("relay", "c", "a"), None) is ClaimStatus.NEW
-        assert await db.claim_status(("relay", "c", "b"), None) is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, ("relay", "c", "a"), None) is ClaimStatus.NEW
+        assert await steps.claim_status(db, ("relay", "c", "b"), None) is ClaimStatus.COMPLETED
 
 
 def test_ids_are_not_reused() -> None:
@@ -135,7 +136,7 @@ def test_after_any_history_a_restart_sees_what_the_window_saw(
                 k_msg, _ = keys[index]
                 k_buf = None if buf is None else f"b{buf}"
                 if kind == "claim":
-                    result = await db.claim(k_msg, k_buf, now)
+                    result = await steps.claim(db, k_msg, k_buf, now)
                     if result.status is ClaimStatus.NEW:
                         handles[index] = result.handle
                 elif kind == "claim_turns":  # written behind, with the next key too
@@ -154,9 +155,9 @@ def test_after_any_history_a_restart_sees_what_the_window_saw(
                         handles[index], None, "completed", now, write_behind=True
                     )
                 elif kind == "complete" and index in handles:
-                    await db.complete(handles[index], now)
+                    await steps.complete(db, handles[index], now)
                 elif kind == "release" and index in handles:
-                    await db.release(handles.pop(index))
+                    await steps.release(db, handles.pop(index))
                 elif kind == "prune":
                     await db.prune(now)
             await db.prune(now)  # reopening expires by the window too: line both up
@@ -173,7 +174,7 @@ def test_after_any_history_a_restart_sees_what_the_window_saw(
             assert {key for key, _ in in_file} == set(db._dedupe._by_key)
             assert sum(1 for _, state in in_file if state == "completed") <= 2 * 2  # keys
             seen = {
-                (k_msg, b): await db.claim_status(k_msg, b)
+                (k_msg, b): await steps.claim_status(db, k_msg, b)
                 for k_msg, _ in keys
                 for b in [None, "b0", "b1", "b2", "b3"]
             }
@@ -181,7 +182,7 @@ def test_after_any_history_a_restart_sees_what_the_window_saw(
             for (k_msg, b), status in seen.items():
                 # In-flight claims are released by a restart; completed ones are kept.
                 expected = ClaimStatus.NEW if status is ClaimStatus.IN_FLIGHT else status
-                assert await db.claim_status(k_msg, b) is expected, (k_msg, b)
+                assert await steps.claim_status(db, k_msg, b) is expected, (k_msg, b)
 
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(run, Path(tmp))

@@ -24,6 +24,7 @@ from relay_runtime.dispatcher import Dispatcher
 from relay_runtime.replies import Replies
 from relay_runtime.state import DB_FILENAME, ClaimStatus, StateDB
 from relay_runtime.turn import Turn
+from tests.runtime import state_steps as steps
 from tests.runtime.dispatch_helpers import FakeLink, MemoryState, Verdict, inbound
 
 IDENTITIES = (Identity("discord", "b1"),)
@@ -262,8 +263,8 @@ async def test_R64_turn_cancelled_by_shutdown_is_not_acked_and_runs_on_replay(
             await started.wait()
             nursery.cancel_scope.cancel()  # shutdown
         assert rig.link.acks == []
-        assert await db.claim_status(("discord", "c1", "m1"), "b1") is ClaimStatus.NEW
-        assert await db.claim_status(("discord", "c1", "m2"), "b2") is ClaimStatus.NEW
+        assert await steps.claim_status(db, ("discord", "c1", "m1"), "b1") is ClaimStatus.NEW
+        assert await steps.claim_status(db, ("discord", "c1", "m2"), "b2") is ClaimStatus.NEW
         assert [t.state for t in await db.turns()] == ["cancelled"]
         async with trio.open_nursery() as nursery:
             rig = make_rig(nursery, quick, state=db)
@@ -333,7 +334,7 @@ async def test_R65_a_replay_of_a_live_delivery_is_acked_after_its_completion_com
         rig = make_rig(nursery, echo, state=db, link=link)
         await rig.feed(inbound("x", message_id="m1"))
         await rig.settle()
-        assert await db.claim_status(("discord", "c1", "m1"), None) is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, ("discord", "c1", "m1"), None) is ClaimStatus.COMPLETED
         await rig.feed(inbound("x", message_id="m1", buffer_id="b1"))
         await rig.settle()
         nursery.cancel_scope.cancel()

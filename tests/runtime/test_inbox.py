@@ -20,6 +20,7 @@ from relay_runtime.outbound import RequestIds, reply_ids_for
 from relay_runtime.replies import Replies
 from relay_runtime.state import DB_FILENAME, RESUME_MAX, StateDB
 from relay_runtime.turn import Turn
+from tests.runtime import state_steps as steps
 from tests.runtime.dispatch_helpers import FakeLink, Verdict, inbound
 
 IDENTITIES = (Identity("discord", "b1"),)
@@ -231,9 +232,11 @@ async def test_a_live_message_that_keeps_being_cut_is_given_up_after_resume_max(
 
 async def test_turn_records_are_bounded_by_count_as_well_as_age(tmp_path: Path) -> None:
     async with await StateDB.open(tmp_path, now=1000.0, turns_max=5) as db:
-        await db.claim_turn("s", ("discord", "c", "first"), None, 1000.0)
+        await steps.claim_turn(db, "s", ("discord", "c", "first"), None, 1000.0)
         for i in range(12):
-            claim, turn_id = await db.claim_turn("s", ("discord", "c", f"m{i}"), None, 1000.0)
+            claim, turn_id = await steps.claim_turn(
+                db, "s", ("discord", "c", f"m{i}"), None, 1000.0
+            )
             await db.complete_turn(claim.handle, turn_id, "completed", 1001.0)
         kept = await db.turns()
     # The newest five ended ones, and the one still running (never dropped).

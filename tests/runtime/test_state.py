@@ -26,6 +26,7 @@ from relay_runtime.state import (
     StateError,
     _Op,
 )
+from tests.runtime import state_steps as steps
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,7 +67,7 @@ async def test_R45_outbox_entries_survive_restart_in_fifo_order(tmp_path: Path) 
         # FIFO: the flusher peeks, delivers, deletes; new sends queue behind.
         newer = await put_send(db, "late", T0 + 11)
         seen = []
-        while (entry := await db.peek_next(T0 + 12)) is not None:
+        while (entry := await steps.peek_next(db, T0 + 12)) is not None:
             seen.append(entry.request_id)
             assert await db.delete(entry.id)
         assert seen == ["m0", "m1", "m2", "rf", "late"]
@@ -84,11 +85,11 @@ async def test_R46_expired_entries_are_dropped_with_warning_never_peeked(
 
         # At 15 min the follow_up has expired: peek skips it and expire removes it.
         at = T0 + FOLLOW_UP_TTL_S
-        first = await db.peek_next(at)
+        first = await steps.peek_next(db, at)
         assert first is not None
         assert first.id == send_id
         await db.delete(send_id)
-        assert await db.peek_next(at) is None
+        assert await steps.peek_next(db, at) is None
         caplog.set_level(logging.WARNING, logger="relay_runtime.state")
         expired = await db.expire(at)
         assert [e.id for e in expired] == [follow_id]
@@ -101,7 +102,7 @@ async def test_R46_expired_entries_are_dropped_with_warning_never_peeked(
         # A send lives 24 h: still there a second before, gone at the mark.
         send2 = await put_send(db, "s2", T0)
         assert await db.expire(T0 + DAY - 1) == []
-        peeked = await db.peek_next(T0 + DAY - 1)
+        peeked = await steps.peek_next(db, T0 + DAY - 1)
         assert peeked is not None
         assert peeked.id == send2
         assert [e.id for e in await db.expire(T0 + DAY)] == [send2]
@@ -111,8 +112,8 @@ async def test_R46_expired_entries_are_dropped_with_warning_never_peeked(
 async def test_R46_outbox_ttl_follows_config(tmp_path: Path) -> None:
     async with await open_db(tmp_path, outbox_ttl_s=60) as db:
         await put_send(db, "s", T0)
-        assert await db.peek_next(T0 + 59) is not None
-        assert await db.peek_next(T0 + 60) is None
+        assert await steps.peek_next(db, T0 + 59) is not None
+        assert await steps.peek_next(db, T0 + 60) is None
 
 
 async def test_R47_full_outbox_rejects_and_never_evicts(tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ async def test_outbox_attempts_survive_restart(tmp_path: Path) -> None:
         await db.bump_attempts(entry_id)
         await db.bump_attempts(entry_id)
     async with await open_db(tmp_path) as db:
-        entry = await db.peek_next(T0)
+        entry = await steps.peek_next(db, T0)
         assert entry is not None
         assert entry.attempts == 2
 
@@ -210,90 +211,90 @@ K2 = ("telegram", "chat1", "m2")
 
 async def test_R61_completed_key_replay_is_completed_by_either_key(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        first = await db.claim(K1, "buf-1", T0)
+        first = await steps.claim(db, K1, "buf-1", T0)
         assert first.status is ClaimStatus.NEW
         assert first.handle is not None
-        assert await db.complete(first.handle, T0 + 1)
+        await steps.complete(db, first.handle, T0 + 1)
         # Replay by the same bufferId, by the same message under a new bufferId, and by both.
         for k_msg, k_buf in ((None, "buf-1"), (K1, "buf-9"), (K1, "buf-1"), (K1, None)):
-            again = await db.claim(k_msg, k_buf, T0 + 2)
+            again = await steps.claim(db, k_msg, k_buf, T0 + 2)
             assert again.status is ClaimStatus.COMPLETED
             assert again.handle == first.handle
         # A different message is new.
-        assert (await db.claim(K2, "buf-2", T0 + 3)).status is ClaimStatus.NEW
+        assert (await steps.claim(db, K2, "buf-2", T0 + 3)).status is ClaimStatus.NEW
 
 
 async def test_R62_duplicate_mid_turn_is_in_flight(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        first = await db.claim(K1, None, T0)
-        dup = await db.claim(K1, "buf-7", T0 + 1)
+        first = await steps.claim(db, K1, None, T0)
+        dup = await steps.claim(db, K1, "buf-7", T0 + 1)
         assert dup.status is ClaimStatus.IN_FLIGHT
         assert dup.handle == first.handle
         # The duplicate did not take over the claim: completing the original completes it.
-        await db.complete(first.handle, T0 + 2)
-        assert (await db.claim(K1, "buf-7", T0 + 3)).status is ClaimStatus.COMPLETED
+        await steps.complete(db, first.handle, T0 + 2)
+        assert (await steps.claim(db, K1, "buf-7", T0 + 3)).status is ClaimStatus.COMPLETED
         # Its bufferId was not registered by the refused claim.
-        assert (await db.claim(None, "buf-7", T0 + 3)).status is ClaimStatus.NEW
+        assert (await steps.claim(db, None, "buf-7", T0 + 3)).status is ClaimStatus.NEW
 
 
 async def test_completed_wins_over_in_flight_when_keys_disagree(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        done = await db.claim(K1, None, T0)
-        await db.complete(done.handle, T0)
-        running = await db.claim(None, "buf-x", T0)
+        done = await steps.claim(db, K1, None, T0)
+        await steps.complete(db, done.handle, T0)
+        running = await steps.claim(db, None, "buf-x", T0)
         assert running.status is ClaimStatus.NEW
-        both = await db.claim(K1, "buf-x", T0 + 1)
+        both = await steps.claim(db, K1, "buf-x", T0 + 1)
         assert both.status is ClaimStatus.COMPLETED
         assert both.handle == done.handle
 
 
 async def test_R63_completed_keys_survive_restart(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        claim = await db.claim(K1, "buf-1", T0)
-        await db.complete(claim.handle, T0 + 1)
+        claim = await steps.claim(db, K1, "buf-1", T0)
+        await steps.complete(db, claim.handle, T0 + 1)
     async with await open_db(tmp_path, now=T0 + 100) as db:
-        assert (await db.claim(None, "buf-1", T0 + 100)).status is ClaimStatus.COMPLETED
-        assert (await db.claim(K1, None, T0 + 100)).status is ClaimStatus.COMPLETED
-        assert await db.claim_status(K1, None) is ClaimStatus.COMPLETED
+        assert (await steps.claim(db, None, "buf-1", T0 + 100)).status is ClaimStatus.COMPLETED
+        assert (await steps.claim(db, K1, None, T0 + 100)).status is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, K1, None) is ClaimStatus.COMPLETED
 
 
 async def test_R64_released_claim_runs_again_on_replay(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        claim = await db.claim(K1, "buf-1", T0)
-        assert await db.release(claim.handle)
-        replay = await db.claim(K1, "buf-1", T0 + 1)
+        claim = await steps.claim(db, K1, "buf-1", T0)
+        await steps.release(db, claim.handle)
+        replay = await steps.claim(db, K1, "buf-1", T0 + 1)
         assert replay.status is ClaimStatus.NEW
         assert replay.handle != claim.handle
         # A completed claim cannot be released.
-        await db.complete(replay.handle, T0 + 2)
-        assert not await db.release(replay.handle)
-        assert (await db.claim(K1, None, T0 + 3)).status is ClaimStatus.COMPLETED
+        await steps.complete(db, replay.handle, T0 + 2)
+        await steps.release(db, replay.handle)
+        assert (await steps.claim(db, K1, None, T0 + 3)).status is ClaimStatus.COMPLETED
 
 
 async def test_dedupe_window_expires_completed_keys(tmp_path: Path) -> None:
     async with await open_db(tmp_path, dedupe_window_s=DAY) as db:
-        claim = await db.claim(K1, "buf-1", T0)
-        await db.complete(claim.handle, T0)
-        assert (await db.claim(K1, None, T0 + DAY - 1)).status is ClaimStatus.COMPLETED
-        assert (await db.claim(K1, None, T0 + DAY)).status is ClaimStatus.NEW
+        claim = await steps.claim(db, K1, "buf-1", T0)
+        await steps.complete(db, claim.handle, T0)
+        assert (await steps.claim(db, K1, None, T0 + DAY - 1)).status is ClaimStatus.COMPLETED
+        assert (await steps.claim(db, K1, None, T0 + DAY)).status is ClaimStatus.NEW
 
 
 async def test_dedupe_max_evicts_oldest_completed(tmp_path: Path) -> None:
     async with await open_db(tmp_path, dedupe_max=3) as db:
         for i in range(4):
-            claim = await db.claim(("relay", "c", f"m{i}"), f"b{i}", T0 + i)
-            await db.complete(claim.handle, T0 + i)
+            claim = await steps.claim(db, ("relay", "c", f"m{i}"), f"b{i}", T0 + i)
+            await steps.complete(db, claim.handle, T0 + i)
         # m0 (oldest) was evicted under both of its keys; m1..m3 are remembered.
-        assert await db.claim_status(("relay", "c", "m0"), None) is ClaimStatus.NEW
-        assert await db.claim_status(None, "b0") is ClaimStatus.NEW
+        assert await steps.claim_status(db, ("relay", "c", "m0"), None) is ClaimStatus.NEW
+        assert await steps.claim_status(db, None, "b0") is ClaimStatus.NEW
         for i in (1, 2, 3):
-            assert await db.claim_status(None, f"b{i}") is ClaimStatus.COMPLETED
+            assert await steps.claim_status(db, None, f"b{i}") is ClaimStatus.COMPLETED
         # In-flight claims do not count and are never evicted.
-        running = await db.claim(("relay", "c", "run"), None, T0 + 10)
-        claim = await db.claim(("relay", "c", "m4"), None, T0 + 11)
-        await db.complete(claim.handle, T0 + 11)
-        assert await db.claim_status(("relay", "c", "run"), None) is ClaimStatus.IN_FLIGHT
-        assert await db.claim_status(None, "b1") is ClaimStatus.NEW
+        running = await steps.claim(db, ("relay", "c", "run"), None, T0 + 10)
+        claim = await steps.claim(db, ("relay", "c", "m4"), None, T0 + 11)
+        await steps.complete(db, claim.handle, T0 + 11)
+        assert await steps.claim_status(db, ("relay", "c", "run"), None) is ClaimStatus.IN_FLIGHT
+        assert await steps.claim_status(db, None, "b1") is ClaimStatus.NEW
         assert running.status is ClaimStatus.NEW
 
 
@@ -311,13 +312,14 @@ def completed_rows(path: Path) -> list[tuple[int, str]]:
 async def test_file_follows_the_window_through_trim_expiry_and_release(tmp_path: Path) -> None:
     async with await open_db(tmp_path, dedupe_max=3) as db:
         for i in range(5):
-            claim = await db.claim(("relay", "c", f"m{i}"), None, T0 + i)
+            claim = await steps.claim(db, ("relay", "c", f"m{i}"), None, T0 + i)
             assert claim.handle is not None
-            await db.complete(claim.handle, T0 + i)
-            assert not await db.complete(claim.handle, T0 + i)  # twice: no effect
-        running = await db.claim(("relay", "c", "run"), None, T0 + 6)
-        assert await db.release(running.handle)
-        assert not await db.release(running.handle)
+            await steps.complete(db, claim.handle, T0 + i)
+            await steps.complete(db, claim.handle, T0 + i + 0.5)  # twice: no effect
+        running = await steps.claim(db, ("relay", "c", "run"), None, T0 + 6)
+        await steps.release(db, running.handle)
+        await steps.release(db, running.handle)
+        assert await steps.claim_status(db, ("relay", "c", "run"), None) is ClaimStatus.NEW
         assert [k for _, k in completed_rows(tmp_path)] == [
             '["msg","relay","c","m2"]',
             '["msg","relay","c","m3"]',
@@ -325,8 +327,8 @@ async def test_file_follows_the_window_through_trim_expiry_and_release(tmp_path:
         ]
         await db.prune(T0 + DAY + 3.5)  # m2 and m3 leave the window
         assert [k for _, k in completed_rows(tmp_path)] == ['["msg","relay","c","m4"]']
-        assert await db.claim_status(("relay", "c", "m3"), None) is ClaimStatus.NEW
-        assert await db.claim_status(("relay", "c", "m4"), None) is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, ("relay", "c", "m3"), None) is ClaimStatus.NEW
+        assert await steps.claim_status(db, ("relay", "c", "m4"), None) is ClaimStatus.COMPLETED
 
 
 async def test_restart_reads_the_window_back_and_trims_it_to_a_lower_bound(
@@ -335,18 +337,18 @@ async def test_restart_reads_the_window_back_and_trims_it_to_a_lower_bound(
     async with await open_db(tmp_path) as db:
         handles = []
         for i in range(4):
-            claim = await db.claim(("relay", "c", f"m{i}"), f"b{i}", T0 + i)
+            claim = await steps.claim(db, ("relay", "c", f"m{i}"), f"b{i}", T0 + i)
             handles.append(claim.handle)
-            await db.complete(claim.handle, T0 + i)
-        released = await db.claim(("relay", "c", "gone"), None, T0 + 5)
-        await db.release(released.handle)
+            await steps.complete(db, claim.handle, T0 + i)
+        released = await steps.claim(db, ("relay", "c", "gone"), None, T0 + 5)
+        await steps.release(db, released.handle)
     async with await open_db(tmp_path, now=T0 + 10, dedupe_max=2) as db:
         for i, expected in enumerate(["new", "new", "completed", "completed"]):
-            assert (await db.claim_status(None, f"b{i}")).value == expected
-            assert (await db.claim_status(("relay", "c", f"m{i}"), None)).value == expected
+            assert (await steps.claim_status(db, None, f"b{i}")).value == expected
+            assert (await steps.claim_status(db, ("relay", "c", f"m{i}"), None)).value == expected
         assert {c for c, _ in completed_rows(tmp_path)} == {h.claim_id for h in handles[2:]}
         # Ids are never reused, not even a released claim's.
-        fresh = await db.claim(("relay", "c", "fresh"), None, T0 + 11)
+        fresh = await steps.claim(db, ("relay", "c", "fresh"), None, T0 + 11)
         assert fresh.handle is not None and released.handle is not None
         assert fresh.handle.claim_id > released.handle.claim_id
 
@@ -399,19 +401,21 @@ async def test_a_completion_written_behind_is_decided_at_once_and_committed_late
     tmp_path: Path,
 ) -> None:
     async with await open_db(tmp_path) as db:
-        claim, turn_id = await db.claim_turn("s", K1, None, T0)
+        claim, turn_id = await steps.claim_turn(db, "s", K1, None, T0)
         commits = _commits(db)
         await db.complete_turn(claim.handle, turn_id, "completed", T0 + 1, write_behind=True)
         assert commits == []
-        assert await db.claim_status(K1, None) is ClaimStatus.COMPLETED
-        assert (await db.claim(K1, None, T0 + 2)).status is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, K1, None) is ClaimStatus.COMPLETED
+        assert (await steps.claim(db, K1, None, T0 + 2)).status is ClaimStatus.COMPLETED
         assert len(commits) == 1  # the claim above went to the file behind it
         assert completed_rows(tmp_path) != []
-        other, other_turn = await db.claim_turn("s", ("telegram", "chat1", "m2"), None, T0)
+        other, other_turn = await steps.claim_turn(db, "s", ("telegram", "chat1", "m2"), None, T0)
         await db.complete_turn(other.handle, other_turn, "failed", T0 + 3, "E", write_behind=True)
     # Closing committed it.
     async with await open_db(tmp_path, now=T0 + 4) as db:
-        assert await db.claim_status(("telegram", "chat1", "m2"), None) is ClaimStatus.COMPLETED
+        assert (
+            await steps.claim_status(db, ("telegram", "chat1", "m2"), None) is ClaimStatus.COMPLETED
+        )
         record = await db.turn(other_turn)  # type: ignore[arg-type]
         assert record is not None and (record.state, record.error) == ("failed", "E")
 
@@ -448,7 +452,7 @@ async def test_a_failed_record_written_behind_is_kept_in_order_and_flush_says_so
 
 async def test_a_cancelled_completion_is_still_recorded(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        claim, turn_id = await db.claim_turn("s", K1, None, T0)
+        claim, turn_id = await steps.claim_turn(db, "s", K1, None, T0)
         blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         async with trio.open_nursery() as nursery:
@@ -460,7 +464,7 @@ async def test_a_cancelled_completion_is_still_recorded(tmp_path: Path) -> None:
             assert scope.cancelled_caught
             blocker.execute("COMMIT")
         blocker.close()
-        assert await db.claim_status(K1, None) is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, K1, None) is ClaimStatus.COMPLETED
         await db.flush()
         assert claim.handle is not None
         key = '["msg","telegram","chat1","m1"]'
@@ -472,29 +476,31 @@ async def test_a_cancelled_completion_is_still_recorded(tmp_path: Path) -> None:
 async def test_delivery_without_keys_is_not_deduplicated(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
         for k_msg in (None, ("relay", "", "m1"), ("relay", "c", "")):
-            result = await db.claim(k_msg, None, T0)
+            result = await steps.claim(db, k_msg, None, T0)
             assert result.status is ClaimStatus.NEW
             assert result.handle is None
-            result = await db.claim(k_msg, "", T0)
+            result = await steps.claim(db, k_msg, "", T0)
             assert result.status is ClaimStatus.NEW
-        assert not await db.complete(None, T0)
-        assert not await db.release(None)
+        await steps.complete(db, None, T0)
+        await steps.release(db, None)
 
 
 async def test_msg_key_parts_cannot_collide(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        claim = await db.claim(("a:b", "c", "d"), None, T0)
-        await db.complete(claim.handle, T0)
-        assert (await db.claim(("a", "b:c", "d"), None, T0)).status is ClaimStatus.NEW
+        claim = await steps.claim(db, ("a:b", "c", "d"), None, T0)
+        await steps.complete(db, claim.handle, T0)
+        assert (await steps.claim(db, ("a", "b:c", "d"), None, T0)).status is ClaimStatus.NEW
         # A bufferId equal to a message id is a different key.
-        assert (await db.claim(None, "d", T0)).status is ClaimStatus.NEW
+        assert (await steps.claim(db, None, "d", T0)).status is ClaimStatus.NEW
 
 
 async def test_R29_numeric_and_string_ids_are_one_key(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        claim = await db.claim(("telegram", 42, 12345), None, T0)  # type: ignore[arg-type]
-        await db.complete(claim.handle, T0)
-        assert await db.claim_status(("telegram", "42", "12345"), None) is ClaimStatus.COMPLETED
+        claim = await steps.claim(db, ("telegram", 42, 12345), None, T0)  # type: ignore[arg-type]
+        await steps.complete(db, claim.handle, T0)
+        assert (
+            await steps.claim_status(db, ("telegram", "42", "12345"), None) is ClaimStatus.COMPLETED
+        )
 
 
 # ------------------------------------------------------------------------ turn results
@@ -502,8 +508,8 @@ async def test_R29_numeric_and_string_ids_are_one_key(tmp_path: Path) -> None:
 
 async def test_complete_turn_records_result_and_completes_claim_together(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        claim = await db.claim(K1, "buf-1", T0)
-        turn_id = await db.turn_started("agent:main:telegram:dm:chat1", K1, "buf-1", T0)
+        claim, turn_id = await steps.claim_turn(db, "agent:main:telegram:dm:chat1", K1, "buf-1", T0)
+        assert turn_id is not None
         running = await db.turn(turn_id)
         assert running is not None
         assert running.state == "running"
@@ -521,27 +527,27 @@ async def test_complete_turn_records_result_and_completes_claim_together(tmp_pat
         assert rec.k_buf == "buf-1"
         assert rec.session_key == "agent:main:telegram:dm:chat1"
         # R66: a raising handler counts as completed.
-        assert await db.claim_status(None, "buf-1") is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, None, "buf-1") is ClaimStatus.COMPLETED
 
 
 async def test_release_turn_records_cancelled_and_frees_claim(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        claim = await db.claim(K1, "buf-1", T0)
-        turn_id = await db.turn_started("s", K1, "buf-1", T0)
+        claim, turn_id = await steps.claim_turn(db, "s", K1, "buf-1", T0)
+        assert turn_id is not None
         await db.release_turn(claim.handle, turn_id, T0 + 1)
         rec = await db.turn(turn_id)
         assert rec is not None
         assert rec.state == "cancelled"
-        assert (await db.claim(K1, "buf-1", T0 + 2)).status is ClaimStatus.NEW
+        assert (await steps.claim(db, K1, "buf-1", T0 + 2)).status is ClaimStatus.NEW
 
 
 @pytest.mark.parametrize("state", ["completed", "failed", "interrupted", "denied", "cancelled"])
 async def test_turn_end_states(tmp_path: Path, state: str) -> None:
     async with await open_db(tmp_path) as db:
-        turn_id = await db.turn_started("s", None, None, T0)
-        assert await db.turn_finished(turn_id, state, T0 + 1)  # type: ignore[arg-type]
+        turn_id = await steps.turn_started(db, "s", T0)
+        await steps.turn_finished(db, turn_id, state, T0 + 1)  # type: ignore[arg-type]
         # An ended turn is not ended twice.
-        assert not await db.turn_finished(turn_id, "completed", T0 + 2)
+        await steps.turn_finished(db, turn_id, "completed", T0 + 2)
         rec = await db.turn(turn_id)
         assert rec is not None
         assert (rec.state, rec.ended_at) == (state, T0 + 1)
@@ -549,16 +555,16 @@ async def test_turn_end_states(tmp_path: Path, state: str) -> None:
 
 async def test_turn_end_state_is_validated(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        turn_id = await db.turn_started("s", None, None, T0)
+        turn_id = await steps.turn_started(db, "s", T0)
         with pytest.raises(StateError, match=r"turn end state must be one of .* got 'running'"):
-            await db.turn_finished(turn_id, "running", T0)  # type: ignore[arg-type]
+            await steps.turn_finished(db, turn_id, "running", T0)  # type: ignore[arg-type]
 
 
 async def test_turn_results_kept_24h(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        old = await db.turn_started("s", None, None, T0)
-        await db.turn_finished(old, "completed", T0)
-        live = await db.turn_started("s", None, None, T0 + 10)
+        old = await steps.turn_started(db, "s", T0)
+        await steps.turn_finished(db, old, "completed", T0)
+        live = await steps.turn_started(db, "s", T0 + 10)
         assert await db.prune(T0 + DAY - 1) == 0
         assert await db.turn(old) is not None
         assert await db.prune(T0 + DAY) == 1
@@ -572,12 +578,10 @@ async def test_crash_recovery_marks_running_turns_crashed_and_releases_claims(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     db = await open_db(tmp_path)
-    in_flight = await db.claim(K1, "buf-1", T0)
-    done = await db.claim(K2, "buf-2", T0)
-    await db.complete(done.handle, T0 + 1)
-    running = await db.turn_started("s", K1, "buf-1", T0)
-    finished = await db.turn_started("s", K2, "buf-2", T0)
-    await db.turn_finished(finished, "completed", T0 + 1)
+    in_flight, running = await steps.claim_turn(db, "s", K1, "buf-1", T0)
+    done, finished = await steps.claim_turn(db, "s", K2, "buf-2", T0)
+    assert running is not None and finished is not None
+    await db.complete_turn(done.handle, finished, "completed", T0 + 1)
     await db.aclose()  # no clean end for `running`: as after a crash
 
     caplog.set_level(logging.WARNING, logger="relay_runtime.state")
@@ -591,10 +595,10 @@ async def test_crash_recovery_marks_running_turns_crashed_and_releases_claims(
         assert await db.turns("running") == []
         assert any("crash" in r.getMessage() for r in caplog.records)
         # The in-flight delivery runs again on replay; the completed one does not.
-        replay = await db.claim(K1, "buf-1", T0 + 51)
+        replay = await steps.claim(db, K1, "buf-1", T0 + 51)
         assert replay.status is ClaimStatus.NEW
         assert replay.handle != in_flight.handle
-        assert (await db.claim(K2, None, T0 + 51)).status is ClaimStatus.COMPLETED
+        assert (await steps.claim(db, K2, None, T0 + 51)).status is ClaimStatus.COMPLETED
 
 
 # --------------------------------------------------------------------- file and schema
@@ -847,7 +851,7 @@ async def test_a_failing_operation_rolls_back_alone_and_raises_to_its_caller(
                 outcomes[name] = exc
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(call, "lead", lambda: db.turn_started("s", None, None, T0))
+            nursery.start_soon(call, "lead", lambda: steps.turn_started(db, "s", T0))
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(call, "put1", lambda: put_send(db, "a"))
             await trio.testing.wait_all_tasks_blocked()
@@ -932,7 +936,9 @@ async def test_neighbouring_completions_run_in_bulk_with_the_effects_of_one_by_o
     async def deliveries(db: StateDB) -> list[tuple[object, int | None]]:
         claimed = []
         for i in range(len(ends)):
-            claim, turn_id = await db.claim_turn(f"s{i % 2}", ("relay", "c", f"m{i}"), None, T0)
+            claim, turn_id = await steps.claim_turn(
+                db, f"s{i % 2}", ("relay", "c", f"m{i}"), None, T0
+            )
             claimed.append((claim.handle, turn_id))
         return claimed
 
@@ -1032,26 +1038,26 @@ async def test_a_failing_bulk_is_rolled_back_and_its_operations_run_one_by_one(
 async def test_claim_turn_claims_and_records_the_turn_in_one_transaction(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
         commits = _commits(db)
-        claim, turn_id = await db.claim_turn("s", K1, "buf-1", T0)
+        claim, turn_id = await steps.claim_turn(db, "s", K1, "buf-1", T0)
         assert len(commits) == 1
         assert claim.status is ClaimStatus.NEW and turn_id is not None
         record = await db.turn(turn_id)
         assert record is not None and record.state == "running" and record.k_buf == "buf-1"
-        dup, dup_turn = await db.claim_turn("s", K1, None, T0 + 1)
+        dup, dup_turn = await steps.claim_turn(db, "s", K1, None, T0 + 1)
         assert dup.status is ClaimStatus.IN_FLIGHT and dup_turn is None
         await db.complete_turn(claim.handle, turn_id, "completed", T0 + 2)
-        done, done_turn = await db.claim_turn("s", None, "buf-1", T0 + 3)
+        done, done_turn = await steps.claim_turn(db, "s", None, "buf-1", T0 + 3)
         assert done.status is ClaimStatus.COMPLETED and done_turn is None
         assert len(await db.turns()) == 1
 
 
 async def test_release_unstarted_frees_the_claim_and_forgets_the_turn(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        claim, turn_id = await db.claim_turn("s", K1, "buf-1", T0)
+        claim, turn_id = await steps.claim_turn(db, "s", K1, "buf-1", T0)
         await db.release_unstarted(claim.handle, turn_id)
         assert await db.turns() == []
-        assert await db.claim_status(K1, "buf-1") is ClaimStatus.NEW
-        again, _ = await db.claim_turn("s", K1, "buf-1", T0 + 1)
+        assert await steps.claim_status(db, K1, "buf-1") is ClaimStatus.NEW
+        again, _ = await steps.claim_turn(db, "s", K1, "buf-1", T0 + 1)
         assert again.status is ClaimStatus.NEW
 
 
@@ -1059,7 +1065,7 @@ async def test_claim_turns_records_in_one_transaction_and_resolves_like_sequenti
     tmp_path: Path,
 ) -> None:
     async with await open_db(tmp_path) as db:
-        first, first_turn = await db.claim_turn("s0", ("discord", "c", "done"), None, T0)
+        first, first_turn = await steps.claim_turn(db, "s0", ("discord", "c", "done"), None, T0)
         await db.complete_turn(first.handle, first_turn, "completed", T0)
         commits = _commits(db)
         results = await db.claim_turns(
