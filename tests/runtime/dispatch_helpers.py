@@ -1,10 +1,11 @@
 """Stand-ins for dispatcher/reply-policy unit tests.
 
 ``FakeLink`` plays the supervisor (state, descriptors, ``request``, ``send_nowait``).
-``MemoryState`` is an in-memory twin of the state db's claim/turn/outbox calls, used where a
-test runs under ``autojump_clock``: the real ``StateDB`` works in a worker thread, and a
-thread the mock clock cannot see makes autojump fire timers early. Tests that need real
-durability (restart, R45, R63) use the real ``StateDB`` without timers.
+``MemoryState`` is an in-memory twin of the state interface, used where a test runs under
+``autojump_clock``: the real ``StateDB`` works in a worker thread, and a thread the mock
+clock cannot see makes autojump fire timers early (``relay_runtime.testing.
+autojump_around_threads`` is the way to run the real one under a mock clock). The contract
+suite (test_state_contract.py) holds the twin to the real store's behaviour.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from protocol.results import NOT_CONNECTED, SendResult
 from relay_runtime.outbound import OutboundRouter
 from relay_runtime.state import (
     FOLLOW_UP_TTL_S,
+    TURN_END_STATES,
     Attempt,
     ClaimHandle,
     ClaimRequest,
@@ -35,6 +37,7 @@ from relay_runtime.state import (
     OutboxEntry,
     OutboxFull,
     OutboxKind,
+    StateError,
     TurnEndState,
 )
 from trust.model import Decision
@@ -107,10 +110,17 @@ class _Claim:
 
 @attrs.define(eq=False)
 class MemoryState:
-    """In-memory twin of the ``StateDB`` calls the dispatcher and reply policy make."""
+    """In-memory twin of the state interface (:class:`~relay_runtime.state.StateStore`'s
+    ``TurnStore`` and ``OutboxStore`` calls), for tests that run under ``autojump_clock``.
+
+    Its public calls are exactly the interface's; ``tests/runtime/test_state_contract.py``
+    runs the same scenarios against it and the real SQLite store, so the twin cannot drift.
+    ``claim_batches``, ``turns``, ``inbox`` and ``outbox`` are there to inspect.
+    """
 
     outbox_max: int = 1000
     outbox_ttl_s: float = 86400
+    reply_key: bytes = b"k" * 32
     claims: dict[int, _Claim] = attrs.field(factory=dict)
     keys: dict[str, int] = attrs.field(factory=dict)
     turns: dict[int, tuple[str, str]] = attrs.field(factory=dict)
@@ -122,11 +132,10 @@ class MemoryState:
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     # dedupe + turns
-    async def claim(self, k_msg: MessageKey | None, k_buf: str | None, now: float) -> ClaimResult:
-        await trio.lowlevel.checkpoint()
+    def _claim(self, k_msg: MessageKey | None, k_buf: str | None) -> ClaimResult:
         keys = []
         if k_msg is not None and k_msg[1] and k_msg[2]:
-            keys.append(f"msg:{k_msg}")
+            keys.append(f"msg:{[str(part) for part in k_msg]}")
         if k_buf:
             keys.append(f"buf:{k_buf}")
         if not keys:
@@ -143,25 +152,20 @@ class MemoryState:
             self.keys[k] = cid
         return ClaimResult(ClaimStatus.NEW, ClaimHandle(cid))
 
-    async def release(self, handle: ClaimHandle | None) -> bool:
-        await trio.lowlevel.checkpoint()
+    def _release(self, handle: ClaimHandle | None) -> None:
         if handle is None or handle.claim_id not in self.claims:
-            return False
+            return
         claim = self.claims[handle.claim_id]
         if claim.state != "in_flight":
-            return False
+            return
         del self.claims[handle.claim_id]
         for k in claim.keys:
             self.keys.pop(k, None)
-        return True
 
-    async def turn_started(
-        self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
-    ) -> int:
-        await trio.lowlevel.checkpoint()
-        tid = next(self._ids)
-        self.turns[tid] = (session_key, "running")
-        return tid
+    def _end(self, turn_id: int | None, state: str) -> None:
+        if turn_id is not None and self.turns.get(turn_id, ("", ""))[1] == "running":
+            self.turns[turn_id] = (self.turns[turn_id][0], state)
+            self.inbox.pop(turn_id, None)
 
     async def complete_turn(
         self,
@@ -174,36 +178,34 @@ class MemoryState:
         write_behind: bool = False,
     ) -> None:
         await trio.lowlevel.checkpoint()
+        if state not in TURN_END_STATES:
+            raise StateError(f"turn end state must be one of {sorted(TURN_END_STATES)}")
         if handle is not None and handle.claim_id in self.claims:
             self.claims[handle.claim_id].state = "completed"
-        if turn_id is not None:
-            self.turns[turn_id] = (self.turns[turn_id][0], state)
+        self._end(turn_id, state)
 
     async def release_turn(
         self, handle: ClaimHandle | None, turn_id: int | None, now: float
     ) -> None:
-        await self.release(handle)
-        if turn_id is not None:
-            self.turns[turn_id] = (self.turns[turn_id][0], "cancelled")
-
-    async def claim_turn(
-        self, session_key: str, k_msg: MessageKey | None, k_buf: str | None, now: float
-    ) -> tuple[ClaimResult, int | None]:
-        result = await self.claim(k_msg, k_buf, now)
-        if result.status is not ClaimStatus.NEW:
-            return result, None
-        return result, await self.turn_started(session_key, k_msg, k_buf, now)
+        await trio.lowlevel.checkpoint()
+        self._release(handle)
+        self._end(turn_id, "cancelled")
 
     async def claim_turns(
         self, requests: Sequence[ClaimRequest], now: float
     ) -> list[tuple[ClaimResult, int | None]]:
+        await trio.lowlevel.checkpoint()
         self.claim_batches.append(len(requests))
-        results = []
+        results: list[tuple[ClaimResult, int | None]] = []
         for r in requests:
-            result = await self.claim_turn(r.session_key, r.k_msg, r.k_buf, now)
-            if result[1] is not None and r.inbound is not None:
-                self.inbox[result[1]] = r.inbound
-            results.append(result)
+            result = self._claim(r.k_msg, r.k_buf)
+            turn_id = None
+            if result.status is ClaimStatus.NEW:
+                turn_id = next(self._ids)
+                self.turns[turn_id] = (r.session_key, "running")
+                if r.inbound is not None:
+                    self.inbox[turn_id] = r.inbound
+            results.append((result, turn_id))
         return results
 
     async def inbox_frames(self, turn_ids: Sequence[int]) -> dict[int, str]:
@@ -214,7 +216,14 @@ class MemoryState:
         return []  # nothing survives this twin: no process before this one
 
     async def claim_resumed(self, records: Sequence[InboxRecord], now: float) -> list[ClaimResult]:
-        return [await self.claim(r.k_msg, None, now) for r in records]
+        await trio.lowlevel.checkpoint()
+        results = []
+        for r in records:
+            result = self._claim(r.k_msg, None)
+            if result.status is not ClaimStatus.NEW:
+                self._end(r.turn_id, "crashed")
+            results.append(result)
+        return results
 
     async def flush(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -223,9 +232,11 @@ class MemoryState:
         await trio.sleep_forever()  # nothing is ever written behind here
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
-        await self.release(handle)
+        await trio.lowlevel.checkpoint()
+        self._release(handle)
         if turn_id is not None and self.turns.get(turn_id, ("", ""))[1] == "running":
             del self.turns[turn_id]
+            self.inbox.pop(turn_id, None)
 
     def turn_states(self) -> list[str]:
         return [state for _, state in self.turns.values()]
@@ -244,6 +255,8 @@ class MemoryState:
         await self.expire(now)
         if len(self.outbox) >= self.outbox_max:
             raise OutboxFull(self.outbox_max)
+        if kind not in ("send", "follow_up"):
+            raise StateError(f"outbox kind must be 'send' or 'follow_up', got {kind!r}")
         ttl = self.outbox_ttl_s if kind == "send" else FOLLOW_UP_TTL_S
         oid = next(self._ids)
         self.outbox[oid] = OutboxEntry(
@@ -258,10 +271,6 @@ class MemoryState:
             0,
         )
         return oid
-
-    async def peek_next(self, now: float) -> OutboxEntry | None:
-        batch = await self.peek_batch(now, 1)
-        return batch[0] if batch else None
 
     async def entries(self) -> list[OutboxEntry]:
         await trio.lowlevel.checkpoint()
@@ -282,7 +291,9 @@ class MemoryState:
 
     async def bump_attempts(self, outbox_id: int) -> Attempt:
         await trio.lowlevel.checkpoint()
-        entry = self.outbox[outbox_id]
+        entry = self.outbox.get(outbox_id)
+        if entry is None:
+            return Attempt(0, False)
         entry = attrs.evolve(entry, attempts=entry.attempts + 1)
         if entry.attempts >= 5:
             del self.outbox[outbox_id]
