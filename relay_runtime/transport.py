@@ -9,6 +9,7 @@ keepalive pings and declares the socket dead when the peer goes quiet.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import ssl
@@ -267,6 +268,8 @@ class RelaySocket:
         self.ping_timeout_s = ping_timeout_s
         self.last_seen = trio.current_time()
         self._send, self._recv = trio.open_memory_channel[WriteJob](write_buffer)
+        # Fire-and-forget frames that found the queue full; the writer takes these first.
+        self._overflow: collections.deque[WriteJob] = collections.deque()
         self._local_end: SocketEnd | None = None
         self._close_done = trio.Event()
         #: The reader is waiting in its callback: backpressure we apply, not a dead peer.
@@ -283,11 +286,19 @@ class RelaySocket:
         return exceeds_limit(text[:-1] if text.endswith("\n") else text, self.max_frame_bytes)
 
     def enqueue_nowait(self, text: str) -> WriteJob | None:
-        """Queue a frame without waiting; ``None`` if the queue is full or the socket gone."""
+        """Queue a frame without waiting; ``None`` only once the socket is gone.
+
+        A full queue does not refuse it: a fire-and-forget frame (``inbound_ack``,
+        ``going_idle``) has no caller to wait and retry, and the connector replays an
+        un-acked delivery only on the next connection. Such frames wait in an overflow the
+        writer empties first (small frames, one per delivery acked or request made).
+        """
         job = WriteJob(text)
         try:
             self._send.send_nowait(job)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        except trio.WouldBlock:
+            self._overflow.append(job)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
             return None
         return job
 
@@ -305,7 +316,14 @@ class RelaySocket:
         """The only task that writes frames to the socket; one frame per text message."""
         job: WriteJob | None = None
         try:
-            async for job in self._recv:
+            while True:
+                if self._overflow:
+                    job = self._overflow.popleft()
+                else:
+                    try:
+                        job = await self._recv.receive()
+                    except trio.EndOfChannel:
+                        return
                 try:
                     await self.ws.send_message(job.text)
                 except ConnectionClosed:
@@ -323,6 +341,8 @@ class RelaySocket:
 
     def _fail_queued(self) -> None:
         self._send.close()
+        while self._overflow:
+            self._overflow.popleft().finish("connection closed")
         while True:
             try:
                 self._recv.receive_nowait().finish("connection closed")
