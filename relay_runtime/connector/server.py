@@ -472,6 +472,29 @@ class ReferenceConnector:
                 conn.nursery.cancel_scope.cancel()
         self._changed()
 
+    def restore(
+        self,
+        gateway_id: str,
+        *,
+        buffered: Sequence[tuple[str, BufferedFrame]] = (),
+        performed: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    ) -> None:
+        """Reload what a restarted connector had in memory, as a durable connector would.
+
+        ``buffered``: ``(bufferId, frame)`` entries not yet acked, oldest first, buffered
+        again under their old ids (replayed after the next handshake). ``performed``:
+        ``(requestId, result)`` of actions already egressed, so a repeat is answered with
+        the first result and egresses nothing. Call it before any gateway connects.
+        """
+        inst = self._instance(gateway_id)
+        for buffer_id, frame in buffered:
+            inst.buffer.append(frame, buffer_id)
+        for request_id, result in performed:
+            self._performed[(gateway_id, request_id)] = dict(result)
+        while len(self._performed) > self.request_id_memory:
+            self._performed.popitem(last=False)
+        self._changed()
+
     def reinstate(self, gateway_id: str) -> None:
         """Accept ``gateway_id``'s tokens again after :meth:`revoke`."""
         self._revoked.discard(gateway_id)
