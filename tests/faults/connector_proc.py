@@ -6,9 +6,12 @@ on 127.0.0.1, prints its ``ws://`` base URL as the first line of standard output
 the gateway's first handshake, then injects messages ``msg 0`` .. ``msg N-1`` (each in chat
 ``c<n % 64>``, platform message id ``m<n>``) at ``--rate`` per second, or all at once with
 ``--rate 0``, live or through the ack-gated buffer as ``--mode`` says. Everything it does
-goes to the journal (see ``fault_journal.py``). SIGUSR1 holds the schedule (the journal
-says ``held`` before the next message would go out), SIGUSR2 resumes it; SIGTERM/SIGINT stop
-the process.
+goes to the journal (see ``fault_journal.py``). SIGTERM/SIGINT stop the process.
+
+Commands on standard input, one per line: ``hold`` holds the schedule (the journal says
+``held`` before the next message would go out), ``resume`` lets it go on; ``gate`` leaves every
+later ``send`` unanswered (journal: ``gated``), so replies stay pending; ``open`` answers sends
+again (journal: ``opened``).
 
 Restarted with the same journal (and ``--port``), it reloads what a durable connector keeps:
 the un-acked buffered deliveries under their old ``bufferId``s and the ``requestId``s it
@@ -34,14 +37,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_journal import Journal, message, read_records
 
 from protocol.frames import GoingIdle, Inbound, InboundAck, Outbound
-from relay_runtime.connector import Connection, Delay, Post, ReferenceConnector, Succeed
+from relay_runtime.connector import (
+    Connection,
+    NoAnswer,
+    Post,
+    ReferenceConnector,
+    Succeed,
+)
 from relay_runtime.connector.buffer import BufferedFrame
 
 
 @attrs.define
 class Hold:
-    """SIGUSR1 holds the schedule (journaled as ``held`` once no inject is under way);
-    SIGUSR2 resumes it."""
+    """``hold`` stops the schedule before its next message; ``resume`` lets it go on."""
 
     held: bool = False
     resumed: trio.Event = attrs.field(factory=trio.Event)
@@ -86,8 +94,6 @@ async def main(args: argparse.Namespace) -> None:
     connector = ReferenceConnector(
         secrets={gid: os.environ["FAULT_SECRET"]}, drain_window=args.drain_window
     )
-    if args.send_delay > 0:
-        connector.outcomes.set("send", Delay(args.send_delay, Succeed()))
     restored: list[tuple[str, BufferedFrame]] = [
         (bid, Inbound(event=message(n))) for bid, n in unacked
     ]
@@ -156,8 +162,27 @@ async def main(args: argparse.Namespace) -> None:
             await trio.lowlevel.checkpoint()
         journal.write("done", count=args.count)
 
-    signums = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
-    with trio.open_signal_receiver(*signums) as signals:
+    async def obey_commands() -> None:
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        pending = b""
+        while chunk := await stdin.receive_some(4096):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                command = line.decode().strip()
+                if command == "hold":
+                    hold.hold()
+                elif command == "resume":
+                    hold.resume()
+                elif command == "gate":
+                    connector.outcomes.set("send", NoAnswer())
+                    journal.write("gated")
+                elif command == "open":
+                    connector.outcomes.set("send", Succeed())
+                    journal.write("opened")
+                else:
+                    raise ValueError(f"unknown command {command!r} on standard input")
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(connector.serve, "127.0.0.1", args.port)
             journal.write(
@@ -173,14 +198,10 @@ async def main(args: argparse.Namespace) -> None:
             del url
             nursery.start_soon(watch_frames)
             nursery.start_soon(inject_schedule)
-            async for signum in signals:
-                if signum == signal.SIGUSR1:
-                    hold.hold()
-                elif signum == signal.SIGUSR2:
-                    hold.resume()
-                else:
-                    nursery.cancel_scope.cancel()
-                    break
+            nursery.start_soon(obey_commands)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
     journal.close()
 
 
@@ -193,7 +214,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("live", "buffered", "mixed"), default="live")
     parser.add_argument("--rate", type=float, default=100.0, help="messages/s; 0 = all at once")
     parser.add_argument("--drain-window", type=int, default=64)
-    parser.add_argument("--send-delay", type=float, default=0.0, help="answer each send this late")
     return parser.parse_args(argv)
 
 

@@ -97,7 +97,6 @@ class FaultRun:
     mode: str = "live"
     rate: float = 100.0
     agent_delay_s: float = 0.2
-    send_delay_s: float = 0.0
     drain_window: int = 64
     state_dir: Path | None = None
 
@@ -123,6 +122,7 @@ class FaultRun:
     _posted: set[str] = attrs.field(factory=set, init=False)
     idles: int = attrs.field(default=0, init=False)
     holds: int = attrs.field(default=0, init=False)
+    gates: int = attrs.field(default=0, init=False)
     live: set[int] = attrs.field(factory=set, init=False)
     started: set[int] = attrs.field(factory=set, init=False)
     ended: set[int] = attrs.field(factory=set, init=False)
@@ -165,6 +165,8 @@ class FaultRun:
                 self.idles += 1
             elif ev == "held":
                 self.holds += 1
+            elif ev == "gated":
+                self.gates += 1
             elif ev == "done":
                 self.done = True
         for line in self.agent_lines[self._agent_seen :]:
@@ -228,12 +230,18 @@ class FaultRun:
     # -- processes --------------------------------------------------------------------------
 
     async def _spawn(
-        self, name: str, argv: list[str], env: Mapping[str, str], out: list[str]
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        out: list[str],
+        *,
+        stdin: int = subprocess.DEVNULL,
     ) -> Child:
         process = await trio.lowlevel.open_process(
             argv,
             env=dict(env),
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -269,12 +277,10 @@ class FaultRun:
             str(self.rate),
             "--drain-window",
             str(self.drain_window),
-            "--send-delay",
-            str(self.send_delay_s),
         ]
         env = dict(os.environ, FAULT_SECRET=self.secret)
         out: list[str] = []
-        child = await self._spawn("connector", argv, env, out)
+        child = await self._spawn("connector", argv, env, out, stdin=subprocess.PIPE)
         with trio.fail_after(GUARD_S):
             while not out:
                 if child.eof.is_set():
@@ -294,10 +300,9 @@ class FaultRun:
         on (its turn starts after that), so a ``kill -9`` is aimed at a gateway that has
         started every live message it was sent, and none is still in flight on the socket.
         """
-        assert self.connector is not None
         self.refresh()
         holds = self.holds
-        self.connector.process.send_signal(signal.SIGUSR1)
+        await self.tell("hold")
         await self.until(
             lambda: (self.holds > holds or self.done) and self.live <= self.started,
             "the schedule held and every live delivery started",
@@ -308,10 +313,29 @@ class FaultRun:
         self.refresh()
         return len((self.live & self.started) - self.ended)
 
-    def resume(self) -> None:
+    async def resume(self) -> None:
         """Let a held schedule go on."""
-        if self.connector is not None and self.connector.alive:
-            self.connector.process.send_signal(signal.SIGUSR2)
+        await self.tell("resume")
+
+    async def gate_sends(self, pending: int) -> None:
+        """Have the connector leave sends unanswered until ``pending`` of the current
+        gateway's replies wait for an answer (the turns go on making them)."""
+        self.refresh()
+        gates = self.gates
+        await self.tell("gate")
+        await self.until(
+            lambda: self.gates > gates and self.pending_sends >= pending,
+            f"{pending} sends pending at a gated connector",
+        )
+
+    async def open_sends(self) -> None:
+        """Have the connector answer sends again (a restarted connector starts open)."""
+        await self.tell("open")
+
+    async def tell(self, command: str) -> None:
+        """Send one command line to the connector process (see ``connector_proc.py``)."""
+        assert self.connector is not None and self.connector.process.stdin is not None
+        await self.connector.process.stdin.send_all(f"{command}\n".encode())
 
     async def kill_connector(self, signum: int = signal.SIGKILL) -> int:
         """Stop the connector process with ``signum``; its exit status."""
@@ -322,6 +346,8 @@ class FaultRun:
         with trio.fail_after(EXIT_BOUND_S):
             code = await child.process.wait()
             await child.eof.wait()
+        if child.process.stdin is not None:
+            await child.process.stdin.aclose()
         self.connector = None
         self.moved()
         return code
@@ -432,6 +458,8 @@ class FaultRun:
             for child in [*self.gateways, *self._connectors]:
                 await child.process.wait()
                 await child.eof.wait()
+                if child.process.stdin is not None:
+                    await child.process.stdin.aclose()
         self.refresh()
         # Kept next to the journal: what to read when a scenario fails.
         (self.workdir / "agent.log").write_text("\n".join(self.agent_lines) + "\n")

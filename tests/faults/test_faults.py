@@ -94,7 +94,8 @@ async def test_kill_9_of_the_gateway_loses_nothing_and_repeats_nothing(
                     code, _ = await run.stop_gateway(signal.SIGKILL)
                     assert code == -signal.SIGKILL
                     kills += 1
-                    run.resume()
+                    if mode == "live":
+                        await run.resume()
                     await run.start_gateway()
                 code, _ = await run.finish()
             finally:
@@ -108,20 +109,20 @@ async def test_kill_9_of_the_gateway_loses_nothing_and_repeats_nothing(
 async def test_connector_restarts_mid_run_lose_nothing_and_repeat_nothing(tmp_path: Path) -> None:
     name = "connector-restart"
     restarts = 0
-    # Sends are answered 0.1 s late, so the connector goes away with replies in flight.
-    options = {"messages": MESSAGES, "mode": "mixed", "send_delay_s": 0.1}
     with trio.fail_after(SCENARIO_S):
-        async with fault_run(name, tmp_path, **options) as run:
+        async with fault_run(name, tmp_path, messages=MESSAGES, mode="mixed") as run:
             try:
                 await run.start_connector()
                 await run.start_gateway()
-                # One crash (kill -9) and one orderly stop of the connector, mid-run; each
-                # restart reloads the journal (un-acked buffer, performed requestIds).
+                # One crash (kill -9) and one orderly stop of the connector, mid-run, each with
+                # replies in flight (sends left unanswered until 8 are pending); each restart
+                # reloads the journal (un-acked buffer, performed requestIds).
                 for threshold, signum in ((150, signal.SIGKILL), (350, signal.SIGTERM)):
-                    await run.at_posts(threshold, pending_sends=3)
+                    await run.at_posts(threshold)
+                    await run.gate_sends(8)
                     await run.kill_connector(signum)
                     restarts += 1
-                    await run.start_connector()
+                    await run.start_connector()  # a new connector answers sends again
                 code, _ = await run.finish()
             finally:
                 await run.shutdown()
@@ -138,17 +139,19 @@ async def test_sigterm_with_sends_pending_loses_nothing_and_repeats_nothing(
     points = kill_points(rng, 3, MESSAGES)
     exits: list[tuple[int | None, float]] = []
     pending_at_signal: list[int] = []
-    # The connector answers each send 0.2 s late: sends are pending at any moment of the run.
-    options = {"messages": MESSAGES, "mode": "live", "send_delay_s": 0.2}
     with trio.fail_after(SCENARIO_S):
-        async with fault_run(name, tmp_path, **options) as run:
+        async with fault_run(name, tmp_path, messages=MESSAGES, mode="live") as run:
             try:
                 await run.start_connector()
                 await run.start_gateway()
                 for threshold, _ in points:
-                    await run.at_posts(threshold, pending_sends=3)
+                    await run.at_posts(threshold)
+                    # The connector stops answering sends: replies are pending at the signal
+                    # and stay so through the drain; the next gateway must send them again.
+                    await run.gate_sends(3)
                     pending_at_signal.append(run.pending_sends)
                     exits.append(await run.stop_gateway(signal.SIGTERM))
+                    await run.open_sends()
                     await run.start_gateway()
                 exits.append(await run.finish())
             finally:
