@@ -43,6 +43,11 @@ MESSAGE_TYPES: frozenset[str] = frozenset(
 CHAT_TYPES: tuple[str, ...] = ("dm", "group", "channel", "thread", "forum")
 
 
+def absent_if_empty(value: str | None) -> str | None:
+    """For optional text that only counts when non-empty: ``""`` is stored as ``None``."""
+    return value or None
+
+
 def key_platform(platform_raw: str) -> str:
     """The platform name used in session keys: a hermes built-in, else ``relay``."""
     return platform_raw if platform_raw in BUILTIN_PLATFORMS else "relay"
@@ -63,7 +68,8 @@ class SessionSource:
     ``platform_raw`` is the platform exactly as the connector named it (stripped and
     lower-cased by the reader; ``""`` when absent); it is also accepted as ``platform=`` in
     the constructor. :attr:`platform` is the *key platform* used for session keys.
-    ``is_bot`` is local: it is never emitted and is ignored when received.
+    ``is_bot`` is local: it is never emitted and is ignored when received. The optional ids
+    from ``user_id_alt`` on count only when non-empty, so ``""`` is stored as ``None``.
     """
 
     platform_raw: str = attrs.field(default="", alias="platform")
@@ -74,12 +80,12 @@ class SessionSource:
     user_name: str | None = None
     thread_id: str | None = None
     chat_topic: str | None = None
-    user_id_alt: str | None = None
-    chat_id_alt: str | None = None
-    guild_id: str | None = None
-    parent_chat_id: str | None = None
-    message_id: str | None = None
-    profile: str | None = None
+    user_id_alt: str | None = attrs.field(default=None, converter=absent_if_empty)
+    chat_id_alt: str | None = attrs.field(default=None, converter=absent_if_empty)
+    guild_id: str | None = attrs.field(default=None, converter=absent_if_empty)
+    parent_chat_id: str | None = attrs.field(default=None, converter=absent_if_empty)
+    message_id: str | None = attrs.field(default=None, converter=absent_if_empty)
+    profile: str | None = attrs.field(default=None, converter=absent_if_empty)
     is_bot: bool = False
 
     @property

@@ -9,7 +9,7 @@ import attrs
 
 from protocol.actions import Action
 from protocol.descriptor import CapabilityDescriptor
-from protocol.events import MessageEvent
+from protocol.events import MessageEvent, absent_if_empty
 
 # -- gateway -> connector -------------------------------------------------------------------
 
@@ -28,14 +28,14 @@ class Outbound:
     """Asks the connector to perform an action; answered by an ``outbound_result``.
 
     ``platform``/``bot_id`` tag the target identity on multi-identity gateways (RC §3.1);
-    single-identity gateways leave both ``None``.
+    single-identity gateways leave both ``None``. An empty ``bot_id`` is stored as ``None``.
     """
 
     TYPE: ClassVar[str] = "outbound"
     request_id: str
     action: Action
     platform: str | None = None
-    bot_id: str | None = None
+    bot_id: str | None = attrs.field(default=None, converter=absent_if_empty)
 
 
 @attrs.frozen
@@ -75,11 +75,14 @@ class DescriptorFrame:
 
 @attrs.frozen
 class Inbound:
-    """A normalized message; ``buffer_id`` marks a replay from the connector's buffer."""
+    """A normalized message; ``buffer_id`` marks a replay from the connector's buffer.
+
+    An empty ``buffer_id`` is stored as ``None`` (the wire field counts only when non-empty).
+    """
 
     TYPE: ClassVar[str] = "inbound"
     event: MessageEvent
-    buffer_id: str | None = None
+    buffer_id: str | None = attrs.field(default=None, converter=absent_if_empty)
 
 
 @attrs.frozen
@@ -114,7 +117,7 @@ class PassthroughForward:
     path: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
-    profile: str | None = None
+    profile: str | None = attrs.field(default=None, converter=absent_if_empty)
 
 
 @attrs.frozen
@@ -123,7 +126,7 @@ class PassthroughForwardFrame:
 
     TYPE: ClassVar[str] = "passthrough_forward"
     forward: PassthroughForward
-    buffer_id: str | None = None
+    buffer_id: str | None = attrs.field(default=None, converter=absent_if_empty)
 
 
 @attrs.frozen

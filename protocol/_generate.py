@@ -1,0 +1,94 @@
+"""Generation of the codec's (un)structure functions with cattrs, and the shared converter.
+
+Every contract type's functions are made by ``make_dict_structure_fn``/
+``make_dict_unstructure_fn`` with an ``override`` per field: its wire name, its read rule
+(:mod:`protocol._fields`), whether it is written only when set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.fns import identity
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from protocol import _fields as f
+from protocol.errors import FieldError
+
+T = TypeVar("T")
+JSONDict = dict[str, Any]
+Unstructure = Callable[[Any], JSONDict]
+
+converter = cattrs.Converter(forbid_extra_keys=False, detailed_validation=False)
+"""The converter for every contract type (frames, actions, events, descriptors)."""
+
+
+def read(hook: f.Hook, rename: str | None = None) -> Any:
+    """A field read from the wire key ``rename`` (else its own name) by ``hook``."""
+    return override(rename=rename, struct_hook=hook)
+
+
+def write(
+    rename: str | None = None,
+    hook: Callable[[Any], Any] = identity,
+    *,
+    omit_if_default: bool = False,
+) -> Any:
+    """A field written under ``rename`` (else its own name), as is unless ``hook`` is given."""
+    return override(rename=rename, unstruct_hook=hook, omit_if_default=omit_if_default or None)
+
+
+SKIP = override(omit=True)
+
+
+def structurer(
+    cls: type[T],
+    where: str,
+    *,
+    none_is_empty: bool = False,
+    absent: Mapping[str, FieldError] | None = None,
+    **fields: Any,
+) -> Callable[..., T]:
+    """The generated structure function for ``cls``, with the contract's missing-field rules.
+
+    A missing key reads as ``null``: the field's hook decides whether that is an error (a
+    required field) or a default; ``absent`` names keys whose absence is an error of its own.
+    A value that is not an object raises a :class:`FieldError` on ``where`` (or reads as
+    ``{}`` when ``none_is_empty`` and it is ``null``).
+    """
+    generated = make_dict_structure_fn(cls, converter, **fields)
+    wire_keys = {o.rename or name for name, o in fields.items() if not o.omit}
+    gaps = dict(absent or {})
+
+    def structure(obj: Any, _: Any = None) -> T:
+        if type(obj) is not dict and not isinstance(obj, Mapping):
+            if obj is None and none_is_empty:
+                obj = {}
+            else:
+                raise FieldError(where, f"must be an object, not {type(obj).__name__}")
+        while True:
+            try:
+                return generated(obj)
+            except KeyError as exc:
+                key = exc.args[0] if exc.args else None
+                if key not in wire_keys or key in obj:
+                    raise
+                if key in gaps:
+                    raise gaps[key] from None
+                obj = {**obj, key: None}
+
+    return structure
+
+
+def unstructurer(cls: type[Any], tag: tuple[str, str] | None = None, **fields: Any) -> Unstructure:
+    """The generated unstructure function for ``cls``; ``tag`` is a first key and its value."""
+    for a in attrs.fields(cls):
+        fields.setdefault(a.name, write())
+    generated: Unstructure = make_dict_unstructure_fn(cls, converter, **fields)
+    if tag is None:
+        return generated
+    key, value = tag
+    return lambda obj: {key: value, **generated(obj)}
