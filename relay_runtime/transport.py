@@ -355,9 +355,10 @@ class RelaySocket:
         """Read until the socket closes; return how it ended.
 
         Every frame or frame error goes to ``on_item`` in order; an exception there is logged
-        and the next frame is processed (RC R7).
+        and the next frame is processed (RC R7). Soft field problems the codec finds are
+        logged through the socket's rate limit, so a peer cannot flood the log with them.
         """
-        decoder = FrameDecoder(self.max_frame_bytes)
+        decoder = FrameDecoder(self.max_frame_bytes, self._soft_problem)
         while True:
             try:
                 message = await self.ws.get_message()
@@ -382,6 +383,9 @@ class RelaySocket:
                     log.exception("relay: error while handling a frame; reader continues")
                 finally:
                     self.paused = False
+
+    def _soft_problem(self, message: str) -> None:
+        self.rejected_log.log(logging.WARNING, message)
 
     def end_from(self, reason: trio_websocket.CloseReason | None) -> SocketEnd:
         """The socket's end: ours if we closed it, else the peer's close frame."""

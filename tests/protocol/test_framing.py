@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from protocol import FrameDecoder, FrameError, GoingIdleAck, Hello, InboundAck
+import logging
+
+import pytest
+
+from protocol import FrameDecoder, FrameError, GoingIdleAck, Hello, Inbound, InboundAck
 from protocol.codec import encode_frame
 from protocol.framing import exceeds_limit, utf8_length
 
@@ -94,3 +98,25 @@ def test_invalid_utf8_bytes_do_not_raise() -> None:
     d = FrameDecoder()
     out = d.feed_bytes(b'{"type":"hello","platform":"\xff\xfe"}\n' + ACK.encode())
     assert frames_only(out)[-1] == GoingIdleAck()
+
+
+def test_soft_field_problems_go_to_the_sink_not_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    problems: list[str] = []
+    d = FrameDecoder(on_problem=problems.append)
+    bad = '{"type":"inbound","event":{"text":"x","source":{"user_name":true,"thread_id":[1]}}}\n'
+    with caplog.at_level(logging.DEBUG, "relay.protocol"):
+        items = d.feed_text(bad * 3)
+    assert [type(i) for i in items] == [Inbound] * 3
+    assert (
+        problems
+        == [
+            "relay: ignoring non-text source.user_name (bool)",
+            "relay: ignoring non-text source.thread_id (list)",
+        ]
+        * 3
+    )
+    assert caplog.records == []
+    # Without a sink the problem is logged where it always was.
+    with caplog.at_level(logging.WARNING, "relay.protocol"):
+        FrameDecoder().feed_text(bad)
+    assert "source.user_name" in caplog.text
