@@ -5,7 +5,7 @@ path so that a problem names the field. ``None`` reads as absent everywhere. A r
 that is missing raises :class:`~protocol.errors.FieldError`; a soft problem (a boolean where
 text was expected, a non-boolean flag) is reported with :func:`soft_problem` and the field
 reads as its default. Soft problems go to the sink installed by :func:`collecting` (the
-transport's rate-limited log, set by :func:`protocol.codec.decode_object`), else to the
+transport's rate-limited log, installed with :func:`soft_problems_to`), else to the
 ``relay.protocol`` logger.
 """
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -40,6 +41,21 @@ def soft_problem(message: str) -> None:
         log.warning("%s", message)
     else:
         sink(message)
+
+
+@contextmanager
+def soft_problems_to(sink: ProblemSink) -> Iterator[None]:
+    """Report the soft problems of everything decoded inside the block to ``sink``.
+
+    The sink lives in the current context: a reader task that installs it once around its
+    loop routes its own frames' problems there at no cost per frame, and other tasks are
+    not affected.
+    """
+    token = problem_sink.set(sink)
+    try:
+        yield
+    finally:
+        problem_sink.reset(token)
 
 
 # -- text ---------------------------------------------------------------------------------------

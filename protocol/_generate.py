@@ -84,11 +84,25 @@ def structurer(
 
 
 def unstructurer(cls: type[Any], tag: tuple[str, str] | None = None, **fields: Any) -> Unstructure:
-    """The generated unstructure function for ``cls``; ``tag`` is a first key and its value."""
+    """The generated unstructure function for ``cls``.
+
+    ``tag`` is (wire key, class constant): e.g. ``("type", "TYPE")`` writes the frame's
+    ``TYPE`` first. cattrs writes attrs fields in order, so the function is generated from a
+    copy of ``cls`` whose first field is that constant; it reads ``instance.TYPE``, which
+    every instance of ``cls`` has (a class-level constant, not a field).
+    """
     for a in attrs.fields(cls):
         fields.setdefault(a.name, write())
-    generated: Unstructure = make_dict_unstructure_fn(cls, converter, **fields)
-    if tag is None:
-        return generated
-    key, value = tag
-    return lambda obj: {key: value, **generated(obj)}
+    shape: type[Any] = cls
+    if tag is not None:
+        key, constant = tag
+        fields[constant] = write(key)
+        shape = attrs.make_class(
+            cls.__name__,
+            {
+                constant: attrs.field(),
+                **{a.name: attrs.field(default=a.default) for a in attrs.fields(cls)},
+            },
+        )
+    generated: Unstructure = make_dict_unstructure_fn(shape, converter, **fields)
+    return generated

@@ -28,6 +28,9 @@ from protocol.frames import (
     PassthroughForwardFrame,
 )
 
+#: Frames write their ``TYPE`` constant first, as ``type``.
+_TYPE = ("type", "TYPE")
+
 _TRUTHY_IDS = ("user_id_alt", "chat_id_alt", "guild_id", "parent_chat_id", "message_id", "profile")
 unstructure_source = unstructurer(
     SessionSource,
@@ -56,11 +59,11 @@ unstructure_forward = unstructurer(
     profile=write(omit_if_default=True),
 )
 ACTION_WRITERS: dict[type[Any], Unstructure] = {
-    cls: unstructurer(cls, ("op", cls.OP)) for cls in ACTION_TYPES.values()
+    cls: unstructurer(cls, ("op", "OP")) for cls in ACTION_TYPES.values()
 }
 _untagged_outbound = unstructurer(
     Outbound,
-    ("type", Outbound.TYPE),
+    _TYPE,
     request_id=write("requestId"),
     action=write(hook=lambda a: ACTION_WRITERS[a.__class__](a)),
     platform=write(omit_if_default=True),
@@ -77,34 +80,34 @@ def _unstructure_outbound(frame: Outbound) -> JSONDict:
 
 
 FRAME_WRITERS: dict[type[Any], Unstructure] = {
-    Hello: unstructurer(Hello, ("type", Hello.TYPE), bot_id=write("botId")),
+    Hello: unstructurer(Hello, _TYPE, bot_id=write("botId")),
     Outbound: _unstructure_outbound,
-    Interrupt: unstructurer(Interrupt, ("type", Interrupt.TYPE)),
-    GoingIdle: unstructurer(GoingIdle, ("type", GoingIdle.TYPE)),
-    InboundAck: unstructurer(InboundAck, ("type", InboundAck.TYPE), buffer_id=write("bufferId")),
+    Interrupt: unstructurer(Interrupt, _TYPE),
+    GoingIdle: unstructurer(GoingIdle, _TYPE),
+    InboundAck: unstructurer(InboundAck, _TYPE, buffer_id=write("bufferId")),
     DescriptorFrame: unstructurer(
         DescriptorFrame,
-        ("type", DescriptorFrame.TYPE),
+        _TYPE,
         descriptor=write(hook=unstructure_descriptor),
     ),
     Inbound: unstructurer(
         Inbound,
-        ("type", Inbound.TYPE),
+        _TYPE,
         event=write(hook=unstructure_event),
         buffer_id=write("bufferId", omit_if_default=True),
     ),
     OutboundResult: unstructurer(
         OutboundResult,
-        ("type", OutboundResult.TYPE),
+        _TYPE,
         request_id=write("requestId"),
         result=write(hook=dict),
     ),
-    InterruptInbound: unstructurer(InterruptInbound, ("type", InterruptInbound.TYPE)),
+    InterruptInbound: unstructurer(InterruptInbound, _TYPE),
     PassthroughForwardFrame: unstructurer(
         PassthroughForwardFrame,
-        ("type", PassthroughForwardFrame.TYPE),
+        _TYPE,
         forward=write(hook=unstructure_forward),
         buffer_id=write("bufferId", omit_if_default=True),
     ),
-    GoingIdleAck: unstructurer(GoingIdleAck, ("type", GoingIdleAck.TYPE)),
+    GoingIdleAck: unstructurer(GoingIdleAck, _TYPE),
 }

@@ -6,8 +6,8 @@ classes plus the contract's per-field rules: wire names (``override(rename=…)`
 only when set (``omit_if_default``; the classes store an empty optional id as ``None``), and
 the read rules of :mod:`protocol._fields` (``null`` read as absent, a number in a text field
 read as its decimal text, a precise error naming a required field that is missing). Soft
-problems go to the caller's sink (:func:`decode_object`), else to the ``relay.protocol``
-logger.
+problems go to the sink the caller installs with :func:`soft_problems_to` (the transport's
+rate-limited log), else to the ``relay.protocol`` logger.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from protocol import _fields as f
+from protocol._fields import soft_problems_to as soft_problems_to
 from protocol._generate import JSONDict, Unstructure, converter
 from protocol._readers import (
     FRAME_READERS,
@@ -91,22 +92,13 @@ def encode_frame(frame: Frame) -> str:
     return to_json(FRAME_WRITERS[frame.__class__](frame)) + "\n"
 
 
-def decode_object(obj: Any, on_problem: f.ProblemSink | None = None) -> Frame | FrameError:
+def decode_object(obj: Any) -> Frame | FrameError:
     """Turn one parsed JSON value into a frame, or a :class:`FrameError` naming the problem.
 
-    Soft field problems (the field reads as its default) go to ``on_problem`` when given, so
-    that the caller can rate-limit them; else they are logged on ``relay.protocol``.
+    Soft field problems (the field reads as its default) go to the sink installed with
+    :func:`soft_problems_to`, so that the caller can rate-limit them; else they are logged on
+    ``relay.protocol``.
     """
-    if on_problem is None:
-        return _decode(obj)
-    token = f.problem_sink.set(on_problem)
-    try:
-        return _decode(obj)
-    finally:
-        f.problem_sink.reset(token)
-
-
-def _decode(obj: Any) -> Frame | FrameError:
     if not isinstance(obj, dict):
         return FrameError("malformed", "relay: skipping malformed frame (not a JSON object)")
     frame_type = obj.get("type")
@@ -144,7 +136,7 @@ def _decode(obj: Any) -> Frame | FrameError:
         )
 
 
-def decode_line(line: str, on_problem: f.ProblemSink | None = None) -> Frame | FrameError:
+def decode_line(line: str) -> Frame | FrameError:
     """Parse one NDJSON line (without its newline) into a frame or an error value."""
     try:
         obj = json.loads(line)
@@ -152,7 +144,7 @@ def decode_line(line: str, on_problem: f.ProblemSink | None = None) -> Frame | F
         return FrameError("malformed", f"relay: skipping malformed frame (invalid JSON: {exc})")
     except RecursionError:
         return FrameError("malformed", "relay: skipping malformed frame (nested too deeply)")
-    return decode_object(obj, on_problem)
+    return decode_object(obj)
 
 
 def structure(obj: Any, cls: type[T]) -> T:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 
-from protocol._fields import ProblemSink
 from protocol.codec import decode_line, encode_frame
 from protocol.errors import FrameError
 from protocol.frames import Frame
@@ -49,13 +48,10 @@ class FrameDecoder:
     UTF-8 sequence split across binary messages is reassembled). Each call returns what the
     new data completed, in order. Lines over ``max_frame_bytes`` (UTF-8, without the
     newline) are dropped with one ``oversized`` error, and the decoder skips to the next
-    newline without buffering the rest of the oversized line. Soft field problems go to
-    ``on_problem`` when given (a rate-limited log), else to the ``relay.protocol`` logger.
+    newline without buffering the rest of the oversized line.
     """
 
-    def __init__(
-        self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, on_problem: ProblemSink | None = None
-    ) -> None:
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if max_frame_bytes < 1:
             raise ValueError(f"max_frame_bytes must be >= 1, not {max_frame_bytes}")
         self.max_frame_bytes = max_frame_bytes
@@ -63,7 +59,6 @@ class FrameDecoder:
         self._tail_len = 0
         self._skipping = False
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self._on_problem = on_problem
 
     @property
     def pending(self) -> int:
@@ -119,7 +114,7 @@ class FrameDecoder:
         if exceeds_limit(line, self.max_frame_bytes):
             out.append(self._oversized())
             return
-        out.append(decode_line(line, self._on_problem))
+        out.append(decode_line(line))
 
     def _oversized(self) -> FrameError:
         return FrameError(

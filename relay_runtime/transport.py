@@ -22,6 +22,7 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
 
+from protocol.codec import soft_problems_to
 from protocol.errors import FrameError
 from protocol.frames import Frame
 from protocol.framing import FrameDecoder, exceeds_limit
@@ -358,7 +359,13 @@ class RelaySocket:
         and the next frame is processed (RC R7). Soft field problems the codec finds are
         logged through the socket's rate limit, so a peer cannot flood the log with them.
         """
-        decoder = FrameDecoder(self.max_frame_bytes, self._soft_problem)
+        decoder = FrameDecoder(self.max_frame_bytes)
+        with soft_problems_to(self._soft_problem):
+            return await self._read(decoder, on_item)
+
+    async def _read(
+        self, decoder: FrameDecoder, on_item: Callable[[Frame | FrameError], Awaitable[None]]
+    ) -> SocketEnd:
         while True:
             try:
                 message = await self.ws.get_message()

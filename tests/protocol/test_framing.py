@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from protocol import FrameDecoder, FrameError, GoingIdleAck, Hello, Inbound, InboundAck
-from protocol.codec import encode_frame
+from protocol.codec import encode_frame, soft_problems_to
 from protocol.framing import exceeds_limit, utf8_length
 
 ACK = '{"type":"going_idle_ack"}\n'
@@ -102,9 +102,9 @@ def test_invalid_utf8_bytes_do_not_raise() -> None:
 
 def test_soft_field_problems_go_to_the_sink_not_the_log(caplog: pytest.LogCaptureFixture) -> None:
     problems: list[str] = []
-    d = FrameDecoder(on_problem=problems.append)
+    d = FrameDecoder()
     bad = '{"type":"inbound","event":{"text":"x","source":{"user_name":true,"thread_id":[1]}}}\n'
-    with caplog.at_level(logging.DEBUG, "relay.protocol"):
+    with caplog.at_level(logging.DEBUG, "relay.protocol"), soft_problems_to(problems.append):
         items = d.feed_text(bad * 3)
     assert [type(i) for i in items] == [Inbound] * 3
     assert (
