@@ -29,10 +29,9 @@ from trust.records import (
     PreconditionFailed,
     StoreError,
     TrustOpError,
-    as_audit_tier,
-    as_level,
     state_text,
 )
+from trust.store.rows import audit_reader, client_reader, counters_reader, invite_reader
 from trust.store.schema import (
     AGENT_PROMOTION_LOCK_KEY,
     AUDIT_COLUMNS,
@@ -115,79 +114,28 @@ class CounterDelta:
 # --- row mapping ---------------------------------------------------------------------------
 
 
-def _opt_int(value: object) -> int | None:
-    return None if value is None else int(str(value))
-
-
-def _opt_bool(value: object) -> bool | None:
-    return None if value is None else bool(value)
-
-
 def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
 def client_from_row(row: Row) -> ClientRecord:
     """A :class:`ClientRecord` from a ``CLIENT_COLUMNS`` row."""
-    return ClientRecord(
-        client_id=str(row[0]),
-        level=as_level(str(row[1])),
-        blocked=bool(row[2]),
-        blocked_reason=_opt_str(row[3]),
-        blocked_by=_opt_str(row[4]),
-        blocked_at=_opt_int(row[5]),
-        is_admin=bool(row[6]),
-        admin_by=_opt_str(row[7]),
-        admin_at=_opt_int(row[8]),
-        agent_may_promote=bool(row[9]),
-        created_at=int(row[10]),
-        updated_at=int(row[11]),
-    )
+    return client_reader(row)
 
 
 def audit_from_row(row: Row) -> AuditEntry:
     """An :class:`AuditEntry` from an ``AUDIT_COLUMNS`` row."""
-    return AuditEntry(
-        id=int(row[0]),
-        at=int(row[1]),
-        client_id=_opt_str(row[2]),
-        action=str(row[3]),
-        from_level=_opt_str(row[4]),
-        to_level=_opt_str(row[5]),
-        from_admin=_opt_bool(row[6]),
-        to_admin=_opt_bool(row[7]),
-        actor=str(row[8]),
-        tier=as_audit_tier(str(row[9])),
-        reason=_opt_str(row[10]),
-        policy=_opt_str(row[11]),
-        rule_index=_opt_int(row[12]),
-        invite_id=_opt_str(row[13]),
-        payment_tx=_opt_str(row[14]),
-        reverts=_opt_int(row[15]),
-        reverted_by=_opt_int(row[16]),
-    )
+    return audit_reader(row)
 
 
 def invite_from_row(row: Row) -> Invite:
     """An :class:`Invite` from an ``INVITE_COLUMNS`` row."""
-    return Invite(
-        invite_id=str(row[0]),
-        code_sha256=bytes(row[1]),
-        created_by=str(row[2]),
-        created_at=int(row[3]),
-        expires_at=_opt_int(row[4]),
-        max_uses=int(row[5]),
-        uses=int(row[6]),
-        revoked_at=_opt_int(row[7]),
-        revoked_by=_opt_str(row[8]),
-        note=_opt_str(row[9]),
-        generated=bool(row[10]),
-    )
+    return invite_reader(row)
 
 
 def counters_from_row(row: Row) -> Counters:
     """A :class:`Counters` from a ``COUNTER_COLUMNS`` row."""
-    return Counters(str(row[0]), *(int(v) for v in row[1:]))
+    return counters_reader(row)
 
 
 # --- schema --------------------------------------------------------------------------------
