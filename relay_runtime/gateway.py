@@ -425,7 +425,6 @@ async def _serve(
         _SupervisorLink(supervisor),
         db,
         config.identities,
-        room_wait_s=config.outbound_timeout_s,
     )
     dispatcher = Dispatcher(
         agent=agent,

@@ -152,10 +152,8 @@ class Replies:
         identities: tuple[Identity, ...],
         *,
         clock: Callable[[], float] = time.time,
-        room_wait_s: float = 30.0,
     ) -> None:
         self.link = link
-        self.room_wait_s = room_wait_s
         self.db = db
         self.identities = identities
         self.clock = clock
@@ -165,6 +163,8 @@ class Replies:
         # Set while the outbox has room for another entry; waiting producers park on it.
         self._room = trio.Event()
         self._room.set()
+        # Producers waiting for room take it in arrival order (trio.Lock is fair).
+        self._room_queue = trio.Lock()
         # Queued entries per lane, known once loaded from the outbox (until then every
         # reply queues while anything is queued).
         self._queued_lanes: collections.Counter[Lane] = collections.Counter()
@@ -229,8 +229,8 @@ class Replies:
     ) -> SendResult:
         """Send (or queue) a ``send``/``follow_up``; never raises for transport reasons.
 
-        With ``wait_for_room``, a full outbox makes the caller wait (at most ``room_wait_s``)
-        instead of answering ``relay outbox full`` at once; see :meth:`send_waiting_for_room`.
+        With ``wait_for_room``, a full outbox makes the caller wait for room instead of
+        answering ``relay outbox full`` at once; see :meth:`send_waiting_for_room`.
         ``request_id`` is the reply's id (a turn derives it from its delivery, so a re-run
         re-sends under the same id); a fresh random one when ``None``. It goes out, or into
         the outbox, unchanged.
@@ -274,11 +274,11 @@ class Replies:
         """Like :meth:`send`, but a full outbox makes the caller wait for room, not fail.
 
         For producers that can wait, such as turns: a turn waiting here keeps its session's
-        slot, so the dispatcher stops taking inbound and the socket reader pauses (TCP
-        backpressure) instead of the reply being dropped while its inbound is acked. The
-        wait is bounded by ``room_wait_s``; after that (a long outage with a full outbox) the
-        answer is ``relay outbox full`` as for :meth:`send`. Cancellation (shutdown) ends the
-        wait too; the turn is then not acked and runs again on replay.
+        slot (further inbound waits in the durable inbox) instead of its reply being dropped
+        while its inbound is acked. Waiters take room in arrival order. The wait has no bound
+        of its own: the turn's time limit (``turn_timeout_s``) or cancellation (shutdown)
+        ends it, and then the turn is recorded as timed out, or not acked and run again on
+        replay or resume.
         """
         return await self.send(
             action, platform_raw=platform_raw, wait_for_room=True, request_id=request_id
@@ -353,42 +353,45 @@ class Replies:
             return SendResult.failure(NOT_CONNECTED, retryable=True)
         kind: OutboxKind = "send" if isinstance(action, Send) else "follow_up"
         identity = self._identity_for(platform_raw)
-        deadline = trio.current_time() + self.room_wait_s
-        pause = PUT_RETRY_S
-        while True:
-            try:
-                outbox_id = await self.db.put(
-                    identity.platform if identity else "",
-                    identity.bot_id if identity else "",
-                    to_json(unstructure(action)),
-                    request_id,
-                    kind,
-                    self.clock(),
-                )
-                break
-            except OutboxFull:
-                self._set_count(self.db.outbox_max)
-                if not wait or trio.current_time() >= deadline:
-                    log.error(
-                        "relay: outbox full (%d entries); %s rejected", self.db.outbox_max, kind
-                    )
-                    return SendResult.failure(OUTBOX_FULL, retryable=True)
-            except StateError:
-                # Storage fails (logged once per episode by the state db): the reply waits
-                # for it, as its turn does; the gateway gives up after its storage limit.
-                await trio.sleep(pause)
-                pause = min(pause * 2, PUT_RETRY_CAP_S)
-                continue
+        entry = (
+            identity.platform if identity else "",
+            identity.bot_id if identity else "",
+            to_json(unstructure(action)),
+            request_id,
+            kind,
+        )
+        outbox_id = await self._put(entry)
+        if outbox_id is None:
+            if not wait:
+                log.error("relay: outbox full (%d entries); %s rejected", self.db.outbox_max, kind)
+                return SendResult.failure(OUTBOX_FULL, retryable=True)
             self.waited_for_room += 1
-            with trio.move_on_at(deadline):
-                while self._count >= self.db.outbox_max:
-                    await self._room.wait()
+            async with self._room_queue:
+                while outbox_id is None:
+                    while self._count >= self.db.outbox_max:
+                        await self._room.wait()
+                    outbox_id = await self._put(entry)
         self._set_count(self._count + 1)
         self._queued_lanes[_lane(identity.platform if identity else "", action)] += 1
         self.queued += 1
         if self.live:
             self.poke()
         return SendResult.queued_result(outbox_id)
+
+    async def _put(self, entry: tuple[str, str, str, str, OutboxKind]) -> int | None:
+        """Commit one entry to the outbox; its id, or ``None`` when the outbox is full."""
+        pause = PUT_RETRY_S
+        while True:
+            try:
+                return await self.db.put(*entry, self.clock())
+            except OutboxFull:
+                self._set_count(self.db.outbox_max)
+                return None
+            except StateError:
+                # Storage fails (logged once per episode by the state db): the reply waits
+                # for it, as its turn does; the gateway gives up after its storage limit.
+                await trio.sleep(pause)
+                pause = min(pause * 2, PUT_RETRY_CAP_S)
 
     async def run_flusher(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
@@ -61,39 +60,42 @@ async def test_a_full_write_queue_does_not_drop_an_inbound_ack(
     assert sorted(received) == sorted(acks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a reply refused with 'relay outbox full' is dropped while its inbound is "
-    "acked (Dispatcher._run_turn ignores turn.reply's result); see the docstring",
-)
-async def test_a_reply_that_waited_too_long_for_outbox_room_is_not_lost(
+async def test_a_reply_that_waits_long_for_outbox_room_is_not_lost(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Chaos with ``outbox_max=64, outbound_timeout_s=1`` lost 33-97 replies per 1,000.
 
-    A turn's ``send`` waits at most ``room_wait_s`` (= ``outbound_timeout_s``) for room in
-    a full outbox (``Replies.send_waiting_for_room``), then gets ``relay outbox full``;
-    ``Dispatcher._run_turn`` does not look at ``turn.reply``'s result, records the turn
-    completed and acks its inbound: the reply is gone and nothing will run the turn again.
-    Waiting producers also wake all at once on room and race for it (no FIFO), so under a
-    flapping link one turn can wait far longer than the outbox needs to drain. Here: the link
-    goes down in the middle of a turn that replies twice into an outbox of one entry.
+    A turn's ``send`` waited at most ``room_wait_s`` (= ``outbound_timeout_s``) for room in a
+    full outbox, then got ``relay outbox full``; ``Dispatcher._run_turn`` does not look at
+    ``turn.reply``'s result, so it recorded the turn completed and acked its inbound: the
+    reply was gone and nothing would run the turn again. Now a turn's reply waits for room
+    for as long as the turn may run (waiters in arrival order). Here: the link goes down in
+    the middle of a turn that replies twice into an outbox of one entry, and comes back only
+    long after the old bound.
     """
     harness_box: list[Harness] = []
 
     async def agent(turn: Any) -> None:
         connector = harness_box[0].connector
-        connector.descriptor_mode = "none"  # the re-dial's handshake never completes
+        connector.descriptor_mode = "none"  # the re-dial's handshakes never complete
         await connector.drop()
         await turn.reply("one")  # queued: the outbox is now full
-        await turn.reply("two")  # waits room_wait_s for room, then "relay outbox full"
-        connector.descriptor_mode = "valid"
+        await turn.reply("two")  # waits for room: the link is back only after 60 s
+
+    async def link_comes_back() -> None:
+        await trio.sleep(60)  # twelve times the old bound (outbound_timeout_s)
+        harness_box[0].connector.descriptor_mode = "valid"
+        await harness_box[0].connector.drop()  # end the handshake that will never finish
 
     async with open_harness(agent, outbox_max=1, outbound_timeout_s=5.0) as harness:
         harness_box.append(harness)
-        said = await harness.say("hello", timeout_s=600)
-        with trio.fail_after(60):  # the queued reply goes out with the READY's flush
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link_comes_back)
+            said = await harness.say("hello", timeout_s=600)
+        with trio.fail_after(60):
             await harness.gateway.replies.wait_empty()
         posted = [m.content for m in harness.connector.messages.values()]
+        stats = harness.gateway.replies.stats()
     assert said.allowed
     assert posted == ["one", "two"]
+    assert stats["replies_waited_for_outbox_room"] == 1

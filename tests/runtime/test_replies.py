@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -273,7 +274,7 @@ async def test_full_outbox_makes_a_waiting_producer_wait_for_room_not_fail(
         await nursery.start(replies.run_flusher)
         async with trio.open_nursery() as producers:
             producers.start_soon(reply_c)
-            await trio.sleep(20)  # within room_wait_s (30 s)
+            await trio.sleep(20)
             # Still waiting: nothing was dropped, and R47 still holds for a plain send.
             assert results == []
             assert replies.stats()["replies_waited_for_outbox_room"] == 1
@@ -287,13 +288,44 @@ async def test_full_outbox_makes_a_waiting_producer_wait_for_room_not_fail(
     assert [r.action.content for r in link.requests] == ["a", "b", "c"]  # type: ignore[union-attr]
 
 
-async def test_waiting_for_room_is_bounded(autojump_clock: trio.testing.MockClock) -> None:
-    replies = Replies(FakeLink(state="backoff"), MemoryState(outbox_max=1), IDENTITIES)
+async def test_waiting_for_room_is_ended_by_the_callers_scope_not_by_a_bound_of_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A turn's reply is never dropped for lack of room (it used to give up after 30 s while
+    # its inbound was acked): only the turn's time limit or shutdown ends the wait, and then
+    # nothing was queued and the turn is not recorded as answered.
+    state = MemoryState(outbox_max=1)
+    replies = Replies(FakeLink(state="backoff"), state, IDENTITIES)
     assert (await replies.send(send("a"), platform_raw="discord")).queued
-    t0 = trio.current_time()
-    result = await replies.send_waiting_for_room(send("b"), platform_raw="discord")
-    assert (result.error, result.retryable) == (OUTBOX_FULL, True)
-    assert trio.current_time() - t0 == pytest.approx(replies.room_wait_s)
+    with trio.move_on_after(3600) as waited:
+        await replies.send_waiting_for_room(send("b"), platform_raw="discord")
+    assert waited.cancelled_caught
+    assert len(await state.entries()) == 1  # only "a": "b" was never queued
+    assert replies.stats()["replies_waited_for_outbox_room"] == 1
+
+
+async def test_producers_waiting_for_room_take_it_in_arrival_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    link = FakeLink(state="backoff")
+    state = MemoryState(outbox_max=1)
+    replies = Replies(link, state, IDENTITIES)
+    assert (await replies.send(send("a"), platform_raw="discord")).queued
+    async with trio.open_nursery() as nursery:
+        await nursery.start(replies.run_flusher)
+        async with trio.open_nursery() as producers:
+            for text in ("b", "c", "d"):
+                producers.start_soon(
+                    functools.partial(
+                        replies.send_waiting_for_room, send(text), platform_raw="discord"
+                    )
+                )
+                await trio.sleep(1)  # arrival order b, c, d
+            link.state = "ready"
+            replies.poke()
+        await replies.wait_empty()
+        nursery.cancel_scope.cancel()
+    assert [r.action.content for r in link.requests] == ["a", "b", "c", "d"]  # type: ignore[union-attr]
 
 
 async def test_outbox_max_zero_fails_fast() -> None:
