@@ -66,6 +66,8 @@ FORGET_TIMEOUT_S: Final = 5.0
 #: First and longest pause between tries to queue a reply while storage fails.
 PUT_RETRY_S: Final = 0.1
 PUT_RETRY_CAP_S: Final = 2.0
+#: Pause before the flusher tries again after a pass that left entries on a live link.
+FLUSH_RETRY_S: Final = 1.0
 
 
 class ReplyLink(Protocol):
@@ -360,7 +362,10 @@ class Replies:
             request_id,
             kind,
         )
-        outbox_id = await self._put(entry)
+        # Turns already waiting for room come first: a newcomer does not take the entry
+        # that a flush freed for the oldest of them.
+        queued_behind = wait and self._room_queue.locked()
+        outbox_id = None if queued_behind else await self._put(entry)
         if outbox_id is None:
             if not wait:
                 log.error("relay: outbox full (%d entries); %s rejected", self.db.outbox_max, kind)
@@ -412,6 +417,12 @@ class Replies:
                     self.flusher_passes += 1
                     self._pass_over.set()
                     self._pass_over = trio.Event()
+                if self.live and self._count:
+                    # Stopped on an entry nobody answered (a timeout on a live link) or on
+                    # storage: nothing else pokes until the next READY or enqueue, and a
+                    # full outbox has turns waiting for room, so try again after a pause.
+                    await trio.sleep(FLUSH_RETRY_S)
+                    self.poke()
 
     async def wait_flusher_pass(self, passes: int) -> None:
         """Wait until the flusher task has ended ``passes`` passes (the first runs at READY)."""

@@ -436,3 +436,51 @@ async def test_flusher_delivers_on_poke_and_on_enqueue_while_live(
     await trio.testing.wait_all_tasks_blocked()
     assert sent_texts(link) == ["queued while down"]
     assert replies.outbox_count == 0
+
+
+async def test_a_flush_stopped_by_an_unanswered_entry_tries_again_while_the_link_is_live(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A timeout on a live link stopped the flush, and nothing poked the flusher again before
+    # the next READY: turns waiting for room in a full outbox then waited out their time
+    # limit on a healthy connection. Now the flusher tries again after a pause.
+    answers = [SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True)]
+
+    async def answer(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return answers.pop(0) if answers else SendResult.from_wire({"success": True})
+
+    link = FakeLink(state="backoff", responder=answer)
+    state = MemoryState(outbox_max=1)
+    replies = Replies(link, state, IDENTITIES)
+    assert (await replies.send(send("a"), platform_raw="discord")).queued
+    async with trio.open_nursery() as nursery:
+        await nursery.start(replies.run_flusher)
+        link.state = "ready"
+        replies.poke()  # the READY; no other poke follows
+        with trio.fail_after(60):
+            await replies.wait_empty()
+        nursery.cancel_scope.cancel()
+    assert link.requests[0].request_id == link.requests[1].request_id  # the same entry again
+    assert len(link.requests) == 2
+
+
+async def test_a_newcomer_does_not_take_the_room_freed_for_a_waiting_turn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    state = MemoryState(outbox_max=1)
+    replies = Replies(FakeLink(state="backoff"), state, IDENTITIES)
+    assert (await replies.send(send("a"), platform_raw="discord")).queued
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(replies.send_waiting_for_room, send("b"), platform_raw="discord")
+        )
+        await trio.sleep(1)  # "b" waits for room
+        state.outbox.clear()  # room in the store that the waiter has not been told of yet
+        nursery.start_soon(
+            functools.partial(replies.send_waiting_for_room, send("c"), platform_raw="discord")
+        )
+        await trio.sleep(1)
+        # "c" queued behind "b" rather than taking the free entry ahead of it.
+        assert state.outbox == {}
+        assert replies.stats()["replies_waited_for_outbox_room"] == 2
+        nursery.cancel_scope.cancel()
