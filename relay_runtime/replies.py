@@ -258,6 +258,13 @@ class Replies:
             self.resubmitted += 1
             log.info("relay: %s pending at close queued in the outbox", action.OP)
             return await self._enqueue(action, platform_raw, request_id, wait=wait)
+        if result.error == OUTBOUND_TIMED_OUT:
+            # No answer on a live link: it may or may not have gone out, like a send pending
+            # at a close. Dropping it would lose the reply while the turn's inbound is acked;
+            # the outbox re-sends it under the same requestId, which the connector de-dupes.
+            self.resubmitted += 1
+            log.info("relay: %s not answered in time; queued in the outbox", action.OP)
+            return await self._enqueue(action, platform_raw, request_id, wait=wait)
         if (
             isinstance(action, Send)
             and result.retryable

@@ -354,11 +354,10 @@ async def test_retryable_unambiguous_send_failure_resubmitted_once_via_outbox() 
 @pytest.mark.parametrize(
     "result",
     [
-        SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True),
         SendResult.from_wire({"success": False, "error": "egress declined: no", "retryable": True}),
         SendResult.from_wire({"success": False, "error": "forbidden"}),
     ],
-    ids=["ambiguous", "egress_declined", "not_retryable"],
+    ids=["egress_declined", "not_retryable"],
 )
 async def test_final_send_failures_are_not_resubmitted(result: SendResult) -> None:
     async def answer(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
@@ -484,3 +483,18 @@ async def test_a_newcomer_does_not_take_the_room_freed_for_a_waiting_turn(
         assert state.outbox == {}
         assert replies.stats()["replies_waited_for_outbox_room"] == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_send_nobody_answered_goes_to_the_outbox_under_its_id() -> None:
+    # A timeout is ambiguous (it may have gone out); dropping it lost the reply while the
+    # turn's inbound was acked. Queued under the same requestId, a repeat is de-duplicated.
+    async def answer(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True)
+
+    state = MemoryState()
+    link = FakeLink(responder=answer)
+    replies = Replies(link, state, IDENTITIES)
+    result = await replies.send(send("a"), platform_raw="discord", request_id="ab" * 16)
+    assert result.queued
+    (entry,) = state.outbox.values()
+    assert entry.request_id == link.requests[0].request_id == "ab" * 16
