@@ -44,7 +44,6 @@ import os
 import random
 import secrets
 import tempfile
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, NoReturn, TypeVar, TypeVarTuple, Unpack
@@ -54,7 +53,6 @@ import trio
 import trio.lowlevel
 import trio.testing
 import trio.to_thread
-from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from protocol.events import MessageEvent, SessionSource
 from relay_runtime.config import GatewayConfig
@@ -640,37 +638,4 @@ def reset_memory_dialer(connector: ReferenceConnector, nursery: trio.Nursery) ->
     where a test is about what survives a drop; the plain memory dialer is gentler than
     a network.
     """
-
-    serving = nursery
-
-    async def dial(
-        nursery: trio.Nursery,
-        url: str,
-        *,
-        headers: list[tuple[bytes, bytes]],
-        max_message_size: int,
-    ) -> WebSocketConnection:
-        parts = urllib.parse.urlsplit(url)
-        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        client, server = reset_stream_pair()
-        serving.start_soon(connector.serve_stream, server)
-        # Like a TCP socket: the gateway's end closes with the socket's nursery.
-        nursery.start_soon(_close_when_cancelled, client)
-        return await wrap_client_stream(
-            nursery,
-            client,  # type: ignore[arg-type]  # any trio stream works
-            parts.netloc or "reference-connector",
-            resource,
-            extra_headers=headers,
-            max_message_size=max_message_size,
-        )
-
-    return dial
-
-
-async def _close_when_cancelled(stream: trio.abc.AsyncResource) -> None:
-    """Lives in a socket's nursery; closes ``stream`` (abortively) when it is cancelled."""
-    try:
-        await trio.sleep_forever()
-    finally:
-        await trio.aclose_forcefully(stream)
+    return connector.memory_dialer(nursery, reset_stream_pair)

@@ -373,13 +373,19 @@ class ReferenceConnector:
         """
         await self._handle_stream(stream)
 
-    def memory_dialer(self, nursery: trio.Nursery) -> Dialer:
+    def memory_dialer(
+        self,
+        nursery: trio.Nursery,
+        stream_pair: Callable[
+            [], tuple[trio.abc.Stream, trio.abc.Stream]
+        ] = trio.testing.memory_stream_pair,
+    ) -> Dialer:
         """A gateway :class:`~relay_runtime.transport.Dialer` that reaches this connector in memory.
 
-        Each dial opens a :func:`trio.testing.memory_stream_pair` and serves the far end
-        with :meth:`serve_stream` in ``nursery`` (which must outlive the gateway's
-        sockets). Pass it as ``run_gateway(..., dialer=...)``; the gateway's
-        ``relay_url`` is then only used for the upgrade request's host and path.
+        Each dial opens a ``stream_pair()`` (:func:`trio.testing.memory_stream_pair` unless
+        given) and serves the far end with :meth:`serve_stream` in ``nursery`` (which must
+        outlive the gateway's sockets). Pass it as ``run_gateway(..., dialer=...)``; the
+        gateway's ``relay_url`` is then only used for the upgrade request's host and path.
         """
 
         serving = nursery
@@ -393,7 +399,7 @@ class ReferenceConnector:
         ) -> WebSocketConnection:
             parts = urllib.parse.urlsplit(url)
             resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            client, server = trio.testing.memory_stream_pair()
+            client, server = stream_pair()
             serving.start_soon(self.serve_stream, server)
             # Like a TCP dial: the client end closes with the socket's nursery, so the
             # connector sees the gateway go however the socket ends.

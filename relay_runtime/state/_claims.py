@@ -14,7 +14,7 @@ import trio
 from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus
 from relay_runtime.state._batch import _Op
 from relay_runtime.state._records import ClaimRequest, MessageKey, _claim_keys
-from relay_runtime.state._sql import delete_claims, start_in
+from relay_runtime.state._sql import delete_claims, insert_claims, start_in
 from relay_runtime.state._turns import _Turns
 
 if TYPE_CHECKING:
@@ -76,17 +76,7 @@ class _Claims(_Turns):
 
         def write(conn: sqlite3.Connection) -> None:
             delete_claims(conn, forgotten)
-            conn.executemany(
-                "INSERT INTO relay_dedupe_claims (claim_id, state, created_at)"
-                " VALUES (?, 'in_flight', ?)",
-                [(claim_id, now) for claim_id, _ in claims],
-            )
-            # Plain INSERT: the file follows the window exactly, so a key taken here is
-            # free there; if not, that is an error to see, not to paper over.
-            conn.executemany(
-                "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
-                [(key, claim_id) for claim_id, keys in claims for key in keys],
-            )
+            insert_claims(conn, claims, now)
             for turn_id, session_key, k_msg, k_buf, inbound in turns:
                 start_in(conn, turn_id, session_key, k_msg, k_buf, now, inbound)
 

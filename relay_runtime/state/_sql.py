@@ -68,6 +68,22 @@ def delete_claims(conn: sqlite3.Connection, claim_ids: Sequence[int]) -> None:
     conn.executemany("DELETE FROM relay_dedupe_claims WHERE claim_id = ?", params)
 
 
+def insert_claims(
+    conn: sqlite3.Connection, claims: Sequence[tuple[int, Sequence[str]]], now: float
+) -> None:
+    """Record new IN_FLIGHT claims and their keys (``(claim_id, keys)`` each)."""
+    conn.executemany(
+        "INSERT INTO relay_dedupe_claims (claim_id, state, created_at) VALUES (?, 'in_flight', ?)",
+        [(claim_id, now) for claim_id, _ in claims],
+    )
+    # Plain INSERT: the file follows the window exactly, so a key taken here is free there;
+    # if not, that is an error to see, not to paper over.
+    conn.executemany(
+        "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
+        [(key, claim_id) for claim_id, keys in claims for key in keys],
+    )
+
+
 def start_in(
     conn: sqlite3.Connection,
     turn_id: int,

@@ -27,7 +27,7 @@ from relay_runtime.state._records import (
     _check_end_state,
     _claim_keys,
 )
-from relay_runtime.state._sql import _turn, complete_claims_in, delete_claims
+from relay_runtime.state._sql import _turn, complete_claims_in, delete_claims, insert_claims
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -104,15 +104,7 @@ class _Turns(_Engine):
 
         def write(conn: sqlite3.Connection) -> None:
             delete_claims(conn, forgotten)
-            conn.executemany(
-                "INSERT INTO relay_dedupe_claims (claim_id, state, created_at)"
-                " VALUES (?, 'in_flight', ?)",
-                [(claim_id, now) for claim_id, _ in claims],
-            )
-            conn.executemany(
-                "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
-                [(key, claim_id) for claim_id, keys in claims for key in keys],
-            )
+            insert_claims(conn, claims, now)
             conn.executemany(
                 "UPDATE relay_turns SET resumes = resumes + 1 WHERE turn_id = ?",
                 [(turn_id,) for turn_id in resumed],
