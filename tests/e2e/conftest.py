@@ -102,14 +102,21 @@ class GatewayProcess:
 
 
 @asynccontextmanager
-async def gateway_process(args: list[str], env: Mapping[str, str]) -> AsyncIterator[GatewayProcess]:
-    """Start ``python -m relay_runtime ARGS``; killed on the way out if still running."""
+async def gateway_process(
+    args: list[str],
+    env: Mapping[str, str],
+    *,
+    preexec_fn: Callable[[], None] | None = None,
+) -> AsyncIterator[GatewayProcess]:
+    """Start ``python -m relay_runtime ARGS`` (``preexec_fn`` runs in the child before it);
+    killed on the way out if still running."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "relay_runtime", *args],
         env=dict(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )
     child = GatewayProcess(process)
     try:

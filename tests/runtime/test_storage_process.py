@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import resource
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,14 @@ import trio
 
 from protocol.events import MessageEvent, SessionSource
 from relay_runtime.connector import ReferenceConnector
-from tests.e2e.conftest import GATEWAY_ID, GUARD_S, GatewayProcess, gateway_env, new_secret
+from tests.e2e.conftest import (
+    GATEWAY_ID,
+    GUARD_S,
+    GatewayProcess,
+    gateway_env,
+    gateway_process,
+    new_secret,
+)
 
 #: Largest file the child may write: room for start-up, not for many commits.
 FSIZE_LIMIT = 1 << 20
@@ -33,31 +38,10 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
 
 
-@asynccontextmanager
-async def limited_gateway(args: list[str], env: Mapping[str, str]) -> AsyncIterator[GatewayProcess]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "relay_runtime", *args],
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=_limit_file_size,
-    )
-    child = GatewayProcess(process)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(child._pump)
-            try:
-                yield child
-            finally:
-                if process.returncode is None:
-                    process.send_signal(signal.SIGKILL)
-                with trio.move_on_after(GUARD_S, shield=True):
-                    await process.wait()
-                    await child.eof.wait()
-    finally:
-        if process.stderr is not None:
-            await process.stderr.aclose()
+def limited_gateway(
+    args: list[str], env: Mapping[str, str]
+) -> AbstractAsyncContextManager[GatewayProcess]:
+    return gateway_process(args, env, preexec_fn=_limit_file_size)
 
 
 def message(n: int) -> MessageEvent:
