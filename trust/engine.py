@@ -32,7 +32,7 @@ import trio
 from protocol.events import MessageEvent
 from trust.agent import LlmSettings, TrustAgent
 from trust.commands import Command, InviteCommand, PayCommand, TrustCommand, parse_command
-from trust.functions import clean_reason
+from trust.planning import clean_reason
 from trust.identity import (
     DEFAULT_CANONICALIZER,
     Canonicalizer,

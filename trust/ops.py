@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Final
 
 from trust.commands import TrustCommand
-from trust.functions import AtomicOp, describe_state
+from trust.planning import AtomicOp, describe_state
 from trust.identity import DEFAULT_CANONICALIZER, Canonicalizer, InvalidClientId
 from trust.invites import CreatedInvite, create_invite, revoke_invite
 from trust.model import ANONYMOUS, Level

@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from trust.functions import AtomicOp
+from trust.planning import AtomicOp
 from trust.model import Level, StateChange
 from trust.records import (
     AuditEntry,

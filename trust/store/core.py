@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from trust.functions import AtomicOp, Authority, Planned, plan, plan_revert
+from trust.planning import AtomicOp, Authority, Planned, plan, plan_revert
 from trust.model import Level, StateChange
 from trust.records import (
     AuditEntry,
