@@ -10,16 +10,14 @@ textual payments, booleans and other `default` values, short or public invite co
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import yaml
 
+from trust import _yaml
 from trust.commands import PUBLIC_INVITE_CODES, canonical_invite_code, invite_code_digest
-
-if TYPE_CHECKING:
-    from trust import _yaml
-    from trust.policy import _Checker
+from trust.policy_check import Checker
 
 __all__ = ["LEGACY_KEYS", "Translation", "is_065", "translate"]
 
@@ -56,7 +54,7 @@ def _scalar_for_list(key: str, value: object, effect: str) -> str:
     )
 
 
-def translate(config: dict[str, Any], check: _Checker) -> Translation:
+def translate(config: dict[str, Any], check: Checker) -> Translation:
     """Translate a 0.6.5 frontmatter; problems go to `check` with their original lines."""
     rules: list[dict[str, Any]] = []
     native: dict[str, Any] = {}
@@ -147,7 +145,7 @@ def translate(config: dict[str, Any], check: _Checker) -> Translation:
     )
 
 
-def _codes(raw: object, check: _Checker) -> list[str]:
+def _codes(raw: object, check: Checker) -> list[str]:
     path: _yaml.Path = ("onboard", "invite_code")
     if not isinstance(raw, list):
         check.error(
@@ -172,7 +170,7 @@ def _codes(raw: object, check: _Checker) -> list[str]:
     return digests
 
 
-def _amount(raw: object, check: _Checker) -> Decimal | None:
+def _amount(raw: object, check: Checker) -> Decimal | None:
     path: _yaml.Path = ("onboard", "payment")
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         check.error(

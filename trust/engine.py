@@ -32,7 +32,6 @@ import trio
 from protocol.events import MessageEvent
 from trust.agent import LlmSettings, TrustAgent
 from trust.commands import Command, InviteCommand, PayCommand, TrustCommand, parse_command
-from trust.planning import clean_reason
 from trust.identity import (
     DEFAULT_CANONICALIZER,
     Canonicalizer,
@@ -58,6 +57,7 @@ from trust.model import (
 )
 from trust.ops import DM_ONLY_REPLY, NOT_AUTHORIZED_REPLY, TrustOps
 from trust.payments import NoPaymentVerifier, PaymentVerifier, check_payment
+from trust.planning import clean_reason
 from trust.policy import Policy, TrustConfigError, resolve_policy
 from trust.records import (
     AuditEntry,

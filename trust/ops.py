@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Final
 
 from trust.commands import TrustCommand
-from trust.planning import AtomicOp, describe_state
 from trust.identity import DEFAULT_CANONICALIZER, Canonicalizer, InvalidClientId
 from trust.invites import CreatedInvite, create_invite, revoke_invite
 from trust.model import ANONYMOUS, Level
+from trust.planning import AtomicOp, describe_state
 from trust.policy import Policy
 from trust.records import AuditEntry, AuditTier, ClientRecord, Invite, OpResult, TrustOpError
 from trust.store.base import ClientStore

@@ -1,9 +1,10 @@
-"""Policy files: parsing, strict validation, compilation, presets, resolution (TR §4).
+"""Policy files: loading, compilation, presets, resolution (TR §4).
 
 A policy is Markdown with a YAML frontmatter. `Policy.from_text` / `Policy.from_file` read
 the native format (or translate a connectonion 0.6.5 policy, see `trust.compat`), report
 every problem at once in one `PolicyError`, and compile conditions into predicates once, so
-`trust.rules.decide` parses nothing per message.
+`trust.rules.decide` parses nothing per message. The compiled pieces and the errors are in
+`trust.policy_rules`, the readers of each frontmatter part in `trust.policy_parse`.
 """
 
 from __future__ import annotations
@@ -12,34 +13,56 @@ import hashlib
 import hmac
 import importlib.resources
 import logging
-import operator
 import re
-from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
 from pathlib import Path as FsPath
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 
-from trust import _yaml
+from trust import _yaml, compat
 from trust.commands import canonical_invite_code, invite_code_digest
 from trust.compat import LEGACY_KEYS
-from trust.model import (
-    OPERATIONS,
-    STATE_OPS,
-    ClientState,
-    CommandKind,
-    Level,
-    Outcome,
-    RequestFacts,
+from trust.model import OPERATIONS, Outcome
+from trust.policy_check import Checker, kind_name
+from trust.policy_parse import (
+    check_keys,
+    list_value,
+    parse_conditions,
+    parse_payment,
+    parse_reason,
+    parse_rule,
+    parse_word,
+)
+from trust.policy_rules import (
+    AGENT_TOOLS,
+    ATOMS,
+    COUNTERS,
+    FORMAT_065,
+    FORMAT_NATIVE,
+    NATIVE_KEYS,
+    PRESETS,
+    TERMINAL,
+    TRIGGER_KEYS,
+    Condition,
+    Payment,
+    PolicyError,
+    PolicyFormat,
+    PolicyProblem,
+    PolicyWarning,
+    Rule,
+    Trigger,
+    TrustConfigError,
+    parse_duration,
 )
 
 __all__ = [
     "AGENT_TOOLS",
     "ATOMS",
     "COUNTERS",
+    "FORMAT_065",
     "OPERATIONS",
     "PRESETS",
+    "TERMINAL",
     "Condition",
     "Payment",
     "Policy",
@@ -58,195 +81,7 @@ __all__ = [
 
 log = logging.getLogger("trust.policy")
 
-PRESETS = ("open", "careful", "strict")
-TERMINAL = frozenset({"allow", "deny", "use_agent"})
-VERIFY = frozenset({"verify_invite", "verify_payment"})
-FORBIDDEN_ACTIONS = frozenset({"unblock", "set_admin", "remove_admin"})
-ACTIONS = TERMINAL | VERIFY | STATE_OPS
-FOLLOW_UPS = TERMINAL | STATE_OPS | {"continue"}
-AGENT_TOOLS = ("get_level", "get_history", "promote_to_contact", "block")
-
-NATIVE_KEYS = (
-    "name",
-    "fast_rules",
-    "default",
-    "use_agent",
-    "cache",
-    "reply_on_deny",
-    "agent_tools",
-    "payment",
-    "disable",
-)
-RULE_KEYS = ("if", "action", "on_success", "on_failure", "reason")
-TRIGGER_KEYS = ("when", "reason")
-PolicyFormat = Literal["native", "connectonion-0.6.5"]
-FORMAT_NATIVE: PolicyFormat = "native"
-FORMAT_065: PolicyFormat = "connectonion-0.6.5"
-
 _NAME = re.compile(r"[a-z0-9_-]{1,40}")
-_DURATION = re.compile(r"([0-9]+)([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_MAX_DURATION_S = 30 * 86400
-_CURRENCY = re.compile(r"[A-Z]{3}")
-_COUNTER_COND = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*([<>=!]=?|=>|=<|<>)\s*(-?[0-9]+)")
-_ATOM_COND = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MAX_COUNT = 10**9
-_BOOL_HINT = "YAML reads {raw!r} as a boolean; yes/no/on/off/true/false need quotes"
-
-Predicate = Callable[[ClientState, RequestFacts], bool]
-
-
-def _is_blocked(c: ClientState, f: RequestFacts) -> bool:
-    return c.blocked or c.secondary_blocked
-
-
-def _level(level: Level) -> Predicate:
-    def test(c: ClientState, f: RequestFacts) -> bool:
-        return c.level is level and not (c.blocked or c.secondary_blocked)
-
-    return test
-
-
-ATOMS: Mapping[str, Predicate] = {
-    "is_blocked": _is_blocked,
-    "is_admin": lambda c, f: c.is_admin,
-    "is_whitelist": _level(Level.WHITELIST),
-    "is_contact": _level(Level.CONTACT),
-    "is_stranger": _level(Level.STRANGER),
-    "is_anonymous": lambda c, f: c.anonymous,
-    "has_invite_code": lambda c, f: f.command is CommandKind.INVITE,
-    "has_payment": lambda c, f: f.command is CommandKind.PAY,
-    "is_dm": lambda c, f: f.is_dm,
-    "mentions_bot": lambda c, f: f.mentions_bot,
-    "always": lambda c, f: True,
-}
-"""Condition atoms of §4.3, compiled."""
-
-COUNTERS: Mapping[str, Callable[[ClientState], int]] = {
-    "requests": operator.attrgetter("requests"),
-    "requests_today": operator.attrgetter("requests_today"),
-    "requests_hour": operator.attrgetter("requests_hour"),
-    "days_known": operator.attrgetter("days_known"),
-}
-_OPS: Mapping[str, Callable[[int, int], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
-
-
-class TrustConfigError(ValueError):
-    """A `trust` setting that names neither a preset nor an existing file (§4.1, T29)."""
-
-
-@attrs.frozen
-class PolicyProblem:
-    """One problem in a policy file: file, 1-based line, key path and message."""
-
-    file: str
-    line: int
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.key}: {self.message}"
-
-
-@attrs.frozen
-class PolicyWarning(PolicyProblem):
-    """A policy that loads but probably does not mean what it says."""
-
-
-class PolicyError(ValueError):
-    """A policy that does not load; `items` holds every problem found, in file order."""
-
-    def __init__(self, items: list[PolicyProblem] | tuple[PolicyProblem, ...]) -> None:
-        self.items = tuple(sorted(items, key=lambda p: (p.line, p.key)))
-        count = len(self.items)
-        lines = "\n".join(f"  {item}" for item in self.items)
-        super().__init__(f"{count} problem{'s' if count != 1 else ''} in policy:\n{lines}")
-
-
-def parse_duration(value: object, *, max_s: int = _MAX_DURATION_S) -> int:
-    """Seconds of a duration: `0`, `"0"`, `"0s"`, or `<digits><s|m|h|d>` from 1 s to `max_s`
-    (30 d for policies). The one duration syntax of the trust package (invite expiry too)."""
-    if isinstance(value, bool):
-        raise ValueError("a duration, not a boolean (write 0 to disable)")
-    if isinstance(value, int):
-        if value == 0:
-            return 0
-        raise ValueError(f"{value!r} has no unit; write e.g. '{value}s' or '{value}h'")
-    if not isinstance(value, str):
-        raise ValueError(f"expected a duration like '90s' or '24h', got {type(value).__name__}")
-    text = value.strip()
-    if text in ("0", "0s"):
-        return 0
-    match = _DURATION.fullmatch(text)
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration: use whole <digits><s|m|h|d>, e.g. '24h'")
-    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
-    if not 1 <= seconds <= max_s:
-        raise ValueError(f"{value!r} is out of range: durations run from 1s to {max_s // 86400}d")
-    return seconds
-
-
-@attrs.frozen
-class Condition:
-    """One compiled condition: `[not ] ATOM` or `COUNTER OP N`."""
-
-    text: str
-    test: Predicate = attrs.field(eq=False, repr=False)
-
-
-@attrs.frozen
-class Rule:
-    """One fast rule, 0-based `index`, with follow-ups already defaulted (§4.3)."""
-
-    index: int
-    conditions: tuple[Condition, ...]
-    action: str
-    on_success: str | None = None
-    on_failure: str | None = None
-    reason: str | None = None
-    line: int = 0
-
-    def matches(self, client: ClientState, facts: RequestFacts) -> bool:
-        """All conditions hold."""
-        return all(cond.test(client, facts) for cond in self.conditions)
-
-    def describe(self) -> str:
-        """One line: the rule as evaluated."""
-        cond = " and ".join(c.text for c in self.conditions)
-        text = f"#{self.index} if {cond}: {self.action}"
-        if self.on_success is not None:
-            text += f"; on_success {self.on_success}; on_failure {self.on_failure}"
-        if self.reason:
-            text += f" ({self.reason!r})"
-        return text
-
-
-@attrs.frozen
-class Trigger:
-    """A `use_agent` escalation trigger."""
-
-    conditions: tuple[Condition, ...]
-    reason: str | None = None
-    line: int = 0
-
-    def matches(self, client: ClientState, facts: RequestFacts) -> bool:
-        """All conditions hold."""
-        return all(cond.test(client, facts) for cond in self.conditions)
-
-
-@attrs.frozen
-class Payment:
-    """The price of `verify_payment`."""
-
-    amount: Decimal
-    currency: str | None = None
 
 
 @attrs.frozen
@@ -352,43 +187,6 @@ def _stem_name(stem: str) -> str:
 # --- loading -----------------------------------------------------------------------------
 
 
-def _key_text(path: _yaml.Path) -> str:
-    if not path:
-        return "<frontmatter>"
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-class _Checker:
-    """Collects problems with their file line and key path."""
-
-    def __init__(self, source: str, lines: Mapping[_yaml.Path, int], raw: Mapping[_yaml.Path, str]):
-        self.source = source
-        self.lines = lines
-        self.raw = raw
-        self.errors: list[PolicyProblem] = []
-        self.warnings: list[PolicyWarning] = []
-
-    def line(self, path: _yaml.Path) -> int:
-        while path and path not in self.lines:
-            path = path[:-1]
-        return self.lines.get(path, 1)
-
-    def error(self, path: _yaml.Path, message: str, *, line: int | None = None) -> None:
-        where = self.line(path) if line is None else line
-        self.errors.append(PolicyProblem(self.source, where, _key_text(path), message))
-
-    def warn(self, path: _yaml.Path, message: str) -> None:
-        self.warnings.append(PolicyWarning(self.source, self.line(path), _key_text(path), message))
-
-    def hint(self, path: _yaml.Path, value: object) -> str:
-        if isinstance(value, bool):
-            return "; " + _BOOL_HINT.format(raw=self.raw.get(path, str(value).lower()))
-        return ""
-
-
 @attrs.frozen
 class _Split:
     frontmatter: str
@@ -396,7 +194,7 @@ class _Split:
     body_line: int
 
 
-def _split(text: str, check: _Checker) -> _Split | None:
+def _split(text: str, check: Checker) -> _Split | None:
     text = text.removeprefix("\ufeff")
     lines = [line.removesuffix("\r") for line in text.split("\n")]
     if lines[0] != "---":
@@ -410,14 +208,12 @@ def _split(text: str, check: _Checker) -> _Split | None:
 
 
 def _load(text: str, *, digest: str, source: str, default_name: str) -> Policy:
-    from trust import compat  # compat builds on this module's checks
-
-    check = _Checker(source, {}, {})
+    check = Checker(source, {}, {})
     split = _split(text, check)
     if split is None:
         raise PolicyError(check.errors)
     doc = _yaml.load(split.frontmatter, first_line=2)
-    check = _Checker(source, doc.lines, doc.raw)
+    check = Checker(source, doc.lines, doc.raw)
     for problem in doc.problems:
         check.error(problem.path, problem.message, line=problem.line)
     if doc.problems and doc.value is None:
@@ -426,7 +222,9 @@ def _load(text: str, *, digest: str, source: str, default_name: str) -> Policy:
         check.error((), "empty frontmatter; a deny-all policy is written 'default: deny'", line=1)
         raise PolicyError(check.errors)
     if not isinstance(doc.value, dict):
-        check.error((), f"frontmatter must be a mapping of keys, not a {_kind(doc.value)}", line=1)
+        check.error(
+            (), f"frontmatter must be a mapping of keys, not a {kind_name(doc.value)}", line=1
+        )
         raise PolicyError(check.errors)
     config: dict[str, Any] = {str(k): v for k, v in doc.value.items()}
     translation: compat.Translation | None = None
@@ -475,198 +273,10 @@ def _load(text: str, *, digest: str, source: str, default_name: str) -> Policy:
     )
 
 
-def _kind(value: object) -> str:
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
-    if isinstance(value, bool):
-        return "boolean"
-    return type(value).__name__ if not isinstance(value, str) else "string"
-
-
-def _compile_condition(
-    raw: object, path: _yaml.Path, check: _Checker, *, what: str
-) -> Condition | None:
-    if not isinstance(raw, str):
-        check.error(
-            path, f"a {what} condition must be text, got {_kind(raw)}{check.hint(path, raw)}"
-        )
-        return None
-    text = " ".join(raw.split())
-    negate = False
-    body = text
-    if body.startswith("not "):
-        negate, body = True, body[4:].strip()
-    test: Predicate
-    counter = _COUNTER_COND.fullmatch(body)
-    if counter is not None:
-        name, op, number = counter.groups()
-        if name not in COUNTERS:
-            check.error(path, f"unknown counter {name!r}; counters are {', '.join(COUNTERS)}")
-            return None
-        if op not in _OPS:
-            check.error(path, f"unknown operator {op!r}; use one of > >= < <= == !=")
-            return None
-        n = int(number)
-        if not 0 <= n <= _MAX_COUNT:
-            check.error(path, f"counter bound {n} is outside 0..1000000000")
-            return None
-        get, compare = COUNTERS[name], _OPS[op]
-
-        def test(c: ClientState, f: RequestFacts) -> bool:
-            return compare(get(c), n)
-
-        body = f"{name} {op} {n}"
-    elif _ATOM_COND.fullmatch(body) and body in ATOMS:
-        test = ATOMS[body]
-    else:
-        if _ATOM_COND.fullmatch(body):
-            message = f"unknown condition {body!r}; conditions are {', '.join(ATOMS)}"
-        elif any(ch in body for ch in "<>=!"):
-            message = f"unknown operator in {body!r}; use COUNTER OP N with > >= < <= == !="
-        else:
-            message = f"cannot read condition {raw!r}: expected '[not ] ATOM' or 'COUNTER OP N'"
-        check.error(path, message)
-        return None
-    if negate:
-        inner = test
-
-        def test(c: ClientState, f: RequestFacts) -> bool:
-            return not inner(c, f)
-
-        body = f"not {body}"
-    return Condition(text=body, test=test)
-
-
-def _conditions(
-    raw: object, path: _yaml.Path, check: _Checker, *, what: str
-) -> tuple[Condition, ...] | None:
-    items = raw if isinstance(raw, list) else [raw]
-    if isinstance(raw, list) and not raw:
-        check.error(path, f"{what} needs at least one condition")
-        return None
-    out = []
-    ok = True
-    for i, item in enumerate(items):
-        cond = _compile_condition(
-            item, (*path, i) if isinstance(raw, list) else path, check, what=what
-        )
-        ok = ok and cond is not None
-        if cond is not None:
-            out.append(cond)
-    return tuple(out) if ok else None
-
-
-def _check_keys(
-    value: dict[str, Any], allowed: tuple[str, ...], path: _yaml.Path, check: _Checker
-) -> None:
-    for key in value:
-        if key not in allowed:
-            check.error((*path, key), f"unknown key {key!r}; allowed: {', '.join(allowed)}")
-
-
-def _reason(raw: object, path: _yaml.Path, check: _Checker, limit: int) -> str | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or not raw.strip():
-        check.error(path, f"reason must be non-empty text{check.hint(path, raw)}")
-        return None
-    if len(raw) > limit:
-        check.error(path, f"reason is {len(raw)} characters; the limit is {limit}")
-        return None
-    return raw.strip()
-
-
-def _word(
-    raw: object,
-    path: _yaml.Path,
-    check: _Checker,
-    allowed: frozenset[str] | tuple[str, ...],
-    what: str,
-) -> str | None:
-    if isinstance(raw, str) and raw in allowed:
-        return raw
-    if isinstance(raw, str) and raw in FORBIDDEN_ACTIONS:
-        check.error(
-            path,
-            f"{raw!r} is not allowed in a policy: rules and the trust agent never "
-            "unblock or change admins; that is done by hand",
-        )
-        return None
-    expected = ", ".join(sorted(allowed))
-    shown = repr(raw) if isinstance(raw, str) else _kind(raw)
-    check.error(path, f"unknown {what} {shown}; expected one of {expected}{check.hint(path, raw)}")
-    return None
-
-
-def _rule(index: int, raw: object, check: _Checker) -> Rule | None:
-    path: _yaml.Path = ("fast_rules", index)
-    if not isinstance(raw, dict):
-        check.error(path, f"a rule must be a mapping with 'if' and 'action', got {_kind(raw)}")
-        return None
-    _check_keys(raw, RULE_KEYS, path, check)
-    ok = True
-    for key in ("if", "action"):
-        if key not in raw:
-            check.error(path, f"rule is missing {key!r}")
-            ok = False
-    conditions = (
-        _conditions(raw.get("if"), (*path, "if"), check, what="rule") if "if" in raw else None
-    )
-    action = (
-        _word(raw.get("action"), (*path, "action"), check, ACTIONS, "action")
-        if "action" in raw
-        else None
-    )
-    reason = _reason(raw.get("reason"), (*path, "reason"), check, 200)
-    follow: dict[str, str | None] = {"on_success": None, "on_failure": None}
-    for key in follow:
-        if key not in raw:
-            continue
-        if action in TERMINAL:
-            check.error((*path, key), f"{key} is only for verify and state actions, not {action!r}")
-            ok = False
-            continue
-        follow[key] = _word(raw[key], (*path, key), check, FOLLOW_UPS, "follow-up")
-        ok = ok and follow[key] is not None
-    if not ok or conditions is None or action is None:
-        return None
-    on_success = on_failure = None
-    if action not in TERMINAL:
-        promotes = action in VERIFY or action.startswith("promote")
-        on_success = follow["on_success"] or ("allow" if promotes else "deny")
-        on_failure = follow["on_failure"] or "deny"
-    return Rule(
-        index=index,
-        conditions=conditions,
-        action=action,
-        on_success=on_success,
-        on_failure=on_failure,
-        reason=reason,
-        line=check.line(path),
-    )
-
-
-def _list(config: dict[str, Any], key: str, check: _Checker) -> list[Any]:
-    raw = config.get(key)
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        check.error(
-            (key,),
-            f"{key} must be a list, got {_kind(raw)} {raw!r}; write {key}: [{raw}]"
-            if isinstance(raw, str)
-            else f"{key} must be a list, got {_kind(raw)}",
-        )
-        return []
-    return raw
-
-
 def _compile(
-    config: dict[str, Any], check: _Checker, *, translated: bool, default_name: str
+    config: dict[str, Any], check: Checker, *, translated: bool, default_name: str
 ) -> Policy | None:
-    _check_keys(config, NATIVE_KEYS, (), check)
+    check_keys(config, NATIVE_KEYS, (), check)
     name = default_name
     if "name" in config:
         raw_name = config["name"]
@@ -675,31 +285,32 @@ def _compile(
         else:
             check.error(("name",), f"name must match [a-z0-9_-]{{1,40}}, got {raw_name!r}")
     rules = []
-    for i, raw in enumerate(_list(config, "fast_rules", check)):
-        rule = _rule(i, raw, check)
+    for i, raw in enumerate(list_value(config, "fast_rules", check)):
+        rule = parse_rule(i, raw, check)
         if rule is not None:
             rules.append(rule)
     default: Outcome = "deny"
     if "default" in config:
-        word = _word(
+        word = parse_word(
             config["default"], ("default",), check, ("allow", "deny", "use_agent"), "default"
         )
         if word is not None:
             default = word  # type: ignore[assignment]
     triggers = []
-    for i, raw in enumerate(_list(config, "use_agent", check)):
+    for i, raw in enumerate(list_value(config, "use_agent", check)):
         path: _yaml.Path = ("use_agent", i)
         if not isinstance(raw, dict):
             check.error(
-                path, f"a use_agent trigger must be a mapping {{when, reason}}, got {_kind(raw)}"
+                path,
+                f"a use_agent trigger must be a mapping {{when, reason}}, got {kind_name(raw)}",
             )
             continue
-        _check_keys(raw, TRIGGER_KEYS, path, check)
+        check_keys(raw, TRIGGER_KEYS, path, check)
         if "when" not in raw:
             check.error(path, "use_agent trigger is missing 'when'")
             continue
-        conds = _conditions(raw["when"], (*path, "when"), check, what="use_agent")
-        reason = _reason(raw.get("reason"), (*path, "reason"), check, 200)
+        conds = parse_conditions(raw["when"], (*path, "when"), check, what="use_agent")
+        reason = parse_reason(raw.get("reason"), (*path, "reason"), check, 200)
         if conds is not None:
             triggers.append(Trigger(conds, reason, check.line(path)))
     cache_s = 3600
@@ -715,16 +326,16 @@ def _compile(
         )
         reply = None
     tools = []
-    for i, raw in enumerate(_list(config, "agent_tools", check)):
-        tool = _word(raw, ("agent_tools", i), check, AGENT_TOOLS, "agent tool")
+    for i, raw in enumerate(list_value(config, "agent_tools", check)):
+        tool = parse_word(raw, ("agent_tools", i), check, AGENT_TOOLS, "agent tool")
         if tool is not None and tool not in tools:
             tools.append(tool)
     disable = set()
-    for i, raw in enumerate(_list(config, "disable", check)):
-        op = _word(raw, ("disable", i), check, OPERATIONS, "operation")
+    for i, raw in enumerate(list_value(config, "disable", check)):
+        op = parse_word(raw, ("disable", i), check, OPERATIONS, "operation")
         if op is not None:
             disable.add(op)
-    payment = _payment(config, check)
+    payment = parse_payment(config, check)
     policy = Policy(
         name=name,
         digest="",
@@ -749,38 +360,7 @@ def _compile(
     return policy
 
 
-def _payment(config: dict[str, Any], check: _Checker) -> Payment | None:
-    if "payment" not in config:
-        return None
-    raw = config["payment"]
-    if not isinstance(raw, dict):
-        check.error(
-            ("payment",), f"payment must be a mapping {{amount, currency}}, got {_kind(raw)}"
-        )
-        return None
-    _check_keys(raw, ("amount", "currency"), ("payment",), check)
-    amount_raw = raw.get("amount")
-    amount: Decimal | None = None
-    if isinstance(amount_raw, int | float) and not isinstance(amount_raw, bool):
-        try:
-            amount = Decimal(str(amount_raw))
-        except InvalidOperation:
-            amount = None
-    if amount is None or not amount.is_finite() or amount <= 0:
-        check.error(
-            ("payment", "amount"), f"payment.amount must be a number > 0, got {amount_raw!r}"
-        )
-        amount = None
-    currency = raw.get("currency")
-    if currency is not None and not (isinstance(currency, str) and _CURRENCY.fullmatch(currency)):
-        check.error(
-            ("payment", "currency"), f"currency must be three capitals like 'USD', got {currency!r}"
-        )
-        currency = None
-    return Payment(amount, currency) if amount is not None else None
-
-
-def _lint(policy: Policy, check: _Checker, *, translated: bool) -> None:
+def _lint(policy: Policy, check: Checker, *, translated: bool) -> None:
     for rule in policy.fast_rules:
         texts = [c.text for c in rule.conditions]
         if not translated and "is_blocked" in texts:

@@ -13,8 +13,8 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from trust.planning import AtomicOp
 from trust.model import Level, StateChange
+from trust.planning import AtomicOp
 from trust.records import (
     AuditEntry,
     AuditTier,

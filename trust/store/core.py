@@ -14,8 +14,8 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from trust.planning import AtomicOp, Authority, Planned, plan, plan_revert
 from trust.model import Level, StateChange
+from trust.planning import AtomicOp, Authority, Planned, plan, plan_revert
 from trust.records import (
     AuditEntry,
     AuditTier,
