@@ -70,7 +70,7 @@ from trust.records import (
 from trust.rules import decide
 from trust.stats import StatsRecorder, TrustStats
 from trust.store.base import ClientStore
-from trust.store.core import ApplyContext, AttemptWindow, CounterDelta, StoreView
+from trust.store.tx import ApplyContext, AttemptWindow, CounterDelta, StoreView
 
 log = logging.getLogger("trust.engine")
 

@@ -3,7 +3,7 @@
 Codes are 80 random bits in Crockford base32 (``XXXX-XXXX-XXXX-XXXX``) or an operator's
 custom code of at least 12 characters. Only ``sha256(canonical code)`` is stored; the code
 is returned once by :func:`create_invite` and never logged, listed or put in an error. A
-use is consumed in the promotion's own transaction (``trust.store.core``), by a guarded
+use is consumed in the promotion's own transaction (``trust.store.onboarding``), by a guarded
 update, so a ``max_uses: 1`` invite admits exactly one client. Failed attempts are counted
 in the store's windows (per client, and for all clients together) by the engine before a
 lookup's result is used.

@@ -23,10 +23,10 @@ from trust.engine import TrustConfig, TrustEngine, open_trust_engine
 from trust.invites import create_invite
 from trust.policy import Policy, TrustConfigError
 from trust.store import AttemptWindow, SqlClientStore
-from trust.store.core import Tx
 from trust.store.postgres import PostgresBackend
 from trust.store.schema import META_DDL, MIGRATIONS, POSTGRES, SQLITE
 from trust.store.sqlite import DB_FILENAME, SqliteBackend
+from trust.store.tx import Tx
 
 OP = "local:tester"
 POLICY_CODE = "Friends1"  # short, human-chosen, unlimited and permanent: a 0.6.5 policy code

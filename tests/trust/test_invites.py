@@ -15,7 +15,7 @@ from trust.invites import check_invite, create_invite, generate_code, revoke_inv
 from trust.model import StateChange
 from trust.records import PreconditionFailed, TrustOpError
 from trust.store import ApplyContext, SqlClientStore
-from trust.store.core import Tx
+from trust.store.tx import Tx
 
 OP = "local:tester"
 CODE_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){3}")

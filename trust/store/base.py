@@ -1,7 +1,8 @@
 """The async :class:`ClientStore` Protocol (TR §3) and its SQL implementation.
 
-:class:`SqlClientStore` runs each call of :mod:`trust.store.core` in one transaction in a
-worker thread (``trio.to_thread.run_sync``) behind the backend's ``CapacityLimiter``: 1 for
+:class:`SqlClientStore` runs each call of a transaction function (:mod:`trust.store.core`,
+:mod:`~trust.store.queries`, :mod:`~trust.store.onboarding`, :mod:`~trust.store.audit`) in
+one transaction in a worker thread (``trio.to_thread.run_sync``) behind the backend's ``CapacityLimiter``: 1 for
 SQLite's single connection, the pool size for PostgreSQL.
 """
 
@@ -27,9 +28,9 @@ from trust.records import (
     OpResult,
     TrustOpError,
 )
-from trust.store import core
-from trust.store.core import ApplyContext, AttemptWindow, CounterDelta, StoreView, Tx
+from trust.store import audit, core, onboarding, queries
 from trust.store.schema import Dialect
+from trust.store.tx import HOUR_MS, ApplyContext, AttemptWindow, CounterDelta, StoreView, Tx
 
 T = TypeVar("T")
 
@@ -224,7 +225,7 @@ class SqlClientStore:
 
     async def view(self, client_id: str, secondary: str | None) -> StoreView:
         """See :meth:`ClientStore.view`."""
-        return await self._call(lambda tx: core.read_view(tx, client_id, secondary), write=False)
+        return await self._call(lambda tx: queries.read_view(tx, client_id, secondary), write=False)
 
     async def resolve_alias(self, client_id: str) -> str:
         """See :meth:`ClientStore.resolve_alias`."""
@@ -233,7 +234,7 @@ class SqlClientStore:
     async def bind_alias(self, alias_id: str, client_id: str) -> str:
         """See :meth:`ClientStore.bind_alias`."""
         now = self.clock()
-        return await self._call(lambda tx: core.bind_alias(tx, alias_id, client_id, now))
+        return await self._call(lambda tx: queries.bind_alias(tx, alias_id, client_id, now))
 
     async def run_op(
         self, op: AtomicOp, client_id: str, *, actor: str, tier: AuditTier, reason: str | None
@@ -292,21 +293,23 @@ class SqlClientStore:
     ) -> list[ClientRecord]:
         """See :meth:`ClientStore.list_clients`."""
         return await self._call(
-            lambda tx: core.list_clients(tx, level=level, admins=admins, blocked=blocked),
+            lambda tx: queries.list_clients(tx, level=level, admins=admins, blocked=blocked),
             write=False,
         )
 
     async def audit(self, client_id: str | None = None, limit: int = 50) -> list[AuditEntry]:
         """See :meth:`ClientStore.audit`."""
-        return await self._call(lambda tx: core.read_audit_log(tx, client_id, limit), write=False)
+        return await self._call(
+            lambda tx: queries.read_audit_log(tx, client_id, limit), write=False
+        )
 
     async def audit_entry(self, audit_id: int) -> AuditEntry | None:
         """See :meth:`ClientStore.audit_entry`."""
-        return await self._call(lambda tx: core.read_audit(tx, audit_id), write=False)
+        return await self._call(lambda tx: audit.read_audit(tx, audit_id), write=False)
 
     async def stored_ids(self) -> list[str]:
         """See :meth:`ClientStore.stored_ids`."""
-        return await self._call(core.stored_ids, write=False)
+        return await self._call(queries.stored_ids, write=False)
 
     async def bootstrap_admins(self, client_ids: Sequence[str]) -> list[AuditEntry]:
         """See :meth:`ClientStore.bootstrap_admins`."""
@@ -326,20 +329,22 @@ class SqlClientStore:
 
     async def insert_invite(self, invite: Invite, tier: AuditTier) -> AuditEntry:
         """See :meth:`ClientStore.insert_invite`."""
-        return await self._call(lambda tx: core.insert_invite(tx, invite, tier))
+        return await self._call(lambda tx: onboarding.insert_invite(tx, invite, tier))
 
     async def find_invite(self, digest: bytes) -> Invite | None:
         """See :meth:`ClientStore.find_invite`."""
-        return await self._call(lambda tx: core.find_invite(tx, digest), write=False)
+        return await self._call(lambda tx: onboarding.find_invite(tx, digest), write=False)
 
     async def list_invites(self) -> list[Invite]:
         """See :meth:`ClientStore.list_invites`."""
-        return await self._call(core.list_invites, write=False)
+        return await self._call(onboarding.list_invites, write=False)
 
     async def revoke_invite(self, invite_id: str, *, actor: str, tier: AuditTier) -> AuditEntry:
         """See :meth:`ClientStore.revoke_invite`."""
         now = self.clock()
-        return await self._call(lambda tx: core.revoke_invite(tx, invite_id, actor, tier, now))
+        return await self._call(
+            lambda tx: onboarding.revoke_invite(tx, invite_id, actor, tier, now)
+        )
 
     async def reserve_invite_attempt(
         self, attempt_id: str, windows: Sequence[AttemptWindow]
@@ -347,64 +352,66 @@ class SqlClientStore:
         """See :meth:`ClientStore.reserve_invite_attempt`."""
         now = self.clock()
         return await self._call(
-            lambda tx: core.reserve_invite_attempt(tx, attempt_id, windows, now)
+            lambda tx: onboarding.reserve_invite_attempt(tx, attempt_id, windows, now)
         )
 
     async def release_invite_attempt(self, attempt_id: str) -> None:
         """See :meth:`ClientStore.release_invite_attempt`."""
-        await self._call(lambda tx: core.release_invite_attempt(tx, attempt_id))
+        await self._call(lambda tx: onboarding.release_invite_attempt(tx, attempt_id))
 
-    async def invite_attempts(self, scope: str, window_ms: int = core.HOUR_MS) -> int:
+    async def invite_attempts(self, scope: str, window_ms: int = HOUR_MS) -> int:
         """Attempts counted in ``scope`` within the last ``window_ms``."""
         since = self.clock() - window_ms
         return await self._call(
-            lambda tx: core.count_invite_attempts(tx, scope, since), write=False
+            lambda tx: onboarding.count_invite_attempts(tx, scope, since), write=False
         )
 
     async def payment_used(self, tx_id: str) -> str | None:
         """See :meth:`ClientStore.payment_used`."""
-        return await self._call(lambda tx: core.payment_used(tx, tx_id), write=False)
+        return await self._call(lambda tx: onboarding.payment_used(tx, tx_id), write=False)
 
     async def cache_get(self, client_id: str, digest: str) -> CachedVerdict | None:
         """See :meth:`ClientStore.cache_get`."""
         now = self.clock()
-        return await self._call(lambda tx: core.cache_get(tx, client_id, digest, now), write=False)
+        return await self._call(
+            lambda tx: queries.cache_get(tx, client_id, digest, now), write=False
+        )
 
     async def cache_put(self, verdict: CachedVerdict) -> None:
         """See :meth:`ClientStore.cache_put`."""
-        await self._call(lambda tx: core.cache_put(tx, verdict))
+        await self._call(lambda tx: queries.cache_put(tx, verdict))
 
     async def cache_drop(self, client_id: str) -> None:
         """See :meth:`ClientStore.cache_drop`."""
-        await self._call(lambda tx: core.cache_drop(tx, client_id))
+        await self._call(lambda tx: queries.cache_drop(tx, client_id))
 
     async def counters(self, client_id: str) -> Counters | None:
         """A client's stored counters."""
-        return await self._call(lambda tx: core.read_counters(tx, client_id), write=False)
+        return await self._call(lambda tx: queries.read_counters(tx, client_id), write=False)
 
     async def add_counts(self, deltas: Sequence[CounterDelta]) -> None:
         """See :meth:`ClientStore.add_counts`."""
         if deltas:
-            await self._call(lambda tx: core.add_counts(tx, deltas))
+            await self._call(lambda tx: queries.add_counts(tx, deltas))
 
     async def changes_since(self, audit_id: int) -> list[tuple[int, str | None]]:
         """See :meth:`ClientStore.changes_since`."""
-        return await self._call(lambda tx: core.changes_since(tx, audit_id), write=False)
+        return await self._call(lambda tx: audit.changes_since(tx, audit_id), write=False)
 
     async def last_audit_id(self) -> int:
         """See :meth:`ClientStore.last_audit_id`."""
-        return await self._call(core.last_audit_id, write=False)
+        return await self._call(audit.last_audit_id, write=False)
 
     async def count_audit(self, action: str, tier: AuditTier, since_ms: int) -> int:
         """See :meth:`ClientStore.count_audit`."""
         return await self._call(
-            lambda tx: core.count_audit(tx, action, tier, since_ms), write=False
+            lambda tx: audit.count_audit(tx, action, tier, since_ms), write=False
         )
 
     async def prune(self) -> int:
         """See :meth:`ClientStore.prune`."""
         now = self.clock()
-        return await self._call(lambda tx: core.prune(tx, now))
+        return await self._call(lambda tx: queries.prune(tx, now))
 
     async def aclose(self) -> None:
         """See :meth:`ClientStore.aclose`."""

@@ -17,8 +17,8 @@ import trio
 from trust.records import StoreError
 from trust.store import core
 from trust.store.base import SqlClientStore, wall_ms
-from trust.store.core import Row, Tx
 from trust.store.schema import MIGRATION_LOCK_KEY, POSTGRES
+from trust.store.tx import Row, Tx
 
 if TYPE_CHECKING:
     import psycopg
