@@ -98,7 +98,7 @@ def _with_store(
 
     def run(args: argparse.Namespace) -> int:
         async def main() -> None:
-            from trust.engine import open_store
+            from trust.engine_config import open_store
 
             config = _config(args)  # its canonicalizer: RELAY_TRUST_CASEFOLD_PLATFORMS (T5)
             store = await open_store(config)

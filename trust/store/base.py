@@ -2,8 +2,8 @@
 
 :class:`SqlClientStore` runs each call of a transaction function (:mod:`trust.store.core`,
 :mod:`~trust.store.queries`, :mod:`~trust.store.onboarding`, :mod:`~trust.store.audit`) in
-one transaction in a worker thread (``trio.to_thread.run_sync``) behind the backend's ``CapacityLimiter``: 1 for
-SQLite's single connection, the pool size for PostgreSQL.
+one transaction in a worker thread (``trio.to_thread.run_sync``) behind the backend's
+``CapacityLimiter``: 1 for SQLite's single connection, the pool size for PostgreSQL.
 """
 
 from __future__ import annotations
