@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import quote
 
-from relay_runtime.config import ENV_FILE_NAME, ConfigError
+from relay_runtime.config._values import ENV_FILE_NAME, ConfigError
 
 __all__ = [
     "DB_FILE_NAME",

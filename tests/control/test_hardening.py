@@ -117,7 +117,8 @@ def test_extreme_values_are_one_line_exit_2_naming_key_value_and_range(
 
 def test_every_numeric_setting_has_a_range_in_the_docs() -> None:
     """The ranges in docs/configuration.md are the ones the parsers enforce."""
-    from relay_runtime.config import _VARS, _Int, _Seconds
+    from relay_runtime.config._values import _Int, _Seconds
+    from relay_runtime.config._vars import _VARS
 
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
     checked = 0
