@@ -1,39 +1,5 @@
-"""A test kit for agent authors: a real gateway against the reference connector, in-process.
-
-:func:`open_harness` starts the reference connector, a trust engine with the policy you
-choose, and :func:`~relay_runtime.run_gateway` with your agent, all in your test's trio run.
-:meth:`Harness.say` then sends one message as a user and returns what happened — the trust
-decision and the replies the agent (or the trust engine) sent — once the gateway has
-finished with it::
-
-    from relay_runtime.testing import open_harness
-
-    async def test_greets(autojump_clock) -> None:
-        async with open_harness(my_agent) as harness:
-            said = await harness.say("hello", user="discord:1234")
-            assert said.allowed
-            assert said.replies == ("hi there!",)
-
-Everything runs for real — WebSocket upgrade with its HMAC bearer, frames, the SQLite state
-db, the trust store — over one of two transports:
-
-``memory`` (the default under trio's ``MockClock``)
-    gateway and connector talk over :func:`trio.testing.memory_stream_pair`, no sockets, so
-    the test is deterministic under ``autojump_clock`` and virtual time (an agent that
-    sleeps ten minutes) passes at once. The state db and the trust store work in worker
-    threads, and an autojumping ``MockClock`` would otherwise jump while one runs (the
-    run loop looks idle), firing timeouts early. So in this mode the harness runs
-    :func:`autojump_around_threads` for the harness's lifetime: the same jumps, never
-    while a ``trio.to_thread`` call is in flight.
-``loopback`` (the default under the real clock)
-    the connector listens on ``127.0.0.1`` (a free port) and the gateway dials it over
-    TCP. Use the real clock: a mock clock that jumps while bytes are in flight between two
-    real sockets gives false timeouts.
-
-Each message is delivered through the connector's ack-gated buffer, and :meth:`~Harness.say`
-returns when the gateway acks it: the ack follows the turn's completion and its confirmed
-replies (RC §7), so nothing is left in flight and no test needs to sleep.
-"""
+"""The harness: a real gateway against the reference connector in the test's trio run
+(:func:`open_harness`, :class:`Harness`, :class:`Said`), and :func:`autojump_around_threads`."""
 
 from __future__ import annotations
 
@@ -41,12 +7,11 @@ import contextlib
 import itertools
 import math
 import os
-import random
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, NoReturn, TypeVar, TypeVarTuple, Unpack
+from typing import Any, Final, Literal, NoReturn
 
 import attrs
 import trio
@@ -61,21 +26,6 @@ from relay_runtime.dispatcher import Agent, TrustEvaluator, TrustOutcomeLike
 from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.transport import Dialer
 from trust.model import Decision
-
-__all__ = [
-    "DEFAULT_USER",
-    "Harness",
-    "Said",
-    "Transport",
-    "autojump_around_threads",
-    "inline_threads",
-    "open_harness",
-    "parse_user",
-    "reset_memory_dialer",
-    "reset_stream_pair",
-    "run_deterministic",
-    "seeded_scheduler",
-]
 
 #: How the harness connects gateway and connector; ``auto`` picks ``memory`` under a
 #: ``MockClock`` and ``loopback`` otherwise.
@@ -445,197 +395,3 @@ async def _hold_while_threads_run() -> None:
         nursery.start_soon(trio.testing.wait_all_tasks_blocked, math.inf)
         await trio.testing.wait_all_threads_completed()
         nursery.cancel_scope.cancel()
-
-
-# --------------------------------------------------------------------------- replayable runs
-
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
-
-
-@contextlib.contextmanager
-def inline_threads(latency: Callable[[], float] | None = None) -> Iterator[None]:
-    """Run every ``trio.to_thread.run_sync(...)`` call on the trio thread, in virtual time.
-
-    A worker thread finishes at a moment only the OS decides, so a run whose state db works
-    in threads (every gateway's) cannot replay exactly, even under ``MockClock``:
-    :func:`autojump_around_threads` keeps timers honest, but which task runs first after
-    a commit still depends on the thread. Inside this context the call runs the function
-    synchronously instead: the limiter is acquired as trio's own call would (cancellable),
-    then the function runs at once, then the caller waits ``latency()`` virtual seconds
-    (default 0: one scheduling pass), shielded as a thread call that cannot be abandoned
-    is. Other tasks run during that wait, as they would while a real thread works, so the
-    interleavings a thread allows are still there, now chosen by the seed that drives
-    ``latency``. The work is the same real work (e.g. SQLite on a real file); only the
-    event loop blocks while it runs.
-
-    Only call sites that look ``trio.to_thread.run_sync`` up when they call it are covered
-    (the state db and the trust store do); ``trio.Path`` and other code that imported
-    ``run_sync`` by name still use threads. Not reentrant across threads: use it around
-    one ``trio.run`` at a time.
-    """
-    real = trio.to_thread.run_sync
-
-    async def run_sync(
-        sync_fn: Callable[[Unpack[Ts]], T],
-        *args: *Ts,
-        thread_name: str | None = None,
-        abandon_on_cancel: bool = False,
-        limiter: trio.CapacityLimiter | None = None,
-    ) -> T:
-        if limiter is None:
-            limiter = trio.to_thread.current_default_thread_limiter()
-        async with limiter:
-            try:
-                result = sync_fn(*args)
-            finally:
-                delay = latency() if latency is not None else 0.0
-                # A thread call that may not be abandoned ignores cancellation until it ends.
-                with trio.CancelScope(shield=not abandon_on_cancel):
-                    if delay > 0:
-                        await trio.sleep(delay)
-                    else:
-                        await trio.lowlevel.checkpoint()
-        return result
-
-    trio.to_thread.run_sync = run_sync
-    try:
-        yield
-    finally:
-        trio.to_thread.run_sync = real
-
-
-@contextlib.contextmanager
-def seeded_scheduler(seed: int) -> Iterator[None]:
-    """Make trio's scheduling order, and the ``random`` module, a function of ``seed``.
-
-    Trio runs each batch of runnable tasks in a randomized order (so no code comes to rely
-    on one), drawn from a private ``random.Random``; it has a deterministic mode, sorting
-    each batch by task creation before shuffling, that Hypothesis and pytest-trio switch
-    on. This context switches it on and seeds that generator, and seeds the ``random``
-    module (the gateway's backoff jitter uses ``random.uniform`` by default); both are put
-    back afterwards. Trio documents neither attribute; they are the ones pytest-trio sets.
-    """
-    from trio._core import _run
-
-    saved_flag = _run._ALLOW_DETERMINISTIC_SCHEDULING
-    saved_trio, saved_global = _run._r.getstate(), random.getstate()
-    _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
-    _run._r.seed(seed)
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        _run._ALLOW_DETERMINISTIC_SCHEDULING = saved_flag  # type: ignore[misc]
-        _run._r.setstate(saved_trio)
-        random.setstate(saved_global)
-
-
-def run_deterministic(
-    async_fn: Callable[[Unpack[Ts]], Awaitable[T]],
-    *args: *Ts,
-    seed: int,
-    thread_latency: Callable[[], float] | None = None,
-) -> T:
-    """``trio.run(async_fn, *args)`` so that the same ``seed`` gives the same run.
-
-    The run gets a ``MockClock(autojump_threshold=0)`` (virtual time, starting at 0, that
-    jumps to the next timer whenever every task waits), :func:`seeded_scheduler` and
-    :func:`inline_threads` with ``thread_latency``. Whatever the code under test decides
-    from the clock, the scheduler, ``random`` or thread timing is then fixed by ``seed``;
-    a run also needs no sockets (use memory streams, e.g.
-    :meth:`ReferenceConnector.memory_dialer
-    <relay_runtime.connector.ReferenceConnector.memory_dialer>`) and no other randomness
-    that steers it (``uuid4`` request ids do not: they are never compared for order).
-    A deadlock shows up at once as the first ``fail_after`` expiring in virtual time; a
-    task that never blocks hangs for real, so keep a wall-clock backstop (pytest-timeout).
-    """
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    with seeded_scheduler(seed), inline_threads(thread_latency):
-        return trio.run(async_fn, *args, clock=clock)
-
-
-# --------------------------------------------------------------------------- TCP-like memory links
-
-
-@attrs.define(eq=False)
-class _Wire:
-    """What the two ends of one :func:`reset_stream_pair` share: whether it was reset."""
-
-    reset: bool = False
-
-
-class ResetStream(trio.abc.Stream):
-    """One end of :func:`reset_stream_pair`: a memory stream that can be reset like TCP."""
-
-    def __init__(
-        self,
-        send: trio.testing.MemorySendStream,
-        receive: trio.testing.MemoryReceiveStream,
-        wire: _Wire,
-    ) -> None:
-        self._send = send
-        self._receive = receive
-        self._wire = wire
-
-    @property
-    def was_reset(self) -> bool:
-        """Whether either end closed abortively."""
-        return self._wire.reset
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._wire.reset:
-            await trio.lowlevel.checkpoint()
-            raise trio.BrokenResourceError("connection reset by peer")
-        await self._send.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._send.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._wire.reset:
-            await trio.lowlevel.checkpoint()
-            raise trio.BrokenResourceError("connection reset by peer")
-        data = await self._receive.receive_some(max_bytes)
-        if self._wire.reset:
-            # Bytes that had arrived but were not read yet are gone with the reset.
-            raise trio.BrokenResourceError("connection reset by peer")
-        return data
-
-    async def aclose(self) -> None:
-        # trio.aclose_forcefully() closes inside a cancelled scope: that is the abortive
-        # close (SO_LINGER 0), which resets the connection; any other close is a FIN.
-        if trio.current_effective_deadline() == -math.inf:
-            self._wire.reset = True
-        self._send.close()  # the peer's pending receive wakes up (EOF, or the reset)
-        self._receive.close()
-        await trio.lowlevel.checkpoint()
-
-
-def reset_stream_pair() -> tuple[ResetStream, ResetStream]:
-    """A connected pair of in-memory byte streams whose abortive close behaves like TCP's.
-
-    :func:`trio.testing.memory_stream_pair` delivers every byte written before a close,
-    even when the close is :func:`trio.aclose_forcefully`. A TCP abort (RST, e.g. the
-    reference connector's drop) does not: bytes still in flight or unread, in either
-    direction, are lost, and both ends see ``BrokenResourceError`` (``ECONNRESET``). These
-    ends do the same: closing one with ``trio.aclose_forcefully`` resets the pair, and from
-    then on every read and write on either end raises ``BrokenResourceError``, whatever was
-    buffered. A plain ``aclose`` is a FIN: the peer reads what was sent, then EOF.
-    """
-    to_b, from_a = trio.testing.memory_stream_one_way_pair()
-    to_a, from_b = trio.testing.memory_stream_one_way_pair()
-    wire = _Wire()
-    return ResetStream(to_b, from_b, wire), ResetStream(to_a, from_a, wire)
-
-
-def reset_memory_dialer(connector: ReferenceConnector, nursery: trio.Nursery) -> Dialer:
-    """Like ``connector.memory_dialer(nursery)``, over :func:`reset_stream_pair` links.
-
-    A connector drop (``drop()``, ``drop_randomly()``) then loses whatever was in flight
-    on the socket, both ways, as a TCP reset does: an ``outbound`` the connector had not
-    read yet, an ``outbound_result`` or ``inbound`` the gateway had not read yet. Use it
-    where a test is about what survives a drop; the plain memory dialer is gentler than
-    a network.
-    """
-    return connector.memory_dialer(nursery, reset_stream_pair)
