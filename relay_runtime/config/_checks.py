@@ -1,5 +1,6 @@
 """Checks of a whole configuration: the RC §10 rules that tie two settings together, the state
-directory and its ``relay.env``, plain-text and short-secret warnings."""
+directory and its ``relay.env``, loopback hosts (for the plain-text warning) and the
+short-secret warning."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The :class:`GatewayConfig` class: its fields, derived values and :meth:`GatewayConfig.load`."""
+"""The :class:`GatewayConfig` class: its fields, derived values and :meth:`GatewayConfig.load`;
+and :func:`warn_if_plain_text`, run once the gateway is about to start."""
 
 from __future__ import annotations
 
