@@ -45,5 +45,7 @@ from protocol.keys import session_key as session_key
 from protocol.passthrough import PassthroughError as PassthroughError
 from protocol.passthrough import decode_forward as decode_forward
 from protocol.passthrough import discord_interaction_event as discord_interaction_event
+from protocol.relay_connection import RelayConnection as RelayConnection
+from protocol.relay_connection import RelayProtocolError as RelayProtocolError
 from protocol.results import ChatInfo as ChatInfo
 from protocol.results import SendResult as SendResult
