@@ -1,19 +1,20 @@
-"""The connection supervisor: the trio driver around :mod:`protocol.connection` (RC §6, §8).
+"""The connection supervisor: the trio driver around :class:`protocol.RelayConnection` (RC §6, §8).
 
-It owns one connector socket at a time. Each socket lives in its own nursery (reader,
-writer, keepalive, close watcher) that ends as a unit; the supervisor's loop only arms
-timers and carries out the actions the pure state machine returns. Everything the machine
-decides (reconnect, the ladder, 4401, idle) is decided there; this module does the I/O.
+Its shape is trio's ``_serve_one_listener``: one loop, ``while not terminal: dial → serve →
+back off``. Each socket is served in its own nursery (reader, writer, keepalive, timers and
+the close watcher) that ends as a unit before the loop goes on, so at most one socket exists
+and nothing outlives the step that started it. What to do next (dial at once, wait on the
+ladder, close, stop) is decided by the connection; this module does the I/O and carries out
+its actions. Stop, ``go_idle`` and ``suspend`` are events fed to the connection: the close it
+orders ends the serving step, and a terminal state ends the loop.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from types import MappingProxyType
 from typing import Protocol
 
 import attrs
@@ -22,28 +23,26 @@ import trio_websocket
 from trio_websocket import ConnectionRejected, HandshakeError
 from wsproto.utilities import LocalProtocolError
 
-from protocol import connection as sm
+from protocol import lifecycle as sm
 from protocol.actions import Action
 from protocol.auth import make_upgrade_token
-from protocol.codec import encode_frame
-from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
+from protocol.descriptor import CapabilityDescriptor
 from protocol.errors import FrameError
 from protocol.events import Identity, MessageEvent
 from protocol.frames import (
-    DescriptorFrame,
     Frame,
-    GoingIdle,
-    GoingIdleAck,
-    Hello,
     Inbound,
     InterruptInbound,
     OutboundResult,
     PassthroughForwardFrame,
 )
+from protocol.relay_connection import RelayConnection, RelayProtocolError
 from protocol.results import SendResult
 from protocol.urls import dial_url
 from relay_runtime.errors import RelayDisabled
+from relay_runtime.hand_off import InboundHandOff, InboundItem
 from relay_runtime.outbound import OutboundRouter
+from relay_runtime.timers import Timers
 from relay_runtime.transport import (
     ABNORMAL_CLOSURE,
     Dialer,
@@ -60,8 +59,6 @@ from relay_runtime.transport import (
 __all__ = ["RelayConfig", "Supervisor", "SupervisorStats"]
 
 log = logging.getLogger("relay_runtime.supervisor")
-
-InboundItem = Inbound | PassthroughForwardFrame
 
 
 class RelayConfig(Protocol):
@@ -129,13 +126,26 @@ class SupervisorStats:
     last_close: tuple[int, str] | None = None
 
 
-@attrs.define
-class _Stall:
-    """One backpressure episode: the reader waiting on a full inbound queue (RC §7.2)."""
+@attrs.define(eq=False)
+class _Serving:
+    """The socket the loop is serving: where close orders and public writes reach it."""
 
-    started: float
-    resumed: float
-    frames: int = 0
+    socket: RelaySocket | None = None
+    close: sm.CloseSocket | None = None
+    close_requested: trio.Event = attrs.field(factory=trio.Event)
+
+    def order_close(self, close: sm.CloseSocket) -> None:
+        if not self.close_requested.is_set():
+            self.close = close
+            self.close_requested.set()
+
+
+@attrs.define(eq=False)
+class _IdleCall:
+    """A waiting ``go_idle``/``suspend``: answered by the connection's ``IdleResolved``."""
+
+    acked: bool = False
+    answered: trio.Event = attrs.field(factory=trio.Event)
 
 
 def _default_token(gateway_id: str, secret: str) -> str:
@@ -171,11 +181,12 @@ class Supervisor:
         self.config = config
         self.url = dial_url(config.relay_url)
         self.identities = config.identities
-        self._inbound = inbound
         self._on_interrupt = on_interrupt
         self._dialer: Dialer = dialer if dialer is not None else websocket_dialer
         self._token_factory = token_factory if token_factory is not None else _default_token
-        self.machine = sm.ConnectionMachine(
+        #: The protocol connection: state, codec, hellos, descriptors (read-only for callers).
+        self.connection = RelayConnection(
+            self.identities,
             has_credentials=bool(config.gateway_id and config.secret),
             uniform=rng if rng is not None else random.uniform,
             timing=sm.Timing(
@@ -188,6 +199,7 @@ class Supervisor:
             ),
             # Optional on RelayConfig: a plain config without the key retries for ever.
             exit_on_refused=bool(getattr(config, "exit_on_refused", False)),
+            max_frame_bytes=config.max_frame_bytes,
         )
         self.outbound = OutboundRouter(
             identities=self.identities,
@@ -195,67 +207,48 @@ class Supervisor:
             max_frame_bytes=config.max_frame_bytes,
         )
         self.stats = SupervisorStats()
-        self._descriptors: dict[str, CapabilityDescriptor] = {}
-        self._default: CapabilityDescriptor | None = None
-        self._first_of_connection = True
-        self._nursery: trio.Nursery | None = None
-        self._socket: RelaySocket | None = None
-        self._socket_scope: trio.CancelScope | None = None
-        self._close_request: trio.Event | None = None
-        self._close_args: sm.CloseSocket | None = None
-        self._generation = 0
-        self._connection_done = trio.Event()
-        self._connection_done.set()
-        self._timers: dict[sm.Timer, float] = {}
-        self._timers_changed = trio.Event()
+        self._hand_off = InboundHandOff(inbound, self.stats)
+        self._timers = Timers()
+        self._serving: _Serving | None = None
+        self._idle_call: _IdleCall | None = None
+        self._state_changed = trio.Event()
         self._ready_changed = trio.Event()
         self._terminal = trio.Event()
         self._first_ready = trio.Event()
-        self._idle_waiter: list[bool] | None = None
-        self._idle_done: trio.Event | None = None
-        self._stall: _Stall | None = None
+        self._loop_done = trio.Event()
         #: Called with the new state name on every state change (an observer: it must not
         #: block or raise). The demo shows the states a drop or an idle goes through.
         self.on_state: Callable[[str], None] | None = None
         #: Awaited (with the pending requests) in a going-idle close's drain window: the
         #: gateway's running turns, whose replies may still go out on this socket.
         self.drain_hook: Callable[[], Awaitable[None]] | None = None
-        self._draining = False
 
     # ---- public surface ------------------------------------------------------------------
 
     @property
     def state(self) -> str:
         """The lower-case state name (``"ready"``, ``"backoff"``, ``"disabled"`` ...)."""
-        return self.machine.state.value
+        return self.connection.state.value
 
     @property
     def live(self) -> bool:
         """Outbound frames may be sent now (READY or IDLE_REQUESTED, or the drain window of
         a going-idle close: the connector buffers new inbound, turns still finish)."""
-        return self._socket is not None and (self.machine.live or self._draining)
+        return self._socket is not None and self.connection.live
 
     @property
     def descriptors(self) -> Mapping[str, CapabilityDescriptor]:
         """Every descriptor received, by platform (the latest one of each)."""
-        return MappingProxyType(self._descriptors)
+        return self.connection.descriptors
 
     @property
     def default_descriptor(self) -> CapabilityDescriptor:
         """The session default: the first descriptor of the latest handshake."""
-        if self._default is not None:
-            return self._default
-        return placeholder_descriptor(self.identities[0].platform)
+        return self.connection.default_descriptor
 
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         """The descriptor in force for ``platform``; the default for ``""`` or unknown."""
-        if platform in self._descriptors:
-            return self._descriptors[platform]
-        if not platform:
-            return self.default_descriptor
-        if any(identity.platform == platform for identity in self.identities):
-            return placeholder_descriptor(platform)
-        return self.default_descriptor
+        return self.connection.descriptor_for(platform)
 
     def stats_dict(self) -> dict[str, object]:
         """The counters, with the live socket's frames counted while it is open."""
@@ -277,9 +270,12 @@ class Supervisor:
     def send_nowait(self, frame: Frame) -> bool:
         """Queue a fire-and-forget frame (``inbound_ack``, ``interrupt``); False if not live."""
         socket = self._socket
-        if socket is None or not self.live:
+        if socket is None:
             return False
-        text = encode_frame(frame)
+        try:
+            text = self.connection.send(frame)
+        except RelayProtocolError:
+            return False
         if socket.too_large(text):
             log.error("relay: %s frame too large; not sent", type(frame).TYPE)
             return False
@@ -304,8 +300,8 @@ class Supervisor:
         number) once the supervisor stopped or was disabled; see :meth:`wait_next_ready`.
         """
         await trio.lowlevel.checkpoint()
-        while self.machine.state is not sm.State.READY or self.stats.handshakes <= after:
-            if self.machine.terminal:
+        while self.connection.state is not sm.State.READY or self.stats.handshakes <= after:
+            if self.connection.terminal:
                 break
             await self._ready_changed.wait()
         return self.stats.handshakes
@@ -316,7 +312,7 @@ class Supervisor:
         Once the supervisor is terminal it never returns; the caller is cancelled with it.
         """
         number = await self.wait_ready(after=after)
-        if number <= after or self.machine.terminal:
+        if number <= after or self.connection.terminal:
             await trio.sleep_forever()
         return number
 
@@ -349,66 +345,261 @@ class Supervisor:
             RelayDisabled: the connector refused a freshly minted credential.
         """
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._timer_loop)
-            self._feed(sm.Start())
+            nursery.start_soon(self._loop)
             await self._first_ready.wait()
-            if self.machine.state is not sm.State.DISABLED:
+            if self.connection.state is not sm.State.DISABLED:
                 task_status.started(self)
             await self._terminal.wait()
+            # The close the terminal state ordered is bounded; this bounds a stuck one too.
             with trio.move_on_after(self.config.idle_ack_timeout_s + 10):
-                await self._connection_done.wait()
+                await self._loop_done.wait()
             nursery.cancel_scope.cancel()
-        if self.machine.state is sm.State.DISABLED:
-            raise RelayDisabled(self.machine.disabled_reason or sm.DISABLED_MESSAGE)
+        if self.connection.state is sm.State.DISABLED:
+            reason = self.connection.machine.disabled_reason
+            raise RelayDisabled(reason or sm.DISABLED_MESSAGE)
 
-    # ---- internals -----------------------------------------------------------------------
+    # ---- the loop ------------------------------------------------------------------------
+
+    @property
+    def _socket(self) -> RelaySocket | None:
+        serving = self._serving
+        return serving.socket if serving is not None else None
+
+    async def _loop(self) -> None:
+        """``while not terminal: dial → serve → back off``; the connection says which."""
+        try:
+            self._feed(sm.Start())
+            while not self.connection.terminal:
+                if self.connection.state is sm.State.BACKOFF:
+                    await self._back_off()
+                else:
+                    await self._serve_one()
+        finally:
+            self._loop_done.set()
+
+    async def _back_off(self) -> None:
+        """Wait in BACKOFF until the connection leaves it (its timer, or a stop)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._timers.run, self._fire)
+            while self.connection.state is sm.State.BACKOFF:
+                await self._state_changed.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _serve_one(self) -> None:
+        """Dial once and serve that socket until it ends; then tell the connection."""
+        serving = self._serving = _Serving()
+        ended: SocketEnd | None = None
+        try:
+            ended = await self._socket_lifetime(serving)
+        except* LocalProtocolError as group:
+            # trio-websocket #184: a ping racing our own close raises in its reader.
+            self.stats.contained_protocol_errors += 1
+            log.warning("relay: contained websocket protocol error: %r", group.exceptions[0])
+        except* (trio.BrokenResourceError, trio_websocket.ConnectionClosed) as group:
+            log.warning("relay: socket broke: %r", group.exceptions[0])
+        finally:
+            self._serving = None
+            self._hand_off.end_stall("the socket ended")
+        if serving.socket is None:
+            return
+        if ended is None:
+            ended = SocketEnd(ABNORMAL_CLOSURE, "")
+        self.stats.drops += 1
+        self.stats.last_close = (ended.code, ended.reason)
+        self._log_end(ended)
+        # After a handshake failure or a stop the connection has moved on already.
+        if self.connection.has_socket:
+            self._feed(sm.SocketClosed(ended.code, ended.reason))
+
+    def _log_end(self, ended: SocketEnd) -> None:
+        """One line per socket end: INFO for the close we asked for, else a WARNING drop."""
+        reason = repr(ended.reason) if ended.reason else "none given"
+        if self.connection.state in (sm.State.IDLE_ACKED, sm.State.CLOSED):
+            log.info("relay: connection closed (close code %d, reason %s)", ended.code, reason)
+        else:
+            log.warning(
+                "relay: connection dropped (close code %d, reason %s)",
+                ended.code,
+                reason,
+                extra={"close_code": ended.code},
+            )
+
+    async def _socket_lifetime(self, serving: _Serving) -> SocketEnd | None:
+        """One socket from dial to end, in its own nursery; ``None`` if there was none."""
+        config = self.config
+        failed: DialError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                token = None
+                if config.gateway_id and config.secret:
+                    token = self._token_factory(config.gateway_id, config.secret)
+                self.stats.dials += 1
+                dial_scope = trio.CancelScope()
+                nursery.start_soon(self._close_watcher, serving, nursery, dial_scope)
+                nursery.start_soon(self._timers.run, self._fire)
+                try:
+                    with dial_scope:
+                        ws = await dial(
+                            self._dialer,
+                            nursery,
+                            self.url,
+                            headers=bearer_headers(token),
+                            max_message_size=message_limit(config.max_frame_bytes),
+                            timeout_s=config.handshake_timeout_s,
+                        )
+                except DialError as exc:
+                    failed = exc
+                if failed is not None or self.connection.state is not sm.State.DIALING:
+                    # Failed, or stopped meanwhile (the close watcher cancelled the dial).
+                    nursery.cancel_scope.cancel()
+                    return None
+                socket = serving.socket = RelaySocket(
+                    ws,
+                    max_frame_bytes=config.max_frame_bytes,
+                    ping_interval_s=config.ping_interval_s,
+                    ping_timeout_s=config.ping_timeout_s,
+                    write_buffer=len(self.identities) + 64,
+                    rejected_log=RejectedFrameLog(log),
+                )
+                nursery.start_soon(socket.writer)
+                self._feed(sm.DialSucceeded())  # queues the hellos before anything else
+                nursery.start_soon(socket.keepalive, nursery)
+                nursery.start_soon(socket.rejected_log.run)
+                ended = await socket.reader(self._on_item, self._receive)
+                await socket.settle()
+                nursery.cancel_scope.cancel()
+                return ended
+        except* ConnectionRejected as group:
+            # trio-websocket raises a rejected upgrade from its reader task, not the dial.
+            rejected = group.exceptions[0]
+            assert isinstance(rejected, ConnectionRejected)
+            status = rejected.status_code
+            failed = DialError(f"upgrade rejected with HTTP {status}", status)
+        except* (HandshakeError, OSError) as group:
+            failed = DialError(f"{type(group.exceptions[0]).__name__}: {group.exceptions[0]}")
+        finally:
+            socket_ = serving.socket
+            if socket_ is not None:
+                self.stats.frames_in += socket_.frames_in
+                self.stats.frames_out += socket_.frames_out
+            elif failed is not None:
+                self.stats.dial_failures += 1
+                log.warning("relay: dial failed: %s", failed.reason)
+                if self.connection.state is sm.State.DIALING:
+                    self._feed(sm.DialFailed(failed.reason, failed.http_status))
+        # Our close watcher ended the socket's tasks: report the close we sent.
+        return serving.socket.end_from(None) if serving.socket is not None else None
+
+    async def _close_watcher(
+        self, serving: _Serving, nursery: trio.Nursery, dial_scope: trio.CancelScope
+    ) -> None:
+        """Carry out a ``CloseSocket`` for this socket: drain, close frame, end its tasks."""
+        await serving.close_requested.wait()
+        args = serving.close or sm.CloseSocket(1000, "closing")
+        socket = serving.socket
+        if socket is None:
+            self.connection.drain_finished()
+            dial_scope.cancel()
+            return
+        if args.drain_s > 0:
+            try:
+                with trio.move_on_after(args.drain_s):
+                    if self.drain_hook is not None:
+                        await self.drain_hook()
+                    self.connection.drain_finished()
+                    await self.outbound.wait_drained()
+            finally:
+                self.connection.drain_finished()
+        await socket.close(args.code, args.reason)
+        nursery.cancel_scope.cancel()
+
+    # ---- frames in -----------------------------------------------------------------------
+
+    def _receive(self, message: str | bytes) -> list[Frame | FrameError]:
+        """Decode one message through the connection and carry out what its frames caused."""
+        before = self.connection.state
+        items = self.connection.receive_data(message)
+        self._carry_out(before, self.connection.take_actions())
+        return items
+
+    async def _on_item(self, item: Frame | FrameError) -> None:
+        """Route one decoded frame; only ``inbound``/``passthrough_forward`` may wait.
+
+        Descriptors and ``going_idle_ack`` were taken by the connection in :meth:`_receive`.
+        """
+        if isinstance(item, FrameError):
+            self._frame_error(item)
+        elif isinstance(item, OutboundResult):
+            self.outbound.resolve(item)
+        elif isinstance(item, InterruptInbound):
+            self._on_interrupt(item.session_key, item.chat_id)
+        elif isinstance(item, Inbound):
+            self.remember(item.event)
+            await self._hand_off.put(item)
+        elif isinstance(item, PassthroughForwardFrame):
+            await self._hand_off.put(item)
+        # Anything else is an echo of a gateway frame: ignored (RC §2 Dispatch).
+
+    def _frame_error(self, error: FrameError) -> None:
+        if error.kind == "unknown_type":
+            log.debug("%s", error.message)
+            return
+        self.stats.malformed_frames += 1
+        level = logging.getLevelName(error.severity.upper())
+        socket = self._socket
+        if socket is not None:
+            socket.rejected_log.log(level, error.message)
+        else:
+            log.log(level, "%s", error.message)
+
+    # ---- the connection's actions --------------------------------------------------------
 
     async def _idle(self, event: sm.Event) -> bool:
-        if self._idle_waiter is not None:
+        if self._idle_call is not None:
             return False
-        waiter: list[bool] = []
-        done = trio.Event()
-        self._idle_waiter, self._idle_done = waiter, done
+        call = self._idle_call = _IdleCall()
         try:
             self._feed(event)
-            await done.wait()
+            await call.answered.wait()
         finally:
-            if self._idle_waiter is waiter:
-                self._idle_waiter = self._idle_done = None
-        return bool(waiter and waiter[0])
+            if self._idle_call is call:
+                self._idle_call = None
+        return call.acked
+
+    def _fire(self, timer: sm.Timer) -> None:
+        self._feed(sm.TimerExpired(timer))
 
     def _feed(self, event: sm.Event) -> None:
-        """Hand one event to the machine and carry out its actions (synchronously)."""
-        before = self.machine.state
-        for action in self.machine.handle(event):
+        """Hand one event to the connection and carry out its actions (synchronously)."""
+        before = self.connection.state
+        self._carry_out(before, self.connection.handle(event))
+
+    def _carry_out(self, before: sm.State, actions: list[sm.Action]) -> None:
+        for action in actions:
             self._apply(action)
-        if self.machine.state is not before and self.on_state is not None:
-            self.on_state(self.machine.state.value)
-        if self.machine.terminal:
+        if self.connection.state is not before:
+            if self.on_state is not None:
+                self.on_state(self.connection.state.value)
+            changed, self._state_changed = self._state_changed, trio.Event()
+            changed.set()
+        if self.connection.terminal:
             self._timers.clear()
             self._terminal.set()
             self._first_ready.set()
             self._ready_changed.set()
-        self._timers_changed.set()
 
     def _apply(self, action: sm.Action) -> None:
-        if isinstance(action, sm.OpenSocket):
-            self._open(action)
-        elif isinstance(action, sm.SendHellos):
-            self._send_hellos()
-        elif isinstance(action, sm.SendGoingIdle):
-            if not self.send_nowait(GoingIdle()):
-                log.warning("relay: could not queue going_idle")
+        if isinstance(action, sm.WriteFrames):
+            self._write_own(action.texts)
         elif isinstance(action, sm.CloseSocket):
-            self._request_close(action)
+            self._order_close(action)
         elif isinstance(action, sm.StartTimer):
-            self._timers[action.timer] = trio.current_time() + action.seconds
+            self._timers.arm(action.timer, action.seconds)
             if action.timer is sm.Timer.BACKOFF:
                 self.stats.last_backoff_s = action.seconds
                 log.info("relay: next dial in %.3f s", action.seconds)
         elif isinstance(action, sm.CancelTimer):
-            self._timers.pop(action.timer, None)
+            self._timers.cancel(action.timer)
         elif isinstance(action, sm.FailPending):
             self.outbound.fail_all(action.error, retryable=action.retryable)
         elif isinstance(action, sm.HandshakeCompleted):
@@ -418,13 +609,30 @@ class Supervisor:
             self._ready_changed.set()
             self._ready_changed = trio.Event()
         elif isinstance(action, sm.IdleResolved):
-            if self._idle_waiter is not None and self._idle_done is not None:
-                self._idle_waiter.append(action.acked)
-                self._idle_done.set()
+            call = self._idle_call
+            if call is not None and not call.answered.is_set():
+                call.acked = action.acked
+                call.answered.set()
         elif isinstance(action, sm.CredentialsRefused):
             self._refused(action)
         elif isinstance(action, sm.Log):
             log.log(logging.getLevelName(action.level.upper()), "%s", action.message)
+        # OpenSocket: the loop dials whenever the state is DIALING.
+
+    def _write_own(self, texts: tuple[str, ...]) -> None:
+        """Queue the connection's own frames (hellos, ``going_idle``) on the served socket."""
+        socket = self._socket
+        for text in texts:
+            if socket is None or socket.enqueue_nowait(text) is None:
+                log.warning("relay: could not queue %s", text.strip()[:60])
+
+    def _order_close(self, action: sm.CloseSocket) -> None:
+        if action.drain_s > 0 and self.drain_hook is None:
+            # Without running turns to wait for, the drain window only waits for results.
+            self.connection.drain_finished()
+        serving = self._serving
+        if serving is not None:
+            serving.order_close(action)
 
     def _refused(self, action: sm.CredentialsRefused) -> None:
         gateway_id = self.config.gateway_id or "?"
@@ -443,291 +651,4 @@ class Supervisor:
             gateway_id,
             then,
             extra={"event": "credentials_refused", "refusals": action.refusals},
-        )
-
-    def _send_hellos(self) -> None:
-        socket = self._socket
-        assert socket is not None
-        for identity in self.identities:
-            if (
-                socket.enqueue_nowait(encode_frame(Hello(identity.platform, identity.bot_id)))
-                is None
-            ):
-                log.error("relay: could not queue hello for %s", identity.platform)
-
-    async def _timer_loop(self) -> None:
-        while not self.machine.terminal:
-            self._timers_changed = trio.Event()
-            deadline = math.inf
-            expiring: sm.Timer | None = None
-            for timer, at in self._timers.items():
-                if at < deadline:
-                    deadline, expiring = at, timer
-            with trio.move_on_at(deadline):
-                await self._timers_changed.wait()
-                continue
-            if expiring is not None and self._timers.get(expiring) == deadline:
-                del self._timers[expiring]
-                self._feed(sm.TimerExpired(expiring))
-
-    # ---- one connection ----------------------------------------------------------------
-
-    def _open(self, action: sm.OpenSocket) -> None:
-        assert self._nursery is not None
-        self._generation += 1
-        self._socket = None
-        self._first_of_connection = True
-        previous = self._connection_done
-        self._connection_done = trio.Event()
-        self._close_request = trio.Event()
-        self._close_args = None
-        self._nursery.start_soon(
-            self._connection, self._generation, previous, self._connection_done, self._close_request
-        )
-
-    def _request_close(self, action: sm.CloseSocket) -> None:
-        if self._close_request is not None and not self._close_request.is_set():
-            self._close_args = action
-            # Live from this very moment (the state is already IDLE_ACKED): a turn that
-            # replies before the close watcher runs must still reply on this socket.
-            self._draining = action.drain_s > 0 and self.drain_hook is not None
-            self._close_request.set()
-
-    def _current(self, generation: int) -> bool:
-        return generation == self._generation and not self.machine.terminal
-
-    def _report(self, generation: int, event: sm.Event) -> None:
-        if generation == self._generation:
-            self._feed(event)
-
-    async def _connection(
-        self,
-        generation: int,
-        previous: trio.Event,
-        done: trio.Event,
-        close_request: trio.Event,
-    ) -> None:
-        """Dial, then run the socket's tasks until it ends. At most one runs at a time."""
-        try:
-            await previous.wait()
-            if not self._current(generation):
-                return
-            ended: SocketEnd | None = None
-            try:
-                ended = await self._socket_lifetime(generation, close_request)
-            except* LocalProtocolError as group:
-                # trio-websocket #184: a ping racing our own close raises in its reader.
-                self.stats.contained_protocol_errors += 1
-                log.warning("relay: contained websocket protocol error: %r", group.exceptions[0])
-            except* (trio.BrokenResourceError, trio_websocket.ConnectionClosed) as group:
-                log.warning("relay: socket broke: %r", group.exceptions[0])
-            if self._socket is not None and generation == self._generation:
-                self._socket = None
-            self._end_stall("the socket ended")
-            if ended is None:
-                ended = SocketEnd(ABNORMAL_CLOSURE, "")
-            if ended.code >= 0:
-                self.stats.drops += 1
-                self.stats.last_close = (ended.code, ended.reason)
-                self._log_end(generation, ended)
-                self._report(generation, sm.SocketClosed(ended.code, ended.reason))
-        finally:
-            done.set()
-
-    def _log_end(self, generation: int, ended: SocketEnd) -> None:
-        """One line per socket end: INFO for the close we asked for, else a WARNING drop."""
-        reason = repr(ended.reason) if ended.reason else "none given"
-        orderly = generation == self._generation and self.machine.state in (
-            sm.State.IDLE_ACKED,
-            sm.State.CLOSED,
-        )
-        if orderly:
-            log.info("relay: connection closed (close code %d, reason %s)", ended.code, reason)
-        else:
-            log.warning(
-                "relay: connection dropped (close code %d, reason %s)",
-                ended.code,
-                reason,
-                extra={"close_code": ended.code},
-            )
-
-    async def _socket_lifetime(self, generation: int, close_request: trio.Event) -> SocketEnd:
-        """One socket from dial to end; a ``SocketEnd`` with code -1 means 'no socket'."""
-        config = self.config
-        socket: RelaySocket | None = None
-        ended: list[SocketEnd] = []  # stays empty when our close watcher cancels the reader
-        failed: list[DialError] = []
-        try:
-            async with trio.open_nursery() as nursery:
-                token = None
-                if config.gateway_id and config.secret:
-                    token = self._token_factory(config.gateway_id, config.secret)
-                self.stats.dials += 1
-                dial_scope = trio.CancelScope()
-                nursery.start_soon(self._close_watcher, nursery, close_request, dial_scope)
-                try:
-                    with dial_scope:
-                        ws = await dial(
-                            self._dialer,
-                            nursery,
-                            self.url,
-                            headers=bearer_headers(token),
-                            max_message_size=message_limit(config.max_frame_bytes),
-                            timeout_s=config.handshake_timeout_s,
-                        )
-                except DialError as exc:
-                    failed.append(exc)
-                    nursery.cancel_scope.cancel()
-                    return SocketEnd(-1)
-                if dial_scope.cancelled_caught:
-                    nursery.cancel_scope.cancel()
-                    return SocketEnd(-1)
-                socket = RelaySocket(
-                    ws,
-                    max_frame_bytes=config.max_frame_bytes,
-                    ping_interval_s=config.ping_interval_s,
-                    ping_timeout_s=config.ping_timeout_s,
-                    write_buffer=len(self.identities) + 64,
-                    rejected_log=RejectedFrameLog(log),
-                )
-                self._socket = socket
-                nursery.start_soon(socket.writer)
-                self._report(generation, sm.DialSucceeded())
-                nursery.start_soon(socket.keepalive, nursery)
-                nursery.start_soon(socket.rejected_log.run)
-                ended.append(
-                    await socket.reader(lambda item: self._on_item(generation, item, socket))
-                )
-                await socket.settle()
-                nursery.cancel_scope.cancel()
-        except* ConnectionRejected as group:
-            # trio-websocket raises a rejected upgrade from its reader task, not the dial.
-            rejected = group.exceptions[0]
-            assert isinstance(rejected, ConnectionRejected)
-            status = rejected.status_code
-            failed.append(DialError(f"upgrade rejected with HTTP {status}", status))
-        except* (HandshakeError, OSError) as group:
-            failed.append(DialError(f"{type(group.exceptions[0]).__name__}: {group.exceptions[0]}"))
-        finally:
-            if socket is not None:
-                self.stats.frames_in += socket.frames_in
-                self.stats.frames_out += socket.frames_out
-            if failed and socket is None:
-                self.stats.dial_failures += 1
-                log.warning("relay: dial failed: %s", failed[0].reason)
-                self._report(generation, sm.DialFailed(failed[0].reason, failed[0].http_status))
-        if ended:
-            return ended[0]
-        # Our close watcher ended the socket's tasks: report the close we sent.
-        return socket.end_from(None) if socket is not None else SocketEnd(-1)
-
-    async def _close_watcher(
-        self, nursery: trio.Nursery, close_request: trio.Event, dial_scope: trio.CancelScope
-    ) -> None:
-        """Carry out a ``CloseSocket`` for this socket: drain, close frame, end its tasks."""
-        await close_request.wait()
-        args = self._close_args or sm.CloseSocket(1000, "closing")
-        socket = self._socket
-        if socket is None:
-            self._draining = False
-            dial_scope.cancel()
-            return
-        if args.drain_s > 0:
-            try:
-                with trio.move_on_after(args.drain_s):
-                    if self.drain_hook is not None:
-                        await self.drain_hook()
-                    self._draining = False
-                    await self.outbound.wait_drained()
-            finally:
-                self._draining = False
-        await socket.close(args.code, args.reason)
-        nursery.cancel_scope.cancel()
-
-    async def _on_item(
-        self, generation: int, item: Frame | FrameError, socket: RelaySocket | None = None
-    ) -> None:
-        """Route one decoded frame; only ``inbound``/``passthrough_forward`` may wait."""
-        if isinstance(item, FrameError):
-            self._frame_error(generation, item, socket)
-        elif isinstance(item, DescriptorFrame):
-            self._descriptor(generation, item.descriptor)
-        elif isinstance(item, OutboundResult):
-            self.outbound.resolve(item)
-        elif isinstance(item, GoingIdleAck):
-            self._report(generation, sm.GoingIdleAckReceived())
-        elif isinstance(item, InterruptInbound):
-            self._on_interrupt(item.session_key, item.chat_id)
-        elif isinstance(item, Inbound):
-            self.remember(item.event)
-            await self._hand_off(item)
-        elif isinstance(item, PassthroughForwardFrame):
-            await self._hand_off(item)
-        # Anything else is an echo of a gateway frame: ignored (RC §2 Dispatch).
-
-    def _frame_error(
-        self, generation: int, error: FrameError, socket: RelaySocket | None = None
-    ) -> None:
-        if error.kind == "unknown_type":
-            log.debug("%s", error.message)
-            return
-        self.stats.malformed_frames += 1
-        level = logging.getLevelName(error.severity.upper())
-        if socket is not None:
-            socket.rejected_log.log(level, error.message)
-        else:
-            log.log(level, "%s", error.message)
-        if error.kind == "invalid_descriptor":
-            self._report(generation, sm.DescriptorReceived(valid=False))
-
-    def _descriptor(self, generation: int, descriptor: CapabilityDescriptor) -> None:
-        if generation != self._generation:
-            return
-        self._descriptors[descriptor.platform] = descriptor
-        if self._first_of_connection:
-            self._first_of_connection = False
-            self._default = descriptor
-        self._report(generation, sm.DescriptorReceived(valid=True))
-
-    async def _hand_off(self, item: InboundItem) -> None:
-        """Give one frame to the dispatcher, waiting (and so not reading) while it is full.
-
-        One ERROR opens a backpressure episode; it ends, with one INFO, at the first hand-off
-        that does not wait while the queue is at most half full, or when the socket ends.
-        """
-        stall = self._stall
-        if stall is not None:
-            queued = self._inbound.statistics()
-            # Hysteresis: a queue hovering at the brim would otherwise open a new episode
-            # every few frames.
-            if queued.current_buffer_used <= queued.max_buffer_size // 2:
-                self._end_stall("the queue has room again")
-                stall = None
-        try:
-            self._inbound.send_nowait(item)
-            return
-        except trio.WouldBlock:
-            pass
-        if stall is None:
-            now = trio.current_time()
-            stall = self._stall = _Stall(started=now, resumed=now)
-            self.stats.inbound_stalls += 1
-            log.error("relay: inbound queue full; pausing the socket reader (backpressure)")
-        stall.frames += 1
-        self.stats.inbound_stalled_frames += 1
-        try:
-            await self._inbound.send(item)
-        finally:
-            stall.resumed = trio.current_time()
-
-    def _end_stall(self, why: str) -> None:
-        """Close the open backpressure episode, if any, with its one INFO line."""
-        stall, self._stall = self._stall, None
-        if stall is None:
-            return
-        log.info(
-            "relay: inbound backpressure ended (%s) after %.3f s; %d frame(s) waited",
-            why,
-            stall.resumed - stall.started,
-            stall.frames,
         )

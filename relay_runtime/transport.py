@@ -29,6 +29,7 @@ from protocol.framing import FrameDecoder, exceeds_limit
 
 __all__ = [
     "KEEPALIVE_TIMEOUT",
+    "Decode",
     "DialError",
     "Dialer",
     "RejectedFrameLog",
@@ -48,6 +49,8 @@ MESSAGE_LIMIT_FACTOR = 16
 #: Bound on writing the close frame and waiting for the peer's echo.
 CLOSE_TIMEOUT_S = 5.0
 ABNORMAL_CLOSURE = 1006
+#: Turns one WebSocket message into the frames and frame errors it completed.
+Decode = Callable[[str | bytes], list[Frame | FrameError]]
 #: Rejected-frame lines logged per socket per window before the rest are only counted.
 REJECTED_LOG_BUDGET = 10
 REJECTED_LOG_WINDOW_S = 10.0
@@ -352,19 +355,27 @@ class RelaySocket:
 
     # ---- reading ------------------------------------------------------------------------
 
-    async def reader(self, on_item: Callable[[Frame | FrameError], Awaitable[None]]) -> SocketEnd:
+    async def reader(
+        self,
+        on_item: Callable[[Frame | FrameError], Awaitable[None]],
+        decode: Decode | None = None,
+    ) -> SocketEnd:
         """Read until the socket closes; return how it ended.
 
-        Every frame or frame error goes to ``on_item`` in order; an exception there is logged
-        and the next frame is processed (RC R7). Soft field problems the codec finds are
-        logged through the socket's rate limit, so a peer cannot flood the log with them.
+        ``decode`` turns one message into frames (the supervisor passes its
+        :class:`~protocol.relay_connection.RelayConnection`'s ``receive_data``); by default
+        a :class:`~protocol.framing.FrameDecoder` of this socket's own. Every frame or frame
+        error goes to ``on_item`` in order; an exception there is logged and the next frame
+        is processed (RC R7). Soft field problems the codec finds are logged through the
+        socket's rate limit, so a peer cannot flood the log with them.
         """
-        decoder = FrameDecoder(self.max_frame_bytes)
+        if decode is None:
+            decode = _decoder_for(self.max_frame_bytes)
         with soft_problems_to(self._soft_problem):
-            return await self._read(decoder, on_item)
+            return await self._read(decode, on_item)
 
     async def _read(
-        self, decoder: FrameDecoder, on_item: Callable[[Frame | FrameError], Awaitable[None]]
+        self, decode: Decode, on_item: Callable[[Frame | FrameError], Awaitable[None]]
     ) -> SocketEnd:
         while True:
             try:
@@ -373,10 +384,7 @@ class RelaySocket:
                 return self.end_from(exc.reason)
             self.last_seen = trio.current_time()
             try:
-                if isinstance(message, str):
-                    items = decoder.feed_text(message)
-                else:
-                    items = decoder.feed_bytes(message)
+                items = decode(message)
             except Exception:
                 log.exception("relay: error while decoding a message; reader continues")
                 continue
@@ -455,6 +463,17 @@ class RelaySocket:
         if self._local_end is not None:
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await self._close_done.wait()
+
+
+def _decoder_for(max_frame_bytes: int) -> Decode:
+    decoder = FrameDecoder(max_frame_bytes)
+
+    def decode(message: str | bytes) -> list[Frame | FrameError]:
+        if isinstance(message, str):
+            return decoder.feed_text(message)
+        return decoder.feed_bytes(message)
+
+    return decode
 
 
 def message_limit(max_frame_bytes: int) -> int:

@@ -177,7 +177,7 @@ async def test_R25_invalid_descriptor_closes_1002_and_ladders(
     await first.closed.wait()
     assert (first.close_code, first.close_reason) == (1002, "invalid descriptor")
     await h.sup.wait_ready()
-    assert h.sup.machine.handshake_seen
+    assert h.sup.connection.machine.handshake_seen
 
 
 async def test_R56_R57_descriptors_reapplied_each_handshake_first_is_default(
@@ -734,7 +734,7 @@ async def test_R74_suspend_close_redials_on_dormant_cadence(
     gaps = [b - a for a, b in zip(connector.dial_times, connector.dial_times[1:], strict=False)]
     assert connector.dial_times[1] - closed_at == pytest.approx(1.0)
     assert gaps[1:] == pytest.approx([1.0, 1.0, 1.0])
-    assert not h.sup.machine.dormant
+    assert not h.sup.connection.machine.dormant
 
 
 # ---- trio-websocket #184 -----------------------------------------------------------------
