@@ -15,12 +15,11 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from functools import partial
 
 import attrs
 import trio
 import trio_websocket
-from trio_websocket import ConnectionRejected, HandshakeError
 from wsproto.utilities import LocalProtocolError
 
 from protocol import lifecycle as sm
@@ -28,7 +27,7 @@ from protocol.actions import Action
 from protocol.auth import make_upgrade_token
 from protocol.descriptor import CapabilityDescriptor
 from protocol.errors import FrameError
-from protocol.events import Identity, MessageEvent
+from protocol.events import MessageEvent
 from protocol.frames import (
     Frame,
     Inbound,
@@ -42,102 +41,21 @@ from protocol.urls import dial_url
 from relay_runtime.errors import RelayDisabled
 from relay_runtime.hand_off import InboundHandOff, InboundItem
 from relay_runtime.outbound import OutboundRouter
+from relay_runtime.relay_config import RelayConfig, SupervisorStats, log_credentials_refused
+from relay_runtime.socket_step import SocketStep, log_end
 from relay_runtime.timers import Timers
 from relay_runtime.transport import (
     ABNORMAL_CLOSURE,
     Dialer,
     DialError,
-    RejectedFrameLog,
     RelaySocket,
     SocketEnd,
-    bearer_headers,
-    dial,
-    message_limit,
     websocket_dialer,
 )
 
 __all__ = ["RelayConfig", "Supervisor", "SupervisorStats"]
 
 log = logging.getLogger("relay_runtime.supervisor")
-
-
-class RelayConfig(Protocol):
-    """The :class:`relay_runtime.config.GatewayConfig` fields the supervisor reads.
-
-    Every member is a read-only property, so a frozen attrs class satisfies it.
-    """
-
-    @property
-    def relay_url(self) -> str | None: ...
-
-    @property
-    def gateway_id(self) -> str | None: ...
-
-    @property
-    def secret(self) -> str | None: ...
-
-    @property
-    def max_frame_bytes(self) -> int: ...
-
-    @property
-    def handshake_timeout_s(self) -> float: ...
-
-    @property
-    def outbound_timeout_s(self) -> float: ...
-
-    @property
-    def idle_ack_timeout_s(self) -> float: ...
-
-    @property
-    def ping_interval_s(self) -> float: ...
-
-    @property
-    def ping_timeout_s(self) -> float: ...
-
-    @property
-    def backoff_base_s(self) -> float: ...
-
-    @property
-    def backoff_cap_s(self) -> float: ...
-
-    @property
-    def stable_after_s(self) -> float: ...
-
-    @property
-    def identities(self) -> tuple[Identity, ...]:
-        """The ordered identity set, first = primary."""
-
-
-@attrs.define
-class SupervisorStats:
-    """Counters for status pages and tests."""
-
-    dials: int = 0
-    dial_failures: int = 0
-    handshakes: int = 0
-    drops: int = 0
-    frames_in: int = 0
-    frames_out: int = 0
-    malformed_frames: int = 0
-    inbound_stalls: int = 0
-    inbound_stalled_frames: int = 0
-    contained_protocol_errors: int = 0
-    last_backoff_s: float | None = None
-    last_close: tuple[int, str] | None = None
-
-
-@attrs.define(eq=False)
-class _Serving:
-    """The socket the loop is serving: where close orders and public writes reach it."""
-
-    socket: RelaySocket | None = None
-    close: sm.CloseSocket | None = None
-    close_requested: trio.Event = attrs.field(factory=trio.Event)
-
-    def order_close(self, close: sm.CloseSocket) -> None:
-        if not self.close_requested.is_set():
-            self.close = close
-            self.close_requested.set()
 
 
 @attrs.define(eq=False)
@@ -209,7 +127,7 @@ class Supervisor:
         self.stats = SupervisorStats()
         self._hand_off = InboundHandOff(inbound, self.stats)
         self._timers = Timers()
-        self._serving: _Serving | None = None
+        self._serving: SocketStep | None = None
         self._idle_call: _IdleCall | None = None
         self._state_changed = trio.Event()
         self._ready_changed = trio.Event()
@@ -290,7 +208,7 @@ class Supervisor:
 
     @property
     def handshakes(self) -> int:
-        """How many handshakes completed so far (a READY generation counter)."""
+        """How many handshakes completed so far (the number of the latest READY)."""
         return self.stats.handshakes
 
     async def wait_ready(self, *, after: int = 0) -> int:
@@ -387,10 +305,23 @@ class Supervisor:
 
     async def _serve_one(self) -> None:
         """Dial once and serve that socket until it ends; then tell the connection."""
-        serving = self._serving = _Serving()
+        step = self._serving = SocketStep(
+            config=self.config,
+            stats=self.stats,
+            dialer=self._dialer,
+            url=self.url,
+            bearer=self._bearer,
+            opened=self._opened,
+            dial_failed=self._dial_failed,
+            receive=self._receive,
+            on_item=self._on_item,
+            drain=self._drain,
+            timers=partial(self._timers.run, self._fire),
+            write_buffer=len(self.identities) + 64,
+        )
         ended: SocketEnd | None = None
         try:
-            ended = await self._socket_lifetime(serving)
+            ended = await step.run()
         except* LocalProtocolError as group:
             # trio-websocket #184: a ping racing our own close raises in its reader.
             self.stats.contained_protocol_errors += 1
@@ -399,119 +330,44 @@ class Supervisor:
             log.warning("relay: socket broke: %r", group.exceptions[0])
         finally:
             self._serving = None
+            self.connection.drain_finished()
             self._hand_off.end_stall("the socket ended")
-        if serving.socket is None:
+        if step.socket is None:
             return
         if ended is None:
             ended = SocketEnd(ABNORMAL_CLOSURE, "")
         self.stats.drops += 1
         self.stats.last_close = (ended.code, ended.reason)
-        self._log_end(ended)
+        log_end(ended, orderly=self.connection.state in (sm.State.IDLE_ACKED, sm.State.CLOSED))
         # After a handshake failure or a stop the connection has moved on already.
         if self.connection.has_socket:
             self._feed(sm.SocketClosed(ended.code, ended.reason))
 
-    def _log_end(self, ended: SocketEnd) -> None:
-        """One line per socket end: INFO for the close we asked for, else a WARNING drop."""
-        reason = repr(ended.reason) if ended.reason else "none given"
-        if self.connection.state in (sm.State.IDLE_ACKED, sm.State.CLOSED):
-            log.info("relay: connection closed (close code %d, reason %s)", ended.code, reason)
-        else:
-            log.warning(
-                "relay: connection dropped (close code %d, reason %s)",
-                ended.code,
-                reason,
-                extra={"close_code": ended.code},
-            )
-
-    async def _socket_lifetime(self, serving: _Serving) -> SocketEnd | None:
-        """One socket from dial to end, in its own nursery; ``None`` if there was none."""
+    def _bearer(self) -> str | None:
         config = self.config
-        failed: DialError | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                token = None
-                if config.gateway_id and config.secret:
-                    token = self._token_factory(config.gateway_id, config.secret)
-                self.stats.dials += 1
-                dial_scope = trio.CancelScope()
-                nursery.start_soon(self._close_watcher, serving, nursery, dial_scope)
-                nursery.start_soon(self._timers.run, self._fire)
-                try:
-                    with dial_scope:
-                        ws = await dial(
-                            self._dialer,
-                            nursery,
-                            self.url,
-                            headers=bearer_headers(token),
-                            max_message_size=message_limit(config.max_frame_bytes),
-                            timeout_s=config.handshake_timeout_s,
-                        )
-                except DialError as exc:
-                    failed = exc
-                if failed is not None or self.connection.state is not sm.State.DIALING:
-                    # Failed, or stopped meanwhile (the close watcher cancelled the dial).
-                    nursery.cancel_scope.cancel()
-                    return None
-                socket = serving.socket = RelaySocket(
-                    ws,
-                    max_frame_bytes=config.max_frame_bytes,
-                    ping_interval_s=config.ping_interval_s,
-                    ping_timeout_s=config.ping_timeout_s,
-                    write_buffer=len(self.identities) + 64,
-                    rejected_log=RejectedFrameLog(log),
-                )
-                nursery.start_soon(socket.writer)
-                self._feed(sm.DialSucceeded())  # queues the hellos before anything else
-                nursery.start_soon(socket.keepalive, nursery)
-                nursery.start_soon(socket.rejected_log.run)
-                ended = await socket.reader(self._on_item, self._receive)
-                await socket.settle()
-                nursery.cancel_scope.cancel()
-                return ended
-        except* ConnectionRejected as group:
-            # trio-websocket raises a rejected upgrade from its reader task, not the dial.
-            rejected = group.exceptions[0]
-            assert isinstance(rejected, ConnectionRejected)
-            status = rejected.status_code
-            failed = DialError(f"upgrade rejected with HTTP {status}", status)
-        except* (HandshakeError, OSError) as group:
-            failed = DialError(f"{type(group.exceptions[0]).__name__}: {group.exceptions[0]}")
-        finally:
-            socket_ = serving.socket
-            if socket_ is not None:
-                self.stats.frames_in += socket_.frames_in
-                self.stats.frames_out += socket_.frames_out
-            elif failed is not None:
-                self.stats.dial_failures += 1
-                log.warning("relay: dial failed: %s", failed.reason)
-                if self.connection.state is sm.State.DIALING:
-                    self._feed(sm.DialFailed(failed.reason, failed.http_status))
-        # Our close watcher ended the socket's tasks: report the close we sent.
-        return serving.socket.end_from(None) if serving.socket is not None else None
+        if config.gateway_id and config.secret:
+            return self._token_factory(config.gateway_id, config.secret)
+        return None
 
-    async def _close_watcher(
-        self, serving: _Serving, nursery: trio.Nursery, dial_scope: trio.CancelScope
-    ) -> None:
-        """Carry out a ``CloseSocket`` for this socket: drain, close frame, end its tasks."""
-        await serving.close_requested.wait()
-        args = serving.close or sm.CloseSocket(1000, "closing")
-        socket = serving.socket
-        if socket is None:
+    def _opened(self) -> bool:
+        if self.connection.state is not sm.State.DIALING:
+            return False  # stopped while the dial completed
+        self._feed(sm.DialSucceeded())
+        return True
+
+    def _dial_failed(self, error: DialError) -> None:
+        if self.connection.state is sm.State.DIALING:
+            self._feed(sm.DialFailed(error.reason, error.http_status))
+
+    async def _drain(self) -> None:
+        """The going-idle drain window: running turns may still reply, then results land."""
+        try:
+            if self.drain_hook is not None:
+                await self.drain_hook()
             self.connection.drain_finished()
-            dial_scope.cancel()
-            return
-        if args.drain_s > 0:
-            try:
-                with trio.move_on_after(args.drain_s):
-                    if self.drain_hook is not None:
-                        await self.drain_hook()
-                    self.connection.drain_finished()
-                    await self.outbound.wait_drained()
-            finally:
-                self.connection.drain_finished()
-        await socket.close(args.code, args.reason)
-        nursery.cancel_scope.cancel()
+            await self.outbound.wait_drained()
+        finally:
+            self.connection.drain_finished()
 
     # ---- frames in -----------------------------------------------------------------------
 
@@ -635,20 +491,4 @@ class Supervisor:
             serving.order_close(action)
 
     def _refused(self, action: sm.CredentialsRefused) -> None:
-        gateway_id = self.config.gateway_id or "?"
-        then = (
-            "exiting (--exit-on-refused)"
-            if action.exiting
-            else f"still retrying; reported again after {2 * action.refusals} refusals"
-        )
-        log.error(
-            "relay: the connector refuses these credentials: %d dials in a row refused "
-            "(HTTP 401 / close 4401) without a handshake for gateway id %s; check that %s "
-            "is enrolled (relay-runtime enroll) or provisioned (relay-runtime provision) "
-            "with this connector and that GATEWAY_RELAY_SECRET is its current secret; %s",
-            action.refusals,
-            gateway_id,
-            gateway_id,
-            then,
-            extra={"event": "credentials_refused", "refusals": action.refusals},
-        )
+        log_credentials_refused(log, self.config.gateway_id or "?", action)
