@@ -68,6 +68,8 @@ class SocketStep:
     timers: Callable[[], Awaitable[object]]
     write_buffer: int
     socket: RelaySocket | None = None
+    #: Why the dial produced no socket, once ``dial_failed`` was told.
+    failure: DialError | None = None
     close: CloseSocket | None = None
     close_requested: trio.Event = attrs.field(factory=trio.Event)
 
@@ -135,6 +137,7 @@ class SocketStep:
             elif failed is not None:
                 self.stats.dial_failures += 1
                 log.warning("relay: dial failed: %s", failed.reason)
+                self.failure = failed
                 self.dial_failed(failed)
         # Our close watcher ended the socket's tasks: report the close we sent.
         return self.socket.end_from(None) if self.socket is not None else None

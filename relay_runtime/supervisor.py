@@ -333,6 +333,9 @@ class Supervisor:
             self.connection.drain_finished()
             self._hand_off.end_stall("the socket ended")
         if step.socket is None:
+            if step.failure is None and self.connection.state is sm.State.DIALING:
+                # The dial's own tasks broke before it finished: a failed dial all the same.
+                self._feed(sm.DialFailed("the dial ended without a socket"))
             return
         if ended is None:
             ended = SocketEnd(ABNORMAL_CLOSURE, "")
