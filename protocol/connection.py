@@ -137,7 +137,7 @@ class ConnectionMachine:
             instead of retrying for ever.
 
     The state is :attr:`state`; the fields below are the history the RC §6.4 ladder and
-    the §6.5 4401 table consult, which outlives any one state.
+    the RC §6.5 4401 table consult, which outlives any one state.
     """
 
     def __init__(
