@@ -169,9 +169,9 @@ class RelayConnection:
         Raises:
             ConnectionStateError: the event cannot happen in this state (a driver bug).
         """
+        actions = self.machine.handle(event)
         if isinstance(event, DialSucceeded):
             self._new_socket()
-        actions = self.machine.handle(event)
         return [self._encode(action) for action in actions]
 
     def drain_finished(self) -> None:

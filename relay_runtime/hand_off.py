@@ -17,6 +17,7 @@ from protocol.frames import Inbound, PassthroughForwardFrame
 
 __all__ = ["InboundHandOff", "InboundItem"]
 
+# The supervisor's logger: operators filter on it, and these lines were always its own.
 log = logging.getLogger("relay_runtime.supervisor")
 
 InboundItem = Inbound | PassthroughForwardFrame

@@ -33,6 +33,7 @@ from relay_runtime.transport import (
 
 __all__ = ["SocketStep", "log_end"]
 
+# The supervisor's logger: operators filter on it, and these lines were always its own.
 log = logging.getLogger("relay_runtime.supervisor")
 
 
