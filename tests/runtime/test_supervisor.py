@@ -388,6 +388,30 @@ async def test_interrupt_inbound_calls_back_synchronously_and_inbound_is_queued(
     assert h.sup.stats.malformed_frames == 1
 
 
+async def test_stray_connector_frames_in_any_state_leave_the_connection_as_it_was(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    connector: FakeConnector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The transition table raises on a pair it has no row for; frames come from the peer,
+    # so an ack nobody asked for or a repeated descriptor must never reach such a pair.
+    h = await launch(nursery, connector)
+    conn = await connector.connection(0)
+    await conn.send({"type": "going_idle_ack"})
+    await conn.send({"type": "descriptor", "descriptor": {"platform": "x"}})
+    await conn.send({"type": "descriptor", "descriptor": descriptor("relay")})
+    await conn.send({"type": "interrupt_inbound", "session_key": "k", "chat_id": "c"})
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.interrupts == [("k", "c")]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert h.sup.state == "ready"
+    assert h.sup.send_nowait(InboundAck("b1"))
+    assert (await conn.next("inbound_ack"))["bufferId"] == "b1"
+    assert h.sup.stats.handshakes == 1
+    assert connector.dial_times == [0.0]
+
+
 async def test_R60_full_inbound_channel_pauses_the_reader_with_one_error(
     autojump_clock: trio.testing.MockClock,
     nursery: trio.Nursery,
