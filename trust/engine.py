@@ -48,7 +48,7 @@ from trust.planning import clean_reason
 from trust.policy import Policy, TrustConfigError
 from trust.records import AuditEntry, PreconditionFailed, StoreError, TrustOpError
 from trust.rules import decide
-from trust.stats import StatsRecorder, TrustStats
+from trust.stats import EngineSnapshot, StatsRecorder, TrustStats
 from trust.store.base import ClientStore
 from trust.store.tx import DAY_MS, ApplyContext, StoreView
 
@@ -114,6 +114,20 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
                 merged[str(cause)] = merged.get(str(cause), 0) + int(n)
             snapshot = attrs.evolve(snapshot, llm_failures=merged)
         return snapshot
+
+    def snapshot(self) -> EngineSnapshot:
+        """A frozen copy of the cache, the trust-agent calls in flight and the audit tail."""
+        return EngineSnapshot(
+            views=tuple(self._views),
+            view_ids=frozenset(self._keys_by_id),
+            verdicts=tuple(self._verdicts),
+            counters={cid: c.as_counters(cid) for cid, c in self._counts.items()},
+            consultations={
+                cid: c.done.statistics().tasks_waiting for cid, c in self._inflight.items()
+            },
+            last_audit_id=self._last_audit,
+            audit_gaps=frozenset(self._audit_gaps),
+        )
 
     def describe(self) -> str:
         """Policy name, digest, enabled operations and whether an agent is configured (JSON)."""

@@ -64,6 +64,21 @@ class ClientCount:
             stored.invite_failures_hour,
         )
 
+    def as_counters(self, client_id: str) -> Counters:
+        """These counters as a frozen row."""
+        return Counters(
+            client_id,
+            self.first_seen,
+            self.last_seen,
+            self.requests,
+            self.day,
+            self.requests_today,
+            self.hour,
+            self.requests_hour,
+            self.agent_calls_hour,
+            self.invite_failures_hour,
+        )
+
     def roll(self, now: int) -> None:
         """Restart the day and hour buckets when ``now`` is in a later one."""
         day, hour = now // DAY_MS, now // HOUR_MS

@@ -1,7 +1,9 @@
-"""Trust metrics (TR §9): monotonic counters since the engine started.
+"""Trust metrics (TR §9): monotonic counters since the engine started, and what the
+engine holds in memory.
 
 :class:`TrustStats` is a frozen snapshot that also reads as a mapping, so the gateway can
-put it under ``stats["trust"]`` as it is.
+put it under ``stats["trust"]`` as it is. :class:`EngineSnapshot` is a frozen copy of the
+engine's cache and audit-tail position (``TrustEngine.snapshot()``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 
 import attrs
+
+from trust.records import Counters
 
 
 @attrs.frozen
@@ -124,3 +128,26 @@ class StatsRecorder:
             background_errors=self.background_errors,
             invite_attempts_limited=self.invite_attempts_limited,
         )
+
+
+@attrs.frozen
+class EngineSnapshot:
+    """A copy of what one engine holds in memory: its cache, the trust-agent calls in
+    flight and how far its audit-log tail has read. For operators and tests checking that
+    the cache stays bounded and that the tail keeps up; it does not change afterwards."""
+
+    views: tuple[tuple[str, str | None], ...]
+    """Cached store views by (client id, secondary id), least recently used first."""
+    view_ids: frozenset[str]
+    """Every client id a cached view is filed under (a change to one drops its views)."""
+    verdicts: tuple[str, ...]
+    """Clients with a trust-agent verdict held in memory, least recently used first."""
+    counters: Mapping[str, Counters]
+    """Each counted client's counters as this instance sees them (stored plus unflushed)."""
+    consultations: Mapping[str, int]
+    """Clients with a trust-agent call in flight, to how many more messages wait on it."""
+    last_audit_id: int
+    """The newest audit id the tail has read."""
+    audit_gaps: frozenset[int]
+    """Audit ids below it not read yet (a transaction that may still commit); each is
+    given up after ``AUDIT_GAP_WAIT_S``."""

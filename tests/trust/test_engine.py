@@ -493,8 +493,7 @@ async def test_concurrent_messages_of_one_client_share_one_consultation(
                 nursery.start_soon(one)
             with trio.fail_after(60):
                 while True:
-                    pending = engine._inflight.get("discord:40")
-                    if pending is not None and pending.done.statistics().tasks_waiting == 2:
+                    if engine.snapshot().consultations.get("discord:40") == 2:
                         break
                     await trio.sleep(0.01)
             gate.set()
@@ -851,11 +850,12 @@ async def test_view_cache_is_bounded_and_invalidated_by_id(db: SqlClientStore) -
     async with engine_for(db, "open", cache_size=2) as engine:
         for uid in ("1", "2", "3"):
             await engine.evaluate(msg(uid=uid))
-        assert list(engine._views) == [("discord:2", None), ("discord:3", None)]
-        assert set(engine._keys_by_id) == {"discord:2", "discord:3"}
+        cached = engine.snapshot()
+        assert cached.views == (("discord:2", None), ("discord:3", None))
+        assert cached.view_ids == {"discord:2", "discord:3"}
         await fn.block(db, "discord:3", "spam", actor=OP, tier="operator")
         await engine.tail()
-        assert list(engine._views) == [("discord:2", None)]
+        assert engine.snapshot().views == (("discord:2", None),)
         assert (await engine.evaluate(msg(uid="3"))).decision.reason == "blocked"
 
 
@@ -890,7 +890,7 @@ async def test_counters_roll_over_the_hour_in_memory_and_in_the_store(
         await engine.flush()
         wall.advance(3600)
         await engine.evaluate(msg(uid="150"))
-        count = engine._counts["discord:150"]
+        count = engine.snapshot().counters["discord:150"]
         assert (count.requests, count.requests_hour) == (4, 1)
     stored = await db.counters("discord:150")
     assert stored is not None

@@ -218,7 +218,7 @@ async def test_no_guessed_code_is_stored_not_even_as_a_digest(
     def dump(tx: Tx) -> list[tuple[object, ...]]:
         return tx.rows("SELECT attempt_id, scope, at FROM trust_invite_attempts")
 
-    rows = await store._call(dump, write=False)
+    rows = await store.transaction(dump, write=False)
     assert (
         sorted(str(r[1]) for r in rows) == ["client:discord:0", "client:discord:1"] + ["global"] * 2
     )

@@ -32,7 +32,7 @@ async def _dump(store: SqlClientStore) -> str:
         tables = ("trust_invites", "trust_audit", "trust_invite_uses")
         return "\n".join(repr(tx.rows(f"SELECT * FROM {table}")) for table in tables)
 
-    return await store._call(everything, write=False)
+    return await store.transaction(everything, write=False)
 
 
 async def test_T49_invites_are_stored_as_digests_and_never_listed(store: SqlClientStore) -> None:

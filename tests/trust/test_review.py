@@ -25,6 +25,7 @@ from trust.policy import Policy, TrustConfigError
 from trust.records import StoreError, TrustOpError
 from trust.rules import decide
 from trust.store import SqlClientStore, open_sqlite_store
+from trust.store.sqlite import DB_FILENAME, SqliteBackend
 
 OP = "local:tester"
 
@@ -134,7 +135,7 @@ async def test_T20_late_commit_below_seen_ids_is_tailed_on_postgres(
 
     from tests.trust.conftest import PG_DSN
     from trust.store import core, open_postgres_store
-    from trust.store.postgres import _PgTx
+    from trust.store.postgres import PgTx
 
     store = await open_postgres_store(PG_DSN, schema=pg_schema, clock=wall)
     slow = psycopg.connect(PG_DSN, autocommit=True, options=f"-c search_path={pg_schema}")
@@ -144,7 +145,7 @@ async def test_T20_late_commit_below_seen_ids_is_tailed_on_postgres(
             assert (await engine.evaluate(msg(uid="42"))).decision.allow  # view cached
             with slow.transaction():  # instance A's block: id assigned now, committed last
                 late = core.run_op(
-                    _PgTx(slow),
+                    PgTx(slow),
                     "block",
                     "discord:42",
                     actor=OP,
@@ -161,7 +162,7 @@ async def test_T20_late_commit_below_seen_ids_is_tailed_on_postgres(
             out = await engine.evaluate(msg(uid="42"))
             assert (out.decision.allow, out.decision.reason) == (False, "blocked")
             await engine.tail()  # the filled gap is not tracked any more
-            assert engine._audit_gaps == {}
+            assert engine.snapshot().audit_gaps == frozenset()
     finally:
         slow.close()
         await store.aclose()
@@ -175,14 +176,14 @@ async def test_T20_transaction_in_flight_at_start_is_tailed_on_postgres(
 
     from tests.trust.conftest import PG_DSN
     from trust.store import core, open_postgres_store
-    from trust.store.postgres import _PgTx
+    from trust.store.postgres import PgTx
 
     store = await open_postgres_store(PG_DSN, schema=pg_schema, clock=wall)
     # Not autocommit: the block below stays one open transaction until commit().
     slow = psycopg.connect(PG_DSN, options=f"-c search_path={pg_schema}")
     try:
         core.run_op(
-            _PgTx(slow), "block", "discord:42", actor=OP, tier="operator", reason="abuse",
+            PgTx(slow), "block", "discord:42", actor=OP, tier="operator", reason="abuse",
             now_ms=wall(),
         )  # fmt: skip
         await fn.promote_to_contact(store, "discord:7", actor=OP, tier="operator")
@@ -203,20 +204,21 @@ async def test_tail_gives_up_on_a_gap_that_never_fills(
 ) -> None:
     async with open_trust_engine(TrustConfig(policy="open", store=db, tail_interval_s=3600)) as e:
         await fn.promote_to_contact(db, "discord:1", actor=OP, tier="operator")
-        await db._call(  # a row after a hole: ids 2-4 never commit (rolled back elsewhere)
+        await db.transaction(  # a row after a hole: ids 2-4 never commit (rolled back elsewhere)
             lambda tx: tx.run(
                 "INSERT INTO trust_audit (id, at, client_id, action, actor, tier) "
                 "VALUES (5, 0, 'discord:2', 'block', 'x', 'operator')"
             )
         )
         await e.tail()
-        assert (e._last_audit, set(e._audit_gaps)) == (5, {2, 3, 4})
+        tail = e.snapshot()
+        assert (tail.last_audit_id, tail.audit_gaps) == (5, {2, 3, 4})
         mock_clock.jump(29)
         await e.tail()
-        assert set(e._audit_gaps) == {2, 3, 4}
+        assert e.snapshot().audit_gaps == {2, 3, 4}
         mock_clock.jump(2)
         await e.tail()
-        assert e._audit_gaps == {}
+        assert e.snapshot().audit_gaps == frozenset()
 
 
 # --- 4. a view read while the tail passed its change is not cached --------------------------
@@ -279,7 +281,7 @@ async def test_postgres_store_survives_pg_terminate_backend(
     try:
         backend = store.backend
         assert isinstance(backend, PostgresBackend)
-        before = {c.info.backend_pid for c in backend._all}
+        before = set(backend.server_pids())
         with psycopg.connect(PG_DSN, autocommit=True) as admin:  # a restart, as seen by clients
             for pid in before:
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -288,7 +290,7 @@ async def test_postgres_store_survives_pg_terminate_backend(
         result = await fn.block(store, "discord:3", "spam", actor=OP, tier="operator")
         assert result.audit_id is not None
         assert (await store.get("discord:3")).blocked
-        assert {c.info.backend_pid for c in backend._all} != before  # replaced, not reused
+        assert set(backend.server_pids()) != before  # replaced, not reused
     finally:
         await store.aclose()
 
@@ -617,7 +619,7 @@ async def test_verdicts_in_memory_are_bounded(db: SqlClientStore) -> None:
     async with open_trust_engine(config) as engine:
         for uid in ("1", "2", "3", "4"):
             await engine.evaluate(msg(uid=uid))
-        assert list(engine._verdicts) == ["discord:3", "discord:4"]
+        assert engine.snapshot().verdicts == ("discord:3", "discord:4")
 
 
 class Shouter:
@@ -647,30 +649,27 @@ async def test_T65_non_admin_invite_revoke_is_refused_and_audited(db: SqlClientS
     assert (row.action, row.actor, row.tier) == ("refused:invite/revoke", "discord:4", "admin")
 
 
-class CommitFailsOnce:
-    """A sqlite3 connection whose next commit fails (a full disk, an I/O error)."""
+class CommitFailsOnce(sqlite3.Connection):
+    """A sqlite3 connection whose first commit fails (a full disk, an I/O error)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self.fail = True
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed = False
 
     def commit(self) -> None:
-        if self.fail:
-            self.fail = False
+        if not self.failed:
+            self.failed = True
             raise sqlite3.OperationalError("disk I/O error")
-        self._conn.commit()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
+        super().commit()
 
 
 async def test_sqlite_failed_commit_rolls_back_and_the_store_keeps_working(
     tmp_path: Path,
 ) -> None:
-    store = await open_sqlite_store(tmp_path)
+    await (await open_sqlite_store(tmp_path)).aclose()  # creates and migrates the tables
+    backend = SqliteBackend(tmp_path / DB_FILENAME, factory=CommitFailsOnce)
+    store = SqlClientStore(backend)
     try:
-        backend = store.backend
-        backend._conn = CommitFailsOnce(backend._conn)  # type: ignore[attr-defined]
         with pytest.raises(StoreError, match="commit failed"):
             await fn.block(store, "discord:1", "spam", actor=OP, tier="operator")
         assert not (await store.get("discord:1")).blocked

@@ -56,7 +56,7 @@ async def test_reopening_keeps_data_and_schema_version(
     again = await open_sqlite_store(tmp_path / DB_FILENAME, clock=wall)
     try:
         assert (await again.get("x:a")).level is Level.CONTACT
-        version = await again._call(
+        version = await again.transaction(
             lambda tx: tx.rows("SELECT value FROM trust_meta WHERE key = 'schema_version'"),
             write=False,
         )
@@ -67,7 +67,7 @@ async def test_reopening_keeps_data_and_schema_version(
 
 async def test_newer_schema_refused(tmp_path: Path, wall: WallClock) -> None:
     store = await open_sqlite_store(tmp_path, clock=wall)
-    await store._call(
+    await store.transaction(
         lambda tx: tx.run("UPDATE trust_meta SET value = '99' WHERE key = 'schema_version'")
     )
     await store.aclose()
@@ -100,7 +100,7 @@ async def test_T10_blocked_secondary_or_alias_blocks_the_primary(store: SqlClien
     # so write the alias row directly, as an older binding would have left it).
     await store.run_op("block", "x:old", actor=OP, tier="operator", reason="spam")
     await store.bind_alias("x:old2", "x:pri")
-    await store._call(
+    await store.transaction(
         lambda tx: tx.run("UPDATE trust_aliases SET alias_id = 'x:old' WHERE alias_id = 'x:old2'")
     )
     assert (await store.view("x:pri", None)).secondary_blocked

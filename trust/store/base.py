@@ -209,7 +209,13 @@ class SqlClientStore:
         """``sqlite`` or ``postgres``."""
         return self.backend.dialect.name
 
-    async def _call(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+    async def transaction(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+        """``fn(tx)`` in one transaction in a worker thread: committed unless it raises.
+
+        Every method of the store is one such call; operator tooling uses it to run the
+        transaction functions of :mod:`trust.store` (or its own SQL) the same way.
+        ``write=False`` marks a read: SQLite begins it without taking the write lock.
+        """
         return await trio.to_thread.run_sync(
             self.backend.run_tx, fn, write, limiter=self.backend.limiter
         )
@@ -221,20 +227,22 @@ class SqlClientStore:
             primary = core.resolve(tx, client_id)
             return core.read_client(tx, primary) or ClientRecord.absent(primary)
 
-        return await self._call(read, write=False)
+        return await self.transaction(read, write=False)
 
     async def view(self, client_id: str, secondary: str | None) -> StoreView:
         """See :meth:`ClientStore.view`."""
-        return await self._call(lambda tx: queries.read_view(tx, client_id, secondary), write=False)
+        return await self.transaction(
+            lambda tx: queries.read_view(tx, client_id, secondary), write=False
+        )
 
     async def resolve_alias(self, client_id: str) -> str:
         """See :meth:`ClientStore.resolve_alias`."""
-        return await self._call(lambda tx: core.resolve(tx, client_id), write=False)
+        return await self.transaction(lambda tx: core.resolve(tx, client_id), write=False)
 
     async def bind_alias(self, alias_id: str, client_id: str) -> str:
         """See :meth:`ClientStore.bind_alias`."""
         now = self.clock()
-        return await self._call(lambda tx: queries.bind_alias(tx, alias_id, client_id, now))
+        return await self.transaction(lambda tx: queries.bind_alias(tx, alias_id, client_id, now))
 
     async def run_op(
         self, op: AtomicOp, client_id: str, *, actor: str, tier: AuditTier, reason: str | None
@@ -242,7 +250,7 @@ class SqlClientStore:
         """See :meth:`ClientStore.run_op`; a ``not_authorized`` refusal is audited."""
         now = self.clock()
         try:
-            return await self._call(
+            return await self.transaction(
                 lambda tx: core.run_op(
                     tx, op, client_id, actor=actor, tier=tier, reason=reason, now_ms=now
                 )
@@ -259,7 +267,7 @@ class SqlClientStore:
         if not changes:
             return []
         now = self.clock()
-        return await self._call(
+        return await self.transaction(
             lambda tx: core.apply_changes(
                 tx, changes, actor=actor, tier=tier, context=context, now_ms=now
             )
@@ -269,7 +277,7 @@ class SqlClientStore:
         """See :meth:`ClientStore.revert`."""
         now = self.clock()
         try:
-            return await self._call(
+            return await self.transaction(
                 lambda tx: core.revert(tx, audit_id, actor=actor, tier=tier, now_ms=now)
             )
         except TrustOpError as exc:
@@ -284,7 +292,7 @@ class SqlClientStore:
     ) -> AuditEntry:
         """See :meth:`ClientStore.record_refusal`."""
         now = self.clock()
-        return await self._call(
+        return await self.transaction(
             lambda tx: core.record_refusal(tx, op, client_id, actor, tier, reason, now)
         )
 
@@ -292,36 +300,36 @@ class SqlClientStore:
         self, *, level: Level | None = None, admins: bool = False, blocked: bool = False
     ) -> list[ClientRecord]:
         """See :meth:`ClientStore.list_clients`."""
-        return await self._call(
+        return await self.transaction(
             lambda tx: queries.list_clients(tx, level=level, admins=admins, blocked=blocked),
             write=False,
         )
 
     async def audit(self, client_id: str | None = None, limit: int = 50) -> list[AuditEntry]:
         """See :meth:`ClientStore.audit`."""
-        return await self._call(
+        return await self.transaction(
             lambda tx: queries.read_audit_log(tx, client_id, limit), write=False
         )
 
     async def audit_entry(self, audit_id: int) -> AuditEntry | None:
         """See :meth:`ClientStore.audit_entry`."""
-        return await self._call(lambda tx: audit.read_audit(tx, audit_id), write=False)
+        return await self.transaction(lambda tx: audit.read_audit(tx, audit_id), write=False)
 
     async def stored_ids(self) -> list[str]:
         """See :meth:`ClientStore.stored_ids`."""
-        return await self._call(queries.stored_ids, write=False)
+        return await self.transaction(queries.stored_ids, write=False)
 
     async def bootstrap_admins(self, client_ids: Sequence[str]) -> list[AuditEntry]:
         """See :meth:`ClientStore.bootstrap_admins`."""
         now = self.clock()
-        return await self._call(lambda tx: core.bootstrap_admins(tx, client_ids, now))
+        return await self.transaction(lambda tx: core.bootstrap_admins(tx, client_ids, now))
 
     async def import_states(
         self, wanted: Sequence[ImportEntry], *, actor: str, overwrite: bool, dry_run: bool
     ) -> ImportReport:
         """See :meth:`ClientStore.import_states`."""
         now = self.clock()
-        return await self._call(
+        return await self.transaction(
             lambda tx: core.import_states(
                 tx, wanted, actor=actor, overwrite=overwrite, dry_run=dry_run, now_ms=now
             )
@@ -329,20 +337,20 @@ class SqlClientStore:
 
     async def insert_invite(self, invite: Invite, tier: AuditTier) -> AuditEntry:
         """See :meth:`ClientStore.insert_invite`."""
-        return await self._call(lambda tx: onboarding.insert_invite(tx, invite, tier))
+        return await self.transaction(lambda tx: onboarding.insert_invite(tx, invite, tier))
 
     async def find_invite(self, digest: bytes) -> Invite | None:
         """See :meth:`ClientStore.find_invite`."""
-        return await self._call(lambda tx: onboarding.find_invite(tx, digest), write=False)
+        return await self.transaction(lambda tx: onboarding.find_invite(tx, digest), write=False)
 
     async def list_invites(self) -> list[Invite]:
         """See :meth:`ClientStore.list_invites`."""
-        return await self._call(onboarding.list_invites, write=False)
+        return await self.transaction(onboarding.list_invites, write=False)
 
     async def revoke_invite(self, invite_id: str, *, actor: str, tier: AuditTier) -> AuditEntry:
         """See :meth:`ClientStore.revoke_invite`."""
         now = self.clock()
-        return await self._call(
+        return await self.transaction(
             lambda tx: onboarding.revoke_invite(tx, invite_id, actor, tier, now)
         )
 
@@ -351,67 +359,67 @@ class SqlClientStore:
     ) -> str | None:
         """See :meth:`ClientStore.reserve_invite_attempt`."""
         now = self.clock()
-        return await self._call(
+        return await self.transaction(
             lambda tx: onboarding.reserve_invite_attempt(tx, attempt_id, windows, now)
         )
 
     async def release_invite_attempt(self, attempt_id: str) -> None:
         """See :meth:`ClientStore.release_invite_attempt`."""
-        await self._call(lambda tx: onboarding.release_invite_attempt(tx, attempt_id))
+        await self.transaction(lambda tx: onboarding.release_invite_attempt(tx, attempt_id))
 
     async def invite_attempts(self, scope: str, window_ms: int = HOUR_MS) -> int:
         """Attempts counted in ``scope`` within the last ``window_ms``."""
         since = self.clock() - window_ms
-        return await self._call(
+        return await self.transaction(
             lambda tx: onboarding.count_invite_attempts(tx, scope, since), write=False
         )
 
     async def payment_used(self, tx_id: str) -> str | None:
         """See :meth:`ClientStore.payment_used`."""
-        return await self._call(lambda tx: onboarding.payment_used(tx, tx_id), write=False)
+        return await self.transaction(lambda tx: onboarding.payment_used(tx, tx_id), write=False)
 
     async def cache_get(self, client_id: str, digest: str) -> CachedVerdict | None:
         """See :meth:`ClientStore.cache_get`."""
         now = self.clock()
-        return await self._call(
+        return await self.transaction(
             lambda tx: queries.cache_get(tx, client_id, digest, now), write=False
         )
 
     async def cache_put(self, verdict: CachedVerdict) -> None:
         """See :meth:`ClientStore.cache_put`."""
-        await self._call(lambda tx: queries.cache_put(tx, verdict))
+        await self.transaction(lambda tx: queries.cache_put(tx, verdict))
 
     async def cache_drop(self, client_id: str) -> None:
         """See :meth:`ClientStore.cache_drop`."""
-        await self._call(lambda tx: queries.cache_drop(tx, client_id))
+        await self.transaction(lambda tx: queries.cache_drop(tx, client_id))
 
     async def counters(self, client_id: str) -> Counters | None:
         """A client's stored counters."""
-        return await self._call(lambda tx: queries.read_counters(tx, client_id), write=False)
+        return await self.transaction(lambda tx: queries.read_counters(tx, client_id), write=False)
 
     async def add_counts(self, deltas: Sequence[CounterDelta]) -> None:
         """See :meth:`ClientStore.add_counts`."""
         if deltas:
-            await self._call(lambda tx: queries.add_counts(tx, deltas))
+            await self.transaction(lambda tx: queries.add_counts(tx, deltas))
 
     async def changes_since(self, audit_id: int) -> list[tuple[int, str | None]]:
         """See :meth:`ClientStore.changes_since`."""
-        return await self._call(lambda tx: audit.changes_since(tx, audit_id), write=False)
+        return await self.transaction(lambda tx: audit.changes_since(tx, audit_id), write=False)
 
     async def last_audit_id(self) -> int:
         """See :meth:`ClientStore.last_audit_id`."""
-        return await self._call(audit.last_audit_id, write=False)
+        return await self.transaction(audit.last_audit_id, write=False)
 
     async def count_audit(self, action: str, tier: AuditTier, since_ms: int) -> int:
         """See :meth:`ClientStore.count_audit`."""
-        return await self._call(
+        return await self.transaction(
             lambda tx: audit.count_audit(tx, action, tier, since_ms), write=False
         )
 
     async def prune(self) -> int:
         """See :meth:`ClientStore.prune`."""
         now = self.clock()
-        return await self._call(lambda tx: queries.prune(tx, now))
+        return await self.transaction(lambda tx: queries.prune(tx, now))
 
     async def aclose(self) -> None:
         """See :meth:`ClientStore.aclose`."""

@@ -28,7 +28,11 @@ T = TypeVar("T")
 POOL_SIZE = 4
 
 
-class _PgTx:
+class PgTx:
+    """The :class:`~trust.store.tx.Tx` of one psycopg connection: what the store's
+    transaction functions run on. Public so that tooling holding its own connection (and
+    its own transaction) can run them there, e.g. ``core.run_op(PgTx(conn), ...)``."""
+
     def __init__(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         self.dialect = POSTGRES
         self._conn = conn
@@ -97,7 +101,7 @@ class PostgresBackend:
                 committing = False
                 try:
                     with conn.transaction():
-                        result = fn(_PgTx(conn))
+                        result = fn(PgTx(conn))
                         committing = True
                     return result
                 except psycopg.OperationalError:
@@ -110,6 +114,11 @@ class PostgresBackend:
             raise StoreError(f"trust store error: {exc}") from exc
         finally:
             self._idle.put(conn)
+
+    def server_pids(self) -> list[int]:
+        """The PostgreSQL server process id of each pooled connection (``pid`` in
+        ``pg_stat_activity``), to find this instance's sessions on the server."""
+        return [conn.info.backend_pid for conn in self._all]
 
     def close(self) -> None:
         """See :meth:`trust.store.base.Backend.close`."""
@@ -136,7 +145,7 @@ async def open_postgres_store(
     backend = await trio.to_thread.run_sync(lambda: PostgresBackend(dsn, schema=schema, size=size))
     store = SqlClientStore(backend, clock)
     try:
-        await store._call(_migrate_locked)
+        await store.transaction(_migrate_locked)
     except BaseException:
         backend.close()
         raise

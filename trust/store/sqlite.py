@@ -43,7 +43,14 @@ class _SqliteTx:
 class SqliteBackend:
     """One SQLite connection in autocommit mode with explicit transactions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, factory: type[sqlite3.Connection] = sqlite3.Connection
+    ) -> None:
+        """Open (creating, mode 0600) the database at ``path`` in WAL mode.
+
+        ``factory`` is the connection class (``sqlite3.connect``'s ``factory``): a subclass
+        can trace statements or, in tests, fail a commit the way a full disk does.
+        """
         self.dialect = SQLITE
         self.limiter = trio.CapacityLimiter(1)
         self.path = path
@@ -51,7 +58,7 @@ class SqliteBackend:
         os.close(fd)
         os.chmod(path, 0o600)
         self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=5.0
+            path, isolation_level=None, check_same_thread=False, timeout=5.0, factory=factory
         )
         try:
             self._conn.execute("PRAGMA busy_timeout = 5000")
@@ -113,7 +120,7 @@ async def open_sqlite_store(
     backend = await trio.to_thread.run_sync(connect)
     store = SqlClientStore(backend, clock)
     try:
-        await store._call(core.migrate)
+        await store.transaction(core.migrate)
     except BaseException:
         backend.close()
         raise
