@@ -40,6 +40,7 @@ __all__ = [
     "is_relay_token",
     "mask_text",
     "register_secret",
+    "reset_logging",
 ]
 
 HIDDEN: Final = "<hidden>"
@@ -238,3 +239,16 @@ def configure_logging(
     root.setLevel(numeric)
     logging.captureWarnings(True)
     return handler
+
+
+def reset_logging() -> None:
+    """Undo :func:`configure_logging`: remove its handler, put the root logger back to
+    WARNING (``logging``'s default), stop capturing warnings and forget every secret
+    registered with :func:`register_secret` (for an embedder's or a test's teardown)."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RelayHandler)]:
+        root.removeHandler(old)
+        old.close()
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(False)
+    _known_secrets.clear()

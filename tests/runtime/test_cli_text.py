@@ -7,9 +7,11 @@ stderr with the documented exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import functools
+import io
 import json
-import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -18,7 +20,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay_runtime import logs
 from relay_runtime.cli import (
     EXIT_DISABLED,
     EXIT_FAILURE,
@@ -30,6 +31,8 @@ from relay_runtime.cli import (
 from relay_runtime.config import ConfigError, GatewayConfig
 from relay_runtime.errors import RelayDisabled
 from relay_runtime.gateway import run_gateway
+from relay_runtime.logs import reset_logging
+from trust.ops import TrustOps
 
 PREFIX = "relay-runtime: error: "
 
@@ -42,10 +45,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     monkeypatch.setenv("RELAY_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
     yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logs._RelayHandler)]:
-        root.removeHandler(handler)
-    logging.captureWarnings(False)
+    reset_logging()
 
 
 def one_error_line(err: str) -> str:
@@ -60,46 +60,93 @@ def one_error_line(err: str) -> str:
 # ---- help for everything -------------------------------------------------------------------
 
 
-def walk(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.Action]]:
-    for action in parser._actions:
-        yield path, action
-        if isinstance(action, argparse._SubParsersAction):
-            for name, child in action.choices.items():
-                yield from walk(child, f"{path} {name}")
+# The help is read as a user sees it (``--help``), the subcommands from the usage error
+# that lists them: argparse keeps its parsers' actions in private attributes.
+SECTIONS = ("positional arguments:", "options:")
+NOT_A_COMMAND = "no-such-subcommand"
 
 
-def parsers(
-    parser: argparse.ArgumentParser, path: str
-) -> Iterator[tuple[str, argparse.ArgumentParser]]:
-    yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, child in action.choices.items():
-                yield from parsers(child, f"{path} {name}")
+def help_text(*path: str) -> str:
+    """What ``relay-runtime PATH --help`` prints."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args([*path, "--help"])
+    return out.getvalue()
+
+
+@functools.cache
+def subcommands(*path: str) -> tuple[str, ...]:
+    """The subcommands of ``relay-runtime PATH``, as its "invalid choice" error lists them."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
+        build_parser().parse_args([*path, NOT_A_COMMAND])
+    found = re.search(r"invalid choice: .*\(choose from (.*)\)$", err.getvalue(), re.MULTILINE)
+    if found is None:
+        return ()
+    names = [name.strip().strip("'") for name in found.group(1).split(",")]
+    # A positional with choices is not a subcommand: a subcommand's usage names it.
+    prog = " ".join(["usage: relay-runtime", *path])
+    return tuple(name for name in names if help_text(*path, name).startswith(f"{prog} {name} "))
+
+
+def walk(*path: str) -> Iterator[tuple[str, str]]:
+    """``(command line, --help text)`` of ``relay-runtime PATH`` and every subcommand below."""
+    yield " ".join(["relay-runtime", *path]), help_text(*path)
+    for name in subcommands(*path):
+        yield from walk(*path, name)
+
+
+def listed(text: str) -> list[tuple[int, str, str]]:
+    """``(indent, invocation, help)`` of each argument (indent 2) and subcommand (indent 4)
+    a ``--help`` text lists; the help is empty where the entry has none."""
+    lines = text.splitlines()
+    entries: list[tuple[int, str, str]] = []
+    in_section = False
+    for i, line in enumerate(lines):
+        if not line.startswith(" "):  # a heading or the blank line after a section
+            in_section = line in SECTIONS
+            continue
+        indent = len(line) - len(line.lstrip())
+        if not in_section or indent not in (2, 4):  # else a wrapped help line
+            continue
+        invocation, _, said = line.strip().partition("  ")
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if not said.strip() and len(following) - len(following.lstrip()) > 4:
+            said = following  # the help starts on the next line
+        entries.append((indent, invocation, said.strip()))
+    return entries
+
+
+def description(text: str) -> str:
+    """The paragraph between a ``--help`` text's usage and its first section, if any."""
+    paragraphs = text.split("\n\n")
+    return "" if paragraphs[1].startswith(SECTIONS) else paragraphs[1].strip()
+
+
+def test_help_walk_sees_every_subcommand() -> None:
+    commands = [line for line, _ in walk()]
+    assert {"relay-runtime trust invite create", "relay-runtime connector"} <= set(commands)
+    assert len(commands) == len(set(commands)) > 20
 
 
 def test_every_option_and_positional_of_every_subcommand_has_help() -> None:
-    parser = build_parser()
-    missing = [
-        f"{path}: {action.option_strings or action.dest}"
-        for path, action in walk(parser, "relay-runtime")
-        if not (action.help or "").strip() and action.help != argparse.SUPPRESS
-    ]
+    missing = []
+    for line, text in walk():
+        entries = listed(text)
+        assert entries, line
+        missing += [f"{line}: {invocation}" for _, invocation, said in entries if not said]
+        # Each subcommand's choices carry a one-line help too (what `--help` lists).
+        choices = {invocation for indent, invocation, _ in entries if indent == 4}
+        names = set(subcommands(*line.split()[1:]))
+        assert choices == names, f"{line}: {names - choices}"
     assert missing == []
-    # Each subcommand's choices carry a one-line help too (what `--help` lists).
-    for path, action in walk(parser, "relay-runtime"):
-        if isinstance(action, argparse._SubParsersAction):
-            listed = {choice.dest for choice in action._choices_actions}
-            assert listed == set(action.choices), f"{path}: {set(action.choices) - listed}"
-            assert all((choice.help or "").strip() for choice in action._choices_actions), path
 
 
 def test_every_subcommand_has_a_description_without_markup() -> None:
-    for path, parser in parsers(build_parser(), "relay-runtime"):
-        assert (parser.description or "").strip(), f"{path} has no description"
-        text = parser.format_help()
-        assert "``" not in text, f"{path}: RST markup in its help"
-        assert "§" not in text, f"{path}: a spec section reference in its help"
+    for line, text in walk():
+        assert description(text), f"{line} has no description"
+        assert "``" not in text, f"{line}: RST markup in its help"
+        assert "§" not in text, f"{line}: a spec section reference in its help"
 
 
 def test_trust_help_reads_as_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,10 +213,10 @@ def test_anything_a_command_raises_is_one_line_with_its_status(
 def test_ctrl_c_in_a_command_without_a_drain_is_130_and_silent(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def interrupted(*args: object) -> None:
+    async def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("trust.cli._list", interrupted)
+    monkeypatch.setattr(TrustOps, "list_clients", interrupted)
     assert main(["trust", "list"]) == EXIT_INTERRUPTED
     assert capsys.readouterr().err == ""
 

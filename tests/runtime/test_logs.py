@@ -11,7 +11,13 @@ import pytest
 
 from protocol.auth import make_upgrade_token
 from relay_runtime import logs
-from relay_runtime.logs import HIDDEN, configure_logging, mask_text, register_secret
+from relay_runtime.logs import (
+    HIDDEN,
+    configure_logging,
+    mask_text,
+    register_secret,
+    reset_logging,
+)
 from relay_runtime.testing import open_harness
 
 SECRET = "gw-secret-" + "q" * 30
@@ -23,16 +29,7 @@ def stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
     configure_logging("kv", "debug", stream=out, secrets=[SECRET, DELIVERY_KEY])
     yield out
-    _uninstall()
-
-
-def _uninstall() -> None:
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logs._RelayHandler)]:
-        root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-    logging.captureWarnings(False)
-    logs._known_secrets.clear()
+    reset_logging()
 
 
 def test_R39_registered_secrets_are_masked_in_message_args_extras_and_tracebacks(
@@ -93,7 +90,7 @@ def test_short_values_are_not_registered_as_secrets() -> None:
         register_secret(None)
         assert mask_text("ab cab") == "ab cab"
     finally:
-        logs._known_secrets.clear()
+        reset_logging()
 
 
 def test_key_value_format_is_one_line_per_event(stream: io.StringIO) -> None:
@@ -117,7 +114,7 @@ def test_json_format() -> None:
         log.debug("not shown")
         log.info("ready", extra={"platforms": "relay", "secret": "abcdefgh"})
     finally:
-        _uninstall()
+        reset_logging()
     (line,) = out.getvalue().splitlines()
     data = json.loads(line)
     assert data["level"] == "INFO"
@@ -133,7 +130,7 @@ def test_json_lines_stay_valid_json_around_masked_values() -> None:
         log = logging.getLogger("relay_runtime.test")
         log.info('connect secret=abc123 token="q r" {"apiKey": "k"}')
     finally:
-        _uninstall()
+        reset_logging()
     data = json.loads(out.getvalue())
     assert data["msg"] == 'connect secret=<hidden> token=<hidden> {"apiKey": "<hidden>"}'
 
@@ -143,17 +140,27 @@ def test_configure_logging_replaces_its_own_handler_only() -> None:
     other = logging.NullHandler()
     root.addHandler(other)
     try:
-        configure_logging("kv", "info", stream=io.StringIO())
-        configure_logging("json", "warning", stream=io.StringIO())
-        ours = [h for h in root.handlers if isinstance(h, logs._RelayHandler)]
-        assert len(ours) == 1
+        first = configure_logging("kv", "info", stream=io.StringIO())
+        second = configure_logging("json", "warning", stream=io.StringIO())
+        assert first not in root.handlers and second in root.handlers
+        assert [h for h in root.handlers if type(h) is type(second)] == [second]
         assert other in root.handlers
         assert root.level == logging.WARNING
         with pytest.raises(ValueError, match="log format"):
             configure_logging("xml", "info")  # type: ignore[arg-type]
     finally:
         root.removeHandler(other)
-        _uninstall()
+        reset_logging()
+
+
+def test_reset_logging_undoes_configure_logging() -> None:
+    root = logging.getLogger()
+    handler = configure_logging("kv", "debug", stream=io.StringIO(), secrets=[SECRET])
+    assert handler in root.handlers and mask_text(SECRET) == HIDDEN
+    reset_logging()
+    assert handler not in root.handlers
+    assert root.level == logging.WARNING
+    assert mask_text(SECRET) == SECRET  # registered secrets are forgotten
 
 
 async def test_R39_a_whole_gateway_session_at_debug_leaks_no_secret_or_token() -> None:
@@ -171,7 +178,7 @@ async def test_R39_a_whole_gateway_session_at_debug_leaks_no_secret_or_token() -
             await harness.say("again", user="telegram:1")
             secret, delivery_key = config.secret, config.delivery_key
     finally:
-        _uninstall()
+        reset_logging()
     text = out.getvalue()
     assert "hello" in text or "relay" in text  # the session did log
     assert secret is not None and secret not in text
