@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from relay_runtime import logs
 from relay_runtime.cli import (
     EXIT_DISABLED,
     EXIT_FAILURE,
@@ -21,6 +19,7 @@ from relay_runtime.cli import (
 from relay_runtime.cli.run import load_agent
 from relay_runtime.config import ConfigError
 from relay_runtime.errors import RelayDisabled
+from relay_runtime.logs import reset_logging
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +29,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
             monkeypatch.delenv(name)
     monkeypatch.setenv("RELAY_STATE_DIR", str(tmp_path / "state"))
     yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logs._RelayHandler)]:
-        root.removeHandler(handler)
-    logging.captureWarnings(False)
+    reset_logging()
 
 
 def test_help_lists_the_commands_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
