@@ -859,6 +859,24 @@ async def test_view_cache_is_bounded_and_invalidated_by_id(db: SqlClientStore) -
         assert (await engine.evaluate(msg(uid="3"))).decision.reason == "blocked"
 
 
+async def test_snapshot_is_a_copy_of_what_the_engine_holds(db: SqlClientStore) -> None:
+    async with engine_for(db, "open") as engine:
+        await engine.evaluate(msg(uid="160"))
+        before = engine.snapshot()
+        await engine.evaluate(msg(uid="160"))
+        await engine.evaluate(msg(uid="161"))
+        after = engine.snapshot()
+    assert before.views == (("discord:160", None),)
+    assert before.counters["discord:160"].requests == 1
+    assert "discord:161" not in before.counters
+    assert after.views == (("discord:160", None), ("discord:161", None))
+    assert (after.counters["discord:160"].requests, after.counters["discord:161"].requests) == (
+        2,
+        1,
+    )
+    assert (after.verdicts, after.consultations, after.audit_gaps) == ((), {}, frozenset())
+
+
 def test_config_from_env() -> None:
     config = TrustConfig.from_env(
         {
