@@ -1,15 +1,52 @@
 """One batch of the state db, as the worker thread runs it: one transaction, a savepoint
-per operation (or per run of operations that share a bulk form), one commit."""
+per operation (or per run of operations that share a bulk form), one commit.
+
+The SQL is written once, for SQLite's ``sqlite3`` connection; a PostgreSQL store hands in
+a connection with the same calls (:class:`DB`) that renders it for its server.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+
+class Cursor(Protocol):
+    """What the state layer reads from a statement's result."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class DB(Protocol):
+    """The connection calls the state layer makes (``sqlite3.Connection`` has them).
+
+    Rows are read by position and by column name; ``BEGIN IMMEDIATE`` starts a write
+    transaction.
+    """
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+#: A row as the state layer reads it: by position or by column name.
+Row = Any
 
 #: Rows one bulk statement touches at most (each takes a few of SQLite's bound parameters).
 BULK_ROWS: Final = 200
@@ -21,11 +58,11 @@ T = TypeVar("T")
 class _Op:
     """One queued database operation and, once its batch ran, its result or error."""
 
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[DB], Any]
     #: Runs a run of neighbouring operations with the same ``bulk`` in fewer statements,
     #: with the same effects as running their ``fn`` one after another; it gets their
     #: ``args`` and returns their values in order.
-    bulk: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
+    bulk: Callable[[DB, list[Any]], list[Any]] | None = None
     args: Any = None
     #: Records a decision already made in memory: it runs even if its caller stops waiting.
     keep: bool = False
@@ -38,12 +75,12 @@ class _Op:
     value: Any = None
     error: BaseException | None = None
 
-    def run(self, conn: sqlite3.Connection) -> None:
+    def run(self, conn: DB) -> None:
         """Run ``fn`` alone, keeping its value."""
         self.value = self.fn(conn)
 
 
-def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
+def _run_batch(conn: DB, ops: list[_Op]) -> None:
     """Run ``ops`` in order as one transaction, each in its own savepoint; commit once.
 
     Runs in the worker thread. An operation that raises is rolled back to its savepoint and
@@ -86,14 +123,14 @@ def _runs(ops: list[_Op]) -> list[list[_Op]]:
     return runs
 
 
-def _run_bulk(conn: sqlite3.Connection, group: list[_Op]) -> bool:
+def _run_bulk(conn: DB, group: list[_Op]) -> bool:
     """Run ``group`` with its ``bulk`` in one savepoint; False if it has none or it failed."""
     bulk = group[0].bulk
     if bulk is None:
         return False
     values: list[Any] = []
 
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: DB) -> None:
         values.extend(bulk(conn, [op.args for op in group]))
 
     if _in_savepoint(conn, run) is not None:
@@ -103,9 +140,7 @@ def _run_bulk(conn: sqlite3.Connection, group: list[_Op]) -> bool:
     return True
 
 
-def _in_savepoint(
-    conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], None]
-) -> Exception | None:
+def _in_savepoint(conn: DB, work: Callable[[DB], None]) -> Exception | None:
     """Run ``work`` in a savepoint; on an error roll back to it and return the error."""
     conn.execute("SAVEPOINT relay_op")
     error: Exception | None = None
@@ -120,7 +155,7 @@ def _in_savepoint(
     return error
 
 
-def _nothing(conn: sqlite3.Connection) -> None:
+def _nothing(conn: DB) -> None:
     """An operation with no effect: waiting for it commits everything queued before it."""
 
 

@@ -6,7 +6,6 @@ order through the batch queue (dedupe.py says why that is enough).
 
 from __future__ import annotations
 
-import sqlite3
 from typing import TYPE_CHECKING
 
 import trio
@@ -19,6 +18,8 @@ from relay_runtime.state._turns import _Turns
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from relay_runtime.state._batch import DB
 
 
 class _Claims(_Turns):
@@ -54,7 +55,7 @@ class _Claims(_Turns):
         self,
         requests: Sequence[tuple[str | None, MessageKey | None, str | None, str | None]],
         now: float,
-    ) -> tuple[list[tuple[ClaimResult, int | None]], Callable[[sqlite3.Connection], None]]:
+    ) -> tuple[list[tuple[ClaimResult, int | None]], Callable[[DB], None]]:
         """Claim ``requests`` in memory now; the write that records them (and the turns of
         requests with a session key that are ``NEW``)."""
         results: list[tuple[ClaimResult, int | None]] = []
@@ -74,7 +75,7 @@ class _Claims(_Turns):
                     turns.append((turn_id, session_key, k_msg, k_buf, inbound))
             results.append((result, turn_id))
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: DB) -> None:
             delete_claims(conn, forgotten)
             insert_claims(conn, claims, now)
             for turn_id, session_key, k_msg, k_buf, inbound in turns:
@@ -87,7 +88,7 @@ class _Claims(_Turns):
         never started (recorded by :meth:`claim_turns`, then cancelled while queued)."""
         released = self._dedupe.release(handle)
 
-        def release(conn: sqlite3.Connection) -> None:
+        def release(conn: DB) -> None:
             if released and handle is not None:
                 delete_claims(conn, [handle.claim_id])
             if turn_id is not None:

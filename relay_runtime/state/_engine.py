@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
@@ -34,7 +35,8 @@ from relay_runtime.state._schema import BUSY_TIMEOUT_MS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
+
+    from relay_runtime.state._batch import DB
 
 logger = logging.getLogger("relay_runtime.state")
 
@@ -60,8 +62,12 @@ _STORAGE_CODES: Final = frozenset(
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is the disk failing (full, I/O error, file-size limit, read-only)."""
+    """Whether ``exc`` is the storage failing: the disk (full, I/O error, file-size limit,
+    read-only) or the database server (connection lost or refused)."""
     if isinstance(exc, OSError):
+        return True
+    psycopg = sys.modules.get("psycopg")  # loaded only with a PostgreSQL store
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
         return True
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _STORAGE_CODES
@@ -70,7 +76,10 @@ def is_storage_error(exc: BaseException) -> bool:
 class _Engine:
     """The batch queue and storage-failure watch of :class:`~relay_runtime.state.StateDB`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int | None) -> None:
+    #: The driver's errors, raised to callers as :class:`StateError`.
+    _db_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    def __init__(self, conn: DB, location: str, lock_fd: int | None) -> None:
         self._conn = conn
         self._lock_fd = lock_fd
         self._queue: list[_Op] = []
@@ -87,12 +96,13 @@ class _Engine:
         self._recovered = trio.Event()
         self._recovered.set()
         self._closed = False
-        self.path = path
+        self._location = location
 
     @property
     def location(self) -> str:
-        """Where the state lives, for messages: the database file's path."""
-        return str(self.path)
+        """Where the state lives, for messages: the database file's path, or the server's
+        address without its password."""
+        return self._location
 
     async def aclose(self) -> None:
         """Close the connection (idempotent), even when the caller is being cancelled.
@@ -133,8 +143,8 @@ class _Engine:
 
     async def _run(
         self,
-        fn: Callable[[sqlite3.Connection], T],
-        bulk: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None,
+        fn: Callable[[DB], T],
+        bulk: Callable[[DB, list[Any]], list[Any]] | None = None,
         args: Any = None,
         *,
         keep: bool = False,
@@ -177,8 +187,8 @@ class _Engine:
             if not op.done:
                 raise
         if op.error is not None:
-            if isinstance(op.error, sqlite3.Error):
-                raise StateError(f"state database {str(self.path)!r}: {op.error}") from op.error
+            if isinstance(op.error, self._db_errors):
+                raise StateError(f"state database {self.location!r}: {op.error}") from op.error
             raise op.error
         return op.value  # type: ignore[no-any-return]
 
@@ -196,6 +206,7 @@ class _Engine:
             self._busy = False
             self._batch_over.set()
             self._batch_over = trio.Event()
+        self._after_batch(batch)
         failed: list[_Op] = []
         for op in batch:
             if not op.keep or op.error is None:
@@ -230,6 +241,10 @@ class _Engine:
                 self._storage_failed(storage, 0)
             elif any(not op.read and op.error is None for op in batch):
                 self._storage_ok()
+
+    def _after_batch(self, batch: list[_Op]) -> None:
+        """Look at a batch's outcome before it is sorted out (a store may watch for an
+        error of its own)."""
 
     def _storage_failed(self, error: BaseException, kept: int) -> None:
         """A write failed: one ERROR opens an episode (with its cause); repeats are DEBUG."""
@@ -295,7 +310,7 @@ class _Engine:
             await self._run(_nothing, read=True)
         if self._behind_error is not None:
             raise StateError(
-                f"state database {str(self.path)!r}: records written behind are not "
+                f"state database {self.location!r}: records written behind are not "
                 f"committed: {self._behind_error}"
             ) from self._behind_error
 

@@ -8,7 +8,6 @@ Bounded by ``outbox_max``; a ``send`` lives ``outbox_ttl_s``, a ``follow_up``
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import TYPE_CHECKING
 
 from relay_runtime.state._engine import _Engine
@@ -25,6 +24,8 @@ from relay_runtime.state._sql import _entry
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from relay_runtime.state._batch import DB
 
 logger = logging.getLogger("relay_runtime.state")
 
@@ -60,18 +61,17 @@ class _Outbox(_Engine):
         ttl = self._ttl_for(kind)
         outbox_max = self.outbox_max
 
-        def put(conn: sqlite3.Connection) -> tuple[int, list[OutboxEntry]]:
+        def put(conn: DB) -> tuple[int, list[OutboxEntry]]:
             expired = self._expire_in(conn, now)
             (count,) = conn.execute("SELECT count(*) FROM relay_outbox").fetchone()
             if count >= outbox_max:
                 raise OutboxFull(outbox_max)
-            cur = conn.execute(
+            (outbox_id,) = conn.execute(
                 "INSERT INTO relay_outbox (platform, bot_id, action_json, request_id, kind,"
-                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (identity_platform, identity_bot_id, action_json, request_id, kind, now, now + ttl),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid, expired
+            ).fetchone()
+            return int(outbox_id), expired
 
         outbox_id, expired = await self._run(put)
         self._log_expired(expired, now)
@@ -80,7 +80,7 @@ class _Outbox(_Engine):
     async def peek_batch(self, now: float, limit: int) -> list[OutboxEntry]:
         """Up to ``limit`` of the oldest entries not expired at ``now``, oldest first."""
 
-        def peek(conn: sqlite3.Connection) -> list[OutboxEntry]:
+        def peek(conn: DB) -> list[OutboxEntry]:
             rows = conn.execute(
                 "SELECT * FROM relay_outbox WHERE expires_at > ? ORDER BY id LIMIT ?",
                 (now, limit),
@@ -92,7 +92,7 @@ class _Outbox(_Engine):
     async def entries(self) -> list[OutboxEntry]:
         """Every queued entry, oldest first (for inspection and tests)."""
 
-        def select(conn: sqlite3.Connection) -> list[OutboxEntry]:
+        def select(conn: DB) -> list[OutboxEntry]:
             return [_entry(r) for r in conn.execute("SELECT * FROM relay_outbox ORDER BY id")]
 
         return await self._run(select, read=True)
@@ -100,7 +100,7 @@ class _Outbox(_Engine):
     async def delete(self, outbox_id: int) -> bool:
         """Remove an entry (delivered, or given up by the caller); False if it was gone."""
 
-        def delete(conn: sqlite3.Connection) -> bool:
+        def delete(conn: DB) -> bool:
             cur = conn.execute("DELETE FROM relay_outbox WHERE id = ?", (outbox_id,))
             return cur.rowcount > 0
 
@@ -110,7 +110,7 @@ class _Outbox(_Engine):
         """Remove several entries in one transaction; returns the ids that were there."""
         ids = list(outbox_ids)
 
-        def delete(conn: sqlite3.Connection) -> list[int]:
+        def delete(conn: DB) -> list[int]:
             sql = "DELETE FROM relay_outbox WHERE id = ?"
             return [i for i in ids if conn.execute(sql, (i,)).rowcount]
 
@@ -119,7 +119,7 @@ class _Outbox(_Engine):
     async def bump_attempts(self, outbox_id: int) -> Attempt:
         """Count one failed delivery (an unanswered request); the 5th deletes it (ERROR)."""
 
-        def bump(conn: sqlite3.Connection) -> tuple[Attempt, OutboxEntry | None]:
+        def bump(conn: DB) -> tuple[Attempt, OutboxEntry | None]:
             row = conn.execute(
                 "UPDATE relay_outbox SET attempts = attempts + 1 WHERE id = ? RETURNING *",
                 (outbox_id,),
@@ -154,14 +154,14 @@ class _Outbox(_Engine):
     async def count(self) -> int:
         """Number of queued entries (expired ones included until :meth:`expire` runs)."""
 
-        def count(conn: sqlite3.Connection) -> int:
+        def count(conn: DB) -> int:
             (n,) = conn.execute("SELECT count(*) FROM relay_outbox").fetchone()
             return int(n)
 
         return await self._run(count, read=True)
 
     @staticmethod
-    def _expire_in(conn: sqlite3.Connection, now: float) -> list[OutboxEntry]:
+    def _expire_in(conn: DB, now: float) -> list[OutboxEntry]:
         rows = conn.execute(
             "DELETE FROM relay_outbox WHERE expires_at <= ? RETURNING *", (now,)
         ).fetchall()

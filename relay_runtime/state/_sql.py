@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import TYPE_CHECKING
 
 from relay_runtime.state._batch import chunks
@@ -12,8 +11,10 @@ from relay_runtime.state._records import MessageKey, OutboxEntry, TurnRecord
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from relay_runtime.state._batch import DB, Row
 
-def _entry(row: sqlite3.Row) -> OutboxEntry:
+
+def _entry(row: Row) -> OutboxEntry:
     return OutboxEntry(
         id=row["id"],
         platform=row["platform"],
@@ -27,7 +28,7 @@ def _entry(row: sqlite3.Row) -> OutboxEntry:
     )
 
 
-def _turn(row: sqlite3.Row) -> TurnRecord:
+def _turn(row: Row) -> TurnRecord:
     k_msg_raw = row["k_msg"]
     k_msg: MessageKey | None = None
     if k_msg_raw is not None:
@@ -46,7 +47,7 @@ def _turn(row: sqlite3.Row) -> TurnRecord:
 
 
 def complete_claims_in(
-    conn: sqlite3.Connection, completed: Sequence[tuple[int, float]], forgotten: list[int]
+    conn: DB, completed: Sequence[tuple[int, float]], forgotten: list[int]
 ) -> None:
     """Mark ``(claim_id, now)`` pairs completed, then delete the ``forgotten`` claims."""
     for chunk in chunks(completed):
@@ -60,7 +61,7 @@ def complete_claims_in(
     delete_claims(conn, forgotten)
 
 
-def delete_claims(conn: sqlite3.Connection, claim_ids: Sequence[int]) -> None:
+def delete_claims(conn: DB, claim_ids: Sequence[int]) -> None:
     if not claim_ids:
         return
     params = [(c,) for c in claim_ids]
@@ -68,9 +69,7 @@ def delete_claims(conn: sqlite3.Connection, claim_ids: Sequence[int]) -> None:
     conn.executemany("DELETE FROM relay_dedupe_claims WHERE claim_id = ?", params)
 
 
-def insert_claims(
-    conn: sqlite3.Connection, claims: Sequence[tuple[int, Sequence[str]]], now: float
-) -> None:
+def insert_claims(conn: DB, claims: Sequence[tuple[int, Sequence[str]]], now: float) -> None:
     """Record new IN_FLIGHT claims and their keys (``(claim_id, keys)`` each)."""
     conn.executemany(
         "INSERT INTO relay_dedupe_claims (claim_id, state, created_at) VALUES (?, 'in_flight', ?)",
@@ -85,7 +84,7 @@ def insert_claims(
 
 
 def start_in(
-    conn: sqlite3.Connection,
+    conn: DB,
     turn_id: int,
     session_key: str,
     k_msg: MessageKey | None,

@@ -1,12 +1,12 @@
-"""The SQLite state store: :class:`StateDB`, its opening and crash recovery."""
+"""Opening a state store and its crash recovery (:class:`_Store`, shared by every store),
+and the SQLite store :class:`StateDB`."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import trio
 
@@ -26,11 +26,23 @@ from relay_runtime.state._sql import _turn, delete_claims
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from relay_runtime.state._batch import DB
+
 logger = logging.getLogger("relay_runtime.state")
 
 
-class StateDB(_Claims, _Outbox):
-    """The relay's durable state. Open with :meth:`open`; use as ``async with``.
+def check_sizes(outbox_max: int, **positive: float) -> None:
+    """Refuse sizes and windows out of range (:class:`StateError`)."""
+    if outbox_max < 0:
+        raise StateError(f"outbox_max must be >= 0, got {outbox_max!r}")
+    for name, value in positive.items():
+        if value <= 0:
+            raise StateError(f"{name} must be > 0, got {value!r}")
+
+
+class _Store(_Claims, _Outbox):
+    """A state store on one connection (:class:`DB`): the calls of the interface, crash
+    recovery and loading at open. Each store adds how it connects (``open``).
 
     Sizes and windows come from the configuration (RC §10): ``outbox_max`` (0 = every put
     fails fast), ``outbox_ttl_s`` (TTL of a queued ``send``), ``dedupe_window_s`` and
@@ -38,10 +50,15 @@ class StateDB(_Claims, _Outbox):
     together count once).
     """
 
+    #: Stores (or replaces) the reply key, its one parameter.
+    _put_reply_key_sql: ClassVar[str] = (
+        "INSERT OR REPLACE INTO relay_meta (name, value) VALUES ('reply_key', ?)"
+    )
+
     def __init__(
         self,
-        conn: sqlite3.Connection,
-        path: Path,
+        conn: DB,
+        location: str,
         *,
         outbox_max: int,
         outbox_ttl_s: float,
@@ -54,7 +71,7 @@ class StateDB(_Claims, _Outbox):
         resumable: Sequence[InboxRecord] = (),
         turns_max: int = 100_000,
     ) -> None:
-        super().__init__(conn, path, lock_fd)
+        super().__init__(conn, location, lock_fd)
         self.outbox_max = outbox_max
         self.outbox_ttl_s = outbox_ttl_s
         self.dedupe_window_s = dedupe_window_s
@@ -69,84 +86,37 @@ class StateDB(_Claims, _Outbox):
         self.reply_key = reply_key if reply_key is not None else os.urandom(REPLY_KEY_BYTES)
         self._resumable = list(resumable)
 
-    # ----------------------------------------------------------------- lifecycle
+    @classmethod
+    async def _opened(
+        cls, conn: DB, location: str, now: float, dedupe_window_s: float, dedupe_max: int
+    ) -> dict[str, Any]:
+        """Recover and load an open connection: the constructor's arguments it yields."""
+        resumable, reply_key = await trio.to_thread.run_sync(cls._prepare, conn, location, now)
+        dedupe = DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
+        next_turn_id = await trio.to_thread.run_sync(cls._load, conn, dedupe, now)
+        return {
+            "dedupe": dedupe,
+            "next_turn_id": next_turn_id,
+            "reply_key": reply_key,
+            "resumable": resumable,
+        }
 
     @classmethod
-    async def open(
-        cls,
-        state_dir: str | os.PathLike[str],
-        *,
-        now: float,
-        outbox_max: int = 1000,
-        outbox_ttl_s: float = 86400,
-        dedupe_window_s: float = 86400,
-        dedupe_max: int = 10000,
-        turns_max: int = 100_000,
-    ) -> StateDB:
-        """Open (creating if needed) ``<state_dir>/relay.db``, migrate, and recover.
-
-        Recovery after a crash: turns left ``running`` become ``crashed`` (ended at ``now``)
-        and ``IN_FLIGHT`` dedupe claims are released so a replay runs the delivery again.
-        """
-        if outbox_max < 0:
-            raise StateError(f"outbox_max must be >= 0, got {outbox_max!r}")
-        for name, value in (
-            ("outbox_ttl_s", outbox_ttl_s),
-            ("dedupe_window_s", dedupe_window_s),
-            ("dedupe_max", dedupe_max),
-            ("turns_max", turns_max),
-        ):
-            if value <= 0:
-                raise StateError(f"{name} must be > 0, got {value!r}")
-        path = Path(state_dir) / DB_FILENAME
-        lock_fd = await trio.to_thread.run_sync(lock_state, path)
-        try:
-            conn = await trio.to_thread.run_sync(cls._connect, path, now)
-            try:
-                resumable, reply_key = await trio.to_thread.run_sync(cls._prepare, conn, path, now)
-                dedupe = DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
-                next_turn_id = await trio.to_thread.run_sync(cls._load, conn, dedupe, now)
-            except BaseException:
-                conn.close()
-                raise
-        except BaseException:
-            os.close(lock_fd)
-            raise
-        return cls(
-            conn,
-            path,
-            lock_fd=lock_fd,
-            outbox_max=outbox_max,
-            outbox_ttl_s=outbox_ttl_s,
-            dedupe_window_s=dedupe_window_s,
-            dedupe_max=dedupe_max,
-            dedupe=dedupe,
-            next_turn_id=next_turn_id,
-            reply_key=reply_key,
-            resumable=resumable,
-            turns_max=turns_max,
-        )
-
-    @staticmethod
-    def _prepare(
-        conn: sqlite3.Connection, path: Path, now: float
-    ) -> tuple[list[InboxRecord], bytes]:
+    def _prepare(cls, conn: DB, location: str, now: float) -> tuple[list[InboxRecord], bytes]:
         """Recover from a crash; the deliveries to resume and the gateway's reply key."""
         try:
-            resumable = StateDB._recover(conn, now)
+            resumable = cls._recover(conn, now)
             row = conn.execute("SELECT value FROM relay_meta WHERE name = 'reply_key'").fetchone()
             if row is not None and len(row[0]) == REPLY_KEY_BYTES:
                 return resumable, bytes(row[0])
             key = os.urandom(REPLY_KEY_BYTES)
-            conn.execute(
-                "INSERT OR REPLACE INTO relay_meta (name, value) VALUES ('reply_key', ?)", (key,)
-            )
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"state database {str(path)!r} is unusable: {exc}") from exc
+            conn.execute(cls._put_reply_key_sql, (key,))
+        except cls._db_errors as exc:
+            raise StateError(f"state database {location!r} is unusable: {exc}") from exc
         return resumable, key
 
-    @staticmethod
-    def _load(conn: sqlite3.Connection, dedupe: DedupeWindow, now: float) -> int:
+    @classmethod
+    def _load(cls, conn: DB, dedupe: DedupeWindow, now: float) -> int:
         """Read the completed claims into ``dedupe`` (trimmed to its bounds in both places);
         return the next turn id."""
         rows = conn.execute(
@@ -166,8 +136,8 @@ class StateDB(_Claims, _Outbox):
         forgotten = dedupe.expire(now)
         while dedupe.completed > dedupe.max_completed:
             forgotten.extend(dedupe.trim_one())
-        ids = dict(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
-        dedupe.skip_to(int(ids.get("relay_dedupe_claims", 0)) + 1)
+        last_claim, last_turn = cls._last_ids(conn)
+        dedupe.skip_to(last_claim + 1)
         if forgotten:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -176,12 +146,16 @@ class StateDB(_Claims, _Outbox):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return int(ids.get("relay_turns", 0)) + 1
-
-    _connect = staticmethod(connect)
+        return last_turn + 1
 
     @staticmethod
-    def _recover(conn: sqlite3.Connection, now: float) -> list[InboxRecord]:
+    def _last_ids(conn: DB) -> tuple[int, int]:
+        """The highest claim id and turn id ever handed out (never reused)."""
+        ids = dict(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+        return int(ids.get("relay_dedupe_claims", 0)), int(ids.get("relay_turns", 0))
+
+    @staticmethod
+    def _recover(conn: DB, now: float) -> list[InboxRecord]:
         """Turns left ``running`` end ``crashed`` and in-flight claims are released, except
         the live deliveries kept in the inbox: those stay ``running``, returned to resume
         (at most :data:`RESUME_MAX` times each)."""
@@ -246,8 +220,68 @@ class StateDB(_Claims, _Outbox):
             )
         return resumable
 
-    async def __aenter__(self) -> StateDB:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class StateDB(_Store):
+    """The SQLite store: ``<state_dir>/relay.db``. Open with :meth:`open`; use as
+    ``async with``."""
+
+    #: The database file.
+    path: Path
+
+    _connect = staticmethod(connect)
+
+    @classmethod
+    async def open(
+        cls,
+        state_dir: str | os.PathLike[str],
+        *,
+        now: float,
+        outbox_max: int = 1000,
+        outbox_ttl_s: float = 86400,
+        dedupe_window_s: float = 86400,
+        dedupe_max: int = 10000,
+        turns_max: int = 100_000,
+    ) -> StateDB:
+        """Open (creating if needed) ``<state_dir>/relay.db``, migrate, and recover.
+
+        Recovery after a crash: turns left ``running`` become ``crashed`` (ended at ``now``)
+        and ``IN_FLIGHT`` dedupe claims are released so a replay runs the delivery again.
+        """
+        check_sizes(
+            outbox_max,
+            outbox_ttl_s=outbox_ttl_s,
+            dedupe_window_s=dedupe_window_s,
+            dedupe_max=dedupe_max,
+            turns_max=turns_max,
+        )
+        path = Path(state_dir) / DB_FILENAME
+        lock_fd = await trio.to_thread.run_sync(lock_state, path)
+        try:
+            conn = await trio.to_thread.run_sync(cls._connect, path, now)
+            try:
+                loaded = await cls._opened(conn, str(path), now, dedupe_window_s, dedupe_max)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        db = cls(
+            conn,
+            str(path),
+            lock_fd=lock_fd,
+            outbox_max=outbox_max,
+            outbox_ttl_s=outbox_ttl_s,
+            dedupe_window_s=dedupe_window_s,
+            dedupe_max=dedupe_max,
+            turns_max=turns_max,
+            **loaded,
+        )
+        db.path = path
+        return db

@@ -9,7 +9,6 @@ process (at most :data:`~relay_runtime.state.RESUME_MAX` times).
 from __future__ import annotations
 
 import functools
-import sqlite3
 from typing import TYPE_CHECKING
 
 import attrs
@@ -31,6 +30,8 @@ from relay_runtime.state._sql import _turn, complete_claims_in, delete_claims, i
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from relay_runtime.state._batch import DB
 
 
 @attrs.frozen
@@ -60,7 +61,7 @@ class _Turns(_Engine):
         this call included: it runs after them)."""
         ids = list(turn_ids)
 
-        def select(conn: sqlite3.Connection) -> dict[int, str]:
+        def select(conn: DB) -> dict[int, str]:
             out: dict[int, str] = {}
             for chunk in chunks(ids):
                 rows = conn.execute(
@@ -102,7 +103,7 @@ class _Turns(_Engine):
                 dropped.append(record.turn_id)
             results.append(result)
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: DB) -> None:
             delete_claims(conn, forgotten)
             insert_claims(conn, claims, now)
             conn.executemany(
@@ -155,9 +156,7 @@ class _Turns(_Engine):
             return
         await self._run(record, self._complete_turns_in, completion, keep=True)
 
-    def _complete_turns_in(
-        self, conn: sqlite3.Connection, completions: Sequence[_Completion]
-    ) -> list[None]:
+    def _complete_turns_in(self, conn: DB, completions: Sequence[_Completion]) -> list[None]:
         """Record :meth:`complete_turn` calls: a few statements for all of them (its value,
         one ``None`` each, makes it usable as their ``bulk``)."""
         complete_claims_in(
@@ -190,7 +189,7 @@ class _Turns(_Engine):
         """One transaction: release the claim and record the turn as ``cancelled``."""
         released = self._dedupe.release(handle)
 
-        def release(conn: sqlite3.Connection) -> None:
+        def release(conn: DB) -> None:
             if released and handle is not None:
                 delete_claims(conn, [handle.claim_id])
             if turn_id is not None:
@@ -201,7 +200,7 @@ class _Turns(_Engine):
     async def turn(self, turn_id: int) -> TurnRecord | None:
         """The record of one turn, if still kept."""
 
-        def select(conn: sqlite3.Connection) -> TurnRecord | None:
+        def select(conn: DB) -> TurnRecord | None:
             row = conn.execute("SELECT * FROM relay_turns WHERE turn_id = ?", (turn_id,)).fetchone()
             return None if row is None else _turn(row)
 
@@ -210,7 +209,7 @@ class _Turns(_Engine):
     async def turns(self, state: TurnState | None = None) -> list[TurnRecord]:
         """Kept turn records, oldest first, optionally only those in ``state``."""
 
-        def select(conn: sqlite3.Connection) -> list[TurnRecord]:
+        def select(conn: DB) -> list[TurnRecord]:
             if state is None:
                 rows = conn.execute("SELECT * FROM relay_turns ORDER BY turn_id")
             else:
@@ -228,15 +227,13 @@ class _Turns(_Engine):
         """
         forgotten = self._dedupe.expire(now)
 
-        def prune(conn: sqlite3.Connection) -> int:
+        def prune(conn: DB) -> int:
             delete_claims(conn, forgotten)
             return self._prune_turns_in(conn, now)
 
         return await self._run(prune, keep=True)
 
-    def _finish_in(
-        self, conn: sqlite3.Connection, turn_id: int, state: str, now: float, error: str | None
-    ) -> bool:
+    def _finish_in(self, conn: DB, turn_id: int, state: str, now: float, error: str | None) -> bool:
         cur = conn.execute(
             "UPDATE relay_turns SET state = ?, ended_at = ?, error = ?, inbound = NULL"
             " WHERE turn_id = ? AND state = 'running'",
@@ -245,7 +242,7 @@ class _Turns(_Engine):
         self._prune_turns_in(conn, now)
         return cur.rowcount > 0
 
-    def _prune_turns_in(self, conn: sqlite3.Connection, now: float) -> int:
+    def _prune_turns_in(self, conn: DB, now: float) -> int:
         """Drop ended turn records older than 24 h, and beyond the newest ``turns_max``
         (turn ids only grow, so that is a range of the primary key)."""
         cur = conn.execute(
