@@ -1,14 +1,20 @@
 """The durable state: reply outbox, turn results, the durable inbox and the replay-dedupe
 window, behind one interface (:class:`StateStore`) the dispatcher and the reply layer use.
 
-:class:`StateDB` is the SQLite store (``<state_dir>/relay.db``). Its parts, each in a module
-named for what it holds: ``_records`` (records, limits, errors), ``_schema`` (the file and
-its migrations), ``_engine`` (group commit, write-behind, storage-failure episodes),
-``_outbox``, ``_turns`` (turns and the durable inbox), ``_claims`` (the dedupe window's
-claims), ``_store`` (opening and crash recovery), ``_interface`` (the protocols).
+:class:`StateDB` is the SQLite store (``<state_dir>/relay.db``); ``PgStateDB`` keeps the
+same state in PostgreSQL, and ``Lease`` lets one process at a time serve a gateway id
+there (both need the ``postgres`` extra, so they are imported on first use). The parts,
+each in a module named for what it holds: ``_records`` (records, limits, errors),
+``_schema`` (the SQLite file and its migrations), ``_engine`` (group commit, write-behind,
+storage-failure episodes), ``_outbox``, ``_turns`` (turns and the durable inbox),
+``_claims`` (the dedupe window's claims), ``_store`` (opening and crash recovery),
+``_pg_schema`` and ``_pg`` (the PostgreSQL tables and store), ``_lease`` (the lease),
+``_interface`` (the protocols).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus
 from relay_runtime.state._batch import _Op as _Op  # tests queue raw operations
@@ -25,6 +31,7 @@ from relay_runtime.state._records import (
     Attempt,
     ClaimRequest,
     InboxRecord,
+    LeaseLost,
     MessageKey,
     OutboxEntry,
     OutboxFull,
@@ -53,11 +60,15 @@ __all__ = [
     "ClaimResult",
     "ClaimStatus",
     "InboxRecord",
+    "Lease",
+    "LeaseLost",
+    "LeaseSql",
     "MessageKey",
     "OutboxEntry",
     "OutboxFull",
     "OutboxKind",
     "OutboxStore",
+    "PgStateDB",
     "StateDB",
     "StateError",
     "StateStore",
@@ -68,3 +79,19 @@ __all__ = [
     "TurnStore",
     "is_storage_error",
 ]
+
+_LAZY = {
+    "PgStateDB": "relay_runtime.state._pg",
+    "Lease": "relay_runtime.state._lease",
+    "LeaseSql": "relay_runtime.state._lease",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The PostgreSQL parts, imported on first use (psycopg is an optional extra)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,6 +1,6 @@
 """What the state layer stores and returns: records, limits and errors.
 
-Shared by every store (SQLite today): nothing here knows about SQL. No wall clock is read
+Shared by every store (SQLite and PostgreSQL): nothing here knows about SQL. No wall clock is read
 in the state layer: every time-dependent call takes ``now`` (seconds, any epoch the caller
 uses consistently; the runtime passes ``time.time()``).
 """
@@ -23,6 +23,7 @@ __all__ = [
     "Attempt",
     "ClaimRequest",
     "InboxRecord",
+    "LeaseLost",
     "MessageKey",
     "OutboxEntry",
     "OutboxFull",
@@ -66,6 +67,11 @@ class StateError(Exception):
 
 class StorageFailed(StateError):
     """Writing the state database failed for longer than the configured limit."""
+
+
+class LeaseLost(StateError):
+    """This process no longer holds its gateway id's lease (another took it over, or it
+    could not renew in time): it must stop serving, and its writes are refused."""
 
 
 class OutboxFull(StateError):
@@ -138,9 +144,6 @@ class TurnRecord:
     started_at: float
     ended_at: float | None
     error: str | None
-
-
-# Forward-only migrations: index i upgrades schema version i to i + 1. Never edit a shipped
 
 
 def _msg_key_text(k_msg: MessageKey) -> str:

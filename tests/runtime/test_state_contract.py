@@ -1,6 +1,7 @@
 """The state interface's contract, run against every store: the SQLite ``StateDB`` (real
-files under tmp_path) and the in-memory twin the dispatcher and reply tests use
-(``dispatch_helpers.MemoryState``).
+files under tmp_path), the PostgreSQL ``PgStateDB`` (the real server, one gateway id per
+test; skipped without it unless RELAY_REQUIRE_PG=1) and the in-memory twin the dispatcher
+and reply tests use (``dispatch_helpers.MemoryState``).
 
 Scenarios use only :class:`~relay_runtime.state.StateStore` calls (the ones the dispatcher
 and the reply layer make); turn end states, which the interface does not read back, are
@@ -24,21 +25,36 @@ from relay_runtime.state import (
     InboxRecord,
     OutboxFull,
     OutboxStore,
+    PgStateDB,
     StateDB,
     StateError,
     TurnStore,
 )
 from tests.runtime.dispatch_helpers import MemoryState
+from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id, require_pg
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 T0 = 1_700_000_000.0
 K1 = ("telegram", "chat1", "m1")
 K2 = ("telegram", "chat1", "m2")
 
-pytestmark = pytest.mark.parametrize("kind", ["sqlite", "twin"])
+pytestmark = pytest.mark.parametrize(
+    "kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "twin"]
+)
+
+
+@pytest.fixture(autouse=True)
+def _pg_rows_dropped(kind: str) -> Iterator[None]:
+    """The PostgreSQL rows a test wrote are deleted after it."""
+    if kind != "postgres":
+        yield
+        return
+    require_pg()
+    yield
+    drop_pg_gateways()
 
 
 @contextlib.asynccontextmanager
@@ -46,6 +62,14 @@ async def open_store(kind: str, tmp_path: Path, **sizes: Any) -> AsyncIterator[A
     """A fresh store of ``kind`` with the given ``outbox_max`` / ``outbox_ttl_s``."""
     if kind == "twin":
         yield MemoryState(**sizes)
+        return
+    if kind == "postgres":
+        dsn = require_pg()
+        opened = await PgStateDB.open(
+            dsn, pg_gateway_id(tmp_path), now=T0, location="postgres", **sizes
+        )
+        async with opened as db:
+            yield db
         return
     async with await StateDB.open(tmp_path, now=T0, **sizes) as db:
         yield db
