@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -34,12 +34,15 @@ from relay_runtime.control import (
 from relay_runtime.dispatcher import Agent, Dispatcher, InboundItem, TrustEvaluator
 from relay_runtime.errors import RelayDisabled, leaves
 from relay_runtime.replies import Replies
-from relay_runtime.state import StateDB, StateError, StateStore, StorageFailed
+from relay_runtime.state import LeaseLost, StateDB, StateError, StateStore, StorageFailed
 from relay_runtime.supervisor import Supervisor
 from relay_runtime.transport import Dialer
 from trust.engine import TrustConfig, open_trust_engine
 from trust.model import Decision
 from trust.policy import PolicyError, TrustConfigError, resolve_policy
+
+if TYPE_CHECKING:
+    from relay_runtime.state import Lease
 
 __all__ = ["AdmitAll", "AdmitOutcome", "Gateway", "SuspendCheck", "run_gateway"]
 
@@ -298,7 +301,7 @@ async def _watch_storage(db: StateStore, supervisor: Supervisor, limit_s: float)
 def _plain_error_in(group: BaseExceptionGroup[BaseException]) -> Exception | None:
     """The RelayDisabled or ConfigError a nursery raised, if that (plus cancellations) is
     all it raised."""
-    matched, rest = group.split((RelayDisabled, ConfigError))
+    matched, rest = group.split((RelayDisabled, ConfigError, LeaseLost))
     if matched is None:
         return None
     if rest is not None:
@@ -309,7 +312,7 @@ def _plain_error_in(group: BaseExceptionGroup[BaseException]) -> Exception | Non
     disabled = [leaf for leaf in carried if isinstance(leaf, RelayDisabled)]
     if disabled:
         return disabled[0]
-    if len(carried) == 1 and isinstance(carried[0], ConfigError):
+    if len(carried) == 1 and isinstance(carried[0], ConfigError | LeaseLost):
         return carried[0]
     return None
 
@@ -355,25 +358,54 @@ async def _run(
     task_status: trio.TaskStatus[Gateway],
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        try:
-            db = await StateDB.open(
-                config.state_dir,
-                now=time.time(),
-                outbox_max=config.outbox_max,
-                outbox_ttl_s=config.outbox_ttl_s,
-                dedupe_window_s=config.dedupe_window_s,
-                dedupe_max=config.dedupe_max,
-                turns_max=config.turns_max,
-            )
-        except StateError as exc:
-            raise ConfigError("state_dir", str(exc)) from exc
-        await stack.enter_async_context(db)
+        db: StateStore | None = None
+        if config.state_dsn is None:
+            db = await stack.enter_async_context(await _open_sqlite_state(config))
         evaluator = trust if trust is not None else await _open_policy_engine(config, stack)
         credentials = await boot_control_plane(config)
         config = _with_credentials(config, credentials)
         if credentials is not None:
             await declare_policy(config, credentials)
-        await _serve(config, agent, evaluator, db, dialer, task_status)
+        lease = None
+        if db is None:  # in PostgreSQL: the lease is taken before anything dials
+            db, lease = await _open_pg_state(config, stack)
+        await _serve(config, agent, evaluator, db, dialer, task_status, lease)
+
+
+async def _open_sqlite_state(config: GatewayConfig) -> StateDB:
+    """``<state_dir>/relay.db`` (its ``flock``: one gateway per state dir)."""
+    try:
+        return await StateDB.open(config.state_dir, now=time.time(), **_state_sizes(config))
+    except StateError as exc:
+        raise ConfigError("state_dir", str(exc)) from exc
+
+
+async def _open_pg_state(
+    config: GatewayConfig, stack: contextlib.AsyncExitStack
+) -> tuple[StateStore, Lease]:
+    """The gateway id's lease (standby until it is free), then its state in PostgreSQL."""
+    if config.state_dsn is None or config.gateway_id is None:
+        raise ConfigError("state_dsn", "state in PostgreSQL is kept per gateway id: none is known")
+    try:
+        from relay_runtime.state._pg import open_leased
+
+        return await open_leased(
+            stack,
+            config.state_dsn,
+            config.gateway_id,
+            now=time.time,
+            lease_ttl_s=config.lease_ttl_s,
+            **_state_sizes(config),
+        )
+    except ImportError as exc:
+        raise ConfigError("state_dsn", f"needs the postgres extra (psycopg): {exc}") from None
+    except StateError as exc:
+        raise ConfigError("state_dsn", str(exc)) from exc
+
+
+def _state_sizes(config: GatewayConfig) -> dict[str, Any]:
+    names = ("outbox_max", "outbox_ttl_s", "dedupe_window_s", "dedupe_max", "turns_max")
+    return {name: getattr(config, name) for name in names}
 
 
 async def _open_policy_engine(
@@ -407,8 +439,10 @@ async def _serve(
     db: StateStore,
     dialer: Dialer | None,
     task_status: trio.TaskStatus[Gateway],
+    lease: Lease | None = None,
 ) -> None:
-    """Assemble the parts and run them in the gateway's one nursery."""
+    """Assemble the parts and run them in the gateway's one nursery (which ends, sockets
+    closed, when the ``lease`` is lost)."""
     inbound_send, inbound_recv = trio.open_memory_channel[InboundItem](INBOUND_BUFFER)
 
     def on_interrupt(session_key: str, chat_id: str) -> None:
@@ -464,6 +498,8 @@ async def _serve(
             await nursery.start(_serve_metrics, gateway, config.metrics)
         await nursery.start(replies.run_flusher)
         nursery.start_soon(_watch_storage, db, supervisor, config.storage_failure_limit_s)
+        if lease is not None:
+            nursery.start_soon(lease.keep)
         nursery.start_soon(dispatcher.run, inbound_recv, nursery)
         nursery.start_soon(_flush_on_ready, supervisor, replies)
         await nursery.start(supervise)

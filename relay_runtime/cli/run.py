@@ -35,6 +35,7 @@ from relay_runtime.dispatcher import Agent, TrustEvaluator
 from relay_runtime.errors import leaves
 from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.logs import register_secret
+from relay_runtime.state._dsn import dsn_password, redact_dsn
 from relay_runtime.statedir import FRESH_STATE_FLAG, check_state_dir
 
 __all__ = [
@@ -111,6 +112,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--state-dir",
         metavar="DIR",
         help="state directory (env RELAY_STATE_DIR; default $XDG_STATE_HOME/relay-runtime)",
+    )
+    parser.add_argument(
+        "--state-dsn",
+        metavar="DSN",
+        help="keep the gateway's state in PostgreSQL, with one serving process per gateway "
+        "id (env RELAY_STATE_DSN, key gateway.relay_state_dsn; needs the postgres extra; "
+        "default: relay.db in the state directory)",
     )
     parser.add_argument(
         "--exit-on-refused",
@@ -418,6 +426,7 @@ def _register_config_secrets(config: GatewayConfig) -> None:
         config.enroll_token,
         config.identity_token,
         config.idp_client_secret,
+        None if config.state_dsn is None else dsn_password(config.state_dsn),
     ):
         register_secret(value)
 
@@ -458,6 +467,7 @@ def run_command(args: argparse.Namespace) -> int:
         args={
             "relay_url": args.relay_url,
             "state_dir": args.state_dir,
+            "state_dsn": args.state_dsn,
             "trust": args.trust,
             "exit_on_refused": args.exit_on_refused,
             "turn_timeout_s": args.turn_timeout,
@@ -485,6 +495,7 @@ def run_command(args: argparse.Namespace) -> int:
             "agent": args.agent,
             "trust": config.trust or "careful",
             "state_dir": os.fspath(config.state_dir),
+            "state": "sqlite" if config.state_dsn is None else redact_dsn(config.state_dsn),
         },
     )
     if (early := stop_signals.received()) is not None:

@@ -33,10 +33,15 @@ from relay_runtime.config._sources import (
 )
 from relay_runtime.config._values import ENV_FILE_NAME, BotIdEntry, ConfigError, logger, mask
 from relay_runtime.config._vars import _BY_FIELD, _EXTRA_PARSERS, _VARS, default_state_dir
+from relay_runtime.state._dsn import redact_dsn
 
 
 def _hidden_repr(value: object) -> str:
     return mask(value)
+
+
+def _dsn_repr(value: object) -> str:
+    return repr(redact_dsn(value) if isinstance(value, str) else value)
 
 
 def _secret() -> Any:
@@ -102,6 +107,10 @@ class GatewayConfig:
     #: How long the state db may fail to write before the gateway exits (status 1).
     storage_failure_limit_s: float = 60.0
     state_dir: Path = attrs.field(factory=default_state_dir)
+    #: PostgreSQL DSN for the gateway's state (None: SQLite in ``state_dir``); shown redacted.
+    state_dsn: str | None = attrs.field(default=None, repr=_dsn_repr)
+    #: The PostgreSQL lease's lifetime: a dead holder is taken over within it plus 1 s.
+    lease_ttl_s: float = 8.0
     group_sessions_per_user: bool = True
     thread_sessions_per_user: bool = False
     trust: str = "careful"

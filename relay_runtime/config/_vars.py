@@ -109,6 +109,11 @@ _VARS: Final[tuple[_Var, ...]] = (
     _relay("turns_max", _Int(1, 100_000_000)),
     _relay("storage_failure_limit_s", _Seconds(1, DAY)),
     _Var("state_dir", _path, "RELAY_STATE_DIR", (("gateway", "relay_state_dir"),)),
+    # Gateway state in PostgreSQL instead of <state_dir>/relay.db, with a lease per gateway.
+    _Var("state_dsn", _opt_text, "RELAY_STATE_DSN", (("gateway", "relay_state_dsn"),)),
+    _Var(
+        "lease_ttl_s", _Seconds(2, HOUR), "RELAY_LEASE_TTL_S", (("gateway", "relay_lease_ttl_s"),)
+    ),
     _relay("group_sessions_per_user", _bool),
     _relay("thread_sessions_per_user", _bool),
     _Var("trust", _nonempty_text, "RELAY_TRUST", (("gateway", "relay_trust"),)),

@@ -9,18 +9,22 @@ storage-failure episodes (a dropped connection is one; the next batch reconnects
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import contextlib
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg
 import trio
 
+from relay_runtime.state._dsn import redact_dsn
+from relay_runtime.state._lease import Lease, LeaseSql
 from relay_runtime.state._pg_schema import PgConnection
 from relay_runtime.state._records import LeaseLost
 from relay_runtime.state._store import _Store, check_sizes
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from relay_runtime.state._batch import DB, _Op
-    from relay_runtime.state._lease import Lease
 
 
 class PgStateDB(_Store):
@@ -96,3 +100,28 @@ class PgStateDB(_Store):
         lost = next((op.error for op in batch if isinstance(op.error, LeaseLost)), None)
         if lost is not None and self._lease is not None:
             self._lease.mark_lost(str(lost))
+
+
+async def open_leased(
+    stack: contextlib.AsyncExitStack,
+    dsn: str,
+    gateway_id: str,
+    *,
+    now: Callable[[], float],
+    lease_ttl_s: float,
+    **sizes: Any,
+) -> tuple[PgStateDB, Lease]:
+    """Take ``gateway_id``'s lease (waiting as a standby while another process holds it),
+    then open its state fenced by the lease; both closed by ``stack`` (the state first,
+    then the lease is released, so a standby takes over at once).
+
+    ``now`` is read once the lease is held (recovery ends what was running then).
+    Raises :class:`StateError` when the database cannot be used.
+    """
+    location = redact_dsn(dsn)
+    lease = Lease(LeaseSql(dsn, gateway_id, location), ttl_s=lease_ttl_s)
+    await lease.acquire()
+    stack.push_async_callback(lease.release)
+    db = await PgStateDB.open(dsn, gateway_id, now=now(), location=location, lease=lease, **sizes)
+    await stack.enter_async_context(db)
+    return db, lease
