@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import psycopg
@@ -96,9 +97,10 @@ class LeaseSql:
             (self.gateway_id, token),
         )
 
-    def abandon(self) -> None:
-        """Forget the connection without closing it: an abandoned thread still uses it."""
-        self._conn = None
+    def abandon(self) -> psycopg.Connection[Any] | None:
+        """Forget the connection (an abandoned thread still uses it): returned to close."""
+        conn, self._conn = self._conn, None
+        return conn
 
     def discard(self) -> None:
         """Drop the connection (a call on it was abandoned, or it broke)."""
@@ -142,11 +144,32 @@ class Lease:
         return self.token
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a thread, given up at once when cancelled (its connection too)."""
+        """``fn(*args)`` in a thread, given up at once when cancelled: its connection is
+        then closed by that thread when the call ends, and the next call opens another."""
+        lock = threading.Lock()
+        ended = False
+        abandoned: list[psycopg.Connection[Any]] = []
+
+        def run() -> T:
+            nonlocal ended
+            try:
+                return fn(*args)
+            finally:
+                with lock:
+                    ended = True
+                    for conn in abandoned:
+                        conn.close()
+
         try:
-            return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+            return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
         except trio.Cancelled:
-            self._sql.abandon()
+            conn = self._sql.abandon()
+            with lock:
+                if conn is not None:
+                    if ended:
+                        conn.close()
+                    else:
+                        abandoned.append(conn)
             raise
 
     async def acquire(self) -> None:
@@ -156,6 +179,13 @@ class Lease:
         cannot be reached at the first try raises :class:`StateError`; later, while
         waiting, it is retried every poll.
         """
+        try:
+            await self._acquire()
+        except BaseException:
+            self._sql.discard()  # not held: nothing to release, only the connection
+            raise
+
+    async def _acquire(self) -> None:
         began = trio.current_time()
         waiting_for: str | None = None
         first = True
@@ -193,7 +223,8 @@ class Lease:
                     holder,
                     remaining,
                 )
-            await trio.sleep(min(self.poll_s, remaining) if remaining > 0 else self.poll_s)
+            # Until the lease runs out, but at most a poll (and not a busy loop near its end).
+            await trio.sleep(max(min(self.poll_s, remaining), self.poll_s / 10))
 
     def mark_lost(self, reason: str) -> None:
         """The lease is gone: :meth:`keep` raises :class:`LeaseLost` (one ERROR)."""

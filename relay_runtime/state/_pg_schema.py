@@ -139,15 +139,12 @@ def migrate(conn: psycopg.Connection[Any], location: str) -> None:
 def connect(dsn: str, location: str) -> psycopg.Connection[Any]:
     """A connection (autocommit: the callers write ``BEGIN`` and ``COMMIT``), migrated."""
     try:
-        conn = psycopg.connect(
-            dsn,
-            autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-        )
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.Error as exc:
         raise StateError(f"state database {location!r} unreachable: {exc}") from exc
     try:
+        # Not in the connect options: the DSN's own options (a search_path) stay in force.
+        conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}".encode())
         migrate(conn, location)
     except BaseException:
         conn.close()
@@ -276,7 +273,15 @@ class PgConnection:
 
     def _begin(self) -> psycopg.Cursor[PgRow]:
         conn = self._live()
-        cur = conn.execute(b"BEGIN")
+        try:
+            cur = conn.execute(b"BEGIN")
+        except psycopg.OperationalError:
+            if not conn.broken:
+                raise
+            # Dropped while idle (a server restart, pg_terminate_backend): nothing of this
+            # transaction ran yet, so it starts again on a fresh connection.
+            conn = self._live()
+            cur = conn.execute(b"BEGIN")
         if self._fence is not None:
             token = self._fence()
             held = conn.execute(
