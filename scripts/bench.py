@@ -12,8 +12,10 @@ Sections (issue 7):
 * **memory** — gateway RSS growth per tracked session over 10,000 new sessions.
 * **reconnect** — the connector drops the socket under steady load: time from the connector
   accepting the new socket to READY (descriptor written), drop to READY, and messages lost.
+* **state on PostgreSQL** (with ``--state-dsn DSN`` or ``--pg``) — the pipeline again with
+  the gateway's state in PostgreSQL: saturation rate and p99 at 1,000 msg/s beside SQLite's.
 
-    python scripts/bench.py [--quick] [--out bench]
+    python scripts/bench.py [--quick] [--out bench] [--pg | --state-dsn DSN]
 
 ``--quick`` shortens every section (under 60 s). Exit status 1 when a target is missed.
 """
@@ -46,6 +48,7 @@ SCRIPT = Path(__file__).resolve()
 TARGET_DECIDE_US = 20.0
 TARGET_LLM_SHARE = 0.10
 TARGET_SESSION_BYTES = 4096
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 # --------------------------------------------------------------------------- trust
@@ -445,9 +448,11 @@ def report(
     quick: bool,
     plot_name: str,
     series: Sequence[tuple[str, bp.RunResult]],
+    pg: Sequence[bp.RunResult] = (),
 ) -> tuple[str, bool]:
     """The markdown report and whether every target was met."""
     verdict = bp.verdict(pipe, raw)
+    pg_verdict = bp.pg_verdict(pipe, pg) if pg else None
     inbound_bytes, outbound_bytes = bp.frame_sizes()
     checks = [
         ("pipeline throughput / raw echo at saturation", f"{verdict.ratio:.2f}", ">= 0.70",
@@ -463,6 +468,11 @@ def report(
          memory.per_session_bytes <= TARGET_SESSION_BYTES),
         ("messages lost across reconnects", str(reconnect.lost), "0", reconnect.lost == 0),
     ]  # fmt: skip
+    if pg_verdict is not None:
+        checks.append(
+            ("state on PostgreSQL / SQLite at saturation", f"{pg_verdict.ratio:.2f}", ">= 0.70",
+             pg_verdict.ok)
+        )  # fmt: skip
     ok = all(c[3] for c in checks)
     a2r, d2r = reconnect.accept_to_ready_ms, reconnect.drop_to_ready_ms
     lines = [
@@ -522,15 +532,33 @@ def report(
         f"{reconnect.sent} messages, {reconnect.lost} lost.",
         "",
     ]
+    if pg_verdict is not None:
+        lines += [
+            "## State on PostgreSQL",
+            "",
+            "The same pipeline with the gateway's state (outbox, turns, inbox, dedupe window)",
+            "in PostgreSQL on loopback (`RELAY_STATE_DSN`), group commit and lease fencing on:",
+            "",
+            "```",
+            bp.table([*pipe, *pg]),
+            "```",
+            "",
+            *pg_verdict.lines(),
+            "",
+        ]
     return "\n".join(lines), ok
 
 
-async def run_all(quick: bool) -> dict[str, Any]:
+async def run_all(quick: bool, state_dsn: str | None = None) -> dict[str, Any]:
     """Every section, in order."""
     rates = [100.0, 1000.0, 5000.0]
     seconds, saturation = (1.0, 1000) if quick else (4.0, 5000)
     print("pipeline and raw echo ...", file=sys.stderr, flush=True)
     pipe, raw = await bp.measure(rates, seconds, saturation, "careful")
+    pg: list[bp.RunResult] = []
+    if state_dsn is not None:
+        print("pipeline with state on PostgreSQL ...", file=sys.stderr, flush=True)
+        pg = await bp.run_pipeline(bp.plan(rates, seconds, saturation), "careful", state_dsn)
     print("trust ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-trust-") as tmp:
         trust = await bench_trust(2_000 if quick else 20_000, Path(tmp))
@@ -547,6 +575,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
         "memory": memory,
         "identities": identities,
         "reconnect": reconnect,
+        "pg": pg,
     }
 
 
@@ -561,12 +590,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     idle.add_argument("--added", type=int, required=True)
     parser.add_argument("--quick", action="store_true", help="short runs (under 60 s)")
     parser.add_argument("--out", default="bench", help="directory for report.md and the PNG")
+    parser.add_argument(
+        "--state-dsn", metavar="DSN", help="also run the pipeline with its state in PostgreSQL"
+    )
+    parser.add_argument(
+        "--pg", action="store_true", help=f"--state-dsn {DEFAULT_PG_DSN} (this machine's server)"
+    )
     args = parser.parse_args(argv)
     if args.role == "idle-gateways":
         trio.run(idle_gateways_main, args.url, args.state_root, args.base, args.added)
         return 0
     started = time.perf_counter()
-    results = trio.run(run_all, args.quick)
+    state_dsn = args.state_dsn or (DEFAULT_PG_DSN if args.pg else None)
+    results = trio.run(run_all, args.quick, state_dsn)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_name = "latency.png"
@@ -579,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text, ok = report(
         results["pipe"], results["raw"], results["trust"], results["memory"],
         results["identities"], results["reconnect"], args.quick, plot_name, series,
+        results["pg"],
     )  # fmt: skip
     (out / "report.md").write_text(text)
     print(text)

@@ -15,10 +15,15 @@ counted from that due time, so a stall delays everything behind it in the figure
 coordinated omission). "Saturation" offers a fixed count as fast as the socket takes it and
 reports completions per second. The headline is pipeline throughput / raw throughput.
 
+* **pipe-pg** (with ``--state-dsn``) — the pipeline again with the gateway's state in
+  PostgreSQL (``RELAY_STATE_DSN``): its saturation rate beside the SQLite pipeline's.
+
     python scripts/bench_pipeline.py [--rates 100,1000,5000] [--seconds 3] [--trust careful]
+        [--state-dsn postgresql://postgres@127.0.0.1:5432/test]
 
 Exit status 1 when a target is missed (>= 70 % of raw throughput at saturation; p99 <= 5 ms
-at 1,000 msg/s) or a message was lost. Loopback only; every child process is stopped here.
+at 1,000 msg/s) or a message was lost; the PostgreSQL figures are reported beside them.
+Loopback only; every child process is stopped here.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ TEXT_BYTES: Final = 120
 TARGET_RATIO: Final = 0.70
 TARGET_P99_MS: Final = 5.0
 TARGET_P99_RATE: Final = 1000
+#: The pipeline with its state in PostgreSQL keeps at least this share of SQLite's rate.
+TARGET_PG_RATIO: Final = 0.70
 SATURATION_COUNT: Final = 5000
 START_TIMEOUT_S: Final = 30.0
 #: A rated run stops offering once this many messages are in flight (below the gateway's
@@ -404,9 +411,13 @@ class BenchConnector:
 
 @contextlib.asynccontextmanager
 async def pipeline(
-    trust: str = "careful", state_dir: Path | None = None, **connector_options: Any
+    trust: str = "careful",
+    state_dir: Path | None = None,
+    state_dsn: str | None = None,
+    **connector_options: Any,
 ) -> AsyncIterator[tuple[BenchConnector, subprocess.Popen[str]]]:
-    """A serving bench connector here and a READY gateway child dialled into it."""
+    """A serving bench connector here and a READY gateway child dialled into it (its
+    state in PostgreSQL at ``state_dsn``, else in SQLite in ``state_dir``)."""
     secret = secrets.token_urlsafe(32)
     bench = BenchConnector(secret, **connector_options)
     with contextlib.ExitStack() as stack:
@@ -416,7 +427,8 @@ async def pipeline(
             await nursery.start(bench.connector.serve, HOST, 0)
             argv = gateway_argv(bench.connector.base_url, state_dir, trust, SESSIONS)
             log = state_dir / "gateway-stderr.log"
-            proc = stack.enter_context(child(argv, {"BENCH_GATEWAY_SECRET": secret}, log))
+            env = {"BENCH_GATEWAY_SECRET": secret, "BENCH_STATE_DSN": state_dsn or ""}
+            proc = stack.enter_context(child(argv, env, log))
             try:
                 try:
                     await wait_line(proc, "READY", START_TIMEOUT_S)
@@ -432,23 +444,46 @@ async def pipeline(
 
 
 async def run_pipeline(
-    runs: Sequence[tuple[float | None, int]], trust: str = "careful"
+    runs: Sequence[tuple[float | None, int]],
+    trust: str = "careful",
+    state_dsn: str | None = None,
 ) -> list[RunResult]:
-    """The pipeline figures for ``runs`` (after a short warm-up)."""
+    """The pipeline figures for ``runs`` (after a short warm-up); with ``state_dsn`` the
+    gateway keeps its state in PostgreSQL (stack ``pipe-pg``), its rows cleared first."""
     results: list[RunResult] = []
-    async with pipeline(trust) as (bench, _proc):
+    if state_dsn is not None:
+        await trio.to_thread.run_sync(clear_pg_state, state_dsn)
+    name = "pipeline" if state_dsn is None else "pipe-pg"
+    async with pipeline(trust, state_dsn=state_dsn) as (bench, _proc):
         seq = 1
         await drive("warmup", bench.inject, bench.tracker, first_seq=seq, rate=None, count=300)
         seq += 300
         for rate, count in runs:
             result = await drive(
-                "pipeline", bench.inject, bench.tracker, first_seq=seq, rate=rate, count=count
+                name, bench.inject, bench.tracker, first_seq=seq, rate=rate, count=count
             )
             progress(result)
             results.append(result)
             seq += count
             bench.trim()
     return results
+
+
+def clear_pg_state(dsn: str) -> None:
+    """Forget the bench gateway's state in PostgreSQL (a previous run's dedupe window
+    would take this run's message ids for replays)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('relay_state_lease')").fetchone()
+        if exists is None or exists[0] is None:
+            return  # a fresh database: the gateway creates the tables
+        with conn.transaction():
+            for table in ("keys", "claims", "turns", "outbox", "meta", "lease"):
+                conn.execute(
+                    f"DELETE FROM relay_state_{table} WHERE gateway_id = %s".encode(),
+                    (GATEWAY_ID,),
+                )
 
 
 # --------------------------------------------------------------------------- raw echo
@@ -548,6 +583,7 @@ async def gateway_main(url: str, state_dir: Path, trust: str, known: int) -> Non
         secret=os.environ["BENCH_GATEWAY_SECRET"],
         state_dir=state_dir,
         trust=trust,
+        state_dsn=os.environ.get("BENCH_STATE_DSN") or None,
         backoff_base_s=0.05,
         backoff_cap_s=0.5,
         max_concurrent_turns=SESSIONS,
@@ -623,6 +659,46 @@ def verdict(pipe: Sequence[RunResult], raw: Sequence[RunResult]) -> Verdict:
     return Verdict(ratio, p99, sum(r.lost for r in pipe))
 
 
+@attrs.frozen
+class PgVerdict:
+    """The gateway with its state in PostgreSQL beside the same gateway on SQLite."""
+
+    sqlite_rate: float
+    pg_rate: float
+    sqlite_p99_ms: float
+    pg_p99_ms: float
+    lost: int
+
+    @property
+    def ratio(self) -> float:
+        return self.pg_rate / self.sqlite_rate if self.sqlite_rate else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.ratio >= TARGET_PG_RATIO and not self.lost
+
+    def lines(self) -> list[str]:
+        return [
+            f"state on PostgreSQL: saturation {self.pg_rate:,.0f} msg/s vs SQLite "
+            f"{self.sqlite_rate:,.0f} msg/s = {self.ratio:.2f} (target >= {TARGET_PG_RATIO:.2f})",
+            f"state on PostgreSQL: p99 at {TARGET_P99_RATE}/s {self.pg_p99_ms:.2f} ms vs SQLite "
+            f"{self.sqlite_p99_ms:.2f} ms; messages lost {self.lost}",
+        ]
+
+
+def pg_verdict(pipe: Sequence[RunResult], pg: Sequence[RunResult]) -> PgVerdict:
+    """Compare the SQLite and PostgreSQL pipelines at saturation and at 1,000 msg/s."""
+
+    def figures(runs: Sequence[RunResult]) -> tuple[float, float]:
+        sat = next((r for r in runs if r.offered is None), runs[-1])
+        at_target = [r for r in runs if r.offered == TARGET_P99_RATE]
+        return sat.throughput, at_target[0].pct(0.99) if at_target else math.nan
+
+    sqlite_rate, sqlite_p99 = figures(pipe)
+    pg_rate, pg_p99 = figures(pg)
+    return PgVerdict(sqlite_rate, pg_rate, sqlite_p99, pg_p99, sum(r.lost for r in pg))
+
+
 async def measure(
     rates: Sequence[float], seconds: float, saturation: int, trust: str
 ) -> tuple[list[RunResult], list[RunResult]]:
@@ -650,6 +726,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--saturation", type=int, default=SATURATION_COUNT)
     parser.add_argument("--trust", default="careful", help="gateway trust preset (or open)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument(
+        "--state-dsn",
+        metavar="DSN",
+        help="also run the pipeline with the gateway's state in PostgreSQL at DSN",
+    )
     args = parser.parse_args(argv)
     if args.role == "gateway":
         profile_to = os.environ.get("BENCH_PROFILE")
@@ -672,11 +753,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     inbound_bytes, outbound_bytes = frame_sizes()
     pipe, raw = trio.run(measure, rates, args.seconds, args.saturation, args.trust)
+    pg: list[RunResult] = []
+    if args.state_dsn:
+        runs = plan(rates, args.seconds, args.saturation)
+        pg = trio.run(run_pipeline, runs, args.trust, args.state_dsn)
     print(f"frames: inbound {inbound_bytes} B, send {outbound_bytes} B; trust {args.trust}")
-    print(table([*pipe, *raw]))
+    print(table([*pipe, *pg, *raw]))
     result = verdict(pipe, raw)
     for line in result.lines():
         print(line)
+    if pg:
+        for line in pg_verdict(pipe, pg).lines():
+            print(line)
     if args.json:
         print(
             json.dumps({"pipeline": [r.summary() for r in pipe], "raw": [r.summary() for r in raw]})
