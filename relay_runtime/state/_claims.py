@@ -6,20 +6,51 @@ order through the batch queue (dedupe.py says why that is enough).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus
 from relay_runtime.state._batch import _Op
 from relay_runtime.state._records import ClaimRequest, MessageKey, _claim_keys
-from relay_runtime.state._sql import delete_claims, insert_claims, start_in
+from relay_runtime.state._sql import TurnStart, delete_claims, insert_claims_at, start_in
 from relay_runtime.state._turns import _Turns
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from relay_runtime.state._batch import DB
+
+
+@attrs.frozen
+class _ClaimWrite:
+    """What one :meth:`_Claims.claim_turns` records: claims the window forgot, new claims
+    (id, keys, when) and new turns."""
+
+    forgotten: list[int]
+    claims: list[tuple[int, Sequence[str], float]]
+    turns: list[TurnStart]
+
+
+def _record_claims_in(conn: DB, writes: Sequence[_ClaimWrite]) -> list[None]:
+    """Record :meth:`_Claims.claim_turns` calls in order, in a few statements for all.
+
+    The same rows as recording them one after another: a claim made and forgotten within
+    ``writes`` is never written, other forgotten claims are deleted before the new ones are
+    inserted (the window hands a key to a new claim only after forgetting the old one).
+    """
+    made: dict[int, tuple[int, Sequence[str], float]] = {}
+    gone: list[int] = []
+    for write in writes:
+        gone.extend(c for c in write.forgotten if made.pop(c, None) is None)
+        for claim in write.claims:
+            made[claim[0]] = claim
+    delete_claims(conn, gone)
+    insert_claims_at(conn, list(made.values()))
+    start_in(conn, [turn for write in writes for turn in write.turns])
+    return [None] * len(writes)
 
 
 class _Claims(_Turns):
@@ -48,19 +79,19 @@ class _Claims(_Turns):
         results, write = self._decide(
             [(r.session_key, r.k_msg, r.k_buf, r.inbound) for r in requests], now
         )
-        self._write_behind(_Op(write))
+        self._write_behind(write)
         return results
 
     def _decide(
         self,
         requests: Sequence[tuple[str | None, MessageKey | None, str | None, str | None]],
         now: float,
-    ) -> tuple[list[tuple[ClaimResult, int | None]], Callable[[DB], None]]:
+    ) -> tuple[list[tuple[ClaimResult, int | None]], _Op]:
         """Claim ``requests`` in memory now; the write that records them (and the turns of
         requests with a session key that are ``NEW``)."""
         results: list[tuple[ClaimResult, int | None]] = []
-        claims: list[tuple[int, list[str]]] = []
-        turns: list[tuple[int, str, MessageKey | None, str | None, str | None]] = []
+        claims: list[tuple[int, Sequence[str], float]] = []
+        turns: list[TurnStart] = []
         forgotten: list[int] = []
         for session_key, k_msg, k_buf, inbound in requests:
             keys = _claim_keys(k_msg, k_buf)
@@ -69,19 +100,15 @@ class _Claims(_Turns):
             turn_id = None
             if result.status is ClaimStatus.NEW:
                 if result.handle is not None:
-                    claims.append((result.handle.claim_id, keys))
+                    claims.append((result.handle.claim_id, keys, now))
                 if session_key is not None:
                     turn_id = self._take_turn_id()
-                    turns.append((turn_id, session_key, k_msg, k_buf, inbound))
+                    turns.append((turn_id, session_key, k_msg, k_buf, now, inbound))
             results.append((result, turn_id))
-
-        def write(conn: DB) -> None:
-            delete_claims(conn, forgotten)
-            insert_claims(conn, claims, now)
-            for turn_id, session_key, k_msg, k_buf, inbound in turns:
-                start_in(conn, turn_id, session_key, k_msg, k_buf, now, inbound)
-
-        return results, write
+        write = _ClaimWrite(forgotten, claims, turns)
+        return results, _Op(
+            functools.partial(_record_claims_in, writes=[write]), _record_claims_in, write
+        )
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         """One transaction: release the claim and forget the turn record of a turn that

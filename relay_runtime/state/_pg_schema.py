@@ -176,6 +176,11 @@ def _pg_rows(cursor: psycopg.Cursor[Any]) -> RowMaker[PgRow]:
     return functools.partial(PgRow, names)
 
 
+_SAVEPOINT: Final = b"SAVEPOINT relay_op"
+_RELEASE: Final = b"RELEASE relay_op"
+_DEFERRED: Final = frozenset({_SAVEPOINT, _RELEASE})
+
+
 @functools.lru_cache(maxsize=512)
 def render(text: str) -> bytes:
     """``text`` (SQLite's dialect as the shared SQL writes it) for PostgreSQL."""
@@ -207,6 +212,8 @@ class PgConnection:
         self._location = location
         self._fence = fence
         self._conn: psycopg.Connection[PgRow] | None = None
+        #: Savepoint statements waiting to go out with the next statement.
+        self._deferred: list[bytes] = []
         self._open()
 
     def _open(self) -> None:
@@ -261,39 +268,71 @@ class PgConnection:
         statement = render(text)
         if statement == b"BEGIN":
             return self._begin()
-        if self._conn is None:
-            raise psycopg.OperationalError("the state database connection is closed")
-        return self._conn.execute(statement, parameters)
+        conn = self._open_conn()
+        if statement in _DEFERRED:
+            # Sent with the next statement, in the same round trip: a savepoint per
+            # operation would otherwise cost two round trips of its own.
+            if statement == _RELEASE and self._deferred[-1:] == [_SAVEPOINT]:
+                self._deferred.pop()  # nothing ran in between
+            else:
+                self._deferred.append(statement)
+            return conn.cursor()
+        if statement in (b"COMMIT", b"ROLLBACK"):
+            self._deferred.clear()  # both end every savepoint
+        elif statement == b"ROLLBACK TO relay_op" and self._deferred[-1:] == [_SAVEPOINT]:
+            self._deferred.pop()  # the savepoint was never sent: nothing ran since
+            return conn.cursor()
+        if not self._deferred:
+            return conn.execute(statement, parameters)
+        with conn.pipeline():
+            self._send_deferred(conn)
+            cur = conn.execute(statement, parameters)
+        return cur
 
     def executemany(self, text: str, parameters: Iterable[Any], /) -> None:
-        if self._conn is None:
-            raise psycopg.OperationalError("the state database connection is closed")
-        with self._conn.cursor() as cur:
+        conn = self._open_conn()
+        with conn.pipeline(), conn.cursor() as cur:
+            self._send_deferred(conn)
             cur.executemany(render(text), parameters)
 
+    def _open_conn(self) -> psycopg.Connection[PgRow]:
+        if self._conn is None:
+            raise psycopg.OperationalError("the state database connection is closed")
+        return self._conn
+
+    def _send_deferred(self, conn: psycopg.Connection[PgRow]) -> None:
+        deferred, self._deferred = self._deferred, []
+        for statement in deferred:
+            conn.execute(statement)
+
     def _begin(self) -> psycopg.Cursor[PgRow]:
+        self._deferred.clear()
         conn = self._live()
         try:
-            cur = conn.execute(b"BEGIN")
+            return self._begin_on(conn)
         except psycopg.OperationalError:
             if not conn.broken:
                 raise
             # Dropped while idle (a server restart, pg_terminate_backend): nothing of this
             # transaction ran yet, so it starts again on a fresh connection.
-            conn = self._live()
-            cur = conn.execute(b"BEGIN")
-        if self._fence is not None:
-            token = self._fence()
-            held = conn.execute(
+            return self._begin_on(self._live())
+
+    def _begin_on(self, conn: psycopg.Connection[PgRow]) -> psycopg.Cursor[PgRow]:
+        if self._fence is None:
+            return conn.execute(b"BEGIN")
+        token = self._fence()
+        with conn.pipeline():  # one round trip
+            conn.execute(b"BEGIN")
+            cur = conn.execute(
                 b"SELECT 1 FROM relay_state_lease WHERE gateway_id = %s AND token = %s FOR SHARE",
                 (self._gateway_id, token),
-            ).fetchone()
-            if held is None:
-                conn.execute(b"ROLLBACK")
-                raise LeaseLost(
-                    f"state database {self._location!r}: the lease of gateway "
-                    f"{self._gateway_id!r} (token {token}) was taken over; write refused"
-                )
+            )
+        if cur.fetchone() is None:
+            conn.execute(b"ROLLBACK")
+            raise LeaseLost(
+                f"state database {self._location!r}: the lease of gateway "
+                f"{self._gateway_id!r} (token {token}) was taken over; write refused"
+            )
         return cur
 
     def close(self) -> None:

@@ -71,37 +71,46 @@ def delete_claims(conn: DB, claim_ids: Sequence[int]) -> None:
 
 def insert_claims(conn: DB, claims: Sequence[tuple[int, Sequence[str]]], now: float) -> None:
     """Record new IN_FLIGHT claims and their keys (``(claim_id, keys)`` each)."""
+    insert_claims_at(conn, [(claim_id, keys, now) for claim_id, keys in claims])
+
+
+def insert_claims_at(conn: DB, claims: Sequence[tuple[int, Sequence[str], float]]) -> None:
+    """Record new IN_FLIGHT claims, their keys and when each was made, in two statements."""
+    if not claims:
+        return
     conn.executemany(
         "INSERT INTO relay_dedupe_claims (claim_id, state, created_at) VALUES (?, 'in_flight', ?)",
-        [(claim_id, now) for claim_id, _ in claims],
+        [(claim_id, now) for claim_id, _, now in claims],
     )
     # Plain INSERT: the file follows the window exactly, so a key taken here is free there;
     # if not, that is an error to see, not to paper over.
+    keys = [(key, claim_id) for claim_id, claim_keys, _ in claims for key in claim_keys]
+    if keys:
+        conn.executemany("INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)", keys)
+
+
+#: A turn to record ``running``: turn id, session key, ``K_msg``, ``K_buf``, start time and
+#: the kept inbound frame.
+TurnStart = tuple[int, str, MessageKey | None, str | None, float, str | None]
+
+
+def start_in(conn: DB, turns: Sequence[TurnStart]) -> None:
+    """Record turns ``running``, in one statement."""
+    if not turns:
+        return
     conn.executemany(
-        "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
-        [(key, claim_id) for claim_id, keys in claims for key in keys],
-    )
-
-
-def start_in(
-    conn: DB,
-    turn_id: int,
-    session_key: str,
-    k_msg: MessageKey | None,
-    k_buf: str | None,
-    now: float,
-    inbound: str | None = None,
-) -> None:
-    conn.execute(
         "INSERT INTO relay_turns"
         " (turn_id, session_key, k_msg, k_buf, state, started_at, inbound)"
         " VALUES (?, ?, ?, ?, 'running', ?, ?)",
-        (
-            turn_id,
-            session_key,
-            None if k_msg is None else json.dumps(list(k_msg)),
-            k_buf,
-            now,
-            inbound,
-        ),
+        [
+            (
+                turn_id,
+                session_key,
+                None if k_msg is None else json.dumps(list(k_msg)),
+                k_buf,
+                now,
+                inbound,
+            )
+            for turn_id, session_key, k_msg, k_buf, now, inbound in turns
+        ],
     )
