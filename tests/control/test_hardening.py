@@ -139,7 +139,7 @@ def test_every_numeric_setting_has_a_range_in_the_docs() -> None:
         row = next(line for line in docs.splitlines() if f"`{field.name}`" in line)
         assert f"{low} to {high}" in row.replace(",", ""), (field.name, row)
         checked += 1
-    assert checked == 19  # issue 11 added turns_max and storage_failure_limit_s
+    assert checked == 20  # issue 11 added turns_max and storage_failure_limit_s, 13 lease_ttl_s
 
 
 def test_the_ranges_hold_in_the_constructor_and_the_config_file(tmp_path: Path) -> None:
