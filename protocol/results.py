@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,34 @@ MALFORMED_RESULT = "relay: malformed outbound_result"
 SEND_FAILED_PREFIX = "relay send failed: "
 OP_NOT_SUPPORTED_PREFIX = "relay op not supported by connector: "
 
-EGRESS_DECLINED = "egress_declined"
+
+class ErrorKind(enum.StrEnum):
+    """What a failed :class:`SendResult` came to (its ``error_kind``), for retry decisions.
+
+    The connector's answers carry ``EGRESS_DECLINED`` or no kind; a local failure carries one
+    of the others, so callers decide on the kind and never on the RC §3.4 text.
+    """
+
+    #: The connector declined to egress the action: final, never retried.
+    EGRESS_DECLINED = "egress_declined"
+    #: Not written: the link is not live now (it may come back).
+    NOT_CONNECTED = "not_connected"
+    #: The transport is closed for good (stopping or closed): not written, or pending at
+    #: our own shutdown close.
+    CLOSED = "closed"
+    #: The relay is disabled: nothing goes out any more.
+    DISABLED = "disabled"
+    #: Pending when the socket dropped, or its write failed: it may have been performed.
+    DROPPED = "dropped"
+    #: No answer on a live link within the outbound timeout: it may have been performed.
+    TIMED_OUT = "timed_out"
+    #: The frame can never go out: too large, an op the connector lacks, not encodable.
+    REJECTED = "rejected"
+    #: The durable outbox had no room for the reply.
+    OUTBOX_FULL = "outbox_full"
+
+
+EGRESS_DECLINED = ErrorKind.EGRESS_DECLINED
 
 
 def _text_or_none(value: object) -> str | None:
@@ -45,7 +73,7 @@ class SendResult:
     ambiguous: bool = False
     queued: bool = False
     outbox_id: int | None = None
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
     @classmethod
@@ -66,12 +94,29 @@ class SendResult:
         )
 
     @classmethod
-    def failure(cls, error: str, *, retryable: bool = False, ambiguous: bool = False) -> SendResult:
-        """A local failure (never reached the connector, or its answer never came)."""
+    def failure(
+        cls,
+        error: str,
+        *,
+        retryable: bool = False,
+        ambiguous: bool = False,
+        kind: ErrorKind | None = None,
+    ) -> SendResult:
+        """A local failure (never reached the connector, or its answer never came).
+
+        ``kind`` is what it came to (see :class:`ErrorKind`); it is not part of ``raw``.
+        """
         raw: dict[str, Any] = {"success": False, "error": error, "retryable": retryable}
         if ambiguous:
             raw["ambiguous"] = True
-        return cls(success=False, error=error, retryable=retryable, ambiguous=ambiguous, raw=raw)
+        return cls(
+            success=False,
+            error=error,
+            retryable=retryable,
+            ambiguous=ambiguous,
+            error_kind=kind,
+            raw=raw,
+        )
 
     @classmethod
     def queued_result(cls, outbox_id: int) -> SendResult:

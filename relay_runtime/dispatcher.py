@@ -45,11 +45,11 @@ import attrs
 import trio
 
 from protocol.codec import decode_object, encode_frame
-from protocol.events import Identity, MessageEvent
-from protocol.frames import Frame, Inbound, InboundAck, PassthroughForwardFrame
+from protocol.events import MessageEvent
+from protocol.frames import Inbound, InboundAck, PassthroughForwardFrame
 from protocol.keys import build_session_key, message_key
 from protocol.passthrough import PassthroughError, decode_forward
-from relay_runtime.outbound import reply_ids_for
+from relay_runtime.outbound import OutboundRouter, reply_ids_for
 from relay_runtime.state import (
     REPLY_KEY_BYTES,
     ClaimHandle,
@@ -65,14 +65,13 @@ from relay_runtime.turn import Turn
 
 if TYPE_CHECKING:
     from relay_runtime.replies import Replies
-    from trust.model import Decision
+    from trust import Decision, TrustOutcome
 
 __all__ = [
     "Agent",
     "Dispatcher",
-    "FrameSink",
+    "InboundItem",
     "TrustEvaluator",
-    "TrustOutcomeLike",
     "TurnStore",
 ]
 
@@ -95,31 +94,11 @@ InboundItem = Inbound | PassthroughForwardFrame
 Agent = Callable[[Turn], Awaitable[str | None]]
 
 
-class TrustOutcomeLike(Protocol):
-    """What ``trust.evaluate`` returns (TR §0)."""
-
-    @property
-    def decision(self) -> Decision: ...
-
-    @property
-    def run_agent(self) -> bool: ...
-
-    @property
-    def reply(self) -> str | None: ...
-
-
 class TrustEvaluator(Protocol):
-    """The trust seam: decides whether the agent runs for one event."""
+    """The trust seam: decides whether the agent runs for one event (TR §0)."""
 
-    async def evaluate(self, event: MessageEvent) -> TrustOutcomeLike:
-        """Return a TrustOutcome; raises nothing but ``trio.Cancelled``."""
-
-
-class FrameSink(Protocol):
-    """Fire-and-forget frames (``inbound_ack``) go out through this (the supervisor)."""
-
-    def send_nowait(self, frame: Frame) -> bool:
-        """Queue ``frame`` for the writer; False when it cannot be sent now."""
+    async def evaluate(self, event: MessageEvent) -> TrustOutcome:
+        """Return the event's outcome; raises nothing but ``trio.Cancelled``."""
 
 
 @attrs.define(eq=False)
@@ -175,14 +154,12 @@ class Dispatcher:
         agent: Agent | None,
         trust: TrustEvaluator,
         replies: Replies,
+        outbound: OutboundRouter,
         db: TurnStore,
-        acks: FrameSink,
-        identities: tuple[Identity, ...],
         max_concurrent_turns: int = 16,
         max_pending_inbound: int = 1000,
         group_sessions_per_user: bool = True,
         thread_sessions_per_user: bool = False,
-        remember: Callable[[MessageEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
         turn_timeout_s: float | None = None,
         reply_key: bytes | None = None,
@@ -195,13 +172,11 @@ class Dispatcher:
         self.agent = agent
         self.trust = trust
         self.replies = replies
+        self.outbound = outbound
         self.db = db
-        self.acks = acks
-        self.identities = identities
         self.max_pending_inbound = max_pending_inbound
         self.group_sessions_per_user = group_sessions_per_user
         self.thread_sessions_per_user = thread_sessions_per_user
-        self.remember = remember
         self.clock = clock
         #: Turn time limit in seconds; ``None`` or 0: none.
         self.turn_timeout_s = turn_timeout_s or None
@@ -412,8 +387,7 @@ class Dispatcher:
             ),
             k_msg=message_key(event),
         )
-        if self.remember is not None:
-            self.remember(event)
+        self.outbound.remember(event)  # the chat memory: fed here, once per inbound
         return delivery
 
     async def _claim_and_queue(
@@ -574,7 +548,7 @@ class Dispatcher:
             self._idle.set()
 
     def _ack(self, buffer_id: str) -> None:
-        if self.acks.send_nowait(InboundAck(buffer_id=buffer_id)):
+        if self.outbound.send_nowait(InboundAck(buffer_id=buffer_id)):
             self.stats.acked += 1
         else:
             # Not queued across a drop: the connector redelivers and the replay is acked.
@@ -720,12 +694,12 @@ class Dispatcher:
 
     def _turn(self, delivery: _Delivery, decision: Decision, deadline: float) -> Turn:
         source = delivery.event.source
-        platform = source.platform_raw or self.identities[0].platform
+        platform = self.outbound.reply_platform(source.platform_raw)
         return Turn(
             event=delivery.event,
             session_key=delivery.session_key,
             platform=platform,
-            descriptor=self.replies.descriptor_for(platform),
+            descriptor=self.outbound.descriptor_for(platform),
             decision=decision,
             replies=self.replies,
             deadline=None if deadline == math.inf else deadline,

@@ -19,11 +19,9 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from protocol.actions import Action
 from protocol.descriptor import CapabilityDescriptor
 from protocol.events import MessageEvent
 from protocol.frames import Interrupt
-from protocol.results import SendResult
 from relay_runtime.config import ConfigError, GatewayConfig
 from relay_runtime.control import (
     Credentials,
@@ -37,14 +35,13 @@ from relay_runtime.replies import Replies
 from relay_runtime.state import LeaseLost, StateDB, StateError, StateStore, StorageFailed
 from relay_runtime.supervisor import Supervisor
 from relay_runtime.transport import Dialer
-from trust.engine import TrustConfig, open_trust_engine
-from trust.model import Decision
+from trust import Decision, TrustConfig, TrustOutcome, open_trust_engine
 from trust.policy import PolicyError, TrustConfigError, resolve_policy
 
 if TYPE_CHECKING:
     from relay_runtime.state import Lease
 
-__all__ = ["AdmitAll", "AdmitOutcome", "Gateway", "SuspendCheck", "run_gateway"]
+__all__ = ["AdmitAll", "Gateway", "SuspendCheck", "run_gateway"]
 
 log = logging.getLogger("relay_runtime.gateway")
 
@@ -58,58 +55,21 @@ INBOUND_BUFFER: Final = 64
 # --------------------------------------------------------------------------- trust seam
 
 
-@attrs.frozen
-class AdmitOutcome:
-    """A trust outcome of the TR §0 shape."""
-
-    decision: Decision
-    run_agent: bool
-    reply: str | None = None
-
-
 class AdmitAll:
-    """The stand-in trust evaluator until the trust engine is wired: admits relay events.
+    """A trust evaluator that admits every relay event (development, tests, benchmarks).
 
     Events not stamped ``delivered_via_relay`` are denied ``"unauthenticated event"`` as
-    the engine would; everything else is allowed.
+    the trust engine would; everything else is allowed and runs the agent.
     """
 
-    _ALLOW: Final = AdmitOutcome(Decision(allow=True, reason="admit all", tier="default"), True)
-    _DENY: Final = AdmitOutcome(
+    _ALLOW: Final = TrustOutcome(Decision(allow=True, reason="admit all", tier="default"), True)
+    _DENY: Final = TrustOutcome(
         Decision(allow=False, reason="unauthenticated event", tier="rule"), False
     )
 
-    async def evaluate(self, event: MessageEvent) -> AdmitOutcome:
+    async def evaluate(self, event: MessageEvent) -> TrustOutcome:
         """Allow any event that arrived on the connector socket."""
         return self._ALLOW if event.delivered_via_relay else self._DENY
-
-
-# --------------------------------------------------------------------------- the link
-
-
-@attrs.frozen
-class _SupervisorLink:
-    """The supervisor as the reply policy's link (a request may pick its ``requestId``)."""
-
-    supervisor: Supervisor
-
-    @property
-    def state(self) -> str:
-        return self.supervisor.state
-
-    @property
-    def live(self) -> bool:
-        return self.supervisor.live
-
-    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
-        return self.supervisor.descriptor_for(platform)
-
-    async def request(
-        self, action: Action, *, platform_raw: str | None = None, request_id: str | None = None
-    ) -> SendResult:
-        return await self.supervisor.outbound.request(
-            self.supervisor, action, platform_raw=platform_raw, request_id=request_id
-        )
 
 
 # --------------------------------------------------------------------------- the handle
@@ -141,6 +101,8 @@ class Gateway:
     ) -> None:
         self.config = config
         self.supervisor = supervisor
+        #: The outbound owner (requests, identities, descriptors, chat memory).
+        self.outbound = replies.outbound
         self.dispatcher = dispatcher
         self.replies = replies
         self.trust = trust
@@ -163,7 +125,7 @@ class Gateway:
         """Counters from every part (dispatcher, replies, connection, trust if it has any)."""
         out: dict[str, Any] = {"state": self.state}
         out.update(self.supervisor.stats_dict())
-        out["pending_requests"] = self.supervisor.outbound.pending_count
+        out["pending_requests"] = self.outbound.pending_count
         out.update(self.dispatcher.stats_dict())
         out.update(self.replies.stats())
         trust_stats = getattr(self.trust, "stats", None)
@@ -175,15 +137,17 @@ class Gateway:
 
     async def go_idle(self) -> bool:
         """Shut down through ``going_idle`` (RC §8); True if the connector acked it."""
+        self.outbound.stop()
         return await self.supervisor.go_idle()
 
     def stop(self) -> None:
         """Stop for good (drains through ``going_idle`` when READY); the gateway then ends."""
+        self.outbound.stop()
         self.supervisor.stop()
 
     def send_interrupt(self, session_key: str, reason: str | None = None) -> bool:
         """Ask the connector to route a ``/stop`` for ``session_key``; False if not sent."""
-        return self.supervisor.send_nowait(Interrupt(session_key=session_key, reason=reason))
+        return self.outbound.send_nowait(Interrupt(session_key=session_key, reason=reason))
 
     def can_suspend(self) -> SuspendCheck:
         """Whether a suspend may start now; names the first unmet obligation (R75)."""
@@ -195,7 +159,7 @@ class Gateway:
             return SuspendCheck(False, f"{self.dispatcher.running} turn(s) running")
         if self.dispatcher.queued:
             return SuspendCheck(False, f"{self.dispatcher.queued} inbound delivery(ies) queued")
-        pending = self.supervisor.outbound.pending_count
+        pending = self.outbound.pending_count
         if pending:
             return SuspendCheck(False, f"{pending} outbound request(s) pending")
         if self.replies.outbox_count:
@@ -455,23 +419,17 @@ async def _serve(
         dialer=dialer,
         token_factory=upgrade_token_factory(config),
     )
-    replies = Replies(
-        _SupervisorLink(supervisor),
-        db,
-        config.identities,
-    )
+    replies = Replies(supervisor.outbound, db)
     dispatcher = Dispatcher(
         agent=agent,
         trust=evaluator,
         replies=replies,
+        outbound=supervisor.outbound,
         db=db,
-        acks=supervisor,
-        identities=config.identities,
         max_concurrent_turns=config.max_concurrent_turns,
         max_pending_inbound=config.max_pending_inbound,
         group_sessions_per_user=config.group_sessions_per_user,
         thread_sessions_per_user=config.thread_sessions_per_user,
-        remember=supervisor.remember,
         turn_timeout_s=config.turn_timeout_s,
         reply_key=db.reply_key,
     )

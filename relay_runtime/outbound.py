@@ -1,18 +1,22 @@
-"""Outbound requests: ``requestId`` correlation, gating, tagging and scope injection (RC §3).
+"""The one outbound owner: correlation, identities, descriptors, chat memory, retry (RC §3).
 
-:class:`OutboundRouter` turns an action into an ``outbound`` frame, hands it to a
-:class:`Link` (the supervisor) for writing and waits for the matching ``outbound_result``.
-It never raises for transport reasons (R20): every local outcome is a ``SendResult`` with the
-RC §3.4 text. The caller's own cancellation still propagates.
+:class:`OutboundRouter` turns an action into an ``outbound`` frame, hands it to its
+:class:`Link` (the supervisor, which writes it on the socket) and waits for the matching
+``outbound_result``. It never raises for transport reasons (R20): every local outcome is a
+``SendResult`` with the RC §3.4 text and an :class:`~protocol.results.ErrorKind`, from which
+:func:`retry_for` tells the reply policy what to do next. The caller's own cancellation
+still propagates.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import uuid
 from collections import OrderedDict
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -20,9 +24,9 @@ import trio
 from protocol.actions import Action, Edit, GetChatInfo, Send, Typing
 from protocol.auth import derive_request_id
 from protocol.codec import encode_frame
-from protocol.descriptor import CapabilityDescriptor
+from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
 from protocol.events import Identity, MessageEvent
-from protocol.frames import Outbound, OutboundResult
+from protocol.frames import Frame, Outbound, OutboundResult
 from protocol.framing import exceeds_limit
 from protocol.results import (
     DISABLED,
@@ -32,17 +36,20 @@ from protocol.results import (
     OUTBOUND_TIMED_OUT,
     SEND_FAILED_PREFIX,
     TRANSPORT_CLOSED,
+    ErrorKind,
     SendResult,
 )
 
 __all__ = [
     "ChatMemory",
     "Link",
-    "LinkStatus",
     "OutboundRouter",
     "RequestIds",
+    "Retry",
+    "find_identity",
     "new_request_id",
     "reply_ids_for",
+    "retry_for",
 ]
 
 log = logging.getLogger("relay_runtime.outbound")
@@ -99,26 +106,79 @@ def reply_ids_for(
     return RequestIds(key, delivery)
 
 
-class LinkStatus(Protocol):
-    """What the router needs to know about the connection right now."""
+class Link(Protocol):
+    """The supervisor, the socket writer, as the outbound owner sees it: the one link."""
 
     @property
     def live(self) -> bool:
-        """Outbound may be sent (READY or IDLE_REQUESTED)."""
+        """Outbound may be sent (READY or IDLE_REQUESTED, or a going-idle drain window)."""
 
     @property
     def state(self) -> str:
         """The lower-case connection state name."""
 
+    @property
+    def descriptors(self) -> Mapping[str, CapabilityDescriptor]:
+        """Every descriptor received, by platform."""
 
-class Link(LinkStatus, Protocol):
-    """The supervisor as the router sees it."""
-
-    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
-        """The descriptor in force for ``platform`` (the default one for ``""``)."""
+    @property
+    def default_descriptor(self) -> CapabilityDescriptor:
+        """The session default: the first descriptor of the latest handshake."""
 
     async def write(self, text: str) -> str | None:
         """Write one encoded frame; ``None`` once written, else why it failed."""
+
+    def send_nowait(self, frame: Frame) -> bool:
+        """Queue a fire-and-forget frame for the writer; False when it cannot go now."""
+
+
+class Retry(enum.Enum):
+    """What to do with a reply after one attempt (RC §6.2), from :func:`retry_for`."""
+
+    #: Final: the connector answered (success, or a failure a retry would repeat), or the
+    #: frame can never go out.
+    NO = "no"
+    #: The relay is disabled: a new reply fails, a queued one stays where it is.
+    HALT = "halt"
+    #: Not written, or pending when the socket closed: send it on a later connection under
+    #: the same ``requestId`` (the connector drops a repeat).
+    AFTER_RECONNECT = "after_reconnect"
+    #: No answer on a live link in time: it may have gone out; again later, same
+    #: ``requestId``, and it counts as an unanswered attempt.
+    UNANSWERED = "unanswered"
+    #: The connector answered retryable and unambiguous: re-submit once through the outbox.
+    OUTBOX = "outbox"
+
+
+_RETRY_BY_KIND: Final[Mapping[ErrorKind, Retry]] = {
+    ErrorKind.EGRESS_DECLINED: Retry.NO,
+    ErrorKind.REJECTED: Retry.NO,
+    ErrorKind.OUTBOX_FULL: Retry.NO,
+    ErrorKind.DISABLED: Retry.HALT,
+    ErrorKind.NOT_CONNECTED: Retry.AFTER_RECONNECT,
+    ErrorKind.CLOSED: Retry.AFTER_RECONNECT,
+    ErrorKind.DROPPED: Retry.AFTER_RECONNECT,
+    ErrorKind.TIMED_OUT: Retry.UNANSWERED,
+}
+
+
+def retry_for(result: SendResult) -> Retry:
+    """How ``result`` may be retried, from its ``error_kind`` (never from its text)."""
+    if result.success or result.queued:
+        return Retry.NO
+    if result.error_kind is None:  # the connector's own answer
+        return Retry.OUTBOX if result.retryable and not result.ambiguous else Retry.NO
+    return _RETRY_BY_KIND[result.error_kind]
+
+
+def find_identity(identities: Sequence[Identity], platform_raw: str | None) -> Identity | None:
+    """The configured identity for ``platform_raw``, or ``None`` (RC §3.1)."""
+    if not platform_raw:
+        return None
+    for identity in identities:
+        if identity.platform == platform_raw:
+            return identity
+    return None
 
 
 @attrs.frozen
@@ -179,16 +239,27 @@ def _chat_id(action: Action) -> str | None:
 
 
 class OutboundRouter:
-    """Correlates outbound requests with their results and applies the RC §3 rules."""
+    """The one owner of outbound: every frame the gateway sends goes through it (RC §3).
+
+    It resolves a platform to its identity, looks up descriptors, keeps the chat memory
+    (fed once per inbound, by the dispatcher), builds, tags and scopes ``outbound`` frames,
+    writes them through its :class:`Link` (the supervisor) and correlates each
+    ``outbound_result`` with its request by ``requestId``. The reply policy
+    (:class:`~relay_runtime.replies.Replies`) and the dispatcher call it; the supervisor
+    hands it results (:meth:`resolve`) and fails pending requests when a socket ends
+    (:meth:`fail_all`).
+    """
 
     def __init__(
         self,
+        link: Link,
         *,
         identities: tuple[Identity, ...],
         outbound_timeout_s: float,
         max_frame_bytes: int,
         memory: ChatMemory | None = None,
     ) -> None:
+        self.link = link
         self.identities = identities
         self.outbound_timeout_s = outbound_timeout_s
         self.max_frame_bytes = max_frame_bytes
@@ -196,9 +267,26 @@ class OutboundRouter:
         self._pending: dict[str, _Pending] = {}
         self._drained = trio.Event()
         self._drained.set()
+        #: Set by :meth:`stop`: a request refused now is told the transport closed for good.
         self.stopped = False
         self.timeouts = 0
         self.late_results = 0
+
+    # ---- the link, as callers see it ----------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The lower-case connection state name (``ready``, ``backoff``, ``disabled`` …)."""
+        return self.link.state
+
+    @property
+    def live(self) -> bool:
+        """Whether outbound frames may go out now."""
+        return self.link.live
+
+    def stop(self) -> None:
+        """The gateway is stopping for good: refusals say the transport closed (RC §3.4)."""
+        self.stopped = True
 
     @property
     def pending_count(self) -> int:
@@ -209,6 +297,29 @@ class OutboundRouter:
         """Wait until no request is pending."""
         while self._pending:
             await self._drained.wait()
+
+    # ---- identities, descriptors, chats -------------------------------------------------
+
+    def identity_for(self, platform_raw: str | None) -> Identity | None:
+        """The configured identity for ``platform_raw``, or ``None``."""
+        return find_identity(self.identities, platform_raw)
+
+    def reply_platform(self, platform_raw: str | None) -> str:
+        """The platform a turn replies on: as the connector named it, else the primary one."""
+        return platform_raw or self.identities[0].platform
+
+    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
+        """The descriptor in force for ``platform``; the default for ``""`` or unknown."""
+        descriptors = self.link.descriptors
+        if platform in descriptors:
+            return descriptors[platform]
+        if platform and self.identity_for(platform) is not None:
+            return placeholder_descriptor(platform)
+        return self.link.default_descriptor
+
+    def remember(self, event: MessageEvent) -> None:
+        """Feed the chat memory used for tagging and scope injection (RC §7.7)."""
+        self.memory.remember(event)
 
     # ---- results from the reader --------------------------------------------------------
 
@@ -223,8 +334,16 @@ class OutboundRouter:
         return True
 
     def fail_all(self, error: str, *, retryable: bool) -> int:
-        """Resolve every pending request at once with a local failure (R41)."""
-        failure = SendResult.failure(error, retryable=retryable)
+        """Resolve every pending request at once with a local failure (R41).
+
+        ``error`` is the machine's text: ``relay disabled``, or ``relay transport closed``
+        (retryable after a drop, not at our own shutdown).
+        """
+        if error == DISABLED:
+            kind = ErrorKind.DISABLED
+        else:
+            kind = ErrorKind.DROPPED if retryable else ErrorKind.CLOSED
+        failure = SendResult.failure(error, retryable=retryable, kind=kind)
         count = 0
         for pending in list(self._pending.values()):
             if pending.result is None:
@@ -242,12 +361,7 @@ class OutboundRouter:
             chat = _chat_id(action)
             facts = self.memory.get(chat) if chat else None
             platform_raw = facts.platform_raw if facts else None
-        if not platform_raw:
-            return None
-        for identity in self.identities:
-            if identity.platform == platform_raw:
-                return identity
-        return None
+        return self.identity_for(platform_raw)
 
     def with_scope(self, action: Action) -> Action:
         """Inject the remembered ``guild_id``/``scope_id`` into send/edit/typing (RC §3.3)."""
@@ -272,53 +386,65 @@ class OutboundRouter:
             bot_id=(identity.bot_id or None) if identity else None,
         )
 
-    # ---- the request --------------------------------------------------------------------
+    # ---- sending ------------------------------------------------------------------------
 
-    def refusal(self, link: LinkStatus) -> SendResult | None:
+    def send_nowait(self, frame: Frame) -> bool:
+        """Queue a fire-and-forget frame (``inbound_ack``, ``interrupt``); False if not live."""
+        return self.link.send_nowait(frame)
+
+    def refusal(self) -> SendResult | None:
         """The fail-fast answer when outbound is not live, else ``None`` (RC §3.4)."""
+        link = self.link
         if link.live:
             return None
         if link.state == "disabled":
-            return SendResult.failure(DISABLED, retryable=False)
+            return SendResult.failure(DISABLED, kind=ErrorKind.DISABLED)
         if self.stopped or link.state == "closed":
-            return SendResult.failure(TRANSPORT_CLOSED, retryable=False)
-        return SendResult.failure(NOT_CONNECTED, retryable=True)
+            return SendResult.failure(TRANSPORT_CLOSED, kind=ErrorKind.CLOSED)
+        return SendResult.failure(NOT_CONNECTED, retryable=True, kind=ErrorKind.NOT_CONNECTED)
 
     async def request(
         self,
-        link: Link,
         action: Action,
         *,
         platform_raw: str | None = None,
         request_id: str | None = None,
     ) -> SendResult:
-        """Send ``action`` and wait for its result; never raises for transport reasons."""
-        refused = self.refusal(link)
+        """Send ``action`` and wait for its result; never raises for transport reasons.
+
+        ``request_id`` is the reply's id when the caller has one (a turn's replies, an
+        outbox entry); a fresh random one otherwise.
+        """
+        refused = self.refusal()
         if refused is not None:
             return refused
         identity = self.target(action, platform_raw)
-        descriptor = link.descriptor_for(identity.platform if identity else "")
+        descriptor = self.descriptor_for(identity.platform if identity else "")
         if not descriptor.allows(action.OP):
-            return SendResult.failure(OP_NOT_SUPPORTED_PREFIX + action.OP, retryable=False)
+            return SendResult.failure(OP_NOT_SUPPORTED_PREFIX + action.OP, kind=ErrorKind.REJECTED)
         rid = request_id or new_request_id()
         try:
             text = encode_frame(self.build(action, request_id=rid, platform_raw=platform_raw))
         except (TypeError, ValueError) as exc:
-            return SendResult.failure(f"{SEND_FAILED_PREFIX}cannot encode frame ({exc})")
+            return SendResult.failure(
+                f"{SEND_FAILED_PREFIX}cannot encode frame ({exc})", kind=ErrorKind.REJECTED
+            )
         if exceeds_limit(text[:-1], self.max_frame_bytes):
-            return SendResult.failure(FRAME_TOO_LARGE, retryable=False)
-        return await self._exchange(link, rid, text)
+            return SendResult.failure(FRAME_TOO_LARGE, kind=ErrorKind.REJECTED)
+        return await self._exchange(rid, text)
 
-    async def _exchange(self, link: Link, rid: str, text: str) -> SendResult:
+    async def _exchange(self, rid: str, text: str) -> SendResult:
         pending = self._pending[rid] = _Pending()
         self._drained = trio.Event()
         try:
-            error = await link.write(text)
+            error = await self.link.write(text)
             result = pending.outcome()
             if result is not None:
                 return result
             if error is not None:
-                return SendResult.failure(SEND_FAILED_PREFIX + error, retryable=True)
+                return SendResult.failure(
+                    SEND_FAILED_PREFIX + error, retryable=True, kind=ErrorKind.DROPPED
+                )
             with trio.move_on_after(self.outbound_timeout_s):
                 await pending.done.wait()
             result = pending.outcome()
@@ -326,7 +452,7 @@ class OutboundRouter:
                 return result
             self.timeouts += 1
             log.warning("relay: outbound %s timed out after %g s", rid, self.outbound_timeout_s)
-            return SendResult.failure(OUTBOUND_TIMED_OUT, retryable=False, ambiguous=True)
+            return SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True, kind=ErrorKind.TIMED_OUT)
         finally:
             del self._pending[rid]
             if not self._pending:

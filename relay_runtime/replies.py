@@ -1,6 +1,6 @@
 """The reply policy: what happens to an outbound action when the link is up, down or gone.
 
-:class:`Replies` sits between turns and the supervisor's ``request`` (RC §6.2):
+:class:`Replies` sits between turns and the outbound owner's ``request`` (RC §6.2):
 
 * ``send`` and ``follow_up`` go out directly while the link is live (READY or IDLE_REQUESTED)
   and the outbox is empty. Otherwise they are committed to the durable outbox and the caller
@@ -19,32 +19,26 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
 import trio
 
 from protocol.actions import Action, FollowUp, GetChatInfo, Send
-from protocol.codec import decode_object, to_json, unstructure
-from protocol.descriptor import CapabilityDescriptor
-from protocol.events import Identity
-from protocol.frames import Outbound
+from protocol.codec import to_json, unstructure
 from protocol.results import (
     DISABLED,
     NOT_CONNECTED,
-    OUTBOUND_TIMED_OUT,
     OUTBOX_FULL,
-    SEND_FAILED_PREFIX,
-    TRANSPORT_CLOSED,
     ChatInfo,
+    ErrorKind,
     SendResult,
 )
-from relay_runtime.outbound import new_request_id
+from relay_runtime.lanes import Lane, LaneCounts, lane_of, stored_action
+from relay_runtime.outbound import OutboundRouter, Retry, new_request_id, retry_for
 from relay_runtime.state import (
     OutboxEntry,
     OutboxFull,
@@ -53,7 +47,7 @@ from relay_runtime.state import (
     StateError,
 )
 
-__all__ = ["SWEEP_INTERVAL_S", "OutboxStore", "Replies", "ReplyLink"]
+__all__ = ["SWEEP_INTERVAL_S", "OutboxStore", "Replies"]
 
 log = logging.getLogger("relay_runtime.replies")
 
@@ -70,78 +64,8 @@ PUT_RETRY_CAP_S: Final = 2.0
 FLUSH_RETRY_S: Final = 1.0
 
 
-class ReplyLink(Protocol):
-    """The supervisor as the reply policy sees it."""
-
-    @property
-    def state(self) -> str:
-        """The lower-case connection state name (``ready``, ``backoff``, ``disabled`` …)."""
-
-    @property
-    def live(self) -> bool:
-        """Outbound frames may be sent now (READY or IDLE_REQUESTED with a socket)."""
-
-    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
-        """The descriptor in force for ``platform`` (the default one for an unknown one)."""
-
-    async def request(
-        self,
-        action: Action,
-        *,
-        platform_raw: str | None = None,
-        request_id: str | None = None,
-    ) -> SendResult:
-        """Send one action and wait for its result; never raises for transport reasons."""
-
-
-def _is_drop_or_timeout(result: SendResult) -> bool:
-    """A local failure after which the connector may not have seen the request."""
-    error = result.error or ""
-    return (
-        (error == TRANSPORT_CLOSED and result.retryable)
-        or error == OUTBOUND_TIMED_OUT
-        or error.startswith(SEND_FAILED_PREFIX)
-    )
-
-
-def _stored_action(entry: OutboxEntry, *, quiet: bool = False) -> Action | None:
-    """The action an outbox entry holds, or ``None`` (logged unless ``quiet``) if unreadable."""
-    try:
-        obj = json.loads(entry.action_json)
-    except ValueError as exc:
-        if not quiet:
-            log.error("relay: outbox entry %d is not JSON (%s); dropped", entry.id, exc)
-        return None
-    frame = decode_object({"type": "outbound", "requestId": entry.request_id, "action": obj})
-    if not isinstance(frame, Outbound):
-        if not quiet:
-            log.error("relay: outbox entry %d is unreadable (%s); dropped", entry.id, frame)
-        return None
-    return frame.action
-
-
-Lane = tuple[str, str]
-
-
-def _lane(platform: str, action: Action) -> Lane:
-    """The ordering lane of a reply: its identity and chat (or, for a follow-up, session).
-
-    Replies are delivered in order within a lane; lanes are independent of each other.
-    """
-    if isinstance(action, FollowUp):
-        return platform, f"session:{action.session_key}"
-    return platform, f"chat:{getattr(action, 'chat_id', '')}"
-
-
-def _never_left(result: SendResult) -> bool:
-    """A fail-fast answer: the request was not written at all."""
-    return result.error in (NOT_CONNECTED, DISABLED) or (
-        result.error == TRANSPORT_CLOSED and not result.retryable
-    )
-
-
 class Replies:
-    """The reply policy over one link and the state database's outbox.
+    """The reply policy over the outbound owner and the state database's outbox.
 
     ``clock`` gives the wall time stamped on outbox entries (seconds; ``time.time`` unless
     a test injects another).
@@ -149,15 +73,13 @@ class Replies:
 
     def __init__(
         self,
-        link: ReplyLink,
+        outbound: OutboundRouter,
         db: OutboxStore,
-        identities: tuple[Identity, ...],
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.link = link
+        self.outbound = outbound
         self.db = db
-        self.identities = identities
         self.clock = clock
         self._count = 0
         self._emptied = trio.Event()
@@ -169,8 +91,7 @@ class Replies:
         self._room_queue = trio.Lock()
         # Queued entries per lane, known once loaded from the outbox (until then every
         # reply queues while anything is queued).
-        self._queued_lanes: collections.Counter[Lane] = collections.Counter()
-        self._lanes_loaded = False
+        self._lanes = LaneCounts()
         self._wake_send, self._wake_recv = trio.open_memory_channel[None](1)
         self.sent = 0
         self.queued = 0
@@ -192,7 +113,7 @@ class Replies:
     @property
     def live(self) -> bool:
         """Whether outbound frames may go out now."""
-        return self.link.live
+        return self.outbound.live
 
     def _set_count(self, count: int) -> None:
         self._count = max(0, count)
@@ -209,10 +130,6 @@ class Replies:
         """Wait until the outbox is (as far as this process knows) empty."""
         while self._count:
             await self._emptied.wait()
-
-    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
-        """The descriptor in force for ``platform``."""
-        return self.link.descriptor_for(platform)
 
     def poke(self) -> None:
         """Ask the flusher to look at the outbox (call on every READY)."""
@@ -238,44 +155,32 @@ class Replies:
         the outbox, unchanged.
         """
         wait = wait_for_room
-        if self.link.state == "disabled":
-            return SendResult.failure(DISABLED)
+        if self.outbound.state == "disabled":
+            return SendResult.failure(DISABLED, kind=ErrorKind.DISABLED)
         request_id = request_id or new_request_id()
         if not self.live or self._behind_queued(action, platform_raw):
             return await self._enqueue(action, platform_raw, request_id, wait=wait)
-        result = await self.link.request(action, platform_raw=platform_raw, request_id=request_id)
+        result = await self.outbound.request(
+            action, platform_raw=platform_raw, request_id=request_id
+        )
         if result.success:
             self.sent += 1
             return result
-        if result.error == NOT_CONNECTED:
-            # The link went down between our look and the request: the not-READY rule.
-            return await self._enqueue(action, platform_raw, request_id, wait=wait)
-        if result.error == TRANSPORT_CLOSED or (result.error or "").startswith(SEND_FAILED_PREFIX):
-            # Pending when the socket closed (a drop, or our own shutdown): the connector
-            # may or may not have performed it. Retryable (RC §6.2): it goes to the outbox
-            # under the same requestId, and the connector drops it if it was performed.
-            # The turn returns (and its delivery is acked) only once it is queued (RC §7.4).
+        retry = retry_for(result)
+        if retry is Retry.NO or retry is Retry.HALT:
+            return result
+        if retry is Retry.OUTBOX and not isinstance(action, Send):
+            return result  # a follow-up the connector refused is not re-submitted
+        if result.error_kind is not ErrorKind.NOT_CONNECTED:
+            # It was written (or being written): pending when the socket closed (a drop, or
+            # our own shutdown), unanswered on a live link, or refused retryably. The
+            # connector may or may not have performed it; it goes to the outbox under the
+            # same requestId (RC §6.2), and the connector drops a repeat. The turn returns
+            # (and its delivery is acked) only once it is queued (RC §7.4).
             self.resubmitted += 1
-            log.info("relay: %s pending at close queued in the outbox", action.OP)
-            return await self._enqueue(action, platform_raw, request_id, wait=wait)
-        if result.error == OUTBOUND_TIMED_OUT:
-            # No answer on a live link: it may or may not have gone out, like a send pending
-            # at a close. Dropping it would lose the reply while the turn's inbound is acked;
-            # the outbox re-sends it under the same requestId, which the connector de-dupes.
-            self.resubmitted += 1
-            log.info("relay: %s not answered in time; queued in the outbox", action.OP)
-            return await self._enqueue(action, platform_raw, request_id, wait=wait)
-        if (
-            isinstance(action, Send)
-            and result.retryable
-            and not result.ambiguous
-            and result.error_kind is None
-        ):
-            self.resubmitted += 1
-            log.info("relay: re-submitting failed send through the outbox (error=%s)", result.error)
-            # Same requestId: the first attempt may have egressed before the drop.
-            return await self._enqueue(action, platform_raw, request_id, wait=wait)
-        return result
+            log.info("relay: %s not confirmed (%s); queued in the outbox", action.OP, result.error)
+        # Else the link went down between our look and the request: the not-READY rule.
+        return await self._enqueue(action, platform_raw, request_id, wait=wait)
 
     async def send_waiting_for_room(
         self, action: Send | FollowUp, *, platform_raw: str | None, request_id: str | None = None
@@ -295,7 +200,7 @@ class Replies:
 
     async def perform(self, action: Action, *, platform_raw: str | None) -> SendResult:
         """Send an action that is never queued (``edit``, ``typing``, ``get_chat_info``)."""
-        return await self.link.request(action, platform_raw=platform_raw)
+        return await self.outbound.request(action, platform_raw=platform_raw)
 
     async def chat_info(self, chat_id: str, *, platform_raw: str | None) -> ChatInfo:
         """The chat's ``{name, type}``; defaults ``(chat_id, "dm")`` on any failure (R16)."""
@@ -306,14 +211,8 @@ class Replies:
 
     # ------------------------------------------------------------------ outbox
 
-    def _identity_for(self, platform_raw: str | None) -> Identity | None:
-        for identity in self.identities:
-            if identity.platform == platform_raw:
-                return identity
-        return None
-
     def _entry_platform(self, platform_raw: str | None) -> str:
-        identity = self._identity_for(platform_raw)
+        identity = self.outbound.identity_for(platform_raw)
         return identity.platform if identity else ""
 
     def _behind_queued(self, action: Send | FollowUp, platform_raw: str | None) -> bool:
@@ -323,31 +222,12 @@ class Replies:
         entries of its own lane, so one chat's backlog after a drop does not hold up the
         others (our choice; issue: "in order per session").
         """
-        if not self._lanes_loaded:
-            return self._count > 0
-        return self._queued_lanes[_lane(self._entry_platform(platform_raw), action)] > 0
-
-    def _lane_left(self, entry: OutboxEntry, action: Action | None = None) -> None:
-        """An entry left the outbox (delivered, failed for good, expired or unreadable)."""
-        if action is None:
-            action = _stored_action(entry, quiet=True)
-        if action is None:
-            return
-        lane = _lane(entry.platform, action)
-        if self._queued_lanes[lane] > 1:
-            self._queued_lanes[lane] -= 1
-        else:
-            self._queued_lanes.pop(lane, None)
+        lane = lane_of(self._entry_platform(platform_raw), action)
+        return self._lanes.holds(lane, anything_queued=self._count > 0)
 
     async def load_lanes(self) -> None:
         """Count the outbox's entries per lane (the flusher does this when it starts)."""
-        lanes: collections.Counter[Lane] = collections.Counter()
-        for entry in await self.db.entries():
-            action = _stored_action(entry, quiet=True)
-            if action is not None:
-                lanes[_lane(entry.platform, action)] += 1
-        self._queued_lanes = lanes
-        self._lanes_loaded = True
+        self._lanes.load(await self.db.entries())
 
     async def _enqueue(
         self,
@@ -359,9 +239,9 @@ class Replies:
     ) -> SendResult:
         if self.db.outbox_max == 0:
             # An outbox of size 0 means "fail fast" (RC §10): answer as if nothing queues.
-            return SendResult.failure(NOT_CONNECTED, retryable=True)
+            return SendResult.failure(NOT_CONNECTED, retryable=True, kind=ErrorKind.NOT_CONNECTED)
         kind: OutboxKind = "send" if isinstance(action, Send) else "follow_up"
-        identity = self._identity_for(platform_raw)
+        identity = self.outbound.identity_for(platform_raw)
         entry = (
             identity.platform if identity else "",
             identity.bot_id if identity else "",
@@ -376,7 +256,7 @@ class Replies:
         if outbox_id is None:
             if not wait:
                 log.error("relay: outbox full (%d entries); %s rejected", self.db.outbox_max, kind)
-                return SendResult.failure(OUTBOX_FULL, retryable=True)
+                return SendResult.failure(OUTBOX_FULL, retryable=True, kind=ErrorKind.OUTBOX_FULL)
             self.waited_for_room += 1
             async with self._room_queue:
                 while outbox_id is None:
@@ -384,7 +264,7 @@ class Replies:
                         await self._room.wait()
                     outbox_id = await self._put(entry)
         self._set_count(self._count + 1)
-        self._queued_lanes[_lane(identity.platform if identity else "", action)] += 1
+        self._lanes.add(lane_of(identity.platform if identity else "", action))
         self.queued += 1
         if self.live:
             self.poke()
@@ -446,7 +326,7 @@ class Replies:
         """Delete expired entries (a WARNING each, from the state db) and recount."""
         expired = await self.db.expire(self.clock())
         for entry in expired:
-            self._lane_left(entry)
+            self._lanes.left(entry)
         self._set_count(await self.db.count())
         return expired
 
@@ -466,13 +346,13 @@ class Replies:
         """
         await self.sweep()
         delivered = 0
-        configured = {identity.platform for identity in self.identities}
+        configured = {identity.platform for identity in self.outbound.identities}
         while self.live:
             batch = await self.db.peek_batch(self.clock(), FLUSH_WINDOW)
             if not batch:
                 self._set_count(await self.db.count())
                 if self._count == 0:
-                    self._queued_lanes.clear()
+                    self._lanes.clear()
                 return delivered
             items: list[tuple[OutboxEntry, Action]] = []
             for entry in batch:
@@ -484,14 +364,14 @@ class Replies:
                     )
                     await self._forget(entry)
                     continue
-                action = _stored_action(entry)
+                action = stored_action(entry)
                 if action is None:
                     await self._forget(entry)
                     continue
                 items.append((entry, action))
             lanes: dict[Lane, list[tuple[OutboxEntry, Action]]] = {}
             for entry, action in items:
-                lanes.setdefault(_lane(entry.platform, action), []).append((entry, action))
+                lanes.setdefault(lane_of(entry.platform, action), []).append((entry, action))
             stopped = False
             answered: list[tuple[OutboxEntry, Action]] = []
 
@@ -527,20 +407,24 @@ class Replies:
         self, entry: OutboxEntry, action: Action
     ) -> Literal["delivered", "failed", "stop"]:
         """Send one outbox entry with its stored ``requestId``; any connector answer ends it."""
-        result = await self.link.request(
+        result = await self.outbound.request(
             action, platform_raw=entry.platform, request_id=entry.request_id
         )
-        if _never_left(result):
-            return "stop"  # link went down or was disabled: keep it for the next READY
-        if _is_drop_or_timeout(result):
+        retry = retry_for(result)
+        if retry is Retry.HALT or (
+            retry is Retry.AFTER_RECONNECT and result.error_kind is not ErrorKind.DROPPED
+        ):
+            return "stop"  # not written, or the link is gone: keep it for the next READY
+        if retry is Retry.AFTER_RECONNECT:  # dropped while pending: the connection's fault
             self.flush_failures += 1
-            if result.error != OUTBOUND_TIMED_OUT:
-                log.info("relay: outbox entry %d not delivered (%s)", entry.id, result.error)
-                return "stop"
+            log.info("relay: outbox entry %d not delivered (%s)", entry.id, result.error)
+            return "stop"
+        if retry is Retry.UNANSWERED:
+            self.flush_failures += 1
             attempt = await self.db.bump_attempts(entry.id)
             if attempt.dropped:
                 self._set_count(self._count - 1)
-                self._lane_left(entry, action)
+                self._lanes.left(entry, action)
             log.warning(
                 "relay: outbox entry %d not answered (%s), attempt %d",
                 entry.id,
@@ -561,12 +445,12 @@ class Replies:
         for entry, action in answered:
             if entry.id in gone:
                 self._set_count(self._count - 1)
-                self._lane_left(entry, action)
+                self._lanes.left(entry, action)
 
     async def _forget(self, entry: OutboxEntry, action: Action | None = None) -> None:
         if await self.db.delete(entry.id):
             self._set_count(self._count - 1)
-            self._lane_left(entry, action)
+            self._lanes.left(entry, action)
 
     def stats(self) -> dict[str, int]:
         """Counters for ``gateway.stats``."""

@@ -23,11 +23,9 @@ import trio_websocket
 from wsproto.utilities import LocalProtocolError
 
 from protocol import lifecycle as sm
-from protocol.actions import Action
 from protocol.auth import make_upgrade_token
 from protocol.descriptor import CapabilityDescriptor
 from protocol.errors import FrameError
-from protocol.events import MessageEvent
 from protocol.frames import (
     Frame,
     Inbound,
@@ -36,7 +34,6 @@ from protocol.frames import (
     PassthroughForwardFrame,
 )
 from protocol.relay_connection import RelayConnection, RelayProtocolError
-from protocol.results import SendResult
 from protocol.urls import dial_url
 from relay_runtime.errors import RelayDisabled
 from relay_runtime.hand_off import InboundHandOff, InboundItem
@@ -119,7 +116,9 @@ class Supervisor:
             exit_on_refused=bool(getattr(config, "exit_on_refused", False)),
             max_frame_bytes=config.max_frame_bytes,
         )
+        #: The outbound owner, writing through this supervisor (its link).
         self.outbound = OutboundRouter(
+            self,
             identities=self.identities,
             outbound_timeout_s=config.outbound_timeout_s,
             max_frame_bytes=config.max_frame_bytes,
@@ -177,14 +176,6 @@ class Supervisor:
             out["frames_out"] += socket.frames_out
         return out
 
-    def remember(self, event: MessageEvent) -> None:
-        """Feed the chat memory used for tagging and scope injection (RC §7.7)."""
-        self.outbound.memory.remember(event)
-
-    async def request(self, action: Action, *, platform_raw: str | None = None) -> SendResult:
-        """Send one outbound action and wait for its result (never raises, R20)."""
-        return await self.outbound.request(self, action, platform_raw=platform_raw)
-
     def send_nowait(self, frame: Frame) -> bool:
         """Queue a fire-and-forget frame (``inbound_ack``, ``interrupt``); False if not live."""
         socket = self._socket
@@ -236,7 +227,6 @@ class Supervisor:
 
     async def go_idle(self) -> bool:
         """Shut down through ``going_idle`` (RC §8); True if the connector acked it."""
-        self.outbound.stopped = True
         acked = await self._idle(sm.StopRequested())
         await self._terminal.wait()
         return acked
@@ -251,7 +241,6 @@ class Supervisor:
 
     def stop(self) -> None:
         """Stop for good: drain through ``going_idle`` when READY; never reconnect."""
-        self.outbound.stopped = True
         self._feed(sm.StopRequested())
 
     async def run(
@@ -393,8 +382,7 @@ class Supervisor:
         elif isinstance(item, InterruptInbound):
             self._on_interrupt(item.session_key, item.chat_id)
         elif isinstance(item, Inbound):
-            self.remember(item.event)
-            await self._hand_off.put(item)
+            await self._hand_off.put(item)  # the dispatcher feeds the chat memory (once)
         elif isinstance(item, PassthroughForwardFrame):
             await self._hand_off.put(item)
         # Anything else is an echo of a gateway frame: ignored (RC §2 Dispatch).

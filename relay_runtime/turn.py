@@ -134,7 +134,7 @@ class Turn:
         then not sent). A piece queued in the outbox while disconnected counts as sent:
         the rest queue behind it. ``reply_to`` applies to the first piece only.
         """
-        descriptor = self._replies.descriptor_for(self.platform)
+        descriptor = self._replies.outbound.descriptor_for(self.platform)
         pieces = chunk_text(text, descriptor.max_message_length, descriptor.len_unit)
         result = SendResult.failure("relay: nothing to send")
         for index, piece in enumerate(pieces):

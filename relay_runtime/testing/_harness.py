@@ -22,10 +22,10 @@ import trio.to_thread
 from protocol.events import MessageEvent, SessionSource
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector import Delivery, ReferenceConnector
-from relay_runtime.dispatcher import Agent, TrustEvaluator, TrustOutcomeLike
+from relay_runtime.dispatcher import Agent, TrustEvaluator
 from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.transport import Dialer
-from trust.model import Decision
+from trust import Decision, TrustOutcome
 
 #: How the harness connects gateway and connector; ``auto`` picks ``memory`` under a
 #: ``MockClock`` and ``loopback`` otherwise.
@@ -85,9 +85,9 @@ class _RecordingTrust:
 
     def __init__(self, inner: TrustEvaluator) -> None:
         self.inner = inner
-        self.outcomes: dict[str, TrustOutcomeLike] = {}
+        self.outcomes: dict[str, TrustOutcome] = {}
 
-    async def evaluate(self, event: MessageEvent) -> TrustOutcomeLike:
+    async def evaluate(self, event: MessageEvent) -> TrustOutcome:
         outcome = await self.inner.evaluate(event)
         if event.message_id is not None:
             self.outcomes[event.message_id] = outcome

@@ -1,6 +1,8 @@
 """Stand-ins for dispatcher/reply-policy unit tests.
 
-``FakeLink`` plays the supervisor (state, descriptors, ``request``, ``send_nowait``).
+``FakeLink`` plays the outbound owner at the action level (state, identities, descriptors,
+``request``, ``send_nowait``, the chat memory): the test answers each action. ``WireLink``
+plays the supervisor under a real :class:`OutboundRouter` (the wire shape is checked).
 ``MemoryState`` is an in-memory twin of the state interface, used where a test runs under
 ``autojump_clock``: the real ``StateDB`` works in a worker thread, and a thread the mock
 clock cannot see makes autojump fire timers early (``relay_runtime.testing.
@@ -22,8 +24,8 @@ from protocol.actions import Action
 from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
 from protocol.events import Identity, MessageEvent, SessionSource
 from protocol.frames import Frame, Inbound, InboundAck, OutboundResult
-from protocol.results import NOT_CONNECTED, SendResult
-from relay_runtime.outbound import OutboundRouter
+from protocol.results import NOT_CONNECTED, ErrorKind, SendResult
+from relay_runtime.outbound import OutboundRouter, find_identity
 from relay_runtime.state import (
     FOLLOW_UP_TTL_S,
     TURN_END_STATES,
@@ -62,7 +64,7 @@ class Sent:
 
 @attrs.define(eq=False)
 class FakeLink:
-    """The supervisor as the dispatcher and reply policy see it."""
+    """The outbound owner as the dispatcher and reply policy see it; the test answers."""
 
     state: str = "ready"
     descriptor: CapabilityDescriptor = attrs.field(
@@ -72,6 +74,7 @@ class FakeLink:
     requests: list[Sent] = attrs.field(factory=list)
     frames: list[Frame] = attrs.field(factory=list)
     remembered: list[MessageEvent] = attrs.field(factory=list)
+    identities: tuple[Identity, ...] = (Identity("discord", "b1"),)
 
     @property
     def live(self) -> bool:
@@ -81,6 +84,12 @@ class FakeLink:
     def acks(self) -> list[str]:
         return [f.buffer_id for f in self.frames if isinstance(f, InboundAck)]
 
+    def identity_for(self, platform_raw: str | None) -> Identity | None:
+        return find_identity(self.identities, platform_raw)
+
+    def reply_platform(self, platform_raw: str | None) -> str:
+        return platform_raw or self.identities[0].platform
+
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         return self.descriptor
 
@@ -88,7 +97,7 @@ class FakeLink:
         self, action: Action, *, platform_raw: str | None = None, request_id: str | None = None
     ) -> SendResult:
         if not self.live:
-            return SendResult.failure(NOT_CONNECTED, retryable=True)
+            return SendResult.failure(NOT_CONNECTED, retryable=True, kind=ErrorKind.NOT_CONNECTED)
         self.requests.append(Sent(action, platform_raw, request_id, trio.current_time()))
         return await self.responder(action, platform_raw, request_id)
 
@@ -362,26 +371,34 @@ WireAnswer = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 @attrs.define(eq=False)
 class WireLink:
-    """The real :class:`OutboundRouter` over a fake socket that answers each frame at once.
+    """The supervisor under the real :class:`OutboundRouter` (``router``): a fake socket
+    that answers each frame at once.
 
     ``written`` holds every ``outbound`` frame as the connector would read it (parsed JSON),
     so tests can check the exact wire shape. ``answer`` maps a frame to its ``result``
     (``None``: no answer, the request then waits for its timeout).
     """
 
-    router: OutboundRouter
+    identities: tuple[Identity, ...] = (Identity("discord", "b1"),)
     state: str = "ready"
     descriptors: dict[str, CapabilityDescriptor] = attrs.field(factory=dict)
     answer: WireAnswer = lambda frame: {"success": True, "message_id": "m1"}
     written: list[dict[str, Any]] = attrs.field(factory=list)
     frames: list[Frame] = attrs.field(factory=list)
+    router: OutboundRouter = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.router = OutboundRouter(
+            self, identities=self.identities, outbound_timeout_s=30.0, max_frame_bytes=1 << 20
+        )
 
     @property
     def live(self) -> bool:
         return self.state in ("ready", "idle_requested")
 
-    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
-        platform = platform or self.router.identities[0].platform  # "" = the default one
+    @property
+    def default_descriptor(self) -> CapabilityDescriptor:
+        platform = self.identities[0].platform
         return self.descriptors.get(platform) or placeholder_descriptor(platform)
 
     async def write(self, text: str) -> str | None:
@@ -393,13 +410,6 @@ class WireLink:
             self.router.resolve(OutboundResult(request_id=frame["requestId"], result=result))
         return None
 
-    async def request(
-        self, action: Action, *, platform_raw: str | None = None, request_id: str | None = None
-    ) -> SendResult:
-        return await self.router.request(
-            self, action, platform_raw=platform_raw, request_id=request_id
-        )
-
     def send_nowait(self, frame: Frame) -> bool:
         self.frames.append(frame)
         return self.live
@@ -407,9 +417,4 @@ class WireLink:
 
 def wire_link(*identities: Identity, **kwargs: Any) -> WireLink:
     """A :class:`WireLink` for ``identities`` (default: one ``discord`` identity)."""
-    router = OutboundRouter(
-        identities=identities or (Identity("discord", "b1"),),
-        outbound_timeout_s=30.0,
-        max_frame_bytes=1 << 20,
-    )
-    return WireLink(router, **kwargs)
+    return WireLink(identities or (Identity("discord", "b1"),), **kwargs)

@@ -17,7 +17,6 @@ import trio
 import trio.testing
 
 from protocol.actions import Action, Send
-from protocol.events import Identity
 from protocol.frames import PassthroughForward, PassthroughForwardFrame
 from protocol.results import SendResult
 from relay_runtime.dispatcher import Dispatcher
@@ -27,7 +26,6 @@ from relay_runtime.turn import Turn
 from tests.runtime import state_steps as steps
 from tests.runtime.dispatch_helpers import FakeLink, MemoryState, Verdict, inbound
 
-IDENTITIES = (Identity("discord", "b1"),)
 AgentFn = Callable[[Turn], Awaitable[str | None]]
 
 
@@ -60,15 +58,13 @@ def make_rig(
 ) -> Rig:
     link = link or FakeLink()
     state = state if state is not None else MemoryState()
-    replies = Replies(link, state, IDENTITIES)
+    replies = Replies(link, state)
     dispatcher = Dispatcher(
         agent=agent,
         trust=trust or Verdict(),
         replies=replies,
         db=state,
-        acks=link,
-        identities=IDENTITIES,
-        remember=link.remember,
+        outbound=link,
         **limits,
     )
     send, recv = trio.open_memory_channel[Any](0)
@@ -663,8 +659,7 @@ def test_limits_are_checked() -> None:
             trust=Verdict(),
             replies=None,  # type: ignore[arg-type]
             db=MemoryState(),
-            acks=FakeLink(),
-            identities=IDENTITIES,
+            outbound=FakeLink(),
             max_concurrent_turns=5,
             max_pending_inbound=4,
         )
@@ -681,10 +676,9 @@ def _queued_rig(
     dispatcher = Dispatcher(
         agent=agent,
         trust=Verdict(),
-        replies=Replies(link, state, IDENTITIES),
+        replies=Replies(link, state),
         db=state,
-        acks=link,
-        identities=IDENTITIES,
+        outbound=link,
         **limits,
     )
     send, recv = trio.open_memory_channel[Any](len(frames))
@@ -762,10 +756,9 @@ async def test_R60_admit_many_claims_everything_at_once_and_parks_beyond_the_bou
     dispatcher = Dispatcher(
         agent=agent,
         trust=Verdict(),
-        replies=Replies(link, state, IDENTITIES),
+        replies=Replies(link, state),
         db=state,
-        acks=link,
-        identities=IDENTITIES,
+        outbound=link,
         max_concurrent_turns=1,
         max_pending_inbound=3,
     )

@@ -14,7 +14,6 @@ from typing import Any
 
 import trio
 
-from protocol.events import Identity
 from relay_runtime.dispatcher import Dispatcher
 from relay_runtime.outbound import RequestIds, reply_ids_for
 from relay_runtime.replies import Replies
@@ -23,7 +22,6 @@ from relay_runtime.turn import Turn
 from tests.runtime import state_steps as steps
 from tests.runtime.dispatch_helpers import FakeLink, Verdict, inbound
 
-IDENTITIES = (Identity("discord", "b1"),)
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -69,10 +67,9 @@ async def run_dispatcher(
     dispatcher = Dispatcher(
         agent=agent,
         trust=Verdict(),
-        replies=Replies(link, db, IDENTITIES),
+        replies=Replies(link, db),
         db=db,
-        acks=link,
-        identities=IDENTITIES,
+        outbound=link,
         reply_key=db.reply_key,
     )
     send, recv = trio.open_memory_channel[Any](0)

@@ -13,7 +13,7 @@ import trio.testing
 from protocol.actions import Edit, FollowUp, GetChatInfo, Send, Typing
 from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
 from protocol.events import Identity, MessageEvent, SessionSource
-from protocol.frames import OutboundResult
+from protocol.frames import Frame, OutboundResult
 from relay_runtime.outbound import ChatMemory, OutboundRouter, new_request_id
 
 
@@ -28,8 +28,16 @@ class FakeLink:
         self.descriptor = descriptor or placeholder_descriptor("discord")
         self.arrived = trio.Event()
 
-    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
+    @property
+    def descriptors(self) -> dict[str, CapabilityDescriptor]:
+        return {}
+
+    @property
+    def default_descriptor(self) -> CapabilityDescriptor:
         return self.descriptor
+
+    def send_nowait(self, frame: Frame) -> bool:
+        return False
 
     async def write(self, text: str) -> str | None:
         await trio.lowlevel.checkpoint()
@@ -43,9 +51,10 @@ class FakeLink:
 
 
 def router(
-    *identities: Identity, timeout: float = 30.0, max_frame: int = 1 << 20
+    link: FakeLink, *identities: Identity, timeout: float = 30.0, max_frame: int = 1 << 20
 ) -> OutboundRouter:
     return OutboundRouter(
+        link,
         identities=identities or (Identity("discord", "d1"),),
         outbound_timeout_s=timeout,
         max_frame_bytes=max_frame,
@@ -63,7 +72,7 @@ async def answered(r: OutboundRouter, link: FakeLink, action: Any, result: Any, 
     out: list[Any] = []
 
     async def go() -> None:
-        out.append(await r.request(link, action, **kw))
+        out.append(await r.request(action, **kw))
 
     async with trio.open_nursery() as n:
         n.start_soon(go)
@@ -80,7 +89,8 @@ def test_R9_request_ids_are_32_lowercase_hex_and_unique() -> None:
 
 
 async def test_R10_result_maps_to_send_result() -> None:
-    r, link = router(), FakeLink()
+    link = FakeLink()
+    r = router(link)
     result = await answered(r, link, Send("c1", "x"), {"success": True, "message_id": 42})
     assert result.success and result.message_id == "42"
     assert r.pending_count == 0
@@ -88,7 +98,8 @@ async def test_R10_result_maps_to_send_result() -> None:
 
 
 async def test_R12_single_identity_never_tags() -> None:
-    r, link = router(Identity("discord", "d1")), FakeLink()
+    link = FakeLink()
+    r = router(link, Identity("discord", "d1"))
     r.memory.remember(inbound("c1", "discord"))
     await answered(r, link, Send("c1", "x"), {"success": True})
     await answered(r, link, Send("c1", "x"), {"success": True}, platform_raw="discord")
@@ -96,8 +107,8 @@ async def test_R12_single_identity_never_tags() -> None:
 
 
 async def test_R13_multi_identity_tags_target_and_leaves_unresolved_untagged() -> None:
-    r = router(Identity("discord", "d1"), Identity("telegram", ""), Identity("slack", "s1"))
     link = FakeLink()
+    r = router(link, Identity("discord", "d1"), Identity("telegram", ""), Identity("slack", "s1"))
     r.memory.remember(inbound("sc", "slack"))
     r.memory.remember(inbound("tc", "telegram"))
     r.memory.remember(inbound("dc", "discord"))
@@ -118,7 +129,8 @@ async def test_R13_multi_identity_tags_target_and_leaves_unresolved_untagged() -
 
 
 async def test_R18_scope_injection_never_overwrites_and_skips_unknown_chats() -> None:
-    r, link = router(), FakeLink()
+    link = FakeLink()
+    r = router(link)
     r.memory.remember(inbound("c1", guild_id="g1"))
     r.memory.remember(inbound("c2"))
     await answered(r, link, Send("c1", "x"), {"success": True})
@@ -140,15 +152,16 @@ async def test_R18_scope_injection_never_overwrites_and_skips_unknown_chats() ->
 
 async def test_R17_ops_gated_by_descriptor_without_a_frame() -> None:
     no_edit = CapabilityDescriptor(1, "discord", "D", 2000, False, False, False, "plain", "chars")
-    r, link = router(), FakeLink(no_edit)
-    result = await r.request(link, Edit("c", "m", "x"))
+    link = FakeLink(no_edit)
+    r = router(link)
+    result = await r.request(Edit("c", "m", "x"))
     assert result.error == "relay op not supported by connector: edit"
     ops = CapabilityDescriptor(
         1, "discord", "D", 2000, False, True, False, "plain", "chars", supported_ops=("edit",)
     )
     link.descriptor = ops
     for action, op in ((Typing("c"), "typing"), (GetChatInfo("c"), "get_chat_info")):
-        result = await r.request(link, action)
+        result = await r.request(action)
         assert result.error == f"relay op not supported by connector: {op}"
     assert link.written == []
 
@@ -156,23 +169,24 @@ async def test_R17_ops_gated_by_descriptor_without_a_frame() -> None:
 async def test_R20_local_failures_are_results_not_exceptions(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    r, link = router(max_frame=1024), FakeLink()
+    link = FakeLink()
+    r = router(link, max_frame=1024)
     link.live, link.state = False, "backoff"
-    assert (await r.request(link, Send("c", "x"))).error == "relay transport not connected"
+    assert (await r.request(Send("c", "x"))).error == "relay transport not connected"
     link.state = "disabled"
-    res = await r.request(link, Send("c", "x"))
+    res = await r.request(Send("c", "x"))
     assert (res.error, res.retryable) == ("relay disabled", False)
     link.state = "closed"
-    res = await r.request(link, Send("c", "x"))
+    res = await r.request(Send("c", "x"))
     assert (res.error, res.retryable) == ("relay transport closed", False)
     link.live, link.state = True, "ready"
     link.write_error = "connection closed"
-    res = await r.request(link, Send("c", "x"))
+    res = await r.request(Send("c", "x"))
     assert (res.error, res.retryable) == ("relay send failed: connection closed", True)
     link.write_error = None
-    res = await r.request(link, Send("c", "x" * 2000))
+    res = await r.request(Send("c", "x" * 2000))
     assert res.error == "relay frame too large"
-    res = await r.request(link, Send("c", "x", metadata={"bad": object()}))
+    res = await r.request(Send("c", "x", metadata={"bad": object()}))
     assert res.error is not None and res.error.startswith("relay send failed: cannot encode")
     assert r.pending_count == 0
 
@@ -185,9 +199,10 @@ async def test_R42_timeout_counts_from_the_completed_write(
             await trio.sleep(7)
             return await super().write(text)
 
-    r, link = router(timeout=30.0), SlowLink()
+    link = SlowLink()
+    r = router(link, timeout=30.0)
     start = trio.current_time()
-    res = await r.request(link, Send("c", "x"))
+    res = await r.request(Send("c", "x"))
     assert trio.current_time() - start == pytest.approx(37.0)
     assert (res.error, res.ambiguous, res.retryable) == ("relay outbound timed out", True, False)
     assert r.resolve(OutboundResult(link.written[0]["requestId"], {"success": True})) is False
@@ -196,11 +211,12 @@ async def test_R42_timeout_counts_from_the_completed_write(
 async def test_R41_fail_all_resolves_every_pending_request_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    r, link = router(), FakeLink()
+    link = FakeLink()
+    r = router(link)
     results: list[Any] = []
 
     async def one() -> None:
-        results.append(await r.request(link, Send("c", "x")))
+        results.append(await r.request(Send("c", "x")))
 
     async with trio.open_nursery() as n:
         for _ in range(3):
@@ -219,9 +235,10 @@ async def test_R41_fail_all_resolves_every_pending_request_at_once(
 async def test_caller_cancellation_propagates_and_cleans_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    r, link = router(), FakeLink()
+    link = FakeLink()
+    r = router(link)
     with trio.move_on_after(5) as scope:
-        await r.request(link, Send("c", "x"))
+        await r.request(Send("c", "x"))
     assert scope.cancelled_caught
     assert r.pending_count == 0
 

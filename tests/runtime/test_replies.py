@@ -12,20 +12,19 @@ import trio
 import trio.testing
 
 from protocol.actions import Action, Edit, FollowUp, Send, Typing
-from protocol.events import Identity
 from protocol.results import (
     DISABLED,
     NOT_CONNECTED,
     OUTBOUND_TIMED_OUT,
     OUTBOX_FULL,
     TRANSPORT_CLOSED,
+    ErrorKind,
     SendResult,
 )
 from relay_runtime.replies import SWEEP_INTERVAL_S, Replies
 from relay_runtime.state import StateDB
 from tests.runtime.dispatch_helpers import FakeLink, MemoryState, ok
 
-IDENTITIES = (Identity("discord", "b1"),)
 DAY = 86400.0
 
 
@@ -50,7 +49,7 @@ def sent_texts(link: FakeLink) -> list[str]:
 async def test_R43_edit_and_typing_fail_fast_when_not_ready() -> None:
     link = FakeLink(state="backoff")
     state = MemoryState()
-    replies = Replies(link, state, IDENTITIES)
+    replies = Replies(link, state)
     for action in (Edit(chat_id="c1", message_id="m1", content="x"), Typing(chat_id="c1")):
         result = await replies.perform(action, platform_raw="discord")
         assert (result.success, result.error, result.retryable) == (False, NOT_CONNECTED, True)
@@ -60,7 +59,7 @@ async def test_R43_edit_and_typing_fail_fast_when_not_ready() -> None:
 async def test_R44_send_when_not_ready_is_committed_and_queued(tmp_path: Path) -> None:
     link = FakeLink(state="backoff")
     async with await StateDB.open(tmp_path, now=0) as db:
-        replies = Replies(link, db, IDENTITIES)
+        replies = Replies(link, db)
         result = await replies.send(send("hello"), platform_raw="discord")
         assert result.queued
         assert not result.success
@@ -80,14 +79,14 @@ async def test_R45_outbox_survives_restart_and_flushes_fifo_with_stored_ids(
 ) -> None:
     down = FakeLink(state="backoff")
     async with await StateDB.open(tmp_path, now=0) as db:
-        replies = Replies(down, db, IDENTITIES)
+        replies = Replies(down, db)
         for text in ("one", "two", "three"):
             assert (await replies.send(send(text), platform_raw="discord")).queued
         stored = [e.request_id for e in await db.entries()]
     # A restart: a new process opens the same state dir.
     link = FakeLink(state="ready")
     async with await StateDB.open(tmp_path, now=0) as db:
-        replies = Replies(link, db, IDENTITIES)
+        replies = Replies(link, db)
         await replies.sweep()  # what the flusher does when it starts
         # While the outbox is non-empty, new sends queue behind it even when READY.
         assert (await replies.send(send("four"), platform_raw="discord")).queued
@@ -98,14 +97,14 @@ async def test_R45_outbox_survives_restart_and_flushes_fifo_with_stored_ids(
     assert [r.request_id for r in link.requests[:3]] == stored
     assert all(r.platform_raw == "discord" for r in link.requests)
     # Empty again: sends go out directly.
-    replies_after = Replies(link, MemoryState(), IDENTITIES)
+    replies_after = Replies(link, MemoryState())
     assert (await replies_after.send(send("five"), platform_raw="discord")).success
 
 
 async def test_R45_order_is_kept_per_chat_and_other_chats_are_not_held_up() -> None:
     link = FakeLink(state="backoff")
     state = MemoryState()
-    replies = Replies(link, state, IDENTITIES)
+    replies = Replies(link, state)
     await replies.load_lanes()  # what the flusher does when it starts
     assert (await replies.send(send("a1", chat="A"), platform_raw="discord")).queued
     link.state = "ready"
@@ -122,11 +121,11 @@ async def test_R45_order_is_kept_per_chat_and_other_chats_are_not_held_up() -> N
 
 async def test_lanes_are_loaded_from_an_outbox_left_by_a_previous_run(tmp_path: Path) -> None:
     async with await StateDB.open(tmp_path, now=0) as db:
-        replies = Replies(FakeLink(state="backoff"), db, IDENTITIES)
+        replies = Replies(FakeLink(state="backoff"), db)
         assert (await replies.send(send("old", chat="A"), platform_raw="discord")).queued
     link = FakeLink(state="ready")
     async with await StateDB.open(tmp_path, now=0) as db:
-        replies = Replies(link, db, IDENTITIES)
+        replies = Replies(link, db)
         await replies.load_lanes()
         assert (await replies.send(send("new", chat="A"), platform_raw="discord")).queued
         assert (await replies.send(send("other", chat="B"), platform_raw="discord")).success
@@ -137,8 +136,8 @@ async def test_lanes_are_loaded_from_an_outbox_left_by_a_previous_run(tmp_path: 
 async def test_R45_drop_or_timeout_keeps_the_entry_only_a_timeout_counts(tmp_path: Path) -> None:
     failures = iter(
         [
-            SendResult.failure(TRANSPORT_CLOSED, retryable=True),
-            SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True),
+            SendResult.failure(TRANSPORT_CLOSED, retryable=True, kind=ErrorKind.DROPPED),
+            SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True, kind=ErrorKind.TIMED_OUT),
         ]
     )
 
@@ -147,7 +146,7 @@ async def test_R45_drop_or_timeout_keeps_the_entry_only_a_timeout_counts(tmp_pat
 
     link = FakeLink(state="backoff", responder=flaky)
     async with await StateDB.open(tmp_path, now=0) as db:
-        replies = Replies(link, db, IDENTITIES)
+        replies = Replies(link, db)
         await replies.send(send("a"), platform_raw="discord")
         link.state = "ready"
         assert await replies.flush() == 0  # dropped while pending: kept, not counted
@@ -163,11 +162,11 @@ async def test_R45_drop_or_timeout_keeps_the_entry_only_a_timeout_counts(tmp_pat
 
 async def test_drops_never_use_up_an_entrys_attempts(tmp_path: Path) -> None:
     async def dropped(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
-        return SendResult.failure(TRANSPORT_CLOSED, retryable=True)
+        return SendResult.failure(TRANSPORT_CLOSED, retryable=True, kind=ErrorKind.DROPPED)
 
     link = FakeLink(state="backoff", responder=dropped)
     async with await StateDB.open(tmp_path, now=0) as db:
-        replies = Replies(link, db, IDENTITIES)
+        replies = Replies(link, db)
         await replies.send(send("a"), platform_raw="discord")
         link.state = "ready"
         for _ in range(20):
@@ -182,11 +181,11 @@ async def test_R45_five_unanswered_attempts_drop_the_entry(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def unanswered(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
-        return SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True)
+        return SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True, kind=ErrorKind.TIMED_OUT)
 
     link = FakeLink(state="backoff", responder=unanswered)
     async with await StateDB.open(tmp_path, now=0) as db:
-        replies = Replies(link, db, IDENTITIES)
+        replies = Replies(link, db)
         await replies.send(send("a"), platform_raw="discord")
         link.state = "ready"
         with caplog.at_level(logging.ERROR):
@@ -203,7 +202,7 @@ async def test_R46_expired_entries_dropped_with_warning_never_sent(
     clock = Clock()
     link = FakeLink(state="backoff")
     async with await StateDB.open(tmp_path, now=clock.now) as db:
-        replies = Replies(link, db, IDENTITIES, clock=clock)
+        replies = Replies(link, db, clock=clock)
         await replies.send(send("old send"), platform_raw="discord")
         await replies.send(
             FollowUp(session_key="k", kind="reply", content="old follow"), platform_raw="discord"
@@ -230,7 +229,7 @@ async def test_R46_sweep_every_ten_minutes(
 ) -> None:
     state = MemoryState()
     link = FakeLink(state="backoff")
-    replies = Replies(link, state, IDENTITIES, clock=trio.current_time)
+    replies = Replies(link, state, clock=trio.current_time)
     await nursery.start(replies.run_flusher)
     await replies.send(FollowUp(session_key="k", kind="r", content="x"), platform_raw="discord")
     await trio.sleep(SWEEP_INTERVAL_S + 1)  # first sweep at 600 s: still live (TTL 900 s)
@@ -244,7 +243,7 @@ async def test_R46_sweep_every_ten_minutes(
 async def test_R47_full_outbox_rejects_new_requests(tmp_path: Path) -> None:
     link = FakeLink(state="backoff")
     async with await StateDB.open(tmp_path, now=0, outbox_max=2) as db:
-        replies = Replies(link, db, IDENTITIES)
+        replies = Replies(link, db)
         for text in ("a", "b"):
             assert (await replies.send(send(text), platform_raw="discord")).queued
         full = await replies.send(send("c"), platform_raw="discord")
@@ -262,7 +261,7 @@ async def test_full_outbox_makes_a_waiting_producer_wait_for_room_not_fail(
 ) -> None:
     link = FakeLink(state="backoff")
     state = MemoryState(outbox_max=2)
-    replies = Replies(link, state, IDENTITIES)
+    replies = Replies(link, state)
     for text in ("a", "b"):
         assert (await replies.send(send(text), platform_raw="discord")).queued
     results: list[SendResult] = []
@@ -295,7 +294,7 @@ async def test_waiting_for_room_is_ended_by_the_callers_scope_not_by_a_bound_of_
     # its inbound was acked): only the turn's time limit or shutdown ends the wait, and then
     # nothing was queued and the turn is not recorded as answered.
     state = MemoryState(outbox_max=1)
-    replies = Replies(FakeLink(state="backoff"), state, IDENTITIES)
+    replies = Replies(FakeLink(state="backoff"), state)
     assert (await replies.send(send("a"), platform_raw="discord")).queued
     with trio.move_on_after(3600) as waited:
         await replies.send_waiting_for_room(send("b"), platform_raw="discord")
@@ -309,7 +308,7 @@ async def test_producers_waiting_for_room_take_it_in_arrival_order(
 ) -> None:
     link = FakeLink(state="backoff")
     state = MemoryState(outbox_max=1)
-    replies = Replies(link, state, IDENTITIES)
+    replies = Replies(link, state)
     assert (await replies.send(send("a"), platform_raw="discord")).queued
     async with trio.open_nursery() as nursery:
         await nursery.start(replies.run_flusher)
@@ -329,7 +328,7 @@ async def test_producers_waiting_for_room_take_it_in_arrival_order(
 
 
 async def test_outbox_max_zero_fails_fast() -> None:
-    replies = Replies(FakeLink(state="backoff"), MemoryState(outbox_max=0), IDENTITIES)
+    replies = Replies(FakeLink(state="backoff"), MemoryState(outbox_max=0))
     result = await replies.send(send("a"), platform_raw="discord")
     assert (result.error, result.queued) == (NOT_CONNECTED, False)
 
@@ -340,7 +339,7 @@ async def test_retryable_unambiguous_send_failure_resubmitted_once_via_outbox() 
 
     state = MemoryState()
     link = FakeLink(responder=refuse)
-    replies = Replies(link, state, IDENTITIES)
+    replies = Replies(link, state)
     result = await replies.send(send("a"), platform_raw="discord")
     assert result.queued
     (entry,) = state.outbox.values()
@@ -364,7 +363,7 @@ async def test_final_send_failures_are_not_resubmitted(result: SendResult) -> No
         return result
 
     state = MemoryState()
-    replies = Replies(FakeLink(responder=answer), state, IDENTITIES)
+    replies = Replies(FakeLink(responder=answer), state)
     assert await replies.send(send("a"), platform_raw="discord") == result
     assert state.outbox == {}
 
@@ -378,10 +377,14 @@ async def test_send_and_follow_up_pending_at_close_go_to_the_outbox_under_their_
     # is queued under its requestId, and the connector drops the repeat. (Before issue 11
     # a follow_up, and anything failed at shutdown, was returned as a failure and lost.)
     async def close(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
-        return SendResult.failure(TRANSPORT_CLOSED, retryable=retryable)
+        return SendResult.failure(
+            TRANSPORT_CLOSED,
+            retryable=retryable,
+            kind=ErrorKind.DROPPED if retryable else ErrorKind.CLOSED,
+        )
 
     state = MemoryState()
-    replies = Replies(FakeLink(responder=close), state, IDENTITIES)
+    replies = Replies(FakeLink(responder=close), state)
     sent = await replies.send(send("a"), platform_raw="discord", request_id="a" * 32)
     follow = await replies.send(
         FollowUp(session_key="k", kind="r", content="x"), platform_raw=None, request_id="b" * 32
@@ -396,7 +399,7 @@ async def test_send_and_follow_up_pending_at_close_go_to_the_outbox_under_their_
 async def test_disabled_halts_the_flush_and_refuses_sends() -> None:
     state = MemoryState()
     link = FakeLink(state="backoff")
-    replies = Replies(link, state, IDENTITIES)
+    replies = Replies(link, state)
     await replies.send(send("kept"), platform_raw="discord")
     link.state = "disabled"
     assert await replies.flush() == 0
@@ -412,7 +415,7 @@ async def test_unconfigured_identity_entry_dropped_with_warning(
     state = MemoryState()
     link = FakeLink()
     await state.put("telegram", "", '{"op":"send","chat_id":"c","content":"x"}', "r1", "send", 2e9)
-    replies = Replies(link, state, IDENTITIES, clock=lambda: 2e9)
+    replies = Replies(link, state, clock=lambda: 2e9)
     with caplog.at_level(logging.WARNING):
         assert await replies.flush() == 0
     assert state.outbox == {}
@@ -425,7 +428,7 @@ async def test_flusher_delivers_on_poke_and_on_enqueue_while_live(
 ) -> None:
     state = MemoryState()
     link = FakeLink(state="backoff")
-    replies = Replies(link, state, IDENTITIES, clock=trio.current_time)
+    replies = Replies(link, state, clock=trio.current_time)
     await nursery.start(replies.run_flusher)
     await replies.send(send("queued while down"), platform_raw="discord")
     await trio.sleep(1)
@@ -443,14 +446,14 @@ async def test_a_flush_stopped_by_an_unanswered_entry_tries_again_while_the_link
     # A timeout on a live link stopped the flush, and nothing poked the flusher again before
     # the next READY: turns waiting for room in a full outbox then waited out their time
     # limit on a healthy connection. Now the flusher tries again after a pause.
-    answers = [SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True)]
+    answers = [SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True, kind=ErrorKind.TIMED_OUT)]
 
     async def answer(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
         return answers.pop(0) if answers else SendResult.from_wire({"success": True})
 
     link = FakeLink(state="backoff", responder=answer)
     state = MemoryState(outbox_max=1)
-    replies = Replies(link, state, IDENTITIES)
+    replies = Replies(link, state)
     assert (await replies.send(send("a"), platform_raw="discord")).queued
     async with trio.open_nursery() as nursery:
         await nursery.start(replies.run_flusher)
@@ -467,7 +470,7 @@ async def test_a_newcomer_does_not_take_the_room_freed_for_a_waiting_turn(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     state = MemoryState(outbox_max=1)
-    replies = Replies(FakeLink(state="backoff"), state, IDENTITIES)
+    replies = Replies(FakeLink(state="backoff"), state)
     assert (await replies.send(send("a"), platform_raw="discord")).queued
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
@@ -489,11 +492,11 @@ async def test_a_send_nobody_answered_goes_to_the_outbox_under_its_id() -> None:
     # A timeout is ambiguous (it may have gone out); dropping it lost the reply while the
     # turn's inbound was acked. Queued under the same requestId, a repeat is de-duplicated.
     async def answer(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
-        return SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True)
+        return SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True, kind=ErrorKind.TIMED_OUT)
 
     state = MemoryState()
     link = FakeLink(responder=answer)
-    replies = Replies(link, state, IDENTITIES)
+    replies = Replies(link, state)
     result = await replies.send(send("a"), platform_raw="discord", request_id="ab" * 16)
     assert result.queued
     (entry,) = state.outbox.values()

@@ -191,20 +191,20 @@ async def test_R56_R57_descriptors_reapplied_each_handshake_first_is_default(
     await trio.testing.wait_all_tasks_blocked()
     sup = h.sup
     assert sup.default_descriptor.platform == "discord"
-    assert sup.descriptor_for("telegram").max_message_length == 2008
+    assert sup.outbound.descriptor_for("telegram").max_message_length == 2008
     assert set(sup.descriptors) == {"discord", "telegram"}
     # A later descriptor for another platform never replaces the default.
     await conn.send({"type": "descriptor", "descriptor": descriptor("slack")})
     await trio.testing.wait_all_tasks_blocked()
     assert sup.default_descriptor.platform == "discord"
-    assert sup.descriptor_for("slack").platform == "slack"
+    assert sup.outbound.descriptor_for("slack").platform == "slack"
     # Reconnect: the new handshake's descriptors take effect.
     await conn.close(1001, "going away")
     await connector.connection(1)
     await sup.wait_ready()
     await trio.testing.wait_all_tasks_blocked()
     assert sup.default_descriptor.max_message_length == 507
-    assert sup.descriptor_for("telegram").max_message_length == 508
+    assert sup.outbound.descriptor_for("telegram").max_message_length == 508
 
 
 # ---- outbound over the socket ------------------------------------------------------------
@@ -242,7 +242,7 @@ async def test_R9_R10_request_ids_and_correlation(
     results: dict[str, Any] = {}
 
     async def one(name: str) -> None:
-        results[name] = await h.sup.request(Send("c1", name))
+        results[name] = await h.sup.outbound.request(Send("c1", name))
 
     async with trio.open_nursery() as n:
         for name in ("a", "b", "c"):
@@ -266,7 +266,7 @@ async def test_R41_drop_fails_pending_at_once(
     results: list[Any] = []
 
     async def one() -> None:
-        results.append(await h.sup.request(Send("c1", "hi")))
+        results.append(await h.sup.outbound.request(Send("c1", "hi")))
 
     async with trio.open_nursery() as n:
         n.start_soon(one)
@@ -288,7 +288,7 @@ async def test_R42_outbound_timeout_is_ambiguous_and_late_result_ignored(
     h = await launch(nursery, connector)
     conn = await connector.connection(0)
     start = trio.current_time()
-    result = await h.sup.request(Typing("c1"))
+    result = await h.sup.outbound.request(Typing("c1"))
     assert trio.current_time() - start == pytest.approx(30.0)
     assert result.error == "relay outbound timed out"
     assert result.ambiguous is True
@@ -308,7 +308,7 @@ async def test_R43_edit_and_typing_fail_fast_when_not_ready(
     await trio.sleep(0.5)
     assert h.sup.state == "backoff"
     for action in (Edit("c1", "m1", "x"), Typing("c1"), Send("c1", "x")):
-        result = await h.sup.request(action)
+        result = await h.sup.outbound.request(action)
         assert result.error == "relay transport not connected"
         assert result.retryable is True
     assert not h.sup.send_nowait(InboundAck("b"))
@@ -351,8 +351,9 @@ async def test_R12_R13_tagging_over_the_wire(
     )
     item = await h.inbound.receive()
     assert isinstance(item, Inbound)
-    await h.sup.request(Send("tc", "reply"))
-    await h.sup.request(Send("unknown-chat", "reply"))
+    h.sup.outbound.remember(item.event)  # what the dispatcher does with each inbound
+    await h.sup.outbound.request(Send("tc", "reply"))
+    await h.sup.outbound.request(Send("unknown-chat", "reply"))
     frames = conn.of_type("outbound")
     assert (frames[0]["platform"], frames[0]["botId"]) == ("telegram", "t9")
     assert frames[0]["action"]["metadata"] == {"guild_id": "g", "scope_id": "g"}
@@ -365,8 +366,10 @@ async def test_R12_R13_tagging_over_the_wire(
     await sconn.send(
         {"type": "inbound", "event": {"source": {"platform": "discord", "chat_id": "dc"}}}
     )
-    await h1.inbound.receive()
-    await h1.sup.request(Send("dc", "reply"))
+    item = await h1.inbound.receive()
+    assert isinstance(item, Inbound)
+    h1.sup.outbound.remember(item.event)
+    await h1.sup.outbound.request(Send("dc", "reply"))
     (frame,) = sconn.of_type("outbound")
     assert list(frame) == ["type", "requestId", "action"]
 
@@ -439,7 +442,7 @@ async def test_R6_outgoing_frame_over_limit_is_not_sent(
 ) -> None:
     h = await launch(nursery, connector, max_frame_bytes=1024)
     conn = await connector.connection(0)
-    result = await h.sup.request(Send("c1", "é" * 600))
+    result = await h.sup.outbound.request(Send("c1", "é" * 600))
     assert result.error == "relay frame too large"
     assert not h.sup.send_nowait(Interrupt("k" * 2000))
     await trio.testing.wait_all_tasks_blocked()
@@ -533,7 +536,7 @@ async def test_R50_failing_initial_dial_is_retried_and_stop_never_reconnects(
     assert len(connector.dial_times) == 4
     assert h.sup.state == "closed"
     assert h.errors == []
-    result = await h.sup.request(Send("c", "x"))
+    result = await h.sup.outbound.request(Send("c", "x"))
     assert (result.error, result.retryable) == ("relay transport closed", False)
 
 
@@ -656,7 +659,7 @@ async def test_R54_R55_http_401_on_fresh_token_redial_disables_for_good(
     dials = len(connector.dial_times)
     await trio.sleep(7 * 24 * 3600)
     assert len(connector.dial_times) == dials == 2
-    result = await h.sup.request(Send("c1", "x"))
+    result = await h.sup.outbound.request(Send("c1", "x"))
     assert (result.error, result.retryable) == ("relay disabled", False)
     assert await h.sup.go_idle() is False
 
@@ -671,7 +674,7 @@ async def test_R54_disabled_fails_pending_with_relay_disabled(
     results: list[Any] = []
 
     async def one() -> None:
-        results.append(await h.sup.request(Send("c1", "x")))
+        results.append(await h.sup.outbound.request(Send("c1", "x")))
 
     nursery.start_soon(one)
     await retry.next("outbound")
@@ -709,7 +712,7 @@ async def test_R72_go_idle_serves_until_ack_then_closes_1000(
     item = await h.inbound.receive()
     assert item.event.text == "late"
     assert h.sup.state == "idle_requested"
-    result = await h.sup.request(Send("c1", "bye"))
+    result = await h.sup.outbound.request(Send("c1", "bye"))
     assert result.success
     await conn.closed.wait()
     await h.finished.wait()
@@ -870,7 +873,7 @@ async def test_R72_after_the_ack_pending_requests_get_up_to_5s_before_the_close(
     results: list[Any] = []
 
     async def one() -> None:
-        results.append(await h.sup.request(Send("c1", "last words")))
+        results.append(await h.sup.outbound.request(Send("c1", "last words")))
 
     nursery.start_soon(one)
     await conn.next("outbound")

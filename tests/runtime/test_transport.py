@@ -215,7 +215,7 @@ async def test_e2e_loopback_handshake_outbound_and_go_idle(nursery: trio.Nursery
         await nursery.start(sup.run)
         assert sup.state == "ready"
         assert seen_tokens == [GATEWAY_ID]
-        result = await sup.request(Send("c1", "hello"))
+        result = await sup.outbound.request(Send("c1", "hello"))
         assert result.success and result.message_id == "m1"
         assert await sup.go_idle() is True
     assert sup.state == "closed"

@@ -95,13 +95,13 @@ def make_turn(
         platform="discord", chat_id="c1", chat_type="group", user_id="u1", guild_id=guild
     )
     event = MessageEvent(text="hi", source=source, message_id="m0", delivered_via_relay=True)
-    link.router.memory.remember(event)
-    replies = Replies(link, state or MemoryState(), link.router.identities)
+    link.router.remember(event)
+    replies = Replies(link.router, state or MemoryState())
     return Turn(
         event=event,
         session_key="agent:main:discord:group:c1:u1",
         platform="discord",
-        descriptor=link.descriptor_for("discord"),
+        descriptor=link.router.descriptor_for("discord"),
         decision=Decision(allow=True, reason="t", tier="rule"),
         replies=replies,
     )
