@@ -27,8 +27,6 @@ from protocol.lifecycle import (
     DISABLED_MESSAGE,
     NO_CREDENTIALS_MESSAGE,
     REFUSED_DISABLED_MESSAGE,
-    RELAY_DISABLED,
-    TRANSPORT_CLOSED,
     UNAUTHORIZED,
     Action,
     CancelTimer,
@@ -59,6 +57,8 @@ from protocol.lifecycle import (
     Timing,
     WriteFrames,
 )
+from protocol.results import DISABLED as RELAY_DISABLED
+from protocol.results import TRANSPORT_CLOSED
 
 __all__ = [
     "CLOCK_SKEW_MESSAGE",

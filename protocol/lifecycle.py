@@ -28,8 +28,6 @@ REFUSED_DISABLED_MESSAGE = (
     "a handshake) and --exit-on-refused is set"
 )
 UNAUTHORIZED = 4401
-TRANSPORT_CLOSED = "relay transport closed"
-RELAY_DISABLED = "relay disabled"
 
 
 class ConnectionStateError(RuntimeError):
