@@ -26,20 +26,20 @@ await outbound results without deadlock (R58). The dispatcher then
   the agent reads as ``Turn.deadline``): it ends ``timed_out``, completed and acked like any
   other, so a hung agent never turns its message into a poison loop of replays.
 
-Turn tasks live in a nursery the caller owns (the gateway's), so they outlive a socket.
+The turns themselves (session workers, trust and agent, completion and acks) run in
+:class:`~relay_runtime.sessions.Sessions`; the types it shares with the dispatcher are in
+:mod:`relay_runtime.delivery`. Turn tasks live in a nursery the caller owns (the
+gateway's), so they outlive a socket.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
-import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
@@ -49,36 +49,26 @@ from protocol.events import MessageEvent
 from protocol.frames import Inbound, InboundAck, PassthroughForwardFrame
 from protocol.keys import build_session_key, message_key
 from protocol.passthrough import PassthroughError, decode_forward
-from relay_runtime.outbound import OutboundRouter, reply_ids_for
+from relay_runtime.delivery import Agent, Delivery, DispatchStats, TrustEvaluator
+from relay_runtime.hand_off import InboundItem
+from relay_runtime.outbound import OutboundRouter
+from relay_runtime.sessions import Sessions
 from relay_runtime.state import (
-    REPLY_KEY_BYTES,
     ClaimHandle,
     ClaimRequest,
     ClaimResult,
     ClaimStatus,
-    MessageKey,
     StateError,
-    TurnEndState,
     TurnStore,
 )
-from relay_runtime.turn import Turn
 
 if TYPE_CHECKING:
     from relay_runtime.replies import Replies
-    from trust import Decision, TrustOutcome
 
-__all__ = [
-    "Agent",
-    "Dispatcher",
-    "InboundItem",
-    "TrustEvaluator",
-    "TurnStore",
-]
+__all__ = ["Dispatcher"]
 
 log = logging.getLogger("relay_runtime.dispatcher")
 
-#: How long shutdown waits for a cancelled turn's claim release to commit.
-RELEASE_TIMEOUT_S: Final = 5.0
 #: Longest a written-behind claim or completion waits before it is committed.
 RECORD_DELAY_S: Final = 0.05
 #: First pause after a failed commit of written-behind records (doubling up to the cap).
@@ -89,60 +79,6 @@ RECORD_RETRY_CAP_S: Final = 2.0
 MAX_ADMIT_BATCH: Final = 64
 #: Most deliveries taken back from the durable inbox at once, as slots free up.
 UNPARK_BATCH: Final = 256
-
-InboundItem = Inbound | PassthroughForwardFrame
-Agent = Callable[[Turn], Awaitable[str | None]]
-
-
-class TrustEvaluator(Protocol):
-    """The trust seam: decides whether the agent runs for one event (TR §0)."""
-
-    async def evaluate(self, event: MessageEvent) -> TrustOutcome:
-        """Return the event's outcome; raises nothing but ``trio.Cancelled``."""
-
-
-@attrs.define(eq=False)
-class _Delivery:
-    """One admitted delivery, from claim to ack."""
-
-    event: MessageEvent
-    buffer_id: str | None
-    session_key: str
-    k_msg: MessageKey | None
-    #: The frame, kept in the durable inbox until the turn ends (live deliveries, and any
-    #: delivery parked beyond the pending bound).
-    inbound: str | None = None
-    #: Admitted beyond the pending bound: holds no slot, waits in the durable inbox.
-    parked: bool = False
-    handle: ClaimHandle | None = None
-    turn_id: int | None = None
-
-    @property
-    def resumable(self) -> bool:
-        """Live and left unfinished: the next process resumes it from the inbox (so
-        nothing to release at shutdown: its record stays ``running``)."""
-        return self.inbound is not None and not self.buffer_id and self.turn_id is not None
-
-
-@attrs.define
-class DispatchStats:
-    """Counters for ``gateway.stats``."""
-
-    received: int = 0
-    duplicates: int = 0
-    completed: int = 0
-    failed: int = 0
-    interrupted: int = 0
-    denied: int = 0
-    empty: int = 0
-    cancelled: int = 0
-    timed_out: int = 0
-    dropped: int = 0
-    acked: int = 0
-    ack_failures: int = 0
-    paused: int = 0
-    resumed: int = 0
-    parked: int = 0
 
 
 class Dispatcher:
@@ -170,32 +106,35 @@ class Dispatcher:
                 f"{max_concurrent_turns} and {max_pending_inbound}"
             )
         self.agent = agent
-        self.trust = trust
-        self.replies = replies
         self.outbound = outbound
         self.db = db
         self.max_pending_inbound = max_pending_inbound
         self.group_sessions_per_user = group_sessions_per_user
         self.thread_sessions_per_user = thread_sessions_per_user
         self.clock = clock
-        #: Turn time limit in seconds; ``None`` or 0: none.
-        self.turn_timeout_s = turn_timeout_s or None
-        #: Called with ``(end state, seconds the turn ran)`` after each turn (an observer:
-        #: it must not block or raise). The metrics endpoint's latency histogram.
-        self.on_turn_end: Callable[[str, float], None] | None = None
-        #: The gateway's key for replies' requestIds (the state db's; random if none given).
-        self.reply_key = reply_key if reply_key is not None else os.urandom(REPLY_KEY_BYTES)
         self.stats = DispatchStats()
-        self._limiter = trio.CapacityLimiter(max_concurrent_turns)
+        #: The turns: per-session order, concurrency, interrupts, completion and acks.
+        self.sessions = Sessions(
+            agent=agent,
+            trust=trust,
+            replies=replies,
+            outbound=outbound,
+            db=db,
+            stats=self.stats,
+            clock=clock,
+            max_concurrent_turns=max_concurrent_turns,
+            turn_timeout_s=turn_timeout_s,
+            reply_key=reply_key,
+            free_slot=self._free_slot,
+            ack=self._ack,
+            commit=self._commit,
+        )
         self._slots = trio.Semaphore(max_pending_inbound)
         self._paused = False
         #: Admitted deliveries beyond the pending bound, oldest first: their frames wait in
         #: the durable inbox (the state db), only ``(turn_id, claim)`` is held here.
         self._parked: deque[tuple[int, ClaimHandle | None]] = deque()
         self._unpark_wake = trio.Event()
-        self._queues: dict[str, deque[_Delivery]] = {}
-        self._running: dict[str, trio.CancelScope] = {}
-        self._waiting_acks: dict[int, list[str]] = {}
         self._idle = trio.Event()
         self._idle.set()
 
@@ -209,7 +148,25 @@ class Dispatcher:
     @property
     def running(self) -> int:
         """Turns running now."""
-        return len(self._running)
+        return self.sessions.running
+
+    @property
+    def turn_timeout_s(self) -> float | None:
+        """Turn time limit in seconds; ``None``: none."""
+        return self.sessions.turn_timeout_s
+
+    @turn_timeout_s.setter
+    def turn_timeout_s(self, seconds: float | None) -> None:
+        self.sessions.turn_timeout_s = seconds or None
+
+    @property
+    def on_turn_end(self) -> Callable[[str, float], None] | None:
+        """Called with ``(end state, seconds the turn ran)`` after each turn (an observer)."""
+        return self.sessions.on_turn_end
+
+    @on_turn_end.setter
+    def on_turn_end(self, observer: Callable[[str, float], None] | None) -> None:
+        self.sessions.on_turn_end = observer
 
     @property
     def queued(self) -> int:
@@ -238,18 +195,8 @@ class Dispatcher:
     # ------------------------------------------------------------------ control
 
     def interrupt(self, session_key: str, chat_id: str = "") -> bool:
-        """Cancel the running turn of exactly ``session_key`` (R67); unknown keys: no-op.
-
-        Queued deliveries of the session still run. ``chat_id`` is accepted for the
-        supervisor's ``on_interrupt`` signature; there is no typing loop to stop.
-        """
-        scope = self._running.get(session_key)
-        if scope is None:
-            log.debug("relay: interrupt for %r: no running turn", session_key)
-            return False
-        log.info("relay: interrupting the running turn of %s", session_key)
-        scope.cancel()
-        return True
+        """Cancel the running turn of exactly ``session_key`` (R67); unknown keys: no-op."""
+        return self.sessions.interrupt(session_key, chat_id)
 
     # ------------------------------------------------------------------ intake
 
@@ -334,7 +281,7 @@ class Dispatcher:
                 continue
             delivery = self._delivery(item, event)
             delivery.handle, delivery.turn_id = claim.handle, record.turn_id
-            self._queue(delivery, turn_nursery)
+            self.sessions.queue(delivery, turn_nursery)
         log.info("relay: resumed %d unfinished live message(s)", self.stats.resumed)
 
     async def admit(self, item: InboundItem, turn_nursery: trio.Nursery) -> None:
@@ -348,7 +295,7 @@ class Dispatcher:
         before it; otherwise it is parked: claimed like any other, its frame kept in the
         durable inbox (committed with the claims), and taken back in order as slots free.
         """
-        gathered: list[_Delivery] = []
+        gathered: list[Delivery] = []
         try:
             for item in items:
                 self.stats.received += 1
@@ -374,8 +321,8 @@ class Dispatcher:
                     self._free_slot()
             raise
 
-    def _delivery(self, item: InboundItem, event: MessageEvent, *, park: bool = False) -> _Delivery:
-        delivery = _Delivery(
+    def _delivery(self, item: InboundItem, event: MessageEvent, *, park: bool = False) -> Delivery:
+        delivery = Delivery(
             inbound=encode_frame(item) if park or not item.buffer_id else None,
             parked=park,
             event=event,
@@ -391,7 +338,7 @@ class Dispatcher:
         return delivery
 
     async def _claim_and_queue(
-        self, deliveries: list[_Delivery], turn_nursery: trio.Nursery
+        self, deliveries: list[Delivery], turn_nursery: trio.Nursery
     ) -> None:
         """Claim ``deliveries`` (each holding a slot) in one operation; route each in order.
 
@@ -425,7 +372,7 @@ class Dispatcher:
 
     def _route(
         self,
-        delivery: _Delivery,
+        delivery: Delivery,
         claim: ClaimResult,
         turn_id: int | None,
         turn_nursery: trio.Nursery,
@@ -442,7 +389,7 @@ class Dispatcher:
             if not delivery.parked:
                 self._free_slot()
             if delivery.buffer_id and claim.handle is not None:
-                self._waiting_acks.setdefault(claim.handle.claim_id, []).append(delivery.buffer_id)
+                self.sessions.ack_later(claim.handle.claim_id, delivery.buffer_id)
             return None
         delivery.handle = claim.handle
         delivery.turn_id = turn_id
@@ -450,7 +397,7 @@ class Dispatcher:
             assert turn_id is not None
             self._park(turn_id, claim.handle)
         else:
-            self._queue(delivery, turn_nursery)
+            self.sessions.queue(delivery, turn_nursery)
         return None
 
     def _park(self, turn_id: int, handle: ClaimHandle | None) -> None:
@@ -490,7 +437,7 @@ class Dispatcher:
                     delivery = self._delivery(item, event)
                     delivery.handle, delivery.turn_id = handle, turn_id
                     delivery.inbound = delivery.inbound or frames[turn_id]
-                    self._queue(delivery, turn_nursery)
+                    self.sessions.queue(delivery, turn_nursery)
                     queued += 1
             finally:
                 for _ in batch[queued:]:
@@ -508,16 +455,6 @@ class Dispatcher:
             except StateError:
                 await trio.sleep(pause)
                 pause = min(pause * 2, RECORD_RETRY_CAP_S)
-
-    def _queue(self, delivery: _Delivery, turn_nursery: trio.Nursery) -> None:
-        """Queue a claimed delivery (holding a slot) behind its session's others."""
-        queue = self._queues.get(delivery.session_key)
-        if queue is None:
-            queue = self._queues[delivery.session_key] = deque()
-            queue.append(delivery)
-            turn_nursery.start_soon(self._session_worker, delivery.session_key, queue)
-        else:
-            queue.append(delivery)
 
     def _event_of(self, item: InboundItem) -> MessageEvent | None:
         if isinstance(item, Inbound):
@@ -553,155 +490,3 @@ class Dispatcher:
         else:
             # Not queued across a drop: the connector redelivers and the replay is acked.
             self.stats.ack_failures += 1
-
-    # ------------------------------------------------------------------ turns
-
-    async def _session_worker(self, session_key: str, queue: deque[_Delivery]) -> None:
-        """Run one session's deliveries in arrival order; exits when the queue is empty."""
-        try:
-            while queue:
-                delivery = queue.popleft()
-                try:
-                    await self._run_delivery(delivery)
-                finally:
-                    self._free_slot()
-        finally:
-            if self._queues.get(session_key) is queue:
-                del self._queues[session_key]
-            if queue:
-                # Shutdown cancelled us with deliveries never started: release their claims.
-                await self._release_unstarted(list(queue))
-                for _ in range(len(queue)):
-                    self._free_slot()
-                queue.clear()
-
-    async def _release_unstarted(self, deliveries: list[_Delivery]) -> None:
-        with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
-            for delivery in deliveries:
-                self.stats.cancelled += 1
-                if delivery.handle is not None:
-                    self._waiting_acks.pop(delivery.handle.claim_id, None)
-                if not delivery.resumable:  # else kept running for the next process
-                    with contextlib.suppress(StateError):  # logged; recovery releases it
-                        await self.db.release_unstarted(delivery.handle, delivery.turn_id)
-
-    async def _run_delivery(self, delivery: _Delivery) -> None:
-        turn_id = delivery.turn_id
-        started = False
-        try:
-            async with self._limiter:
-                started = True
-                began = trio.current_time()
-                state, error = await self._run_turn(delivery)
-                if self.on_turn_end is not None:
-                    self.on_turn_end(state, trio.current_time() - began)
-                # Only what is acked needs its completion committed first (R65); the rest
-                # is recorded behind, off the session's path.
-                write_behind = not delivery.buffer_id and not self._acks_waiting_on(delivery)
-                try:
-                    await self.db.complete_turn(
-                        delivery.handle,
-                        turn_id,
-                        state,
-                        self.clock(),
-                        error,
-                        write_behind=write_behind,
-                    )
-                except StateError:
-                    # Storage fails: the record is kept and retried; the ack waits for it.
-                    await self._commit()
-        except trio.Cancelled:
-            # Shutdown (an interrupt is caught inside the turn): no ack, claim released,
-            # so the connector's replay runs it again (R64). If the turn had finished and
-            # only its completion was waiting to commit, that completion stands (it is
-            # kept) and the release finds nothing: the replay is acked without running.
-            # A live delivery is not released: its inbox record stays running and the
-            # next process resumes it (its replies go out under the same requestIds).
-            self.stats.cancelled += 1
-            with trio.move_on_after(RELEASE_TIMEOUT_S, shield=True):
-                if delivery.handle is not None:
-                    self._waiting_acks.pop(delivery.handle.claim_id, None)
-                with contextlib.suppress(StateError):  # logged; recovery releases it
-                    if delivery.resumable:
-                        pass
-                    elif started:
-                        await self.db.release_turn(delivery.handle, turn_id, self.clock())
-                    else:
-                        await self.db.release_unstarted(delivery.handle, turn_id)
-            raise
-        setattr(self.stats, state, getattr(self.stats, state) + 1)
-        if delivery.buffer_id:
-            self._ack(delivery.buffer_id)
-        if self._acks_waiting_on(delivery):
-            if write_behind:  # a duplicate came while the completion was being decided
-                await self._commit()
-            assert delivery.handle is not None
-            for buffer_id in self._waiting_acks.pop(delivery.handle.claim_id, []):
-                self._ack(buffer_id)
-
-    def _acks_waiting_on(self, delivery: _Delivery) -> bool:
-        """Duplicates of ``delivery`` wait to be acked when it completes."""
-        return delivery.handle is not None and delivery.handle.claim_id in self._waiting_acks
-
-    async def _run_turn(self, delivery: _Delivery) -> tuple[TurnEndState, str | None]:
-        """Trust, then the agent, in the turn's own cancel scope; returns its end state.
-
-        An interrupt cancels the outer scope; the time limit is an inner scope's deadline.
-        """
-        event = delivery.event
-        state: TurnEndState = "completed"
-        error: str | None = None
-        limit = trio.CancelScope()
-        if self.turn_timeout_s is not None:
-            limit.deadline = trio.current_time() + self.turn_timeout_s
-        with trio.CancelScope() as scope:
-            self._running[delivery.session_key] = scope
-            try:
-                with limit:
-                    if not event.text and not event.media_urls:
-                        self.stats.empty += 1
-                        return "completed", None
-                    outcome = await self.trust.evaluate(event)
-                    turn = self._turn(delivery, outcome.decision, limit.deadline)
-                    if outcome.reply:
-                        await turn.reply(outcome.reply)
-                    if not outcome.run_agent:
-                        return "denied", None
-                    assert self.agent is not None
-                    answer = await self.agent(turn)
-                    if isinstance(answer, str) and answer:
-                        await turn.reply(answer)
-            except Exception as exc:
-                log.exception(
-                    "relay: turn of %s raised; counted completed (no replay)", delivery.session_key
-                )
-                state, error = "failed", f"{type(exc).__name__}: {exc}"
-            finally:
-                del self._running[delivery.session_key]
-        if scope.cancelled_caught:
-            log.info("relay: turn of %s interrupted", delivery.session_key)
-            return "interrupted", None
-        if limit.cancelled_caught:
-            log.warning(
-                "relay: turn of %s (message %s) timed out after %g s (turn_timeout_s); "
-                "cancelled, recorded timed_out, its delivery completed",
-                delivery.session_key,
-                event.delivery_message_id or delivery.buffer_id or "without an id",
-                self.turn_timeout_s,
-            )
-            return "timed_out", f"timed out after {self.turn_timeout_s:g} s"
-        return state, error
-
-    def _turn(self, delivery: _Delivery, decision: Decision, deadline: float) -> Turn:
-        source = delivery.event.source
-        platform = self.outbound.reply_platform(source.platform_raw)
-        return Turn(
-            event=delivery.event,
-            session_key=delivery.session_key,
-            platform=platform,
-            descriptor=self.outbound.descriptor_for(platform),
-            decision=decision,
-            replies=self.replies,
-            deadline=None if deadline == math.inf else deadline,
-            request_ids=reply_ids_for(self.reply_key, delivery.k_msg, delivery.buffer_id),
-        )

@@ -29,8 +29,10 @@ from relay_runtime.control import (
     declare_policy,
     upgrade_token_factory,
 )
-from relay_runtime.dispatcher import Agent, Dispatcher, InboundItem, TrustEvaluator
+from relay_runtime.delivery import Agent, TrustEvaluator
+from relay_runtime.dispatcher import Dispatcher
 from relay_runtime.errors import RelayDisabled, leaves
+from relay_runtime.hand_off import InboundItem
 from relay_runtime.replies import Replies
 from relay_runtime.state import LeaseLost, StateDB, StateError, StateStore, StorageFailed
 from relay_runtime.supervisor import Supervisor

@@ -31,7 +31,7 @@ from protocol.urls import redact_url
 from relay_runtime import stop_signals
 from relay_runtime.cli import UsageError
 from relay_runtime.config import GatewayConfig, warn_if_plain_text
-from relay_runtime.dispatcher import Agent, TrustEvaluator
+from relay_runtime.delivery import Agent, TrustEvaluator
 from relay_runtime.errors import leaves
 from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.logs import register_secret

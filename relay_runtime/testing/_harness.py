@@ -22,7 +22,7 @@ import trio.to_thread
 from protocol.events import MessageEvent, SessionSource
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector import Delivery, ReferenceConnector
-from relay_runtime.dispatcher import Agent, TrustEvaluator
+from relay_runtime.delivery import Agent, TrustEvaluator
 from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.transport import Dialer
 from trust import Decision, TrustOutcome

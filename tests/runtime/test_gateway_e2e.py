@@ -27,7 +27,7 @@ from protocol.frames import Outbound
 from relay_runtime import ConfigError, Gateway, GatewayConfig, RelayDisabled, Turn, run_gateway
 from relay_runtime.connector.outcomes import NoAnswer
 from relay_runtime.connector.server import ReferenceConnector
-from relay_runtime.dispatcher import Agent
+from relay_runtime.delivery import Agent
 from relay_runtime.state import DB_FILENAME, StateDB
 
 GATEWAY_ID = "gw-e2e"

@@ -18,7 +18,7 @@ import trio
 from protocol.events import MessageEvent, SessionSource
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector.server import ReferenceConnector
-from relay_runtime.dispatcher import Agent
+from relay_runtime.delivery import Agent
 from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.turn import Turn
 

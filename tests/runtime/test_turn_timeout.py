@@ -114,7 +114,7 @@ async def test_an_interrupt_is_not_a_timeout(
     await rig.feed(inbound("hi", chat="a", buffer_id="b1"))
     await started.wait()
     await trio.sleep(10)
-    session = next(iter(rig.dispatcher._running))
+    session = rig.dispatcher.sessions.running_sessions[0]
     assert rig.dispatcher.interrupt(session, "a")
     await rig.settle()
     assert outcomes == ["interrupted"]
