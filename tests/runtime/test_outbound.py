@@ -13,8 +13,9 @@ import trio.testing
 from protocol.actions import Edit, FollowUp, GetChatInfo, Send, Typing
 from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
 from protocol.events import Identity, MessageEvent, SessionSource
-from protocol.frames import Frame, OutboundResult
-from relay_runtime.outbound import ChatMemory, OutboundRouter, new_request_id
+from protocol.frames import Frame, InboundAck, OutboundResult
+from protocol.results import ErrorKind, SendResult
+from relay_runtime.outbound import ChatMemory, OutboundRouter, Retry, new_request_id, retry_for
 
 
 class FakeLink:
@@ -27,17 +28,21 @@ class FakeLink:
         self.write_error: str | None = None
         self.descriptor = descriptor or placeholder_descriptor("discord")
         self.arrived = trio.Event()
+        self.received: dict[str, CapabilityDescriptor] = {}
+        self.queued: list[Frame] = []
 
     @property
     def descriptors(self) -> dict[str, CapabilityDescriptor]:
-        return {}
+        return self.received
 
     @property
     def default_descriptor(self) -> CapabilityDescriptor:
         return self.descriptor
 
     def send_nowait(self, frame: Frame) -> bool:
-        return False
+        if self.live:
+            self.queued.append(frame)
+        return self.live
 
     async def write(self, text: str) -> str | None:
         await trio.lowlevel.checkpoint()
@@ -255,3 +260,129 @@ def test_chat_memory_is_an_lru_of_bounded_size() -> None:
     assert facts is not None and facts.guild_id == "g-a" and facts.platform_raw == "discord"
     memory.remember(MessageEvent(text="no chat"))
     assert len(memory) == 3
+
+
+# ----------------------------------------------------------------------------- the owner
+
+
+def test_identity_descriptor_and_reply_platform_are_resolved_in_one_place() -> None:
+    link = FakeLink()
+    slack = CapabilityDescriptor(1, "slack", "S", 4000, True, True, True, "plain", "chars")
+    link.received = {"slack": slack}
+    r = router(link, Identity("discord", "d1"), Identity("slack", "s1"))
+    assert r.identity_for("slack") == Identity("slack", "s1")
+    assert r.identity_for("matrix") is None
+    assert r.identity_for(None) is None
+    assert r.identity_for("") is None
+    assert r.reply_platform("slack") == "slack"
+    assert r.reply_platform("") == "discord"  # the primary identity's when none is named
+    assert r.descriptor_for("slack") is slack  # as received
+    # A configured platform without a descriptor yet: its placeholder.
+    assert r.descriptor_for("discord") == placeholder_descriptor("discord")
+    # "" and unknown platforms: the session default.
+    assert r.descriptor_for("") is link.descriptor
+    assert r.descriptor_for("matrix") is link.descriptor
+
+
+@pytest.mark.parametrize(
+    ("result", "retry"),
+    [
+        (SendResult.from_wire({"success": True}), Retry.NO),
+        (SendResult.queued_result(1), Retry.NO),
+        (SendResult.from_wire({"success": False, "error": "x", "retryable": True}), Retry.OUTBOX),
+        (
+            SendResult.from_wire(
+                {"success": False, "error": "x", "retryable": True, "ambiguous": True}
+            ),
+            Retry.NO,
+        ),
+        (SendResult.from_wire({"success": False, "error": "forbidden"}), Retry.NO),
+        (SendResult.from_wire({"success": False, "code": "egress_declined"}), Retry.NO),
+        (SendResult.failure("any text", kind=ErrorKind.REJECTED), Retry.NO),
+        (SendResult.failure("any text", kind=ErrorKind.DISABLED), Retry.HALT),
+        (SendResult.failure("any text", kind=ErrorKind.NOT_CONNECTED), Retry.AFTER_RECONNECT),
+        (SendResult.failure("any text", kind=ErrorKind.CLOSED), Retry.AFTER_RECONNECT),
+        (SendResult.failure("any text", kind=ErrorKind.DROPPED), Retry.AFTER_RECONNECT),
+        (SendResult.failure("any text", kind=ErrorKind.TIMED_OUT), Retry.UNANSWERED),
+        (SendResult.failure("any text", kind=ErrorKind.OUTBOX_FULL), Retry.NO),
+    ],
+)
+def test_retry_is_decided_by_the_error_kind_not_the_text(result: SendResult, retry: Retry) -> None:
+    assert retry_for(result) is retry
+
+
+def test_every_error_kind_has_a_retry() -> None:
+    for kind in ErrorKind:
+        assert isinstance(retry_for(SendResult.failure("x", kind=kind)), Retry)
+
+
+async def test_local_failures_carry_their_kind(autojump_clock: trio.testing.MockClock) -> None:
+    link = FakeLink()
+    r = router(link, max_frame=1024, timeout=5.0)
+    link.live, link.state = False, "backoff"
+    assert (await r.request(Send("c", "x"))).error_kind is ErrorKind.NOT_CONNECTED
+    link.state = "disabled"
+    assert (await r.request(Send("c", "x"))).error_kind is ErrorKind.DISABLED
+    link.state = "closed"
+    assert (await r.request(Send("c", "x"))).error_kind is ErrorKind.CLOSED
+    link.live, link.state = True, "ready"
+    link.write_error = "connection closed"
+    assert (await r.request(Send("c", "x"))).error_kind is ErrorKind.DROPPED
+    link.write_error = None
+    assert (await r.request(Send("c", "x" * 2000))).error_kind is ErrorKind.REJECTED
+    bad = Send("c", "x", metadata={"bad": object()})
+    unencodable = await r.request(bad)
+    assert unencodable.error_kind is ErrorKind.REJECTED
+    assert retry_for(unencodable) is Retry.NO  # it would never encode: not queued
+    assert (await r.request(Send("c", "x"))).error_kind is ErrorKind.TIMED_OUT
+
+
+async def test_stop_makes_a_refusal_say_the_transport_closed() -> None:
+    link = FakeLink()
+    r = router(link)
+    link.live, link.state = False, "idle_acked"  # a going-idle close in progress
+    before = await r.request(Send("c", "x"))
+    assert (before.error, before.retryable) == ("relay transport not connected", True)
+    r.stop()
+    after = await r.request(Send("c", "x"))
+    assert (after.error, after.retryable, after.error_kind) == (
+        "relay transport closed",
+        False,
+        ErrorKind.CLOSED,
+    )
+    assert link.written == []
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable", "kind"),
+    [
+        ("relay transport closed", True, ErrorKind.DROPPED),
+        ("relay transport closed", False, ErrorKind.CLOSED),
+        ("relay disabled", False, ErrorKind.DISABLED),
+    ],
+)
+async def test_fail_all_names_what_the_pending_requests_came_to(
+    error: str, retryable: bool, kind: ErrorKind
+) -> None:
+    link = FakeLink()
+    r = router(link)
+    results: list[SendResult] = []
+
+    async def one() -> None:
+        results.append(await r.request(Send("c", "x")))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(one)
+        await link.arrived.wait()
+        assert r.fail_all(error, retryable=retryable) == 1
+    (result,) = results
+    assert (result.error, result.retryable, result.error_kind) == (error, retryable, kind)
+
+
+async def test_acks_and_interrupts_go_out_through_the_owner_link() -> None:
+    link = FakeLink()
+    r = router(link)
+    assert r.send_nowait(InboundAck("b1")) is True
+    link.live = False
+    assert r.send_nowait(InboundAck("b2")) is False
+    assert link.queued == [InboundAck("b1")]

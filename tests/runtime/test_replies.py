@@ -501,3 +501,17 @@ async def test_a_send_nobody_answered_goes_to_the_outbox_under_its_id() -> None:
     assert result.queued
     (entry,) = state.outbox.values()
     assert entry.request_id == link.requests[0].request_id == "ab" * 16
+
+
+async def test_a_reply_that_can_never_go_out_is_final_not_queued() -> None:
+    # An unencodable, too large or unsupported reply would fail the same way from the
+    # outbox: the owner marks it REJECTED, and the reply policy returns it as it is.
+    async def rejected(action: Action, platform_raw: str | None, rid: str | None) -> SendResult:
+        return SendResult.failure("relay frame too large", kind=ErrorKind.REJECTED)
+
+    state = MemoryState()
+    replies = Replies(FakeLink(responder=rejected), state)
+    result = await replies.send(send("a"), platform_raw="discord")
+    assert (result.error, result.queued) == ("relay frame too large", False)
+    assert state.outbox == {}
+    assert replies.resubmitted == 0
