@@ -68,6 +68,10 @@ class LaneCounts:
         self._counts = counts
         self.loaded = True
 
+    def holds_any(self, *, anything_queued: bool) -> bool:
+        """Whether any lane may hold a new reply up (a quick look before :meth:`holds`)."""
+        return bool(self._counts) if self.loaded else anything_queued
+
     def holds(self, lane: Lane, *, anything_queued: bool) -> bool:
         """Whether a new reply in ``lane`` must queue behind entries already there."""
         if not self.loaded:

@@ -222,8 +222,10 @@ class Replies:
         entries of its own lane, so one chat's backlog after a drop does not hold up the
         others (our choice; issue: "in order per session").
         """
+        if not self._lanes.holds_any(anything_queued=self._count > 0):
+            return False  # the common case: nothing queued, no lane to look up
         lane = lane_of(self._entry_platform(platform_raw), action)
-        return self._lanes.holds(lane, anything_queued=self._count > 0)
+        return self._lanes.holds(lane, anything_queued=True)
 
     async def load_lanes(self) -> None:
         """Count the outbox's entries per lane (the flusher does this when it starts)."""
