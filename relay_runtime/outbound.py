@@ -24,7 +24,7 @@ import trio
 from protocol.actions import Action, Edit, GetChatInfo, Send, Typing
 from protocol.auth import derive_request_id
 from protocol.codec import encode_frame
-from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
+from protocol.descriptor import CapabilityDescriptor
 from protocol.events import Identity, MessageEvent
 from protocol.frames import Frame, Outbound, OutboundResult
 from protocol.framing import exceeds_limit
@@ -117,13 +117,8 @@ class Link(Protocol):
     def state(self) -> str:
         """The lower-case connection state name."""
 
-    @property
-    def descriptors(self) -> Mapping[str, CapabilityDescriptor]:
-        """Every descriptor received, by platform."""
-
-    @property
-    def default_descriptor(self) -> CapabilityDescriptor:
-        """The session default: the first descriptor of the latest handshake."""
+    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
+        """The descriptor in force for ``platform``; the default for ``""`` or unknown."""
 
     async def write(self, text: str) -> str | None:
         """Write one encoded frame; ``None`` once written, else why it failed."""
@@ -309,13 +304,11 @@ class OutboundRouter:
         return platform_raw or self.identities[0].platform
 
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
-        """The descriptor in force for ``platform``; the default for ``""`` or unknown."""
-        descriptors = self.link.descriptors
-        if platform in descriptors:
-            return descriptors[platform]
-        if platform and self.identity_for(platform) is not None:
-            return placeholder_descriptor(platform)
-        return self.link.default_descriptor
+        """The descriptor in force for ``platform``; the default for ``""`` or unknown.
+
+        The connection keeps the descriptors and decides (``RelayConnection.descriptor_for``).
+        """
+        return self.link.descriptor_for(platform)
 
     def remember(self, event: MessageEvent) -> None:
         """Feed the chat memory used for tagging and scope injection (RC §7.7)."""

@@ -396,9 +396,8 @@ class WireLink:
     def live(self) -> bool:
         return self.state in ("ready", "idle_requested")
 
-    @property
-    def default_descriptor(self) -> CapabilityDescriptor:
-        platform = self.identities[0].platform
+    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
+        platform = platform or self.identities[0].platform  # "" = the default one
         return self.descriptors.get(platform) or placeholder_descriptor(platform)
 
     async def write(self, text: str) -> str | None:

@@ -31,13 +31,8 @@ class FakeLink:
         self.received: dict[str, CapabilityDescriptor] = {}
         self.queued: list[Frame] = []
 
-    @property
-    def descriptors(self) -> dict[str, CapabilityDescriptor]:
-        return self.received
-
-    @property
-    def default_descriptor(self) -> CapabilityDescriptor:
-        return self.descriptor
+    def descriptor_for(self, platform: str) -> CapabilityDescriptor:
+        return self.received.get(platform, self.descriptor)
 
     def send_nowait(self, frame: Frame) -> bool:
         if self.live:
@@ -265,7 +260,7 @@ def test_chat_memory_is_an_lru_of_bounded_size() -> None:
 # ----------------------------------------------------------------------------- the owner
 
 
-def test_identity_descriptor_and_reply_platform_are_resolved_in_one_place() -> None:
+def test_identity_and_reply_platform_are_resolved_in_one_place() -> None:
     link = FakeLink()
     slack = CapabilityDescriptor(1, "slack", "S", 4000, True, True, True, "plain", "chars")
     link.received = {"slack": slack}
@@ -276,12 +271,10 @@ def test_identity_descriptor_and_reply_platform_are_resolved_in_one_place() -> N
     assert r.identity_for("") is None
     assert r.reply_platform("slack") == "slack"
     assert r.reply_platform("") == "discord"  # the primary identity's when none is named
-    assert r.descriptor_for("slack") is slack  # as received
-    # A configured platform without a descriptor yet: its placeholder.
-    assert r.descriptor_for("discord") == placeholder_descriptor("discord")
-    # "" and unknown platforms: the session default.
+    # Descriptors are the connection's (RelayConnection.descriptor_for decides): asked
+    # through the link.
+    assert r.descriptor_for("slack") is slack
     assert r.descriptor_for("") is link.descriptor
-    assert r.descriptor_for("matrix") is link.descriptor
 
 
 @pytest.mark.parametrize(
