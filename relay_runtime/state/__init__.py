@@ -3,7 +3,8 @@ window, behind one interface (:class:`StateStore`) the dispatcher and the reply 
 
 :class:`StateDB` is the SQLite store (``<state_dir>/relay.db``); ``PgStateDB`` keeps the
 same state in PostgreSQL, and ``Lease`` lets one process at a time serve a gateway id
-there (both need the ``postgres`` extra, so they are imported on first use). The parts,
+there (both need the ``postgres`` extra, so they are imported on first use, as is
+``PG_SCHEMA_VERSION``, the version of the PostgreSQL tables). The parts,
 each in a module named for what it holds: ``_records`` (records, limits, errors),
 ``_schema`` (the SQLite file and its migrations), ``_engine`` (group commit, write-behind,
 storage-failure episodes), ``_outbox``, ``_turns`` (turns and the durable inbox),
@@ -17,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 from relay_runtime.dedupe import ClaimHandle, ClaimResult, ClaimStatus
-from relay_runtime.state._batch import _Op as _Op  # tests queue raw operations
 from relay_runtime.state._engine import is_storage_error
 from relay_runtime.state._interface import OutboxStore, StateStore, TurnStore
 from relay_runtime.state._records import (
@@ -49,6 +49,7 @@ __all__ = [
     "DB_FILENAME",
     "FOLLOW_UP_TTL_S",
     "OUTBOX_MAX_ATTEMPTS",
+    "PG_SCHEMA_VERSION",
     "REPLY_KEY_BYTES",
     "RESUME_MAX",
     "SCHEMA_VERSION",
@@ -80,18 +81,21 @@ __all__ = [
     "is_storage_error",
 ]
 
+#: Name -> (module, its name there).
 _LAZY = {
-    "PgStateDB": "relay_runtime.state._pg",
-    "Lease": "relay_runtime.state._lease",
-    "LeaseSql": "relay_runtime.state._lease",
+    "PgStateDB": ("relay_runtime.state._pg", "PgStateDB"),
+    "PG_SCHEMA_VERSION": ("relay_runtime.state._pg_schema", "SCHEMA_VERSION"),
+    "Lease": ("relay_runtime.state._lease", "Lease"),
+    "LeaseSql": ("relay_runtime.state._lease", "LeaseSql"),
 }
 
 
 def __getattr__(name: str) -> Any:
     """The PostgreSQL parts, imported on first use (psycopg is an optional extra)."""
-    module = _LAZY.get(name)
-    if module is None:
+    found = _LAZY.get(name)
+    if found is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    module, attribute = found
+    return getattr(importlib.import_module(module), attribute)

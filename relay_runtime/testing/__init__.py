@@ -55,18 +55,44 @@ from relay_runtime.testing._links import reset_stream_pair as reset_stream_pair
 from relay_runtime.testing._replay import inline_threads as inline_threads
 from relay_runtime.testing._replay import run_deterministic as run_deterministic
 from relay_runtime.testing._replay import seeded_scheduler as seeded_scheduler
+from relay_runtime.testing._store import BatchCount as BatchCount
+from relay_runtime.testing._store import batch_running as batch_running
+from relay_runtime.testing._store import between_batches as between_batches
+from relay_runtime.testing._store import cap_file as cap_file
+from relay_runtime.testing._store import claim_status as claim_status
+from relay_runtime.testing._store import count_batches as count_batches
+from relay_runtime.testing._store import count_completion_bulks as count_completion_bulks
+from relay_runtime.testing._store import probe_connection as probe_connection
+from relay_runtime.testing._store import redirect_reconnects as redirect_reconnects
+from relay_runtime.testing._store import run_operation as run_operation
+from relay_runtime.testing._store import trace_commits as trace_commits
+from relay_runtime.testing._store import window_keys as window_keys
+from relay_runtime.testing._store import write_behind as write_behind
 
 __all__ = [
     "DEFAULT_USER",
+    "BatchCount",
     "Harness",
     "Said",
     "Transport",
     "autojump_around_threads",
+    "batch_running",
+    "between_batches",
+    "cap_file",
+    "claim_status",
+    "count_batches",
+    "count_completion_bulks",
     "inline_threads",
     "open_harness",
     "parse_user",
+    "probe_connection",
+    "redirect_reconnects",
     "reset_memory_dialer",
     "reset_stream_pair",
     "run_deterministic",
+    "run_operation",
     "seeded_scheduler",
+    "trace_commits",
+    "window_keys",
+    "write_behind",
 ]
