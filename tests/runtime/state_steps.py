@@ -4,7 +4,7 @@ The state db used to carry entry points only tests called (``claim``, ``complete
 ``release``, ``turn_started``, ...). These steps do the same through the calls the
 dispatcher and the reply layer make, committing before they return, so tests exercise the
 path production takes. :func:`claim_status` is the one inspection: it reads the store's
-in-memory dedupe window without claiming anything.
+in-memory dedupe window without claiming anything (through ``relay_runtime.testing``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from relay_runtime.state import ClaimRequest, ClaimResult, ClaimStatus, StateDB, TurnStore
+from relay_runtime.testing import claim_status as window_status
 
 if TYPE_CHECKING:
     from relay_runtime.dedupe import ClaimHandle
@@ -118,6 +119,4 @@ async def peek_next(db: OutboxStore, now: float) -> OutboxEntry | None:
 
 async def claim_status(db: StateDB, k_msg: MessageKey | None, k_buf: str | None) -> ClaimStatus:
     """What a claim of these keys would return now, without claiming (inspection)."""
-    from relay_runtime.state._records import _claim_keys
-
-    return db._dedupe.status(_claim_keys(k_msg, k_buf))
+    return window_status(db, k_msg, k_buf)

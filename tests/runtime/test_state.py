@@ -24,7 +24,13 @@ from relay_runtime.state import (
     OutboxFull,
     StateDB,
     StateError,
-    _Op,
+)
+from relay_runtime.testing import (
+    count_completion_bulks,
+    probe_connection,
+    run_operation,
+    trace_commits,
+    write_behind,
 )
 from tests.runtime import state_steps as steps
 
@@ -355,7 +361,7 @@ async def test_restart_reads_the_window_back_and_trims_it_to_a_lower_bound(
 
 async def test_claim_turns_decides_at_once_and_records_behind(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        commits = _commits(db)
+        commits = trace_commits(db)
         requests = [ClaimRequest("s", ("relay", "c", f"m{i}"), None) for i in range(3)]
         results = await db.claim_turns(requests, T0)
         assert commits == []  # decided without a commit
@@ -402,7 +408,7 @@ async def test_a_completion_written_behind_is_decided_at_once_and_committed_late
 ) -> None:
     async with await open_db(tmp_path) as db:
         claim, turn_id = await steps.claim_turn(db, "s", K1, None, T0)
-        commits = _commits(db)
+        commits = trace_commits(db)
         await db.complete_turn(claim.handle, turn_id, "completed", T0 + 1, write_behind=True)
         assert commits == []
         assert await steps.claim_status(db, K1, None) is ClaimStatus.COMPLETED
@@ -434,8 +440,8 @@ async def test_a_failed_record_written_behind_is_kept_in_order_and_flush_says_so
         def after(conn: sqlite3.Connection) -> None:
             ran.append("after")
 
-        db._write_behind(_Op(flaky))
-        db._write_behind(_Op(after))
+        write_behind(db, flaky)
+        write_behind(db, after)
         caplog.set_level(logging.ERROR, logger="relay_runtime.state")
         with pytest.raises(StateError, match="disk I/O error"):
             await db.flush()
@@ -667,7 +673,9 @@ async def test_a_second_gateway_on_the_same_state_dir_is_refused(tmp_path: Path)
 
 async def test_synchronous_full_on_the_connection(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        level = await db._run(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+        level = await run_operation(
+            db, lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]
+        )
         assert level == 2  # FULL
 
 
@@ -698,7 +706,7 @@ async def test_trust_tables_in_the_same_file_are_left_alone(tmp_path: Path) -> N
 
 async def test_lock_held_too_long_is_a_state_error(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        await db._run(lambda conn: conn.execute("PRAGMA busy_timeout = 0"))
+        await run_operation(db, lambda conn: conn.execute("PRAGMA busy_timeout = 0"))
         blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         try:
@@ -733,17 +741,15 @@ async def test_closed_database_refuses_calls(tmp_path: Path) -> None:
 
 async def test_aclose_in_a_cancelled_scope_still_closes_the_connection(tmp_path: Path) -> None:
     db = await open_db(tmp_path)
-    conn = db._conn
     with trio.CancelScope() as scope:
         scope.cancel()
         await db.aclose()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        conn.execute("SELECT 1")
+        probe_connection(db)
 
 
 async def test_aclose_waits_for_a_running_call_then_closes(tmp_path: Path) -> None:
     db = await open_db(tmp_path)
-    conn = db._conn
     async with trio.open_nursery() as nursery:
         nursery.start_soon(put_send, db, "m")
         await trio.testing.wait_all_tasks_blocked()
@@ -751,7 +757,7 @@ async def test_aclose_waits_for_a_running_call_then_closes(tmp_path: Path) -> No
             scope.cancel()
             await db.aclose()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        conn.execute("SELECT 1")
+        probe_connection(db)
     async with await open_db(tmp_path) as again:
         assert await again.count() == 1
 
@@ -795,19 +801,12 @@ async def test_database_calls_do_not_block_the_trio_loop(
 # ---------------------------------------------------------------------- group commit
 
 
-def _commits(db: StateDB) -> list[str]:
-    """Record the COMMITs the connection runs from now on."""
-    seen: list[str] = []
-    db._conn.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
-    return seen
-
-
 async def test_calls_queued_during_a_batch_commit_together_in_one_transaction(
     tmp_path: Path,
 ) -> None:
     """While the first put waits for the write lock, nine more queue; they commit as one."""
     async with await open_db(tmp_path) as db:
-        commits = _commits(db)
+        commits = trace_commits(db)
         blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         ids: dict[str, int] = {}
@@ -833,7 +832,7 @@ async def test_a_failing_operation_rolls_back_alone_and_raises_to_its_caller(
     tmp_path: Path,
 ) -> None:
     async with await open_db(tmp_path, outbox_max=2) as db:
-        commits = _commits(db)
+        commits = trace_commits(db)
         blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         outcomes: dict[str, object] = {}
@@ -855,7 +854,7 @@ async def test_a_failing_operation_rolls_back_alone_and_raises_to_its_caller(
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(call, "put1", lambda: put_send(db, "a"))
             await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(call, "bad", lambda: db._run(insert_then_fail))
+            nursery.start_soon(call, "bad", lambda: run_operation(db, insert_then_fail))
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(call, "put2", lambda: put_send(db, "b"))
             await trio.testing.wait_all_tasks_blocked()
@@ -959,14 +958,7 @@ async def test_neighbouring_completions_run_in_bulk_with_the_effects_of_one_by_o
     in_bulk = tmp_path / "bulk"
     async with await open_db(in_bulk, dedupe_max=4) as db:
         claimed = await deliveries(db)
-        bulk_runs: list[int] = []
-        real_bulk = db._complete_turns_in
-
-        def counted(conn: sqlite3.Connection, args: list[object]) -> list[None]:
-            bulk_runs.append(len(args))
-            return real_bulk(conn, args)  # type: ignore[arg-type]
-
-        db._complete_turns_in = counted  # type: ignore[method-assign]
+        bulk_runs = count_completion_bulks(db)
         blocker = sqlite3.connect(in_bulk / DB_FILENAME, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         async with trio.open_nursery() as nursery:
@@ -1015,7 +1007,7 @@ async def test_a_failing_bulk_is_rolled_back_and_its_operations_run_one_by_one(
 
         async def call(name: str, bulk_fn: object) -> None:
             try:
-                outcomes[name] = await db._run(insert(name), bulk_fn, name)  # type: ignore[arg-type]
+                outcomes[name] = await run_operation(db, insert(name), bulk_fn, name)  # type: ignore[arg-type]
             except Exception as exc:
                 outcomes[name] = exc
 
@@ -1037,7 +1029,7 @@ async def test_a_failing_bulk_is_rolled_back_and_its_operations_run_one_by_one(
 
 async def test_claim_turn_claims_and_records_the_turn_in_one_transaction(tmp_path: Path) -> None:
     async with await open_db(tmp_path) as db:
-        commits = _commits(db)
+        commits = trace_commits(db)
         claim, turn_id = await steps.claim_turn(db, "s", K1, "buf-1", T0)
         assert len(commits) == 1
         assert claim.status is ClaimStatus.NEW and turn_id is not None
@@ -1067,7 +1059,7 @@ async def test_claim_turns_records_in_one_transaction_and_resolves_like_sequenti
     async with await open_db(tmp_path) as db:
         first, first_turn = await steps.claim_turn(db, "s0", ("discord", "c", "done"), None, T0)
         await db.complete_turn(first.handle, first_turn, "completed", T0)
-        commits = _commits(db)
+        commits = trace_commits(db)
         results = await db.claim_turns(
             [
                 ClaimRequest("s1", K1, "buf-1"),

@@ -94,7 +94,7 @@ def _members(protocol: type) -> set[str]:
     return {
         name
         for klass in protocol.__mro__
-        if klass.__module__ == "relay_runtime.state._interface"
+        if klass in (TurnStore, OutboxStore)
         for name in vars(klass)
         if not name.startswith("_")
     }

@@ -14,8 +14,14 @@ import psycopg
 import pytest
 import trio
 
-from relay_runtime.state import ClaimRequest, ClaimStatus, PgStateDB, StateError
-from relay_runtime.state._pg_schema import SCHEMA_VERSION, connect
+from relay_runtime.state import (
+    PG_SCHEMA_VERSION,
+    ClaimRequest,
+    ClaimStatus,
+    PgStateDB,
+    StateError,
+)
+from relay_runtime.testing import redirect_reconnects, run_operation
 from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id, require_pg
 
 if TYPE_CHECKING:
@@ -97,14 +103,18 @@ def test_processes_starting_together_create_the_schema_once() -> None:
     errors: list[BaseException] = []
     start = threading.Barrier(4)
 
-    def open_one() -> None:
+    async def open_store(gateway_id: str) -> None:
+        async with await PgStateDB.open(scoped, gateway_id, now=T0, location="pg"):
+            pass
+
+    def open_one(n: int) -> None:
         try:
             start.wait()
-            connect(scoped, "pg").close()
+            trio.run(open_store, pg_gateway_id(f"start{n}"))
         except BaseException as exc:  # collected: the assertion below reports it
             errors.append(exc)
 
-    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    threads = [threading.Thread(target=open_one, args=(n,)) for n in range(4)]
     try:
         for thread in threads:
             thread.start()
@@ -116,7 +126,7 @@ def test_processes_starting_together_create_the_schema_once() -> None:
             tables = conn.execute(
                 "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)
             ).fetchone()
-        assert rows == [(SCHEMA_VERSION,)]
+        assert rows == [(PG_SCHEMA_VERSION,)]
         assert tables == (7,)  # six relay_state_* tables and the version
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:
@@ -144,9 +154,15 @@ def _terminate(pid: int) -> None:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
+async def backend_pid(db: PgStateDB) -> int:
+    """The server process serving the store's connection now."""
+    row = await run_operation(db, lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone())
+    return int(row[0])
+
+
 async def test_a_dropped_connection_reconnects_without_losing_a_write(gateway: str) -> None:
     async with await open_pg(gateway) as db:
-        pid = (await db._run(lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone()))[0]
+        pid = await backend_pid(db)
         await trio.to_thread.run_sync(_terminate, pid)
         await db.put("relay", "bot", "{}", "after-restart", "send", T0)
         assert db.failing_since is None
@@ -154,20 +170,19 @@ async def test_a_dropped_connection_reconnects_without_losing_a_write(gateway: s
 
 
 async def test_an_unreachable_server_is_a_storage_failure_until_it_is_back(
-    gateway: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    gateway: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "relay_runtime.state")
     async with await open_pg(gateway) as db:
-        conn = db._conn
-        pid = (await db._run(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()))[0]
-        monkeypatch.setattr(conn, "_dsn", "postgresql://postgres@127.0.0.1:9/test")
-        await trio.to_thread.run_sync(_terminate, pid)
-        (claim, turn), *_ = await db.claim_turns([ClaimRequest("s", K1, None, "{}")], T0)
-        with pytest.raises(StateError, match="connection failed"):
-            await db.flush()
-        assert db.failing_since is not None
-        assert db.failure_cause is not None and "OperationalError" in db.failure_cause
-        monkeypatch.undo()  # the server is back
+        pid = await backend_pid(db)
+        # Reconnects go to a closed port until the block ends: then the server is back.
+        with redirect_reconnects(db, "postgresql://postgres@127.0.0.1:9/test"):
+            await trio.to_thread.run_sync(_terminate, pid)
+            (claim, turn), *_ = await db.claim_turns([ClaimRequest("s", K1, None, "{}")], T0)
+            with pytest.raises(StateError, match="connection failed"):
+                await db.flush()
+            assert db.failing_since is not None
+            assert db.failure_cause is not None and "OperationalError" in db.failure_cause
         await db.flush()  # the kept records are retried, in order, and committed
         assert db.failing_since is None
         assert await db.inbox_frames([turn or 0]) == {turn: "{}"}

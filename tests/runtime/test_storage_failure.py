@@ -10,7 +10,6 @@ hand (no autojump: the state db's worker thread would let it fire timers early).
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 
 import attrs
@@ -20,19 +19,9 @@ import trio.testing
 
 from relay_runtime.gateway import _watch_storage
 from relay_runtime.state import ClaimRequest, StateDB, StateError, StorageFailed
+from relay_runtime.testing import batch_running, between_batches, cap_file, count_batches
 
 T0 = 1000.0
-
-
-async def cap_size(db: StateDB, pages: int | None = None) -> None:
-    """Cap the file at ``pages`` (its current size when None), on the db's own connection
-    (not through its queue, where failing records go first) between two batches."""
-    await trio.testing.wait_all_tasks_blocked()
-    while db._busy:
-        await db._batch_over.wait()
-    conn: sqlite3.Connection = db._conn
-    size = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count = {size if pages is None else pages}")
 
 
 async def fill(db: StateDB, count: int = 40) -> None:
@@ -68,7 +57,7 @@ async def test_a_full_disk_is_one_error_retried_and_resumes_when_space_is_back(
     link = Link()
     async with await StateDB.open(tmp_path, now=T0) as db, trio.open_nursery() as nursery:
         nursery.start_soon(_watch_storage, db, link, 60.0)
-        await cap_size(db)
+        await cap_file(db)
         await fill(db)
         for _ in range(20):  # every retry fails the same way
             with pytest.raises(StateError, match="database or disk is full"):
@@ -79,7 +68,7 @@ async def test_a_full_disk_is_one_error_retried_and_resumes_when_space_is_back(
         assert link.suspends == 1  # going_idle: the connector buffers meanwhile
         clock.jump(59.0)
         await trio.testing.wait_all_tasks_blocked()
-        await cap_size(db, 1_000_000)  # space is back before the limit
+        await cap_file(db, 1_000_000)  # space is back before the limit
         await db.flush()
         assert db.failing_since is None
         await trio.testing.wait_all_tasks_blocked()
@@ -103,7 +92,7 @@ async def test_storage_broken_for_the_limit_raises_storage_failed(
         with pytest.RaisesGroup(pytest.RaisesExc(StorageFailed, match="for 60 s")):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_storage, db, link, 60.0)
-                await cap_size(db)
+                await cap_file(db)
                 await fill(db)
                 with pytest.raises(StateError):
                     await db.flush()
@@ -114,7 +103,7 @@ async def test_storage_broken_for_the_limit_raises_storage_failed(
                 clock.jump(0.1)
                 await trio.sleep_forever()
     finally:
-        await cap_size(db, 1_000_000)  # so that closing does not wait on the mock clock
+        await cap_file(db, 1_000_000)  # so that closing does not wait on the mock clock
         await db.aclose()
     assert link.suspends == 0
     critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
@@ -128,17 +117,9 @@ async def test_closing_while_storage_fails_is_bounded_and_says_what_was_lost(
     now a few tries back off, then the records are given up with one ERROR."""
     caplog.set_level(logging.DEBUG, logger="relay_runtime.state")
     db = await StateDB.open(tmp_path, now=T0)
-    await cap_size(db)
+    await cap_file(db)
     await fill(db)
-    batches = 0
-    lead = db._lead_batch
-
-    async def counted() -> None:
-        nonlocal batches
-        batches += 1
-        await lead()
-
-    db._lead_batch = counted  # type: ignore[method-assign]
+    counted = count_batches(db)
     closed = trio.Event()
 
     async def close() -> None:
@@ -153,14 +134,14 @@ async def test_closing_while_storage_fails_is_bounded_and_says_what_was_lost(
             await trio.testing.wait_all_tasks_blocked()
             if closed.is_set():
                 break
-            if db._busy:
-                await db._batch_over.wait()
+            if batch_running(db):
+                await between_batches(db)
                 continue
             clock.jump(0.05)
     assert closed.is_set()
     # Tried, backed off (0.1 s), tried, backed off (0.2 s), tried; then given up: a
     # bounded close, where it used to retry at once forever.
-    assert batches == 3
+    assert counted.batches == 3
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 2, [r.message for r in errors]  # the episode, and the give-up
     assert "not committed at close" in errors[1].message
