@@ -64,7 +64,8 @@ class PeerConn:
     closed: trio.Event = attrs.field(factory=trio.Event)
     close_code: int | None = None
     close_reason: str | None = None
-    _arrived: trio.Event = attrs.field(factory=trio.Event)
+    #: Set when a frame arrives or the socket ends (renewed by each wait in :meth:`next`).
+    arrived: trio.Event = attrs.field(factory=trio.Event)
 
     async def send(self, obj: JSON) -> None:
         """Send one frame (compact JSON + newline) to the gateway."""
@@ -81,8 +82,8 @@ class PeerConn:
                     return frame
             if self.closed.is_set():
                 raise AssertionError(f"socket closed before a {frame_type!r} frame arrived")
-            self._arrived = trio.Event()
-            await self._arrived.wait()
+            self.arrived = trio.Event()
+            await self.arrived.wait()
 
     def of_type(self, frame_type: str) -> list[JSON]:
         return [f for f in self.frames if f.get("type") == frame_type]
@@ -90,9 +91,15 @@ class PeerConn:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.ws.aclose(code, reason)
 
-    def _got(self, frame: JSON) -> None:
+    def got(self, frame: JSON) -> None:
+        """Record a frame the gateway sent (the connector calls this as frames arrive)."""
         self.frames.append(frame)
-        self._arrived.set()
+        self.arrived.set()
+
+    def ended(self) -> None:
+        """The socket is over: wake whoever waits for a frame."""
+        self.closed.set()
+        self.arrived.set()
 
 
 #: How the peer answers a dial: "accept", an HTTP status to reject with, or "refuse"
@@ -155,14 +162,13 @@ class FakeConnector:
                     if not line:
                         continue
                     frame = json.loads(line)
-                    conn._got(frame)
+                    conn.got(frame)
                     await self._react(conn, n, frame)
         except ConnectionClosed as exc:
             if exc.reason is not None:
                 conn.close_code, conn.close_reason = exc.reason.code, exc.reason.reason
         finally:
-            conn.closed.set()
-            conn._arrived.set()
+            conn.ended()
 
     async def _react(self, conn: PeerConn, n: int, frame: JSON) -> None:
         if frame.get("type") == "hello":
