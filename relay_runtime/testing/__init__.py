@@ -33,6 +33,12 @@ db, the trust store — over one of two transports:
 Each message is delivered through the connector's ack-gated buffer, and :meth:`~Harness.say`
 returns when the gateway acks it: the ack follows the turn's completion and its confirmed
 replies (RC §7), so nothing is left in flight and no test needs to sleep.
+
+For tests of a state store itself (its group commit, write-behind, a disk that fills up, a
+PostgreSQL server that goes away) the kit has hooks below the store's interface:
+:func:`run_operation`, :func:`write_behind`, :func:`count_batches`, :func:`cap_file`,
+:func:`redirect_reconnects`, :func:`window_keys` and the others of ``_store``; they are the
+only code that reaches into a store's internals for a test.
 """
 
 from __future__ import annotations
