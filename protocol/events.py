@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 
 #: Platforms hermes knows by name; any other platform's session keys use ``relay`` (RC §4.3).
@@ -59,6 +61,20 @@ class Identity:
 
     platform: str
     bot_id: str = ""
+
+
+def find_identity(identities: Sequence[Identity], platform: str | None) -> Identity | None:
+    """The identity of ``identities`` that fronts ``platform``, or ``None`` (RC §3.1).
+
+    The one platform -> identity resolution: the connection asks it for descriptors and
+    hellos, the outbound owner for tagging and reply lanes. ``""`` and ``None`` match none.
+    """
+    if not platform:
+        return None
+    for identity in identities:
+        if identity.platform == platform:
+            return identity
+    return None
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ from protocol.codec import encode_frame
 from protocol.connection import ConnectionMachine
 from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
 from protocol.errors import FrameError
-from protocol.events import Identity
+from protocol.events import Identity, find_identity
 from protocol.frames import (
     DescriptorFrame,
     Frame,
@@ -153,7 +153,7 @@ class RelayConnection:
             return self._descriptors[platform]
         if not platform:
             return self.default_descriptor
-        if any(identity.platform == platform for identity in self.identities):
+        if find_identity(self.identities, platform) is not None:
             return placeholder_descriptor(platform)
         return self.default_descriptor
 
@@ -217,7 +217,7 @@ class RelayConnection:
         if self.terminal:
             raise RelayProtocolError(f"cannot send {name}: the connection is {self.state.value}")
         if isinstance(frame, Hello):
-            if not any(i.platform == frame.platform for i in self.identities):
+            if find_identity(self.identities, frame.platform) is None:
                 raise RelayProtocolError(f"hello for {frame.platform!r}: not an identity here")
             raise RelayProtocolError(
                 f"hello for {frame.platform!r}: the connection sends one per identity at "

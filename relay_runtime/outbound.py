@@ -15,7 +15,7 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 import attrs
@@ -25,7 +25,7 @@ from protocol.actions import Action, Edit, GetChatInfo, Send, Typing
 from protocol.auth import derive_request_id
 from protocol.codec import encode_frame
 from protocol.descriptor import CapabilityDescriptor
-from protocol.events import Identity, MessageEvent
+from protocol.events import Identity, MessageEvent, find_identity
 from protocol.frames import Frame, Outbound, OutboundResult
 from protocol.framing import exceeds_limit
 from protocol.results import (
@@ -166,16 +166,6 @@ def retry_for(result: SendResult) -> Retry:
     return _RETRY_BY_KIND[result.error_kind]
 
 
-def find_identity(identities: Sequence[Identity], platform_raw: str | None) -> Identity | None:
-    """The configured identity for ``platform_raw``, or ``None`` (RC §3.1)."""
-    if not platform_raw:
-        return None
-    for identity in identities:
-        if identity.platform == platform_raw:
-            return identity
-    return None
-
-
 @attrs.frozen
 class ChatFacts:
     """What the last inbound event of a chat told us."""
@@ -296,7 +286,10 @@ class OutboundRouter:
     # ---- identities, descriptors, chats -------------------------------------------------
 
     def identity_for(self, platform_raw: str | None) -> Identity | None:
-        """The configured identity for ``platform_raw``, or ``None``."""
+        """The configured identity for ``platform_raw``, or ``None``.
+
+        Resolved by :func:`protocol.events.find_identity`, as the connection resolves its own.
+        """
         return find_identity(self.identities, platform_raw)
 
     def reply_platform(self, platform_raw: str | None) -> str:
