@@ -33,6 +33,7 @@ from relay_runtime.delivery import Agent, TrustEvaluator
 from relay_runtime.dispatcher import Dispatcher
 from relay_runtime.errors import RelayDisabled, leaves
 from relay_runtime.hand_off import InboundItem
+from relay_runtime.outbound import OutboundRouter
 from relay_runtime.replies import Replies
 from relay_runtime.state import LeaseLost, StateDB, StateError, StateStore, StorageFailed
 from relay_runtime.supervisor import Supervisor
@@ -103,14 +104,21 @@ class Gateway:
     ) -> None:
         self.config = config
         self.supervisor = supervisor
-        #: The outbound owner (requests, identities, descriptors, chat memory).
-        self.outbound = replies.outbound
         self.dispatcher = dispatcher
         self.replies = replies
         self.trust = trust
         self.wake_confirmed = wake_confirmed
         #: ``http://host:port`` of the metrics and health endpoint, when ``config.metrics``.
         self.metrics_url: str | None = None
+
+    @property
+    def outbound(self) -> OutboundRouter:
+        """The one outbound owner: every frame the gateway sends, and the pending requests.
+
+        Read it for ``pending_count``, ``live`` or ``await wait_drained()``; a turn's replies
+        go through :class:`~relay_runtime.turn.Turn`, not through it.
+        """
+        return self.replies.outbound
 
     @property
     def state(self) -> str:

@@ -235,9 +235,9 @@ async def test_R75_can_suspend_names_the_first_unmet_obligation(tmp_path: Path) 
         queued = '{"op":"send","chat_id":"c","content":"q"}'
         await gateway.replies.db.put("discord", "", queued, "r", "send", 2e9)
         await gateway.replies.sweep()
-        gateway.supervisor.outbound.fail_all("relay transport closed", retryable=False)
+        gateway.outbound.fail_all("relay transport closed", retryable=False)
         with trio.fail_after(GUARD_S):
-            await gateway.supervisor.outbound.wait_drained()
+            await gateway.outbound.wait_drained()
         assert gateway.can_suspend().reason == "outbox not empty (1)"
 
 
