@@ -64,7 +64,11 @@ class GatewayProcess:
                     return line
             if self.eof.is_set():
                 raise AssertionError(f"process ended without {needle!r}:\n" + self.text())
-            await self._changed.wait()
+            await self.wait_changed()
+
+    async def wait_changed(self) -> None:
+        """Wait for the next stderr line (or the end of stderr)."""
+        await self._changed.wait()
 
     async def wait_exit(self) -> int:
         code = await self.process.wait()
@@ -77,7 +81,8 @@ class GatewayProcess:
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
-    async def _pump(self) -> None:
+    async def pump(self) -> None:
+        """Read the child's stderr into :attr:`lines` until it ends; run it in a nursery."""
         stream = self.process.stderr
         assert stream is not None
         buffer = b""
@@ -121,7 +126,7 @@ async def gateway_process(
     child = GatewayProcess(process)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(child._pump)
+            nursery.start_soon(child.pump)
             try:
                 yield child
             finally:

@@ -67,7 +67,7 @@ async def ready_or_exit(gw: GatewayProcess) -> bool:
     while not gw.eof.is_set():
         if gw.saw("ready: ready"):
             return True
-        await gw._changed.wait()
+        await gw.wait_changed()
     return False
 
 
@@ -90,7 +90,7 @@ async def test_every_block_runs_as_written(
         gw = await start(BLOCKS[index], tmp_path, env)
         try:
             with trio.fail_after(GUARD_S):
-                nursery.start_soon(gw._pump)
+                nursery.start_soon(gw.pump)
                 runs_until_stopped = await ready_or_exit(gw)
                 if runs_until_stopped:
                     source = SessionSource(platform="relay", chat_id="c1", user_id="42")
@@ -122,7 +122,7 @@ async def test_the_example_without_its_environment_says_what_is_missing(tmp_path
     try:
         with trio.fail_after(GUARD_S):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(gw._pump)
+                nursery.start_soon(gw.pump)
                 code = await gw.wait_exit()
     finally:
         if gw.process.stderr is not None:
