@@ -46,7 +46,7 @@ import trio
 
 from protocol.codec import decode_object, encode_frame
 from protocol.events import MessageEvent
-from protocol.frames import Inbound, InboundAck, PassthroughForwardFrame
+from protocol.frames import Inbound, PassthroughForwardFrame
 from protocol.keys import build_session_key, message_key
 from protocol.passthrough import PassthroughError, decode_forward
 from relay_runtime.delivery import Agent, Delivery, DispatchStats, TrustEvaluator
@@ -126,7 +126,6 @@ class Dispatcher:
             turn_timeout_s=turn_timeout_s,
             reply_key=reply_key,
             free_slot=self._free_slot,
-            ack=self._ack,
             commit=self._commit,
         )
         self._slots = trio.Semaphore(max_pending_inbound)
@@ -368,7 +367,7 @@ class Dispatcher:
             except StateError:
                 return
             for buffer_id in acks:
-                self._ack(buffer_id)
+                self.sessions.ack(buffer_id)
 
     def _route(
         self,
@@ -465,7 +464,7 @@ class Dispatcher:
             level = logging.INFO if decoded.severity == "info" else logging.WARNING
             log.log(level, "%s", decoded.message)
             if item.buffer_id:
-                self._ack(item.buffer_id)
+                self.sessions.ack(item.buffer_id)
             return None
         return decoded
 
@@ -483,10 +482,3 @@ class Dispatcher:
             self._unpark_wake.set()
         elif not self.pending:
             self._idle.set()
-
-    def _ack(self, buffer_id: str) -> None:
-        if self.outbound.send_nowait(InboundAck(buffer_id=buffer_id)):
-            self.stats.acked += 1
-        else:
-            # Not queued across a drop: the connector redelivers and the replay is acked.
-            self.stats.ack_failures += 1

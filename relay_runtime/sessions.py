@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from protocol.frames import InboundAck
 from relay_runtime.delivery import Agent, Delivery, DispatchStats, TrustEvaluator
 from relay_runtime.outbound import OutboundRouter, reply_ids_for
 from relay_runtime.state import REPLY_KEY_BYTES, StateError, TurnEndState, TurnStore
@@ -41,9 +42,9 @@ RELEASE_TIMEOUT_S: Final = 5.0
 class Sessions:
     """The dispatcher's turns: per-session order, bounded concurrency, interrupts, acks.
 
-    ``free_slot`` is called as each delivery leaves (it held a pending slot), ``ack`` sends
-    an ``inbound_ack``, ``commit`` commits what was written behind (retrying while storage
-    fails).
+    ``free_slot`` is called as each delivery leaves (it held a pending slot), ``commit``
+    commits what was written behind (retrying while storage fails). Acks go out through
+    :meth:`ack`, also for the dispatcher's duplicates.
     """
 
     def __init__(
@@ -60,7 +61,6 @@ class Sessions:
         turn_timeout_s: float | None,
         reply_key: bytes | None,
         free_slot: Callable[[], None],
-        ack: Callable[[str], None],
         commit: Callable[[], Awaitable[None]],
     ) -> None:
         self.agent = agent
@@ -78,7 +78,6 @@ class Sessions:
         #: The gateway's key for replies' requestIds (the state db's; random if none given).
         self.reply_key = reply_key if reply_key is not None else os.urandom(REPLY_KEY_BYTES)
         self._free_slot = free_slot
-        self._ack = ack
         self._commit = commit
         self._limiter = trio.CapacityLimiter(max_concurrent_turns)
         self._queues: dict[str, deque[Delivery]] = {}
@@ -98,6 +97,14 @@ class Sessions:
     def ack_later(self, claim_id: int, buffer_id: str) -> None:
         """Ack ``buffer_id`` (a duplicate) when the delivery holding ``claim_id`` completes."""
         self._waiting_acks.setdefault(claim_id, []).append(buffer_id)
+
+    def ack(self, buffer_id: str) -> None:
+        """Send an ``inbound_ack`` for ``buffer_id`` through the outbound owner, now."""
+        if self.outbound.send_nowait(InboundAck(buffer_id=buffer_id)):
+            self.stats.acked += 1
+        else:
+            # Not queued across a drop: the connector redelivers and the replay is acked.
+            self.stats.ack_failures += 1
 
     def queue(self, delivery: Delivery, turn_nursery: trio.Nursery) -> None:
         """Queue a claimed delivery (holding a slot) behind its session's others."""
@@ -198,13 +205,13 @@ class Sessions:
             raise
         setattr(self.stats, state, getattr(self.stats, state) + 1)
         if delivery.buffer_id:
-            self._ack(delivery.buffer_id)
+            self.ack(delivery.buffer_id)
         if self._acks_waiting_on(delivery):
             if write_behind:  # a duplicate came while the completion was being decided
                 await self._commit()
             assert delivery.handle is not None
             for buffer_id in self._waiting_acks.pop(delivery.handle.claim_id, []):
-                self._ack(buffer_id)
+                self.ack(buffer_id)
 
     def _acks_waiting_on(self, delivery: Delivery) -> bool:
         """Duplicates of ``delivery`` wait to be acked when it completes."""
