@@ -29,6 +29,40 @@ from tests.runtime.dispatch_helpers import FakeLink, MemoryState, Verdict, inbou
 AgentFn = Callable[[Turn], Awaitable[str | None]]
 
 
+class Observed(StateDB):
+    """A state db that tells a test when a commit a caller awaited is over.
+
+    Acks follow a ``flush`` (admission's duplicates, the recorder) or a ``complete_turn``
+    (a finished turn); :meth:`wait_commit` returns after the next one ends, so a test can
+    wait for the dispatcher's own commits without making one itself.
+    """
+
+    _commit_over: trio.Event | None = None
+
+    async def wait_commit(self) -> None:
+        """Wait until the next ``flush`` or ``complete_turn`` ends."""
+        if self._commit_over is None:
+            self._commit_over = trio.Event()
+        await self._commit_over.wait()
+
+    def _signal(self) -> None:
+        if self._commit_over is not None:
+            self._commit_over.set()
+            self._commit_over = None
+
+    async def flush(self) -> None:
+        try:
+            await super().flush()
+        finally:
+            self._signal()
+
+    async def complete_turn(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().complete_turn(*args, **kwargs)
+        finally:
+            self._signal()
+
+
 @attrs.define(eq=False)
 class Rig:
     dispatcher: Dispatcher
@@ -282,7 +316,7 @@ async def test_admitted_claims_are_recorded_while_their_turns_still_run(tmp_path
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    db = await StateDB.open(tmp_path, now=1000.0)
+    db = await Observed.open(tmp_path, now=1000.0)
     async with db, trio.open_nursery() as nursery:
         rig = make_rig(nursery, slow, state=db)
         await rig.feed(inbound("x", message_id="m1", buffer_id="b1"))
@@ -297,7 +331,7 @@ async def test_admitted_claims_are_recorded_while_their_turns_still_run(tmp_path
 
         with trio.fail_after(5):
             while not read()[0]:
-                await db._batch_over.wait()  # the dispatcher's own commit, nobody else's
+                await db.wait_commit()  # the dispatcher's own commit, nobody else's
         rows, claims = read()
         assert rows == [("agent:main:discord:group:c1:u1", "running")]
         assert claims == [("in_flight",)]
@@ -352,7 +386,7 @@ async def test_R65_in_flight_duplicate_admitted_with_a_completed_one_is_acked(
             await release.wait()
         return ""
 
-    class ReleaseOnFlush(StateDB):
+    class ReleaseOnFlush(Observed):
         async def flush(self) -> None:
             release.set()  # the running turn ends while the admission flushes
             await trio.testing.wait_all_tasks_blocked()
@@ -377,7 +411,7 @@ async def test_R65_in_flight_duplicate_admitted_with_a_completed_one_is_acked(
         with trio.fail_after(5):
             await rig.settle()
             while len(rig.link.acks) < 3:
-                await db._batch_over.wait()
+                await db.wait_commit()
         nursery.cancel_scope.cancel()
     assert sorted(rig.link.acks) == ["b0", "b1", "b2"]
 
@@ -389,7 +423,7 @@ async def test_R65_a_duplicate_arriving_while_a_completion_is_decided_waits_for_
     before it is decided must still be acked only after the completion is committed."""
     reached, gate = trio.Event(), trio.Event()
 
-    class Gated(StateDB):
+    class Gated(Observed):
         async def complete_turn(self, *args: Any, **kwargs: Any) -> None:
             if kwargs.get("write_behind"):
                 reached.set()
@@ -408,7 +442,7 @@ async def test_R65_a_duplicate_arriving_while_a_completion_is_decided_waits_for_
         with trio.fail_after(5):
             await rig.settle()
             while not link.acks:
-                await db._batch_over.wait()
+                await db.wait_commit()
         nursery.cancel_scope.cancel()
     assert contents(link) == ["x"]
     assert link.acks == ["b1"]
@@ -763,7 +797,9 @@ async def test_R60_admit_many_claims_everything_at_once_and_parks_beyond_the_bou
         max_pending_inbound=3,
     )
     frames = [inbound(f"m{i}", chat=f"c{i}") for i in range(5)]
-    nursery.start_soon(dispatcher._unpark, nursery)
+    # run() starts the unparker; nothing arrives on its channel, admission is called below.
+    _, frames_in = trio.open_memory_channel[Any](0)
+    await nursery.start(dispatcher.run, frames_in, nursery)
     await dispatcher.admit_many(frames, nursery)  # returns at once: it never waits for room
     assert state.claim_batches == [5]
     assert (dispatcher.pending, dispatcher.parked) == (3, 2)
