@@ -130,21 +130,26 @@ def _decode_token(token: str) -> str | None:
         return None
 
 
-def token_payload_unverified(token: str) -> str | None:
-    """The payload a token *claims*, decoded as :func:`verify_token` does, before any check.
-
-    For a verifier that must choose the secrets to verify with (a connector looks up the
-    gateway id's rotation list); never trust it without verifying. ``None`` if unreadable.
-    """
+def _token_parts(token: object) -> list[str] | None:
+    """A token's ``payload:exp:sig`` text split at ``:`` (the payload may hold ``:``), or
+    ``None`` when it is not a string, does not decode, or has fewer than three parts."""
     if not isinstance(token, str) or not token:
         return None
     text = _decode_token(token)
     if text is None:
         return None
     parts = text.split(":")
-    if len(parts) < 3:
-        return None
-    return ":".join(parts[:-2]) or None
+    return parts if len(parts) >= 3 else None
+
+
+def token_payload_unverified(token: str) -> str | None:
+    """The payload a token *claims*, decoded as :func:`verify_token` does, before any check.
+
+    For a verifier that must choose the secrets to verify with (a connector looks up the
+    gateway id's rotation list); never trust it without verifying. ``None`` if unreadable.
+    """
+    parts = _token_parts(token)
+    return None if parts is None else ":".join(parts[:-2]) or None
 
 
 def verify_token(token: str, secrets: Iterable[str], *, now: float | None = None) -> str | None:
@@ -153,13 +158,8 @@ def verify_token(token: str, secrets: Iterable[str], *, now: float | None = None
     ``now == exp`` is still valid; ``exp == 0`` never expires. Never raises on bad tokens.
     """
     keys = _secret_list(secrets)
-    if not isinstance(token, str) or not token:
-        return None
-    text = _decode_token(token)
-    if text is None:
-        return None
-    parts = text.split(":")
-    if len(parts) < 3:
+    parts = _token_parts(token)
+    if parts is None:
         return None
     sig, exp_text = parts[-1], parts[-2]
     payload = ":".join(parts[:-2])
