@@ -10,7 +10,7 @@ precondition is always checked on the row, never on a cache. The async API over 
 from __future__ import annotations
 
 import unicodedata
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 import attrs
 
@@ -34,16 +34,8 @@ AtomicOp = Literal[
     "set_admin",
     "remove_admin",
 ]
-ATOMIC_OPS: Final[tuple[AtomicOp, ...]] = (
-    "promote_to_contact",
-    "promote_to_whitelist",
-    "demote_to_contact",
-    "demote_to_stranger",
-    "block",
-    "unblock",
-    "set_admin",
-    "remove_admin",
-)
+#: The atomic functions' names in TR §2 order, read off :data:`AtomicOp`.
+ATOMIC_OPS: Final[tuple[AtomicOp, ...]] = get_args(AtomicOp)
 # Never callable by a rule or the trust agent (T16).
 _HUMAN_ONLY: Final = frozenset({"unblock", "set_admin", "remove_admin"})
 _HUMAN_TIERS: Final = frozenset({"admin", "operator"})
