@@ -11,7 +11,14 @@ goes to the journal (see ``fault_journal.py``). SIGTERM/SIGINT stop the process.
 Commands on standard input, one per line: ``hold`` holds the schedule (the journal says
 ``held`` before the next message would go out), ``resume`` lets it go on; ``gate`` leaves every
 later ``send`` unanswered (journal: ``gated``), so replies stay pending; ``open`` answers sends
-again (journal: ``opened``).
+again (journal: ``opened``); ``lose-acks`` journals every later ``inbound_ack`` as ``ack-lost``
+instead of ``ack`` (the connector still honours it in memory, so only a restart, which
+reloads the buffer from the journal, brings those deliveries back: acks a crash lost).
+
+Every gateway socket's accept and close is journaled (``accept`` / ``close``, with the
+connection id and gateway id) at the moment the connector logs it, in the order it happened,
+so a test can tell how many sockets per gateway id were live at any moment; ``hello`` marks
+a connection's first ``hello``, ``outbound`` and ``post`` records name their connection.
 
 Restarted with the same journal (and ``--port``), it reloads what a durable connector keeps:
 the un-acked buffered deliveries under their old ``bufferId``s and the ``requestId``s it
@@ -23,6 +30,7 @@ platform redelivers; the gateway's ``K_msg`` dedupe is what must cope with that.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -34,9 +42,9 @@ import trio
 # Run as a script: make the suite's own modules importable next to the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_journal import Journal, message, read_records
+from fault_journal import Journal, SocketJournal, message, message_number, read_records
 
-from protocol.frames import GoingIdle, Inbound, InboundAck, Outbound
+from protocol.frames import GoingIdle, Hello, Inbound, InboundAck, Outbound
 from relay_runtime.connector import (
     Connection,
     NoAnswer,
@@ -45,6 +53,13 @@ from relay_runtime.connector import (
     Succeed,
 )
 from relay_runtime.connector.buffer import BufferedFrame
+
+
+@attrs.define
+class Acks:
+    """Whether received acks are journaled as lost (``lose-acks``)."""
+
+    lose: bool = False
 
 
 @attrs.define
@@ -90,6 +105,10 @@ async def main(args: argparse.Namespace) -> None:
     }
 
     journal = Journal(path)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    connector_log = logging.getLogger("relay.connector")
+    connector_log.setLevel(logging.INFO)
+    connector_log.addHandler(SocketJournal(journal))
     gid = args.gateway_id
     connector = ReferenceConnector(
         secrets={gid: os.environ["FAULT_SECRET"]}, drain_window=args.drain_window
@@ -99,13 +118,19 @@ async def main(args: argparse.Namespace) -> None:
     ]
     connector.restore(gid, buffered=restored, performed=list(performed.items()))
     performed_ids = set(performed)
+    # The connection each requestId last came on: a post follows its outbound frame.
+    asked_on: dict[str, int] = {}
 
     def on_outbound(conn: Connection, frame: Outbound) -> None:
+        asked_on[frame.request_id] = conn.id
+        content = getattr(frame.action, "content", None)
         journal.write(
             "outbound",
             rid=frame.request_id,
             op=frame.action.OP,
             repeat=frame.request_id in performed_ids,
+            conn=conn.id,
+            n=message_number(content) if isinstance(content, str) else None,
         )
 
     def on_post(post: Post) -> None:
@@ -118,13 +143,17 @@ async def main(args: argparse.Namespace) -> None:
             chat=post.chat_id,
             content=post.content,
             mid=post.message_id,
+            conn=asked_on.get(post.request_id),
         )
 
     connector.on_outbound = on_outbound
     connector.journal_sink = on_post
 
+    acks = Acks()
+
     async def watch_frames() -> None:
         got = wrote = 0
+        greeted: set[int] = set()
         while True:
             await connector.wait_for(
                 lambda got=got, wrote=wrote: (
@@ -133,7 +162,10 @@ async def main(args: argparse.Namespace) -> None:
             )
             for rec in connector.received[got:]:
                 if isinstance(rec.frame, InboundAck):
-                    journal.write("ack", bid=rec.frame.buffer_id)
+                    journal.write("ack-lost" if acks.lose else "ack", bid=rec.frame.buffer_id)
+                elif isinstance(rec.frame, Hello) and rec.connection_id not in greeted:
+                    greeted.add(rec.connection_id)
+                    journal.write("hello", conn=rec.connection_id)
                 elif isinstance(rec.frame, GoingIdle):
                     journal.write("idle", conn=rec.connection_id)
             for sent in connector.sent[wrote:]:
@@ -179,6 +211,9 @@ async def main(args: argparse.Namespace) -> None:
                 elif command == "open":
                     connector.outcomes.set("send", Succeed())
                     journal.write("opened")
+                elif command == "lose-acks":
+                    acks.lose = True
+                    journal.write("losing-acks")
                 else:
                     raise ValueError(f"unknown command {command!r} on standard input")
 

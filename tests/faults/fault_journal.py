@@ -8,7 +8,8 @@ on an ``O_APPEND`` descriptor so a ``kill -9`` of the writer loses no line it re
 
 * the connector (``connector_proc.py``) journals every message it delivered (``live`` or
   ``buffered`` with its ``bufferId``), every ``inbound_ack``, every ``outbound`` it received
-  and every action it *performed* (posted), after its ``requestId`` dedupe;
+  every action it *performed* (posted), after its ``requestId`` dedupe, and every gateway
+  socket it accepted and closed (:class:`SocketJournal`);
 * the agent (``fault_agent.py``) writes ``start <n>`` / ``end <n>`` per turn to the gateway's
   standard output, which the harness keeps (a pipe, so a full state filesystem or a file-size
   limit on the gateway never touches it).
@@ -19,6 +20,7 @@ on an ``O_APPEND`` descriptor so a ``kill -9`` of the writer loses no line it re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -34,6 +36,7 @@ __all__ = [
     "CHATS",
     "Journal",
     "JournalReader",
+    "SocketJournal",
     "Tally",
     "message",
     "message_number",
@@ -74,6 +77,31 @@ class Journal:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+#: The reference connector's log lines for a socket accepted and ended (``gateway_id, id``).
+CONNECTED = "gateway %r connected (connection %d)"
+DISCONNECTED = "gateway %r disconnected (connection %d)"
+
+
+class SocketJournal(logging.Handler):
+    """Journals each gateway socket's accept and close as the connector logs it.
+
+    The connector logs both synchronously where they happen (the accept after the upgrade
+    is authenticated, the close once the socket is done), so the journal holds them in
+    their true order with their true times; a watcher woken by changes could see an
+    accept and a close in one wake-up and not know which came first.
+    """
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__(logging.INFO)
+        self.journal = journal
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = {CONNECTED: "accept", DISCONNECTED: "close"}.get(str(record.msg))
+        if event is not None and isinstance(record.args, tuple):
+            gid, conn = record.args
+            self.journal.write(event, gid=gid, conn=conn)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -99,6 +99,9 @@ class FaultRun:
     agent_delay_s: float = 0.2
     drain_window: int = 64
     state_dir: Path | None = None
+    gateway_id: str = GATEWAY_ID
+    #: More environment for every gateway process (a state DSN, a lease TTL, ...).
+    gateway_env: Mapping[str, str] = attrs.field(factory=dict)
 
     secret: str = attrs.field(factory=lambda: secrets.token_urlsafe(32))
     journal_path: Path = attrs.field(init=False)
@@ -201,12 +204,13 @@ class FaultRun:
             self.refresh()
             if predicate():
                 return
+            for child in self.gateways:
+                if not child.alive and not child.killed:
+                    raise AssertionError(
+                        f"{self.name}: {child.name} exited by itself "
+                        f"({child.process.returncode}) while waiting for {what}\n{child.tail()}"
+                    )
             gw = self.gateway
-            if gw is not None and not gw.alive and not gw.killed:
-                raise AssertionError(
-                    f"{self.name}: the gateway exited by itself ({gw.process.returncode}) "
-                    f"while waiting for {what}\n{gw.tail()}"
-                )
             cx = self.connector
             if cx is not None and not cx.alive and not cx.killed:
                 raise AssertionError(
@@ -268,7 +272,7 @@ class FaultRun:
             "--port",
             str(self.port),
             "--gateway-id",
-            GATEWAY_ID,
+            self.gateway_id,
             "--count",
             str(self.messages),
             "--mode",
@@ -352,15 +356,15 @@ class FaultRun:
         self.moved()
         return code
 
-    def _gateway_env(self) -> dict[str, str]:
+    def _gateway_env(self, state_dir: Path) -> dict[str, str]:
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_RELAY_", "RELAY_"))
         }
         env.update(
             {
-                "GATEWAY_RELAY_ID": GATEWAY_ID,
+                "GATEWAY_RELAY_ID": self.gateway_id,
                 "GATEWAY_RELAY_SECRET": self.secret,
-                "RELAY_STATE_DIR": str(self.state_dir),
+                "RELAY_STATE_DIR": str(state_dir),
                 "GATEWAY_RELAY_BACKOFF_BASE_S": "0.05",
                 "GATEWAY_RELAY_BACKOFF_CAP_S": "0.5",
                 "FAULT_AGENT_DELAY_S": str(self.agent_delay_s),
@@ -369,11 +373,21 @@ class FaultRun:
                 ),
             }
         )
+        env.update(self.gateway_env)
         return env
 
     async def start_gateway(self) -> Child:
         """Start a gateway process over the run's state dir (the previous one must be gone)."""
         assert self.gateway is None or not self.gateway.alive
+        assert self.state_dir is not None
+        self.refresh()
+        self._asked.clear()  # pending sends are counted per gateway process
+        child = await self.launch_gateway(self.state_dir)
+        self.gateway = child
+        return child
+
+    async def launch_gateway(self, state_dir: Path, name: str = "gateway") -> Child:
+        """Start one more gateway process over ``state_dir``, next to any still running."""
         level = os.environ.get("FAULT_GATEWAY_LOG_LEVEL", "info")
         argv = [
             sys.executable,
@@ -389,10 +403,7 @@ class FaultRun:
             "--agent",
             "fault_agent:slow_reply",
         ]
-        self.refresh()
-        self._asked.clear()  # pending sends are counted per gateway process
-        child = await self._spawn("gateway", argv, self._gateway_env(), self.agent_lines)
-        self.gateway = child
+        child = await self._spawn(name, argv, self._gateway_env(state_dir), self.agent_lines)
         self.gateways.append(child)
         self.moved()
         return child
@@ -416,13 +427,16 @@ class FaultRun:
         """Wait until the current gateway logged that it is ready."""
         await self.until(self.gateway_ready, "the gateway to be ready")
 
-    async def stop_gateway(self, signum: int) -> tuple[int | None, float]:
-        """Signal the gateway and wait for its exit: ``(status, seconds)``.
+    async def stop_gateway(
+        self, signum: int, child: Child | None = None
+    ) -> tuple[int | None, float]:
+        """Signal the gateway (``child``, else the current one) and wait for its exit:
+        ``(status, seconds)``.
 
         ``status`` is ``None`` if it had not exited ``EXIT_BOUND_S`` after the signal (it is
         then killed with SIGKILL, so the scenario can go on).
         """
-        gw = self.gateway
+        gw = child or self.gateway
         assert gw is not None
         gw.killed = True
         start = trio.current_time()

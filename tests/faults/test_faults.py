@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.faults.conftest import SUMMARY
-from tests.faults.fault_journal import Tally
 from tests.faults.full_disk import full_disk
-from tests.faults.harness import FaultRun, fault_run
+from tests.faults.harness import fault_run
+from tests.faults.verdict import check, report
 
 MESSAGES = 500
 #: Overall bound per scenario: generous; a correct runtime needs a fraction of it.
@@ -40,29 +39,6 @@ def seed_for(scenario: str) -> int:
     seed = int(given) if given else random.randrange(2**32)
     print(f"faults: {scenario} seed={seed} (replay with RELAY_FAULT_SEED={seed})")
     return seed
-
-
-def report(run: FaultRun, **extra: object) -> Tally:
-    """Count the run, record and print its summary line; the tally for the assertions."""
-    result = run.tally()
-    wall_s = f"{trio.current_time() - run.began_at:.0f}"
-    line = result.line(run.name, **extra, wall_s=wall_s)
-    SUMMARY.append(line)
-    print(line)
-    return result
-
-
-def check(result: Tally) -> None:
-    """Exactly once: every message answered once, none lost, every buffered one acked."""
-    detail = (
-        f"duplicated messages {list(result.duplicate_of[:20])}, "
-        f"lost messages {list(result.lost_ids[:20])}"
-    )
-    assert result.duplicates == 0, detail
-    assert result.lost == 0, detail
-    assert result.answered == result.messages, detail
-    assert result.unacked == 0, f"{result.unacked} buffered deliveries never acked"
-    assert result.strays == 0, f"{result.strays} posts answer no scheduled message"
 
 
 def kill_points(rng: random.Random, kills: int, messages: int) -> list[tuple[int, float]]:

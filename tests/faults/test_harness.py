@@ -7,6 +7,7 @@ fabricate duplicates and losses.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,16 @@ from protocol.actions import Send
 from protocol.frames import DescriptorFrame, Inbound, Outbound, OutboundResult
 from relay_runtime.connector import Post, ReferenceConnector
 from tests.connector.peer import GATEWAY, SECRET, dial, good_headers
-from tests.faults.fault_journal import Journal, JournalReader, message, message_number, tally
+from tests.faults.fault_journal import (
+    Journal,
+    JournalReader,
+    SocketJournal,
+    message,
+    message_number,
+    read_records,
+    tally,
+)
+from tests.faults.sockets import most_live, posted_on, sockets, takeover_s
 
 LIMIT = 10  # seconds; only hit when something is broken
 
@@ -120,3 +130,69 @@ async def test_a_restored_connector_replays_the_buffer_and_remembers_requestids(
     assert connector.duplicate_outbounds == 1
     assert [(p.request_id, p.message_id) for p in posted] == [("r-new", fresh.result["message_id"])]
     assert [m.content for m in connector.messages.values()] == ["reply 8"]
+
+
+def test_most_live_sweeps_accepts_and_closes_in_journal_order() -> None:
+    def ev(kind: str, conn: int, gid: str = "g", t: float = 0.0) -> dict[str, Any]:
+        return {"ev": kind, "conn": conn, "gid": gid, "t": t}
+
+    handover = [ev("accept", 1, t=1.0), ev("close", 1, t=5.0), ev("accept", 2, t=5.0)]
+    assert most_live(handover, "g") == 1
+    # The same times, the other order: the second socket came while the first was live.
+    overlap = [ev("accept", 1, t=1.0), ev("accept", 2, t=5.0), ev("close", 1, t=5.0)]
+    assert most_live(overlap, "g") == 2
+    # Another gateway id's socket is not counted against this one.
+    assert most_live([ev("accept", 1), ev("accept", 2, gid="other")], "g") == 1
+    found = sockets([*handover, {"ev": "hello", "conn": 2, "t": 5.1}])
+    assert [(s.conn, s.closed_at, s.hello_at) for s in found] == [(1, 5.0, None), (2, None, 5.1)]
+    assert takeover_s(found, "g", killed_at=4.0) == 1.0
+    assert takeover_s(found, "g", killed_at=6.0) is None
+
+
+def test_posted_on_names_the_connection_of_the_first_post() -> None:
+    records = [
+        {**post(1, "r1"), "conn": 3},
+        {**post(1, "r1"), "conn": 4},
+        {**post(2, "r2"), "conn": None},
+    ]
+    assert posted_on(records) == {"r1": 3, "r2": None}
+
+
+async def test_the_socket_journal_records_every_accept_and_close_in_order(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    path = tmp_path / "sockets.jsonl"
+    journal = Journal(path)
+    handler = SocketJournal(journal)
+    connector_log = logging.getLogger("relay.connector")
+    level = connector_log.level
+    connector_log.setLevel(logging.INFO)
+    connector_log.addHandler(handler)
+    try:
+        connector = ReferenceConnector(secrets={GATEWAY: SECRET})
+        await nursery.start(connector.serve)
+        with trio.fail_after(LIMIT):
+            async with dial(connector.url, good_headers()):
+                await connector.wait_for(lambda: len(connector.connections) == 1)
+                async with dial(connector.url, good_headers()):
+                    await connector.wait_for(lambda: len(connector.connections) == 2)
+            await connector.wait_for(lambda: not any(c.open for c in connector.connections))
+            async with dial(connector.url, good_headers()):
+                await connector.wait_for(lambda: len(connector.connections) == 3)
+            await connector.wait_for(lambda: not any(c.open for c in connector.connections))
+    finally:
+        connector_log.removeHandler(handler)
+        connector_log.setLevel(level)
+        journal.close()
+    records = read_records(path)
+    assert [(r["ev"], r["conn"]) for r in records] == [
+        ("accept", 1),
+        ("accept", 2),
+        ("close", 2),
+        ("close", 1),
+        ("accept", 3),
+        ("close", 3),
+    ]
+    assert {r["gid"] for r in records} == {GATEWAY}
+    assert most_live(records, GATEWAY) == 2
+    assert most_live(records[3:], GATEWAY) == 1

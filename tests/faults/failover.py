@@ -1,0 +1,137 @@
+"""What the failover scenarios share: the gateways' PostgreSQL settings, a gateway id of
+their own per run (and its rows removed after), and the evidence drawn from the journals.
+
+Replies are stranded in a gateway's outbox by leaving sends unanswered (the connector's
+``gate``) until the gateway has queued some (``outbound_timeout_s`` is short here); a
+reply's ``requestId`` is derived from its delivery, so whether the next process sends it
+from the outbox or re-runs the turn, the connector sees the same id. What tells the two
+apart is the agent: a reply carried over in the outbox is posted with no new turn.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from tests.faults.fault_journal import read_records
+from tests.faults.harness import Child, FaultRun
+from tests.faults.sockets import posted_on, sockets
+
+__all__ = [
+    "QUEUED",
+    "STANDBY",
+    "Carried",
+    "carried",
+    "forget_gateway",
+    "gateway_env",
+    "pending_replies",
+    "strand_replies",
+    "unique_gateway_id",
+]
+
+#: What a gateway logs when a reply nobody answered in time goes to its outbox.
+QUEUED = "not answered in time; queued in the outbox"
+#: What a gateway logs while it waits for another process's lease on its gateway id.
+STANDBY = "waiting for the lease"
+#: The lease's time to live in these scenarios: short, so a takeover is quick, and well
+#: inside the documented 10 s bound even on a loaded machine.
+LEASE_TTL_S = 3
+
+
+def gateway_env(dsn: str) -> dict[str, str]:
+    """Environment for a gateway whose state (and lease) live in PostgreSQL at ``dsn``."""
+    return {
+        "RELAY_STATE_DSN": dsn,
+        "RELAY_LEASE_TTL_S": str(LEASE_TTL_S),
+        # Sends left unanswered reach the outbox after a second, not the default 30 s.
+        "GATEWAY_RELAY_OUTBOUND_TIMEOUT_S": "1",
+    }
+
+
+def unique_gateway_id(scenario: str) -> str:
+    """A gateway id no other run uses, so runs sharing the database never collide."""
+    return f"gw-{scenario}-{uuid.uuid4().hex[:12]}"
+
+
+def forget_gateway(dsn: str, gateway_id: str) -> int:
+    """Delete every row the runtime keeps for ``gateway_id`` (any table keyed by it)."""
+    import psycopg
+    from psycopg import sql
+
+    removed = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.columns"
+            " WHERE column_name = 'gateway_id' AND table_schema = current_schema()"
+        ).fetchall()
+        for schema, table in tables:
+            cur = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE gateway_id = %s").format(
+                    sql.Identifier(schema, table)
+                ),
+                (gateway_id,),
+            )
+            removed += cur.rowcount
+    return removed
+
+
+def pending_replies(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Replies asked for and not performed: ``requestId`` -> message number."""
+    asked: dict[str, int] = {}
+    posted: set[str] = set()
+    for rec in records:
+        if rec["ev"] == "outbound" and rec["op"] in ("send", "follow_up") and rec["n"] is not None:
+            asked[rec["rid"]] = rec["n"]
+        elif rec["ev"] == "post":
+            posted.add(rec["rid"])
+    return {rid: n for rid, n in asked.items() if rid not in posted}
+
+
+async def strand_replies(run: FaultRun, holder: Child, queued: int) -> dict[str, int]:
+    """Leave sends unanswered until ``holder`` queued ``queued`` more replies in its outbox;
+    the replies pending then (``requestId`` -> message). Sends stay unanswered until
+    ``run.open_sends()``."""
+    before = holder.count(QUEUED)
+    await run.tell("gate")
+    await run.until(lambda: holder.count(QUEUED) >= before + queued, f"{queued} replies queued")
+    return pending_replies(read_records(run.journal_path))
+
+
+@attrs.frozen
+class Carried:
+    """What became of the replies pending when a gateway went away."""
+
+    pending: int
+    #: Posted afterwards on a socket opened after the gateway went away.
+    delivered_after: int
+    #: Of those, posted with no new turn for their message: sent from the outbox.
+    from_outbox: int
+    #: Never posted, or posted on a socket that was already open (by the gone gateway).
+    missing: tuple[str, ...]
+
+
+def carried(
+    records: list[Mapping[str, Any]],
+    pending: Mapping[str, int],
+    gone_at: float,
+    later_agent_lines: Iterable[str],
+) -> Carried:
+    """Which of the ``pending`` replies a later socket delivered, and which of those came
+    from the outbox (no ``start <n>`` in ``later_agent_lines``, the agent's lines since)."""
+    opened_after = {s.conn for s in sockets(records) if s.accepted_at > gone_at}
+    on = posted_on(records)
+    rerun = {
+        int(n)
+        for kind, _, n in (line.partition(" ") for line in later_agent_lines)
+        if kind == "start" and n.isdigit()
+    }
+    delivered = [rid for rid in pending if on.get(rid) in opened_after]
+    return Carried(
+        pending=len(pending),
+        delivered_after=len(delivered),
+        from_outbox=sum(1 for rid in delivered if pending[rid] not in rerun),
+        missing=tuple(sorted(set(pending) - set(delivered))),
+    )
