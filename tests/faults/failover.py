@@ -64,17 +64,24 @@ def forget_gateway(dsn: str, gateway_id: str) -> int:
     removed = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
         tables = conn.execute(
-            "SELECT table_schema, table_name FROM information_schema.columns"
-            " WHERE column_name = 'gateway_id' AND table_schema = current_schema()"
+            "SELECT c.table_schema, c.table_name FROM information_schema.columns c"
+            " JOIN information_schema.tables t USING (table_schema, table_name)"
+            " WHERE c.column_name = 'gateway_id' AND c.table_schema = current_schema()"
+            " AND t.table_type = 'BASE TABLE' ORDER BY c.table_name"
         ).fetchall()
-        for schema, table in tables:
-            cur = conn.execute(
-                sql.SQL("DELETE FROM {} WHERE gateway_id = %s").format(
+        # Rows referenced by another table's rows go once those are gone: retry in passes.
+        for _ in range(len(tables)):
+            left = []
+            for schema, table in tables:
+                statement = sql.SQL("DELETE FROM {} WHERE gateway_id = %s").format(
                     sql.Identifier(schema, table)
-                ),
-                (gateway_id,),
-            )
-            removed += cur.rowcount
+                )
+                try:
+                    removed += conn.execute(statement, (gateway_id,)).rowcount
+                except psycopg.errors.ForeignKeyViolation:
+                    left.append((schema, table))
+            tables = left
+        assert not tables, f"rows of {gateway_id} left in {tables}"
     return removed
 
 
