@@ -11,7 +11,7 @@ apart is the agent: a reply carried over in the outbox is posted with no new tur
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -121,7 +121,7 @@ class Carried:
 
 
 def carried(
-    records: list[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
     pending: Mapping[str, int],
     gone_at: float,
     later_agent_lines: Iterable[str],
