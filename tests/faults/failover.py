@@ -2,10 +2,12 @@
 their own per run (and its rows removed after), and the evidence drawn from the journals.
 
 Replies are stranded in a gateway's outbox by leaving sends unanswered (the connector's
-``gate``) until the gateway has queued some (``outbound_timeout_s`` is short here); a
-reply's ``requestId`` is derived from its delivery, so whether the next process sends it
-from the outbox or re-runs the turn, the connector sees the same id. What tells the two
-apart is the agent: a reply carried over in the outbox is posted with no new turn.
+``gate``; ``outbound_timeout_s`` is short here) until the gateway has acked some of their
+messages: it acks a buffered message only once the turn's completion and its replies are
+committed, so those replies are in the outbox. A reply's ``requestId`` is derived from its
+delivery, so whether the next process sends it from the outbox or runs the turn again, the
+connector sees the same id; what tells the two apart is the agent: a reply carried over in
+the outbox is posted with no new turn.
 """
 
 from __future__ import annotations
@@ -17,25 +19,24 @@ from typing import Any
 import attrs
 
 from tests.faults.fault_journal import read_records
-from tests.faults.harness import Child, FaultRun
+from tests.faults.harness import FaultRun
 from tests.faults.sockets import posted_on, sockets
 
 __all__ = [
-    "QUEUED",
     "STANDBY",
     "Carried",
+    "Stranded",
     "carried",
     "forget_gateway",
     "gateway_env",
     "pending_replies",
     "strand_replies",
+    "stranded",
     "unique_gateway_id",
 ]
 
-#: What a gateway logs when a reply nobody answered in time goes to its outbox.
-QUEUED = "not answered in time; queued in the outbox"
 #: What a gateway logs while it waits for another process's lease on its gateway id.
-STANDBY = "waiting for the lease"
+STANDBY = "waiting to take over"
 #: The lease's time to live in these scenarios: short, so a takeover is quick, and well
 #: inside the documented 10 s bound even on a loaded machine.
 LEASE_TTL_S = 3
@@ -97,48 +98,78 @@ def pending_replies(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return {rid: n for rid, n in asked.items() if rid not in posted}
 
 
-async def strand_replies(run: FaultRun, holder: Child, queued: int) -> dict[str, int]:
-    """Leave sends unanswered until ``holder`` queued ``queued`` more replies in its outbox;
-    the replies pending then (``requestId`` -> message). Sends stay unanswered until
+@attrs.frozen
+class Stranded:
+    """Replies asked for and not performed (``requestId`` -> message), and which of them
+    belong to a message the gateway acked: acked only once its turn's completion and its
+    replies are committed, so those replies are in the outbox, and the turn is done."""
+
+    pending: Mapping[str, int]
+    settled: frozenset[str]
+
+
+def stranded(records: Sequence[Mapping[str, Any]]) -> Stranded:
+    """The replies stranded so far (see :class:`Stranded`)."""
+    pending = pending_replies(records)
+    delivered = {r["bid"]: r["n"] for r in records if r["ev"] == "deliver" and r["bid"]}
+    # An ack the connector then lost ("ack-lost") was still sent: the gateway had settled it.
+    acked = {
+        delivered[r["bid"]]
+        for r in records
+        if r["ev"] in ("ack", "ack-lost") and r["bid"] in delivered
+    }
+    return Stranded(pending, frozenset(rid for rid, n in pending.items() if n in acked))
+
+
+async def strand_replies(run: FaultRun, settled: int) -> None:
+    """Leave sends unanswered until ``settled`` replies sit in the gateway's outbox with
+    their messages acked (see :class:`Stranded`). Sends stay unanswered until
     ``run.open_sends()``."""
-    before = holder.count(QUEUED)
     await run.tell("gate")
-    await run.until(lambda: holder.count(QUEUED) >= before + queued, f"{queued} replies queued")
-    return pending_replies(read_records(run.journal_path))
+    await run.until(
+        lambda: len(stranded(read_records(run.journal_path)).settled) >= settled,
+        f"{settled} replies of acked messages stranded in the outbox",
+    )
 
 
 @attrs.frozen
 class Carried:
-    """What became of the replies pending when a gateway went away."""
+    """What became of the replies stranded when a gateway went away."""
 
     pending: int
+    settled: int
     #: Posted afterwards on a socket opened after the gateway went away.
     delivered_after: int
-    #: Of those, posted with no new turn for their message: sent from the outbox.
+    #: Settled ones posted afterwards with no new turn for their message: from the outbox.
     from_outbox: int
     #: Never posted, or posted on a socket that was already open (by the gone gateway).
     missing: tuple[str, ...]
+    #: Messages of settled replies whose turn ran again (a lost dedupe window).
+    settled_rerun: tuple[int, ...]
 
 
 def carried(
     records: Sequence[Mapping[str, Any]],
-    pending: Mapping[str, int],
+    left: Stranded,
     gone_at: float,
     later_agent_lines: Iterable[str],
 ) -> Carried:
-    """Which of the ``pending`` replies a later socket delivered, and which of those came
-    from the outbox (no ``start <n>`` in ``later_agent_lines``, the agent's lines since)."""
+    """Which replies ``left`` stranded a later socket delivered, and whether the settled
+    ones came from the outbox (no ``start <n>`` in ``later_agent_lines``, the agent's
+    lines since the gateway went away)."""
     opened_after = {s.conn for s in sockets(records) if s.accepted_at > gone_at}
     on = posted_on(records)
-    rerun = {
+    started = {
         int(n)
         for kind, _, n in (line.partition(" ") for line in later_agent_lines)
         if kind == "start" and n.isdigit()
     }
-    delivered = [rid for rid in pending if on.get(rid) in opened_after]
+    delivered = {rid for rid in left.pending if on.get(rid) in opened_after}
     return Carried(
-        pending=len(pending),
+        pending=len(left.pending),
+        settled=len(left.settled),
         delivered_after=len(delivered),
-        from_outbox=sum(1 for rid in delivered if pending[rid] not in rerun),
-        missing=tuple(sorted(set(pending) - set(delivered))),
+        from_outbox=sum(1 for rid in left.settled & delivered if left.pending[rid] not in started),
+        missing=tuple(sorted(set(left.pending) - delivered)),
+        settled_rerun=tuple(sorted({left.pending[rid] for rid in left.settled} & started)),
     )
