@@ -42,7 +42,14 @@ import trio
 # Run as a script: make the suite's own modules importable next to the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_journal import Journal, SocketJournal, message, message_number, read_records
+from fault_journal import (
+    Journal,
+    SocketJournal,
+    connection_key,
+    message,
+    message_number,
+    read_records,
+)
 
 from protocol.frames import GoingIdle, Hello, Inbound, InboundAck, Outbound
 from relay_runtime.connector import (
@@ -108,7 +115,7 @@ async def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     connector_log = logging.getLogger("relay.connector")
     connector_log.setLevel(logging.INFO)
-    connector_log.addHandler(SocketJournal(journal))
+    connector_log.addHandler(SocketJournal(journal, incarnation))
     gid = args.gateway_id
     connector = ReferenceConnector(
         secrets={gid: os.environ["FAULT_SECRET"]}, drain_window=args.drain_window
@@ -118,18 +125,22 @@ async def main(args: argparse.Namespace) -> None:
     ]
     connector.restore(gid, buffered=restored, performed=list(performed.items()))
     performed_ids = set(performed)
+
+    def key(conn_id: int) -> str:
+        return connection_key(incarnation, conn_id)
+
     # The connection each requestId last came on: a post follows its outbound frame.
-    asked_on: dict[str, int] = {}
+    asked_on: dict[str, str] = {}
 
     def on_outbound(conn: Connection, frame: Outbound) -> None:
-        asked_on[frame.request_id] = conn.id
+        asked_on[frame.request_id] = key(conn.id)
         content = getattr(frame.action, "content", None)
         journal.write(
             "outbound",
             rid=frame.request_id,
             op=frame.action.OP,
             repeat=frame.request_id in performed_ids,
-            conn=conn.id,
+            conn=key(conn.id),
             n=message_number(content) if isinstance(content, str) else None,
         )
 
@@ -165,12 +176,12 @@ async def main(args: argparse.Namespace) -> None:
                     journal.write("ack-lost" if acks.lose else "ack", bid=rec.frame.buffer_id)
                 elif isinstance(rec.frame, Hello) and rec.connection_id not in greeted:
                     greeted.add(rec.connection_id)
-                    journal.write("hello", conn=rec.connection_id)
+                    journal.write("hello", conn=key(rec.connection_id))
                 elif isinstance(rec.frame, GoingIdle):
-                    journal.write("idle", conn=rec.connection_id)
+                    journal.write("idle", conn=key(rec.connection_id))
             for sent in connector.sent[wrote:]:
                 if isinstance(sent.frame, Inbound) and sent.frame.buffer_id is not None:
-                    journal.write("push", bid=sent.frame.buffer_id, conn=sent.connection_id)
+                    journal.write("push", bid=sent.frame.buffer_id, conn=key(sent.connection_id))
             got, wrote = len(connector.received), len(connector.sent)
 
     hold = Hold()

@@ -38,6 +38,7 @@ __all__ = [
     "JournalReader",
     "SocketJournal",
     "Tally",
+    "connection_key",
     "message",
     "message_number",
     "tally",
@@ -93,15 +94,23 @@ class SocketJournal(logging.Handler):
     accept and a close in one wake-up and not know which came first.
     """
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, incarnation: int) -> None:
         super().__init__(logging.INFO)
         self.journal = journal
+        self.incarnation = incarnation
 
     def emit(self, record: logging.LogRecord) -> None:
         event = {CONNECTED: "accept", DISCONNECTED: "close"}.get(str(record.msg))
         if event is not None and isinstance(record.args, tuple):
             gid, conn = record.args
-            self.journal.write(event, gid=gid, conn=conn)
+            assert isinstance(conn, int), record.args
+            self.journal.write(event, gid=gid, conn=connection_key(self.incarnation, conn))
+
+
+def connection_key(incarnation: int, conn_id: int) -> str:
+    """How the journal names a connection: ``<connector incarnation>.<connection id>``
+    (a restarted connector numbers its connections from 1 again)."""
+    return f"{incarnation}.{conn_id}"
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ __all__ = ["Socket", "most_live", "posted_on", "sockets", "takeover_s"]
 class Socket:
     """One accepted gateway socket: its connection id, gateway id, and wall-clock times."""
 
-    conn: int
+    conn: str
     gateway_id: str
     accepted_at: float
     hello_at: float | None = None
@@ -30,7 +30,7 @@ class Socket:
 
 def sockets(records: Iterable[Mapping[str, Any]]) -> list[Socket]:
     """Every socket the journal saw accepted, in accept order (closed or still open)."""
-    found: dict[int, Socket] = {}
+    found: dict[str, Socket] = {}
     for rec in records:
         ev = rec["ev"]
         if ev == "accept":
@@ -46,9 +46,10 @@ def most_live(records: Iterable[Mapping[str, Any]], gateway_id: str) -> int:
     """The most sockets of ``gateway_id`` open at one moment, swept in journal order.
 
     Journal order is the order the connector accepted and closed them (one process, one
-    writer), so equal or skewed time stamps cannot hide an overlap.
+    writer), so equal or skewed time stamps cannot hide an overlap. A connector killed
+    with its sockets open journals no close for them; its restart (``start``) ends them.
     """
-    live: set[int] = set()
+    live: set[str] = set()
     most = 0
     for rec in records:
         if rec["ev"] == "accept" and rec["gid"] == gateway_id:
@@ -56,6 +57,8 @@ def most_live(records: Iterable[Mapping[str, Any]], gateway_id: str) -> int:
             most = max(most, len(live))
         elif rec["ev"] == "close":
             live.discard(rec["conn"])
+        elif rec["ev"] == "start":  # a new connector process: the last one's sockets died
+            live.clear()
     return most
 
 
@@ -67,9 +70,9 @@ def takeover_s(found: Iterable[Socket], gateway_id: str, killed_at: float) -> fl
     return min(after) - killed_at if after else None
 
 
-def posted_on(records: Iterable[Mapping[str, Any]]) -> dict[str, int | None]:
+def posted_on(records: Iterable[Mapping[str, Any]]) -> dict[str, str | None]:
     """The connection each performed ``requestId`` was posted on (first post wins)."""
-    found: dict[str, int | None] = {}
+    found: dict[str, str | None] = {}
     for rec in records:
         if rec["ev"] == "post":
             found.setdefault(rec["rid"], rec.get("conn"))

@@ -126,7 +126,7 @@ async def test_failover_under_kill_9_answers_every_message_exactly_once(
                 outcomes = [
                     carried(records, left, at, run.agent_lines[mark:]) for left, at, mark in kills
                 ]
-                most = most_live(records, gateway_id)
+                most = live_sockets(run)
                 result = report(
                     run,
                     kills=len(kills),
@@ -191,8 +191,10 @@ async def test_scale_to_zero_carries_the_dedupe_window_and_the_outbox_over(
                     later = run.agent_lines[mark:]
                     rerun = forgot & agent_numbers(later, "start")
                     outcome = carried(read_records(run.journal_path), left, gone_at, later)
+                most = live_sockets(run)
                 result = report(
                     run,
+                    most_live_sockets=most,
                     going_idle=run.idles,
                     lost_acks=len(forgot),
                     lost_acks_run_again=len(rerun),
@@ -201,6 +203,7 @@ async def test_scale_to_zero_carries_the_dedupe_window_and_the_outbox_over(
                     from_outbox=outcome.from_outbox if outcome else "-",
                 )
     check(result)
+    assert most == 1, f"{most} sockets of {gateway_id} were live at once"
     assert run.idles >= 1, "the first process never sent going_idle"
     assert forgot, "no finished turn had its ack lost"
     assert not rerun, f"turns that finished before the stop ran again: {sorted(rerun)[:20]}"

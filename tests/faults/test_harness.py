@@ -133,29 +133,35 @@ async def test_a_restored_connector_replays_the_buffer_and_remembers_requestids(
 
 
 def test_most_live_sweeps_accepts_and_closes_in_journal_order() -> None:
-    def ev(kind: str, conn: int, gid: str = "g", t: float = 0.0) -> dict[str, Any]:
+    def ev(kind: str, conn: str, gid: str = "g", t: float = 0.0) -> dict[str, Any]:
         return {"ev": kind, "conn": conn, "gid": gid, "t": t}
 
-    handover = [ev("accept", 1, t=1.0), ev("close", 1, t=5.0), ev("accept", 2, t=5.0)]
+    handover = [ev("accept", "1.1", t=1.0), ev("close", "1.1", t=5.0), ev("accept", "1.2", t=5.0)]
     assert most_live(handover, "g") == 1
     # The same times, the other order: the second socket came while the first was live.
-    overlap = [ev("accept", 1, t=1.0), ev("accept", 2, t=5.0), ev("close", 1, t=5.0)]
+    overlap = [ev("accept", "1.1", t=1.0), ev("accept", "1.2", t=5.0), ev("close", "1.1", t=5.0)]
     assert most_live(overlap, "g") == 2
     # Another gateway id's socket is not counted against this one.
-    assert most_live([ev("accept", 1), ev("accept", 2, gid="other")], "g") == 1
-    found = sockets([*handover, {"ev": "hello", "conn": 2, "t": 5.1}])
-    assert [(s.conn, s.closed_at, s.hello_at) for s in found] == [(1, 5.0, None), (2, None, 5.1)]
+    assert most_live([ev("accept", "1.1"), ev("accept", "1.2", gid="other")], "g") == 1
+    # A connector killed with a socket open journals no close: its restart ends the socket.
+    restart = [ev("accept", "1.1"), {"ev": "start", "t": 2.0}, ev("accept", "2.1", t=3.0)]
+    assert most_live(restart, "g") == 1
+    found = sockets([*handover, {"ev": "hello", "conn": "1.2", "t": 5.1}])
+    assert [(s.conn, s.closed_at, s.hello_at) for s in found] == [
+        ("1.1", 5.0, None),
+        ("1.2", None, 5.1),
+    ]
     assert takeover_s(found, "g", killed_at=4.0) == 1.0
     assert takeover_s(found, "g", killed_at=6.0) is None
 
 
 def test_posted_on_names_the_connection_of_the_first_post() -> None:
     records = [
-        {**post(1, "r1"), "conn": 3},
-        {**post(1, "r1"), "conn": 4},
+        {**post(1, "r1"), "conn": "1.3"},
+        {**post(1, "r1"), "conn": "1.4"},
         {**post(2, "r2"), "conn": None},
     ]
-    assert posted_on(records) == {"r1": 3, "r2": None}
+    assert posted_on(records) == {"r1": "1.3", "r2": None}
 
 
 async def test_the_socket_journal_records_every_accept_and_close_in_order(
@@ -163,7 +169,7 @@ async def test_the_socket_journal_records_every_accept_and_close_in_order(
 ) -> None:
     path = tmp_path / "sockets.jsonl"
     journal = Journal(path)
-    handler = SocketJournal(journal)
+    handler = SocketJournal(journal, incarnation=2)
     connector_log = logging.getLogger("relay.connector")
     level = connector_log.level
     connector_log.setLevel(logging.INFO)
@@ -186,12 +192,12 @@ async def test_the_socket_journal_records_every_accept_and_close_in_order(
         journal.close()
     records = read_records(path)
     assert [(r["ev"], r["conn"]) for r in records] == [
-        ("accept", 1),
-        ("accept", 2),
-        ("close", 2),
-        ("close", 1),
-        ("accept", 3),
-        ("close", 3),
+        ("accept", "2.1"),
+        ("accept", "2.2"),
+        ("close", "2.2"),
+        ("close", "2.1"),
+        ("accept", "2.3"),
+        ("close", "2.3"),
     ]
     assert {r["gid"] for r in records} == {GATEWAY}
     assert most_live(records, GATEWAY) == 2
