@@ -122,10 +122,16 @@ def stranded(records: Sequence[Mapping[str, Any]]) -> Stranded:
 
 
 async def strand_replies(run: FaultRun, settled: int) -> None:
-    """Leave sends unanswered until ``settled`` replies sit in the gateway's outbox with
-    their messages acked (see :class:`Stranded`). Sends stay unanswered until
-    ``run.open_sends()``."""
+    """Leave sends unanswered and hold the schedule until ``settled`` replies sit in the
+    gateway's outbox with their messages acked (see :class:`Stranded`).
+
+    The messages in flight are the ones that strand; holding the schedule keeps the rest of
+    it for later (a strand that takes long under load must not let the whole schedule go
+    out meanwhile). Sends stay unanswered until ``run.open_sends()``, the schedule held
+    until ``run.resume()``.
+    """
     await run.tell("gate")
+    await run.hold_live()
     await run.until(
         lambda: len(stranded(read_records(run.journal_path)).settled) >= settled,
         f"{settled} replies of acked messages stranded in the outbox",

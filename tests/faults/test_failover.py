@@ -95,10 +95,9 @@ async def test_failover_under_kill_9_answers_every_message_exactly_once(
                 assert not standby.saw("gateway ready"), standby.tail()
                 for threshold in KILL_AT:
                     await run.at_posts(threshold)
+                    # The schedule stays held until the next standby is in place: work is
+                    # left for the next kill however fast the new holder clears the backlog.
                     await strand_replies(run, 2)
-                    # No new messages until the next standby is in place: work is left for
-                    # the next kill however fast the new holder clears the backlog.
-                    await run.hold_live()
                     mark = len(run.agent_lines)
                     killed_at = time.time()
                     code, _ = await run.stop_gateway(signal.SIGKILL, holder)
@@ -172,8 +171,7 @@ async def test_scale_to_zero_carries_the_dedupe_window_and_the_outbox_over(
                 # stored them): after its restart it delivers those messages again.
                 await run.tell("lose-acks")
                 await run.until(lambda: count(run, "ack-lost") >= 20, "20 acks lost")
-                await run.hold_live()  # nothing new while the first process winds down
-                await strand_replies(run, 2)
+                await strand_replies(run, 2)  # and nothing new while the first one stops
                 code, _ = await run.stop_gateway(signal.SIGTERM)  # going_idle, then exit
                 assert code == 0, first.tail()
                 gone_at, mark = time.time(), len(run.agent_lines)
