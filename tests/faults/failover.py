@@ -122,17 +122,31 @@ def stranded(records: Sequence[Mapping[str, Any]]) -> Stranded:
     return Stranded(pending, frozenset(rid for rid, n in pending.items() if n in acked))
 
 
+def unanswered(run: FaultRun) -> int:
+    """Messages delivered so far that no post answered yet."""
+    run.refresh()
+    delivered = {r["n"] for r in read_records(run.journal_path) if r["ev"] == "deliver"}
+    return len(delivered - set(run.answered))
+
+
 async def strand_replies(run: FaultRun, settled: int) -> None:
     """Leave sends unanswered and hold the schedule until ``settled`` replies sit in the
     gateway's outbox with their messages acked (see :class:`Stranded`).
 
-    The messages in flight are the ones that strand; holding the schedule keeps the rest of
-    it for later (a strand that takes long under load must not let the whole schedule go
-    out meanwhile). Sends stay unanswered until ``run.open_sends()``, the schedule held
+    With sends unanswered, every message delivered and not answered ends that way; if fewer
+    than ``settled`` are (a fast gateway, a backlog just cleared), the schedule lets a few
+    more out. Held, the rest of the schedule is kept for later, however long this takes on
+    a loaded machine. Sends stay unanswered until ``run.open_sends()``, the schedule held
     until ``run.resume()``.
     """
     await run.tell("gate")
     await run.hold_live()
+    while unanswered(run) < settled and not run.done:
+        await run.resume()
+        await run.until(
+            lambda: unanswered(run) >= settled or run.done, f"{settled} messages in flight"
+        )
+        await run.hold_live()
     await run.until(
         lambda: len(stranded(read_records(run.journal_path)).settled) >= settled,
         f"{settled} replies of acked messages stranded in the outbox",
