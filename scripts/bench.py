@@ -42,6 +42,7 @@ import trio
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parent))
 
 import bench_pipeline as bp
+import bench_raw
 from bench_trust import bench_decide
 
 SCRIPT = Path(__file__).resolve()
@@ -559,6 +560,8 @@ async def run_all(quick: bool, state_dsn: str | None = None) -> dict[str, Any]:
     if state_dsn is not None:
         print("pipeline with state on PostgreSQL ...", file=sys.stderr, flush=True)
         pg = await bp.run_pipeline(bp.plan(rates, seconds, saturation), "careful", state_dsn)
+    print("pipeline vs the protocol-equivalent raw exchange ...", file=sys.stderr, flush=True)
+    paired = await bench_raw.paired(3, 1000 if quick else 3000)
     print("trust ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-trust-") as tmp:
         trust = await bench_trust(2_000 if quick else 20_000, Path(tmp))
@@ -571,6 +574,7 @@ async def run_all(quick: bool, state_dsn: str | None = None) -> dict[str, Any]:
     return {
         "pipe": pipe,
         "raw": raw,
+        "paired": paired,
         "trust": trust,
         "memory": memory,
         "identities": identities,
@@ -617,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["identities"], results["reconnect"], args.quick, plot_name, series,
         results["pg"],
     )  # fmt: skip
+    text += bench_raw.report_section(results["paired"])
+    ok = ok and bench_raw.headline_ratio(results["paired"]) >= bench_raw.TARGET_RATIO
     (out / "report.md").write_text(text)
     print(text)
     print(
