@@ -49,12 +49,9 @@ from typing import IO, Any
 
 import trio
 
-from protocol.actions import Send
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import Outbound, OutboundResult
-from relay_runtime.connector import DEFAULT_DESCRIPTORS, Connection, ReferenceConnector
-from relay_runtime.connector.admin import MAX_WAIT_S, AdminApi, operator_app
-from relay_runtime.connector.admin_client import AdminClient, AdminError
+from relay_runtime.cli.connector_bench import Bench
+from relay_runtime.connector import DEFAULT_DESCRIPTORS, ReferenceConnector
+from relay_runtime.connector.admin import AdminApi, operator_app
 from relay_runtime.connector.control_plane import ControlPlane, ControlPlaneRegistry, serve_http
 from relay_runtime.connector.records import Post
 from relay_runtime.connector.upgrade_auth import DEFAULT_MAX_TOKEN_LIFETIME_S
@@ -123,7 +120,10 @@ def register(subparsers: Any) -> None:
         metavar="SUBCOMMAND",
         help="call a running connector's admin routes (none: serve a connector)",
     )
-    _admin_commands(commands)
+    # Imported here, not at the top: connector_admin imports this module's shared names.
+    from relay_runtime.cli.connector_admin import add_admin_commands
+
+    add_admin_commands(commands)
 
 
 def _serve_options(parser: argparse.ArgumentParser) -> None:
@@ -357,7 +357,9 @@ def _check_serve_options(args: argparse.Namespace) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     if getattr(args, "admin_command", None) is not None:
-        return _admin_main(args)
+        from relay_runtime.cli.connector_admin import admin_main
+
+        return admin_main(args)
     try:
         _check_serve_options(args)
         secrets = parse_credentials(args.credentials, os.environ)
@@ -479,235 +481,3 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
         async for _ in signals:
             scope.cancel()
             return
-
-
-# --------------------------------------------------------------------------- admin client
-
-
-def _admin_commands(commands: Any) -> None:
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = commands.add_parser(
-            name, help=help_text, description=help_text
-        )
-        sub.add_argument(
-            "--url",
-            dest="admin_url",
-            metavar="URL",
-            help=f"the running connector's control-plane URL (default: ${ENV_URL})",
-        )
-        sub.add_argument(
-            "--admin-token-file",
-            dest="client_token_file",
-            metavar="FILE",
-            help=f"the admin token (default: ${ENV_ADMIN_TOKEN})",
-        )
-        sub.add_argument(
-            "--gateway-id",
-            dest="target",
-            metavar="ID",
-            help="the gateway (default: the only one the connector knows)",
-        )
-        sub.set_defaults(admin_command=name)
-        return sub
-
-    add("status", "show every gateway the connector knows")
-    wait = add("wait", "wait until a gateway is connected/disconnected/drained, or posts arrive")
-    wait.add_argument(
-        "until",
-        choices=("connected", "disconnected", "drained", "journal"),
-        help="what to wait for (journal: until the journal holds --count posts)",
-    )
-    wait.add_argument("--count", type=int, default=1, help="journal posts to wait for (default 1)")
-    wait.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds before giving up (default 30)"
-    )
-    inject = add("inject", "deliver an inbound message to the gateway, live or buffered")
-    inject.add_argument("text", help="the message text")
-    inject.add_argument("--platform", dest="inject_platform", default="relay", help="(relay)")
-    inject.add_argument("--chat", default="chat-1", help="chat id (default chat-1)")
-    inject.add_argument("--chat-type", default="dm", help="dm, group, channel... (default dm)")
-    inject.add_argument("--user", default="user-1", help="sender's user id (default user-1)")
-    inject.add_argument(
-        "--buffered",
-        action="store_true",
-        help="deliver through the ack-gated buffer (with a bufferId) rather than live",
-    )
-    inject.add_argument(
-        "--unaddressed",
-        action="store_true",
-        help="the message does not mention or reply to the bot (for the relevance gate)",
-    )
-    add("buffer", "list what is buffered for the gateway, oldest first")
-    add("hold", "flip the gateway to buffered-only (as after going_idle)")
-    add("flush", "replay the gateway's buffer on its live connection now")
-    add("revoke", "refuse the gateway's tokens and close its live socket with 4401")
-    journal = add("journal", "show what the gateway posted (one JSON object per post)")
-    journal.add_argument("--after", type=int, default=0, help="skip the first N posts")
-
-
-def _admin_main(args: argparse.Namespace) -> int:
-    command: str = args.admin_command
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
-    try:
-        url = args.admin_url or os.environ.get(ENV_URL, "").strip()
-        if not url:
-            raise UsageProblem(f"no connector URL; pass --url or set {ENV_URL}")
-        token = _admin_token(args.client_token_file, os.environ)
-        if token is None:
-            raise UsageProblem(f"no admin token; set {ENV_ADMIN_TOKEN} or pass --admin-token-file")
-        body, wait_s = _admin_body(command, args)
-    except ValueError as exc:
-        print(f"{_PREFIX} {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        reply = AdminClient(url, token).call(command, body, wait_s=wait_s)
-    except AdminError as exc:
-        print(f"{_PREFIX} {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    for line in _admin_lines(command, reply):
-        print(json.dumps(line, ensure_ascii=False, sort_keys=True))
-    return EXIT_OK
-
-
-def _admin_body(command: str, args: argparse.Namespace) -> tuple[dict[str, Any], float]:
-    body: dict[str, Any] = {"gatewayId": args.target}
-    if command == "wait":
-        if not (math.isfinite(args.timeout) and 0 <= args.timeout <= MAX_WAIT_S):
-            raise UsageProblem(f"--timeout must be 0-{MAX_WAIT_S:g} seconds, not {args.timeout}")
-        if args.count < 0:
-            raise UsageProblem(f"--count must be >= 0, not {args.count}")
-        body |= {"until": args.until, "count": args.count, "timeoutS": args.timeout}
-        return body, args.timeout
-    if command == "inject":
-        body |= {
-            "text": args.text,
-            "platform": args.inject_platform,
-            "chatId": args.chat,
-            "chatType": args.chat_type,
-            "userId": args.user,
-            "buffered": args.buffered,
-            "addressed": not args.unaddressed,
-        }
-    elif command == "journal":
-        if args.after < 0:
-            raise UsageProblem(f"--after must be >= 0, not {args.after}")
-        body["after"] = args.after
-    return body, 0.0
-
-
-def _admin_lines(command: str, reply: dict[str, Any]) -> list[Any]:
-    if command in ("status", "wait"):
-        return list(reply.get("gateways", []))
-    if command == "buffer":
-        return list(reply.get("entries", []))
-    if command == "journal":
-        return list(reply.get("entries", []))
-    return [reply]
-
-
-# --------------------------------------------------------------------------- bench
-
-
-class Bench:
-    """Injects ``count`` messages at ``rate``/s and times each until the gateway's reply.
-
-    Each message goes to its own chat ``bench-<i>``; its round trip ends at the first
-    ``outbound`` ``send`` to that chat. Times are seconds of the trio clock. Bound
-    :meth:`run` (and :meth:`settle`) with a cancel scope; :meth:`summary` reports whatever
-    was measured.
-    """
-
-    def __init__(self, connector: ReferenceConnector, count: int, rate: float) -> None:
-        self.connector = connector
-        self.count = count
-        self.rate = rate
-        self.started: dict[str, float] = {}
-        self.latencies: list[float] = []
-        self.answered: set[str] = set()
-        self._seen = 0
-        self._t0: float | None = None
-        self.gateway_id: str | None = None
-
-    async def run(self) -> None:
-        """Wait for a gateway, inject every message on schedule, wait for every reply.
-
-        The first gateway to complete a handshake is the one measured.
-        """
-        connector = self.connector
-
-        def handshaken() -> Connection | None:
-            return next((c for c in connector.connections if c.open and c.handshaken), None)
-
-        await connector.wait_for(lambda: handshaken() is not None)
-        first = handshaken()
-        assert first is not None
-        self.gateway_id = gateway_id = first.gateway_id
-        self._t0 = t0 = trio.current_time()
-        for i in range(self.count):
-            chat = f"bench-{i}"
-            await trio.sleep_until(t0 + i / self.rate)
-            self.started[chat] = trio.current_time()
-            source = SessionSource(platform="relay", chat_id=chat, chat_type="dm", user_id="u")
-            event = MessageEvent(text=f"ping {i}", source=source)
-            await connector.inject(event, gateway_id=gateway_id)
-        await connector.wait_for(self._collect)
-
-    async def settle(self) -> None:
-        """After :meth:`run`: wait until the connector answered every ``send`` it timed, then
-        close the measured gateway's sockets 1001 (going away), so the gateway sees each of
-        its sends succeed and the connection end cleanly rather than reset mid-reply.
-
-        Bound it with a cancel scope.
-        """
-        connector = self.connector
-        asked = {
-            r.frame.request_id
-            for r in connector.received
-            if isinstance(r.frame, Outbound)
-            and isinstance(r.frame.action, Send)
-            and r.frame.action.chat_id in self.answered
-        }
-
-        def answered() -> bool:
-            results = (s.frame for s in connector.sent)
-            done = {f.request_id for f in results if isinstance(f, OutboundResult)}
-            return asked <= done
-
-        await connector.wait_for(answered)
-        if self.gateway_id is not None:
-            await connector.drop(self.gateway_id, code=1001, reason="bench done")
-
-    def _collect(self) -> bool:
-        received = self.connector.received
-        for record in received[self._seen :]:
-            frame = record.frame
-            if isinstance(frame, Outbound) and isinstance(frame.action, Send):
-                chat = frame.action.chat_id
-                if chat in self.started and chat not in self.answered:
-                    self.answered.add(chat)
-                    self.latencies.append(record.at - self.started[chat])
-        self._seen = len(received)
-        return len(self.answered) == self.count
-
-    def summary(self) -> dict[str, Any]:
-        """The figures so far, as one JSON-ready object."""
-        self._collect()
-        latencies = sorted(self.latencies)
-        t0 = trio.current_time() if self._t0 is None else self._t0
-        return {
-            "count": self.count,
-            "answered": len(self.answered),
-            "rate": self.rate,
-            "duration_s": round(trio.current_time() - t0, 6),
-            "p50_ms": _percentile_ms(latencies, 0.50),
-            "p95_ms": _percentile_ms(latencies, 0.95),
-            "p99_ms": _percentile_ms(latencies, 0.99),
-            "max_ms": _percentile_ms(latencies, 1.0),
-        }
-
-
-def _percentile_ms(sorted_values: Sequence[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return round(sorted_values[index] * 1000, 3)
