@@ -60,12 +60,13 @@ import bench_pipeline as bp
 
 from protocol.actions import Send
 from protocol.codec import encode_frame
-from protocol.frames import Inbound, InboundAck, Outbound, OutboundResult
+from protocol.frames import Hello, Inbound, InboundAck, Outbound, OutboundResult
 
 SCRIPT: Final = Path(__file__).resolve()
 #: Issue 15's acceptance: pipeline msg/s over the raw exchange's, at saturation.
 TARGET_RATIO: Final = 0.50
 PIPELINE: Final = "pipeline"
+CONNECTOR: Final = "connector + raw client"
 RAW_TW: Final = "raw trio-websocket"
 RAW_WS: Final = "raw websockets.trio"
 TRIO_WEBSOCKET: Final = "trio-websocket"
@@ -231,30 +232,41 @@ class RawServer:
 async def exchange(
     receive: Callable[[], Awaitable[str | bytes]], send: Callable[[str], Awaitable[None]]
 ) -> None:
-    """The raw client's loop (the gateway's role), the same for both libraries.
+    """The raw client's loop (the gateway's role), the same for both libraries and servers.
 
-    An ``inbound`` is answered with its ``outbound``; an ``outbound_result`` with the
-    ``inbound_ack`` of the same message. No JSON parsing: the number sits at a fixed offset.
+    An ``inbound`` is answered with its ``outbound`` (the message's number sits at a fixed
+    offset in its text; its ``bufferId`` ends the frame and is kept by number); an
+    ``outbound_result`` with the ``inbound_ack`` for that ``bufferId``. No JSON parsing.
     """
     t = Templates.build()
     inbound_at = len(t.inbound[0])
     inbound_prefix = t.inbound[0][:16]
+    ack_head, ack_tail = '{"type":"inbound_ack","bufferId":"', '"}\n'
+    buffer_ids: dict[int, str] = {}
     while True:
         message = await receive()
         text = message if isinstance(message, str) else message.decode()
         if text.startswith(inbound_prefix):
             seq = int(text[inbound_at : inbound_at + 9])
+            buffer_ids[seq] = text[text.rindex('"bufferId":"') + 12 : text.rindex('"')]
             await send(Templates.render(t.outbound, seq))
         else:
             seq = int(text[t.result_at : t.result_at + 9])
-            await send(Templates.render(t.ack, seq))
+            await send(ack_head + buffer_ids.pop(seq) + ack_tail)
 
 
-async def client_main(library: str, url: str) -> None:
-    """Child: dial ``url`` with ``library`` (no compression) and run :func:`exchange`."""
+async def client_main(library: str, url: str, hello: bool) -> None:
+    """Child: dial ``url`` with ``library`` (no compression) and run :func:`exchange`.
+
+    With ``hello`` (a real connector) it first says ``hello`` and waits for the descriptor.
+    """
+    opening = encode_frame(Hello(platform=bp.PLATFORM, bot_id="bench")) if hello else None
     if library == TRIO_WEBSOCKET:
         async with open_websocket_url(url) as tw:
             with contextlib.suppress(ConnectionClosed):
+                if opening is not None:
+                    await tw.send_message(opening)
+                    await tw.get_message()
                 await exchange(tw.get_message, tw.send_message)
     else:
         from websockets.exceptions import ConnectionClosed as WsClosed
@@ -262,6 +274,9 @@ async def client_main(library: str, url: str) -> None:
 
         async with connect(url, compression=None, proxy=None) as ws:
             with contextlib.suppress(WsClosed):
+                if opening is not None:
+                    await ws.send(opening)
+                    await ws.recv()
                 await exchange(ws.recv, ws.send)
 
 
@@ -285,6 +300,8 @@ class Peer:
     tracker: bp.Tracker
     pid: int
     next_seq: int = 1
+    #: Called as ``prepare(first_seq, count)`` before a timed run, outside its CPU window.
+    prepare: Callable[[int, int], None] | None = None
 
 
 @contextlib.asynccontextmanager
@@ -326,6 +343,57 @@ async def pipeline_peer(trust: str, window: int) -> AsyncIterator[Peer]:
         peer.next_seq = WARMUP + 1
         yield peer
         bench.trim()
+
+
+@contextlib.asynccontextmanager
+async def connector_peer(window: int) -> AsyncIterator[Peer]:
+    """The reference connector here (every delivery ack-gated) and the raw client child.
+
+    The same client as :func:`raw_peer`'s, so the two differ only in the server: the
+    connector's CPU per message against the raw server's is the connector's own overhead.
+    The events are built before each timed run (``prepare``): making a ``MessageEvent`` is
+    its caller's work, not the connector's.
+    """
+    from relay_runtime.connector import ReferenceConnector
+
+    tracker = bp.Tracker()
+    events: dict[int, Any] = {}
+
+    def observe(conn: Any, frame: Outbound) -> None:
+        content = getattr(frame.action, "content", "")
+        tracker.complete(int(content[1:10]))
+
+    connector = ReferenceConnector(
+        allow_unauthenticated=True,
+        always_buffer=True,
+        drain_window=window,
+        on_outbound=observe,
+    )
+
+    def prepare(first_seq: int, count: int) -> None:
+        events.clear()
+        connector.clear_records()
+        connector.clear_messages()
+        for seq in range(first_seq, first_seq + count):
+            events[seq] = bp.make_event(seq, seq % bp.SESSIONS)
+
+    async def send(seq: int) -> None:
+        await connector.inject(events.pop(seq), gateway_id="")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connector.serve, bp.HOST, 0)
+        argv = [sys.executable, os.fspath(SCRIPT), "client", "--library", TRIO_WEBSOCKET,
+                "--url", connector.url, "--hello"]  # fmt: skip
+        with bp.child(argv) as proc:
+            with trio.fail_after(bp.START_TIMEOUT_S):
+                await connector.wait_connected("")
+            peer = Peer(CONNECTOR, send, tracker, proc.pid, prepare=prepare)
+            prepare(1, WARMUP)
+            await bp.drive("warmup", send, tracker, first_seq=1, rate=None, count=WARMUP)
+            peer.next_seq = WARMUP + 1
+            yield peer
+            await connector.drop("", code=1000, reason="bench done")
+        nursery.cancel_scope.cancel()
 
 
 # --------------------------------------------------------------------------- the paired run
@@ -405,12 +473,12 @@ def table(samples: Sequence[Sample]) -> str:
         return f"{v[0]:,.{digits}f} ({v[1]:,.{digits}f}-{v[2]:,.{digits}f})"
 
     head = (
-        f"{'stack':<20} {'reps':>4} {'msg/s median (range)':>24} "
+        f"{'stack':<24} {'reps':>4} {'msg/s median (range)':>24} "
         f"{'gateway/client CPU µs/msg':>27} {'connector/server CPU µs/msg':>29} {'lost':>5}"
     )
     lines = [head, "-" * len(head)]
     lines.extend(
-        f"{s.stack:<20} {s.reps:>4} {fmt(s.rate):>24} {fmt(s.child_us):>27} "
+        f"{s.stack:<24} {s.reps:>4} {fmt(s.rate):>24} {fmt(s.child_us):>27} "
         f"{fmt(s.local_us):>29} {s.lost:>5}"
         for s in summarise(samples)
     )
@@ -418,17 +486,18 @@ def table(samples: Sequence[Sample]) -> str:
 
 
 def cpu_lines(samples: Sequence[Sample]) -> list[str]:
-    """The connector-vs-raw-server and gateway-vs-raw-client CPU ratios (medians per rep)."""
+    """CPU per message of one stack over another's, per repetition (median and range)."""
     lines = []
-    for label, pick in (
-        ("connector/raw server", Sample.local_us),
-        ("gateway/raw client", Sample.child_us),
+    for label, stack, pick in (
+        ("connector/raw server (same raw client)", CONNECTOR, Sample.local_us),
+        ("connector/raw server (pipeline's connector)", PIPELINE, Sample.local_us),
+        ("gateway/raw client", PIPELINE, Sample.child_us),
     ):
         by = {(s.stack, s.rep): pick(s) for s in samples}
         values = [
-            by[PIPELINE, r] / by[RAW_TW, r]
+            by[stack, r] / by[RAW_TW, r]
             for r in sorted({s.rep for s in samples})
-            if (PIPELINE, r) in by and by.get((RAW_TW, r))
+            if (stack, r) in by and by.get((RAW_TW, r))
         ]
         if values:
             mid, lo, hi = spread(values)
@@ -448,10 +517,13 @@ async def paired(
     async with contextlib.AsyncExitStack() as stack:
         peers = [await stack.enter_async_context(pipeline_peer(trust, window))]
         peers.append(await stack.enter_async_context(raw_peer(RAW_TW, TRIO_WEBSOCKET, window)))
+        peers.append(await stack.enter_async_context(connector_peer(window)))
         if note is None:
             peers.append(await stack.enter_async_context(raw_peer(RAW_WS, WEBSOCKETS, window)))
         for rep in range(reps):
             for peer in peers if rep % 2 == 0 else reversed(peers):
+                if peer.prepare is not None:
+                    peer.prepare(peer.next_seq, count)
                 sample = await timed_run(
                     peer.stack, rep, peer.pid, peer.send, peer.tracker, peer.next_seq, count
                 )
@@ -502,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = sub.add_parser("client", help="(internal) the raw client child")
     client.add_argument("--library", choices=(TRIO_WEBSOCKET, WEBSOCKETS), required=True)
     client.add_argument("--url", required=True)
+    client.add_argument("--hello", action="store_true", help="say hello first (a connector)")
     parser.add_argument("--reps", type=int, default=3, help="paired repetitions (>= 3)")
     parser.add_argument("--count", type=int, default=3000, help="messages per saturation run")
     parser.add_argument("--trust", default="careful", help="gateway trust preset (or open)")
@@ -510,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "client":
         with contextlib.suppress(KeyboardInterrupt):
-            trio.run(client_main, args.library, args.url)
+            trio.run(client_main, args.library, args.url, args.hello)
         return 0
     samples = trio.run(
         lambda: paired(args.reps, args.count, args.trust, websockets=not args.no_websockets)

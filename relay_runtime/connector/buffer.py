@@ -9,6 +9,7 @@ un-acked tail on the next connection (RC §8 Drain). Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Iterator
 
 import attrs
@@ -55,11 +56,21 @@ class DeliveryBuffer:
         return True
 
     def next_unsent(self, sent: Collection[str]) -> BufferedFrame | None:
-        """The oldest entry whose id is not in ``sent`` (what one connection already got)."""
-        for buffer_id, frame in self._entries.items():
-            if buffer_id not in sent:
-                return frame
-        return None
+        """The oldest entry whose id is not in ``sent`` (what one connection already got).
+
+        ``sent`` holds buffered ids only, as a connection's in-flight set does (an id leaves
+        both on its ack). So the two usual cases of a busy connection, everything sent and
+        just the newest entry unsent, are answered without a scan of the buffer.
+        """
+        unsent = len(self._entries) - len(sent)
+        if unsent <= 0:
+            return None
+        if unsent == 1:
+            newest = next(reversed(self._entries))
+            if newest not in sent:
+                return self._entries[newest]
+        buffer_id = next(itertools.filterfalse(sent.__contains__, self._entries), None)
+        return None if buffer_id is None else self._entries[buffer_id]
 
     def ids(self) -> list[str]:
         """The buffered ids, oldest first."""

@@ -156,6 +156,10 @@ class ConnectorCore:
         self._chaos: Chaos | None = None
         self.chaos_drops = 0
         self._change = trio.Event()
+        self._waiting = 0  # tasks in wait_for
+        # Set only by changes the drain depends on (buffer, acks, flips, connections), so
+        # that the frames of every message do not wake each connection's drain task.
+        self._drain_change = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._port: int | None = None
         self._host = "127.0.0.1"
@@ -205,11 +209,23 @@ class ConnectorCore:
         gate drops and pokes. Bound the wait with the caller's own cancel scope.
         """
         while not predicate():
-            await self._change.wait()
+            self._waiting += 1
+            try:
+                await self._change.wait()
+            finally:
+                self._waiting -= 1
 
     def _changed(self) -> None:
-        self._change.set()
-        self._change = trio.Event()
+        """Announce a change the drain may depend on (and wake every :meth:`wait_for`)."""
+        self._drain_change.set()
+        self._drain_change = trio.Event()
+        self._noted()
+
+    def _noted(self) -> None:
+        """Announce a new record (a frame in or out): wakes :meth:`wait_for`, not the drain."""
+        if self._waiting:  # most records are written with nobody waiting: no new Event
+            self._change.set()
+            self._change = trio.Event()
 
     def _resolve(self, gateway_id: str | None) -> str:
         if gateway_id is not None:
@@ -230,6 +246,31 @@ class ConnectorCore:
             inst = self._instances[gateway_id] = Instance(gateway_id)
         return inst
 
+    async def _pump(self, inst: Instance) -> None:
+        """Send ``inst``'s oldest unsent entries on its current connection, up to the window.
+
+        The drain task's work (:meth:`~.sockets.Sockets._drain`), done inline where an entry
+        or a free slot appears (an injection, an ``inbound_ack``) so that a message does not
+        wake that task. Order holds however many callers pump at once: an entry is taken and
+        its frame queued on the socket (``wsproto``, then the socket's FIFO lock) with no
+        checkpoint in between.
+        """
+        conn = inst.current
+        while (
+            conn is not None
+            and conn.open
+            and conn.draining
+            and inst.current is conn
+            and len(conn.in_flight) < self.drain_window
+        ):
+            entry = inst.buffer.next_unsent(conn.in_flight)
+            if entry is None:
+                return
+            assert entry.buffer_id is not None
+            conn.in_flight.add(entry.buffer_id)
+            if not await self._write(conn, entry):
+                return
+
     async def _write(self, conn: Connection, frame: ConnectorFrame) -> bool:
         return await self._write_text(conn, encode_frame(frame), frame)
 
@@ -239,7 +280,7 @@ class ConnectorCore:
         except ConnectionClosed:
             return False
         self._sent.append(Sent(conn.id, conn.gateway_id, text, frame))
-        self._changed()
+        self._noted()
         await self._chaos_tick(conn)
         return True
 

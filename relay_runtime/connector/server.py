@@ -278,7 +278,9 @@ class ReferenceConnector(Sockets, Observation):
         if inst.buffered_only and not inst.poked:
             inst.poked = True
             self._poke(inst)
-        self._changed()
+        # The drain's only work on an append is sending it: done here, without waking it.
+        self._noted()
+        await self._pump(inst)
         return Delivery("buffered", buffer_id=buffer_id)
 
     def _poke(self, inst: Instance) -> None:

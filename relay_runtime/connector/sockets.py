@@ -289,18 +289,26 @@ class Sockets(Access, Answers):
             log.debug("gateway %r sent a connector frame (%s); ignored", conn.gateway_id, item)
             return
         self._received.append(Received(conn.id, conn.gateway_id, item, trio.current_time()))
+        # Whether the drain task may ignore this frame (it is only a record for it).
+        quiet = False
         try:
             if isinstance(item, Hello):
                 await self._on_hello(conn, item)
             elif isinstance(item, Outbound):
                 await self._on_outbound(conn, item)
+                quiet = True
             elif isinstance(item, GoingIdle):
                 await self._on_going_idle(conn)
             elif isinstance(item, InboundAck):
-                self._on_inbound_ack(conn, item)
+                quiet = await self._on_inbound_ack(conn, item)
+            else:
+                quiet = True
         except Exception:  # a bug handling one frame must not end the reader (RC §2)
             log.exception("gateway %r: error handling %s", conn.gateway_id, type(item).__name__)
-        self._changed()
+        if quiet:
+            self._noted()
+        else:
+            self._changed()
         await self._chaos_tick(conn)
 
     async def _on_hello(self, conn: Connection, hello: Hello) -> None:
@@ -336,12 +344,19 @@ class Sockets(Access, Answers):
         if self.ack_going_idle:
             await self._write(conn, GoingIdleAck())
 
-    def _on_inbound_ack(self, conn: Connection, ack: InboundAck) -> None:
+    async def _on_inbound_ack(self, conn: Connection, ack: InboundAck) -> bool:
+        """Drop the acked entry and send what its free slot allows (:meth:`_pump`).
+
+        Returns whether the drain task may ignore the ack: it must look only when the
+        buffer emptied while the instance is flipped (the flip is then cleared).
+        """
         inst = self._instance(conn.gateway_id)
         if not inst.buffer.ack(ack.buffer_id):
             log.debug("gateway %r acked unknown bufferId %r", conn.gateway_id, ack.buffer_id)
         for other in inst.connections:
             other.in_flight.discard(ack.buffer_id)
+        await self._pump(inst)
+        return not (inst.buffered_only and not len(inst.buffer))
 
     async def _drain(self, conn: Connection, inst: Instance) -> None:
         """Replay the buffer on ``conn`` in order, at most ``drain_window`` un-acked at once.
@@ -351,15 +366,9 @@ class Sockets(Access, Answers):
         """
         while conn.open:
             if conn.draining and inst.current is conn:
-                if len(conn.in_flight) < self.drain_window:
-                    entry = inst.buffer.next_unsent(conn.in_flight)
-                    if entry is not None:
-                        assert entry.buffer_id is not None
-                        conn.in_flight.add(entry.buffer_id)
-                        await self._write(conn, entry)
-                        continue
+                await self._pump(inst)
                 if not len(inst.buffer) and inst.buffered_only:
                     inst.buffered_only = False
                     inst.poked = False
                     self._changed()
-            await self._change.wait()
+            await self._drain_change.wait()
