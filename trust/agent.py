@@ -18,14 +18,16 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-import httpx
 import trio
 
 from trust.model import AgentVerdict, ClientState, StateChange
 from trust.policy import Policy, TrustConfigError, parse_duration
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ENGINE_SECTION", "AgentTools", "ConsultInput", "LlmSettings", "TrustAgent"]
 
@@ -183,6 +185,10 @@ class TrustAgent:
     """The LLM tier; one instance per engine, sharing one `httpx.AsyncClient`."""
 
     def __init__(self, settings: LlmSettings, *, client: httpx.AsyncClient | None = None) -> None:
+        # Imported here, not at the top: an engine without an LLM tier never loads httpx
+        # (a gateway's start-up time).
+        import httpx
+
         self.settings = settings
         # Our own move_on_after bounds the consultation; httpx's timeout is only a backstop.
         self._client = client or httpx.AsyncClient(timeout=settings.timeout_s + 5.0)
@@ -195,6 +201,8 @@ class TrustAgent:
 
     async def consult(self, request: ConsultInput) -> AgentVerdict | None:
         """A verdict for the client under review, or None on any failure (logged, counted)."""
+        import httpx  # loaded by __init__ already
+
         cause, detail = "timeout", f"no verdict within {self.settings.timeout_s} s"
         with trio.move_on_after(self.settings.timeout_s):
             try:

@@ -9,15 +9,17 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-import httpx
 import trio
 
 from protocol.auth import make_token
 from protocol.events import Identity
 from relay_runtime.config import GatewayConfig, mask
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger("relay_runtime.control")
 
@@ -81,6 +83,8 @@ def open_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.Asyn
     are off (its 5 s default would beat a longer ``http_timeout_s``) and each call wraps
     itself in :func:`trio.fail_after` with the configured ``http_timeout_s``.
     """
+    import httpx  # imported on first use: a gateway without a control plane never needs it
+
     return httpx.AsyncClient(follow_redirects=False, verify=True, transport=transport, timeout=None)
 
 
@@ -127,6 +131,8 @@ async def _send(
     if json_body is not None:
         headers["Content-Type"] = "application/json"
         content = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
+    import httpx  # already loaded: ``client`` is one of its clients
+
     try:
         with trio.fail_after(http_timeout_s):
             response = await client.post(

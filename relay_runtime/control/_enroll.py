@@ -7,9 +7,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
-
-import httpx
+from typing import TYPE_CHECKING, Any, Final
 
 from protocol.urls import ENROLL, control_base, control_url, redact_url
 from relay_runtime.config import ENV_FILE_NAME, HIDDEN
@@ -26,6 +24,9 @@ from relay_runtime.control._client import (
     _Unreachable,
     logger,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 UNCONFIRMED_WAKE_WARNING: Final = "connector did not confirm the wake URL; suspend() stays disabled"
 ENROLL_401: Final = (

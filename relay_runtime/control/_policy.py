@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
-
-import httpx
+from typing import TYPE_CHECKING, Any, Final
 
 from protocol.urls import POLICY, control_url
 from relay_runtime.config import (
@@ -24,6 +22,9 @@ from relay_runtime.control._client import (
     logger,
     upgrade_token,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 _ALLOW_BOTS_ON: Final = frozenset({"mentions", "all"})
 _ALLOW_BOTS_OFF: Final = frozenset({"none", "off", "false", "no", "0"})
@@ -178,13 +179,15 @@ async def declare_policy(
         return {}
     sent: dict[str, bool] = {}
     try:
-        async with _maybe_client(client) as http:
-            for identity in config.identities:
-                if identity.platform in sent:
-                    continue
-                policy = policy_for(config, identity.platform)
-                if policy is not None:
-                    sent[identity.platform] = await send_policy(config, credentials, policy, http)
+        policies = {}
+        for identity in config.identities:
+            if identity.platform not in policies:
+                policies[identity.platform] = policy_for(config, identity.platform)
+        todo = [(platform, policy) for platform, policy in policies.items() if policy is not None]
+        if todo:  # no HTTP client at all when nothing is declared (start-up time)
+            async with _maybe_client(client) as http:
+                for platform, policy in todo:
+                    sent[platform] = await send_policy(config, credentials, policy, http)
     except Exception as exc:  # the policy is fail-soft: never stop the gateway booting
         logger.warning("relay: declaring the relevance policy failed: %s", type(exc).__name__)
     return sent

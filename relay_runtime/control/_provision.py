@@ -3,10 +3,9 @@ boot sequence that either uses pinned credentials or self-provisions."""
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-import httpx
 
 from protocol.events import Identity
 from protocol.urls import PROVISION, control_url
@@ -24,6 +23,9 @@ from relay_runtime.control._client import (
     default_gateway_id,
     logger,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 PROVISION_NO_SECRET: Final = "connector returned an unexpected response (no secret)"
 
