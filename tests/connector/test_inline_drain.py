@@ -52,7 +52,7 @@ async def test_concurrent_injections_go_out_in_order_within_the_window(nursery):
                 # Three injectors one after another in time, each many entries at once.
                 for start_at in range(0, len(texts), 40):
                     inner.start_soon(inject, texts[start_at : start_at + 40])
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
             await connector.wait_for(lambda: not connector.buffered(GATEWAY))
     assert numbers == sorted(numbers)  # sent in the order they were buffered
     assert sorted(received) == texts
