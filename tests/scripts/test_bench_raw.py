@@ -106,7 +106,9 @@ def test_ratio_is_the_median_of_paired_repetitions(bench) -> None:
     assert pipe.child_us == pytest.approx((500.0, 500.0, 500.0))
     assert raw.local_us == pytest.approx((100.0, 100.0, 100.0))
     (connector, gateway) = bench.cpu_lines(samples)[-2:]
-    assert connector.startswith("CPU per message connector/raw server (pipeline's connector): 2.50x")
+    assert connector.startswith(
+        "CPU per message connector/raw server (pipeline's connector): 2.50x"
+    )
     assert gateway.startswith("CPU per message gateway/raw client: 5.00x")
 
 
