@@ -42,14 +42,24 @@ import logging
 import math
 import os
 import signal
-import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 import trio
 
+from relay_runtime.cli.connector_admin import add_admin_commands, admin_main
 from relay_runtime.cli.connector_bench import Bench
+from relay_runtime.cli.connector_usage import (
+    _PREFIX,
+    ENV_ADMIN_TOKEN,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageProblem,
+    read_admin_token,
+    read_secret_file,
+)
 from relay_runtime.connector import DEFAULT_DESCRIPTORS, ReferenceConnector
 from relay_runtime.connector.admin import AdminApi, operator_app
 from relay_runtime.connector.control_plane import ControlPlane, ControlPlaneRegistry, serve_http
@@ -69,24 +79,11 @@ __all__ = [
 
 log = logging.getLogger("relay_runtime.cli.connector")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 ENV_GATEWAY_ID = "GATEWAY_RELAY_ID"
 ENV_SECRET = "GATEWAY_RELAY_SECRET"
-ENV_ADMIN_TOKEN = "RELAY_CONNECTOR_ADMIN_TOKEN"
-ENV_URL = "RELAY_CONNECTOR_URL"
-#: A secret file larger than this is refused (it is not a secret file).
-MAX_SECRET_FILE_BYTES = 64 * 1024
 #: How long a finished ``--bench`` waits for the connector to answer the last sends.
 BENCH_SETTLE_S = 10.0
-
-_PREFIX = "relay-runtime: error:"
-
-
-class UsageProblem(ValueError):
-    """A bad option or input; its message is the one line printed (exit 2)."""
 
 
 class _Credential(argparse.Action):
@@ -120,9 +117,6 @@ def register(subparsers: Any) -> None:
         metavar="SUBCOMMAND",
         help="call a running connector's admin routes (none: serve a connector)",
     )
-    # Imported here, not at the top: connector_admin imports this module's shared names.
-    from relay_runtime.cli.connector_admin import add_admin_commands
-
     add_admin_commands(commands)
 
 
@@ -244,33 +238,6 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- inputs
 
 
-def read_secret_file(path: str, option: str) -> list[str]:
-    """The non-empty, stripped lines of ``path``; ``UsageProblem`` names what is wrong.
-
-    A secret file readable by others is used, with a WARNING (``chmod 600`` fixes it).
-    """
-    try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise UsageProblem(f"{option} {path}: not a regular file")
-            data = handle.read(MAX_SECRET_FILE_BYTES + 1)
-    except OSError as exc:
-        raise UsageProblem(f"{option} {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_SECRET_FILE_BYTES:
-        raise UsageProblem(f"{option} {path}: larger than {MAX_SECRET_FILE_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageProblem(f"{option} {path}: not UTF-8 text") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise UsageProblem(f"{option} {path}: the file is empty")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("%s %s is readable by others; chmod 600 %s", option, path, path)
-    return lines
-
-
 def parse_credentials(
     items: Sequence[tuple[str, str]] | None,
     env: Mapping[str, str],
@@ -328,12 +295,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _admin_token(path: str | None, env: Mapping[str, str]) -> str | None:
-    if path is not None:
-        return read_secret_file(path, "--admin-token-file")[0]
-    return env.get(ENV_ADMIN_TOKEN, "").strip() or None
-
-
 def _check_serve_options(args: argparse.Namespace) -> None:
     """Refuse what is unsafe or meaningless; ``UsageProblem`` names it."""
     if args.drain_window < 1 or (args.bench is not None and (args.bench < 1 or args.rate <= 0)):
@@ -357,13 +318,11 @@ def _check_serve_options(args: argparse.Namespace) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     if getattr(args, "admin_command", None) is not None:
-        from relay_runtime.cli.connector_admin import admin_main
-
         return admin_main(args)
     try:
         _check_serve_options(args)
         secrets = parse_credentials(args.credentials, os.environ)
-        admin_token = _admin_token(args.admin_token_file, os.environ)
+        admin_token = read_admin_token(args.admin_token_file, os.environ)
         if not secrets and not args.allow_unauthenticated:
             raise UsageProblem(
                 "no gateway credentials; pass --gateway-id with --secret-file or --secret-env, "

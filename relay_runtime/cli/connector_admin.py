@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from relay_runtime.cli.connector import (
+from relay_runtime.cli.connector_usage import (
     _PREFIX,
     ENV_ADMIN_TOKEN,
     ENV_URL,
@@ -23,7 +23,7 @@ from relay_runtime.cli.connector import (
     EXIT_OK,
     EXIT_USAGE,
     UsageProblem,
-    _admin_token,
+    read_admin_token,
 )
 from relay_runtime.connector.admin import MAX_WAIT_S
 from relay_runtime.connector.admin_client import AdminClient, AdminError
@@ -102,7 +102,7 @@ def admin_main(args: argparse.Namespace) -> int:
         url = args.admin_url or os.environ.get(ENV_URL, "").strip()
         if not url:
             raise UsageProblem(f"no connector URL; pass --url or set {ENV_URL}")
-        token = _admin_token(args.client_token_file, os.environ)
+        token = read_admin_token(args.client_token_file, os.environ)
         if token is None:
             raise UsageProblem(f"no admin token; set {ENV_ADMIN_TOKEN} or pass --admin-token-file")
         body, wait_s = _admin_body(command, args)
