@@ -222,9 +222,10 @@ def test_R2_frames_as_bytes_split_anywhere_decode_in_order(
 
 
 def test_round_trip_strategies_cover_every_frame_type() -> None:
+    # A fixed seed: a coverage check that depends on the draw would fail now and then.
     seen: set[str] = set()
 
-    @settings(max_examples=300, deadline=None, database=None)
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
     @given(frame=frames)
     def collect(frame: Frame) -> None:
         seen.add(type(frame).TYPE)
