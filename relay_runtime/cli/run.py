@@ -55,6 +55,9 @@ DEFAULT_AGENT: Final = "relay_runtime.agents:echo"
 #: Bound on the ``going_idle`` drain after a signal; the process exits within 10 s.
 DRAIN_TIMEOUT_S: Final = 8.0
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+#: Net new tracked objects between young-generation collections once the heap is settled
+#: (CPython's default: 700). See :func:`settle_heap`.
+GC_GEN0_THRESHOLD: Final = 5000
 REFUSED_REPORT_AFTER: Final = Timing().refused_report_after
 _RUN_DESCRIPTION: Final = f"""\
 Run a gateway: dial the connector, pass each inbound message through the trust policy,
@@ -413,9 +416,17 @@ def settle_heap() -> int:
     embedding ``run_gateway`` decides for its own process. The price: a frozen object that
     later becomes part of cyclic garbage (say, the first connection's tasks after a
     reconnect) is never collected, a one-off bounded by the start-up heap.
+
+    It also raises the young generation's threshold to :data:`GC_GEN0_THRESHOLD`. A
+    message's objects die by reference count, so collections come from the slow net growth
+    of what is kept (windows, records). At CPython's 700 the bench gateway ran 130-230
+    young and 11-20 middle collections per 4,500-7,500 messages, 12-22 µs of CPU per
+    message; at 5,000, 6-7 young ones per 7,500, ~2 µs per message, ~2.4 ms of CPU each
+    (docs/benchmarks.md, "Gateway cost per message").
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     return gc.get_freeze_count()
 
 
