@@ -23,11 +23,11 @@ import trio
 
 from protocol.actions import Action, Edit, GetChatInfo, Send, Typing
 from protocol.auth import derive_request_id
-from protocol.codec import encode_frame
 from protocol.descriptor import CapabilityDescriptor
 from protocol.events import Identity, MessageEvent, find_identity
 from protocol.frames import Frame, Outbound, OutboundResult
 from protocol.framing import exceeds_limit
+from protocol.relay_connection import RelayProtocolError
 from protocol.results import (
     DISABLED,
     FRAME_TOO_LARGE,
@@ -119,6 +119,13 @@ class Link(Protocol):
 
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         """The descriptor in force for ``platform``; the default for ``""`` or unknown."""
+
+    def encode(self, frame: Outbound) -> str:
+        """The frame's wire text from the connection, which checks it may go now.
+
+        Raises:
+            RelayProtocolError: the connection does not allow the frame in its state.
+        """
 
     async def write(self, text: str) -> str | None:
         """Write one encoded frame; ``None`` once written, else why it failed."""
@@ -410,7 +417,12 @@ class OutboundRouter:
             return SendResult.failure(OP_NOT_SUPPORTED_PREFIX + action.OP, kind=ErrorKind.REJECTED)
         rid = request_id or new_request_id()
         try:
-            text = encode_frame(self.build(action, request_id=rid, platform_raw=platform_raw))
+            text = self.link.encode(self.build(action, request_id=rid, platform_raw=platform_raw))
+        except RelayProtocolError as exc:  # the connection's gate (RC §3.4) closed first
+            log.info("relay: outbound %s not sent: %s", rid, exc)
+            return self.refusal() or SendResult.failure(
+                NOT_CONNECTED, retryable=True, kind=ErrorKind.NOT_CONNECTED
+            )
         except (TypeError, ValueError) as exc:
             return SendResult.failure(
                 f"{SEND_FAILED_PREFIX}cannot encode frame ({exc})", kind=ErrorKind.REJECTED

@@ -30,6 +30,7 @@ from protocol.frames import (
     Frame,
     Inbound,
     InterruptInbound,
+    Outbound,
     OutboundResult,
     PassthroughForwardFrame,
 )
@@ -189,6 +190,10 @@ class Supervisor:
             log.error("relay: %s frame too large; not sent", type(frame).TYPE)
             return False
         return socket.enqueue_nowait(text) is not None
+
+    def encode(self, frame: Outbound) -> str:
+        """The frame's wire text, if the connection allows it now (the router's link)."""
+        return self.connection.send(frame)
 
     async def write(self, text: str) -> str | None:
         """Write one encoded frame on the current socket (the outbound router's link)."""

@@ -21,9 +21,11 @@ import attrs
 import trio
 
 from protocol.actions import Action
+from protocol.codec import encode_frame
 from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
 from protocol.events import Identity, MessageEvent, SessionSource
-from protocol.frames import Frame, Inbound, InboundAck, OutboundResult
+from protocol.frames import Frame, Inbound, InboundAck, Outbound, OutboundResult
+from protocol.relay_connection import RelayProtocolError
 from protocol.results import NOT_CONNECTED, ErrorKind, SendResult
 from relay_runtime.outbound import OutboundRouter, find_identity
 from relay_runtime.state import (
@@ -399,6 +401,11 @@ class WireLink:
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         platform = platform or self.identities[0].platform  # "" = the default one
         return self.descriptors.get(platform) or placeholder_descriptor(platform)
+
+    def encode(self, frame: Outbound) -> str:
+        if not self.live:  # as RelayConnection.send refuses
+            raise RelayProtocolError(f"cannot send outbound in state {self.state}")
+        return encode_frame(frame)
 
     async def write(self, text: str) -> str | None:
         await trio.lowlevel.checkpoint()

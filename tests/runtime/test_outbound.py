@@ -11,9 +11,11 @@ import trio
 import trio.testing
 
 from protocol.actions import Edit, FollowUp, GetChatInfo, Send, Typing
+from protocol.codec import encode_frame
 from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
 from protocol.events import Identity, MessageEvent, SessionSource
-from protocol.frames import Frame, InboundAck, OutboundResult
+from protocol.frames import Frame, InboundAck, Outbound, OutboundResult
+from protocol.relay_connection import RelayProtocolError
 from protocol.results import ErrorKind, SendResult
 from relay_runtime.outbound import ChatMemory, OutboundRouter, Retry, new_request_id, retry_for
 
@@ -38,6 +40,11 @@ class FakeLink:
         if self.live:
             self.queued.append(frame)
         return self.live
+
+    def encode(self, frame: Outbound) -> str:
+        if not self.live:  # as RelayConnection.send refuses
+            raise RelayProtocolError(f"cannot send outbound in state {self.state}")
+        return encode_frame(frame)
 
     async def write(self, text: str) -> str | None:
         await trio.lowlevel.checkpoint()
@@ -164,6 +171,39 @@ async def test_R17_ops_gated_by_descriptor_without_a_frame() -> None:
         result = await r.request(action)
         assert result.error == f"relay op not supported by connector: {op}"
     assert link.written == []
+
+
+class GatedLink(FakeLink):
+    """A link whose connection refuses the frame although the link still says live."""
+
+    def encode(self, frame: Outbound) -> str:
+        raise RelayProtocolError("cannot send outbound in state idle_acked")
+
+
+async def test_every_outbound_frame_is_encoded_by_the_connection_which_may_refuse_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sent: list[Outbound] = []
+    link = FakeLink()
+    encode = link.encode
+
+    def recording(frame: Outbound) -> str:
+        sent.append(frame)
+        return encode(frame)
+
+    link.encode = recording  # type: ignore[method-assign]
+    r = router(link)
+    result = await answered(r, link, Send("c", "x"), {"success": True, "message_id": "m"})
+    assert result.success
+    assert [f.request_id for f in sent] == [link.written[0]["requestId"]]
+    gated = GatedLink()
+    res = await router(gated).request(Send("c", "x"))
+    assert (res.error, res.retryable, res.error_kind) == (
+        "relay transport not connected",
+        True,
+        ErrorKind.NOT_CONNECTED,
+    )
+    assert gated.written == []
 
 
 async def test_R20_local_failures_are_results_not_exceptions(
