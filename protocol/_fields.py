@@ -2,7 +2,7 @@
 
 Each factory returns a hook ``(value, type) -> field value`` for one wire field, named by its
 path so that a problem names the field. ``None`` reads as absent everywhere. A required field
-that is missing raises :class:`~protocol.errors.FieldError`; a soft problem (a boolean where
+that is missing raises :class:`~protocol._errors.FieldError`; a soft problem (a boolean where
 text was expected, a non-boolean flag) is reported with :func:`soft_problem` and the field
 reads as its default. Soft problems go to the sink installed by :func:`collecting` (the
 transport's rate-limited log, installed with :func:`soft_problems_to`), else to the
@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from protocol.descriptor import CONTRACT_VERSION, DEFAULT_MAX_MESSAGE_LENGTH
-from protocol.errors import FieldError
-from protocol.events import MESSAGE_TYPES
-from protocol.results import MALFORMED_RESULT
+from protocol._descriptor import CONTRACT_VERSION, DEFAULT_MAX_MESSAGE_LENGTH
+from protocol._errors import FieldError
+from protocol._events import MESSAGE_TYPES
+from protocol._results import MALFORMED_RESULT
 
 log = logging.getLogger("relay.protocol")
 

@@ -16,7 +16,7 @@ from cattrs.fns import identity
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from protocol import _fields as f
-from protocol.errors import FieldError
+from protocol._errors import FieldError
 
 T = TypeVar("T")
 JSONDict = dict[str, Any]

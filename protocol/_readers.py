@@ -12,12 +12,11 @@ from typing import Any
 import attrs
 
 from protocol import _fields as f
-from protocol._generate import SKIP, read, structurer
-from protocol.actions import ACTION_TYPES, Action, Edit, FollowUp, GetChatInfo, Send, Typing
-from protocol.descriptor import CapabilityDescriptor
-from protocol.errors import FieldError
-from protocol.events import MESSAGE_TYPES, MessageEvent, SessionSource
-from protocol.frames import (
+from protocol._actions import ACTION_TYPES, Action, Edit, FollowUp, GetChatInfo, Send, Typing
+from protocol._descriptor import CapabilityDescriptor
+from protocol._errors import FieldError
+from protocol._events import MESSAGE_TYPES, MessageEvent, SessionSource
+from protocol._frames import (
     DescriptorFrame,
     Frame,
     GoingIdle,
@@ -32,6 +31,7 @@ from protocol.frames import (
     PassthroughForward,
     PassthroughForwardFrame,
 )
+from protocol._generate import SKIP, read, structurer
 
 # -- SessionSource / MessageEvent ---------------------------------------------------------------
 

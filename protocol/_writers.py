@@ -9,11 +9,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from protocol._generate import SKIP, JSONDict, Unstructure, unstructurer, write
-from protocol.actions import ACTION_TYPES
-from protocol.descriptor import CapabilityDescriptor
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import (
+from protocol._actions import ACTION_TYPES
+from protocol._descriptor import CapabilityDescriptor
+from protocol._events import MessageEvent, SessionSource
+from protocol._frames import (
     DescriptorFrame,
     GoingIdle,
     GoingIdleAck,
@@ -27,6 +26,7 @@ from protocol.frames import (
     PassthroughForward,
     PassthroughForwardFrame,
 )
+from protocol._generate import SKIP, JSONDict, Unstructure, unstructurer, write
 
 #: Frames write their ``TYPE`` constant first, as ``type``.
 _TYPE = ("type", "TYPE")

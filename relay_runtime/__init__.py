@@ -14,32 +14,50 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from protocol.results import SendResult as SendResult
+    from protocol._results import SendResult as SendResult
+    from relay_runtime._cli.run import serve_until_signalled as serve_until_signalled
+    from relay_runtime._errors import RelayDisabled as RelayDisabled
+    from relay_runtime._gateway import AdmitAll as AdmitAll
+    from relay_runtime._gateway import Gateway as Gateway
+    from relay_runtime._gateway import run_gateway as run_gateway
+    from relay_runtime._logs import configure_logging as configure_logging
+    from relay_runtime._logs import reset_logging as reset_logging
+    from relay_runtime._outbound import OutboundRouter as OutboundRouter
+    from relay_runtime._transport import Dialer as Dialer
+    from relay_runtime._turn import Turn as Turn
     from relay_runtime.config import ConfigError as ConfigError
     from relay_runtime.config import GatewayConfig as GatewayConfig
-    from relay_runtime.errors import RelayDisabled as RelayDisabled
-    from relay_runtime.gateway import Gateway as Gateway
-    from relay_runtime.gateway import run_gateway as run_gateway
-    from relay_runtime.turn import Turn as Turn
 
 __all__ = [
+    "AdmitAll",
     "ConfigError",
+    "Dialer",
     "Gateway",
     "GatewayConfig",
+    "OutboundRouter",
     "RelayDisabled",
     "SendResult",
     "Turn",
+    "configure_logging",
+    "reset_logging",
     "run_gateway",
+    "serve_until_signalled",
 ]
 
 _HOMES = {
+    "AdmitAll": "relay_runtime._gateway",
     "ConfigError": "relay_runtime.config",
-    "Gateway": "relay_runtime.gateway",
+    "Dialer": "relay_runtime._transport",
+    "Gateway": "relay_runtime._gateway",
     "GatewayConfig": "relay_runtime.config",
-    "RelayDisabled": "relay_runtime.errors",
-    "SendResult": "protocol.results",
-    "Turn": "relay_runtime.turn",
-    "run_gateway": "relay_runtime.gateway",
+    "OutboundRouter": "relay_runtime._outbound",
+    "RelayDisabled": "relay_runtime._errors",
+    "SendResult": "protocol._results",
+    "Turn": "relay_runtime._turn",
+    "configure_logging": "relay_runtime._logs",
+    "reset_logging": "relay_runtime._logs",
+    "run_gateway": "relay_runtime._gateway",
+    "serve_until_signalled": "relay_runtime._cli.run",
 }
 
 

@@ -62,7 +62,7 @@ class StubTrustAgent:
         self.consults = 0
 
     async def consult(self, request: Any) -> Any:
-        from trust.model import AgentVerdict
+        from trust._model import AgentVerdict
 
         self.consults += 1
         return AgentVerdict(True, "bench stub: looks fine")
@@ -82,7 +82,7 @@ class TrustResult:
 
 
 def _trust_event(n: int, user: str, text: str) -> Any:
-    from protocol.events import MessageEvent, SessionSource
+    from protocol import MessageEvent, SessionSource
 
     event = MessageEvent(
         text=text,
@@ -101,7 +101,7 @@ def _trust_event(n: int, user: str, text: str) -> Any:
 
 async def bench_trust(decisions: int, state_dir: Path) -> TrustResult:
     """Mixed workload: 85 % known contacts, 10 % strangers (a pool), 5 % invites."""
-    from trust.engine import TrustConfig, open_trust_engine
+    from trust import TrustConfig, open_trust_engine
 
     agent = StubTrustAgent()
     config = TrustConfig(policy="careful", state_dir=state_dir, agent=agent)
@@ -213,8 +213,8 @@ async def idle_gateways_main(url: str, state_root: Path, base: int, added: int) 
     """Child: ``base`` idle gateways, RSS, ``added`` more, RSS; prints ``RESULT before after``."""
     import functools
 
+    from relay_runtime._gateway import AdmitAll, run_gateway
     from relay_runtime.config import GatewayConfig
-    from relay_runtime.gateway import AdmitAll, run_gateway
 
     secret = os.environ["BENCH_GATEWAY_SECRET"]
 

@@ -19,8 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from protocol.codec import encode_frame
-from protocol.framing import FrameDecoder
+from protocol import FrameDecoder, encode_frame
 
 TARGET_RATIO = 2.0
 

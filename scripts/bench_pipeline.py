@@ -50,9 +50,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, open_websocket_url, serve_websocket
 
-from protocol.codec import encode_frame
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import Inbound, Outbound
+from protocol import Inbound, MessageEvent, Outbound, SessionSource, encode_frame
 
 HOST: Final = "127.0.0.1"
 GATEWAY_ID: Final = "gw-bench"
@@ -291,7 +289,7 @@ def user_number(session: int) -> str:
 
 def frame_sizes() -> tuple[int, int]:
     """Byte sizes of one bench ``inbound`` frame and of the gateway's ``send`` for it."""
-    from protocol.actions import Send
+    from protocol import Send
 
     inbound = encode_frame(Inbound(event=make_event(123456789, 7)))
     outbound = encode_frame(
@@ -552,7 +550,7 @@ def _what_if_synchronous(level: str) -> None:
     Not a configuration of the runtime: it patches :class:`StateDB` in this child process
     only, to measure how much of the round trip is the per-message fsync.
     """
-    from relay_runtime.state import StateDB
+    from relay_runtime._state import StateDB
 
     connect = StateDB._connect
 
@@ -572,10 +570,10 @@ async def gateway_main(url: str, state_dir: Path, trust: str, known: int) -> Non
     sync_level = os.environ.get("BENCH_WHAT_IF_SYNCHRONOUS")
     if sync_level in ("NORMAL", "OFF"):
         _what_if_synchronous(sync_level)
-    from relay_runtime.agents.echo import echo
-    from relay_runtime.cli.run import open_trust, settle_heap
+    from relay_runtime import run_gateway
+    from relay_runtime._cli.run import open_trust, settle_heap
+    from relay_runtime.agents import echo
     from relay_runtime.config import GatewayConfig
-    from relay_runtime.gateway import run_gateway
 
     config = GatewayConfig(
         relay_url=url,

@@ -58,9 +58,7 @@ sys.path.insert(0, os.fspath(Path(__file__).resolve().parent))
 
 import bench_pipeline as bp
 
-from protocol.actions import Send
-from protocol.codec import encode_frame
-from protocol.frames import Hello, Inbound, InboundAck, Outbound, OutboundResult
+from protocol import Hello, Inbound, InboundAck, Outbound, OutboundResult, Send, encode_frame
 
 SCRIPT: Final = Path(__file__).resolve()
 #: Issue 15's acceptance: pipeline msg/s over the raw exchange's, at saturation.

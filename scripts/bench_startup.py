@@ -136,8 +136,8 @@ def main() -> int:
           f"min {min(cpu) * 1000:.0f} ms, max {max(cpu) * 1000:.0f} ms")  # fmt: skip
     for label, statement in (
         ("import relay_runtime", "import relay_runtime"),
-        ("import the run command", "import relay_runtime.cli, relay_runtime.cli.run"),
-        ("import the whole CLI", "import relay_runtime.cli as c; c.build_parser()"),
+        ("import the run command", "import relay_runtime._cli, relay_runtime._cli.run"),
+        ("import the whole CLI", "import relay_runtime._cli as c; c.build_parser()"),
     ):
         seconds, modules = import_time(statement)
         print(f"  {label}: {seconds * 1000:.0f} ms summed self time over {modules} modules")

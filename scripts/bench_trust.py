@@ -22,20 +22,12 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from protocol.events import MessageEvent, SessionSource
-from trust import functions as fn
-from trust.engine import TrustConfig, open_trust_engine
-from trust.model import (
-    AgentVerdict,
-    ClientState,
-    CommandKind,
-    InviteCheck,
-    Level,
-    RequestFacts,
-)
-from trust.policy import Policy, load_preset
-from trust.rules import decide
-from trust.store import open_sqlite_store
+from protocol import MessageEvent, SessionSource
+from trust import TrustConfig, decide, open_trust_engine
+from trust import _functions as fn
+from trust._model import AgentVerdict, ClientState, CommandKind, InviteCheck, Level, RequestFacts
+from trust._policy import Policy, load_preset
+from trust._store import open_sqlite_store
 
 TARGET_MEDIAN_US = 20.0
 TARGET_EVALUATE_MEDIAN_US = 100.0

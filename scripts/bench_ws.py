@@ -71,8 +71,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from protocol.codec import encode_frame
-from protocol.frames import OutboundResult
+from protocol import OutboundResult, encode_frame
 
 TRIO_WEBSOCKET: Final = "trio-websocket"
 WEBSOCKETS: Final = "websockets.trio"

@@ -5,7 +5,8 @@ Code and docs cite the contract in short form: ``RC §6.2`` (docs/contract/relay
 ids such as ``R52``, ``T67`` or ``C24`` (the checklists at the end of RC and TR). These tests
 scan the repository's ``.py`` and ``.md`` files and fail, naming file and line, on a section
 that is not a heading of the cited document, on an unqualified ``§n`` outside the places where
-its document is implied, on an id no checklist defines, and on any reference to the specs that used to live
+its document is implied, on an id no checklist defines, and on any reference to the specs that used
+to live
 outside the repository.
 """
 
@@ -230,7 +231,7 @@ def _module_info(path: str, tree: ast.Module) -> _Module:
 
 @functools.cache
 def _tree() -> dict[str, _Module]:
-    """Every module of the tree by dotted name (``relay_runtime.state``, ``tests.conftest``)."""
+    """Every module of the tree by dotted name (``relay_runtime._state``, ``tests.conftest``)."""
     modules: dict[str, _Module] = {}
     for top in SOURCE_DIRS:
         for path in sorted((ROOT / top).rglob("*.py")):

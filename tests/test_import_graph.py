@@ -26,7 +26,7 @@ PACKAGES = ("protocol", "trust", "relay_runtime")
 KNOWN_RELAY_RUNTIME_CYCLES: frozenset[frozenset[str]] = frozenset(
     {
         # metrics imports Gateway for a type only (under TYPE_CHECKING).
-        frozenset({"relay_runtime.gateway", "relay_runtime.metrics"}),
+        frozenset({"relay_runtime._gateway", "relay_runtime._metrics"}),
     }
 )
 
@@ -121,19 +121,19 @@ def test_the_graph_sees_imports_of_every_kind(tmp_path: Path) -> None:
         "from typing import TYPE_CHECKING\n"
         "from . import core\n"
         "if TYPE_CHECKING:\n"
-        "    from trust.model import Level\n"
+        "    from trust._model import Level\n"
         "def f():\n"
-        "    import protocol.frames\n"
+        "    import protocol._frames\n"
     )
     path = tmp_path / "mod.py"
     path.write_text(source, encoding="utf-8")
-    names = set(imported_names(path, "trust.store.mod"))
-    assert {"trust.store.core", "trust.model", "protocol.frames"} <= names
-    assert "trust.model.Level" not in names
+    names = set(imported_names(path, "trust._store.mod"))
+    assert {"trust._store.core", "trust._model", "protocol._frames"} <= names
+    assert "trust._model.Level" not in names
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
     graph = import_graph()  # the real tree is read: known edges are there
-    assert {"trust.rules", "protocol.events"} <= graph["trust.engine"]
-    assert "relay_runtime.config._values" in graph["relay_runtime.statedir"]
+    assert {"trust._rules", "protocol._events"} <= graph["trust._engine"]
+    assert "relay_runtime.config._values" in graph["relay_runtime._statedir"]
 
 
 @pytest.mark.parametrize("package", ["protocol", "trust"])

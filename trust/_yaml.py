@@ -13,8 +13,6 @@ from typing import Any
 import attrs
 import yaml
 
-__all__ = ["Path", "YamlDoc", "YamlProblem", "load"]
-
 Path = tuple[str | int, ...]
 """A key path: mapping keys and list indexes from the document root."""
 

@@ -11,14 +11,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from relay_runtime.agents.echo import echo as echo
-    from relay_runtime.agents.openai_chat import openai_chat as openai_chat
+    from relay_runtime.agents._echo import echo as echo
+    from relay_runtime.agents._openai_chat import openai_chat as openai_chat
 
 __all__ = ["echo", "openai_chat"]
 
 _HOMES = {
-    "echo": "relay_runtime.agents.echo",
-    "openai_chat": "relay_runtime.agents.openai_chat",
+    "echo": "relay_runtime.agents._echo",
+    "openai_chat": "relay_runtime.agents._openai_chat",
 }
 
 

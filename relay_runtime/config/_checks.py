@@ -48,10 +48,10 @@ def _cross_check(values: Mapping[str, object], label: Callable[[str], str]) -> N
 def _env_file_usable(state_dir: Path, label: str) -> bool:
     """Whether ``<state_dir>/relay.env`` exists and may be trusted (else a ConfigError).
 
-    The ``~/.ssh`` rules of :func:`relay_runtime.statedir.check_env_file`: a relay.env that
+    The ``~/.ssh`` rules of :func:`relay_runtime._statedir.check_env_file`: a relay.env that
     someone else could have written is refused, not read.
     """
-    from relay_runtime.statedir import check_env_file
+    from relay_runtime._statedir import check_env_file
 
     try:
         return check_env_file(state_dir)

@@ -12,9 +12,10 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from protocol.events import Identity
-from protocol.urls import dial_url as _dial_url
-from protocol.urls import redact_url
+from protocol._events import Identity
+from protocol._urls import dial_url as _dial_url
+from protocol._urls import redact_url
+from relay_runtime._state._dsn import redact_dsn
 from relay_runtime.config._checks import (
     _check_state_dir,
     _cross_check,
@@ -33,7 +34,6 @@ from relay_runtime.config._sources import (
 )
 from relay_runtime.config._values import ENV_FILE_NAME, BotIdEntry, ConfigError, logger, mask
 from relay_runtime.config._vars import _BY_FIELD, _EXTRA_PARSERS, _VARS, default_state_dir
-from relay_runtime.state._dsn import redact_dsn
 
 
 def _hidden_repr(value: object) -> str:
@@ -59,7 +59,7 @@ class GatewayConfig:
 
     ``platform_settings`` (the config file's mapping) and ``allow_bots`` (the
     ``<PLATFORM>_ALLOW_BOTS`` values seen at load time) are the inputs of the relevance
-    policy projection (:func:`relay_runtime.control.project_policy`).
+    policy projection (:func:`relay_runtime._control.project_policy`).
     """
 
     relay_url: str | None = None

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import yaml
 
-from protocol.urls import redact_url
+from protocol._urls import redact_url
 from relay_runtime.config._values import (
     HIDDEN,
     MAX_CONFIG_BYTES,

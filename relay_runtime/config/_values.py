@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import attrs
 
-from protocol.urls import http_url_problem, relay_url_problem
+from protocol._urls import http_url_problem, relay_url_problem
 
 logger = logging.getLogger("relay_runtime.config")
 

@@ -19,12 +19,12 @@ import trio.lowlevel
 import trio.testing
 import trio.to_thread
 
-from protocol.events import MessageEvent, SessionSource
+from protocol._events import MessageEvent, SessionSource
+from relay_runtime._delivery import Agent, TrustEvaluator
+from relay_runtime._gateway import Gateway, run_gateway
+from relay_runtime._transport import Dialer
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector import Delivery, ReferenceConnector
-from relay_runtime.delivery import Agent, TrustEvaluator
-from relay_runtime.gateway import Gateway, run_gateway
-from relay_runtime.transport import Dialer
 from trust import Decision, TrustOutcome
 
 #: How the harness connects gateway and connector; ``auto`` picks ``memory`` under a
@@ -209,7 +209,7 @@ class Harness:
 
 async def _unless_done(operation: Awaitable[object]) -> None:
     """Run a trust operation; ``not_applicable`` (already in that state) is fine."""
-    from trust.records import TrustOpError
+    from trust._records import TrustOpError
 
     try:
         await operation
@@ -314,7 +314,7 @@ async def _open(
             async with contextlib.AsyncExitStack() as engines:
                 engine: Any
                 if isinstance(trust, str | os.PathLike):
-                    from relay_runtime.cli.run import open_trust
+                    from relay_runtime._cli.run import open_trust
 
                     engine = await engines.enter_async_context(
                         open_trust(attrs.evolve(gateway_config, trust=os.fspath(trust)))

@@ -11,8 +11,8 @@ import trio.lowlevel
 import trio.testing
 import trio.to_thread
 
+from relay_runtime._transport import Dialer
 from relay_runtime.connector import ReferenceConnector
-from relay_runtime.transport import Dialer
 
 
 @attrs.define(eq=False)

@@ -1,6 +1,6 @@
 """Hooks into a state store, for tests of the store itself (not of an agent).
 
-The state layer's interface (:class:`~relay_runtime.state.StateStore`) speaks in records and
+The state layer's interface (:class:`~relay_runtime._state.StateStore`) speaks in records and
 hides how a store batches, commits and fails. A test of that machinery — group commit, the
 bulk forms, write-behind, a disk that fills up, a server that goes away — needs to reach
 below it: queue a raw operation, count batches, cap the file, see what the in-memory dedupe
@@ -13,7 +13,7 @@ private attributes and the store can change inside without its tests changing::
         await cap_file(db)  # the next write that needs a page fails: disk full
         ...
 
-Every function takes a store opened by :class:`~relay_runtime.state.StateDB` (SQLite) or,
+Every function takes a store opened by :class:`~relay_runtime._state.StateDB` (SQLite) or,
 where it says so, ``PgStateDB`` too. None of them changes what the store does, except the
 faults they are named for.
 """
@@ -28,32 +28,17 @@ import attrs
 import trio
 import trio.testing
 
-from relay_runtime.state._batch import _Op
-from relay_runtime.state._records import _claim_keys
+from relay_runtime._state._batch import _Op
+from relay_runtime._state._records import _claim_keys
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from relay_runtime.dedupe import ClaimStatus
-    from relay_runtime.state import MessageKey, StateDB
-    from relay_runtime.state._batch import DB
-    from relay_runtime.state._store import _Store
+    from relay_runtime._dedupe import ClaimStatus
+    from relay_runtime._state import MessageKey, StateDB
+    from relay_runtime._state._batch import DB
+    from relay_runtime._state._store import _Store
 
-__all__ = [
-    "BatchCount",
-    "batch_running",
-    "between_batches",
-    "cap_file",
-    "claim_status",
-    "count_batches",
-    "count_completion_bulks",
-    "probe_connection",
-    "redirect_reconnects",
-    "run_operation",
-    "trace_commits",
-    "window_keys",
-    "write_behind",
-]
 
 T = TypeVar("T")
 

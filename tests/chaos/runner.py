@@ -37,11 +37,10 @@ from typing import Any
 import attrs
 import trio
 
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import GoingIdle, Hello, InboundAck, Interrupt, Outbound
+from protocol import GoingIdle, Hello, InboundAck, Interrupt, MessageEvent, Outbound, SessionSource
+from relay_runtime._gateway import AdmitAll, Gateway, run_gateway
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector import Connection, Delay, ReferenceConnector
-from relay_runtime.gateway import AdmitAll, Gateway, run_gateway
 from relay_runtime.testing import MEMORY_RELAY_URL, reset_memory_dialer, run_deterministic
 
 GATEWAY_ID = "gw-chaos"

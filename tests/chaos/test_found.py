@@ -8,10 +8,9 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
 
-from protocol.codec import encode_frame
-from protocol.frames import InboundAck
+from protocol import InboundAck, encode_frame
+from relay_runtime._transport import RelaySocket
 from relay_runtime.testing import Harness, open_harness
-from relay_runtime.transport import RelaySocket
 
 
 async def test_a_full_write_queue_does_not_drop_an_inbound_ack(

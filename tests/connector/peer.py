@@ -10,11 +10,8 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import WebSocketConnection, wrap_client_stream
 
-from protocol.auth import make_token, make_upgrade_token
-from protocol.codec import encode_frame
-from protocol.errors import FrameError
-from protocol.frames import Frame, GatewayFrame, Hello, InboundAck
-from protocol.framing import FrameDecoder
+from protocol import FrameDecoder, FrameError, encode_frame, make_token, make_upgrade_token
+from protocol._frames import Frame, GatewayFrame, Hello, InboundAck
 
 T = TypeVar("T")
 

@@ -16,17 +16,15 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from protocol.actions import Send
-from protocol.frames import DescriptorFrame, Inbound, InboundAck, Outbound, OutboundResult
-from relay_runtime.connector import ReferenceConnector
-from relay_runtime.connector.admin import AdminApi, operator_app
-from relay_runtime.connector.control_plane import (
+from protocol import DescriptorFrame, Inbound, InboundAck, Outbound, OutboundResult, Send
+from relay_runtime.connector import Post, ReferenceConnector
+from relay_runtime.connector._admin import AdminApi, operator_app
+from relay_runtime.connector._control_plane import (
     ControlPlane,
     ControlPlaneRegistry,
     HttpServer,
     serve_http,
 )
-from relay_runtime.connector.records import Post
 
 from .peer import GATEWAY, SECRET, Peer, dial, good_headers
 

@@ -13,9 +13,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from protocol.actions import Send
-from protocol.frames import DescriptorFrame, Inbound, Outbound, OutboundResult
-from relay_runtime.cli.connector import parse_credentials
+from protocol import DescriptorFrame, Inbound, Outbound, OutboundResult, Send
+from relay_runtime._cli.connector import parse_credentials
 
 from .peer import SECRET, Peer, dial, good_headers
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from relay_runtime.cli import build_parser
-from relay_runtime.cli.connector import build_connector
+from relay_runtime._cli import build_parser
+from relay_runtime._cli.connector import build_connector
 
 
 def test_buffer_prefix_flag_reaches_the_connector() -> None:

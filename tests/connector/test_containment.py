@@ -6,9 +6,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from protocol.errors import FrameError
-from protocol.frames import DescriptorFrame, Frame
-from protocol.framing import FrameDecoder
+from protocol import DescriptorFrame, Frame, FrameDecoder, FrameError
 from relay_runtime.connector import ReferenceConnector
 
 from .peer import GATEWAY, SECRET, Peer, dial, good_headers

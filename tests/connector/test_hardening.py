@@ -15,11 +15,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
-from protocol.auth import make_token
-from protocol.frames import DescriptorFrame
-from relay_runtime.cli.connector import is_loopback, parse_credentials, read_secret_file
+from protocol import DescriptorFrame, make_token
+from relay_runtime._cli.connector import is_loopback, parse_credentials, read_secret_file
 from relay_runtime.connector import ReferenceConnector
-from relay_runtime.connector.control_plane import ControlPlaneRegistry
+from relay_runtime.connector._control_plane import ControlPlaneRegistry
 
 from .peer import GATEWAY, SECRET, bearer, dial, good_headers
 

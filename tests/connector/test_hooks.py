@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from protocol.actions import Edit, Send
-from protocol.frames import DescriptorFrame, GoingIdle, GoingIdleAck, Outbound, OutboundResult
+from protocol import DescriptorFrame, Edit, GoingIdle, GoingIdleAck, Outbound, OutboundResult, Send
 from relay_runtime.connector import Connection, ReferenceConnector
 
 from .peer import GATEWAY, SECRET, Peer, dial, good_headers

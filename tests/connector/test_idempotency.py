@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from protocol.actions import Edit, FollowUp, Send
-from protocol.frames import Outbound, OutboundResult
+from protocol import Edit, FollowUp, Outbound, OutboundResult, Send
 from relay_runtime.connector import Delay, Fail, ReferenceConnector, Succeed
 
 from .peer import GATEWAY, SECONDARY, SECRET, Peer, dial, good_headers

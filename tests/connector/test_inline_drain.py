@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import trio
 
-from protocol.frames import Inbound
+from protocol import Inbound
 
 from .peer import GATEWAY, dial, good_headers
 from .test_server import LIMIT, event, ready, start

@@ -14,13 +14,11 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
 
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import DescriptorFrame, Inbound
+from protocol import DescriptorFrame, Inbound, MessageEvent, SessionSource
+from relay_runtime import Gateway, Turn, run_gateway
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector import ReferenceConnector
-from relay_runtime.gateway import Gateway, run_gateway
 from relay_runtime.testing import autojump_around_threads
-from relay_runtime.turn import Turn
 
 from .peer import GATEWAY, SECRET, Peer, expired_headers, good_headers
 

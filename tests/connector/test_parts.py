@@ -6,10 +6,9 @@ import base64
 
 import pytest
 
-from protocol.auth import make_token, token_payload_unverified, verify_token
-from protocol.codec import unstructure
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import Inbound
+from protocol import Inbound, MessageEvent, SessionSource
+from protocol._auth import make_token, token_payload_unverified, verify_token
+from protocol._codec import unstructure
 from relay_runtime.connector import (
     DEFAULT_DESCRIPTORS,
     DeliveryBuffer,
@@ -20,9 +19,9 @@ from relay_runtime.connector import (
     Succeed,
     generic_descriptor,
 )
-from relay_runtime.connector.presets import INVALID_DESCRIPTOR
-from relay_runtime.connector.relevance import admit
-from relay_runtime.connector.upgrade_auth import authenticate, bearer_token
+from relay_runtime.connector._presets import INVALID_DESCRIPTOR
+from relay_runtime.connector._relevance import admit
+from relay_runtime.connector._upgrade_auth import authenticate, bearer_token
 
 from .peer import SECONDARY, SECRET
 

@@ -13,21 +13,26 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
-from protocol.actions import Edit, FollowUp, GetChatInfo, Send, Typing
-from protocol.errors import FrameError
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import (
+from protocol import (
     DescriptorFrame,
+    Edit,
+    FollowUp,
+    FrameError,
+    GetChatInfo,
     GoingIdle,
     GoingIdleAck,
     Hello,
     Inbound,
     Interrupt,
     InterruptInbound,
+    MessageEvent,
     Outbound,
     OutboundResult,
     PassthroughForward,
     PassthroughForwardFrame,
+    Send,
+    SessionSource,
+    Typing,
 )
 from relay_runtime.connector import (
     DISCORD,
@@ -177,7 +182,7 @@ async def test_a_present_bearer_is_still_verified_when_unauthenticated_dials_are
 
 
 async def test_secrets_come_from_the_control_plane_registry(nursery):
-    from relay_runtime.connector.control_plane import ControlPlaneRegistry
+    from relay_runtime.connector._control_plane import ControlPlaneRegistry
 
     registry = ControlPlaneRegistry()
     registry.pin_gateway("gw-registry", SECRET)
@@ -488,7 +493,7 @@ async def test_buffered_only_instance_buffers_even_with_buffering_off(nursery):
 async def test_first_buffered_message_of_a_flipped_instance_pokes_the_wake_url(nursery):
     import httpx
 
-    from relay_runtime.connector.control_plane import ControlPlaneRegistry, WakePoker
+    from relay_runtime.connector._control_plane import ControlPlaneRegistry, WakePoker
 
     hits: list[bytes] = []
     poked = trio.Event()

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from relay_runtime.config import GatewayConfig
-from relay_runtime.connector.control_plane import (
+from relay_runtime.connector._control_plane import (
     ControlPlaneRegistry,
     HttpRequest,
     HttpResponse,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.events import Identity
+from protocol import Identity
 from relay_runtime.config import (
     HIDDEN,
     BotIdEntry,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from relay_runtime._control import project_policy
 from relay_runtime.config import HIDDEN, ConfigError, GatewayConfig, bool_word, string_list
-from relay_runtime.connector.relevance import RelevancePolicy
-from relay_runtime.control import project_policy
+from relay_runtime.connector import RelevancePolicy
 
 
 @pytest.fixture

@@ -13,17 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.auth import make_upgrade_token, verify_token
-from protocol.events import Identity
-from relay_runtime.config import GatewayConfig
-from relay_runtime.connector.control_plane import (
-    ControlPlaneRegistry,
-    HttpRequest,
-    HttpResponse,
-    HttpServer,
-    json_response,
-)
-from relay_runtime.control import (
+from protocol import Identity, make_upgrade_token, verify_token
+from relay_runtime._control import (
     ENROLL_401,
     ENROLL_403,
     ENROLL_NO_SECRET,
@@ -42,6 +33,14 @@ from relay_runtime.control import (
     provision,
     resolve_identity_token,
     send_policy,
+)
+from relay_runtime.config import GatewayConfig
+from relay_runtime.connector._control_plane import (
+    ControlPlaneRegistry,
+    HttpRequest,
+    HttpResponse,
+    HttpServer,
+    json_response,
 )
 
 from .conftest import IDENTITY_TOKEN, TENANT

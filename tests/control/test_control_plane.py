@@ -12,9 +12,11 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.auth import make_token, make_upgrade_token, verify_token
+from protocol import make_token, make_upgrade_token, verify_token
+from relay_runtime._control import provision as gateway_provision
 from relay_runtime.config import GatewayConfig
-from relay_runtime.connector.control_plane import (
+from relay_runtime.connector import RelevancePolicy
+from relay_runtime.connector._control_plane import (
     ControlPlane,
     ControlPlaneRegistry,
     HttpRequest,
@@ -22,8 +24,6 @@ from relay_runtime.connector.control_plane import (
     HttpServer,
     WakePoker,
 )
-from relay_runtime.connector.relevance import RelevancePolicy
-from relay_runtime.control import provision as gateway_provision
 
 from .conftest import IDENTITY_TOKEN, TENANT
 
@@ -489,7 +489,7 @@ def test_identity_tokens_are_compared_in_constant_time_against_every_known_token
 ) -> None:
     import secrets
 
-    from relay_runtime.connector import control_plane
+    from relay_runtime.connector import _control_plane as control_plane
 
     registry = ControlPlaneRegistry()
     registry.identity_tokens = _NoLookups(

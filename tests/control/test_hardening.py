@@ -19,8 +19,10 @@ import attrs
 import pytest
 import trio
 
-from protocol.urls import host_problem, redact_url, relay_url_problem
-from relay_runtime.cli import main
+from protocol._urls import host_problem, redact_url, relay_url_problem
+from relay_runtime._cli import main
+from relay_runtime._logs import mask_text
+from relay_runtime._transport import DialError, dial, websocket_dialer
 from relay_runtime.config import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_DEPTH,
@@ -28,8 +30,6 @@ from relay_runtime.config import (
     GatewayConfig,
     warn_if_plain_text,
 )
-from relay_runtime.logs import mask_text
-from relay_runtime.transport import DialError, dial, websocket_dialer
 from tests.e2e.conftest import GUARD_S, gateway_env, gateway_process, new_secret
 
 LONG_LABEL = "a" * 64
@@ -499,7 +499,7 @@ def test_token_ttl_s_is_the_lifetime_of_minted_tokens() -> None:
     """token_ttl_s is wired: the supervisor's factory and the policy call mint with it."""
     import base64
 
-    from relay_runtime.control import upgrade_token_factory
+    from relay_runtime._control import upgrade_token_factory
 
     config = GatewayConfig(relay_url="wss://c.example", token_ttl_s=42)
     token = upgrade_token_factory(config, wall_clock=lambda: 1_750_000_000.0)("gw", "s" * 32)

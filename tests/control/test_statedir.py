@@ -1,4 +1,4 @@
-"""Issue 12, the state directory treated like ``~/.ssh`` (relay_runtime/statedir.py).
+"""Issue 12, the state directory treated like ``~/.ssh`` (relay_runtime/_statedir.py).
 
 Each refusal goes through the real ``relay-runtime run`` (in process via :func:`main`, or as
 a child process where the guarantee is about the process), and must be exactly one line,
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import trio
 
-from relay_runtime.cli import main
+from relay_runtime._cli import main
+from relay_runtime._statedir import StateDirError, check_state_dir, used_before
 from relay_runtime.connector import ReferenceConnector
-from relay_runtime.statedir import StateDirError, check_state_dir, used_before
 from tests.e2e.conftest import GATEWAY_ID, GUARD_S, gateway_env, gateway_process, new_secret
 
 PREFIX = "relay-runtime: error: "

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.urls import (
-    control_base,
-    control_url,
-    dial_url,
-    http_url_problem,
-    relay_url_problem,
-)
+from protocol._urls import control_base, control_url, dial_url, http_url_problem, relay_url_problem
 
 # The RC §9 table: configured -> (dial, provision).
 TABLE = [

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from protocol.events import MessageEvent, SessionSource
+from protocol import MessageEvent, SessionSource
 from relay_runtime.connector import ReferenceConnector
 from tests.e2e.conftest import GATEWAY_ID, GUARD_S, GatewayProcess, new_secret
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from protocol.events import MessageEvent, SessionSource
+from protocol import MessageEvent, SessionSource
+from relay_runtime._logs import is_relay_token
 from relay_runtime.connector import ReferenceConnector
-from relay_runtime.logs import is_relay_token
 from tests.e2e.conftest import (
     GATEWAY_ID,
     GUARD_S,

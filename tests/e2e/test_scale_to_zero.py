@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import trio
 
-from protocol.events import MessageEvent, SessionSource
+from protocol import MessageEvent, SessionSource
 from relay_runtime import GatewayConfig, Turn, run_gateway
 from relay_runtime.connector import ReferenceConnector
-from relay_runtime.connector.control_plane import ControlPlaneRegistry, WakePoker
+from relay_runtime.connector._control_plane import ControlPlaneRegistry, WakePoker
 
 GATEWAY_ID = "gw-sleepy"
 LIMIT_S = 20

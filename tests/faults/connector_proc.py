@@ -51,7 +51,7 @@ from fault_journal import (
     read_records,
 )
 
-from protocol.frames import GoingIdle, Hello, Inbound, InboundAck, Outbound
+from protocol import GoingIdle, Hello, Inbound, InboundAck, Outbound
 from relay_runtime.connector import (
     Connection,
     NoAnswer,
@@ -59,7 +59,7 @@ from relay_runtime.connector import (
     ReferenceConnector,
     Succeed,
 )
-from relay_runtime.connector.buffer import BufferedFrame
+from relay_runtime.connector._buffer import BufferedFrame
 
 
 @attrs.define

@@ -30,7 +30,7 @@ from typing import Any
 
 import attrs
 
-from protocol.events import MessageEvent, SessionSource
+from protocol import MessageEvent, SessionSource
 
 __all__ = [
     "CHATS",

@@ -13,8 +13,7 @@ from typing import Any
 
 import trio
 
-from protocol.actions import Send
-from protocol.frames import DescriptorFrame, Inbound, Outbound, OutboundResult
+from protocol import DescriptorFrame, Inbound, Outbound, OutboundResult, Send
 from relay_runtime.connector import Post, ReferenceConnector
 from tests.connector.peer import GATEWAY, SECRET, dial, good_headers
 from tests.faults.fault_journal import (

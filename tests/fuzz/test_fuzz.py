@@ -26,10 +26,10 @@ import trio
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from protocol.events import MessageEvent, SessionSource
+from protocol import MessageEvent, SessionSource
+from relay_runtime._gateway import AdmitAll, Gateway, run_gateway
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector import ReferenceConnector
-from relay_runtime.gateway import AdmitAll, Gateway, run_gateway
 
 GATEWAY_ID = "gw-fuzz"
 LONG = os.environ.get("RELAY_FUZZ_LONG") == "1"

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from protocol.auth import (
+from protocol._auth import (
     UPGRADE_TOKEN_TTL_S,
     make_token,
     make_upgrade_token,

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from protocol import (
+    CapabilityDescriptor,
     DescriptorFrame,
     Edit,
     FollowUp,
@@ -27,11 +28,12 @@ from protocol import (
     Send,
     SessionSource,
     Typing,
+    placeholder_descriptor,
+    text_length,
 )
-from protocol.codec import decode_line, encode_frame, structure, unstructure
-from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor, text_length
-from protocol.events import key_platform
-from protocol.results import MALFORMED_RESULT, ChatInfo, SendResult
+from protocol._codec import decode_line, encode_frame, structure, unstructure
+from protocol._events import key_platform
+from protocol._results import MALFORMED_RESULT, ChatInfo, SendResult
 
 DISCORD = {
     "contract_version": 1,

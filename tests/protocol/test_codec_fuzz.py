@@ -12,10 +12,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import decode_object
-from protocol.errors import FrameError
-from protocol.frames import FRAME_TYPES, GoingIdleAck
-from protocol.framing import FrameDecoder
+from protocol import FrameDecoder, FrameError, decode_object
+from protocol._frames import FRAME_TYPES, GoingIdleAck
 
 json_values = st.recursive(
     st.none()

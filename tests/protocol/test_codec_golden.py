@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from protocol.actions import Edit, FollowUp, GetChatInfo, Send, Typing
-from protocol.codec import decode_line, encode_frame
-from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import (
+from protocol import (
+    CapabilityDescriptor,
     DescriptorFrame,
+    Edit,
+    FollowUp,
     Frame,
+    GetChatInfo,
     GoingIdle,
     GoingIdleAck,
     Hello,
@@ -34,11 +34,17 @@ from protocol.frames import (
     InboundAck,
     Interrupt,
     InterruptInbound,
+    MessageEvent,
     Outbound,
     OutboundResult,
     PassthroughForward,
     PassthroughForwardFrame,
+    Send,
+    SessionSource,
+    Typing,
+    placeholder_descriptor,
 )
+from protocol._codec import decode_line, encode_frame
 
 GOLDEN = Path(__file__).with_name("codec_golden.json")
 
@@ -376,7 +382,7 @@ def test_encoded_bytes_match_the_golden(name: str, golden: dict[str, Any]) -> No
 
 
 def test_the_encode_corpus_covers_every_frame_type() -> None:
-    from protocol.frames import FRAME_TYPES
+    from protocol._frames import FRAME_TYPES
 
     assert {type(f) for f in ENCODE.values()} == set(FRAME_TYPES.values())
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from protocol.backoff import ladder_bound, ladder_delay
-from protocol.connection import (
+from protocol._backoff import ladder_bound, ladder_delay
+from protocol._connection import (
     CLOCK_SKEW_MESSAGE,
     NO_CREDENTIALS_MESSAGE,
     REFUSED_DISABLED_MESSAGE,

@@ -8,9 +8,23 @@ from typing import Any
 
 import pytest
 
-from protocol.actions import Send
-from protocol.codec import encode_frame
-from protocol.connection import (
+from protocol import (
+    DescriptorFrame,
+    FrameError,
+    GoingIdle,
+    GoingIdleAck,
+    Hello,
+    Identity,
+    InboundAck,
+    Interrupt,
+    Outbound,
+    OutboundResult,
+    RelayConnection,
+    RelayProtocolError,
+    Send,
+    encode_frame,
+)
+from protocol._connection import (
     TRANSITIONS,
     CancelTimer,
     CloseSocket,
@@ -32,19 +46,6 @@ from protocol.connection import (
     TimerExpired,
     WriteFrames,
 )
-from protocol.errors import FrameError
-from protocol.events import Identity
-from protocol.frames import (
-    DescriptorFrame,
-    GoingIdle,
-    GoingIdleAck,
-    Hello,
-    InboundAck,
-    Interrupt,
-    Outbound,
-    OutboundResult,
-)
-from protocol.relay_connection import RelayConnection, RelayProtocolError
 
 IDENTITIES = (Identity("discord", "d1"), Identity("telegram"))
 OUTBOUND = Outbound("r1", Send(chat_id="c1", content="hi"))

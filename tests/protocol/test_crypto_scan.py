@@ -1,10 +1,10 @@
-"""R38: our only channel cryptography is protocol/auth.py; no platform crypto anywhere.
+"""R38: our only channel cryptography is protocol/_auth.py; no platform crypto anywhere.
 
 A static scan of every module under protocol/, trust/, relay_runtime/ and scripts/.
 
 Allow-list (documented here on purpose; extend it only with a reason):
 
-* ``protocol/auth.py`` may use ``hmac`` and ``hashlib`` freely: it is the channel
+* ``protocol/_auth.py`` may use ``hmac`` and ``hashlib`` freely: it is the channel
   authenticator (RC §5).
 * Modules under ``trust/`` may use exactly ``hashlib.sha256`` (invite codes are stored as
   their SHA-256 digest, TR §6) and ``hmac.compare_digest`` (the constant-time confirmation of
@@ -14,7 +14,7 @@ Allow-list (documented here on purpose; extend it only with a reason):
 * Everything else: no ``hmac``/``hashlib`` (or their C modules) at all.
 
 Platform crypto (``nacl``, ``cryptography``, ``ed25519``, PyCryptodome, ...) is forbidden in
-every module, including ``protocol/auth.py``: verifying and decrypting platform traffic is the
+every module, including ``protocol/_auth.py``: verifying and decrypting platform traffic is the
 connector's job (RC §1, A2 model).
 """
 
@@ -53,7 +53,7 @@ PLATFORM_CRYPTO = frozenset(
         "authlib",
     }
 )
-AUTH_MODULE = "protocol/auth.py"
+AUTH_MODULE = "protocol/_auth.py"
 #: Per package prefix: module -> the attributes that package may use (see module docstring).
 RESTRICTED_USE: dict[str, dict[str, frozenset[str]]] = {
     "trust/": {"hashlib": frozenset({"sha256"}), "hmac": frozenset({"compare_digest"})},
@@ -169,10 +169,10 @@ def test_R38_the_allow_list_is_not_stale() -> None:
         ("relay_runtime/x.py", "import hmac\n"),
         ("relay_runtime/x.py", "import hashlib as h\n"),
         ("relay_runtime/x.py", "from hashlib import sha256\n"),
-        ("protocol/codec.py", "import _hashlib\n"),
-        ("protocol/urls.py", "x = __import__('hmac')\n"),
+        ("protocol/_codec.py", "import _hashlib\n"),
+        ("protocol/_urls.py", "x = __import__('hmac')\n"),
         ("relay_runtime/x.py", "import importlib\nm = importlib.import_module('hashlib')\n"),
-        ("protocol/auth.py", "from nacl.signing import VerifyKey\n"),
+        ("protocol/_auth.py", "from nacl.signing import VerifyKey\n"),
         ("relay_runtime/x.py", "import cryptography.hazmat.primitives\n"),
         ("trust/x.py", "from cryptography.hazmat.primitives.asymmetric import ed25519\n"),
         ("trust/x.py", "import ed25519\n"),
@@ -193,11 +193,14 @@ def test_R38_scanner_flags_forbidden_crypto(path: str, source: str) -> None:
 @pytest.mark.parametrize(
     ("path", "source"),
     [
-        ("protocol/auth.py", "import hashlib\nimport hmac\nhmac.new(b'k', b'm', hashlib.sha256)\n"),
-        ("trust/invites.py", "import hashlib\nd = hashlib.sha256(b'c').hexdigest()\n"),
+        (
+            "protocol/_auth.py",
+            "import hashlib\nimport hmac\nhmac.new(b'k', b'm', hashlib.sha256)\n",
+        ),
+        ("trust/_invites.py", "import hashlib\nd = hashlib.sha256(b'c').hexdigest()\n"),
         ("trust/x.py", "import hmac\nok = hmac.compare_digest(b'a', b'b')\n"),
         ("trust/x.py", "from hmac import compare_digest\nfrom hashlib import sha256\n"),
-        ("relay_runtime/x.py", "import ssl\nimport secrets\nfrom protocol.auth import sign\n"),
+        ("relay_runtime/x.py", "import ssl\nimport secrets\nfrom protocol._auth import sign\n"),
     ],
 )
 def test_R38_scanner_allows_documented_uses(path: str, source: str) -> None:

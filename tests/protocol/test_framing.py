@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from protocol import FrameDecoder, FrameError, GoingIdleAck, Hello, Inbound, InboundAck
-from protocol.codec import encode_frame, soft_problems_to
-from protocol.framing import exceeds_limit, utf8_length
+from protocol._codec import encode_frame, soft_problems_to
+from protocol._framing import exceeds_limit, utf8_length
 
 ACK = '{"type":"going_idle_ack"}\n'
 

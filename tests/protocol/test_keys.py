@@ -7,10 +7,15 @@ from typing import Any
 
 import pytest
 
-from protocol.codec import decode_line
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import Inbound
-from protocol.keys import build_session_key, message_key, session_key
+from protocol import (
+    Inbound,
+    MessageEvent,
+    SessionSource,
+    build_session_key,
+    message_key,
+    session_key,
+)
+from protocol._codec import decode_line
 
 GROUP = SessionSource(platform="discord", chat_id="chanA", chat_type="group", user_id="userX")
 

@@ -8,11 +8,17 @@ from typing import Any
 
 import pytest
 
-from protocol.codec import decode_line
-from protocol.events import MessageEvent
-from protocol.frames import PassthroughForward, PassthroughForwardFrame
-from protocol.keys import build_session_key, message_key
-from protocol.passthrough import PassthroughError, decode_forward, discord_interaction_event
+from protocol import (
+    MessageEvent,
+    PassthroughError,
+    PassthroughForward,
+    PassthroughForwardFrame,
+    build_session_key,
+    decode_forward,
+    discord_interaction_event,
+    message_key,
+)
+from protocol._codec import decode_line
 
 
 def forward_frame(forward: dict[str, Any], **extra: Any) -> PassthroughForwardFrame:

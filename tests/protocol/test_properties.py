@@ -18,12 +18,20 @@ import attrs
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from protocol.actions import Action, Edit, FollowUp, GetChatInfo, Send, Typing
-from protocol.codec import encode_frame
-from protocol.descriptor import CapabilityDescriptor
-from protocol.errors import FrameError
-from protocol.events import BUILTIN_PLATFORMS, MESSAGE_TYPES, MessageEvent, SessionSource
-from protocol.frames import (
+from protocol import (
+    Action,
+    CapabilityDescriptor,
+    Edit,
+    FollowUp,
+    FrameDecoder,
+    FrameError,
+    GetChatInfo,
+    Send,
+    Typing,
+    encode_frame,
+)
+from protocol._events import BUILTIN_PLATFORMS, MESSAGE_TYPES, MessageEvent, SessionSource
+from protocol._frames import (
     FRAME_TYPES,
     DescriptorFrame,
     Frame,
@@ -39,7 +47,6 @@ from protocol.frames import (
     PassthroughForward,
     PassthroughForwardFrame,
 )
-from protocol.framing import FrameDecoder
 
 #: Everything the decoder may return.
 DECODED: tuple[type, ...] = (FrameError, *FRAME_TYPES.values())

@@ -20,15 +20,24 @@ from typing import Any
 import attrs
 import trio
 
-from protocol.actions import Action
-from protocol.codec import encode_frame
-from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
-from protocol.events import Identity, MessageEvent, SessionSource
-from protocol.frames import Frame, Inbound, InboundAck, Outbound, OutboundResult
-from protocol.relay_connection import RelayProtocolError
-from protocol.results import NOT_CONNECTED, ErrorKind, SendResult
-from relay_runtime.outbound import OutboundRouter, find_identity
-from relay_runtime.state import (
+from protocol import (
+    Action,
+    CapabilityDescriptor,
+    Frame,
+    Identity,
+    Inbound,
+    InboundAck,
+    MessageEvent,
+    Outbound,
+    OutboundResult,
+    RelayProtocolError,
+    SessionSource,
+    encode_frame,
+    placeholder_descriptor,
+)
+from protocol._results import NOT_CONNECTED, ErrorKind, SendResult
+from relay_runtime._outbound import OutboundRouter, find_identity
+from relay_runtime._state import (
     FOLLOW_UP_TTL_S,
     TURN_END_STATES,
     Attempt,
@@ -44,7 +53,7 @@ from relay_runtime.state import (
     StateError,
     TurnEndState,
 )
-from trust.model import Decision
+from trust import Decision
 
 Responder = Callable[[Action, str | None, str | None], Awaitable[SendResult]]
 
@@ -121,7 +130,7 @@ class _Claim:
 
 @attrs.define(eq=False)
 class MemoryState:
-    """In-memory twin of the state interface (:class:`~relay_runtime.state.StateStore`'s
+    """In-memory twin of the state interface (:class:`~relay_runtime._state.StateStore`'s
     ``TurnStore`` and ``OutboxStore`` calls), for tests that run under ``autojump_clock``.
 
     Its public calls are exactly the interface's; ``tests/runtime/test_state_contract.py``

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from relay_runtime.state import ClaimRequest, ClaimResult, ClaimStatus, StateDB, TurnStore
+from relay_runtime._state import ClaimRequest, ClaimResult, ClaimStatus, StateDB, TurnStore
 from relay_runtime.testing import claim_status as window_status
 
 if TYPE_CHECKING:
-    from relay_runtime.dedupe import ClaimHandle
-    from relay_runtime.state import MessageKey, OutboxEntry, OutboxStore, TurnEndState
+    from relay_runtime._dedupe import ClaimHandle
+    from relay_runtime._state import MessageKey, OutboxEntry, OutboxStore, TurnEndState
 
 #: The PostgreSQL server the PG variants run against (the trust tests use the same one).
 PG_DSN = os.environ.get("RELAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from relay_runtime.cli import (
+from relay_runtime import RelayDisabled
+from relay_runtime._cli import (
     EXIT_DISABLED,
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -16,10 +17,9 @@ from relay_runtime.cli import (
     exit_status_for,
     main,
 )
-from relay_runtime.cli.run import load_agent
+from relay_runtime._cli.run import load_agent
+from relay_runtime._logs import reset_logging
 from relay_runtime.config import ConfigError
-from relay_runtime.errors import RelayDisabled
-from relay_runtime.logs import reset_logging
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ def test_help_lists_the_commands_and_examples(capsys: pytest.CaptureFixture[str]
 def test_a_broken_optional_command_module_is_skipped_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    import relay_runtime.cli as cli
+    import relay_runtime._cli as cli
 
     (tmp_path / "half_written_cli.py").write_text("raise RuntimeError('half-written')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -159,6 +159,6 @@ def test_load_agent_returns_the_named_callable() -> None:
     from relay_runtime.agents import echo
 
     assert load_agent("relay_runtime.agents:echo") is echo
-    assert load_agent("relay_runtime.agents.echo:echo") is echo
+    assert load_agent("relay_runtime.agents._echo:echo") is echo
     with pytest.raises(UsageError, match="not callable"):
-        load_agent("relay_runtime.agents.openai_chat:DEFAULT_BASE_URL")
+        load_agent("relay_runtime.agents._openai_chat:DEFAULT_BASE_URL")

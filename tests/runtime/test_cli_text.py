@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay_runtime.cli import (
+from relay_runtime import RelayDisabled, run_gateway
+from relay_runtime._cli import (
     EXIT_DISABLED,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -28,11 +29,9 @@ from relay_runtime.cli import (
     build_parser,
     main,
 )
+from relay_runtime._logs import reset_logging
 from relay_runtime.config import ConfigError, GatewayConfig
-from relay_runtime.errors import RelayDisabled
-from relay_runtime.gateway import run_gateway
-from relay_runtime.logs import reset_logging
-from trust.ops import TrustOps
+from trust._ops import TrustOps
 
 PREFIX = "relay-runtime: error: "
 
@@ -176,7 +175,7 @@ def test_a_missing_optional_dependency_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` now fails
-    for name in [m for m in sys.modules if m.startswith("trust.store.postgres")]:
+    for name in [m for m in sys.modules if m.startswith("trust._store.postgres")]:
         monkeypatch.delitem(sys.modules, name)
     status = main(["trust", "list", "--dsn", "postgresql://postgres@127.0.0.1:5432/test"])
     assert status == EXIT_FAILURE
@@ -204,7 +203,7 @@ def test_anything_a_command_raises_is_one_line_with_its_status(
     def fail(args: argparse.Namespace) -> int:
         raise raised
 
-    monkeypatch.setattr("relay_runtime.cli.demo.demo_command", fail)  # registered as func
+    monkeypatch.setattr("relay_runtime._cli.demo.demo_command", fail)  # registered as func
     assert main(["demo"]) == status
     text = one_error_line(capsys.readouterr().err)
     assert line is None or text.startswith(line), text
@@ -305,8 +304,8 @@ async def test_run_gateway_raises_a_config_error_as_itself(tmp_path: Path) -> No
 
 
 def test_trust_usage_errors_name_the_levels_trust_help_names() -> None:
-    from trust.commands import parse_command
-    from trust.ops import HELP
+    from trust._commands import parse_command
+    from trust._ops import HELP
 
     for op, levels in (("promote", "contact|whitelist"), ("demote", "contact|stranger")):
         assert f"/trust {op} ID {levels}" in HELP

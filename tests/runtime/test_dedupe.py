@@ -11,8 +11,8 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 
-from relay_runtime.dedupe import ClaimHandle, ClaimStatus, DedupeWindow
-from relay_runtime.state import DB_FILENAME, ClaimRequest, StateDB
+from relay_runtime._dedupe import ClaimHandle, ClaimStatus, DedupeWindow
+from relay_runtime._state import DB_FILENAME, ClaimRequest, StateDB
 from relay_runtime.testing import window_keys
 from tests.runtime import state_steps as steps
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay_runtime.cli.demo import HELP, Demo
+from relay_runtime._cli.demo import HELP, Demo
 
 
 async def run_lines(lines: list[str], *, scripted: bool) -> list[str]:

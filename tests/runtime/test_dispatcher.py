@@ -16,13 +16,11 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.actions import Action, Send
-from protocol.frames import PassthroughForward, PassthroughForwardFrame
-from protocol.results import SendResult
-from relay_runtime.dispatcher import Dispatcher
-from relay_runtime.replies import Replies
-from relay_runtime.state import DB_FILENAME, ClaimStatus, StateDB
-from relay_runtime.turn import Turn
+from protocol import Action, PassthroughForward, PassthroughForwardFrame, Send, SendResult
+from relay_runtime import Turn
+from relay_runtime._dispatcher import Dispatcher
+from relay_runtime._replies import Replies
+from relay_runtime._state import DB_FILENAME, ClaimStatus, StateDB
 from tests.runtime import state_steps as steps
 from tests.runtime.dispatch_helpers import FakeLink, MemoryState, Verdict, inbound
 

@@ -21,14 +21,11 @@ import attrs
 import pytest
 import trio
 
-from protocol.actions import Send
-from protocol.events import MessageEvent, SessionSource
-from protocol.frames import Outbound
+from protocol import MessageEvent, Outbound, Send, SessionSource
 from relay_runtime import ConfigError, Gateway, GatewayConfig, RelayDisabled, Turn, run_gateway
-from relay_runtime.connector.outcomes import NoAnswer
-from relay_runtime.connector.server import ReferenceConnector
-from relay_runtime.delivery import Agent
-from relay_runtime.state import DB_FILENAME, StateDB
+from relay_runtime._delivery import Agent
+from relay_runtime._state import DB_FILENAME, StateDB
+from relay_runtime.connector import NoAnswer, ReferenceConnector
 
 GATEWAY_ID = "gw-e2e"
 GUARD_S = 30

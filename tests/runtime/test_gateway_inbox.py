@@ -15,12 +15,11 @@ from typing import Any
 
 import trio
 
-from protocol.events import MessageEvent, SessionSource
+from protocol import MessageEvent, SessionSource
+from relay_runtime import Gateway, Turn, run_gateway
+from relay_runtime._delivery import Agent
 from relay_runtime.config import GatewayConfig
-from relay_runtime.connector.server import ReferenceConnector
-from relay_runtime.delivery import Agent
-from relay_runtime.gateway import Gateway, run_gateway
-from relay_runtime.turn import Turn
+from relay_runtime.connector import ReferenceConnector
 
 GATEWAY_ID = "gw-inbox"
 GUARD_S = 30.0

@@ -14,11 +14,11 @@ from typing import Any
 
 import trio
 
-from relay_runtime.dispatcher import Dispatcher
-from relay_runtime.outbound import RequestIds, reply_ids_for
-from relay_runtime.replies import Replies
-from relay_runtime.state import DB_FILENAME, RESUME_MAX, StateDB
-from relay_runtime.turn import Turn
+from relay_runtime import Turn
+from relay_runtime._dispatcher import Dispatcher
+from relay_runtime._outbound import RequestIds, reply_ids_for
+from relay_runtime._replies import Replies
+from relay_runtime._state import DB_FILENAME, RESUME_MAX, StateDB
 from tests.runtime import state_steps as steps
 from tests.runtime.dispatch_helpers import FakeLink, Verdict, inbound
 

@@ -1,4 +1,4 @@
-"""The PostgreSQL lease per gateway id (relay_runtime/state/_lease.py).
+"""The PostgreSQL lease per gateway id (relay_runtime/_state/_lease.py).
 
 The SQL runs against the real server (its clock decides expiry; an expiry is made to
 happen by moving the row's ``expires_at`` into the past, not by waiting). The timing of
@@ -17,9 +17,9 @@ import pytest
 import trio
 import trio.testing
 
-from relay_runtime.state import ClaimRequest, LeaseLost, StateError
-from relay_runtime.state._lease import Lease, LeaseSql
-from relay_runtime.state._pg import PgStateDB, open_leased
+from relay_runtime._state import ClaimRequest, LeaseLost, StateError
+from relay_runtime._state._lease import Lease, LeaseSql
+from relay_runtime._state._pg import PgStateDB, open_leased
 from relay_runtime.testing import autojump_around_threads
 from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id, require_pg
 
@@ -134,7 +134,7 @@ async def test_fencing_refuses_a_stale_holders_writes(gateway: str) -> None:
 
 
 class LogSeen(logging.Handler):
-    """Sets ``event`` when a ``relay_runtime.state`` record containing ``text`` is logged."""
+    """Sets ``event`` when a ``relay_runtime._state`` record containing ``text`` is logged."""
 
     def __init__(self, text: str) -> None:
         super().__init__()

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
+from relay_runtime import Gateway, run_gateway
+from relay_runtime._state import LeaseLost
+from relay_runtime._state._lease import LeaseSql
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector import ReferenceConnector
-from relay_runtime.gateway import Gateway, run_gateway
-from relay_runtime.state import LeaseLost
-from relay_runtime.state._lease import LeaseSql
 from relay_runtime.testing import MEMORY_RELAY_URL
 from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id, require_pg
 from tests.runtime.test_lease import expire_now, seen
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from relay_runtime.transport import Dialer
+    from relay_runtime._transport import Dialer
 
 pytestmark = pytest.mark.postgres
 

@@ -10,11 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from relay_runtime.logs import KeyValueFormatter
+from relay_runtime import Turn
+from relay_runtime._logs import KeyValueFormatter
 from relay_runtime.testing import GATEWAY_ID, open_harness
-from relay_runtime.turn import Turn
-from trust.engine import TrustConfig, open_trust_engine
-from trust.policy import resolve_policy
+from trust import TrustConfig, open_trust_engine
+from trust._policy import resolve_policy
 
 
 async def echo(turn: Turn) -> str:

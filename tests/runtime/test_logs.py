@@ -1,4 +1,4 @@
-"""relay_runtime.logs: one line per event, key=value or JSON, and no secret survives (R39)."""
+"""relay_runtime._logs: one line per event, key=value or JSON, and no secret survives (R39)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from protocol.auth import make_upgrade_token
-from relay_runtime import logs
-from relay_runtime.logs import (
-    HIDDEN,
-    configure_logging,
-    mask_text,
-    register_secret,
-    reset_logging,
-)
+from protocol import make_upgrade_token
+from relay_runtime import _logs as logs
+from relay_runtime._logs import HIDDEN, configure_logging, mask_text, register_secret, reset_logging
 from relay_runtime.testing import open_harness
 
 SECRET = "gw-secret-" + "q" * 30

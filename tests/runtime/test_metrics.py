@@ -15,13 +15,13 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from protocol.events import MessageEvent, SessionSource
-from relay_runtime.cli import build_parser
+from protocol import MessageEvent, SessionSource
+from relay_runtime import Turn
+from relay_runtime._cli import build_parser
 from relay_runtime.config import ConfigError, GatewayConfig
 from relay_runtime.connector import ReferenceConnector
 from relay_runtime.testing import GATEWAY_ID as HARNESS_GATEWAY_ID
 from relay_runtime.testing import open_harness
-from relay_runtime.turn import Turn
 from tests.e2e.conftest import GATEWAY_ID, GUARD_S, gateway_env, gateway_process, new_secret
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

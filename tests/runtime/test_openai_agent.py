@@ -22,10 +22,9 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
-from protocol.results import SendResult
+from protocol import CapabilityDescriptor, SendResult, placeholder_descriptor
 from relay_runtime.agents import echo, openai_chat
-from relay_runtime.agents.openai_chat import (
+from relay_runtime.agents._openai_chat import (
     BAD_REPLY,
     CUT_OFF_NOTE,
     TIMEOUT_REPLY,
@@ -486,7 +485,7 @@ async def test_shipped_openai_chat_reads_the_environment(
 ) -> None:
     server = await start_server(nursery, answer_with("from env"))
     # The package attribute is the agent function; the module is reached by name.
-    module = importlib.import_module("relay_runtime.agents.openai_chat")
+    module = importlib.import_module("relay_runtime.agents._openai_chat")
     monkeypatch.setattr(module, "_default_agent", None)
     monkeypatch.setenv("RELAY_AGENT_BASE_URL", server.base_url)
     monkeypatch.setenv("RELAY_AGENT_MODEL", "env-model")

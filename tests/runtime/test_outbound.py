@@ -10,14 +10,26 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.actions import Edit, FollowUp, GetChatInfo, Send, Typing
-from protocol.codec import encode_frame
-from protocol.descriptor import CapabilityDescriptor, placeholder_descriptor
-from protocol.events import Identity, MessageEvent, SessionSource
-from protocol.frames import Frame, InboundAck, Outbound, OutboundResult
-from protocol.relay_connection import RelayProtocolError
-from protocol.results import ErrorKind, SendResult
-from relay_runtime.outbound import ChatMemory, OutboundRouter, Retry, new_request_id, retry_for
+from protocol import (
+    CapabilityDescriptor,
+    Edit,
+    FollowUp,
+    Frame,
+    GetChatInfo,
+    Identity,
+    InboundAck,
+    MessageEvent,
+    Outbound,
+    OutboundResult,
+    RelayProtocolError,
+    Send,
+    SessionSource,
+    Typing,
+    encode_frame,
+    placeholder_descriptor,
+)
+from protocol._results import ErrorKind, SendResult
+from relay_runtime._outbound import ChatMemory, OutboundRouter, Retry, new_request_id, retry_for
 
 
 class FakeLink:

@@ -10,10 +10,8 @@ import trio.testing
 import trio_websocket
 from trio_websocket import WebSocketConnection
 
-from protocol.errors import FrameError
-from protocol.frames import Frame, Inbound
-from protocol.framing import FrameDecoder
-from relay_runtime.transport import RelaySocket
+from protocol import Frame, FrameDecoder, FrameError, Inbound
+from relay_runtime._transport import RelaySocket
 from tests.runtime.conftest import wrap_client
 
 

@@ -9,9 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.frames import Inbound
-from relay_runtime.supervisor import Supervisor
-from relay_runtime.transport import RejectedFrameLog
+from protocol import Inbound
+from relay_runtime._supervisor import Supervisor
+from relay_runtime._transport import RejectedFrameLog
 from tests.runtime.conftest import FakeConnector, PeerConn, make_config
 
 SUPPRESSED = "more malformed frames suppressed"

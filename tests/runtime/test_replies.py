@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.actions import Action, Edit, FollowUp, Send, Typing
-from protocol.results import (
+from protocol import Action, Edit, FollowUp, Send, Typing
+from protocol._results import (
     DISABLED,
     NOT_CONNECTED,
     OUTBOUND_TIMED_OUT,
@@ -21,8 +21,8 @@ from protocol.results import (
     ErrorKind,
     SendResult,
 )
-from relay_runtime.replies import SWEEP_INTERVAL_S, Replies
-from relay_runtime.state import StateDB
+from relay_runtime._replies import SWEEP_INTERVAL_S, Replies
+from relay_runtime._state import StateDB
 from tests.runtime.dispatch_helpers import FakeLink, MemoryState, ok
 
 DAY = 86400.0

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.frames import Inbound
+from protocol import Inbound
 from tests.runtime.conftest import FakeConnector
 from tests.runtime.test_rejected_log import SUPPRESSED, launch
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from relay_runtime.state import (
+from relay_runtime._state import (
     DB_FILENAME,
     FOLLOW_UP_TTL_S,
     OUTBOX_MAX_ATTEMPTS,

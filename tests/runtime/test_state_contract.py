@@ -3,7 +3,7 @@ files under tmp_path), the PostgreSQL ``PgStateDB`` (the real server, one gatewa
 test; skipped without it unless RELAY_REQUIRE_PG=1) and the in-memory twin the dispatcher
 and reply tests use (``dispatch_helpers.MemoryState``).
 
-Scenarios use only :class:`~relay_runtime.state.StateStore` calls (the ones the dispatcher
+Scenarios use only :class:`~relay_runtime._state.StateStore` calls (the ones the dispatcher
 and the reply layer make); turn end states, which the interface does not read back, are
 observed per store by :func:`turn_states`. A store that passes these behaves like the
 other for the dispatcher and the reply layer.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from relay_runtime.state import (
+from relay_runtime._state import (
     FOLLOW_UP_TTL_S,
     OUTBOX_MAX_ATTEMPTS,
     ClaimRequest,

@@ -17,8 +17,8 @@ import pytest
 import trio
 import trio.testing
 
-from relay_runtime.gateway import _watch_storage
-from relay_runtime.state import ClaimRequest, StateDB, StateError, StorageFailed
+from relay_runtime._gateway import _watch_storage
+from relay_runtime._state import ClaimRequest, StateDB, StateError, StorageFailed
 from relay_runtime.testing import batch_running, between_batches, cap_file, count_batches
 
 T0 = 1000.0

@@ -11,11 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.actions import Edit, Send, Typing
-from protocol.auth import verify_token
-from protocol.frames import Inbound, InboundAck, Interrupt
-from relay_runtime.errors import RelayDisabled
-from relay_runtime.supervisor import Supervisor
+from protocol import Edit, Inbound, InboundAck, Interrupt, Send, Typing, verify_token
+from relay_runtime import RelayDisabled
+from relay_runtime._supervisor import Supervisor
 from tests.runtime.conftest import (
     GATEWAY_ID,
     SECRET,
@@ -122,7 +120,7 @@ async def test_R37_bearer_only_with_id_and_secret_and_minted_per_dial(
     minted: list[str] = []
 
     def factory(gateway_id: str, secret: str) -> str:
-        from protocol.auth import make_upgrade_token
+        from protocol import make_upgrade_token
 
         token = make_upgrade_token(gateway_id, secret, now=1_750_000_000 + len(minted))
         minted.append(token)

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from protocol.events import MessageEvent
+from protocol import MessageEvent
+from relay_runtime import Turn
 from relay_runtime.agents import echo
 from relay_runtime.testing import Harness, autojump_around_threads, open_harness, parse_user
-from relay_runtime.turn import Turn
-from trust.engine import TrustOutcome
-from trust.model import Decision
+from trust import Decision, TrustOutcome
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "testing.md"

@@ -14,18 +14,9 @@ import trio.testing
 import trio_websocket
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
-from protocol.actions import Send
-from protocol.auth import verify_token
-from protocol.errors import FrameError
-from protocol.frames import Frame, Inbound, OutboundResult
-from relay_runtime.supervisor import Supervisor
-from relay_runtime.transport import (
-    DialError,
-    RelaySocket,
-    bearer_headers,
-    dial,
-    websocket_dialer,
-)
+from protocol import Frame, FrameError, Inbound, OutboundResult, Send, verify_token
+from relay_runtime._supervisor import Supervisor
+from relay_runtime._transport import DialError, RelaySocket, bearer_headers, dial, websocket_dialer
 from tests.runtime.conftest import GATEWAY_ID, SECRET, descriptor, make_config, wrap_client
 
 

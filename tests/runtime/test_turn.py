@@ -8,18 +8,12 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.descriptor import placeholder_descriptor, text_length
-from protocol.events import MessageEvent, SessionSource
-from protocol.results import (
-    DISABLED,
-    NOT_CONNECTED,
-    OP_NOT_SUPPORTED_PREFIX,
-    TRANSPORT_CLOSED,
-)
-from relay_runtime.replies import Replies
-from relay_runtime.turn import Turn, chunk_text
+from protocol import MessageEvent, SessionSource, placeholder_descriptor, text_length
+from protocol._results import DISABLED, NOT_CONNECTED, OP_NOT_SUPPORTED_PREFIX, TRANSPORT_CLOSED
+from relay_runtime._replies import Replies
+from relay_runtime._turn import Turn, chunk_text
 from tests.runtime.dispatch_helpers import MemoryState, WireLink, wire_link
-from trust.model import Decision
+from trust import Decision
 
 # ----------------------------------------------------------------------------- chunking
 

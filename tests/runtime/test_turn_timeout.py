@@ -8,10 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from relay_runtime.cli import build_parser
+from relay_runtime import Turn
+from relay_runtime._cli import build_parser
 from relay_runtime.config import ConfigError, GatewayConfig
 from relay_runtime.testing import open_harness
-from relay_runtime.turn import Turn
 from tests.runtime.dispatch_helpers import FakeLink, MemoryState, inbound
 from tests.runtime.test_dispatcher import make_rig
 

@@ -12,9 +12,7 @@ from types import ModuleType
 import pytest
 import trio
 
-from protocol.codec import encode_frame
-from protocol.frames import Inbound, InboundAck, Outbound, OutboundResult
-from protocol.framing import FrameDecoder
+from protocol import FrameDecoder, Inbound, InboundAck, Outbound, OutboundResult, encode_frame
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 

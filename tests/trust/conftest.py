@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trust.store import SqlClientStore, open_postgres_store, open_sqlite_store
+from trust._store import SqlClientStore, open_postgres_store, open_sqlite_store
 
 PG_DSN = os.environ.get("RELAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 START_MS = 1_700_000_000_000

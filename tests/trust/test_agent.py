@@ -13,10 +13,10 @@ import h11
 import pytest
 import trio
 
-from trust.agent import LlmSettings, TrustAgent
-from trust.model import ClientState, ConsultAgent, Decision, Level, RequestFacts
-from trust.policy import Policy, load_preset
-from trust.rules import decide
+from trust import decide
+from trust._agent import LlmSettings, TrustAgent
+from trust._model import ClientState, ConsultAgent, Decision, Level, RequestFacts
+from trust._policy import Policy, load_preset
 
 Reply = Callable[[dict[str, Any]], Any]
 """A scripted server step: request body -> (status, body) or an awaitable to block on."""

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from trust.cli import local_actor, main
-from trust.records import ClientRecord
-from trust.store import open_sqlite_store
+from trust._cli import local_actor, main
+from trust._records import ClientRecord
+from trust._store import open_sqlite_store
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "trust" / "presets"
 

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from trust.commands import (
+from trust._commands import (
     InviteCommand,
     PayCommand,
     TrustCommand,
@@ -14,7 +14,7 @@ from trust.commands import (
     invite_code_digest,
     parse_command,
 )
-from trust.model import CommandKind
+from trust._model import CommandKind
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ import attrs
 import pytest
 import yaml
 
-from trust.model import (
+from trust import decide
+from trust._model import (
     ClientState,
     CommandKind,
     ConsultAgent,
@@ -19,8 +20,7 @@ from trust.model import (
     PaymentCheck,
     RequestFacts,
 )
-from trust.policy import Policy, PolicyError, builtin_agent_prompt
-from trust.rules import decide
+from trust._policy import Policy, PolicyError, builtin_agent_prompt
 
 CODE = "WELCOME-2025-ALPHA"
 

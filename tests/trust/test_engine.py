@@ -12,21 +12,15 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.events import MessageEvent, SessionSource
+from protocol import MessageEvent, SessionSource
 from tests.trust.conftest import WallClock, open_store
-from trust import functions as fn
-from trust.engine import (
-    ConsultRequest,
-    TrustConfig,
-    TrustEngine,
-    TrustOutcome,
-    open_trust_engine,
-)
-from trust.invites import create_invite
-from trust.model import AgentVerdict, Level, PaymentCheck, StateChange
-from trust.policy import Policy, TrustConfigError, load_preset
-from trust.records import PreconditionFailed, StoreError
-from trust.store import SqlClientStore, open_sqlite_store
+from trust import _functions as fn
+from trust._engine import ConsultRequest, TrustConfig, TrustEngine, TrustOutcome, open_trust_engine
+from trust._invites import create_invite
+from trust._model import AgentVerdict, Level, PaymentCheck, StateChange
+from trust._policy import Policy, TrustConfigError, load_preset
+from trust._records import PreconditionFailed, StoreError
+from trust._store import SqlClientStore, open_sqlite_store
 
 OP = "local:tester"
 
@@ -796,7 +790,7 @@ async def test_engine_with_the_real_trust_agent_over_a_mock_llm(db: SqlClientSto
 
     import httpx
 
-    from trust.agent import LlmSettings, TrustAgent
+    from trust._agent import LlmSettings, TrustAgent
 
     bodies: list[dict[str, Any]] = []
 
@@ -832,7 +826,7 @@ async def test_engine_with_the_real_trust_agent_over_a_mock_llm(db: SqlClientSto
 async def test_agent_failure_causes_show_in_stats(db: SqlClientStore) -> None:
     import httpx
 
-    from trust.agent import LlmSettings, TrustAgent
+    from trust._agent import LlmSettings, TrustAgent
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
     agent = TrustAgent(LlmSettings(base_url="http://llm.test/v1", model="m"), client=client)

@@ -8,10 +8,10 @@ import pytest
 import trio
 
 from tests.trust.conftest import WallClock, open_store
-from trust import functions as fn
-from trust.model import Level, StateChange
-from trust.records import AuditEntry, PreconditionFailed, TrustOpError
-from trust.store import ApplyContext, SqlClientStore
+from trust import _functions as fn
+from trust._model import Level, StateChange
+from trust._records import AuditEntry, PreconditionFailed, TrustOpError
+from trust._store import ApplyContext, SqlClientStore
 
 OP = "local:tester"
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trust.identity import (
+from trust._identity import (
     ANONYMOUS,
     BUILTIN_RULES,
     Canonicalizer,

@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from protocol.events import MessageEvent, SessionSource
+from protocol import MessageEvent, SessionSource
 from tests.trust.conftest import PG_DSN, WallClock, open_store
-from trust.engine import TrustConfig, TrustEngine, open_trust_engine
-from trust.invites import create_invite
-from trust.policy import Policy, TrustConfigError
-from trust.store import AttemptWindow, SqlClientStore
-from trust.store.postgres import PostgresBackend
-from trust.store.schema import META_DDL, MIGRATIONS, POSTGRES, SQLITE
-from trust.store.sqlite import DB_FILENAME, SqliteBackend
-from trust.store.tx import Tx
+from trust import TrustConfig, TrustEngine, open_trust_engine
+from trust._invites import create_invite
+from trust._policy import Policy, TrustConfigError
+from trust._store import AttemptWindow, SqlClientStore
+from trust._store.postgres import PostgresBackend
+from trust._store.schema import META_DDL, MIGRATIONS, POSTGRES, SQLITE
+from trust._store.sqlite import DB_FILENAME, SqliteBackend
+from trust._store.tx import Tx
 
 OP = "local:tester"
 POLICY_CODE = "Friends1"  # short, human-chosen, unlimited and permanent: a 0.6.5 policy code

@@ -10,12 +10,12 @@ import pytest
 import trio
 
 from tests.trust.conftest import WallClock, open_store
-from trust import functions as fn
-from trust.invites import check_invite, create_invite, generate_code, revoke_invite
-from trust.model import StateChange
-from trust.records import PreconditionFailed, TrustOpError
-from trust.store import ApplyContext, SqlClientStore
-from trust.store.tx import Tx
+from trust import _functions as fn
+from trust._invites import check_invite, create_invite, generate_code, revoke_invite
+from trust._model import StateChange
+from trust._records import PreconditionFailed, TrustOpError
+from trust._store import ApplyContext, SqlClientStore
+from trust._store.tx import Tx
 
 OP = "local:tester"
 CODE_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){3}")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from trust.ops import TrustOps
-from trust.policy import Policy, load_preset
-from trust.records import TrustOpError
-from trust.store import SqlClientStore
+from trust._ops import TrustOps
+from trust._policy import Policy, load_preset
+from trust._records import TrustOpError
+from trust._store import SqlClientStore
 
 OP = "local:alice"
 

@@ -8,10 +8,10 @@ import attrs
 import pytest
 import trio
 
-from trust.model import PaymentCheck, StateChange
-from trust.payments import NoPaymentVerifier, check_payment
-from trust.records import PreconditionFailed
-from trust.store import ApplyContext, SqlClientStore
+from trust._model import PaymentCheck, StateChange
+from trust._payments import NoPaymentVerifier, check_payment
+from trust._records import PreconditionFailed
+from trust._store import ApplyContext, SqlClientStore
 
 
 class Verifier:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trust.policy import (
+from trust._policy import (
     Policy,
     PolicyError,
     PolicyWarning,

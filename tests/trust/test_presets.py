@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from trust.model import ClientState, CommandKind, Decision, InviteCheck, Level, RequestFacts
-from trust.policy import PRESETS, load_preset, preset_text
-from trust.rules import decide
+from trust import decide
+from trust._model import ClientState, CommandKind, Decision, InviteCheck, Level, RequestFacts
+from trust._policy import PRESETS, load_preset, preset_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
-import json, trust, trust.policy as p
+import json, trust, trust._policy as p
 out = {"file": trust.__file__}
 for name in ("open", "careful", "strict"):
     pol = p.load_preset(name)

@@ -14,18 +14,17 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.events import MessageEvent, SessionSource
+from protocol import MessageEvent, SessionSource
 from tests.trust.conftest import WallClock
-from trust import functions as fn
-from trust.cli import main
-from trust.engine import TrustConfig, open_trust_engine
-from trust.model import AgentVerdict, ClientState, Decision, Level, RequestFacts, StateChange
-from trust.ops import TrustOps
-from trust.policy import Policy, TrustConfigError
-from trust.records import StoreError, TrustOpError
-from trust.rules import decide
-from trust.store import SqlClientStore, open_sqlite_store
-from trust.store.sqlite import DB_FILENAME, SqliteBackend
+from trust import TrustConfig, decide, open_trust_engine
+from trust import _functions as fn
+from trust._cli import main
+from trust._model import AgentVerdict, ClientState, Decision, Level, RequestFacts, StateChange
+from trust._ops import TrustOps
+from trust._policy import Policy, TrustConfigError
+from trust._records import StoreError, TrustOpError
+from trust._store import SqlClientStore, open_sqlite_store
+from trust._store.sqlite import DB_FILENAME, SqliteBackend
 
 OP = "local:tester"
 
@@ -134,8 +133,8 @@ async def test_T20_late_commit_below_seen_ids_is_tailed_on_postgres(
     import psycopg
 
     from tests.trust.conftest import PG_DSN
-    from trust.store import core, open_postgres_store
-    from trust.store.postgres import PgTx
+    from trust._store import core, open_postgres_store
+    from trust._store.postgres import PgTx
 
     store = await open_postgres_store(PG_DSN, schema=pg_schema, clock=wall)
     slow = psycopg.connect(PG_DSN, autocommit=True, options=f"-c search_path={pg_schema}")
@@ -175,8 +174,8 @@ async def test_T20_transaction_in_flight_at_start_is_tailed_on_postgres(
     import psycopg
 
     from tests.trust.conftest import PG_DSN
-    from trust.store import core, open_postgres_store
-    from trust.store.postgres import PgTx
+    from trust._store import core, open_postgres_store
+    from trust._store.postgres import PgTx
 
     store = await open_postgres_store(PG_DSN, schema=pg_schema, clock=wall)
     # Not autocommit: the block below stays one open transaction until commit().
@@ -274,8 +273,8 @@ async def test_postgres_store_survives_pg_terminate_backend(
     import psycopg
 
     from tests.trust.conftest import PG_DSN
-    from trust.store import open_postgres_store
-    from trust.store.postgres import PostgresBackend
+    from trust._store import open_postgres_store
+    from trust._store.postgres import PostgresBackend
 
     store = await open_postgres_store(PG_DSN, schema=pg_schema, clock=wall)
     try:
@@ -710,8 +709,8 @@ def test_T23_no_api_key_in_exception_text() -> None:
 
 
 def test_invite_expiry_and_policy_durations_share_one_syntax() -> None:
-    from trust.invites import parse_expiry
-    from trust.policy import parse_duration
+    from trust._invites import parse_expiry
+    from trust._policy import parse_duration
 
     for text in ("90s", "15m", "12h", "30d"):
         assert parse_expiry(text) == parse_duration(text)
@@ -727,9 +726,9 @@ def test_invite_expiry_and_policy_durations_share_one_syntax() -> None:
 
 
 def test_one_list_of_operations() -> None:
-    from trust.commands import TRUST_OPS
-    from trust.model import OPERATIONS, TRUST_OPERATIONS
-    from trust.policy import OPERATIONS as DISABLE_NAMES
+    from trust._commands import TRUST_OPS
+    from trust._model import OPERATIONS, TRUST_OPERATIONS
+    from trust._policy import OPERATIONS as DISABLE_NAMES
 
     assert DISABLE_NAMES is OPERATIONS
     assert ("verify/invite", "verify/payment", *TRUST_OPERATIONS) == OPERATIONS

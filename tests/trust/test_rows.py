@@ -1,4 +1,4 @@
-"""Store rows become records by column name (trust/store/rows.py, issue 14)."""
+"""Store rows become records by column name (trust/_store/rows.py, issue 14)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from trust.model import Level
-from trust.records import AuditEntry, ClientRecord, Counters, Invite
-from trust.store.rows import audit_reader, client_reader, counters_reader, invite_reader
+from trust._model import Level
+from trust._records import AuditEntry, ClientRecord, Counters, Invite
+from trust._store.rows import audit_reader, client_reader, counters_reader, invite_reader
 
 
 def test_a_client_row_reads_by_column_with_driver_values_converted() -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trust.model import (
+from trust._model import (
     AgentVerdict,
     ClientState,
     CommandKind,
@@ -26,8 +26,8 @@ from trust.model import (
     RequestFacts,
     StateChange,
 )
-from trust.policy import ATOMS, COUNTERS, Policy, load_preset
-from trust.rules import ENGINE_ERROR, decide
+from trust._policy import ATOMS, COUNTERS, Policy, load_preset
+from trust._rules import ENGINE_ERROR, decide
 
 OPEN, CAREFUL, STRICT = (load_preset(n) for n in ("open", "careful", "strict"))
 STRANGER = ClientState("x:1")

@@ -11,11 +11,11 @@ import pytest
 import trio
 
 from tests.trust.conftest import WallClock, open_store
-from trust.model import Level, StateChange
-from trust.records import CachedVerdict, PreconditionFailed
-from trust.store import ApplyContext, CounterDelta, SqlClientStore, open_sqlite_store
-from trust.store.schema import SCHEMA_VERSION
-from trust.store.sqlite import DB_FILENAME
+from trust._model import Level, StateChange
+from trust._records import CachedVerdict, PreconditionFailed
+from trust._store import ApplyContext, CounterDelta, SqlClientStore, open_sqlite_store
+from trust._store.schema import SCHEMA_VERSION
+from trust._store.sqlite import DB_FILENAME
 
 OP = "local:tester"
 
@@ -238,7 +238,7 @@ async def test_apply_writes_rule_actor_and_policy(store: SqlClientStore) -> None
 
 
 async def test_a_missing_state_dir_is_created_as_a_private_directory(tmp_path: Path) -> None:
-    from trust.store import open_sqlite_store
+    from trust._store import open_sqlite_store
 
     state = tmp_path / "new" / "state"
     store = await open_sqlite_store(state)

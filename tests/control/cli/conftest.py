@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay_runtime.cli.control import register
+from relay_runtime._cli.control import register
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from relay_runtime.cli.control import run_enroll, run_policy, run_provision
+from relay_runtime._cli.control import run_enroll, run_policy, run_provision
 from relay_runtime.config import read_env_file
-from relay_runtime.connector.control_plane import ControlPlaneRegistry, HttpServer
+from relay_runtime.connector._control_plane import ControlPlaneRegistry, HttpServer
 
 from ..conftest import IDENTITY_TOKEN, TENANT
 from .conftest import parse

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from relay_runtime.cli.control import run_enroll
-from relay_runtime.connector.control_plane import ControlPlaneRegistry, HttpServer
+from relay_runtime._cli.control import run_enroll
+from relay_runtime.connector._control_plane import ControlPlaneRegistry, HttpServer
 
 from ..conftest import IDENTITY_TOKEN, TENANT
 from .conftest import parse

@@ -1,0 +1,126 @@
+"""Claims of the replay-dedupe window (RC §4.6, §7.3).
+
+Decisions come from the in-memory DedupeWindow; the claim tables follow it in the same
+order through the batch queue (dedupe.py says why that is enough).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from relay_runtime._dedupe import ClaimHandle, ClaimResult, ClaimStatus
+from relay_runtime._state._batch import _Op
+from relay_runtime._state._records import ClaimRequest, MessageKey, _claim_keys
+from relay_runtime._state._sql import TurnStart, delete_claims, insert_claims_at, start_in
+from relay_runtime._state._turns import _Turns
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from relay_runtime._state._batch import DB
+
+
+@attrs.frozen
+class _ClaimWrite:
+    """What one :meth:`_Claims.claim_turns` records: claims the window forgot, new claims
+    (id, keys, when) and new turns."""
+
+    forgotten: list[int]
+    claims: list[tuple[int, Sequence[str], float]]
+    turns: list[TurnStart]
+
+
+def _record_claims_in(conn: DB, writes: Sequence[_ClaimWrite]) -> list[None]:
+    """Record :meth:`_Claims.claim_turns` calls in order, in a few statements for all.
+
+    The same rows as recording them one after another: a claim made and forgotten within
+    ``writes`` is never written, other forgotten claims are deleted before the new ones are
+    inserted (the window hands a key to a new claim only after forgetting the old one).
+    """
+    made: dict[int, tuple[int, Sequence[str], float]] = {}
+    gone: list[int] = []
+    for write in writes:
+        gone.extend(c for c in write.forgotten if made.pop(c, None) is None)
+        for claim in write.claims:
+            made[claim[0]] = claim
+    delete_claims(conn, gone)
+    insert_claims_at(conn, list(made.values()))
+    start_in(conn, [turn for write in writes for turn in write.turns])
+    return [None] * len(writes)
+
+
+class _Claims(_Turns):
+    """The claim calls of :class:`~relay_runtime._state.StateDB`."""
+
+    async def claim_turns(
+        self, requests: Sequence[ClaimRequest], now: float
+    ) -> list[tuple[ClaimResult, int | None]]:
+        """Claim each delivery by its keys (RC §4.6, §7.3), in order, and record the turn of
+        each ``NEW`` one ``running`` (started at ``now``), without waiting for a commit.
+
+        Per request: the claim and the new turn's id (``None`` unless ``NEW``). ``NEW``: no
+        key is known; an ``IN_FLIGHT`` claim holding both keys was taken and its handle
+        returned. ``COMPLETED`` (either key completed within the window) wins over
+        ``IN_FLIGHT`` (either key running); the handle then names the existing claim. A
+        delivery with neither key is not deduplicated: ``NEW`` with no handle. A later
+        request sharing a key with an earlier ``NEW`` one is ``IN_FLIGHT``. Results are
+        final at once: the records are written behind, committed with the next batch,
+        before any operation queued after this call (see :meth:`flush`). Nothing here waits
+        on the disk, so a turn starts without a commit on its path. A turn that never starts
+        is ended with :meth:`release_unstarted`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not requests:
+            return []
+        results, write = self._decide(
+            [(r.session_key, r.k_msg, r.k_buf, r.inbound) for r in requests], now
+        )
+        self._write_behind(write)
+        return results
+
+    def _decide(
+        self,
+        requests: Sequence[tuple[str | None, MessageKey | None, str | None, str | None]],
+        now: float,
+    ) -> tuple[list[tuple[ClaimResult, int | None]], _Op]:
+        """Claim ``requests`` in memory now; the write that records them (and the turns of
+        requests with a session key that are ``NEW``)."""
+        results: list[tuple[ClaimResult, int | None]] = []
+        claims: list[tuple[int, Sequence[str], float]] = []
+        turns: list[TurnStart] = []
+        forgotten: list[int] = []
+        for session_key, k_msg, k_buf, inbound in requests:
+            keys = _claim_keys(k_msg, k_buf)
+            result, gone = self._dedupe.claim(keys, now)
+            forgotten.extend(gone)
+            turn_id = None
+            if result.status is ClaimStatus.NEW:
+                if result.handle is not None:
+                    claims.append((result.handle.claim_id, keys, now))
+                if session_key is not None:
+                    turn_id = self._take_turn_id()
+                    turns.append((turn_id, session_key, k_msg, k_buf, now, inbound))
+            results.append((result, turn_id))
+        write = _ClaimWrite(forgotten, claims, turns)
+        return results, _Op(
+            functools.partial(_record_claims_in, writes=[write]), _record_claims_in, write
+        )
+
+    async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
+        """One transaction: release the claim and forget the turn record of a turn that
+        never started (recorded by :meth:`claim_turns`, then cancelled while queued)."""
+        released = self._dedupe.release(handle)
+
+        def release(conn: DB) -> None:
+            if released and handle is not None:
+                delete_claims(conn, [handle.claim_id])
+            if turn_id is not None:
+                conn.execute(
+                    "DELETE FROM relay_turns WHERE turn_id = ? AND state = 'running'", (turn_id,)
+                )
+
+        await self._run(release, keep=True)
