@@ -29,6 +29,7 @@ from relay_runtime.connector._records import Rejection as Rejection
 from relay_runtime.connector._records import Sent as Sent
 from relay_runtime.connector._records import SentMessage as SentMessage
 from relay_runtime.connector._relevance import RelevancePolicy as RelevancePolicy
+from relay_runtime.connector._server import AcceptHook as AcceptHook
 from relay_runtime.connector._server import Connection as Connection
 from relay_runtime.connector._server import GoingIdleHook as GoingIdleHook
 from relay_runtime.connector._server import OutboundObserver as OutboundObserver
@@ -40,6 +41,7 @@ __all__ = [
     "DISCORD",
     "RELAY",
     "TELEGRAM",
+    "AcceptHook",
     "BadFrame",
     "Connection",
     "Delay",

@@ -51,6 +51,8 @@ class Connection:
 OutboundObserver = Callable[[Connection, Outbound], None]
 #: Awaited for each ``going_idle``; ``True`` if it handled the frame (see the connector).
 GoingIdleHook = Callable[[Connection], Awaitable[bool]]
+#: Called once per accepted socket, right after the upgrade (a fault-injection point).
+AcceptHook = Callable[[Connection], None]
 
 
 @attrs.define(eq=False)

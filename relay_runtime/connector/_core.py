@@ -27,6 +27,7 @@ from protocol._frames import ConnectorFrame
 from protocol._framing import DEFAULT_MAX_FRAME_BYTES
 from protocol._urls import RELAY_PATH
 from relay_runtime.connector._connection import (
+    AcceptHook,
     Chaos,
     Connection,
     GoingIdleHook,
@@ -83,6 +84,7 @@ class ConnectorCore:
         buffer_prefix: str | None = None,
         on_outbound: OutboundObserver | None = None,
         on_going_idle: GoingIdleHook | None = None,
+        on_accept: AcceptHook | None = None,
         journal_sink: Callable[[Post], None] | None = None,
     ) -> None:
         if buffer_prefix is None:
@@ -129,6 +131,7 @@ class ConnectorCore:
         self.policies: dict[tuple[str, str], RelevancePolicy] = {}
         self.on_outbound: OutboundObserver | None = on_outbound
         self.on_going_idle: GoingIdleHook | None = on_going_idle
+        self.on_accept: AcceptHook | None = on_accept
 
         self._revoked: set[str] = set()
         self._instances: dict[str, Instance] = {}

@@ -20,8 +20,9 @@ connector's half of the relay contract v1 (RC §1-§8) well enough to run a gate
   trio stream (:meth:`ReferenceConnector.serve_stream`), and
   :meth:`ReferenceConnector.memory_dialer` connects a gateway to it over in-memory streams,
   for tests under trio's ``MockClock``.
-* Observer hooks: ``on_outbound`` sees every ``outbound`` frame before it is answered, and
-  ``on_going_idle`` may take over a ``going_idle`` (e.g. drop the socket instead of acking).
+* Observer hooks: ``on_outbound`` sees every ``outbound`` frame before it is answered,
+  ``on_going_idle`` may take over a ``going_idle`` (e.g. drop the socket instead of acking),
+  and ``on_accept`` sees each socket right after the upgrade (raise in it to inject a fault).
 * Test hooks: inject ``inbound`` / ``passthrough_forward`` / ``interrupt_inbound``, revoke or
   expire a gateway (4401), drop connections (TCP abort or a close code, also at seeded random
   points), and observe every frame with :meth:`ReferenceConnector.wait_for`.
@@ -49,6 +50,9 @@ import trio
 from protocol._events import MessageEvent
 from protocol._frames import Inbound, InterruptInbound, PassthroughForward, PassthroughForwardFrame
 from relay_runtime.connector._buffer import BufferedFrame
+from relay_runtime.connector._connection import (
+    AcceptHook as AcceptHook,
+)
 from relay_runtime.connector._connection import (
     Connection as Connection,
 )
@@ -113,8 +117,13 @@ class ReferenceConnector(Sockets, Observation):
             connector handles it. Returning ``True`` means the hook dealt with the frame (for
             instance dropped the socket): the instance is then not flipped to buffered-only
             and no ``going_idle_ack`` is sent. ``False`` lets the connector go on as usual.
+        on_accept: called as ``on_accept(conn)`` once per socket the connector accepts,
+            right after the WebSocket upgrade and before the connection is registered. A
+            fault-injection point for tests: an exception in it is *not* caught there but
+            treated as an error serving that socket: logged, that socket closed, the
+            connector serving others as before.
 
-    Both hooks are also plain attributes, settable after construction.
+    The hooks are also plain attributes, settable after construction.
     """
 
     @property

@@ -228,6 +228,10 @@ class Sockets(Access, Answers):
         gateway_id = auth.gateway_id or ""
         ws = await request.accept()
         conn = Connection(id=next(self._ids), gateway_id=gateway_id, ws=ws, stream=stream)
+        if self.on_accept is not None:
+            # Deliberately unguarded: an exception here is an error serving this socket,
+            # contained by ``_handle_stream`` (the socket closes, the connector goes on).
+            self.on_accept(conn)
         inst = self._instance(gateway_id)
         inst.connections.append(conn)
         self._connections.append(conn)

@@ -7,7 +7,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from protocol import DescriptorFrame, Frame, FrameDecoder, FrameError
-from relay_runtime.connector import ReferenceConnector
+from relay_runtime.connector import Connection, ReferenceConnector
 
 from .peer import GATEWAY, SECRET, Peer, dial, good_headers
 
@@ -46,20 +46,18 @@ async def test_R7_decoder_exception_does_not_end_the_connection(
 
 
 async def test_an_exception_serving_one_socket_closes_it_and_the_connector_goes_on(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     connector = await start(nursery)
-    real_instance = connector._instance
     calls = 0
 
-    def instance(gateway_id: str) -> object:
+    def on_accept(conn: Connection) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("bug after the upgrade")
-        return real_instance(gateway_id)
 
-    monkeypatch.setattr(connector, "_instance", instance)
+    connector.on_accept = on_accept
     with trio.fail_after(LIMIT):
         async with dial(connector.url, good_headers()) as peer:
             with pytest.raises(ConnectionClosed):
