@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from protocol._results import SendResult as SendResult
-    from relay_runtime._cli.run import serve_until_signalled as serve_until_signalled
+    from relay_runtime._cli.serving import serve_until_signalled as serve_until_signalled
     from relay_runtime._errors import RelayDisabled as RelayDisabled
     from relay_runtime._gateway import AdmitAll as AdmitAll
     from relay_runtime._gateway import Gateway as Gateway
@@ -57,7 +57,7 @@ _HOMES = {
     "configure_logging": "relay_runtime._logs",
     "reset_logging": "relay_runtime._logs",
     "run_gateway": "relay_runtime._gateway",
-    "serve_until_signalled": "relay_runtime._cli.run",
+    "serve_until_signalled": "relay_runtime._cli.serving",
 }
 
 

@@ -571,7 +571,8 @@ async def gateway_main(url: str, state_dir: Path, trust: str, known: int) -> Non
     if sync_level in ("NORMAL", "OFF"):
         _what_if_synchronous(sync_level)
     from relay_runtime import run_gateway
-    from relay_runtime._cli.run import open_trust, settle_heap
+    from relay_runtime._cli.run import open_trust
+    from relay_runtime._cli.serving import settle_heap
     from relay_runtime.agents import echo
     from relay_runtime.config import GatewayConfig
 
