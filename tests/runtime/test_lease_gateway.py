@@ -3,8 +3,9 @@ lease, stops serving when the lease is lost, and releases it when it stops.
 
 A real gateway (``run_gateway``) against the reference connector over memory streams and
 the real PostgreSQL server; the other process is played by the lease's own statements.
-Real clock (the lease's expiry is the server's), ``lease_ttl_s=2`` so a loss shows within
-a second; every wait is for an event, with a generous ``fail_after`` as a guard.
+Real clock (the lease's expiry is the server's), ``lease_ttl_s=6`` so a loss shows within
+1.5 s (the next renewal) and load cannot make the gateway lose it by itself; every wait is
+for an event, with a generous ``fail_after`` as a guard.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Scene:
             secret=secret,
             state_dir=tmp_path,
             state_dsn=require_pg(),
-            lease_ttl_s=2.0,
+            lease_ttl_s=6.0,  # renewals every 1.5 s: a loaded machine never loses it by itself
             trust="open",
             backoff_base_s=0.05,
             backoff_cap_s=0.5,
@@ -118,8 +119,12 @@ async def test_a_gateway_whose_lease_is_taken_over_stops_serving(
             scene = Scene(gateway_id, tmp_path, nursery)
             await nursery.start(scene.serve)
             # The gateway stalled past its lease (as if paused); another process took over.
-            await trio.to_thread.run_sync(expire_now, gateway_id)
-            taken, _, _ = await trio.to_thread.run_sync(other.take, "host-z pid 9", 30.0)
+            # A renewal that lands between the expiry and the take revives the lease (its
+            # token still matches), so the other process tries again, as a standby would.
+            taken = None
+            while taken is None:
+                await trio.to_thread.run_sync(expire_now, gateway_id)
+                taken, _, _ = await trio.to_thread.run_sync(other.take, "host-z pid 9", 30.0)
             assert taken == 2
             await scene.ended.wait()  # run_gateway returned: its sockets are closed
             nursery.cancel_scope.cancel()
