@@ -15,14 +15,12 @@ import attrs
 import trio
 from trio_websocket import ConnectionRejected, HandshakeError
 
-from protocol._errors import FrameError
-from protocol._frames import Frame
 from protocol._lifecycle import CloseSocket
 from relay_runtime._relay_config import RelayConfig, SupervisorStats
 from relay_runtime._transport import (
-    Decode,
     Dialer,
     DialError,
+    OnMessage,
     RejectedFrameLog,
     RelaySocket,
     SocketEnd,
@@ -47,8 +45,8 @@ class SocketStep:
         opened: the socket is up and :attr:`socket` set; tell the connection. False when
             the connection moved on meanwhile (a stop): the socket is dropped unused.
         dial_failed: the dial produced no socket.
-        receive: decodes one message (the connection's ``receive_data``).
-        on_item: routes one decoded frame; may wait (backpressure).
+        on_message: decodes one message through the connection and routes its frames;
+            may wait (backpressure).
         drain: the going-idle drain window's wait (bounded by the close order).
         timers: the connection's timer task, run in this socket's nursery.
         write_buffer: the writer's queue size.
@@ -61,8 +59,7 @@ class SocketStep:
     bearer: Callable[[], str | None]
     opened: Callable[[], bool]
     dial_failed: Callable[[DialError], None]
-    receive: Decode
-    on_item: Callable[[Frame | FrameError], Awaitable[None]]
+    on_message: OnMessage
     drain: Callable[[], Awaitable[None]]
     timers: Callable[[], Awaitable[object]]
     write_buffer: int
@@ -117,7 +114,7 @@ class SocketStep:
                     return None
                 nursery.start_soon(socket.keepalive, nursery)
                 nursery.start_soon(socket.rejected_log.run)
-                ended = await socket.reader(self.on_item, self.receive)
+                ended = await socket.reader(self.on_message)
                 await socket.settle()
                 nursery.cancel_scope.cancel()
                 return ended
@@ -131,7 +128,6 @@ class SocketStep:
             failed = DialError(f"{type(group.exceptions[0]).__name__}: {group.exceptions[0]}")
         finally:
             if self.socket is not None:
-                self.stats.frames_in += self.socket.frames_in
                 self.stats.frames_out += self.socket.frames_out
             elif failed is not None:
                 self.stats.dial_failures += 1

@@ -179,7 +179,6 @@ class Supervisor:
         out = attrs.asdict(self.stats)
         socket = self._socket
         if socket is not None:  # added to ``stats`` when the socket ends
-            out["frames_in"] += socket.frames_in
             out["frames_out"] += socket.frames_out
         return out
 
@@ -313,8 +312,7 @@ class Supervisor:
             bearer=self._bearer,
             opened=self._opened,
             dial_failed=self._dial_failed,
-            receive=self._receive,
-            on_item=self._on_item,
+            on_message=self._on_message,
             drain=self._drain,
             timers=partial(self._timers.run, self._fire),
             write_buffer=len(self.identities) + 64,
@@ -374,17 +372,28 @@ class Supervisor:
 
     # ---- frames in -----------------------------------------------------------------------
 
-    def _receive(self, message: str | bytes) -> list[Frame | FrameError]:
-        """Decode one message through the connection and carry out what its frames caused."""
+    async def _on_message(self, message: str | bytes) -> None:
+        """The reader's one callback: decode a message through the connection, carry out
+        what its frames caused, and route each frame in order.
+
+        An exception while routing one frame is logged and the next goes on (RC R7); one
+        while decoding reaches the reader, which logs it and reads on.
+        """
         before = self.connection.state
         items = self.connection.receive_data(message)
         self._carry_out(before, self.connection.take_actions())
-        return items
+        self.stats.frames_in += sum(not isinstance(item, FrameError) for item in items)
+        for item in items:
+            try:
+                await self._route(item)
+            except Exception:
+                log.exception("relay: error while handling a frame; reader continues")
 
-    async def _on_item(self, item: Frame | FrameError) -> None:
+    async def _route(self, item: Frame | FrameError) -> None:
         """Route one decoded frame; only ``inbound``/``passthrough_forward`` may wait.
 
-        Descriptors and ``going_idle_ack`` were taken by the connection in :meth:`_receive`.
+        Descriptors and ``going_idle_ack`` were taken by the connection in
+        :meth:`_on_message`.
         """
         if isinstance(item, FrameError):
             self._frame_error(item)

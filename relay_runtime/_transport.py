@@ -1,10 +1,10 @@
 """The connector socket: dialing with a fresh bearer, and the per-socket tasks (RC §2, §6.4).
 
 One :class:`RelaySocket` wraps one open trio-websocket connection. Its tasks run in the
-socket's own nursery (owned by the supervisor): the reader turns messages into frames with
-the protocol's :class:`~protocol._framing.FrameDecoder` and hands each to a callback (it never
-runs handlers itself), the single writer is the only task that writes frames, and the
-keepalive pings and declares the socket dead when the peer goes quiet.
+socket's own nursery (owned by the supervisor): the reader hands each message to one
+callback (the supervisor's, which decodes and routes it; it never runs handlers itself), the
+single writer is the only task that writes frames, and the keepalive pings and declares the
+socket dead when the peer goes quiet.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ MESSAGE_LIMIT_FACTOR = 16
 #: Bound on writing the close frame and waiting for the peer's echo.
 CLOSE_TIMEOUT_S = 5.0
 ABNORMAL_CLOSURE = 1006
-#: Turns one WebSocket message into the frames and frame errors it completed.
-Decode = Callable[[str | bytes], list[Frame | FrameError]]
+#: Handles one WebSocket message: decodes it and routes the frames it completed.
+OnMessage = Callable[[str | bytes], Awaitable[None]]
 #: Rejected-frame lines logged per socket per window before the rest are only counted.
 REJECTED_LOG_BUDGET = 10
 REJECTED_LOG_WINDOW_S = 10.0
@@ -264,7 +264,6 @@ class RelaySocket:
         self._close_done = trio.Event()
         #: The reader is waiting in its callback: backpressure we apply, not a dead peer.
         self.paused = False
-        self.frames_in = 0
         self.frames_out = 0
         #: Rate-limited log for rejected frames (the socket's owner runs its ``run`` task).
         self.rejected_log = rejected_log if rejected_log is not None else RejectedFrameLog(log)
@@ -341,47 +340,28 @@ class RelaySocket:
 
     # ---- reading ------------------------------------------------------------------------
 
-    async def reader(
-        self,
-        on_item: Callable[[Frame | FrameError], Awaitable[None]],
-        decode: Decode | None = None,
-    ) -> SocketEnd:
+    async def reader(self, on_message: OnMessage) -> SocketEnd:
         """Read until the socket closes; return how it ended.
 
-        ``decode`` turns one message into frames (the supervisor passes its
-        :class:`~protocol._relay_connection.RelayConnection`'s ``receive_data``); by default
-        a :class:`~protocol._framing.FrameDecoder` of this socket's own. Every frame or frame
-        error goes to ``on_item`` in order; an exception there is logged and the next frame
-        is processed (RC R7). Soft field problems the codec finds are logged through the
-        socket's rate limit, so a peer cannot flood the log with them.
+        Each message goes to ``on_message`` (the supervisor's, which decodes it through
+        its :class:`~protocol._relay_connection.RelayConnection` and routes each frame;
+        :func:`frames_to` for an owner without a connection). While it waits the reader is
+        ``paused``; an exception from it is logged and the next message is read (RC R7).
+        Soft field problems the codec finds are logged through the socket's rate limit,
+        so a peer cannot flood the log with them.
         """
-        if decode is None:
-            decode = _decoder_for(self.max_frame_bytes)
         with soft_problems_to(self._soft_problem):
-            return await self._read(decode, on_item)
-
-    async def _read(
-        self, decode: Decode, on_item: Callable[[Frame | FrameError], Awaitable[None]]
-    ) -> SocketEnd:
-        while True:
-            try:
-                message = await self.ws.get_message()
-            except ConnectionClosed as exc:
-                return self.end_from(exc.reason)
-            self.last_seen = trio.current_time()
-            try:
-                items = decode(message)
-            except Exception:
-                log.exception("relay: error while decoding a message; reader continues")
-                continue
-            for item in items:
-                if not isinstance(item, FrameError):
-                    self.frames_in += 1
+            while True:
+                try:
+                    message = await self.ws.get_message()
+                except ConnectionClosed as exc:
+                    return self.end_from(exc.reason)
+                self.last_seen = trio.current_time()
                 self.paused = True
                 try:
-                    await on_item(item)
+                    await on_message(message)
                 except Exception:
-                    log.exception("relay: error while handling a frame; reader continues")
+                    log.exception("relay: error while handling a message; reader continues")
                 finally:
                     self.paused = False
 
@@ -451,15 +431,27 @@ class RelaySocket:
                 await self._close_done.wait()
 
 
-def _decoder_for(max_frame_bytes: int) -> Decode:
+def frames_to(
+    on_item: Callable[[Frame | FrameError], Awaitable[None]], max_frame_bytes: int
+) -> OnMessage:
+    """A reader callback that decodes with a decoder of its own and hands each frame or
+    frame error to ``on_item`` in order (an exception there is logged, the next frame goes
+    on): a socket's owner without a connection (tests, tools) reads with it.
+    """
     decoder = FrameDecoder(max_frame_bytes)
 
-    def decode(message: str | bytes) -> list[Frame | FrameError]:
+    async def on_message(message: str | bytes) -> None:
         if isinstance(message, str):
-            return decoder.feed_text(message)
-        return decoder.feed_bytes(message)
+            items = decoder.feed_text(message)
+        else:
+            items = decoder.feed_bytes(message)
+        for item in items:
+            try:
+                await on_item(item)
+            except Exception:
+                log.exception("relay: error while handling a frame; reader continues")
 
-    return decode
+    return on_message
 
 
 def message_limit(max_frame_bytes: int) -> int:

@@ -11,7 +11,7 @@ import trio_websocket
 from trio_websocket import WebSocketConnection
 
 from protocol import Frame, FrameDecoder, FrameError, Inbound
-from relay_runtime._transport import RelaySocket
+from relay_runtime._transport import RelaySocket, frames_to
 from tests.runtime.conftest import wrap_client
 
 
@@ -53,7 +53,7 @@ async def test_R7_reader_survives_a_decoder_exception(
         seen.append(item)
 
     async def read() -> None:
-        ended.append(await sock.reader(on_item))
+        ended.append(await sock.reader(frames_to(on_item, sock.max_frame_bytes)))
 
     nursery.start_soon(read)
     await peer.send_message("POISON\n")

@@ -16,7 +16,14 @@ from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from protocol import Frame, FrameError, Inbound, OutboundResult, Send, verify_token
 from relay_runtime._supervisor import Supervisor
-from relay_runtime._transport import DialError, RelaySocket, bearer_headers, dial, websocket_dialer
+from relay_runtime._transport import (
+    DialError,
+    RelaySocket,
+    bearer_headers,
+    dial,
+    frames_to,
+    websocket_dialer,
+)
 from tests.runtime.conftest import GATEWAY_ID, SECRET, descriptor, make_config, wrap_client
 
 
@@ -52,7 +59,7 @@ async def test_R2_R7_reader_decodes_split_and_batched_frames_and_survives_errors
     ended: list[Any] = []
 
     async def read() -> None:
-        ended.append(await sock.reader(on_item))
+        ended.append(await sock.reader(frames_to(on_item, sock.max_frame_bytes)))
 
     nursery.start_soon(read)
     inbound = json.dumps({"type": "inbound", "event": {"text": "héllo"}}) + "\n"
