@@ -1,11 +1,11 @@
 """The one outbound owner: correlation, identities, descriptors, chat memory, retry (RC §3).
 
 :class:`OutboundRouter` turns an action into an ``outbound`` frame, hands it to its
-:class:`Link` (the supervisor, which writes it on the socket) and waits for the matching
-``outbound_result``. It never raises for transport reasons (R20): every local outcome is a
-``SendResult`` with the RC §3.4 text and an :class:`~protocol._results.ErrorKind`, from which
-:func:`retry_for` tells the reply policy what to do next. The caller's own cancellation
-still propagates.
+:class:`Link` in one call (the supervisor, which encodes it through the connection and writes
+it on the socket) and waits for the matching ``outbound_result``. It never raises for
+transport reasons (R20): every local outcome is a ``SendResult`` with the RC §3.4 text and an
+:class:`~protocol._results.ErrorKind`, from which :func:`retry_for` tells the reply policy
+what to do next. The caller's own cancellation still propagates.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from protocol._descriptor import CapabilityDescriptor
 from protocol._events import Identity, MessageEvent
 from protocol._events import find_identity as find_identity
 from protocol._frames import Frame, Outbound, OutboundResult
-from protocol._framing import exceeds_limit
 from protocol._relay_connection import RelayProtocolError
 from protocol._results import (
     DISABLED,
@@ -95,6 +94,10 @@ def reply_ids_for(
     return RequestIds(key, delivery)
 
 
+class FrameTooLarge(Exception):
+    """An encoded frame is over ``max_frame_bytes`` (RC §2): it can never go out as is."""
+
+
 class Link(Protocol):
     """The supervisor, the socket writer, as the outbound owner sees it: the one link."""
 
@@ -109,15 +112,16 @@ class Link(Protocol):
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         """The descriptor in force for ``platform``; the default for ``""`` or unknown."""
 
-    def encode(self, frame: Outbound) -> str:
-        """The frame's wire text from the connection, which checks it may go now.
+    async def send(self, frame: Outbound) -> str | None:
+        """Encode ``frame`` through the connection, which checks it may go now, and write it.
+
+        ``None`` once written, else why the write failed (retryable).
 
         Raises:
             RelayProtocolError: the connection does not allow the frame in its state.
+            TypeError, ValueError: the frame cannot be encoded.
+            FrameTooLarge: the encoded frame is over the frame limit.
         """
-
-    async def write(self, text: str) -> str | None:
-        """Write one encoded frame; ``None`` once written, else why it failed."""
 
     def send_nowait(self, frame: Frame) -> bool:
         """Queue a fire-and-forget frame for the writer; False when it cannot go now."""
@@ -237,13 +241,11 @@ class OutboundRouter:
         *,
         identities: tuple[Identity, ...],
         outbound_timeout_s: float,
-        max_frame_bytes: int,
         memory: ChatMemory | None = None,
     ) -> None:
         self.link = link
         self.identities = identities
         self.outbound_timeout_s = outbound_timeout_s
-        self.max_frame_bytes = max_frame_bytes
         self.memory = memory if memory is not None else ChatMemory()
         self._pending: dict[str, _Pending] = {}
         self._drained = trio.Event()
@@ -405,26 +407,28 @@ class OutboundRouter:
         if not descriptor.allows(action.OP):
             return SendResult.failure(OP_NOT_SUPPORTED_PREFIX + action.OP, kind=ErrorKind.REJECTED)
         rid = request_id or new_request_id()
-        try:
-            text = self.link.encode(self.build(action, request_id=rid, platform_raw=platform_raw))
-        except RelayProtocolError as exc:  # the connection's gate (RC §3.4) closed first
-            log.info("relay: outbound %s not sent: %s", rid, exc)
-            return self.refusal() or SendResult.failure(
-                NOT_CONNECTED, retryable=True, kind=ErrorKind.NOT_CONNECTED
-            )
-        except (TypeError, ValueError) as exc:
-            return SendResult.failure(
-                f"{SEND_FAILED_PREFIX}cannot encode frame ({exc})", kind=ErrorKind.REJECTED
-            )
-        if exceeds_limit(text[:-1], self.max_frame_bytes):
-            return SendResult.failure(FRAME_TOO_LARGE, kind=ErrorKind.REJECTED)
-        return await self._exchange(rid, text)
+        return await self._exchange(
+            rid, self.build(action, request_id=rid, platform_raw=platform_raw)
+        )
 
-    async def _exchange(self, rid: str, text: str) -> SendResult:
+    async def _exchange(self, rid: str, frame: Outbound) -> SendResult:
+        # Registered before the write: the result may arrive before ``send`` returns.
         pending = self._pending[rid] = _Pending()
         self._drained = trio.Event()
         try:
-            error = await self.link.write(text)
+            try:
+                error = await self.link.send(frame)
+            except RelayProtocolError as exc:  # the connection's gate (RC §3.4) closed first
+                log.info("relay: outbound %s not sent: %s", rid, exc)
+                return self.refusal() or SendResult.failure(
+                    NOT_CONNECTED, retryable=True, kind=ErrorKind.NOT_CONNECTED
+                )
+            except FrameTooLarge:
+                return SendResult.failure(FRAME_TOO_LARGE, kind=ErrorKind.REJECTED)
+            except (TypeError, ValueError) as exc:
+                return SendResult.failure(
+                    f"{SEND_FAILED_PREFIX}cannot encode frame ({exc})", kind=ErrorKind.REJECTED
+                )
             result = pending.outcome()
             if result is not None:
                 return result

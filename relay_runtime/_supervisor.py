@@ -34,11 +34,12 @@ from protocol._frames import (
     OutboundResult,
     PassthroughForwardFrame,
 )
+from protocol._framing import exceeds_limit
 from protocol._relay_connection import RelayConnection, RelayProtocolError
 from protocol._urls import dial_url
 from relay_runtime._errors import RelayDisabled
 from relay_runtime._hand_off import InboundHandOff, InboundItem
-from relay_runtime._outbound import OutboundRouter
+from relay_runtime._outbound import FrameTooLarge, OutboundRouter
 from relay_runtime._relay_config import (
     RelayConfig as RelayConfig,
 )
@@ -128,7 +129,6 @@ class Supervisor:
             self,
             identities=self.identities,
             outbound_timeout_s=config.outbound_timeout_s,
-            max_frame_bytes=config.max_frame_bytes,
         )
         self.stats = SupervisorStats()
         self._hand_off = InboundHandOff(inbound, self.stats)
@@ -196,12 +196,19 @@ class Supervisor:
             return False
         return socket.enqueue_nowait(text) is not None
 
-    def encode(self, frame: Outbound) -> str:
-        """The frame's wire text, if the connection allows it now (the router's link)."""
-        return self.connection.send(frame)
+    async def send(self, frame: Outbound) -> str | None:
+        """Encode ``frame`` through the connection and write it (the outbound router's link).
 
-    async def write(self, text: str) -> str | None:
-        """Write one encoded frame on the current socket (the outbound router's link)."""
+        ``None`` once written, else why the write failed.
+
+        Raises:
+            RelayProtocolError: the connection does not allow the frame now.
+            TypeError, ValueError: the frame cannot be encoded.
+            FrameTooLarge: the encoded frame is over ``max_frame_bytes``.
+        """
+        text = self.connection.send(frame)
+        if exceeds_limit(text[:-1], self.config.max_frame_bytes):
+            raise FrameTooLarge(f"{len(text) - 1} characters encoded")
         socket = self._socket
         if socket is None:
             return "not connected"

@@ -399,9 +399,7 @@ class WireLink:
     router: OutboundRouter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.router = OutboundRouter(
-            self, identities=self.identities, outbound_timeout_s=30.0, max_frame_bytes=1 << 20
-        )
+        self.router = OutboundRouter(self, identities=self.identities, outbound_timeout_s=30.0)
 
     @property
     def live(self) -> bool:
@@ -411,12 +409,10 @@ class WireLink:
         platform = platform or self.identities[0].platform  # "" = the default one
         return self.descriptors.get(platform) or placeholder_descriptor(platform)
 
-    def encode(self, frame: Outbound) -> str:
+    async def send(self, outbound: Outbound) -> str | None:
         if not self.live:  # as RelayConnection.send refuses
             raise RelayProtocolError(f"cannot send outbound in state {self.state}")
-        return encode_frame(frame)
-
-    async def write(self, text: str) -> str | None:
+        text = encode_frame(outbound)
         await trio.lowlevel.checkpoint()
         frame = json.loads(text)
         self.written.append(frame)

@@ -28,8 +28,16 @@ from protocol import (
     encode_frame,
     placeholder_descriptor,
 )
+from protocol._framing import exceeds_limit
 from protocol._results import ErrorKind, SendResult
-from relay_runtime._outbound import ChatMemory, OutboundRouter, Retry, new_request_id, retry_for
+from relay_runtime._outbound import (
+    ChatMemory,
+    FrameTooLarge,
+    OutboundRouter,
+    Retry,
+    new_request_id,
+    retry_for,
+)
 
 
 class FakeLink:
@@ -44,6 +52,7 @@ class FakeLink:
         self.arrived = trio.Event()
         self.received: dict[str, CapabilityDescriptor] = {}
         self.queued: list[Frame] = []
+        self.max_frame = 1 << 20
 
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         return self.received.get(platform, self.descriptor)
@@ -57,6 +66,13 @@ class FakeLink:
         if not self.live:  # as RelayConnection.send refuses
             raise RelayProtocolError(f"cannot send outbound in state {self.state}")
         return encode_frame(frame)
+
+    async def send(self, frame: Outbound) -> str | None:
+        """As the supervisor's: encode through the connection, check the size, write."""
+        text = self.encode(frame)
+        if exceeds_limit(text[:-1], self.max_frame):
+            raise FrameTooLarge(f"{len(text) - 1} characters encoded")
+        return await self.write(text)
 
     async def write(self, text: str) -> str | None:
         await trio.lowlevel.checkpoint()
@@ -72,11 +88,11 @@ class FakeLink:
 def router(
     link: FakeLink, *identities: Identity, timeout: float = 30.0, max_frame: int = 1 << 20
 ) -> OutboundRouter:
+    link.max_frame = max_frame
     return OutboundRouter(
         link,
         identities=identities or (Identity("discord", "d1"),),
         outbound_timeout_s=timeout,
-        max_frame_bytes=max_frame,
     )
 
 
