@@ -48,6 +48,7 @@ async def launch(
     inbound_size: int = 16,
     rng: Any = top,
     token_factory: Any = None,
+    on_interrupt: Any = None,
     **config: Any,
 ) -> Harness:
     send, recv = trio.open_memory_channel[Any](inbound_size)
@@ -55,7 +56,7 @@ async def launch(
     sup = Supervisor(
         make_config(**config),
         inbound=send,
-        on_interrupt=lambda key, chat: interrupts.append((key, chat)),
+        on_interrupt=on_interrupt or (lambda key, chat: interrupts.append((key, chat))),
         dialer=connector.dialer,
         rng=rng,
         token_factory=token_factory,
@@ -387,6 +388,38 @@ async def test_interrupt_inbound_calls_back_synchronously_and_inbound_is_queued(
     assert item.buffer_id == "b7"
     assert item.event.delivered_via_relay
     assert h.sup.stats.malformed_frames == 1
+
+
+async def test_one_message_of_many_frames_survives_a_failing_handler_and_counts_its_frames(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    connector: FakeConnector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def failing(key: str, chat: str) -> None:
+        seen.append((key, chat))
+        raise RuntimeError("handler bug")
+
+    h = await launch(nursery, connector, on_interrupt=failing)
+    conn = await connector.connection(0)
+    before = h.sup.stats_dict()["frames_in"]
+    assert isinstance(before, int)
+    await conn.send_raw(
+        '{"type":"interrupt_inbound","session_key":"k","chat_id":"c"}\n'
+        "not json\n"
+        '{"type":"inbound","event":{"text":"after"}}\n'
+    )
+    item = await h.inbound.receive()
+    assert isinstance(item, Inbound) and item.event.text == "after"
+    assert seen == [("k", "c")]
+    failures = [r for r in caplog.records if "error while handling a frame" in r.getMessage()]
+    assert len(failures) == 1
+    assert h.sup.stats.malformed_frames == 1
+    # Counted while the socket is open: two frames (the malformed line is not one).
+    assert h.sup.stats_dict()["frames_in"] == before + 2
+    assert h.sup.state == "ready"
 
 
 async def test_stray_connector_frames_in_any_state_leave_the_connection_as_it_was(
