@@ -197,14 +197,9 @@ class Supervisor:
         return socket.enqueue_nowait(text) is not None
 
     async def send(self, frame: Outbound) -> str | None:
-        """Encode ``frame`` through the connection and write it (the outbound router's link).
+        """The router's ``Link.send``: encode through the connection, check the size, write.
 
-        ``None`` once written, else why the write failed.
-
-        Raises:
-            RelayProtocolError: the connection does not allow the frame now.
-            TypeError, ValueError: the frame cannot be encoded.
-            FrameTooLarge: the encoded frame is over ``max_frame_bytes``.
+        ``None`` once written, else why the write failed; raises as ``Link.send`` says.
         """
         text = self.connection.send(frame)
         if exceeds_limit(text[:-1], self.config.max_frame_bytes):
@@ -380,12 +375,8 @@ class Supervisor:
     # ---- frames in -----------------------------------------------------------------------
 
     async def _on_message(self, message: str | bytes) -> None:
-        """The reader's one callback: decode a message through the connection, carry out
-        what its frames caused, and route each frame in order.
-
-        An exception while routing one frame is logged and the next goes on (RC R7); one
-        while decoding reaches the reader, which logs it and reads on.
-        """
+        """The reader's one callback: decode through the connection, carry out what the
+        frames caused, route each in order (an exception routing one is logged, RC R7)."""
         before = self.connection.state
         items = self.connection.receive_data(message)
         self._carry_out(before, self.connection.take_actions())
@@ -399,8 +390,7 @@ class Supervisor:
     async def _route(self, item: Frame | FrameError) -> None:
         """Route one decoded frame; only ``inbound``/``passthrough_forward`` may wait.
 
-        Descriptors and ``going_idle_ack`` were taken by the connection in
-        :meth:`_on_message`.
+        The connection took descriptors and ``going_idle_ack`` in :meth:`_on_message`.
         """
         if isinstance(item, FrameError):
             self._frame_error(item)
