@@ -98,6 +98,10 @@ class FrameTooLarge(Exception):
     """An encoded frame is over ``max_frame_bytes`` (RC §2): it can never go out as is."""
 
 
+class FrameNotEncodable(Exception):
+    """A frame the codec cannot encode (a value JSON cannot hold): it can never go out."""
+
+
 class Link(Protocol):
     """The supervisor, the socket writer, as the outbound owner sees it: the one link."""
 
@@ -119,7 +123,7 @@ class Link(Protocol):
 
         Raises:
             RelayProtocolError: the connection does not allow the frame in its state.
-            TypeError, ValueError: the frame cannot be encoded.
+            FrameNotEncodable: the codec cannot encode the frame.
             FrameTooLarge: the encoded frame is over the frame limit.
         """
 
@@ -425,7 +429,7 @@ class OutboundRouter:
                 )
             except FrameTooLarge:
                 return SendResult.failure(FRAME_TOO_LARGE, kind=ErrorKind.REJECTED)
-            except (TypeError, ValueError) as exc:
+            except FrameNotEncodable as exc:
                 return SendResult.failure(
                     f"{SEND_FAILED_PREFIX}cannot encode frame ({exc})", kind=ErrorKind.REJECTED
                 )

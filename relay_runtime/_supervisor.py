@@ -39,7 +39,7 @@ from protocol._relay_connection import RelayConnection, RelayProtocolError
 from protocol._urls import dial_url
 from relay_runtime._errors import RelayDisabled
 from relay_runtime._hand_off import InboundHandOff, InboundItem
-from relay_runtime._outbound import FrameTooLarge, OutboundRouter
+from relay_runtime._outbound import FrameNotEncodable, FrameTooLarge, OutboundRouter
 from relay_runtime._relay_config import (
     RelayConfig as RelayConfig,
 )
@@ -201,7 +201,10 @@ class Supervisor:
 
         ``None`` once written, else why the write failed; raises as ``Link.send`` says.
         """
-        text = self.connection.send(frame)
+        try:
+            text = self.connection.send(frame)
+        except (TypeError, ValueError) as exc:
+            raise FrameNotEncodable(str(exc)) from exc
         if exceeds_limit(text[:-1], self.config.max_frame_bytes):
             raise FrameTooLarge(f"{len(text) - 1} characters encoded")
         socket = self._socket

@@ -36,7 +36,7 @@ from protocol import (
     placeholder_descriptor,
 )
 from protocol._results import NOT_CONNECTED, ErrorKind, SendResult
-from relay_runtime._outbound import OutboundRouter, find_identity
+from relay_runtime._outbound import FrameNotEncodable, OutboundRouter, find_identity
 from relay_runtime._state import (
     FOLLOW_UP_TTL_S,
     TURN_END_STATES,
@@ -412,7 +412,10 @@ class WireLink:
     async def send(self, outbound: Outbound) -> str | None:
         if not self.live:  # as RelayConnection.send refuses
             raise RelayProtocolError(f"cannot send outbound in state {self.state}")
-        text = encode_frame(outbound)
+        try:
+            text = encode_frame(outbound)
+        except (TypeError, ValueError) as exc:
+            raise FrameNotEncodable(str(exc)) from exc
         await trio.lowlevel.checkpoint()
         frame = json.loads(text)
         self.written.append(frame)

@@ -32,6 +32,7 @@ from protocol._framing import exceeds_limit
 from protocol._results import ErrorKind, SendResult
 from relay_runtime._outbound import (
     ChatMemory,
+    FrameNotEncodable,
     FrameTooLarge,
     OutboundRouter,
     Retry,
@@ -65,7 +66,10 @@ class FakeLink:
     def encode(self, frame: Outbound) -> str:
         if not self.live:  # as RelayConnection.send refuses
             raise RelayProtocolError(f"cannot send outbound in state {self.state}")
-        return encode_frame(frame)
+        try:
+            return encode_frame(frame)
+        except (TypeError, ValueError) as exc:
+            raise FrameNotEncodable(str(exc)) from exc
 
     async def send(self, frame: Outbound) -> str | None:
         """As the supervisor's: encode through the connection, check the size, write."""
