@@ -10,43 +10,19 @@ in-memory dedupe window without claiming anything (through ``relay_runtime.testi
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from typing import TYPE_CHECKING
 
-import pytest
-
 from relay_runtime._state import ClaimRequest, ClaimResult, ClaimStatus, StateDB, TurnStore
 from relay_runtime.testing import claim_status as window_status
+from tests.pg import PG_DSN
 
 if TYPE_CHECKING:
     from relay_runtime._dedupe import ClaimHandle
     from relay_runtime._state import MessageKey, OutboxEntry, OutboxStore, TurnEndState
 
-#: The PostgreSQL server the PG variants run against (the trust tests use the same one).
-PG_DSN = os.environ.get("RELAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 #: Every gateway id a test run uses starts with this, so runs never collide.
 PG_RUN = f"test-{uuid.uuid4().hex[:10]}-"
-_pg_checked: list[str | None] = []
-
-
-def require_pg() -> str:
-    """The server's DSN; skip (with the reason) without one, fail with RELAY_REQUIRE_PG=1."""
-    if not _pg_checked:
-        try:
-            import psycopg
-
-            with psycopg.connect(PG_DSN, connect_timeout=3) as conn:
-                conn.execute("SELECT 1")
-            _pg_checked.append(None)
-        except Exception as exc:
-            _pg_checked.append(f"PostgreSQL at {PG_DSN} unavailable: {exc}")
-    reason = _pg_checked[0]
-    if reason is not None:
-        if os.environ.get("RELAY_REQUIRE_PG") == "1":
-            pytest.fail(reason + " (RELAY_REQUIRE_PG=1)")
-        pytest.skip(reason)
-    return PG_DSN
 
 
 def pg_gateway_id(place: object) -> str:

@@ -21,7 +21,8 @@ from relay_runtime._state import ClaimRequest, LeaseLost, StateError
 from relay_runtime._state._lease import Lease, LeaseSql
 from relay_runtime._state._pg import PgStateDB, open_leased
 from relay_runtime.testing import autojump_around_threads
-from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id, require_pg
+from tests.pg import require_pg
+from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -22,7 +22,8 @@ from relay_runtime._state._lease import LeaseSql
 from relay_runtime.config import GatewayConfig
 from relay_runtime.connector import ReferenceConnector
 from relay_runtime.testing import MEMORY_RELAY_URL
-from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id, require_pg
+from tests.pg import require_pg
+from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id
 from tests.runtime.test_lease import expire_now, seen
 
 if TYPE_CHECKING:

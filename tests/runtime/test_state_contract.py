@@ -30,8 +30,9 @@ from relay_runtime._state import (
     StateError,
     TurnStore,
 )
+from tests.pg import require_pg
 from tests.runtime.dispatch_helpers import MemoryState
-from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id, require_pg
+from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

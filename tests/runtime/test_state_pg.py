@@ -16,7 +16,8 @@ import trio
 
 from relay_runtime._state import PG_SCHEMA_VERSION, ClaimRequest, ClaimStatus, PgStateDB, StateError
 from relay_runtime.testing import redirect_reconnects, run_operation
-from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id, require_pg
+from tests.pg import require_pg
+from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

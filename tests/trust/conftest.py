@@ -4,16 +4,15 @@ with the reason, unless RELAY_REQUIRE_PG=1 makes that a failure."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.pg import PG_DSN, require_pg
 from trust._store import SqlClientStore, open_postgres_store, open_sqlite_store
 
-PG_DSN = os.environ.get("RELAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 START_MS = 1_700_000_000_000
 
 
@@ -35,26 +34,10 @@ def wall() -> WallClock:
     return WallClock()
 
 
-def _pg_unavailable() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_DSN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:
-        return f"PostgreSQL at {PG_DSN} unavailable: {exc}"
-    return None
-
-
 @pytest.fixture(scope="session")
 def pg_dsn() -> str:
-    reason = _pg_unavailable()
-    if reason is not None:
-        if os.environ.get("RELAY_REQUIRE_PG") == "1":
-            pytest.fail(reason + " (RELAY_REQUIRE_PG=1)")
-        print(reason)
-        pytest.skip(reason)
-    return PG_DSN
+    """The PostgreSQL DSN (skip, or fail with RELAY_REQUIRE_PG=1)."""
+    return require_pg()
 
 
 @pytest.fixture
