@@ -16,8 +16,8 @@ server, as a task in the gateway's nursery (``run --metrics [HOST:]PORT``)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 from prometheus_client import CollectorRegistry, Histogram
@@ -29,8 +29,28 @@ from protocol._connection import State
 from relay_runtime.config import ConfigError, metrics_address
 
 if TYPE_CHECKING:
-    from relay_runtime._gateway import Gateway
     from relay_runtime.connector._control_plane import HttpRequest, HttpResponse, HttpServer
+
+
+class _TurnEnds(Protocol):
+    @property
+    def on_turn_end(self) -> Callable[[str, float], None] | None: ...
+
+    @on_turn_end.setter
+    def on_turn_end(self, observer: Callable[[str, float], None] | None) -> None: ...
+
+
+class ObservedGateway(Protocol):
+    """What the metrics read of a gateway (the :class:`relay_runtime.Gateway` handle)."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def stats(self) -> Mapping[str, Any]: ...
+
+    @property
+    def dispatcher(self) -> _TurnEnds: ...
 
 
 log = logging.getLogger("relay_runtime.metrics")
@@ -71,7 +91,7 @@ _GAUGES: Final = (
 class _StatsCollector(Collector):
     """Reads ``gateway.stats`` at scrape time and yields it as metric families."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: ObservedGateway) -> None:
         self._gateway = gateway
 
     def collect(self) -> Iterator[Metric]:
@@ -123,7 +143,7 @@ def _number(stats: Mapping[str, Any], key: str) -> float:
 class GatewayMetrics:
     """The Prometheus view of one gateway, in a registry of its own."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: ObservedGateway) -> None:
         self.gateway = gateway
         self.registry = CollectorRegistry()
         self.turn_duration = Histogram(
