@@ -43,7 +43,7 @@ __all__ = [
 # each registers. ``run`` and ``demo`` are always there; the others are registered when their
 # module is installed and imports. Only the chosen command's module is imported (startup
 # time); ``--help`` and unknown commands import them all.
-_COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("relay_runtime._cli.run", ("run",)),
     ("relay_runtime._cli.demo", ("demo",)),
     ("relay_runtime._cli.connector", ("connector",)),
@@ -147,12 +147,12 @@ def _is_cancelled(exc: BaseException) -> bool:
     return type(exc).__name__ == "Cancelled" and type(exc).__module__.startswith("trio")
 
 
-def _modules_for(command: str | None) -> list[str]:
+def _modules_for(command: str | None, registry: Sequence[tuple[str, tuple[str, ...]]]) -> list[str]:
     """The modules to import for ``command`` (all of them when it is not a known one)."""
-    for name, commands in _COMMAND_MODULES:
+    for name, commands in registry:
         if command in commands:
             return [name]
-    return [name for name, _ in _COMMAND_MODULES]
+    return [name for name, _ in registry]
 
 
 def _chosen_command(argv: Sequence[str]) -> str | None:
@@ -193,11 +193,17 @@ def _unavailable(name: str, exc: BaseException) -> None:
     )
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    command: str | None = None,
+    *,
+    command_modules: Sequence[tuple[str, tuple[str, ...]]] = COMMAND_MODULES,
+) -> argparse.ArgumentParser:
     """The parser with the global options and the subcommands.
 
     With ``command`` only the module providing it is imported (the parser then knows that
-    command alone); without, every registered subcommand is there.
+    command alone); without, every registered subcommand is there. ``command_modules`` is
+    the registry (module name, the commands it registers); a module that is not installed is
+    left out, a broken one is left out with a warning.
     """
     parser = argparse.ArgumentParser(
         prog="relay-runtime",
@@ -221,7 +227,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", help="what to do (COMMAND --help for more)"
     )
-    _register(subparsers, _modules_for(command))
+    _register(subparsers, _modules_for(command, command_modules))
     return parser
 
 

@@ -52,12 +52,11 @@ def test_a_broken_optional_command_module_is_skipped_with_a_warning(
     (tmp_path / "half_written_cli.py").write_text("raise RuntimeError('half-written')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     modules = (
-        *cli._COMMAND_MODULES,
+        *cli.COMMAND_MODULES,
         ("relay_runtime.no_such_cli", ("ghost",)),
         ("half_written_cli", ("broken",)),
     )
-    monkeypatch.setattr(cli, "_COMMAND_MODULES", modules)
-    help_text = build_parser().format_help()
+    help_text = build_parser(command_modules=modules).format_help()
     assert "ghost" not in help_text and "broken" not in help_text
     assert "    run " in help_text
     err = capsys.readouterr().err
