@@ -10,6 +10,7 @@ for an event, with a generous ``fail_after`` as a guard.
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -130,5 +131,8 @@ async def test_a_gateway_whose_lease_is_taken_over_stops_serving(
             await scene.ended.wait()  # run_gateway returned: its sockets are closed
             nursery.cancel_scope.cancel()
     assert isinstance(scene.error, LeaseLost)
-    assert "another process took it over" in str(scene.error)
+    # Seen by the next renewal, or by a state write's fencing check if one comes first.
+    assert re.search(
+        r"another process took it over|was taken over; write refused", str(scene.error)
+    )
     other.discard()
