@@ -25,7 +25,7 @@ from tests.pg import require_pg
 from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 T0 = 1_700_000_000.0
@@ -259,18 +259,25 @@ async def _ticking(sql: FakeSql) -> None:
         await trio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def mock_time(clock: trio.testing.MockClock, sql: FakeSql) -> AsyncIterator[None]:
+    """Mock time that jumps across the lease's thread calls and that the fake follows."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(autojump_around_threads, clock)
+        nursery.start_soon(_ticking, sql)
+        yield
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_holder_renews_every_quarter_ttl(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     sql = FakeSql()
     lease = Lease(sql, ttl_s=8.0, holder="me")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(autojump_around_threads, autojump_clock)
-        nursery.start_soon(_ticking, sql)
+    async with mock_time(autojump_clock, sql):
         await lease.acquire()
         with trio.move_on_after(20.5):
             await lease.keep()
-        nursery.cancel_scope.cancel()
     assert len(sql.renewals) == 10
     gaps = [b - a for a, b in zip(sql.renewals, sql.renewals[1:], strict=False)]
     assert all(1.9 <= gap <= 2.1 for gap in gaps)
@@ -281,16 +288,13 @@ async def test_a_holder_that_cannot_renew_stops_before_its_lease_expires(
 ) -> None:
     sql = FakeSql()
     lease = Lease(sql, ttl_s=8.0, holder="me")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(autojump_around_threads, autojump_clock)
-        nursery.start_soon(_ticking, sql)
+    async with mock_time(autojump_clock, sql):
         await lease.acquire()
         taken_at = trio.current_time()
         sql.down = True  # the database connection is gone
         with pytest.raises(LeaseLost, match="not renewed for 6 s"):
             await lease.keep()
         stopped_at = trio.current_time()
-        nursery.cancel_scope.cancel()
     # Stopped serving at ttl - margin: 2 s before anyone else could take the lease.
     assert stopped_at - taken_at == pytest.approx(6.0, abs=0.05)
     assert stopped_at < sql.expires_at
@@ -304,15 +308,12 @@ async def test_a_holder_taken_over_stops_at_its_next_renewal(
 ) -> None:
     sql = FakeSql()
     lease = Lease(sql, ttl_s=8.0, holder="me")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(autojump_around_threads, autojump_clock)
-        nursery.start_soon(_ticking, sql)
+    async with mock_time(autojump_clock, sql):
         await lease.acquire()
         sql.token += 1  # another process took it (after a stall of ours)
         with pytest.raises(LeaseLost, match="another process took it over"):
             await lease.keep()
         assert trio.current_time() == pytest.approx(2.0, abs=0.05)
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_standby_takes_over_a_dead_holder_within_ttl_and_a_poll(
@@ -322,16 +323,13 @@ async def test_a_standby_takes_over_a_dead_holder_within_ttl_and_a_poll(
     sql = FakeSql("gw-1")
     dead = Lease(sql, ttl_s=8.0, holder="host-a pid 1")
     standby = Lease(sql, ttl_s=8.0, holder="host-b pid 2")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(autojump_around_threads, autojump_clock)
-        nursery.start_soon(_ticking, sql)
+    async with mock_time(autojump_clock, sql):
         await dead.acquire()
         await trio.sleep(2.0)
         assert sql.renew(1, 8.0)  # its last renewal; then it is killed (kill -9)
         died_at = trio.current_time()
         await standby.acquire()
         took_over_after = trio.current_time() - died_at
-        nursery.cancel_scope.cancel()
     assert 8.0 <= took_over_after <= 9.0 + 0.05
     assert standby.token == 2
     waiting = [r.getMessage() for r in caplog.records if "standby:" in r.getMessage()]
