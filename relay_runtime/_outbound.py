@@ -94,6 +94,18 @@ def reply_ids_for(
     return RequestIds(key, delivery)
 
 
+class Queued(enum.Enum):
+    """What ``Link.send`` returns for a frame queued, not yet written (see :data:`QUEUED`)."""
+
+    QUEUED = "queued"
+
+
+#: ``Link.send``'s answer for a frame handed to a writer task that reports the write to
+#: :meth:`OutboundRouter.write_done` (the supervisor's socket writer): the requester then
+#: waits once, for the result, and its timeout starts when the writer has written the frame.
+QUEUED: Final = Queued.QUEUED
+
+
 class FrameTooLarge(Exception):
     """An encoded frame is over ``max_frame_bytes`` (RC §2): it can never go out as is."""
 
@@ -116,10 +128,12 @@ class Link(Protocol):
     def descriptor_for(self, platform: str) -> CapabilityDescriptor:
         """The descriptor in force for ``platform``; the default for ``""`` or unknown."""
 
-    async def send(self, frame: Outbound) -> str | None:
+    async def send(self, frame: Outbound) -> str | Queued | None:
         """Encode ``frame`` through the connection, which checks it may go now, and write it.
 
-        ``None`` once written, else why the write failed (retryable).
+        ``None`` once written; :data:`QUEUED` once handed to a writer that reports the
+        write (or why it failed) to :meth:`OutboundRouter.write_done`; else why the write
+        failed (retryable).
 
         Raises:
             RelayProtocolError: the connection does not allow the frame in its state.
@@ -210,6 +224,10 @@ class ChatMemory:
 class _Pending:
     done: trio.Event = attrs.field(factory=trio.Event)
     result: SendResult | None = None
+    #: When the frame was written (the timeout counts from here, RC §6.2).
+    written_at: float | None = None
+    #: The requester's wait for the result, once it waits; its deadline is set on write.
+    wait: trio.CancelScope | None = None
 
     def outcome(self) -> SendResult | None:
         # A method, not the attribute: another task may resolve it across an await.
@@ -219,6 +237,11 @@ class _Pending:
         if self.result is None:
             self.result = result
             self.done.set()
+
+
+def _write_failure(error: str) -> SendResult:
+    """A request whose frame was not written (``error`` says why): retry after reconnect."""
+    return SendResult.failure(SEND_FAILED_PREFIX + error, retryable=True, kind=ErrorKind.DROPPED)
 
 
 def _chat_id(action: Action) -> str | None:
@@ -319,6 +342,26 @@ class OutboundRouter:
             log.debug("relay: outbound_result for unknown requestId %s ignored", frame.request_id)
             return False
         pending.resolve(SendResult.from_wire(frame.result))
+        return True
+
+    def write_done(self, request_id: str, error: str | None) -> bool:
+        """The writer wrote request ``request_id``'s frame (``error`` is ``None``), or not.
+
+        A link whose ``send`` answered :data:`QUEUED` reports the write here: written, the
+        request's timeout starts now (RC §6.2: counted from the finished write); not
+        written, the request ends as a failed write would (``relay send failed: <error>``,
+        retryable, ``DROPPED``). Unknown or answered ids: ignored (False).
+        """
+        pending = self._pending.get(request_id)
+        if pending is None or pending.result is not None:
+            return False
+        if error is not None:
+            pending.resolve(_write_failure(error))
+            return True
+        now = trio.current_time()
+        pending.written_at = now
+        if pending.wait is not None:
+            pending.wait.deadline = now + self.outbound_timeout_s
         return True
 
     def fail_all(self, error: str, *, retryable: bool) -> int:
@@ -436,12 +479,17 @@ class OutboundRouter:
             result = pending.outcome()
             if result is not None:
                 return result
-            if error is not None:
-                return SendResult.failure(
-                    SEND_FAILED_PREFIX + error, retryable=True, kind=ErrorKind.DROPPED
-                )
-            with trio.move_on_after(self.outbound_timeout_s):
+            if isinstance(error, str):
+                return _write_failure(error)
+            if error is None:  # written: the timeout starts now
+                pending.written_at = trio.current_time()
+            # Queued: the writer's ``write_done`` sets the deadline once it has written.
+            with trio.CancelScope() as wait:
+                if pending.written_at is not None:
+                    wait.deadline = pending.written_at + self.outbound_timeout_s
+                pending.wait = wait
                 await pending.done.wait()
+            pending.wait = None
             result = pending.outcome()
             if result is not None:
                 return result

@@ -162,7 +162,14 @@ class Sessions:
         turn_id = delivery.turn_id
         started = False
         try:
-            async with self._limiter:
+            limiter = self._limiter
+            try:
+                # A free slot is taken without a checkpoint (a task step per turn saved);
+                # the turn's own awaits are its checkpoints.
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await limiter.acquire()
+            try:
                 started = True
                 began = trio.current_time()
                 state, error = await self._run_turn(delivery)
@@ -183,6 +190,8 @@ class Sessions:
                 except StateError:
                     # Storage fails: the record is kept and retried; the ack waits for it.
                     await self._commit()
+            finally:
+                limiter.release()
         except trio.Cancelled:
             # Shutdown (an interrupt is caught inside the turn): no ack, claim released,
             # so the connector's replay runs it again (R64). If the turn had finished and

@@ -39,7 +39,13 @@ from protocol._relay_connection import RelayConnection, RelayProtocolError
 from protocol._urls import dial_url
 from relay_runtime._errors import RelayDisabled
 from relay_runtime._hand_off import InboundHandOff, InboundItem
-from relay_runtime._outbound import FrameNotEncodable, FrameTooLarge, OutboundRouter
+from relay_runtime._outbound import (
+    QUEUED,
+    FrameNotEncodable,
+    FrameTooLarge,
+    OutboundRouter,
+    Queued,
+)
 from relay_runtime._relay_config import (
     RelayConfig as RelayConfig,
 )
@@ -196,10 +202,12 @@ class Supervisor:
             return False
         return socket.enqueue_nowait(text) is not None
 
-    async def send(self, frame: Outbound) -> str | None:
-        """The router's ``Link.send``: encode through the connection, check the size, write.
+    async def send(self, frame: Outbound) -> str | Queued | None:
+        """The router's ``Link.send``: encode through the connection, check the size, queue.
 
-        ``None`` once written, else why the write failed; raises as ``Link.send`` says.
+        ``QUEUED`` once handed to the socket's writer, which reports the write (or why it
+        failed) to ``OutboundRouter.write_done``: the requester waits once, for the result,
+        not for the write too. Else why it could not be queued; raises as ``Link.send`` says.
         """
         try:
             text = self.connection.send(frame)
@@ -210,7 +218,10 @@ class Supervisor:
         socket = self._socket
         if socket is None:
             return "not connected"
-        return await socket.write(text)
+        request_id = frame.request_id
+        outbound = self.outbound
+        refused = await socket.queue(text, lambda error: outbound.write_done(request_id, error))
+        return QUEUED if refused is None else refused
 
     @property
     def handshakes(self) -> int:

@@ -31,10 +31,12 @@ from protocol import (
 from protocol._framing import exceeds_limit
 from protocol._results import ErrorKind, SendResult
 from relay_runtime._outbound import (
+    QUEUED,
     ChatMemory,
     FrameNotEncodable,
     FrameTooLarge,
     OutboundRouter,
+    Queued,
     Retry,
     new_request_id,
     retry_for,
@@ -451,3 +453,67 @@ async def test_acks_and_interrupts_go_out_through_the_owner_link() -> None:
     link.live = False
     assert r.send_nowait(InboundAck("b2")) is False
     assert link.queued == [InboundAck("b1")]
+
+
+class QueuedLink(FakeLink):
+    """A link that answers ``QUEUED`` and writes later, as the supervisor's socket writer
+    does: it reports each write (or its failure) to the router's ``write_done``."""
+
+    def __init__(self, write_after_s: float) -> None:
+        super().__init__()
+        self.write_after_s = write_after_s
+        self.router: OutboundRouter | None = None
+        self.nursery: trio.Nursery | None = None
+
+    async def send(self, frame: Outbound) -> str | Queued | None:
+        text = self.encode(frame)
+        assert self.nursery is not None
+        self.nursery.start_soon(self._write_later, frame.request_id, text)
+        return QUEUED
+
+    async def _write_later(self, request_id: str, text: str) -> None:
+        await trio.sleep(self.write_after_s)
+        assert self.router is not None
+        error = await self.write(text)
+        self.router.write_done(request_id, error)
+
+
+async def test_R42_a_queued_frame_times_out_counted_from_its_write(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    link = QueuedLink(write_after_s=7)
+    r = link.router = router(link, timeout=30.0)
+    link.nursery = nursery
+    start = trio.current_time()
+    res = await r.request(Send("c", "x"))
+    assert trio.current_time() - start == pytest.approx(37.0)
+    assert (res.error, res.ambiguous, res.retryable) == ("relay outbound timed out", True, False)
+    assert r.pending_count == 0
+
+
+async def test_a_queued_frame_answered_before_its_timeout_and_a_failed_write(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    link = QueuedLink(write_after_s=1)
+    r = link.router = router(link)
+    link.nursery = nursery
+    results: list[SendResult] = []
+
+    async def one() -> None:
+        results.append(await r.request(Send("c", "x")))
+
+    nursery.start_soon(one)
+    await link.arrived.wait()
+    assert r.resolve(OutboundResult(link.written[0]["requestId"], {"success": True}))
+    await trio.testing.wait_all_tasks_blocked()
+    assert results[0].success
+    link.write_error = "connection closed"
+    res = await r.request(Send("c", "x"))
+    assert (res.error, res.retryable, res.error_kind) == (
+        "relay send failed: connection closed",
+        True,
+        ErrorKind.DROPPED,
+    )
+    assert retry_for(res) is Retry.AFTER_RECONNECT
+    assert r.write_done("unknown", None) is False
+    assert r.pending_count == 0

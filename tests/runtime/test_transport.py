@@ -20,8 +20,10 @@ from relay_runtime._transport import (
     DialError,
     RelaySocket,
     bearer_headers,
+    can_batch,
     dial,
     frames_to,
+    send_texts,
     websocket_dialer,
 )
 from tests.runtime.conftest import GATEWAY_ID, SECRET, descriptor, make_config, wrap_client
@@ -249,3 +251,111 @@ async def test_e2e_loopback_http_401_before_handshake_ladders(
     assert any("HTTP 401" in r.getMessage() for r in caplog.records)
     sup.stop()
     assert sup.state == "closed"
+
+
+class _CountingStream:
+    """Wraps a stream and counts its ``send_all`` calls (everything else passes through)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    async def send_all(self, data: bytes) -> None:
+        self.writes += 1
+        await self.inner.send_all(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_writer_writes_every_queued_frame_in_one_stream_write_in_order(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    sock, peer = await socket_pair(nursery)
+    assert can_batch(sock.ws)
+    counting = _CountingStream(sock.ws._stream)
+    sock.ws._stream = counting  # type: ignore[assignment]
+    texts = [f'{{"type":"t{i}"}}\n' for i in range(10)]
+    jobs = [sock.enqueue_nowait(text) for text in texts]
+    nursery.start_soon(sock.writer)
+    got = [await peer.get_message() for _ in texts]
+    assert got == texts  # one text message per frame, in queue order
+    assert counting.writes == 1
+    assert sock.frames_out == 10
+    assert all(job is not None and job.finished and job.error is None for job in jobs)
+
+
+async def test_send_texts_falls_back_to_one_send_message_per_text() -> None:
+    class Fake:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send_message(self, message: str) -> None:
+            self.sent.append(message)
+
+    fake = Fake()
+    assert not can_batch(fake)
+    await send_texts(fake, ["a\n", "b\n"])  # type: ignore[arg-type]
+    assert fake.sent == ["a\n", "b\n"]
+
+
+async def test_send_texts_refuses_a_closed_connection(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    sock, peer = await socket_pair(nursery)
+
+    async def drain_peer() -> None:
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await peer.get_message()
+
+    nursery.start_soon(drain_peer)
+    await sock.ws.aclose(1000, "bye")
+    with pytest.raises(trio_websocket.ConnectionClosed):
+        await send_texts(sock.ws, ['{"type":"x"}\n'])
+
+
+async def test_send_texts_on_a_broken_stream_closes_1006_and_releases_the_lock(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    sock, _peer = await socket_pair(nursery)
+
+    class Broken(_CountingStream):
+        async def send_all(self, data: bytes) -> None:
+            raise trio.BrokenResourceError("peer went away")
+
+    sock.ws._stream = Broken(sock.ws._stream)  # type: ignore[assignment]
+    with pytest.raises(trio_websocket.ConnectionClosed) as caught:
+        await send_texts(sock.ws, ['{"type":"x"}\n', '{"type":"y"}\n'])
+    assert caught.value.reason.code == 1006
+    assert not sock.ws._stream_lock.locked()
+
+
+async def test_queue_reports_the_write_and_a_frame_the_socket_ended_before(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    sock, peer = await socket_pair(nursery)
+    reports: list[str | None] = []
+    assert await sock.queue('{"type":"a"}\n', reports.append) is None
+    assert reports == []  # queued, not written: the caller does not wait for the write
+    writer_done = trio.Event()
+
+    async def writer() -> None:
+        await sock.writer()
+        writer_done.set()
+
+    nursery.start_soon(writer)
+    assert await peer.get_message() == '{"type":"a"}\n'
+    assert reports == [None]
+
+    async def drain_peer() -> None:
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            while True:
+                await peer.get_message()
+
+    nursery.start_soon(drain_peer)
+    await sock.close(1000, "bye")
+    # The writer fails on the closed connection; what it held and what was queued fail too.
+    assert await sock.queue('{"type":"b"}\n', reports.append) is None
+    await writer_done.wait()
+    assert reports == [None, "connection closed"]
+    assert await sock.queue('{"type":"c"}\n', reports.append) == "connection closed"
