@@ -15,7 +15,7 @@ import logging
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -41,6 +41,12 @@ OnMessage = Callable[[str | bytes], Awaitable[None]]
 #: Rejected-frame lines logged per socket per window before the rest are only counted.
 REJECTED_LOG_BUDGET = 10
 REJECTED_LOG_WINDOW_S = 10.0
+#: Messages trio-websocket may hold read but not yet handled (its ``message_queue_size``):
+#: a few, so that one network read's messages are handed over together; at most this many
+#: times the message limit is held before its reader stops reading the socket.
+READ_QUEUE_MESSAGES = 8
+#: Bytes asked of the socket per read (trio-websocket's default is 4 KiB).
+RECEIVE_BUFFER_BYTES = 64 * 1024
 #: The writer takes queued frames into one stream write until they hold this many characters.
 WRITE_BATCH_CHARS = 256 * 1024
 
@@ -96,6 +102,8 @@ async def websocket_dialer(
             resource,
             extra_headers=headers,
             max_message_size=max_message_size,
+            message_queue_size=READ_QUEUE_MESSAGES,
+            receive_buffer_size=RECEIVE_BUFFER_BYTES,
         )
     except BaseException:
         await trio.aclose_forcefully(stream)
@@ -276,6 +284,9 @@ class RelaySocket:
         rejected_log: RejectedFrameLog | None = None,
     ) -> None:
         self.ws = ws
+        #: Takes a message trio-websocket has read already, without a checkpoint (``None``
+        #: if there is none); ``None`` itself when the seam does not fit this connection.
+        self._take_message = eager_reads(ws)
         self.max_frame_bytes = max_frame_bytes
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
@@ -421,10 +432,15 @@ class RelaySocket:
         Soft field problems the codec finds are logged through the socket's rate limit,
         so a peer cannot flood the log with them.
         """
+        take = self._take_message
         with soft_problems_to(self._soft_problem):
             while True:
                 try:
-                    message = await self.ws.get_message()
+                    # Every message already read is handled in this task step; the wait
+                    # (a step of its own) comes only once none is left.
+                    message = take() if take is not None else None
+                    if message is None:
+                        message = await self.ws.get_message()
                 except ConnectionClosed as exc:
                     return self.end_from(exc.reason)
                 self.last_seen = trio.current_time()
@@ -562,6 +578,57 @@ async def send_texts(ws: trio_websocket.WebSocketConnection, texts: list[str]) -
         raise ConnectionClosed(ws._close_reason) from None
     finally:
         lock.release()
+
+
+class _EagerSend:
+    """trio-websocket's message channel, as its reader task sends into it: without a
+    checkpoint while there is room (see :func:`eager_reads`); it waits only when full."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: trio.MemorySendChannel[str | bytes]) -> None:
+        self._inner = inner
+
+    async def send(self, message: str | bytes) -> None:
+        try:
+            self._inner.send_nowait(message)
+        except trio.WouldBlock:
+            await self._inner.send(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def eager_reads(ws: object) -> Callable[[], str | bytes | None] | None:
+    """Let ``ws`` hand every message of one network read over in one task step.
+
+    trio-websocket's reader task sends each message it decodes into a bounded channel with
+    a checkpoint per message, and ``get_message`` takes one message per checkpoint: two
+    task steps per message. For a connection :func:`can_batch` accepts (the same pinned
+    version), its reader task's ``_send_channel`` (looked up per message) is wrapped so a
+    send with room does not checkpoint, and the returned function takes a message already
+    queued from ``_recv_channel`` without one (``None`` when none is queued; raises
+    ``ConnectionClosed`` as ``get_message`` does once the channel is closed). The channel
+    stays bounded (the dialer's ``message_queue_size``): when it is full the reader task
+    waits, and so stops reading the socket, as before. ``None`` for any other connection.
+    """
+    if not can_batch(ws) or not hasattr(ws, "_send_channel") or not hasattr(ws, "_recv_channel"):
+        return None
+    assert isinstance(ws, trio_websocket.WebSocketConnection)
+    channel: Any = ws._send_channel
+    if not isinstance(channel, _EagerSend):
+        ws._send_channel = _EagerSend(channel)  # type: ignore[assignment]
+    receive_nowait = ws._recv_channel.receive_nowait
+
+    def take() -> str | bytes | None:
+        try:
+            return receive_nowait()
+        except trio.WouldBlock:
+            return None
+        except (trio.ClosedResourceError, trio.EndOfChannel):
+            raise ConnectionClosed(ws._close_reason) from None
+
+    return take
 
 
 def frames_to(

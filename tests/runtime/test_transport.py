@@ -19,9 +19,11 @@ from relay_runtime._supervisor import Supervisor
 from relay_runtime._transport import (
     DialError,
     RelaySocket,
+    _EagerSend,
     bearer_headers,
     can_batch,
     dial,
+    eager_reads,
     frames_to,
     send_texts,
     websocket_dialer,
@@ -359,3 +361,67 @@ async def test_queue_reports_the_write_and_a_frame_the_socket_ended_before(
     await writer_done.wait()
     assert reports == [None, "connection closed"]
     assert await sock.queue('{"type":"c"}\n', reports.append) == "connection closed"
+
+
+async def test_eager_reads_hand_over_every_message_already_read_in_order(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    accepted: list[WebSocketConnection] = []
+
+    async def server() -> None:
+        request = await trio_websocket.wrap_server_stream(nursery, server_stream)
+        accepted.append(await request.accept())
+
+    nursery.start_soon(server)
+    ws = await trio_websocket.wrap_client_stream(
+        nursery,
+        client_stream,  # type: ignore[arg-type]
+        "relay.test",
+        "/relay",
+        message_queue_size=4,
+    )
+    await trio.testing.wait_all_tasks_blocked()
+    take = eager_reads(ws)
+    assert take is not None
+    assert eager_reads(ws) is not None  # a second call does not wrap twice
+    assert take() is None  # nothing read yet: the caller waits in get_message
+    peer = accepted[0]
+    for i in range(6):  # more than the queue holds: trio-websocket's reader waits for room
+        await peer.send_message(f"m{i}")
+    await trio.testing.wait_all_tasks_blocked()
+    got = []
+    while (message := take()) is not None:
+        got.append(message)
+    # The four queued, plus the one the waiting reader task handed over as room came.
+    assert got == ["m0", "m1", "m2", "m3", "m4"]
+    await trio.testing.wait_all_tasks_blocked()  # room again: the reader task goes on
+    assert [take(), take()] == ["m5", None]
+    await ws.aclose(1000, "bye")
+    with pytest.raises(trio_websocket.ConnectionClosed):
+        take()
+
+
+async def test_eager_send_does_not_checkpoint_with_room_and_waits_when_full(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    send, receive = trio.open_memory_channel[str | bytes](1)
+    eager = _EagerSend(send)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await eager.send("a")  # room: no checkpoint, so the cancellation is not delivered
+    assert receive.receive_nowait() == "a"
+    await eager.send("b")
+    sent = trio.Event()
+
+    async def third() -> None:
+        await eager.send("c")
+        sent.set()
+
+    nursery.start_soon(third)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not sent.is_set()  # full: it waits, the channel stays bounded
+    assert receive.receive_nowait() == "b"
+    await sent.wait()
+    assert receive.receive_nowait() == "c"
+    assert eager.statistics().max_buffer_size == 1  # everything else is the channel's
