@@ -45,6 +45,20 @@ class InboundHandOff:
         self._stall: _Stall | None = None
         self._counts = counts
 
+    def put_nowait(self, item: InboundItem) -> bool:
+        """Give one frame to the dispatcher if its queue has room now; False if it is full
+        (the caller then waits in :meth:`put`, which opens the backpressure episode)."""
+        stall = self._stall
+        if stall is not None:
+            queued = self._inbound.statistics()
+            if queued.current_buffer_used <= queued.max_buffer_size // 2:
+                self.end_stall("the queue has room again")
+        try:
+            self._inbound.send_nowait(item)
+        except trio.WouldBlock:
+            return False
+        return True
+
     async def put(self, item: InboundItem) -> None:
         """Give one frame to the dispatcher, waiting (and so not reading) while it is full.
 

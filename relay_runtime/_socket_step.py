@@ -21,6 +21,7 @@ from relay_runtime._transport import (
     Dialer,
     DialError,
     OnMessage,
+    OnMessageNowait,
     RejectedFrameLog,
     RelaySocket,
     SocketEnd,
@@ -50,6 +51,8 @@ class SocketStep:
         drain: the going-idle drain window's wait (bounded by the close order).
         timers: the connection's timer task, run in this socket's nursery.
         write_buffer: the writer's queue size.
+        on_message_nowait: ``on_message`` as far as it goes without waiting (see
+            :class:`~relay_runtime._transport.OnMessageNowait`); ``None``: none.
     """
 
     config: RelayConfig
@@ -63,6 +66,7 @@ class SocketStep:
     drain: Callable[[], Awaitable[None]]
     timers: Callable[[], Awaitable[object]]
     write_buffer: int
+    on_message_nowait: OnMessageNowait | None = None
     socket: RelaySocket | None = None
     #: Why the dial produced no socket, once ``dial_failed`` was told.
     failure: DialError | None = None
@@ -114,7 +118,7 @@ class SocketStep:
                     return None
                 nursery.start_soon(socket.keepalive, nursery)
                 nursery.start_soon(socket.rejected_log.run)
-                ended = await socket.reader(self.on_message)
+                ended = await socket.reader(self.on_message, self.on_message_nowait)
                 await socket.settle()
                 nursery.cancel_scope.cancel()
                 return ended

@@ -329,6 +329,7 @@ class Supervisor:
             opened=self._opened,
             dial_failed=self._dial_failed,
             on_message=self._on_message,
+            on_message_nowait=self._on_message_nowait,
             drain=self._drain,
             timers=partial(self._timers.run, self._fire),
             write_buffer=len(self.identities) + 64,
@@ -391,15 +392,48 @@ class Supervisor:
     async def _on_message(self, message: str | bytes) -> None:
         """The reader's one callback: decode through the connection, carry out what the
         frames caused, route each in order (an exception routing one is logged, RC R7)."""
+        rest = self._on_message_nowait(message)
+        if rest is not None:
+            await rest()
+
+    def _on_message_nowait(self, message: str | bytes) -> Callable[[], Awaitable[None]] | None:
+        """:meth:`_on_message` as far as it goes without waiting: ``None`` once every frame
+        is routed, else what is left to await (from the first ``inbound`` the dispatcher's
+        full queue cannot take now, every later frame too, in order).
+
+        The socket calls it from trio-websocket's reader task when its own reader is idle,
+        so a message costs no task step of ours unless the dispatcher applies backpressure.
+        """
         before = self.connection.state
         items = self.connection.receive_data(message)
         self._carry_out(before, self.connection.take_actions())
         self.stats.frames_in += sum(not isinstance(item, FrameError) for item in items)
+        for index, item in enumerate(items):
+            try:
+                if not self._route_nowait(item):
+                    return partial(self._route_all, items[index:])
+            except Exception:
+                log.exception("relay: error while handling a frame; reader continues")
+        return None
+
+    async def _route_all(self, items: list[Frame | FrameError]) -> None:
         for item in items:
             try:
                 await self._route(item)
             except Exception:
                 log.exception("relay: error while handling a frame; reader continues")
+
+    def _route_nowait(self, item: Frame | FrameError) -> bool:
+        """:meth:`_route` without waiting; False (nothing done) if it would have to wait."""
+        if isinstance(item, Inbound | PassthroughForwardFrame):
+            return self._hand_off.put_nowait(item)
+        if isinstance(item, FrameError):
+            self._frame_error(item)
+        elif isinstance(item, OutboundResult):
+            self.outbound.resolve(item)
+        elif isinstance(item, InterruptInbound):
+            self._on_interrupt(item.session_key, item.chat_id)
+        return True
 
     async def _route(self, item: Frame | FrameError) -> None:
         """Route one decoded frame; only ``inbound``/``passthrough_forward`` may wait.

@@ -15,7 +15,7 @@ import logging
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 import trio
@@ -38,6 +38,9 @@ CLOSE_TIMEOUT_S = 5.0
 ABNORMAL_CLOSURE = 1006
 #: Handles one WebSocket message: decodes it and routes the frames it completed.
 OnMessage = Callable[[str | bytes], Awaitable[None]]
+#: Handles one message as far as it can without waiting: ``None`` when done, else the rest
+#: to await (in order, before any later message).
+OnMessageNowait = Callable[[str | bytes], Callable[[], Awaitable[None]] | None]
 #: Rejected-frame lines logged per socket per window before the rest are only counted.
 REJECTED_LOG_BUDGET = 10
 REJECTED_LOG_WINDOW_S = 10.0
@@ -286,7 +289,13 @@ class RelaySocket:
         self.ws = ws
         #: Takes a message trio-websocket has read already, without a checkpoint (``None``
         #: if there is none); ``None`` itself when the seam does not fit this connection.
-        self._take_message = eager_reads(ws)
+        self._take_message = eager_reads(ws, self._arrived)
+        #: The reader's callback for a message handled where it arrives (see ``reader``).
+        self._on_message_nowait: OnMessageNowait | None = None
+        #: The reader waits for a message with none queued: one may be handled inline.
+        self._reader_idle = False
+        #: What inline handling left to await, oldest first (the reader awaits it next).
+        self._rest: collections.deque[Callable[[], Awaitable[None]]] = collections.deque()
         self.max_frame_bytes = max_frame_bytes
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
@@ -422,7 +431,9 @@ class RelaySocket:
 
     # ---- reading ------------------------------------------------------------------------
 
-    async def reader(self, on_message: OnMessage) -> SocketEnd:
+    async def reader(
+        self, on_message: OnMessage, on_message_nowait: OnMessageNowait | None = None
+    ) -> SocketEnd:
         """Read until the socket closes; return how it ended.
 
         Each message goes to ``on_message`` (the supervisor's, which decodes it through
@@ -431,26 +442,69 @@ class RelaySocket:
         ``paused``; an exception from it is logged and the next message is read (RC R7).
         Soft field problems the codec finds are logged through the socket's rate limit,
         so a peer cannot flood the log with them.
+
+        With ``on_message_nowait`` (and the :func:`eager_reads` seam), a message that
+        arrives while this reader is idle is handled where trio-websocket's reader task
+        decoded it (:meth:`_arrived`), in that task's step: no task step of ours. What that
+        could not finish without waiting (the dispatcher's queue is full) comes back here,
+        ahead of any later message, and is awaited ``paused`` as before.
         """
         take = self._take_message
-        with soft_problems_to(self._soft_problem):
-            while True:
-                try:
-                    # Every message already read is handled in this task step; the wait
-                    # (a step of its own) comes only once none is left.
-                    message = take() if take is not None else None
-                    if message is None:
-                        message = await self.ws.get_message()
-                except ConnectionClosed as exc:
-                    return self.end_from(exc.reason)
-                self.last_seen = trio.current_time()
-                self.paused = True
-                try:
-                    await on_message(message)
-                except Exception:
-                    log.exception("relay: error while handling a message; reader continues")
-                finally:
-                    self.paused = False
+        if take is not None:
+            self._on_message_nowait = on_message_nowait
+        try:
+            with soft_problems_to(self._soft_problem):
+                while True:
+                    try:
+                        # Every message already read is handled in this task step; the
+                        # wait (a step of its own) comes only once none is left.
+                        message = take() if take is not None else None
+                        if message is None:
+                            self._reader_idle = True
+                            try:
+                                message = await self.ws.get_message()
+                            finally:
+                                self._reader_idle = False
+                    except ConnectionClosed as exc:
+                        return self.end_from(exc.reason)
+                    self.paused = True
+                    try:
+                        if message is _RESUME:
+                            await self._rest.popleft()()
+                        else:
+                            self.last_seen = trio.current_time()
+                            await on_message(message)
+                    except Exception:
+                        log.exception("relay: error while handling a message; reader continues")
+                    finally:
+                        self.paused = False
+        finally:
+            self._on_message_nowait = None
+
+    def _arrived(self, message: str | bytes) -> str | bytes | None:
+        """trio-websocket's reader task decoded ``message``: handle it here if the reader
+        is idle (``None``: handled), else give back what goes into the message queue.
+
+        Runs in that task's step, so it never waits: what the callback leaves to await goes
+        to the reader, woken by :data:`_RESUME` in the queue (later messages queue behind
+        it, so the order holds). An exception is logged, as the reader logs it.
+        """
+        handle = self._on_message_nowait
+        if handle is None or not self._reader_idle:
+            return message
+        self.last_seen = trio.current_time()
+        try:
+            with soft_problems_to(self._soft_problem):
+                rest = handle(message)
+        except Exception:
+            log.exception("relay: error while handling a message; reader continues")
+            return None
+        if rest is None:
+            return None
+        self._rest.append(rest)
+        # Busy from now on (not when it next runs): later messages queue behind the rest.
+        self._reader_idle = False
+        return cast("str | bytes", _RESUME)
 
     def _soft_problem(self, message: str) -> None:
         self.rejected_log.log(logging.WARNING, message)
@@ -580,16 +634,34 @@ async def send_texts(ws: trio_websocket.WebSocketConnection, texts: list[str]) -
         lock.release()
 
 
+#: Put in trio-websocket's message queue by :meth:`RelaySocket._arrived`: the reader awaits
+#: what inline handling left (it is not a message).
+_RESUME: Any = object()
+
+
 class _EagerSend:
-    """trio-websocket's message channel, as its reader task sends into it: without a
-    checkpoint while there is room (see :func:`eager_reads`); it waits only when full."""
+    """trio-websocket's message channel, as its reader task sends into it: each message is
+    first offered to ``arrived`` (which handles it, ``None``, or says what to queue), then
+    queued without a checkpoint while there is room (see :func:`eager_reads`); it waits
+    only when the queue is full."""
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_inner", "arrived")
 
-    def __init__(self, inner: trio.MemorySendChannel[str | bytes]) -> None:
+    def __init__(
+        self,
+        inner: trio.MemorySendChannel[str | bytes],
+        arrived: Callable[[str | bytes], str | bytes | None] | None = None,
+    ) -> None:
         self._inner = inner
+        self.arrived = arrived
 
     async def send(self, message: str | bytes) -> None:
+        arrived = self.arrived
+        if arrived is not None:
+            queued = arrived(message)
+            if queued is None:
+                return
+            message = queued
         try:
             self._inner.send_nowait(message)
         except trio.WouldBlock:
@@ -599,7 +671,9 @@ class _EagerSend:
         return getattr(self._inner, name)
 
 
-def eager_reads(ws: object) -> Callable[[], str | bytes | None] | None:
+def eager_reads(
+    ws: object, arrived: Callable[[str | bytes], str | bytes | None] | None = None
+) -> Callable[[], str | bytes | None] | None:
     """Let ``ws`` hand every message of one network read over in one task step.
 
     trio-websocket's reader task sends each message it decodes into a bounded channel with
@@ -611,13 +685,16 @@ def eager_reads(ws: object) -> Callable[[], str | bytes | None] | None:
     ``ConnectionClosed`` as ``get_message`` does once the channel is closed). The channel
     stays bounded (the dialer's ``message_queue_size``): when it is full the reader task
     waits, and so stops reading the socket, as before. ``None`` for any other connection.
+    ``arrived`` (the socket's) is offered each message first, in the reader task.
     """
     if not can_batch(ws) or not hasattr(ws, "_send_channel") or not hasattr(ws, "_recv_channel"):
         return None
     assert isinstance(ws, trio_websocket.WebSocketConnection)
     channel: Any = ws._send_channel
-    if not isinstance(channel, _EagerSend):
-        ws._send_channel = _EagerSend(channel)  # type: ignore[assignment]
+    if isinstance(channel, _EagerSend):
+        channel.arrived = arrived
+    else:
+        ws._send_channel = _EagerSend(channel, arrived)  # type: ignore[assignment]
     receive_nowait = ws._recv_channel.receive_nowait
 
     def take() -> str | bytes | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
@@ -1073,3 +1074,35 @@ async def test_R60_backpressure_episode_ends_when_the_socket_ends(
     assert len(errors) == 1
     assert len(ends) == 1 and "the socket ended" in ends[0], ends
     assert h.sup.stats.inbound_stalls == 1
+
+
+async def test_R60_a_result_behind_a_waiting_inbound_is_routed_after_it(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    connector: FakeConnector,
+) -> None:
+    """A message is routed inline while the reader is idle; once the dispatcher's queue is
+    full, the frames after the waiting ``inbound`` (here an ``outbound_result``) wait too,
+    in order, and later messages queue behind them."""
+    h = await launch(nursery, connector, inbound_size=4)
+    conn = await connector.connection(0)
+    results: list[Any] = []
+
+    async def request() -> None:
+        results.append(await h.sup.outbound.request(Typing("c1")))
+
+    nursery.start_soon(request)
+    frame = await conn.next("outbound")
+    answer = json.dumps(
+        {"type": "outbound_result", "requestId": frame["requestId"], "result": {"success": True}}
+    )
+    await conn.send_raw(_inbound_lines([f"q{i}" for i in range(5)]) + answer + "\n")
+    await conn.send_raw(_inbound_lines(["later"]))
+    await trio.testing.wait_all_tasks_blocked()
+    assert results == []  # behind q4, which waits for room
+    assert h.sup.stats.inbound_stalls == 1
+    assert (await h.inbound.receive()).event.text == "q0"
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(results) == 1 and results[0].success
+    texts = [(await h.inbound.receive()).event.text for _ in range(5)]
+    assert texts == ["q1", "q2", "q3", "q4", "later"]

@@ -425,3 +425,50 @@ async def test_eager_send_does_not_checkpoint_with_room_and_waits_when_full(
     await sent.wait()
     assert receive.receive_nowait() == "c"
     assert eager.statistics().max_buffer_size == 1  # everything else is the channel's
+
+
+async def test_an_idle_reader_has_messages_handled_inline_and_the_rest_keeps_order(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    sock, peer = await socket_pair(nursery)
+    seen: list[str] = []
+    release = trio.Event()
+
+    async def on_message(message: str | bytes) -> None:
+        seen.append(f"waited:{message!s}")
+
+    def on_message_nowait(message: str | bytes) -> Any:
+        assert isinstance(message, str)
+        if message == "boom":
+            raise RuntimeError("handler bug")
+        seen.append(f"inline:{message}")
+        if message != "block":
+            return None
+
+        async def rest() -> None:
+            await release.wait()
+            seen.append("rest of block")
+
+        return rest
+
+    nursery.start_soon(sock.reader, on_message, on_message_nowait)
+    await peer.send_message("a")
+    await trio.testing.wait_all_tasks_blocked()
+    assert seen == ["inline:a"]
+    assert not sock.paused
+    await peer.send_message("block")
+    await trio.testing.wait_all_tasks_blocked()
+    assert sock.paused  # the reader waits for the rest: backpressure, not a dead peer
+    await peer.send_message("c")
+    await peer.send_message("d")
+    await trio.testing.wait_all_tasks_blocked()
+    assert seen == ["inline:a", "inline:block"]  # c and d queue behind the rest
+    release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert seen == ["inline:a", "inline:block", "rest of block", "waited:c", "waited:d"]
+    with caplog.at_level(logging.ERROR, logger="relay_runtime.transport"):
+        await peer.send_message("boom")
+        await peer.send_message("e")
+        await trio.testing.wait_all_tasks_blocked()
+    assert seen[-1] == "inline:e"  # an exception is logged; the next message goes on
+    assert any("reader continues" in r.getMessage() for r in caplog.records)
