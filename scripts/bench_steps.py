@@ -98,33 +98,52 @@ class StepCounter(trio.abc.Instrument):
 
 @contextlib.contextmanager
 def counting_channels(counter: StepCounter) -> Iterator[None]:
-    """Count memory-channel sends and receives (blocking or not) per calling task's side."""
+    """Count memory-channel sends and receives that happened (not refused with WouldBlock),
+    per calling task's side: each ``send``/``receive`` once however it completed, and each
+    ``send_nowait``/``receive_nowait`` called on its own once."""
     from trio._channel import MemoryReceiveChannel, MemorySendChannel
 
-    originals = {
-        (MemorySendChannel, "send_nowait"): MemorySendChannel.send_nowait,
-        (MemoryReceiveChannel, "receive_nowait"): MemoryReceiveChannel.receive_nowait,
-    }
-    send_nowait = MemorySendChannel.send_nowait
-    receive_nowait = MemoryReceiveChannel.receive_nowait
+    originals: list[tuple[type, str, Any]] = [
+        (cls, name, getattr(cls, name))
+        for cls, names in (
+            (MemorySendChannel, ("send", "send_nowait")),
+            (MemoryReceiveChannel, ("receive", "receive_nowait")),
+        )
+        for name in names
+    ]
+    inside: set[trio.lowlevel.Task] = set()
 
-    # ``send`` and ``receive`` call the ``_nowait`` methods first; a parked send or receive
-    # completes without them, which is counted by patching the blocking methods' wake-ups
-    # would be too intrusive: a parked one is counted once, at its ``_nowait`` attempt.
-    def counted_send(self: Any, value: Any) -> None:
-        counter.sends[counter.side(trio.lowlevel.current_task())] += 1
-        return send_nowait(self, value)
+    def blocking(method: Any, tally: Counter[str]) -> Any:
+        async def counted(self: Any, *args: Any) -> Any:
+            task = trio.lowlevel.current_task()
+            inside.add(task)
+            try:
+                result = await method(self, *args)
+            finally:
+                inside.discard(task)
+            tally[counter.side(task)] += 1
+            return result
 
-    def counted_receive(self: Any) -> Any:
-        counter.receives[counter.side(trio.lowlevel.current_task())] += 1
-        return receive_nowait(self)
+        return counted
 
-    MemorySendChannel.send_nowait = counted_send  # type: ignore[method-assign]
-    MemoryReceiveChannel.receive_nowait = counted_receive  # type: ignore[method-assign]
+    def nowait(method: Any, tally: Counter[str]) -> Any:
+        def counted(self: Any, *args: Any) -> Any:
+            result = method(self, *args)  # WouldBlock and the like: not counted
+            task = trio.lowlevel.current_task()
+            if task not in inside:
+                tally[counter.side(task)] += 1
+            return result
+
+        return counted
+
+    for cls, name, method in originals:
+        tally = counter.sends if cls is MemorySendChannel else counter.receives
+        wrap = nowait if name.endswith("_nowait") else blocking
+        setattr(cls, name, wrap(method, tally))
     try:
         yield
     finally:
-        for (cls, name), method in originals.items():
+        for cls, name, method in originals:
             setattr(cls, name, method)
 
 
