@@ -88,6 +88,11 @@ class DedupeWindow:
         """Claims taken and not yet completed or released."""
         return len(self._by_id) - len(self._completed)
 
+    @property
+    def next_claim_id(self) -> int:
+        """The id the next new claim gets."""
+        return self._next_id
+
     def load_completed(self, claim_id: int, keys: Sequence[str], completed_at: float) -> None:
         """Remember a completed claim read back from the database (oldest first)."""
         claim = _Claim(claim_id, tuple(keys), completed_at)
@@ -153,6 +158,11 @@ class DedupeWindow:
         """When the claim completed, as recorded here; None if in flight or unknown."""
         claim = self._by_id.get(handle.claim_id)
         return None if claim is None else claim.completed_at
+
+    def keys_of(self, handle: ClaimHandle) -> tuple[str, ...]:
+        """The keys a claim holds (none if unknown)."""
+        claim = self._by_id.get(handle.claim_id)
+        return () if claim is None else claim.keys
 
     def release(self, handle: ClaimHandle | None) -> bool:
         """Drop an in-flight claim (its delivery will run if replayed); False if not in flight."""

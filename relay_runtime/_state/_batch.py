@@ -93,7 +93,8 @@ def _run_batch(conn: DB, ops: list[_Op]) -> None:
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
-        for group in _runs(ops):
+        # A flush's empty operation needs no savepoint, and must not cut a run in two.
+        for group in _runs([op for op in ops if op.fn is not _nothing]):
             if len(group) > 1 and _run_bulk(conn, group):
                 continue
             for op in group:

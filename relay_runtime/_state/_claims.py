@@ -1,7 +1,9 @@
 """Claims of the replay-dedupe window (RC §4.6, §7.3).
 
-Decisions come from the in-memory DedupeWindow; the claim tables follow it in the same
-order through the batch queue (dedupe.py says why that is enough).
+Decisions come from the in-memory DedupeWindow; the file follows it in the same order
+through the batch queue (dedupe.py says why that is enough): an in-flight claim is
+written only as its running turn's ``claim_id``, a completed one as a row of
+``relay_dedupe`` (see ``_schema``).
 """
 
 from __future__ import annotations
@@ -9,48 +11,18 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-import attrs
 import trio
 
 from relay_runtime._dedupe import ClaimHandle, ClaimResult, ClaimStatus
 from relay_runtime._state._batch import _Op
 from relay_runtime._state._records import ClaimRequest, MessageKey, _claim_keys
-from relay_runtime._state._sql import TurnStart, delete_claims, insert_claims_at, start_in
-from relay_runtime._state._turns import _Turns
+from relay_runtime._state._turns import _ClaimWrite, _Turns, release_claim_in
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from relay_runtime._state._batch import DB
-
-
-@attrs.frozen
-class _ClaimWrite:
-    """What one :meth:`_Claims.claim_turns` records: claims the window forgot, new claims
-    (id, keys, when) and new turns."""
-
-    forgotten: list[int]
-    claims: list[tuple[int, Sequence[str], float]]
-    turns: list[TurnStart]
-
-
-def _record_claims_in(conn: DB, writes: Sequence[_ClaimWrite]) -> list[None]:
-    """Record :meth:`_Claims.claim_turns` calls in order, in a few statements for all.
-
-    The same rows as recording them one after another: a claim made and forgotten within
-    ``writes`` is never written, other forgotten claims are deleted before the new ones are
-    inserted (the window hands a key to a new claim only after forgetting the old one).
-    """
-    made: dict[int, tuple[int, Sequence[str], float]] = {}
-    gone: list[int] = []
-    for write in writes:
-        gone.extend(c for c in write.forgotten if made.pop(c, None) is None)
-        for claim in write.claims:
-            made[claim[0]] = claim
-    delete_claims(conn, gone)
-    insert_claims_at(conn, list(made.values()))
-    start_in(conn, [turn for write in writes for turn in write.turns])
-    return [None] * len(writes)
+    from relay_runtime._state._sql import TurnStart
 
 
 class _Claims(_Turns):
@@ -90,7 +62,6 @@ class _Claims(_Turns):
         """Claim ``requests`` in memory now; the write that records them (and the turns of
         requests with a session key that are ``NEW``)."""
         results: list[tuple[ClaimResult, int | None]] = []
-        claims: list[tuple[int, Sequence[str], float]] = []
         turns: list[TurnStart] = []
         forgotten: list[int] = []
         for session_key, k_msg, k_buf, inbound in requests:
@@ -98,16 +69,14 @@ class _Claims(_Turns):
             result, gone = self._dedupe.claim(keys, now)
             forgotten.extend(gone)
             turn_id = None
-            if result.status is ClaimStatus.NEW:
-                if result.handle is not None:
-                    claims.append((result.handle.claim_id, keys, now))
-                if session_key is not None:
-                    turn_id = self._take_turn_id()
-                    turns.append((turn_id, session_key, k_msg, k_buf, now, inbound))
+            if result.status is ClaimStatus.NEW and session_key is not None:
+                turn_id = self._take_turn_id()
+                claim_id = None if result.handle is None else result.handle.claim_id
+                turns.append((turn_id, session_key, k_msg, k_buf, now, inbound, claim_id))
             results.append((result, turn_id))
-        write = _ClaimWrite(forgotten, claims, turns)
+        write = _ClaimWrite(self._forget(forgotten), turns, self._reserve_claim_ids())
         return results, _Op(
-            functools.partial(_record_claims_in, writes=[write]), _record_claims_in, write
+            functools.partial(self._record_in, writes=[write]), self._record_in, write
         )
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
@@ -117,7 +86,7 @@ class _Claims(_Turns):
 
         def release(conn: DB) -> None:
             if released and handle is not None:
-                delete_claims(conn, [handle.claim_id])
+                release_claim_in(conn, handle.claim_id)
             if turn_id is not None:
                 conn.execute(
                     "DELETE FROM relay_turns WHERE turn_id = ? AND state = 'running'", (turn_id,)

@@ -35,6 +35,10 @@ class PgStateDB(_Store):
         "INSERT INTO relay_meta (name, value) VALUES ('reply_key', ?)"
         " ON CONFLICT (gateway_id, name) DO UPDATE SET value = excluded.value"
     )
+    _put_meta_sql: ClassVar[str] = (
+        "INSERT INTO relay_meta (name, value) VALUES (?, ?)"
+        " ON CONFLICT (gateway_id, name) DO UPDATE SET value = excluded.value"
+    )
     _lease: Lease | None = None
 
     @classmethod
@@ -86,14 +90,11 @@ class PgStateDB(_Store):
         return db
 
     @staticmethod
-    def _last_ids(conn: DB) -> tuple[int, int]:
-        """The highest claim and turn ids kept. (An id whose rows were all deleted may be
-        handed out again after a restart: ids are not part of any reply's identity.)"""
-        row = conn.execute(
-            "SELECT (SELECT coalesce(max(claim_id), 0) FROM relay_dedupe_claims),"
-            " (SELECT coalesce(max(turn_id), 0) FROM relay_turns)"
-        ).fetchone()
-        return int(row[0]), int(row[1])
+    def _last_turn_id(conn: DB) -> int:
+        """The highest turn id kept. (An id whose row was deleted may be handed out again
+        after a restart: ids are not part of any reply's identity.)"""
+        row = conn.execute("SELECT coalesce(max(turn_id), 0) FROM relay_turns").fetchone()
+        return int(row[0])
 
     def _after_batch(self, batch: list[_Op]) -> None:
         """A batch refused by the fence: the lease is lost (the gateway stops serving)."""

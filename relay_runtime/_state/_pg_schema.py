@@ -103,6 +103,42 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         expires_at TIMESTAMPTZ NOT NULL
     );
     """,
+    # Issue 15, as in the SQLite file: a completed claim is one row written once, numbered
+    # in completion order (seq) so forgetting the oldest is a range; in-flight claims are
+    # carried by their running turns; the turn indexes hold only what is looked up.
+    """
+    CREATE TABLE relay_state_dedupe (
+        gateway_id   TEXT   NOT NULL,
+        seq          BIGINT NOT NULL,
+        claim_id     BIGINT NOT NULL,
+        completed_at DOUBLE PRECISION NOT NULL,
+        key1         TEXT,
+        key2         TEXT,
+        PRIMARY KEY (gateway_id, seq)
+    );
+    INSERT INTO relay_state_dedupe (gateway_id, seq, claim_id, completed_at, key1, key2)
+        SELECT c.gateway_id,
+               row_number() OVER (PARTITION BY c.gateway_id ORDER BY c.completed_at, c.claim_id),
+               c.claim_id, c.completed_at,
+               (SELECT min(k.key) FROM relay_state_keys k
+                WHERE k.gateway_id = c.gateway_id AND k.claim_id = c.claim_id),
+               (SELECT CASE WHEN count(*) > 1 THEN max(k.key) END FROM relay_state_keys k
+                WHERE k.gateway_id = c.gateway_id AND k.claim_id = c.claim_id)
+        FROM relay_state_claims c WHERE c.state = 'completed';
+    INSERT INTO relay_state_meta (gateway_id, name, value)
+        SELECT gateway_id, 'claims_reserved', convert_to(max(claim_id)::text, 'UTF8')
+        FROM relay_state_claims GROUP BY gateway_id
+        ON CONFLICT (gateway_id, name) DO NOTHING;
+    DROP TABLE relay_state_keys;
+    DROP TABLE relay_state_claims;
+    ALTER TABLE relay_state_turns ADD COLUMN claim_id BIGINT;
+    DROP INDEX relay_state_turns_state;
+    DROP INDEX relay_state_turns_ended;
+    CREATE INDEX relay_state_turns_running ON relay_state_turns (gateway_id, turn_id)
+        WHERE state = 'running';
+    CREATE INDEX relay_state_turns_ended ON relay_state_turns (gateway_id, ended_at)
+        WHERE ended_at IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -110,8 +146,7 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _VIEWS: Final = {
     "relay_outbox": "relay_state_outbox",
     "relay_turns": "relay_state_turns",
-    "relay_dedupe_claims": "relay_state_claims",
-    "relay_dedupe_keys": "relay_state_keys",
+    "relay_dedupe": "relay_state_dedupe",
     "relay_meta": "relay_state_meta",
 }
 

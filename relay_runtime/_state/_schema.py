@@ -76,6 +76,43 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE relay_turns ADD COLUMN inbound TEXT;
     ALTER TABLE relay_turns ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0;
     """,
+    # Issue 15: the durable record per message in fewer rows. A completed claim is one row
+    # of relay_dedupe, written once at completion with its keys, numbered in completion
+    # order (seq), so the window forgetting its oldest ones is one range DELETE. An
+    # in-flight claim is not written at all (recovery releases it anyway): a running turn
+    # carries its claim id, which relay_dedupe_claims (a view now) shows as in flight.
+    # The turn indexes hold only what is looked up: running turns, ended turns' times.
+    """
+    CREATE TABLE relay_dedupe (
+        seq          INTEGER PRIMARY KEY,
+        claim_id     INTEGER NOT NULL,
+        completed_at REAL    NOT NULL,
+        key1         TEXT,
+        key2         TEXT
+    );
+    INSERT INTO relay_dedupe (claim_id, completed_at, key1, key2)
+        SELECT c.claim_id, c.completed_at,
+               (SELECT min(k.key) FROM relay_dedupe_keys k WHERE k.claim_id = c.claim_id),
+               (SELECT CASE WHEN count(*) > 1 THEN max(k.key) END FROM relay_dedupe_keys k
+                WHERE k.claim_id = c.claim_id)
+        FROM relay_dedupe_claims c WHERE c.state = 'completed'
+        ORDER BY c.completed_at, c.claim_id;
+    INSERT OR REPLACE INTO relay_meta (name, value)
+        SELECT 'claims_reserved', CAST(CAST(seq AS TEXT) AS BLOB) FROM sqlite_sequence
+        WHERE name = 'relay_dedupe_claims';
+    DROP TABLE relay_dedupe_keys;
+    DROP TABLE relay_dedupe_claims;
+    ALTER TABLE relay_turns ADD COLUMN claim_id INTEGER;
+    DROP INDEX relay_turns_state;
+    DROP INDEX relay_turns_ended;
+    CREATE INDEX relay_turns_running ON relay_turns (turn_id) WHERE state = 'running';
+    CREATE INDEX relay_turns_ended ON relay_turns (ended_at) WHERE ended_at IS NOT NULL;
+    CREATE VIEW relay_dedupe_claims (claim_id, state, created_at, completed_at) AS
+        SELECT claim_id, 'in_flight', started_at, NULL FROM relay_turns
+        WHERE state = 'running' AND claim_id IS NOT NULL
+        UNION ALL
+        SELECT claim_id, 'completed', NULL, completed_at FROM relay_dedupe;
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 

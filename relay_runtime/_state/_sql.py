@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from relay_runtime._state._batch import chunks
+import attrs
+
 from relay_runtime._state._records import MessageKey, OutboxEntry, TurnRecord
 
 if TYPE_CHECKING:
@@ -46,71 +47,73 @@ def _turn(row: Row) -> TurnRecord:
     )
 
 
-def complete_claims_in(
-    conn: DB, completed: Sequence[tuple[int, float]], forgotten: list[int]
-) -> None:
-    """Mark ``(claim_id, now)`` pairs completed, then delete the ``forgotten`` claims."""
-    for chunk in chunks(completed):
-        cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
-        conn.execute(
-            "UPDATE relay_dedupe_claims SET state = 'completed',"
-            f" completed_at = CASE claim_id {cases} END"
-            f" WHERE state = 'in_flight' AND claim_id IN ({','.join('?' * len(chunk))})",
-            [*(v for pair in chunk for v in pair), *(claim_id for claim_id, _ in chunk)],
+#: A completed claim as the file keeps it: its number in completion order, the claim id,
+#: when it completed and its (at most two) keys.
+DedupeRow = tuple[int, int, float, str | None, str | None]
+
+
+@attrs.frozen
+class Forget:
+    """Completed claims the window forgot: their numbers (``seq``), and whether they are
+    all the oldest kept (``prefix``: one range DELETE removes exactly them)."""
+
+    seqs: Sequence[int]
+    prefix: bool
+
+    @staticmethod
+    def merged(forgets: Sequence[Forget]) -> Forget:
+        """Several in decision order as one (a range only if each was)."""
+        return Forget([seq for f in forgets for seq in f.seqs], all(f.prefix for f in forgets))
+
+
+def dedupe_row(seq: int, claim_id: int, completed_at: float, keys: Sequence[str]) -> DedupeRow:
+    """The row of a completed claim (a delivery has at most two keys: K_msg and K_buf)."""
+    if len(keys) > 2:
+        raise ValueError(f"a claim holds at most two keys, got {len(keys)}")
+    key1 = keys[0] if keys else None
+    key2 = keys[1] if len(keys) > 1 else None
+    return (seq, claim_id, completed_at, key1, key2)
+
+
+def record_dedupe(conn: DB, rows: Sequence[DedupeRow], forget: Forget) -> None:
+    """Insert completed claims and delete forgotten ones, in one statement each: a claim
+    both completed and forgotten here is never written; when the forgotten are the oldest
+    kept, they go in one range DELETE."""
+    seqs = forget.seqs
+    if seqs and forget.prefix:
+        upto = max(seqs)
+        rows = [row for row in rows if row[0] > upto]
+    if rows:
+        conn.executemany(
+            "INSERT INTO relay_dedupe (seq, claim_id, completed_at, key1, key2)"
+            " VALUES (?, ?, ?, ?, ?)",
+            rows,
         )
-    delete_claims(conn, forgotten)
-
-
-def delete_claims(conn: DB, claim_ids: Sequence[int]) -> None:
-    if not claim_ids:
+    if not seqs:
         return
-    params = [(c,) for c in claim_ids]
-    conn.executemany("DELETE FROM relay_dedupe_keys WHERE claim_id = ?", params)
-    conn.executemany("DELETE FROM relay_dedupe_claims WHERE claim_id = ?", params)
+    if forget.prefix:
+        conn.execute("DELETE FROM relay_dedupe WHERE seq <= ?", (upto,))
+    else:
+        conn.executemany("DELETE FROM relay_dedupe WHERE seq = ?", [(seq,) for seq in seqs])
 
 
-def insert_claims(conn: DB, claims: Sequence[tuple[int, Sequence[str]]], now: float) -> None:
-    """Record new IN_FLIGHT claims and their keys (``(claim_id, keys)`` each)."""
-    insert_claims_at(conn, [(claim_id, keys, now) for claim_id, keys in claims])
+#: A turn to record ``running``: turn id, session key, ``K_msg``, ``K_buf``, start time, the
+#: kept inbound frame and its claim's id.
+TurnStart = tuple[int, str, MessageKey | None, str | None, float, str | None, int | None]
 
 
-def insert_claims_at(conn: DB, claims: Sequence[tuple[int, Sequence[str], float]]) -> None:
-    """Record new IN_FLIGHT claims, their keys and when each was made, in two statements."""
-    if not claims:
-        return
-    conn.executemany(
-        "INSERT INTO relay_dedupe_claims (claim_id, state, created_at) VALUES (?, 'in_flight', ?)",
-        [(claim_id, now) for claim_id, _, now in claims],
-    )
-    # Plain INSERT: the file follows the window exactly, so a key taken here is free there;
-    # if not, that is an error to see, not to paper over.
-    keys = [(key, claim_id) for claim_id, claim_keys, _ in claims for key in claim_keys]
-    if keys:
-        conn.executemany("INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)", keys)
+def turn_row(turn: TurnStart) -> list[object]:
+    """The row of a turn started ``running`` (a list: a completion may end it in place)."""
+    turn_id, session_key, k_msg, k_buf, now, inbound, claim_id = turn
+    k_msg_text = None if k_msg is None else json.dumps(list(k_msg))
+    return [turn_id, session_key, k_msg_text, k_buf, "running", now, None, None, inbound, claim_id]
 
 
-#: A turn to record ``running``: turn id, session key, ``K_msg``, ``K_buf``, start time and
-#: the kept inbound frame.
-TurnStart = tuple[int, str, MessageKey | None, str | None, float, str | None]
-
-
-def start_in(conn: DB, turns: Sequence[TurnStart]) -> None:
-    """Record turns ``running``, in one statement."""
-    if not turns:
-        return
-    conn.executemany(
-        "INSERT INTO relay_turns"
-        " (turn_id, session_key, k_msg, k_buf, state, started_at, inbound)"
-        " VALUES (?, ?, ?, ?, 'running', ?, ?)",
-        [
-            (
-                turn_id,
-                session_key,
-                None if k_msg is None else json.dumps(list(k_msg)),
-                k_buf,
-                now,
-                inbound,
-            )
-            for turn_id, session_key, k_msg, k_buf, now, inbound in turns
-        ],
-    )
+def insert_turns(conn: DB, rows: Sequence[Sequence[object]]) -> None:
+    """Insert turn rows (:func:`turn_row`, maybe ended already), in one statement."""
+    if rows:
+        conn.executemany(
+            "INSERT INTO relay_turns (turn_id, session_key, k_msg, k_buf, state, started_at,"
+            " ended_at, error, inbound, claim_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )

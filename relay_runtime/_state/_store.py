@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -21,7 +22,7 @@ from relay_runtime._state._records import (
     StateError,
 )
 from relay_runtime._state._schema import connect, lock_state
-from relay_runtime._state._sql import _turn, delete_claims
+from relay_runtime._state._sql import Forget, _turn, record_dedupe
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -54,6 +55,8 @@ class _Store(_Claims, _Outbox):
     _put_reply_key_sql: ClassVar[str] = (
         "INSERT OR REPLACE INTO relay_meta (name, value) VALUES ('reply_key', ?)"
     )
+    #: Stores (or replaces) a value of relay_meta: its name and value.
+    _put_meta_sql: ClassVar[str] = "INSERT OR REPLACE INTO relay_meta (name, value) VALUES (?, ?)"
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class _Store(_Claims, _Outbox):
         dedupe_window_s: float,
         dedupe_max: int,
         dedupe: DedupeWindow | None = None,
+        seqs: OrderedDict[int, int] | None = None,
         next_turn_id: int = 1,
         lock_fd: int | None = None,
         reply_key: bytes | None = None,
@@ -76,8 +80,12 @@ class _Store(_Claims, _Outbox):
         self.outbox_ttl_s = outbox_ttl_s
         self.dedupe_window_s = dedupe_window_s
         self.dedupe_max = dedupe_max
-        #: Decides every claim; the claim tables follow it write-behind (see dedupe.py).
+        #: Decides every claim; the file follows it write-behind (see dedupe.py).
         self._dedupe = dedupe or DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
+        #: The completed claims in the file (claim id -> seq, oldest completion first).
+        self._seqs = seqs if seqs is not None else OrderedDict()
+        self._next_seq = 1 + max(self._seqs.values(), default=0)
+        self._claims_reserved = self._dedupe.next_claim_id - 1
         self._next_turn_id = next_turn_id
         #: Turn records kept at most (ended ones beyond it are dropped, oldest first).
         self.turns_max = turns_max
@@ -93,9 +101,11 @@ class _Store(_Claims, _Outbox):
         """Recover and load an open connection: the constructor's arguments it yields."""
         resumable, reply_key = await trio.to_thread.run_sync(cls._prepare, conn, location, now)
         dedupe = DedupeWindow(window_s=dedupe_window_s, max_completed=dedupe_max)
-        next_turn_id = await trio.to_thread.run_sync(cls._load, conn, dedupe, now)
+        seqs: OrderedDict[int, int] = OrderedDict()
+        next_turn_id = await trio.to_thread.run_sync(cls._load, conn, dedupe, seqs, now)
         return {
             "dedupe": dedupe,
+            "seqs": seqs,
             "next_turn_id": next_turn_id,
             "reply_key": reply_key,
             "resumable": resumable,
@@ -116,43 +126,52 @@ class _Store(_Claims, _Outbox):
         return resumable, key
 
     @classmethod
-    def _load(cls, conn: DB, dedupe: DedupeWindow, now: float) -> int:
-        """Read the completed claims into ``dedupe`` (trimmed to its bounds in both places);
-        return the next turn id."""
+    def _load(cls, conn: DB, dedupe: DedupeWindow, seqs: OrderedDict[int, int], now: float) -> int:
+        """Read the completed claims into ``dedupe`` and ``seqs`` (trimmed to the window's
+        bounds in both places and in the file); return the next turn id."""
         rows = conn.execute(
-            "SELECT c.claim_id, c.completed_at, k.key FROM relay_dedupe_claims c"
-            " LEFT JOIN relay_dedupe_keys k ON k.claim_id = c.claim_id"
-            " WHERE c.state = 'completed' ORDER BY c.completed_at, c.claim_id, k.key"
+            "SELECT seq, claim_id, completed_at, key1, key2 FROM relay_dedupe ORDER BY seq"
         ).fetchall()
-        keys: dict[int, list[str]] = {}
-        completed_at: dict[int, float] = {}
-        for claim_id, at, key in rows:
-            completed_at[claim_id] = at
-            keys.setdefault(claim_id, [])
-            if key is not None:
-                keys[claim_id].append(key)
-        for claim_id, claim_keys in keys.items():
-            dedupe.load_completed(claim_id, claim_keys, completed_at[claim_id])
+        for seq, claim_id, completed_at, *keys in rows:
+            dedupe.load_completed(claim_id, [k for k in keys if k is not None], completed_at)
+            seqs[claim_id] = seq
         forgotten = dedupe.expire(now)
         while dedupe.completed > dedupe.max_completed:
             forgotten.extend(dedupe.trim_one())
-        last_claim, last_turn = cls._last_ids(conn)
-        dedupe.skip_to(last_claim + 1)
+        reserved = conn.execute(
+            "SELECT value FROM relay_meta WHERE name = 'claims_reserved'"
+        ).fetchone()
+        dedupe.skip_to(
+            max(cls._last_claim_id(conn), int(bytes(reserved[0])) if reserved else 0) + 1
+        )
         if forgotten:
+            gone = [seqs.pop(claim_id) for claim_id in forgotten]
+            oldest_kept = next(iter(seqs.values()), None)
+            forget = Forget(gone, prefix=oldest_kept is None or oldest_kept > max(gone))
             conn.execute("BEGIN IMMEDIATE")
             try:
-                delete_claims(conn, forgotten)
+                record_dedupe(conn, (), forget)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return last_turn + 1
+        return cls._last_turn_id(conn) + 1
 
     @staticmethod
-    def _last_ids(conn: DB) -> tuple[int, int]:
-        """The highest claim id and turn id ever handed out (never reused)."""
-        ids = dict(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
-        return int(ids.get("relay_dedupe_claims", 0)), int(ids.get("relay_turns", 0))
+    def _last_claim_id(conn: DB) -> int:
+        """The highest claim id the file holds (of a completed claim, or a running turn's);
+        the reservation in relay_meta covers the others (see ``CLAIM_ID_RESERVE``)."""
+        completed = conn.execute("SELECT max(claim_id) FROM relay_dedupe").fetchone()[0]
+        running = conn.execute(
+            "SELECT max(claim_id) FROM relay_turns WHERE state = 'running'"
+        ).fetchone()[0]
+        return max(completed or 0, running or 0)
+
+    @staticmethod
+    def _last_turn_id(conn: DB) -> int:
+        """The highest turn id ever handed out (never reused)."""
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'relay_turns'").fetchone()
+        return 0 if row is None else int(row[0])
 
     @staticmethod
     def _recover(conn: DB, now: float) -> list[InboxRecord]:
@@ -180,19 +199,15 @@ class _Store(_Claims, _Outbox):
                 " AND inbound IS NOT NULL AND k_buf IS NULL AND resumes >= ?",
                 (RESUME_MAX,),
             ).fetchone()[0]
+            claims = conn.execute(
+                "SELECT count(*) FROM relay_turns WHERE state = 'running' AND claim_id IS NOT NULL"
+            ).fetchone()[0]
             crashed = conn.execute(
                 "UPDATE relay_turns SET state = 'crashed', ended_at = ?, inbound = NULL"
                 " WHERE state = 'running'"
                 " AND (inbound IS NULL OR k_buf IS NOT NULL OR resumes >= ?)",
                 (now, RESUME_MAX),
             ).rowcount
-            claims = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT claim_id FROM relay_dedupe_claims WHERE state = 'in_flight'"
-                )
-            ]
-            delete_claims(conn, claims)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -215,9 +230,7 @@ class _Store(_Claims, _Outbox):
                 len(resumable),
             )
         if claims:
-            logger.info(
-                "relay state: released %d in-flight dedupe claim(s) after a crash", len(claims)
-            )
+            logger.info("relay state: released %d in-flight dedupe claim(s) after a crash", claims)
         return resumable
 
     async def __aenter__(self) -> Self:

@@ -9,7 +9,8 @@ process (at most :data:`~relay_runtime._state.RESUME_MAX` times).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import attrs
 import trio
@@ -26,7 +27,16 @@ from relay_runtime._state._records import (
     _check_end_state,
     _claim_keys,
 )
-from relay_runtime._state._sql import _turn, complete_claims_in, delete_claims, insert_claims
+from relay_runtime._state._sql import (
+    DedupeRow,
+    Forget,
+    TurnStart,
+    _turn,
+    dedupe_row,
+    insert_turns,
+    record_dedupe,
+    turn_row,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,23 +44,53 @@ if TYPE_CHECKING:
     from relay_runtime._state._batch import DB
 
 
+#: Claim ids reserved in the file at a time: a restart starts above the reservation, so
+#: no id a claim had in the file is handed out again (in-flight claims are not written).
+CLAIM_ID_RESERVE: Final = 1024
+
+
+@attrs.frozen
+class _ClaimWrite:
+    """What one claim call records: the completed claims the window forgot, and the turns
+    of the NEW deliveries, ``running`` (an in-flight claim is written with its turn)."""
+
+    forget: Forget
+    turns: Sequence[TurnStart]
+    #: Claim ids reserved up to here (kept in relay_meta), when this write needs more.
+    reserve: int | None = None
+
+
 @attrs.frozen
 class _Completion:
     """What one :meth:`StateDB.complete_turn` records."""
 
-    claim_id: int | None  # None: no claim to mark (none, or not in flight)
     turn_id: int | None
     state: TurnEndState
     now: float
     error: str | None
-    forgotten: list[int]  # claims the window forgot on this completion
-    completed_at: float  # the claim's completion time as the window recorded it
+    dedupe: DedupeRow | None  # the claim completed now (None: no claim changed)
+    forget: Forget  # completed claims the window forgot on this completion
+
+
+def release_claim_in(conn: DB, claim_id: int) -> None:
+    """The in-flight claim ``claim_id`` ends (released, or completed with no turn named):
+    the running turn that carries it no longer does."""
+    conn.execute(
+        "UPDATE relay_turns SET claim_id = NULL WHERE state = 'running' AND claim_id = ?",
+        (claim_id,),
+    )
 
 
 class _Turns(_Engine):
     """The turn and inbox calls of :class:`~relay_runtime._state.StateDB`."""
 
     _dedupe: DedupeWindow
+    #: Completed claims kept in the file, oldest completion first: claim id -> seq.
+    _seqs: OrderedDict[int, int]
+    _next_seq: int
+    #: Claim ids up to this one are reserved in the file: a restart hands out none of them.
+    _claims_reserved: int
+    _put_meta_sql: ClassVar[str]
     _next_turn_id: int
     _turns_floor: int
     _resumable: list[InboxRecord]
@@ -87,34 +127,52 @@ class _Turns(_Engine):
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         results: list[ClaimResult] = []
-        claims: list[tuple[int, list[str]]] = []
         forgotten: list[int] = []
-        resumed: list[int] = []
+        resumed: list[tuple[int | None, int]] = []
         dropped: list[int] = []
         for record in records:
             keys = _claim_keys(record.k_msg, None)
             result, gone = self._dedupe.claim(keys, now)
             forgotten.extend(gone)
             if result.status is ClaimStatus.NEW:
-                if result.handle is not None:
-                    claims.append((result.handle.claim_id, keys))
-                resumed.append(record.turn_id)
+                claim_id = None if result.handle is None else result.handle.claim_id
+                resumed.append((claim_id, record.turn_id))
             else:
                 dropped.append(record.turn_id)
             results.append(result)
+        forget = self._forget(forgotten)
+        reserve = self._reserve_claim_ids()
 
         def write(conn: DB) -> None:
-            delete_claims(conn, forgotten)
-            insert_claims(conn, claims, now)
+            if reserve is not None:
+                conn.execute(self._put_meta_sql, ("claims_reserved", str(reserve).encode()))
+            record_dedupe(conn, (), forget)
             conn.executemany(
-                "UPDATE relay_turns SET resumes = resumes + 1 WHERE turn_id = ?",
-                [(turn_id,) for turn_id in resumed],
+                "UPDATE relay_turns SET resumes = resumes + 1, claim_id = ? WHERE turn_id = ?",
+                resumed,
             )
             for turn_id in dropped:
                 self._finish_in(conn, turn_id, "crashed", now, "duplicate of a completed delivery")
 
         self._write_behind(_Op(write))
         return results
+
+    def _reserve_claim_ids(self) -> int | None:
+        """The new reservation of claim ids to record with the claims just decided, if
+        they went past the one recorded (one write per :data:`CLAIM_ID_RESERVE` claims)."""
+        if self._dedupe.next_claim_id <= self._claims_reserved + 1:
+            return None
+        self._claims_reserved = self._dedupe.next_claim_id + CLAIM_ID_RESERVE
+        return self._claims_reserved
+
+    def _forget(self, claim_ids: Sequence[int]) -> Forget:
+        """What deleting the completed claims ``claim_ids`` (forgotten by the window, oldest
+        first) takes: their numbers, and whether they are all the oldest kept."""
+        if not claim_ids:
+            return Forget((), prefix=True)
+        seqs = [self._seqs.pop(claim_id) for claim_id in claim_ids if claim_id in self._seqs]
+        oldest_kept = next(iter(self._seqs.values()), None)
+        return Forget(seqs, prefix=oldest_kept is None or oldest_kept > max(seqs, default=0))
 
     def _take_turn_id(self) -> int:
         turn_id = self._next_turn_id
@@ -146,26 +204,62 @@ class _Turns(_Engine):
         if write_behind:
             await trio.lowlevel.checkpoint()  # before deciding: nothing may come between
         changed, forgotten = self._dedupe.complete(handle, now)
-        claim_id = handle.claim_id if changed and handle is not None else None
-        at = now if claim_id is None else self._dedupe.completed_at(ClaimHandle(claim_id))
-        assert at is not None
-        completion = _Completion(claim_id, turn_id, state, now, error, forgotten, at)
-        record = functools.partial(self._complete_turns_in, completions=[completion])
+        row = None
+        if changed and handle is not None:
+            at = self._dedupe.completed_at(handle)
+            assert at is not None
+            row = dedupe_row(self._next_seq, handle.claim_id, at, self._dedupe.keys_of(handle))
+            self._seqs[handle.claim_id] = self._next_seq
+            self._next_seq += 1
+        completion = _Completion(turn_id, state, now, error, row, self._forget(forgotten))
+        record = functools.partial(self._record_in, writes=[completion])
         if write_behind:
-            self._write_behind(_Op(record, self._complete_turns_in, completion))
+            self._write_behind(_Op(record, self._record_in, completion))
             return
-        await self._run(record, self._complete_turns_in, completion, keep=True)
+        await self._run(record, self._record_in, completion, keep=True)
 
-    def _complete_turns_in(self, conn: DB, completions: Sequence[_Completion]) -> list[None]:
-        """Record :meth:`complete_turn` calls: a few statements for all of them (its value,
-        one ``None`` each, makes it usable as their ``bulk``)."""
-        complete_claims_in(
-            conn,
-            [(c.claim_id, c.completed_at) for c in completions if c.claim_id is not None],
-            [claim_id for c in completions for claim_id in c.forgotten],
-        )
-        turns = [c for c in completions if c.turn_id is not None]
-        for part in chunks(turns):
+    def _record_in(self, conn: DB, writes: Sequence[_ClaimWrite | _Completion]) -> list[None]:
+        """Record claim and completion calls, in decision order, in a few statements for
+        all of them (its value, one ``None`` each, makes it usable as their ``bulk``).
+
+        The same rows as recording them one after another, written fewer times: a turn
+        started and ended here is inserted ended; a claim completed and forgotten here is
+        never written; forgotten claims go in one range DELETE.
+        """
+        started: dict[int, list[object]] = {}
+        ended: set[int] = set()
+        updates: list[_Completion] = []
+        rows: list[DedupeRow] = []
+        orphans: list[int] = []
+        reserve: int | None = None
+        latest: float | None = None
+        for write in writes:
+            if isinstance(write, _ClaimWrite):
+                if write.reserve is not None:
+                    reserve = write.reserve
+                for turn in write.turns:
+                    started[turn[0]] = turn_row(turn)
+                continue
+            if write.dedupe is not None:
+                rows.append(write.dedupe)
+            if write.turn_id is None:
+                if write.dedupe is not None:  # rare: a claim completed with no turn named
+                    orphans.append(write.dedupe[1])
+                continue
+            latest = write.now if latest is None else max(latest, write.now)
+            row = started.get(write.turn_id)
+            if row is None:
+                updates.append(write)
+            elif write.turn_id not in ended:  # only a running turn ends
+                ended.add(write.turn_id)
+                row[4:9] = [write.state, row[5], write.now, write.error, None]
+        if reserve is not None:
+            conn.execute(self._put_meta_sql, ("claims_reserved", str(reserve).encode()))
+        record_dedupe(conn, rows, Forget.merged([w.forget for w in writes]))
+        insert_turns(conn, list(started.values()))
+        for claim_id in orphans:
+            release_claim_in(conn, claim_id)
+        for part in chunks(updates):
             cases = " ".join(["WHEN ? THEN ?"] * len(part))
             conn.execute(
                 f"UPDATE relay_turns SET state = CASE turn_id {cases} END,"
@@ -179,9 +273,9 @@ class _Turns(_Engine):
                     *(c.turn_id for c in part),
                 ],
             )
-        if turns:
-            self._prune_turns_in(conn, max(c.now for c in turns))
-        return [None] * len(completions)
+        if latest is not None:
+            self._prune_turns_in(conn, latest)
+        return [None] * len(writes)
 
     async def release_turn(
         self, handle: ClaimHandle | None, turn_id: int | None, now: float
@@ -191,7 +285,7 @@ class _Turns(_Engine):
 
         def release(conn: DB) -> None:
             if released and handle is not None:
-                delete_claims(conn, [handle.claim_id])
+                release_claim_in(conn, handle.claim_id)
             if turn_id is not None:
                 self._finish_in(conn, turn_id, "cancelled", now, None)
 
@@ -225,10 +319,10 @@ class _Turns(_Engine):
 
         Returns the number of turn records removed. (Outbox expiry is :meth:`expire`.)
         """
-        forgotten = self._dedupe.expire(now)
+        forget = self._forget(self._dedupe.expire(now))
 
         def prune(conn: DB) -> int:
-            delete_claims(conn, forgotten)
+            record_dedupe(conn, (), forget)
             return self._prune_turns_in(conn, now)
 
         return await self._run(prune, keep=True)

@@ -97,15 +97,19 @@ def count_batches(store: _Store) -> BatchCount:
 
 def count_completion_bulks(store: _Store) -> list[int]:
     """From now on, append to the returned list the number of turn completions each run of
-    the completions' bulk form records (one entry per bulk statement run). Any store."""
+    the records' bulk form records (one entry per bulk run that records any). Any store."""
+    from relay_runtime._state._turns import _Completion
+
     runs: list[int] = []
-    bulk = store._complete_turns_in
+    bulk = store._record_in
 
-    def counted(conn: DB, completions: Any) -> list[None]:
-        runs.append(len(completions))
-        return bulk(conn, completions)
+    def counted(conn: DB, writes: Any) -> list[None]:
+        completions = sum(isinstance(write, _Completion) for write in writes)
+        if completions:
+            runs.append(completions)
+        return bulk(conn, writes)
 
-    store._complete_turns_in = counted  # type: ignore[method-assign]
+    store._record_in = counted  # type: ignore[method-assign]
     return runs
 
 

@@ -35,7 +35,7 @@ def drop_pg_gateways(prefix: str = PG_RUN) -> None:
     import psycopg
 
     with psycopg.connect(PG_DSN, autocommit=True) as conn, conn.transaction():
-        for table in ("keys", "claims", "turns", "outbox", "meta", "lease"):
+        for table in ("dedupe", "turns", "outbox", "meta", "lease"):
             conn.execute(
                 f"DELETE FROM relay_state_{table} WHERE gateway_id LIKE %s".encode(),
                 (prefix + "%",),

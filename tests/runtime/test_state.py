@@ -5,6 +5,7 @@ Real SQLite files under tmp_path; a restart is close + reopen of the same file.
 
 from __future__ import annotations
 
+import collections
 import logging
 import sqlite3
 import stat
@@ -25,6 +26,7 @@ from relay_runtime._state import (
     StateDB,
     StateError,
 )
+from relay_runtime._state._schema import _MIGRATIONS, _statements
 from relay_runtime.testing import (
     count_completion_bulks,
     probe_connection,
@@ -308,8 +310,9 @@ def completed_rows(path: Path) -> list[tuple[int, str]]:
     """(claim_id, key) of every completed claim in the file at ``path``."""
     with sqlite3.connect(path / DB_FILENAME) as raw:
         rows = raw.execute(
-            "SELECT c.claim_id, k.key FROM relay_dedupe_claims c JOIN relay_dedupe_keys k"
-            " ON k.claim_id = c.claim_id WHERE c.state = 'completed' ORDER BY 1, 2"
+            "SELECT claim_id, key1 FROM relay_dedupe WHERE key1 IS NOT NULL"
+            " UNION ALL SELECT claim_id, key2 FROM relay_dedupe WHERE key2 IS NOT NULL"
+            " ORDER BY 1, 2"
         ).fetchall()
     raw.close()
     return rows
@@ -917,11 +920,7 @@ def _dump(path: Path) -> list[list[tuple[object, ...]]]:
     with sqlite3.connect(path / DB_FILENAME) as raw:
         dump = [
             sorted(raw.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-            for table in (
-                "relay_dedupe_claims",
-                "relay_dedupe_keys",
-                "relay_turns",
-            )
+            for table in ("relay_dedupe", "relay_turns")
         ]
     raw.close()
     return dump
@@ -972,8 +971,8 @@ async def test_neighbouring_completions_run_in_bulk_with_the_effects_of_one_by_o
         assert bulk_runs == [len(ends) + 2]
 
     assert _dump(in_bulk) == _dump(one_by_one)
-    claims, _keys, turns = _dump(in_bulk)
-    assert sum(1 for c in claims if c[1] == "completed") == 4  # trimmed to dedupe_max
+    claims, turns = _dump(in_bulk)
+    assert len(claims) == 4  # completed, trimmed to dedupe_max
     assert [t[4] for t in turns] == ends
 
 
@@ -1091,3 +1090,145 @@ async def test_claim_turns_records_in_one_transaction_and_resolves_like_sequenti
         assert records[started[0]].session_key == "s1" and records[started[0]].k_buf == "buf-1"
         assert records[started[2]].session_key == "s3"
         assert await db.claim_turns([], T0 + 2) == []
+
+
+def _file_at_version_2(path: Path) -> None:
+    """A state file as schema version 2 left it: two completed claims (one with both keys),
+    one in flight, its running turn and an ended one."""
+    path.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path / DB_FILENAME, isolation_level=None) as raw:
+        for script in _MIGRATIONS[:2]:
+            for statement in _statements(script):
+                raw.execute(statement)
+        raw.execute("CREATE TABLE relay_schema (version INTEGER NOT NULL)")
+        raw.execute("INSERT INTO relay_schema VALUES (2)")
+        raw.executemany(
+            "INSERT INTO relay_dedupe_claims (claim_id, state, created_at, completed_at)"
+            " VALUES (?, ?, ?, ?)",
+            [
+                (7, "completed", T0, T0 + 2),
+                (8, "completed", T0, T0 + 1),
+                (9, "in_flight", T0, None),
+            ],
+        )
+        raw.executemany(
+            "INSERT INTO relay_dedupe_keys (key, claim_id) VALUES (?, ?)",
+            [
+                ('["msg","relay","c","m7"]', 7),
+                ('["buf","b7"]', 7),
+                ('["msg","relay","c","m8"]', 8),
+                ('["msg","relay","c","m9"]', 9),
+            ],
+        )
+        raw.executemany(
+            "INSERT INTO relay_turns (turn_id, session_key, k_msg, state, started_at, ended_at)"
+            " VALUES (?, 's', ?, ?, ?, ?)",
+            [(3, '["relay","c","m8"]', "completed", T0, T0 + 1), (4, None, "running", T0, None)],
+        )
+    raw.close()
+
+
+async def test_a_version_2_file_keeps_its_completed_claims_through_the_migration(
+    tmp_path: Path,
+) -> None:
+    _file_at_version_2(tmp_path)
+    async with await open_db(tmp_path, now=T0 + 5) as db:
+        assert await steps.claim_status(db, ("relay", "c", "m7"), None) is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, None, "b7") is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, ("relay", "c", "m8"), None) is ClaimStatus.COMPLETED
+        assert await steps.claim_status(db, ("relay", "c", "m9"), None) is ClaimStatus.NEW
+        assert [(t.turn_id, t.state) for t in await db.turns()] == [
+            (3, "completed"),
+            (4, "crashed"),
+        ]
+        fresh = await steps.claim(db, ("relay", "c", "new"), None, T0 + 6)
+        assert fresh.handle is not None and fresh.handle.claim_id > 9
+    with sqlite3.connect(tmp_path / DB_FILENAME) as raw:
+        # Completion order (m8 first), both keys of m7 in its one row; the view shows them.
+        assert raw.execute("SELECT claim_id, key1, key2 FROM relay_dedupe ORDER BY seq").fetchall()[
+            :2
+        ] == [
+            (8, '["msg","relay","c","m8"]', None),
+            (7, '["buf","b7"]', '["msg","relay","c","m7"]'),
+        ]
+        assert raw.execute("SELECT version FROM relay_schema").fetchall() == [(SCHEMA_VERSION,)]
+        names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master")}
+    raw.close()
+    assert "relay_dedupe_keys" not in names and "relay_turns_state" not in names
+
+
+def count_writes(db: StateDB) -> collections.Counter[str]:
+    """From now on, count the rows the store's statements write, as "VERB table"."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    def trace(sql: str) -> None:
+        words = sql.split()
+        table = next((w for w in words if w.startswith("relay_")), "")
+        if words[0] in ("INSERT", "UPDATE", "DELETE"):
+            seen[f"{words[0]} {table}"] += 1
+
+    conn: sqlite3.Connection = db._conn  # type: ignore[assignment]
+    conn.set_trace_callback(trace)
+    return seen
+
+
+async def test_a_turn_claimed_and_completed_in_one_batch_is_one_insert_and_the_window_one_range(
+    tmp_path: Path,
+) -> None:
+    """The per-message record (issue 15): deliveries whose claims and completions share a
+    batch are one turn row each, inserted ended (the frame never written), and one dedupe
+    row each; the completions the window forgets go in one range DELETE."""
+    async with await open_db(tmp_path, dedupe_max=3) as db:
+        seen = count_writes(db)
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.prune, T0)  # leads a batch that waits for the lock
+            await trio.testing.wait_all_tasks_blocked()
+            requests = [
+                ClaimRequest("s", ("relay", "c", f"m{i}"), f"b{i}", "{frame}") for i in range(6)
+            ]
+            claims = await db.claim_turns(requests, T0)
+            for i, (claim, turn_id) in enumerate(claims):
+                nursery.start_soon(db.complete_turn, claim.handle, turn_id, "completed", T0 + i)
+                await trio.testing.wait_all_tasks_blocked()
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert seen == {
+            "INSERT relay_turns": 6,  # one row each (executemany: one per row), ended
+            "INSERT relay_dedupe": 3,  # the three completions the window keeps
+            "DELETE relay_dedupe": 1,  # the others were forgotten before being written
+            "DELETE relay_turns": 2,  # the 24 h expiry: prune's and the completions'
+            "INSERT relay_meta": 1,  # the first claim ids reserved
+        }
+        assert [t.state for t in await db.turns()] == ["completed"] * 6
+        kept = {c.handle.claim_id for c, _ in claims[3:] if c.handle is not None}
+        assert {claim_id for claim_id, _ in completed_rows(tmp_path)} == kept
+        assert len(completed_rows(tmp_path)) == 6  # both keys of each
+        with sqlite3.connect(tmp_path / DB_FILENAME) as raw:
+            framed = raw.execute("SELECT count(*) FROM relay_turns WHERE inbound IS NOT NULL")
+            assert framed.fetchone() == (0,)
+        raw.close()
+        # Three more, started in an earlier batch: ended in one UPDATE, and the three
+        # completions they push out of the window leave in one range DELETE.
+        more = await db.claim_turns(
+            [ClaimRequest("s", ("relay", "c", f"n{i}"), None) for i in range(3)], T0 + 10
+        )
+        await db.flush()
+        seen.clear()
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.prune, T0)
+            await trio.testing.wait_all_tasks_blocked()
+            for claim, turn_id in more:
+                nursery.start_soon(db.complete_turn, claim.handle, turn_id, "completed", T0 + 11)
+                await trio.testing.wait_all_tasks_blocked()
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert seen["DELETE relay_dedupe"] == 1
+        assert seen["UPDATE relay_turns"] == 1
+        assert seen["INSERT relay_dedupe"] == 3
+        assert {claim_id for claim_id, _ in completed_rows(tmp_path)} == {
+            c.handle.claim_id for c, _ in more if c.handle is not None
+        }

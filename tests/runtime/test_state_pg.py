@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from relay_runtime._state import PG_SCHEMA_VERSION, ClaimRequest, ClaimStatus, PgStateDB, StateError
-from relay_runtime.testing import redirect_reconnects, run_operation
+from relay_runtime.testing import claim_status, redirect_reconnects, run_operation
 from tests.pg import require_pg
 from tests.runtime.state_steps import drop_pg_gateways, pg_gateway_id
 
@@ -122,7 +122,7 @@ def test_processes_starting_together_create_the_schema_once() -> None:
                 "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)
             ).fetchone()
         assert rows == [(PG_SCHEMA_VERSION,)]
-        assert tables == (7,)  # six relay_state_* tables and the version
+        assert tables == (6,)  # five relay_state_* tables and the version
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
@@ -183,3 +183,61 @@ async def test_an_unreachable_server_is_a_storage_failure_until_it_is_back(
         assert await db.inbox_frames([turn or 0]) == {turn: "{}"}
         assert claim.status is ClaimStatus.NEW
     assert "is writable again" in caplog.text
+
+
+async def test_a_version_1_database_keeps_every_gateways_completed_claims(tmp_path: Path) -> None:
+    """The migration to one row per completed claim (issue 15), with two gateways' rows."""
+    from relay_runtime._state._pg_schema import _MIGRATIONS
+
+    dsn = require_pg()
+    schema = f"relay_state_test_{uuid.uuid4().hex[:12]}"
+    scoped = f"{dsn}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}".encode())
+    try:
+        with psycopg.connect(scoped, autocommit=True) as conn:
+            conn.execute(_MIGRATIONS[0].encode())
+            conn.execute("CREATE TABLE relay_state_schema (version INTEGER NOT NULL)")
+            conn.execute("INSERT INTO relay_state_schema VALUES (1)")
+            for gateway_id in ("g1", "g2"):
+                conn.cursor().executemany(
+                    "INSERT INTO relay_state_claims VALUES (%s, %s, %s, %s, %s)",
+                    [
+                        (gateway_id, 5, "completed", T0, T0 + 2),
+                        (gateway_id, 6, "completed", T0, T0 + 1),
+                        (gateway_id, 9, "in_flight", T0, None),
+                    ],
+                )
+                conn.cursor().executemany(
+                    "INSERT INTO relay_state_keys VALUES (%s, %s, %s)",
+                    [
+                        (gateway_id, '["msg","telegram","chat1","m1"]', 5),
+                        (gateway_id, '["buf","b1"]', 5),
+                        (gateway_id, '["msg","telegram","chat1","m2"]', 6),
+                        (gateway_id, '["msg","telegram","chat1","m9"]', 9),
+                    ],
+                )
+        for gateway_id in ("g1", "g2"):
+            async with await PgStateDB.open(scoped, gateway_id, now=T0 + 5, location="pg") as db:
+                statuses = [
+                    claim_status(db, k_msg, k_buf)
+                    for k_msg, k_buf in (
+                        (K1, None),
+                        (None, "b1"),
+                        (K2, None),
+                        (("telegram", "chat1", "m9"), None),
+                    )
+                ]
+                assert statuses == [ClaimStatus.COMPLETED] * 3 + [ClaimStatus.NEW]
+                ((fresh, _),) = await db.claim_turns(
+                    [ClaimRequest("s", ("t", "c", "new"), None)], T0 + 6
+                )
+                assert fresh.handle is not None and fresh.handle.claim_id > 9
+        with psycopg.connect(scoped) as conn:
+            rows = conn.execute(
+                "SELECT gateway_id, seq, claim_id FROM relay_state_dedupe ORDER BY 1, 2"
+            ).fetchall()
+        assert rows == [("g1", 1, 6), ("g1", 2, 5), ("g2", 1, 6), ("g2", 2, 5)]
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())

@@ -72,6 +72,11 @@ async def test_a_state_dir_that_cannot_grow_is_one_error_going_idle_and_a_bounde
                     assert sent < 5000, "the file-size limit was never reached:\n" + gw.text()
                     await connector.inject(message(sent), gateway_id=GATEWAY_ID)
                     sent += 1
+                    if sent == 40:
+                        # From here on the files cannot grow at all: a retry smaller than
+                        # the commit that failed (its turns ended meanwhile, so their
+                        # frames are no longer written) must not fit under the limit.
+                        resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (1, 1))
                     if sent % 20 == 0:  # keep about 20 in flight
                         await connector.wait_for(
                             lambda behind=sent - 20: len(connector.messages) >= behind
