@@ -105,7 +105,7 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # Issue 15, as in the SQLite file: a completed claim is one row written once, numbered
     # in completion order (seq) so forgetting the oldest is a range; in-flight claims are
-    # carried by their running turns; the turn indexes hold only what is looked up.
+    # carried by their running turns; the one turn index left holds the running turns.
     """
     CREATE TABLE relay_state_dedupe (
         gateway_id   TEXT   NOT NULL,
@@ -136,8 +136,6 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     DROP INDEX relay_state_turns_ended;
     CREATE INDEX relay_state_turns_running ON relay_state_turns (gateway_id, turn_id)
         WHERE state = 'running';
-    CREATE INDEX relay_state_turns_ended ON relay_state_turns (gateway_id, ended_at)
-        WHERE ended_at IS NOT NULL;
     """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)

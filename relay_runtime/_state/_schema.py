@@ -81,7 +81,8 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     # order (seq), so the window forgetting its oldest ones is one range DELETE. An
     # in-flight claim is not written at all (recovery releases it anyway): a running turn
     # carries its claim id, which relay_dedupe_claims (a view now) shows as in flight.
-    # The turn indexes hold only what is looked up: running turns, ended turns' times.
+    # The one turn index left holds the running turns (recovery); the 24 h expiry of ended
+    # ones scans, rarely (see _turns.TURN_SWEEP_S), instead of indexing every turn's end.
     """
     CREATE TABLE relay_dedupe (
         seq          INTEGER PRIMARY KEY,
@@ -106,7 +107,6 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     DROP INDEX relay_turns_state;
     DROP INDEX relay_turns_ended;
     CREATE INDEX relay_turns_running ON relay_turns (turn_id) WHERE state = 'running';
-    CREATE INDEX relay_turns_ended ON relay_turns (ended_at) WHERE ended_at IS NOT NULL;
     CREATE VIEW relay_dedupe_claims (claim_id, state, created_at, completed_at) AS
         SELECT claim_id, 'in_flight', started_at, NULL FROM relay_turns
         WHERE state = 'running' AND claim_id IS NOT NULL

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from relay_runtime._state._batch import DB
 
 
+#: At most how often (seconds of ``now``) completions expire turn records by their 24 h.
+TURN_SWEEP_S: Final = 600.0
 #: Claim ids reserved in the file at a time: a restart starts above the reservation, so
 #: no id a claim had in the file is handed out again (in-flight claims are not written).
 CLAIM_ID_RESERVE: Final = 1024
@@ -93,6 +95,8 @@ class _Turns(_Engine):
     _put_meta_sql: ClassVar[str]
     _next_turn_id: int
     _turns_floor: int
+    #: When (``now``) ended turn records were last expired by their 24 h.
+    _turns_swept_at: float = float("-inf")
     _resumable: list[InboxRecord]
     turns_max: int
 
@@ -323,7 +327,7 @@ class _Turns(_Engine):
 
         def prune(conn: DB) -> int:
             record_dedupe(conn, (), forget)
-            return self._prune_turns_in(conn, now)
+            return self._prune_turns_in(conn, now, sweep=True)
 
         return await self._run(prune, keep=True)
 
@@ -336,14 +340,22 @@ class _Turns(_Engine):
         self._prune_turns_in(conn, now)
         return cur.rowcount > 0
 
-    def _prune_turns_in(self, conn: DB, now: float) -> int:
-        """Drop ended turn records older than 24 h, and beyond the newest ``turns_max``
-        (turn ids only grow, so that is a range of the primary key)."""
-        cur = conn.execute(
-            "DELETE FROM relay_turns WHERE ended_at IS NOT NULL AND ended_at <= ?",
-            (now - TURN_RESULT_TTL_S,),
-        )
-        removed = cur.rowcount
+    def _prune_turns_in(self, conn: DB, now: float, *, sweep: bool = False) -> int:
+        """Drop ended turn records beyond the newest ``turns_max`` (turn ids only grow, so
+        that is a range of the primary key), and those ended more than 24 h ago.
+
+        The 24 h expiry reads every kept record (no index on ``ended_at``: one would cost
+        its upkeep on every turn), so it runs at most every :data:`TURN_SWEEP_S` unless
+        ``sweep`` (an explicit :meth:`prune`); a record may outlive its 24 h by that much.
+        """
+        removed = 0
+        if sweep or now - self._turns_swept_at >= TURN_SWEEP_S:
+            cur = conn.execute(
+                "DELETE FROM relay_turns WHERE ended_at IS NOT NULL AND ended_at <= ?",
+                (now - TURN_RESULT_TTL_S,),
+            )
+            removed = cur.rowcount
+            self._turns_swept_at = now
         floor = self._next_turn_id - self.turns_max
         if floor > self._turns_floor:
             cur = conn.execute(

@@ -27,6 +27,7 @@ from relay_runtime._state import (
     StateError,
 )
 from relay_runtime._state._schema import _MIGRATIONS, _statements
+from relay_runtime._state._turns import TURN_SWEEP_S
 from relay_runtime.testing import (
     count_completion_bulks,
     probe_connection,
@@ -1198,7 +1199,7 @@ async def test_a_turn_claimed_and_completed_in_one_batch_is_one_insert_and_the_w
             "INSERT relay_turns": 6,  # one row each (executemany: one per row), ended
             "INSERT relay_dedupe": 3,  # the three completions the window keeps
             "DELETE relay_dedupe": 1,  # the others were forgotten before being written
-            "DELETE relay_turns": 2,  # the 24 h expiry: prune's and the completions'
+            "DELETE relay_turns": 1,  # prune's 24 h expiry (completions' waits TURN_SWEEP_S)
             "INSERT relay_meta": 1,  # the first claim ids reserved
         }
         assert [t.state for t in await db.turns()] == ["completed"] * 6
@@ -1232,3 +1233,28 @@ async def test_a_turn_claimed_and_completed_in_one_batch_is_one_insert_and_the_w
         assert {claim_id for claim_id, _ in completed_rows(tmp_path)} == {
             c.handle.claim_id for c, _ in more if c.handle is not None
         }
+
+
+async def test_completions_expire_turn_records_by_their_24_hours_every_sweep_interval(
+    tmp_path: Path,
+) -> None:
+    async with await open_db(tmp_path) as db:
+
+        async def turn(ended: float) -> int:
+            ((claim, turn_id),) = await db.claim_turns([ClaimRequest("s", None, None)], ended)
+            await db.complete_turn(claim.handle, turn_id, "completed", ended)
+            assert turn_id is not None
+            return turn_id
+
+        assert TURN_SWEEP_S < DAY
+        a = await turn(T0)  # swept at T0
+        b = await turn(T0 + 100)
+        c = await turn(T0 + DAY + 50)  # swept: a ended more than 24 h ago
+        assert [t.turn_id for t in await db.turns()] == [b, c]
+        d = await turn(T0 + DAY + 50 + TURN_SWEEP_S / 2)
+        # b is past its 24 h too, but the expiry waits TURN_SWEEP_S after the last sweep...
+        assert [t.turn_id for t in await db.turns()] == [b, c, d]
+        e = await turn(T0 + DAY + 50 + TURN_SWEEP_S)
+        # ... and comes with the first completion after it.
+        assert [t.turn_id for t in await db.turns()] == [c, d, e]
+        assert a not in {t.turn_id for t in await db.turns()}
