@@ -7,7 +7,7 @@ uses consistently; the runtime passes ``time.time()``).
 
 from __future__ import annotations
 
-import json
+from json.encoder import encode_basestring_ascii as _quoted
 from typing import Final, Literal
 
 import attrs
@@ -124,12 +124,15 @@ class TurnRecord:
 
 
 def _msg_key_text(k_msg: MessageKey) -> str:
-    # str(): an id that arrived as the number 12345 is the same key as "12345" (R29).
-    return json.dumps(["msg", *(str(part) for part in k_msg)], separators=(",", ":"))
+    # str(): an id that arrived as the number 12345 is the same key as "12345" (R29). The
+    # text is json.dumps(["msg", *parts], separators=(",", ":")), built without creating
+    # an encoder per call (that cost ~7 us a delivery on the loop).
+    platform, chat_id, message_id = (_quoted(str(part)) for part in k_msg)
+    return f'["msg",{platform},{chat_id},{message_id}]'
 
 
 def _buf_key_text(k_buf: str) -> str:
-    return json.dumps(["buf", str(k_buf)], separators=(",", ":"))
+    return f'["buf",{_quoted(str(k_buf))}]'
 
 
 def _claim_keys(k_msg: MessageKey | None, k_buf: str | None) -> list[str]:

@@ -201,3 +201,19 @@ def test_after_any_history_a_restart_sees_what_the_window_saw(
 
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(run, Path(tmp))
+
+
+@given(st.text(), st.text(min_size=1), st.text(min_size=1), st.text(min_size=1))
+def test_claim_keys_are_the_json_text_they_always_were(
+    platform: str, chat_id: str, message_id: str, k_buf: str
+) -> None:
+    """Keys kept in a file by an earlier version must still match: the key text is
+    ``json.dumps`` of the tagged parts, compact."""
+    keys = _claim_keys((platform, chat_id, message_id), k_buf)
+    assert keys == [
+        json.dumps(["msg", platform, chat_id, message_id], separators=(",", ":")),
+        json.dumps(["buf", k_buf], separators=(",", ":")),
+    ]
+    assert _claim_keys((platform, 12345, 6), None) == [  # type: ignore[arg-type]
+        json.dumps(["msg", platform, "12345", "6"], separators=(",", ":"))
+    ]
