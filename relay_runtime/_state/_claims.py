@@ -74,7 +74,7 @@ class _Claims(_Turns):
                 claim_id = None if result.handle is None else result.handle.claim_id
                 turns.append((turn_id, session_key, k_msg, k_buf, now, inbound, claim_id))
             results.append((result, turn_id))
-        write = _ClaimWrite(self._forget(forgotten), turns, self._reserve_claim_ids())
+        write = _ClaimWrite(self._forget(forgotten), turns, self._reserve_ids())
         return results, _Op(
             functools.partial(self._record_in, writes=[write]), self._record_in, write
         )

@@ -24,7 +24,7 @@ from relay_runtime._state._store import _Store, check_sizes
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from relay_runtime._state._batch import DB, _Op
+    from relay_runtime._state._batch import _Op
 
 
 class PgStateDB(_Store):
@@ -88,13 +88,6 @@ class PgStateDB(_Store):
         )
         db._lease = lease
         return db
-
-    @staticmethod
-    def _last_turn_id(conn: DB) -> int:
-        """The highest turn id kept. (An id whose row was deleted may be handed out again
-        after a restart: ids are not part of any reply's identity.)"""
-        row = conn.execute("SELECT coalesce(max(turn_id), 0) FROM relay_turns").fetchone()
-        return int(row[0])
 
     def _after_batch(self, batch: list[_Op]) -> None:
         """A batch refused by the fence: the lease is lost (the gateway stops serving)."""

@@ -83,6 +83,8 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     # carries its claim id, which relay_dedupe_claims (a view now) shows as in flight.
     # The one turn index left holds the running turns (recovery); the 24 h expiry of ended
     # ones scans, rarely (see _turns.TURN_SWEEP_S), instead of indexing every turn's end.
+    # relay_turns is rebuilt without AUTOINCREMENT (whose counter row was rewritten by every
+    # batch): ids are reserved in relay_meta a block at a time instead (_turns.ID_RESERVE).
     """
     CREATE TABLE relay_dedupe (
         seq          INTEGER PRIMARY KEY,
@@ -99,13 +101,33 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         FROM relay_dedupe_claims c WHERE c.state = 'completed'
         ORDER BY c.completed_at, c.claim_id;
     INSERT OR REPLACE INTO relay_meta (name, value)
-        SELECT 'claims_reserved', CAST(CAST(seq AS TEXT) AS BLOB) FROM sqlite_sequence
-        WHERE name = 'relay_dedupe_claims';
+        SELECT name || '_reserved', CAST(CAST(seq AS TEXT) AS BLOB)
+        FROM (SELECT CASE name WHEN 'relay_dedupe_claims' THEN 'claims'
+                               WHEN 'relay_turns' THEN 'turns' END AS name, seq
+              FROM sqlite_sequence)
+        WHERE name IS NOT NULL;
     DROP TABLE relay_dedupe_keys;
     DROP TABLE relay_dedupe_claims;
-    ALTER TABLE relay_turns ADD COLUMN claim_id INTEGER;
-    DROP INDEX relay_turns_state;
-    DROP INDEX relay_turns_ended;
+    CREATE TABLE relay_turns_v3 (
+        turn_id     INTEGER PRIMARY KEY,
+        session_key TEXT    NOT NULL,
+        k_msg       TEXT,
+        k_buf       TEXT,
+        state       TEXT    NOT NULL,
+        started_at  REAL    NOT NULL,
+        ended_at    REAL,
+        error       TEXT,
+        inbound     TEXT,
+        resumes     INTEGER NOT NULL DEFAULT 0,
+        claim_id    INTEGER
+    );
+    INSERT INTO relay_turns_v3 (turn_id, session_key, k_msg, k_buf, state, started_at,
+                                ended_at, error, inbound, resumes)
+        SELECT turn_id, session_key, k_msg, k_buf, state, started_at, ended_at, error,
+               inbound, resumes
+        FROM relay_turns;
+    DROP TABLE relay_turns;
+    ALTER TABLE relay_turns_v3 RENAME TO relay_turns;
     CREATE INDEX relay_turns_running ON relay_turns (turn_id) WHERE state = 'running';
     CREATE VIEW relay_dedupe_claims (claim_id, state, created_at, completed_at) AS
         SELECT claim_id, 'in_flight', started_at, NULL FROM relay_turns

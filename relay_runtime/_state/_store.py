@@ -86,6 +86,7 @@ class _Store(_Claims, _Outbox):
         self._seqs = seqs if seqs is not None else OrderedDict()
         self._next_seq = 1 + max(self._seqs.values(), default=0)
         self._claims_reserved = self._dedupe.next_claim_id - 1
+        self._turns_reserved = next_turn_id - 1
         self._next_turn_id = next_turn_id
         #: Turn records kept at most (ended ones beyond it are dropped, oldest first).
         self.turns_max = turns_max
@@ -138,12 +139,14 @@ class _Store(_Claims, _Outbox):
         forgotten = dedupe.expire(now)
         while dedupe.completed > dedupe.max_completed:
             forgotten.extend(dedupe.trim_one())
-        reserved = conn.execute(
-            "SELECT value FROM relay_meta WHERE name = 'claims_reserved'"
-        ).fetchone()
-        dedupe.skip_to(
-            max(cls._last_claim_id(conn), int(bytes(reserved[0])) if reserved else 0) + 1
-        )
+        reserved = {
+            name: int(bytes(value))
+            for name, value in conn.execute(
+                "SELECT name, value FROM relay_meta"
+                " WHERE name IN ('claims_reserved', 'turns_reserved')"
+            )
+        }
+        dedupe.skip_to(max(cls._last_claim_id(conn), reserved.get("claims_reserved", 0)) + 1)
         if forgotten:
             gone = [seqs.pop(claim_id) for claim_id in forgotten]
             oldest_kept = next(iter(seqs.values()), None)
@@ -155,7 +158,7 @@ class _Store(_Claims, _Outbox):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return cls._last_turn_id(conn) + 1
+        return max(cls._last_turn_id(conn), reserved.get("turns_reserved", 0)) + 1
 
     @staticmethod
     def _last_claim_id(conn: DB) -> int:
@@ -169,9 +172,9 @@ class _Store(_Claims, _Outbox):
 
     @staticmethod
     def _last_turn_id(conn: DB) -> int:
-        """The highest turn id ever handed out (never reused)."""
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'relay_turns'").fetchone()
-        return 0 if row is None else int(row[0])
+        """The highest turn id kept (the reservation in relay_meta covers the others)."""
+        row = conn.execute("SELECT max(turn_id) FROM relay_turns").fetchone()
+        return int(row[0] or 0)
 
     @staticmethod
     def _recover(conn: DB, now: float) -> list[InboxRecord]:

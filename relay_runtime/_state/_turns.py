@@ -46,9 +46,13 @@ if TYPE_CHECKING:
 
 #: At most how often (seconds of ``now``) completions expire turn records by their 24 h.
 TURN_SWEEP_S: Final = 600.0
-#: Claim ids reserved in the file at a time: a restart starts above the reservation, so
-#: no id a claim had in the file is handed out again (in-flight claims are not written).
-CLAIM_ID_RESERVE: Final = 1024
+#: Claim and turn ids reserved in the file at a time (``claims_reserved``/``turns_reserved``
+#: in relay_meta): a restart starts above the reservations, so no id a claim or a turn had in
+#: the file is handed out again, with one write per this many ids instead of a counter row
+#: updated by every batch (in-flight claims are not written at all).
+ID_RESERVE: Final = 1024
+#: No completed claim forgotten.
+_NOTHING_FORGOTTEN: Final = Forget((), prefix=True)
 
 
 @attrs.frozen
@@ -58,8 +62,8 @@ class _ClaimWrite:
 
     forget: Forget
     turns: Sequence[TurnStart]
-    #: Claim ids reserved up to here (kept in relay_meta), when this write needs more.
-    reserve: int | None = None
+    #: Ids reserved with this write (relay_meta name -> last id), when it needs more.
+    reserve: Sequence[tuple[str, int]] = ()
 
 
 @attrs.frozen
@@ -90,8 +94,9 @@ class _Turns(_Engine):
     #: Completed claims kept in the file, oldest completion first: claim id -> seq.
     _seqs: OrderedDict[int, int]
     _next_seq: int
-    #: Claim ids up to this one are reserved in the file: a restart hands out none of them.
+    #: Claim and turn ids up to these are reserved in the file (see :data:`ID_RESERVE`).
     _claims_reserved: int
+    _turns_reserved: int
     _put_meta_sql: ClassVar[str]
     _next_turn_id: int
     _turns_floor: int
@@ -145,11 +150,10 @@ class _Turns(_Engine):
                 dropped.append(record.turn_id)
             results.append(result)
         forget = self._forget(forgotten)
-        reserve = self._reserve_claim_ids()
+        reserve = self._reserve_ids()
 
         def write(conn: DB) -> None:
-            if reserve is not None:
-                conn.execute(self._put_meta_sql, ("claims_reserved", str(reserve).encode()))
+            self._put_reserved_in(conn, reserve)
             record_dedupe(conn, (), forget)
             conn.executemany(
                 "UPDATE relay_turns SET resumes = resumes + 1, claim_id = ? WHERE turn_id = ?",
@@ -161,19 +165,27 @@ class _Turns(_Engine):
         self._write_behind(_Op(write))
         return results
 
-    def _reserve_claim_ids(self) -> int | None:
-        """The new reservation of claim ids to record with the claims just decided, if
-        they went past the one recorded (one write per :data:`CLAIM_ID_RESERVE` claims)."""
-        if self._dedupe.next_claim_id <= self._claims_reserved + 1:
-            return None
-        self._claims_reserved = self._dedupe.next_claim_id + CLAIM_ID_RESERVE
-        return self._claims_reserved
+    def _reserve_ids(self) -> list[tuple[str, int]]:
+        """The reservations to record with the claims and turns just decided: for claim
+        and turn ids each, a new one if they went past the one recorded."""
+        reserve: list[tuple[str, int]] = []
+        if self._dedupe.next_claim_id > self._claims_reserved + 1:
+            self._claims_reserved = self._dedupe.next_claim_id + ID_RESERVE
+            reserve.append(("claims_reserved", self._claims_reserved))
+        if self._next_turn_id > self._turns_reserved + 1:
+            self._turns_reserved = self._next_turn_id + ID_RESERVE
+            reserve.append(("turns_reserved", self._turns_reserved))
+        return reserve
+
+    def _put_reserved_in(self, conn: DB, reserve: Sequence[tuple[str, int]]) -> None:
+        for name, last in reserve:
+            conn.execute(self._put_meta_sql, (name, str(last).encode()))
 
     def _forget(self, claim_ids: Sequence[int]) -> Forget:
         """What deleting the completed claims ``claim_ids`` (forgotten by the window, oldest
         first) takes: their numbers, and whether they are all the oldest kept."""
         if not claim_ids:
-            return Forget((), prefix=True)
+            return _NOTHING_FORGOTTEN
         seqs = [self._seqs.pop(claim_id) for claim_id in claim_ids if claim_id in self._seqs]
         oldest_kept = next(iter(self._seqs.values()), None)
         return Forget(seqs, prefix=oldest_kept is None or oldest_kept > max(seqs, default=0))
@@ -235,12 +247,11 @@ class _Turns(_Engine):
         updates: list[_Completion] = []
         rows: list[DedupeRow] = []
         orphans: list[int] = []
-        reserve: int | None = None
+        reserve: dict[str, int] = {}
         latest: float | None = None
         for write in writes:
             if isinstance(write, _ClaimWrite):
-                if write.reserve is not None:
-                    reserve = write.reserve
+                reserve.update(write.reserve)
                 for turn in write.turns:
                     started[turn[0]] = turn_row(turn)
                 continue
@@ -257,8 +268,7 @@ class _Turns(_Engine):
             elif write.turn_id not in ended:  # only a running turn ends
                 ended.add(write.turn_id)
                 row[4:9] = [write.state, row[5], write.now, write.error, None]
-        if reserve is not None:
-            conn.execute(self._put_meta_sql, ("claims_reserved", str(reserve).encode()))
+        self._put_reserved_in(conn, list(reserve.items()))
         record_dedupe(conn, rows, Forget.merged([w.forget for w in writes]))
         insert_turns(conn, list(started.values()))
         for claim_id in orphans:

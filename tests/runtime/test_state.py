@@ -1144,6 +1144,7 @@ async def test_a_version_2_file_keeps_its_completed_claims_through_the_migration
         ]
         fresh = await steps.claim(db, ("relay", "c", "new"), None, T0 + 6)
         assert fresh.handle is not None and fresh.handle.claim_id > 9
+        assert max(t.turn_id for t in await db.turns()) == 5  # ids go on from the file's
     with sqlite3.connect(tmp_path / DB_FILENAME) as raw:
         # Completion order (m8 first), both keys of m7 in its one row; the view shows them.
         assert raw.execute("SELECT claim_id, key1, key2 FROM relay_dedupe ORDER BY seq").fetchall()[
@@ -1200,7 +1201,7 @@ async def test_a_turn_claimed_and_completed_in_one_batch_is_one_insert_and_the_w
             "INSERT relay_dedupe": 3,  # the three completions the window keeps
             "DELETE relay_dedupe": 1,  # the others were forgotten before being written
             "DELETE relay_turns": 1,  # prune's 24 h expiry (completions' waits TURN_SWEEP_S)
-            "INSERT relay_meta": 1,  # the first claim ids reserved
+            "INSERT relay_meta": 2,  # the first claim and turn ids reserved
         }
         assert [t.state for t in await db.turns()] == ["completed"] * 6
         kept = {c.handle.claim_id for c, _ in claims[3:] if c.handle is not None}
