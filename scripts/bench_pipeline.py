@@ -477,7 +477,11 @@ def clear_pg_state(dsn: str) -> None:
         if exists is None or exists[0] is None:
             return  # a fresh database: the gateway creates the tables
         with conn.transaction():
-            for table in ("keys", "claims", "turns", "outbox", "meta", "lease"):
+            # keys/claims: schema 1; dedupe: schema 2 (whichever the database has).
+            for table in ("keys", "claims", "dedupe", "turns", "outbox", "meta", "lease"):
+                found = conn.execute(f"SELECT to_regclass('relay_state_{table}')".encode())
+                if (found.fetchone() or (None,))[0] is None:
+                    continue
                 conn.execute(
                     f"DELETE FROM relay_state_{table} WHERE gateway_id = %s".encode(),
                     (GATEWAY_ID,),
