@@ -84,13 +84,49 @@ def structurer(
 
 
 def unstructurer(cls: type[Any], tag: tuple[str, str] | None = None, **fields: Any) -> Unstructure:
-    """The generated unstructure function for ``cls``.
+    """The unstructure function for ``cls``, generated on its first call.
 
     ``tag`` is (wire key, class constant): e.g. ``("type", "TYPE")`` writes the frame's
     ``TYPE`` first. cattrs writes attrs fields in order, so the function is generated from a
     copy of ``cls`` whose first field is that constant; it reads ``instance.TYPE``, which
-    every instance of ``cls`` has (a class-level constant, not a field).
+    every instance of ``cls`` has (a class-level constant, not a field). Every field gets an
+    explicit override, so the converter's hooks (registered after this) do not change it.
     """
+    return _Generated(lambda: _generate_unstructure(cls, tag, fields))
+
+
+class _Generated:
+    """An unstructure function generated when first called, not at import.
+
+    Generating the writers of every contract type (a class copy and a ``compile`` each) was
+    ~8 ms of the gateway's start-up; a gateway writes a few frame types before READY.
+    """
+
+    __slots__ = ("_fn", "_make")
+
+    def __init__(self, make: Callable[[], Unstructure]) -> None:
+        self._make: Callable[[], Unstructure] | None = make
+        self._fn: Unstructure | None = None
+
+    def __call__(self, obj: Any) -> JSONDict:
+        fn = self._fn
+        if fn is None:
+            fn = self.generate()
+        return fn(obj)
+
+    def generate(self) -> Unstructure:
+        """The generated function (generating it now if it was not yet)."""
+        fn = self._fn
+        if fn is None:
+            assert self._make is not None
+            fn = self._fn = self._make()
+            self._make = None
+        return fn
+
+
+def _generate_unstructure(
+    cls: type[Any], tag: tuple[str, str] | None, fields: dict[str, Any]
+) -> Unstructure:
     for a in attrs.fields(cls):
         fields.setdefault(a.name, write())
     shape: type[Any] = cls
