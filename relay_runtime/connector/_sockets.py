@@ -13,7 +13,6 @@ import urllib.parse
 from collections.abc import Callable
 
 import trio
-import trio.testing
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
@@ -96,9 +95,7 @@ class Sockets(Access, Answers):
     def memory_dialer(
         self,
         nursery: trio.Nursery,
-        stream_pair: Callable[
-            [], tuple[trio.abc.Stream, trio.abc.Stream]
-        ] = trio.testing.memory_stream_pair,
+        stream_pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] | None = None,
     ) -> Dialer:
         """A gateway :class:`~relay_runtime._transport.Dialer` that reaches this connector in
         memory.
@@ -108,7 +105,13 @@ class Sockets(Access, Answers):
         outlive the gateway's sockets). Pass it as ``run_gateway(..., dialer=...)``; the
         gateway's ``relay_url`` is then only used for the upgrade request's host and path.
         """
+        if stream_pair is None:
+            # Imported here: trio.testing imports pytest when it is installed, ~1/3 of the
+            # connector's import time (issue 15); only in-memory gateways need it.
+            import trio.testing
 
+            stream_pair = trio.testing.memory_stream_pair
+        pair = stream_pair
         serving = nursery
 
         async def dial(
@@ -120,7 +123,7 @@ class Sockets(Access, Answers):
         ) -> WebSocketConnection:
             parts = urllib.parse.urlsplit(url)
             resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            client, server = stream_pair()
+            client, server = pair()
             serving.start_soon(self.serve_stream, server)
             # Like a TCP dial: the client end closes with the socket's nursery, so the
             # connector sees the gateway go however the socket ends.
