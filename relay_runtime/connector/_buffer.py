@@ -21,11 +21,26 @@ BufferedFrame = Inbound | PassthroughForwardFrame
 
 
 @attrs.define
+class SendCursor:
+    """Where one connection's replay of a buffer stands (:meth:`DeliveryBuffer.next_unsent`).
+
+    Every entry appended at or before ``position`` has been sent on the connection or has
+    left the buffer, so a search for the oldest unsent entry starts after it.
+    """
+
+    position: int = 0
+
+
+@attrs.define
 class DeliveryBuffer:
     """Buffered deliveries of one instance, oldest first, keyed by ``bufferId``."""
 
     _entries: dict[str, BufferedFrame] = attrs.field(factory=dict, init=False)
     acked: int = attrs.field(default=0, init=False)
+    # Each entry's place in append order (1, 2, ...) and back, for the cursor's search.
+    _places: dict[str, int] = attrs.field(factory=dict, init=False, repr=False)
+    _by_place: dict[int, str] = attrs.field(factory=dict, init=False, repr=False)
+    _appended: int = attrs.field(default=0, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -44,31 +59,47 @@ class DeliveryBuffer:
             raise ValueError(f"buffer_id {buffer_id!r} is already buffered")
         stamped = attrs.evolve(frame, buffer_id=buffer_id)
         self._entries[buffer_id] = stamped
+        self._appended += 1
+        self._places[buffer_id] = self._appended
+        self._by_place[self._appended] = buffer_id
         return stamped
 
     def ack(self, buffer_id: str) -> bool:
         """Drop the entry ``buffer_id``; ``False`` if it is unknown (already acked or never)."""
         if self._entries.pop(buffer_id, None) is None:
             return False
+        del self._by_place[self._places.pop(buffer_id)]
         self.acked += 1
         return True
 
-    def next_unsent(self, sent: Collection[str]) -> BufferedFrame | None:
+    def next_unsent(
+        self, sent: Collection[str], cursor: SendCursor | None = None
+    ) -> BufferedFrame | None:
         """The oldest entry whose id is not in ``sent`` (what one connection already got).
 
         ``sent`` holds buffered ids only, as a connection's in-flight set does (an id leaves
-        both on its ack). So the two usual cases of a busy connection, everything sent and
-        just the newest entry unsent, are answered without a scan of the buffer.
+        both on its ack). With the connection's ``cursor`` the search starts after the entries
+        it has passed, all sent or gone, and moves it on: the replay costs O(1) per entry
+        instead of a scan of the in-flight window per entry (issue 15). Without, it starts at
+        the oldest entry. Either way the answer is the same, provided an id leaves ``sent``
+        only when its entry leaves the buffer (as an ack does).
         """
-        unsent = len(self._entries) - len(sent)
-        if unsent <= 0:
+        entries = self._entries
+        if len(entries) <= len(sent):
             return None
-        if unsent == 1:
-            newest = next(reversed(self._entries))
-            if newest not in sent:
-                return self._entries[newest]
-        buffer_id = next(itertools.filterfalse(sent.__contains__, self._entries), None)
-        return None if buffer_id is None else self._entries[buffer_id]
+        if cursor is None:
+            buffer_id = next(itertools.filterfalse(sent.__contains__, entries), None)
+            return None if buffer_id is None else entries[buffer_id]
+        # Places before the oldest entry are gone: no need to step through them.
+        start = max(cursor.position, self._places[next(iter(entries))] - 1)
+        by_place = self._by_place
+        for place in range(start + 1, self._appended + 1):
+            buffer_id = by_place.get(place)
+            if buffer_id is None or buffer_id in sent:
+                cursor.position = place  # every place up to here is sent or gone
+                continue
+            return entries[buffer_id]
+        return None
 
     def ids(self) -> list[str]:
         """The buffered ids, oldest first."""

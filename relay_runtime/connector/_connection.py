@@ -18,7 +18,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from protocol._frames import Hello, Outbound
-from relay_runtime.connector._buffer import DeliveryBuffer
+from relay_runtime.connector._buffer import DeliveryBuffer, SendCursor
 
 
 @attrs.define(eq=False)
@@ -41,6 +41,8 @@ class Connection:
     close_code: int | None = None
     close_reason: str | None = None
     in_flight: set[str] = attrs.field(factory=set, repr=False)
+    #: How far this connection's replay of its instance's buffer has got.
+    cursor: SendCursor = attrs.field(factory=SendCursor, repr=False)
     nursery: trio.Nursery | None = attrs.field(default=None, repr=False)
     # Set by a connector-initiated close; the connection's own task performs it, so the
     # WebSocket close handshake runs while the socket's reader is still alive.

@@ -264,7 +264,7 @@ class ConnectorCore:
             and inst.current is conn
             and len(conn.in_flight) < self.drain_window
         ):
-            entry = inst.buffer.next_unsent(conn.in_flight)
+            entry = inst.buffer.next_unsent(conn.in_flight, conn.cursor)
             if entry is None:
                 return
             assert entry.buffer_id is not None

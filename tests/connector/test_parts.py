@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import Inbound, MessageEvent, SessionSource
 from protocol._auth import make_token, token_payload_unverified, verify_token
@@ -19,6 +21,7 @@ from relay_runtime.connector import (
     Succeed,
     generic_descriptor,
 )
+from relay_runtime.connector._buffer import SendCursor
 from relay_runtime.connector._presets import INVALID_DESCRIPTOR
 from relay_runtime.connector._relevance import admit
 from relay_runtime.connector._upgrade_auth import authenticate, bearer_token
@@ -153,6 +156,43 @@ def test_buffer_stamps_ids_keeps_order_and_gates_on_acks():
     assert [f.event.text for f in buffer] == ["a", "c"]
     assert buffer.next_unsent({"buf-1", "buf-3"}) is None
     assert buffer.acked == 1
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["append", "send", "ack", "reconnect"]), st.integers(0, 30)),
+        max_size=80,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_buffer_cursor_finds_what_a_full_scan_finds(ops: list[tuple[str, int]]) -> None:
+    """A connection's replay with its cursor sends the same entries, in the same order, as
+    a scan from the oldest entry each time, through appends, acks and reconnects."""
+    buffer = DeliveryBuffer()
+    sent: set[str] = set()
+    cursor = SendCursor()
+    appended = 0
+    for op, n in ops:
+        if op == "append":
+            appended += 1
+            buffer.append(inbound(str(appended)), f"buf-{appended}")
+        elif op == "send":
+            for _ in range(n % 4 + 1):
+                expected = buffer.next_unsent(sent)
+                assert buffer.next_unsent(sent, cursor) == expected
+                if expected is None:
+                    break
+                assert expected.buffer_id is not None
+                sent.add(expected.buffer_id)
+        elif op == "ack":
+            ids = buffer.ids()
+            if ids:
+                gone = ids[n % len(ids)]  # out of order, sent or not (another connection's)
+                assert buffer.ack(gone)
+                sent.discard(gone)
+        else:  # a new connection: nothing sent on it yet
+            sent, cursor = set(), SendCursor()
+    assert buffer.next_unsent(sent, cursor) == buffer.next_unsent(sent)
 
 
 def test_buffer_refuses_duplicate_and_empty_ids():
