@@ -105,7 +105,7 @@ class _Generated:
     __slots__ = ("_fn", "_make")
 
     def __init__(self, make: Callable[[], Unstructure]) -> None:
-        self._make: Callable[[], Unstructure] | None = make
+        self._make = make
         self._fn: Unstructure | None = None
 
     def __call__(self, obj: Any) -> JSONDict:
@@ -115,18 +115,21 @@ class _Generated:
         return fn(obj)
 
     def generate(self) -> Unstructure:
-        """The generated function (generating it now if it was not yet)."""
+        """The generated function (generating it now if it was not yet).
+
+        Two threads calling it first at once may both generate it; the functions are the
+        same, and either one is kept.
+        """
         fn = self._fn
         if fn is None:
-            assert self._make is not None
             fn = self._fn = self._make()
-            self._make = None
         return fn
 
 
 def _generate_unstructure(
-    cls: type[Any], tag: tuple[str, str] | None, fields: dict[str, Any]
+    cls: type[Any], tag: tuple[str, str] | None, overrides: dict[str, Any]
 ) -> Unstructure:
+    fields = dict(overrides)  # the caller's stay as given: a second generation sees them too
     for a in attrs.fields(cls):
         fields.setdefault(a.name, write())
     shape: type[Any] = cls
