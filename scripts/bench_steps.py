@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import functools
 import json
 import os
+import pstats
 import secrets
 import statistics
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,13 +58,21 @@ _PREFIXES: Final = ("relay_runtime.", "trio_websocket._impl.", "trio._core._run.
 class StepCounter(trio.abc.Instrument):
     """Task steps, reschedules and channel operations per (side, task name)."""
 
-    def __init__(self, roots: dict[trio.lowlevel.Task, str]) -> None:
+    def __init__(
+        self, roots: dict[trio.lowlevel.Task, str], profiler: cProfile.Profile | None = None
+    ) -> None:
         self.roots = roots
+        #: Enabled during the gateway's steps only (``--profile``), after the warm-up.
+        self.profiler = profiler
+        self.profiling = False
         self._side: dict[trio.lowlevel.Task, str] = {}
         self.steps: Counter[tuple[str, str]] = Counter()
         self.scheduled: Counter[str] = Counter()
         self.sends: Counter[str] = Counter()
         self.receives: Counter[str] = Counter()
+        #: Thread CPU nanoseconds spent inside task steps, per side.
+        self.cpu_ns: Counter[str] = Counter()
+        self._step_began = 0
 
     def reset(self) -> None:
         """Forget every count (after the warm-up)."""
@@ -69,6 +80,7 @@ class StepCounter(trio.abc.Instrument):
         self.scheduled.clear()
         self.sends.clear()
         self.receives.clear()
+        self.cpu_ns.clear()
 
     def side(self, task: trio.lowlevel.Task) -> str:
         """The side ``task`` belongs to: the root it descends from (``other`` if none)."""
@@ -87,7 +99,18 @@ class StepCounter(trio.abc.Instrument):
         return found
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.steps[(self.side(task), task.name)] += 1
+        side = self.side(task)
+        self.steps[(side, task.name)] += 1
+        if self.profiling and side == GATEWAY:
+            self.profiler.enable()  # type: ignore[union-attr]
+        self._step_began = time.thread_time_ns()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        ended = time.thread_time_ns()
+        side = self.side(task)
+        if self.profiling and side == GATEWAY:
+            self.profiler.disable()  # type: ignore[union-attr]
+        self.cpu_ns[side] += ended - self._step_began
 
     def task_scheduled(self, task: trio.lowlevel.Task) -> None:
         self.scheduled[self.side(task)] += 1
@@ -176,10 +199,13 @@ async def gateway_task(
             task_status.started()
 
 
-async def one_run(count: int) -> dict[str, Any]:
-    """One fresh pipeline: warm up, count ``count`` messages; per-message figures."""
+async def one_run(count: int, profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+    """One fresh pipeline: warm up, count ``count`` messages; per-message figures.
+
+    With ``profiler``, the gateway's task steps are profiled (the counted messages only).
+    """
     roots: dict[trio.lowlevel.Task, str] = {trio.lowlevel.current_task(): DRIVER}
-    counter = StepCounter(roots)
+    counter = StepCounter(roots, profiler)
     secret = secrets.token_urlsafe(32)
     bench = bp.BenchConnector(secret, always_buffer=True, drain_window=bp.SATURATION_WINDOW)
     trio.lowlevel.add_instrument(counter)
@@ -206,6 +232,7 @@ async def one_run(count: int) -> dict[str, Any]:
                 )
                 bench.trim()
                 counter.reset()
+                counter.profiling = profiler is not None
                 result = await bp.drive(
                     "steps",
                     bench.inject,
@@ -220,6 +247,8 @@ async def one_run(count: int) -> dict[str, Any]:
                 scheduled = Counter(counter.scheduled)
                 sends = Counter(counter.sends)
                 receives = Counter(counter.receives)
+                cpu_ns = Counter(counter.cpu_ns)
+                counter.profiling = False
                 nursery.cancel_scope.cancel()
     finally:
         trio.lowlevel.remove_instrument(counter)
@@ -234,6 +263,7 @@ async def one_run(count: int) -> dict[str, Any]:
         "scheduled": {side: n / done for side, n in scheduled.items()},
         "sends": {side: n / done for side, n in sends.items()},
         "receives": {side: n / done for side, n in receives.items()},
+        "cpu_us": {side: n / 1000 / done for side, n in cpu_ns.items()},
     }
 
 
@@ -256,6 +286,16 @@ def median_of(runs: list[dict[str, Any]], *path: str) -> float:
     return statistics.median(values)
 
 
+def min_of(runs: list[dict[str, Any]], *path: str) -> float:
+    """The smallest over ``runs`` of the figure at ``path``."""
+    return min(median_of([run], *path) for run in runs)
+
+
+def max_of(runs: list[dict[str, Any]], *path: str) -> float:
+    """The largest over ``runs`` of the figure at ``path``."""
+    return max(median_of([run], *path) for run in runs)
+
+
 def report(runs: list[dict[str, Any]], top: int) -> str:
     """The table: per side, the busiest tasks' steps/message, the side's total, and the
     reschedules and channel operations per message (medians over runs)."""
@@ -274,7 +314,9 @@ def report(runs: list[dict[str, Any]], top: int) -> str:
         lines.append(
             f"{side}: {total:.2f} steps/msg, {median_of(runs, 'scheduled', side):.2f} "
             f"reschedules, {median_of(runs, 'sends', side):.2f} channel sends, "
-            f"{median_of(runs, 'receives', side):.2f} channel receives"
+            f"{median_of(runs, 'receives', side):.2f} channel receives, "
+            f"{median_of(runs, 'cpu_us', side):.1f} us CPU in its steps "
+            f"({min_of(runs, 'cpu_us', side):.1f}-{max_of(runs, 'cpu_us', side):.1f})"
         )
         for value, name in figures[:top]:
             if value >= 0.005:
@@ -288,8 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="runs (a fresh pipeline each)")
     parser.add_argument("--top", type=int, default=12, help="tasks listed per side")
     parser.add_argument("--json", action="store_true", help="print the runs as JSON too")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile the gateway's steps (cProfile) and print its N busiest functions "
+        "(own time) and its Python calls per message; CPU figures then include the profiler",
+    )
+    parser.add_argument("--profile-dump", metavar="PATH", help="write the profile (pstats) here")
     args = parser.parse_args(argv)
-    runs = [trio.run(one_run, args.count) for _ in range(args.reps)]
+    profiler = cProfile.Profile() if args.profile else None
+    runs = [trio.run(one_run, args.count, profiler) for _ in range(args.reps)]
     for run in runs:
         if run["completed"] != run["sent"]:
             print(f"lost {run['sent'] - run['completed']} message(s)", file=sys.stderr)
@@ -297,7 +349,41 @@ def main(argv: list[str] | None = None) -> int:
     print(report(runs, args.top))
     if args.json:
         print(json.dumps(runs, indent=2, sort_keys=True))
+    if profiler is not None:
+        print(profile_report(profiler, sum(run["completed"] for run in runs), args.profile))
+        if args.profile_dump:
+            profiler.dump_stats(args.profile_dump)
     return 0
+
+
+#: The measuring's own code, left out of the calls per message.
+_MEASURING: Final = ("bench_steps.py", "_instrumentation.py")
+_MEASURING_CALLS: Final = (
+    "<built-in method time.thread_time_ns>",
+    "<method 'disable' of '_lsprof.Profiler' objects>",
+)
+
+
+def profile_report(profiler: cProfile.Profile, messages: int, top: int) -> str:
+    """The gateway's Python calls per message (deterministic: it does not depend on the
+    machine's load) and its ``top`` functions by own time, with calls per message."""
+    stats = pstats.Stats(profiler)
+    table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    calls = sum(
+        entry[1]
+        for (filename, _line, name), entry in table.items()
+        if not filename.endswith(_MEASURING) and name not in _MEASURING_CALLS
+    )
+    lines = [f"gateway: {calls / messages:.1f} function calls/msg (profiled steps)"]
+    rows = sorted(table.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    lines.append("   calls/msg  own us/msg  cum us/msg  function")
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in rows:
+        where = filename.replace(os.getcwd() + os.sep, "")
+        lines.append(
+            f"  {nc / messages:10.2f}  {tt * 1e6 / messages:10.2f}  {ct * 1e6 / messages:10.2f}"
+            f"  {name} ({where}:{line})"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
