@@ -184,7 +184,7 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
         if not event.delivered_via_relay:
             return self._deny(UNAUTHENTICATED)
         src = event.source
-        ident = self.config.canonicalizer.identify(src.platform_raw, src.user_id, src.user_id_alt)
+        ident = self._identify(src.platform_raw, src.user_id, src.user_id_alt)
         command = parse_command(event.text)
         if command is not None:
             self._stats.commands[command.kind.value] += 1
@@ -345,14 +345,15 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
         facts: RequestFacts,
     ) -> TrustOutcome:
         reply = self._reply(command, client, decision, facts)
-        log.info(
-            "trust %s %s tier=%s rule=%s reason=%s",
-            client.client_id,
-            "allow" if decision.allow else "deny",
-            decision.tier,
-            decision.rule_index,
-            clean_reason(decision.reason),  # agent-written text: no control characters in logs
-        )
+        if log.isEnabledFor(logging.INFO):  # the reason is cleaned only for a logged line
+            log.info(
+                "trust %s %s tier=%s rule=%s reason=%s",
+                client.client_id,
+                "allow" if decision.allow else "deny",
+                decision.tier,
+                decision.rule_index,
+                clean_reason(decision.reason),  # agent-written text: no control characters
+            )
         return TrustOutcome(decision, decision.allow and command is None, reply)
 
     # --- /trust -----------------------------------------------------------------------------
