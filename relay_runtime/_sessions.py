@@ -81,6 +81,9 @@ class Sessions:
         self._limiter = trio.CapacityLimiter(max_concurrent_turns)
         self._queues: dict[str, deque[Delivery]] = {}
         self._running: dict[str, trio.CancelScope] = {}
+        #: Sessions whose running turn an interrupt cancelled (the turn's one scope also
+        #: carries its time limit; this tells the two apart).
+        self._interrupted: set[str] = set()
         self._waiting_acks: dict[int, list[str]] = {}
 
     @property
@@ -126,6 +129,7 @@ class Sessions:
             log.debug("relay: interrupt for %r: no running turn", session_key)
             return False
         log.info("relay: interrupting the running turn of %s", session_key)
+        self._interrupted.add(session_key)
         scope.cancel()
         return True
 
@@ -228,46 +232,48 @@ class Sessions:
     async def _run_turn(self, delivery: Delivery) -> tuple[TurnEndState, str | None]:
         """Trust, then the agent, in the turn's own cancel scope; returns its end state.
 
-        An interrupt cancels the outer scope; the time limit is an inner scope's deadline.
+        One scope per turn: an interrupt cancels it (and marks the session interrupted),
+        the time limit is its deadline.
         """
         event = delivery.event
+        session_key = delivery.session_key
         state: TurnEndState = "completed"
         error: str | None = None
-        limit = trio.CancelScope()
+        scope = trio.CancelScope()
         if self.turn_timeout_s is not None:
-            limit.deadline = trio.current_time() + self.turn_timeout_s
-        with trio.CancelScope() as scope:
-            self._running[delivery.session_key] = scope
-            try:
-                with limit:
-                    if not event.text and not event.media_urls:
-                        self.stats.empty += 1
-                        return "completed", None
-                    outcome = await self.trust.evaluate(event)
-                    turn = self._turn(delivery, outcome.decision, limit.deadline)
-                    if outcome.reply:
-                        await turn.reply(outcome.reply)
-                    if not outcome.run_agent:
-                        return "denied", None
-                    assert self.agent is not None
-                    answer = await self.agent(turn)
-                    if isinstance(answer, str) and answer:
-                        await turn.reply(answer)
-            except Exception as exc:
-                log.exception(
-                    "relay: turn of %s raised; counted completed (no replay)", delivery.session_key
-                )
-                state, error = "failed", f"{type(exc).__name__}: {exc}"
-            finally:
-                del self._running[delivery.session_key]
+            scope.deadline = trio.current_time() + self.turn_timeout_s
+        self._running[session_key] = scope
+        try:
+            with scope:
+                if not event.text and not event.media_urls:
+                    self.stats.empty += 1
+                    return "completed", None
+                outcome = await self.trust.evaluate(event)
+                turn = self._turn(delivery, outcome.decision, scope.deadline)
+                if outcome.reply:
+                    await turn.reply(outcome.reply)
+                if not outcome.run_agent:
+                    return "denied", None
+                assert self.agent is not None
+                answer = await self.agent(turn)
+                if isinstance(answer, str) and answer:
+                    await turn.reply(answer)
+        except Exception as exc:
+            log.exception("relay: turn of %s raised; counted completed (no replay)", session_key)
+            state, error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            del self._running[session_key]
+            interrupted = session_key in self._interrupted
+            if interrupted:
+                self._interrupted.discard(session_key)
         if scope.cancelled_caught:
-            log.info("relay: turn of %s interrupted", delivery.session_key)
-            return "interrupted", None
-        if limit.cancelled_caught:
+            if interrupted:
+                log.info("relay: turn of %s interrupted", session_key)
+                return "interrupted", None
             log.warning(
                 "relay: turn of %s (message %s) timed out after %g s (turn_timeout_s); "
                 "cancelled, recorded timed_out, its delivery completed",
-                delivery.session_key,
+                session_key,
                 event.delivery_message_id or delivery.buffer_id or "without an id",
                 self.turn_timeout_s,
             )
