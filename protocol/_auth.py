@@ -45,6 +45,23 @@ def derive_request_id(key: bytes, delivery: bytes, ordinal: int) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
+class RequestIdKey:
+    """A reply key with HMAC-SHA256's key schedule done once: :meth:`derive` is
+    :func:`derive_request_id` under that key, without re-keying the MAC for every id."""
+
+    __slots__ = ("_mac",)
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+
+    def derive(self, delivery: bytes, ordinal: int) -> str:
+        """The ``requestId`` of the ``ordinal``-th reply to ``delivery`` (as
+        :func:`derive_request_id`)."""
+        mac = self._mac.copy()
+        mac.update(delivery + b"\x00" + str(ordinal).encode())
+        return mac.hexdigest()[:32]
+
+
 def make_token(payload: str, secret: str, ttl_seconds: int = 0, *, now: float | None = None) -> str:
     """A bearer token carrying ``payload``, valid ``ttl_seconds`` from ``now`` (0: forever).
 

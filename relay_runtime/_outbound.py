@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from protocol._actions import Action, Edit, GetChatInfo, Send, Typing
-from protocol._auth import derive_request_id
+from protocol._auth import RequestIdKey
 from protocol._descriptor import CapabilityDescriptor
 from protocol._events import Identity, MessageEvent
 from protocol._events import find_identity as find_identity
@@ -65,8 +65,8 @@ class RequestIds:
 
     __slots__ = ("_delivery", "_key", "_next")
 
-    def __init__(self, key: bytes, delivery: str) -> None:
-        self._key = key
+    def __init__(self, key: bytes | RequestIdKey, delivery: str) -> None:
+        self._key = key if isinstance(key, RequestIdKey) else RequestIdKey(key)
         self._delivery = delivery.encode()
         self._next = 0
 
@@ -74,11 +74,15 @@ class RequestIds:
         """The id of the turn's next reply."""
         ordinal = self._next
         self._next += 1
-        return derive_request_id(self._key, self._delivery, ordinal)
+        return self._key.derive(self._delivery, ordinal)
+
+
+#: ``json.dumps(..., separators=(",", ":"))`` without building an encoder per call.
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
 
 
 def reply_ids_for(
-    key: bytes, k_msg: tuple[str, str, str] | None, k_buf: str | None
+    key: bytes | RequestIdKey, k_msg: tuple[str, str, str] | None, k_buf: str | None
 ) -> RequestIds | None:
     """The :class:`RequestIds` of a delivery, or ``None`` (random ids) when it has no key.
 
@@ -86,9 +90,9 @@ def reply_ids_for(
     preferred over ``K_buf`` because a message keeps it whether it came live or replayed.
     """
     if k_msg is not None and k_msg[1] and k_msg[2]:
-        delivery = json.dumps(["msg", *(str(part) for part in k_msg)], separators=(",", ":"))
+        delivery = _COMPACT_JSON.encode(["msg", *(str(part) for part in k_msg)])
     elif k_buf:
-        delivery = json.dumps(["buf", str(k_buf)], separators=(",", ":"))
+        delivery = _COMPACT_JSON.encode(["buf", str(k_buf)])
     else:
         return None
     return RequestIds(key, delivery)

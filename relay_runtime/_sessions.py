@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from protocol._auth import RequestIdKey
 from protocol._frames import InboundAck
 from relay_runtime._delivery import Agent, Delivery, DispatchStats, TrustEvaluator
 from relay_runtime._outbound import OutboundRouter, reply_ids_for
@@ -76,6 +77,7 @@ class Sessions:
         self.on_turn_end: Callable[[str, float], None] | None = None
         #: The gateway's key for replies' requestIds (the state db's; random if none given).
         self.reply_key = reply_key if reply_key is not None else os.urandom(REPLY_KEY_BYTES)
+        self._reply_ids_key = RequestIdKey(self.reply_key)
         self._free_slot = free_slot
         self._commit = commit
         self._limiter = trio.CapacityLimiter(max_concurrent_turns)
@@ -291,5 +293,5 @@ class Sessions:
             decision=decision,
             replies=self.replies,
             deadline=None if deadline == math.inf else deadline,
-            request_ids=reply_ids_for(self.reply_key, delivery.k_msg, delivery.buffer_id),
+            request_ids=reply_ids_for(self._reply_ids_key, delivery.k_msg, delivery.buffer_id),
         )

@@ -6,6 +6,9 @@ taken with SQLite's online backup while the turn still runs.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -14,6 +17,7 @@ from typing import Any
 
 import trio
 
+from protocol._auth import RequestIdKey, derive_request_id
 from relay_runtime import Turn
 from relay_runtime._dispatcher import Dispatcher
 from relay_runtime._outbound import RequestIds, reply_ids_for
@@ -45,6 +49,28 @@ def test_reply_ids_are_hex_unique_per_ordinal_and_derived_from_key_and_delivery(
     assert reply_ids_for(key, None, None) is None
     assert reply_ids_for(key, ("discord", "c1", ""), None) is None
     assert RequestIds(key, "d").next() == RequestIds(key, "d").next()
+
+
+def test_reply_ids_are_the_documented_hmac_whichever_way_the_key_is_given() -> None:
+    # Ids must not change across versions: a re-run after an upgrade re-sends under the
+    # same ids. HMAC-SHA256(key, delivery || 0x00 || str(n)) cut to 32 hex digits, where
+    # delivery is the compact JSON of ["msg", platform, chat, message] (or ["buf", K_buf]).
+    key = b"k" * 32
+    delivery = json.dumps(["msg", "discord", "c1", "m\u00e9"], separators=(",", ":")).encode()
+    expected = [
+        hmac.new(key, delivery + b"\x00" + str(n).encode(), hashlib.sha256).hexdigest()[:32]
+        for n in range(3)
+    ]
+    for given in (key, RequestIdKey(key)):
+        ids = reply_ids_for(given, ("discord", "c1", "m\u00e9"), "buf-1")
+        assert ids is not None
+        assert [ids.next() for _ in range(3)] == expected
+    assert [RequestIdKey(key).derive(delivery, n) for n in range(3)] == [
+        derive_request_id(key, delivery, n) for n in range(3)
+    ]
+    by_buf = reply_ids_for(RequestIdKey(key), None, "buf-1")
+    assert by_buf is not None
+    assert by_buf.next() == derive_request_id(key, b'["buf","buf-1"]', 0)
 
 
 async def test_the_reply_key_is_random_per_state_db_and_kept(tmp_path: Path) -> None:
