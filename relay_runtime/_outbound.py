@@ -90,7 +90,7 @@ def reply_ids_for(
     preferred over ``K_buf`` because a message keeps it whether it came live or replayed.
     """
     if k_msg is not None and k_msg[1] and k_msg[2]:
-        delivery = _COMPACT_JSON.encode(["msg", *(str(part) for part in k_msg)])
+        delivery = _COMPACT_JSON.encode(["msg", *map(str, k_msg)])
     elif k_buf:
         delivery = _COMPACT_JSON.encode(["buf", str(k_buf)])
     else:
@@ -465,7 +465,8 @@ class OutboundRouter:
     async def _exchange(self, rid: str, frame: Outbound) -> SendResult:
         # Registered before the write: the result may arrive before ``send`` returns.
         pending = self._pending[rid] = _Pending()
-        self._drained = trio.Event()
+        if self._drained.is_set():  # else the unset one is kept: its waiters stay woken
+            self._drained = trio.Event()
         try:
             try:
                 error = await self.link.send(frame)

@@ -306,6 +306,35 @@ async def test_R41_fail_all_resolves_every_pending_request_at_once(
     await r.wait_drained()
 
 
+async def test_wait_drained_returns_when_the_last_request_ends_even_if_more_started_meanwhile(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    link = FakeLink()
+    r = router(link)
+    drained_at: list[float] = []
+
+    async def one() -> None:
+        await r.request(Send("c", "x"))
+
+    async def drain() -> None:
+        await r.wait_drained()
+        drained_at.append(trio.current_time())
+
+    async with trio.open_nursery() as n:
+        n.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()
+        n.start_soon(drain)  # waits while the first request is pending
+        await trio.testing.wait_all_tasks_blocked()
+        n.start_soon(one)  # a second request starts before the first ends
+        await trio.testing.wait_all_tasks_blocked()
+        assert r.pending_count == 2 and not drained_at
+        for sent in link.written:
+            r.resolve(OutboundResult(sent["requestId"], {"success": True}))
+        await trio.testing.wait_all_tasks_blocked()
+        assert r.pending_count == 0
+        assert drained_at == [trio.current_time()]
+
+
 async def test_caller_cancellation_propagates_and_cleans_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
