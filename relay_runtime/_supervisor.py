@@ -407,7 +407,11 @@ class Supervisor:
         before = self.connection.state
         items = self.connection.receive_data(message)
         self._carry_out(before, self.connection.take_actions())
-        self.stats.frames_in += sum(not isinstance(item, FrameError) for item in items)
+        errors = 0
+        for item in items:
+            if isinstance(item, FrameError):
+                errors += 1
+        self.stats.frames_in += len(items) - errors
         for index, item in enumerate(items):
             try:
                 if not self._route_nowait(item):

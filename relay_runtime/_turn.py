@@ -141,7 +141,7 @@ class Turn:
                 chat_id=self.chat_id,
                 content=piece,
                 reply_to=reply_to if index == 0 else None,
-                metadata=dict(metadata or {}),
+                metadata=dict(metadata) if metadata else {},
             )
             result = await self._replies.send_waiting_for_room(
                 action, platform_raw=self.platform, request_id=self._next_request_id()
