@@ -95,12 +95,16 @@ class _Run:
         if client.blocked or client.secondary_blocked:
             return Decision(allow=False, reason="blocked", tier="rule", policy=self.policy.name)
         step: _Step | Decision | None = None
+        facts = self.facts
         for rule in self.policy.fast_rules:
-            if not rule.matches(self.state, self.facts):
-                continue
-            step = self.apply_rule(rule)
-            if step is not None:
-                break
+            state = self.state  # a `continue` rule may have staged a new one (C19)
+            for cond in rule.conditions:
+                if not cond.test(state, facts):
+                    break
+            else:  # every condition holds (`Rule.matches`, inlined: it runs per rule per message)
+                step = self.apply_rule(rule)
+                if step is not None:
+                    break
         if isinstance(step, Decision):
             return step
         if step is None:
