@@ -3,7 +3,7 @@
 :class:`Sessions` runs the deliveries of one session key one at a time in arrival order,
 and different sessions concurrently, at most ``max_concurrent_turns`` at once (R59, R60). A
 worker exists only while its session has work. Each turn runs trust, then the agent, in its
-own cancel scope (an interrupt cancels it, R67) with an inner deadline
+own cancel scope (an interrupt cancels it, R67), whose deadline is the turn's time limit
 (``turn_timeout_s``); its completion is recorded, and a buffered delivery acked only after
 that record is committed (R65). A turn cancelled by shutdown is not acked and its claim is
 released so a replay runs it (R64).
