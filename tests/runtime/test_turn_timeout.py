@@ -122,6 +122,34 @@ async def test_an_interrupt_is_not_a_timeout(
     assert rig.link.acks == ["b1"]
 
 
+async def test_an_interrupt_marks_only_the_turn_it_cancelled(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The turn's one scope carries both the interrupt and the time limit: the session's
+    next turn, which then runs into its limit, is recorded timed out, not interrupted."""
+    started: list[str] = []
+
+    async def agent(turn: Turn) -> None:
+        started.append(turn.text)
+        await trio.sleep_forever()
+
+    outcomes: list[tuple[str, float]] = []
+    rig = make_rig(nursery, agent, state=MemoryState())
+    rig.dispatcher.turn_timeout_s = 600.0
+    rig.dispatcher.on_turn_end = lambda state, seconds: outcomes.append((state, seconds))
+    await rig.feed(inbound("one", chat="a", buffer_id="b1"))
+    await rig.feed(inbound("two", chat="a", buffer_id="b2"))
+    await trio.testing.wait_all_tasks_blocked()
+    assert started == ["one"]
+    await trio.sleep(10)
+    assert rig.dispatcher.interrupt(rig.dispatcher.sessions.running_sessions[0], "a")
+    await rig.settle()
+    assert started == ["one", "two"]
+    assert outcomes == [("interrupted", 10.0), ("timed_out", 600.0)]
+    assert rig.link.acks == ["b1", "b2"]
+    assert not rig.dispatcher.sessions._interrupted
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [("600", 600.0), ("0", 0.0), ("0.0", 0.0), ("2.5", 2.5), (86400, 86400.0)],
