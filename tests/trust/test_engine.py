@@ -853,6 +853,21 @@ async def test_view_cache_is_bounded_and_invalidated_by_id(db: SqlClientStore) -
         assert (await engine.evaluate(msg(uid="3"))).decision.reason == "blocked"
 
 
+async def test_sender_identities_are_remembered_bounded_and_as_canonicalised(
+    db: SqlClientStore,
+) -> None:
+    async with engine_for(db, "open", cache_size=2) as engine:
+        canon = engine.config.canonicalizer
+        for uid, alt in (("1", None), (" 1 ", None), ("2", "3"), ("x", None), (None, None)):
+            first = engine._identify("discord", uid, alt)
+            assert first == canon.identify("discord", uid, alt)
+            assert engine._identify("discord", uid, alt) == first
+            assert len(engine._identities) <= 2
+        out = await engine.evaluate(msg(uid=" 1 "))
+        assert out.decision.allow
+        assert engine.snapshot().counters["discord:1"].requests == 1
+
+
 async def test_snapshot_is_a_copy_of_what_the_engine_holds(db: SqlClientStore) -> None:
     async with engine_for(db, "open") as engine:
         await engine.evaluate(msg(uid="160"))
