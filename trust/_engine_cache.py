@@ -185,7 +185,10 @@ class ClientCache:
     ) -> Identification:
         """The sender's identity (``Canonicalizer.identify``), remembered per raw triple."""
         key = (platform, user_id, user_id_alt)
-        ident = self._identities.get(key)
+        try:
+            ident = self._identities.get(key)
+        except TypeError:  # not text (a hand-built event): canonicalisation says why
+            return self.config.canonicalizer.identify(platform, user_id, user_id_alt)
         if ident is None:
             ident = self.config.canonicalizer.identify(platform, user_id, user_id_alt)
             if len(self._identities) >= self.config.cache_size:

@@ -863,6 +863,8 @@ async def test_sender_identities_are_remembered_bounded_and_as_canonicalised(
             assert first == canon.identify("discord", uid, alt)
             assert engine._identify("discord", uid, alt) == first
             assert len(engine._identities) <= 2
+        unhashable: Any = ["1"]
+        assert engine._identify("discord", unhashable, None).is_anonymous
         out = await engine.evaluate(msg(uid=" 1 "))
         assert out.decision.allow
         assert engine.snapshot().counters["discord:1"].requests == 1
