@@ -12,6 +12,10 @@ Sections (issue 7):
 * **memory** — gateway RSS growth per tracked session over 10,000 new sessions.
 * **reconnect** — the connector drops the socket under steady load: time from the connector
   accepting the new socket to READY (descriptor written), drop to READY, and messages lost.
+* **latency under load** (issue 15) — the pipeline alone at 1,000 and 2,500 msg/s offered, open
+  loop, three times (once with ``--quick``), each repetition a fresh gateway: the median p99
+  of each rate and its range, against p99 <= 5 ms and <= 20 ms. The gateway's CPU per message
+  at saturation (target <= 150 µs) is the paired section's median.
 * **state on PostgreSQL** (with ``--state-dsn DSN`` or ``--pg``) — the pipeline again with
   the gateway's state in PostgreSQL: saturation rate and p99 at 1,000 msg/s beside SQLite's.
 
@@ -49,6 +53,10 @@ SCRIPT = Path(__file__).resolve()
 TARGET_DECIDE_US = 20.0
 TARGET_LLM_SHARE = 0.10
 TARGET_SESSION_BYTES = 4096
+#: Issue 15: p99 at each offered rate (ms), median over repetitions; the gateway's CPU per
+#: message at saturation (µs).
+LOAD_P99_TARGETS_MS = {1000.0: 5.0, 2500.0: 20.0}
+TARGET_GATEWAY_CPU_US = 150.0
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -550,6 +558,54 @@ def report(
     return "\n".join(lines), ok
 
 
+async def latency_under_load(reps: int, seconds: float) -> list[list[bp.RunResult]]:
+    """``reps`` repetitions of the pipeline at each rate of :data:`LOAD_P99_TARGETS_MS`,
+    each with a fresh gateway child (no saturation run)."""
+    runs = bp.plan(list(LOAD_P99_TARGETS_MS), seconds, 0)
+    out = []
+    for _ in range(reps):
+        results = await bp.run_pipeline(runs, "careful")
+        for result in results:
+            bp.progress(result)
+        out.append(results)
+    return out
+
+
+def load_section(
+    load: Sequence[Sequence[bp.RunResult]], paired: Sequence[bench_raw.Sample]
+) -> tuple[str, bool]:
+    """The latency-under-load figures (median p99 per rate, with its range) and the gateway's
+    CPU per message at saturation, each against its issue-15 target; and whether all are met.
+    A rated run cut short (overloaded) or one that lost messages misses its target."""
+    lines = ["", "## Latency under load and the gateway's cost (issue 15)", ""]
+    ok = True
+    for rate, target in LOAD_P99_TARGETS_MS.items():
+        mine = [r for rep in load for r in rep if r.offered == rate]
+        p99s = [r.pct(0.99) for r in mine]
+        spoiled = [r for r in mine if r.overloaded or r.lost]
+        if not p99s:
+            continue
+        mid, lo, hi = bench_raw.spread(p99s)
+        met = mid <= target and not spoiled
+        ok = ok and met
+        lines.append(
+            f"- p99 at {rate:,.0f} msg/s offered: {mid:.2f} ms (median of {len(p99s)}, "
+            f"range {lo:.2f}-{hi:.2f}); target <= {target:g} ms: {'met' if met else 'NOT met'}"
+            + (f" ({len(spoiled)} run(s) overloaded or lossy)" if spoiled else "")
+        )
+    gateway = [s.child_us() for s in paired if s.stack == bench_raw.PIPELINE]
+    if gateway:
+        mid, lo, hi = bench_raw.spread(gateway)
+        met = mid <= TARGET_GATEWAY_CPU_US
+        ok = ok and met
+        lines.append(
+            f"- gateway CPU per message at saturation: {mid:.0f} µs (median of {len(gateway)}, "
+            f"range {lo:.0f}-{hi:.0f}); target <= {TARGET_GATEWAY_CPU_US:g} µs: "
+            f"{'met' if met else 'NOT met'}"
+        )
+    return "\n".join(lines) + "\n", ok
+
+
 async def run_all(quick: bool, state_dsn: str | None = None) -> dict[str, Any]:
     """Every section, in order."""
     rates = [100.0, 1000.0, 5000.0]
@@ -562,6 +618,8 @@ async def run_all(quick: bool, state_dsn: str | None = None) -> dict[str, Any]:
         pg = await bp.run_pipeline(bp.plan(rates, seconds, saturation), "careful", state_dsn)
     print("pipeline vs the protocol-equivalent raw exchange ...", file=sys.stderr, flush=True)
     paired = await bench_raw.paired(3, 1000 if quick else 3000)
+    print("latency under load ...", file=sys.stderr, flush=True)
+    load = await latency_under_load(1 if quick else 3, seconds if quick else 5.0)
     print("trust ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-trust-") as tmp:
         trust = await bench_trust(2_000 if quick else 20_000, Path(tmp))
@@ -575,6 +633,7 @@ async def run_all(quick: bool, state_dsn: str | None = None) -> dict[str, Any]:
         "pipe": pipe,
         "raw": raw,
         "paired": paired,
+        "load": load,
         "trust": trust,
         "memory": memory,
         "identities": identities,
@@ -622,7 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["pg"],
     )  # fmt: skip
     text += bench_raw.report_section(results["paired"])
-    ok = ok and bench_raw.headline_ratio(results["paired"]) >= bench_raw.TARGET_RATIO
+    load_text, load_ok = load_section(results["load"], results["paired"])
+    text += load_text
+    ok = ok and load_ok and bench_raw.headline_ratio(results["paired"]) >= bench_raw.TARGET_RATIO
     (out / "report.md").write_text(text)
     print(text)
     print(
