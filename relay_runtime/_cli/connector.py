@@ -64,6 +64,7 @@ from relay_runtime._cli.connector_usage import (
 from relay_runtime._cli.connector_usage import (
     read_secret_file as read_secret_file,
 )
+from relay_runtime._heap import settle_heap
 from relay_runtime._logs import register_secret
 from relay_runtime.connector import DEFAULT_DESCRIPTORS, ReferenceConnector
 from relay_runtime.connector._admin import AdminApi, operator_app
@@ -416,6 +417,8 @@ async def run_connector(
             "on" if admin_token else f"off: no {ENV_ADMIN_TOKEN}",
         )
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        # Serving from here on: the start-up heap out of the collector's way, as `run` does.
+        settle_heap()
         if args.bench is not None:
             run = Bench(connector, args.bench, args.rate)
             with trio.move_on_after(args.bench_timeout):

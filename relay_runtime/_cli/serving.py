@@ -11,7 +11,6 @@ the garbage collector once the gateway is ready.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ from relay_runtime import _stop_signals as stop_signals
 from relay_runtime._delivery import Agent, TrustEvaluator
 from relay_runtime._errors import leaves
 from relay_runtime._gateway import Gateway, run_gateway
+from relay_runtime._heap import settle_heap
 from relay_runtime.config import GatewayConfig
 
 # The run command's logger: its lines ("gateway ready", the drain) keep their logger name.
@@ -32,9 +32,6 @@ log = logging.getLogger("relay_runtime.cli.run")
 #: Bound on the ``going_idle`` drain after a signal; the process exits within 10 s.
 DRAIN_TIMEOUT_S: Final = 8.0
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
-#: Net new tracked objects between young-generation collections once the heap is settled
-#: (CPython's default: 700). See :func:`settle_heap`.
-GC_GEN0_THRESHOLD: Final = 5000
 
 
 @attrs.define(eq=False)
@@ -175,28 +172,3 @@ def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
         return group
     carried = leaves(rest)
     return carried[0] if len(carried) == 1 else group
-
-
-def settle_heap() -> int:
-    """Take what start-up allocated out of the garbage collector's way; how many objects.
-
-    A full (generation 2) collection walks every tracked object, and the start-up heap
-    (modules, configuration, the trust engine, the dedupe window as loaded) never turns
-    into garbage: walking it cost a turn 10-20 ms now and then at 1,000 msg/s
-    (docs/benchmarks.md). Collected once and frozen after READY, the collector keeps only
-    the objects made since. The CLI does this because it owns the process; an application
-    embedding ``run_gateway`` decides for its own process. The price: a frozen object that
-    later becomes part of cyclic garbage (say, the first connection's tasks after a
-    reconnect) is never collected, a one-off bounded by the start-up heap.
-
-    It also raises the young generation's threshold to :data:`GC_GEN0_THRESHOLD`. A
-    message's objects die by reference count, so collections come from the slow net growth
-    of what is kept (windows, records). At CPython's 700 the bench gateway ran 130-230
-    young and 11-20 middle collections per 4,500-7,500 messages, 12-22 µs of CPU per
-    message; at 5,000, 6-7 young ones per 7,500, ~2 µs per message, ~2.4 ms of CPU each
-    (docs/benchmarks.md, "Gateway cost per message").
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-    return gc.get_freeze_count()
