@@ -11,12 +11,15 @@ what to do next. The caller's own cancellation still propagates.
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import json
 import logging
+import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 import attrs
 import trio
@@ -230,8 +233,17 @@ class _Pending:
     result: SendResult | None = None
     #: When the frame was written (the timeout counts from here, RC §6.2).
     written_at: float | None = None
-    #: The requester's wait for the result, once it waits; its deadline is set on write.
+    #: The requester's wait for the result in its own cancel scope (no timer running),
+    #: once it waits; its deadline is set on write.
     wait: trio.CancelScope | None = None
+    #: Its deadline is in the router's timer heap (set on write while the timer runs).
+    timed: bool = False
+    #: The timer found it unanswered at its deadline.
+    expired: bool = False
+    #: The requester waits on ``done`` alone (the router's timer counts its deadline).
+    bare: bool = False
+    #: The requester has left ``_exchange``: the timer forgets it.
+    over: bool = False
 
     def outcome(self) -> SendResult | None:
         # A method, not the attribute: another task may resolve it across an await.
@@ -285,6 +297,13 @@ class OutboundRouter:
         self.stopped = False
         self.timeouts = 0
         self.late_results = 0
+        #: Deadlines of written requests, ``(at, n, pending)``, while :meth:`run_timer` runs.
+        self._deadlines: list[tuple[float, int, _Pending]] = []
+        self._deadline_numbers = itertools.count()
+        self._timer_running = False
+        #: When the timer wakes next (``inf``: when a deadline is added), and its wake-up.
+        self._timer_at = math.inf
+        self._timer_wake = trio.Event()
 
     # ---- the link, as callers see it ----------------------------------------------------
 
@@ -362,11 +381,68 @@ class OutboundRouter:
         if error is not None:
             pending.resolve(_write_failure(error))
             return True
-        now = trio.current_time()
-        pending.written_at = now
-        if pending.wait is not None:
-            pending.wait.deadline = now + self.outbound_timeout_s
+        self._written(pending, trio.current_time())
         return True
+
+    def _written(self, pending: _Pending, now: float) -> None:
+        """``pending``'s frame was written at ``now``: its timeout starts (RC §6.2)."""
+        pending.written_at = now
+        at = now + self.outbound_timeout_s
+        if pending.wait is not None:
+            pending.wait.deadline = at
+        elif self._timer_running:
+            pending.timed = True
+            heap = self._deadlines
+            # Answered or abandoned requests at the top leave now (answers come back
+            # roughly in write order), so the heap holds about what is in flight.
+            while heap and ((top := heap[0][2]).result is not None or top.over):
+                heapq.heappop(heap)
+            heapq.heappush(heap, (at, next(self._deadline_numbers), pending))
+            if at < self._timer_at:
+                self._timer_wake.set()
+        elif pending.bare:
+            # Waiting for the timer, which stopped since: wake it to wait on its own.
+            pending.done.set()
+
+    async def run_timer(self) -> NoReturn:
+        """Time out written requests (RC §6.2) for as long as it runs, in the owner's nursery.
+
+        While it runs a reply waits for its result on the request's ``trio.Event`` alone,
+        instead of in a cancel scope of its own whose deadline is the timeout (entering and
+        leaving a scope is ~50 Python calls per reply). The deadlines, counted from each
+        finished write, are kept in a heap; the timer sleeps until the earliest and ends
+        the requests still unanswered then. When it stops, a request still waiting goes
+        back to waiting in its own scope, with the same deadline.
+        """
+        if self._timer_running:
+            raise RuntimeError("the outbound timer is already running")
+        self._timer_running = True
+        heap = self._deadlines
+        try:
+            while True:
+                now = trio.current_time()
+                while heap:
+                    at, _, pending = heap[0]
+                    if pending.result is not None or pending.over:
+                        heapq.heappop(heap)
+                    elif at <= now:
+                        heapq.heappop(heap)
+                        pending.expired = True
+                        pending.done.set()
+                    else:
+                        break
+                self._timer_at = heap[0][0] if heap else math.inf
+                self._timer_wake = wake = trio.Event()
+                with trio.move_on_at(self._timer_at):
+                    await wake.wait()
+        finally:
+            self._timer_running = False
+            self._timer_at = math.inf
+            for _, _, pending in heap:
+                pending.timed = False
+                if pending.bare:
+                    pending.done.set()
+            heap.clear()
 
     def fail_all(self, error: str, *, retryable: bool) -> int:
         """Resolve every pending request at once with a local failure (R41).
@@ -487,21 +563,41 @@ class OutboundRouter:
             if isinstance(error, str):
                 return _write_failure(error)
             if error is None:  # written: the timeout starts now
-                pending.written_at = trio.current_time()
-            # Queued: the writer's ``write_done`` sets the deadline once it has written.
-            with trio.CancelScope() as wait:
-                if pending.written_at is not None:
-                    wait.deadline = pending.written_at + self.outbound_timeout_s
-                pending.wait = wait
-                await pending.done.wait()
-            pending.wait = None
-            result = pending.outcome()
+                self._written(pending, trio.current_time())
+            # Queued: the writer's ``write_done`` starts the timeout once it has written.
+            result = await self._result(pending)
             if result is not None:
                 return result
             self.timeouts += 1
             log.warning("relay: outbound %s timed out after %g s", rid, self.outbound_timeout_s)
             return SendResult.failure(OUTBOUND_TIMED_OUT, ambiguous=True, kind=ErrorKind.TIMED_OUT)
         finally:
+            pending.over = True
             del self._pending[rid]
             if not self._pending:
                 self._drained.set()
+
+    async def _result(self, pending: _Pending) -> SendResult | None:
+        """Wait for ``pending``'s result; ``None`` when its timeout passed first."""
+        if self._timer_running and (pending.timed or pending.written_at is None):
+            # The router's timer counts the deadline (or will, once it is written).
+            pending.bare = True
+            try:
+                await pending.done.wait()
+            finally:
+                pending.bare = False
+            result = pending.outcome()
+            if result is not None or pending.expired:
+                return result
+            # The timer stopped before the deadline: wait on in a scope of our own.
+            pending.done = trio.Event()
+            pending.timed = False
+        with trio.CancelScope() as wait:
+            if pending.written_at is not None:
+                wait.deadline = pending.written_at + self.outbound_timeout_s
+            pending.wait = wait
+            try:
+                await pending.done.wait()
+            finally:
+                pending.wait = None
+        return pending.outcome()

@@ -278,6 +278,9 @@ class Supervisor:
             RelayDisabled: the connector refused a freshly minted credential.
         """
         async with trio.open_nursery() as nursery:
+            # The replies' timeouts, for as long as the supervisor runs (one timer task
+            # instead of a cancel scope per reply).
+            nursery.start_soon(self.outbound.run_timer)
             nursery.start_soon(self._loop)
             await self._first_ready.wait()
             if self.connection.state is not sm.State.DISABLED:

@@ -546,3 +546,107 @@ async def test_a_queued_frame_answered_before_its_timeout_and_a_failed_write(
     assert retry_for(res) is Retry.AFTER_RECONNECT
     assert r.write_done("unknown", None) is False
     assert r.pending_count == 0
+
+
+# ---- the router's own timer (one task instead of a cancel scope per reply) ---------------
+
+
+async def test_R42_with_the_router_timer_a_queued_frame_times_out_counted_from_its_write(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    link = QueuedLink(write_after_s=7)
+    r = link.router = router(link, timeout=30.0)
+    link.nursery = nursery
+    nursery.start_soon(r.run_timer)
+    await trio.testing.wait_all_tasks_blocked()
+    start = trio.current_time()
+    res = await r.request(Send("c", "x"))
+    assert trio.current_time() - start == pytest.approx(37.0)
+    assert (res.error, res.ambiguous, res.retryable) == ("relay outbound timed out", True, False)
+    assert (r.pending_count, r.timeouts) == (0, 1)
+    assert r.resolve(OutboundResult(link.written[0]["requestId"], {"success": True})) is False
+
+
+async def test_R42_with_the_router_timer_a_written_frame_times_out_counted_from_its_write(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    class SlowLink(FakeLink):
+        async def write(self, text: str) -> str | None:
+            await trio.sleep(7)
+            return await super().write(text)
+
+    link = SlowLink()
+    r = router(link, timeout=30.0)
+    nursery.start_soon(r.run_timer)
+    start = trio.current_time()
+    res = await r.request(Send("c", "x"))
+    assert trio.current_time() - start == pytest.approx(37.0)
+    assert res.error == "relay outbound timed out"
+
+
+async def test_with_the_router_timer_answers_and_timeouts_interleave_each_at_its_own_deadline(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """Requests written a second apart: the answered ones end when answered, the others
+    each 30 s after their own write; the timer's heap is empty afterwards."""
+    link = QueuedLink(write_after_s=1)
+    r = link.router = router(link, timeout=30.0)
+    link.nursery = nursery
+    nursery.start_soon(r.run_timer)
+    ended: dict[int, tuple[float, bool]] = {}
+
+    async def one(n: int) -> None:
+        await trio.sleep(n)
+        res = await r.request(Send("c", str(n)))
+        ended[n] = (trio.current_time(), res.success)
+
+    async with trio.open_nursery() as inner:
+        for n in range(4):
+            inner.start_soon(one, n)
+        await trio.sleep(5)
+        for frame in link.written:
+            if frame["action"]["content"] in ("1", "3"):
+                assert r.resolve(OutboundResult(frame["requestId"], {"success": True}))
+    assert ended == {
+        0: (pytest.approx(31.0), False),
+        1: (pytest.approx(5.0), True),
+        2: (pytest.approx(33.0), False),
+        3: (pytest.approx(5.0), True),
+    }
+    assert r.timeouts == 2
+    await trio.testing.wait_all_tasks_blocked()
+    assert r._deadlines == []
+
+
+async def test_R42_a_request_waiting_when_the_timer_stops_keeps_its_deadline(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The timer's owner ends while a reply waits (written, and one not yet written): each
+    goes on waiting in its own scope and still times out 30 s after its write."""
+    link = QueuedLink(write_after_s=20)
+    r = link.router = router(link, timeout=30.0)
+    link.nursery = nursery
+    ended: dict[str, float] = {}
+
+    async def one(name: str, after: float) -> None:
+        await trio.sleep(after)
+        res = await r.request(Send("c", name))
+        assert res.error == "relay outbound timed out"
+        ended[name] = trio.current_time()
+
+    async with trio.open_nursery() as inner, trio.open_nursery() as timer:
+        timer.start_soon(r.run_timer)
+        inner.start_soon(one, "early", 0)  # written at 20
+        inner.start_soon(one, "late", 5)  # written at 25
+        await trio.sleep(22)
+        timer.cancel_scope.cancel()
+    assert ended == {"early": pytest.approx(50.0), "late": pytest.approx(55.0)}
+    assert r.pending_count == 0
+
+
+async def test_the_router_timer_runs_once_at_a_time(nursery: trio.Nursery) -> None:
+    r = router(FakeLink())
+    nursery.start_soon(r.run_timer)
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(RuntimeError, match="already running"):
+        await r.run_timer()
