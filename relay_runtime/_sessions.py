@@ -19,7 +19,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
-import outcome
 import trio
 
 from protocol._auth import RequestIdKey
@@ -38,9 +37,6 @@ log = logging.getLogger("relay_runtime.dispatcher")
 
 #: How long shutdown waits for a cancelled turn's claim release to commit.
 RELEASE_TIMEOUT_S: Final = 5.0
-
-#: Session workers kept waiting for a new session while other sessions have work.
-IDLE_WORKERS: Final = 64
 
 
 class Sessions:
@@ -91,8 +87,6 @@ class Sessions:
         #: carries its time limit; this tells the two apart).
         self._interrupted: set[str] = set()
         self._waiting_acks: dict[int, list[str]] = {}
-        #: Workers whose session ran out of work, waiting for another (with their nursery).
-        self._idle_workers: list[tuple[trio.lowlevel.Task, trio.Nursery]] = []
 
     @property
     def running(self) -> int:
@@ -117,20 +111,12 @@ class Sessions:
             self.stats.ack_failures += 1
 
     def queue(self, delivery: Delivery, turn_nursery: trio.Nursery) -> None:
-        """Queue a claimed delivery (holding a slot) behind its session's others.
-
-        A session without queued work gets a worker: an idle one of ``turn_nursery`` if
-        there is one (woken, no new task), else a new task there.
-        """
-        session_key = delivery.session_key
-        queue = self._queues.get(session_key)
+        """Queue a claimed delivery (holding a slot) behind its session's others."""
+        queue = self._queues.get(delivery.session_key)
         if queue is None:
-            queue = self._queues[session_key] = deque((delivery,))
-            idle = self._idle_workers
-            if idle and idle[-1][1] is turn_nursery:
-                trio.lowlevel.reschedule(idle.pop()[0], outcome.Value((session_key, queue)))
-            else:
-                turn_nursery.start_soon(self._session_worker, session_key, queue, turn_nursery)
+            queue = self._queues[delivery.session_key] = deque()
+            queue.append(delivery)
+            turn_nursery.start_soon(self._session_worker, delivery.session_key, queue)
         else:
             queue.append(delivery)
 
@@ -149,48 +135,8 @@ class Sessions:
         scope.cancel()
         return True
 
-    async def _session_worker(
-        self, session_key: str, queue: deque[Delivery], nursery: trio.Nursery
-    ) -> None:
-        """Run one session's deliveries in arrival order, then wait idle for another's.
-
-        A worker whose session ran out of work waits (at most :data:`IDLE_WORKERS` of them)
-        while other sessions still have some, and :meth:`queue` hands it the next new
-        session instead of starting a task; the last worker to run out dismisses them, so
-        no worker outlives the work (a nursery of turns still ends when its turns do).
-        """
-        while True:
-            await self._run_session(session_key, queue)
-            if not self._queues:
-                self._dismiss_idle()
-                return
-            if len(self._idle_workers) >= IDLE_WORKERS:
-                return
-            job = await self._wait_idle(nursery)
-            if job is None:
-                return
-            session_key, queue = job
-
-    async def _wait_idle(self, nursery: trio.Nursery) -> tuple[str, deque[Delivery]] | None:
-        """Wait as an idle worker of ``nursery``: a session to run, or ``None`` (dismissed)."""
-        entry = (trio.lowlevel.current_task(), nursery)
-        self._idle_workers.append(entry)
-
-        def abort(_: Callable[[], object]) -> trio.lowlevel.Abort:
-            self._idle_workers.remove(entry)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        job: tuple[str, deque[Delivery]] | None = await trio.lowlevel.wait_task_rescheduled(abort)
-        return job
-
-    def _dismiss_idle(self) -> None:
-        """End every idle worker: no session has work."""
-        idle = self._idle_workers
-        while idle:
-            trio.lowlevel.reschedule(idle.pop()[0], outcome.Value(None))
-
-    async def _run_session(self, session_key: str, queue: deque[Delivery]) -> None:
-        """Run one session's deliveries in arrival order; returns when its queue is empty."""
+    async def _session_worker(self, session_key: str, queue: deque[Delivery]) -> None:
+        """Run one session's deliveries in arrival order; exits when the queue is empty."""
         try:
             while queue:
                 delivery = queue.popleft()

@@ -157,53 +157,6 @@ async def test_R59_same_session_runs_in_arrival_order_others_overlap(
     assert spans["b1"] == (0.0, 10.0)  # overlapped with a1
 
 
-async def test_R59_a_worker_whose_session_ran_out_runs_the_next_new_session_in_order(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """While another session still has work, a worker whose session's queue emptied waits
-    and takes the next new session (no new task); order within a session holds, and no
-    worker outlives the work: the nursery of turns ends by itself once the intake closes."""
-    ran: list[tuple[str, trio.lowlevel.Task, float]] = []
-
-    async def agent(turn: Turn) -> None:
-        ran.append((turn.text, trio.lowlevel.current_task(), trio.current_time()))
-        await trio.sleep(10 if turn.text == "long" else 1)
-
-    with trio.fail_after(100):
-        async with trio.open_nursery() as nursery:
-            rig = make_rig(nursery, agent)
-            await rig.feed(inbound("long", chat="L"), inbound("a1", chat="A"))
-            await trio.sleep(2)  # a1 is done; its worker waits while L still runs
-            await rig.feed(inbound("b1", chat="B"), inbound("b2", chat="B"))
-            await rig.settle()
-            await rig.inbox.aclose()
-    task = {text: t for text, t, _ in ran}
-    assert task["a1"] is task["b1"] is task["b2"]
-    assert task["long"] is not task["a1"]
-    assert [(text, at) for text, _, at in ran] == [
-        ("long", 0.0),
-        ("a1", 0.0),
-        ("b1", 2.0),
-        ("b2", 3.0),
-    ]
-    assert rig.dispatcher.sessions._idle_workers == []
-
-
-async def test_an_idle_worker_is_cancelled_with_its_nursery(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    async def agent(turn: Turn) -> None:
-        await trio.sleep(10 if turn.text == "long" else 1)
-
-    async with trio.open_nursery() as nursery:
-        rig = make_rig(nursery, agent)
-        await rig.feed(inbound("long", chat="L"), inbound("a1", chat="A"))
-        await trio.sleep(2)
-        assert len(rig.dispatcher.sessions._idle_workers) == 1
-        nursery.cancel_scope.cancel()
-    assert rig.dispatcher.sessions._idle_workers == []
-
-
 async def test_slow_turn_in_one_session_does_not_delay_another_sessions_reply(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
