@@ -21,6 +21,9 @@ from relay_runtime.connector._records import Post, SentMessage
 
 log = logging.getLogger("relay.connector")
 
+#: The actions that egress a post (tuples, not ``A | B`` unions built on every call).
+_EGRESS = (Send, FollowUp, Edit)
+
 
 class Answers(ConnectorCore):
     """``outbound`` handling of a :class:`~.server.ReferenceConnector`."""
@@ -58,10 +61,10 @@ class Answers(ConnectorCore):
             return outcome.result()
         if isinstance(outcome, Reply):
             return dict(outcome.result)
-        if isinstance(outcome, Delay | NoAnswer):  # only reached for a nested Delay
+        if isinstance(outcome, (Delay, NoAnswer)):  # only reached for a nested Delay
             raise TypeError(f"cannot answer with {outcome!r}")
         action = frame.action
-        if isinstance(action, Send | FollowUp | Edit):
+        if isinstance(action, _EGRESS):
             # Checked again here: a repeat may arrive while the first is delayed.
             first = self._repeat_result(conn, frame)
             if first is not None:
@@ -79,7 +82,7 @@ class Answers(ConnectorCore):
     def _egress(self, conn: Connection, frame: Outbound, outcome: Succeed) -> dict[str, Any]:
         """Post or edit a message as ``frame`` asks; the result to answer with."""
         action = frame.action
-        if isinstance(action, Send | FollowUp):
+        if isinstance(action, (Send, FollowUp)):
             message_id = outcome.message_id or f"m-{next(self._message_ids)}"
             chat_id = action.chat_id if isinstance(action, Send) else action.session_key
             self._messages[message_id] = SentMessage(
@@ -108,7 +111,7 @@ class Answers(ConnectorCore):
         self, conn: Connection, frame: Outbound, chat_id: str, message_id: str
     ) -> None:
         action = frame.action
-        assert isinstance(action, Send | FollowUp | Edit)
+        assert isinstance(action, _EGRESS)
         post = Post(
             seq=len(self._journal) + 1,
             at=self.clock(),

@@ -282,7 +282,8 @@ class ConnectorCore:
             return False
         self._sent.append(Sent(conn.id, conn.gateway_id, text, frame))
         self._noted()
-        await self._chaos_tick(conn)
+        if self._chaos is not None:  # no coroutine per frame when no drops are scheduled
+            await self._chaos_tick(conn)
         return True
 
     async def _chaos_tick(self, conn: Connection) -> None:

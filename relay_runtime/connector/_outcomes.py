@@ -67,6 +67,8 @@ class NoAnswer:
 
 
 Outcome = Succeed | Fail | Reply | Delay | NoAnswer
+#: The default outcome (frozen, so one instance serves every request).
+_SUCCEED = Succeed()
 
 
 @attrs.define
@@ -94,7 +96,7 @@ class OutcomeTable:
         queued = self._once.get(op)
         if queued:
             return queued.popleft()
-        return self._standing.get(op, Succeed())
+        return self._standing.get(op, _SUCCEED)
 
 
 def _check_op(op: str) -> str:

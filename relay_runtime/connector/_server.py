@@ -175,10 +175,9 @@ class ReferenceConnector(Sockets, Observation):
         """
         inst = self._instance(self._resolve(gateway_id))
         source = event.source
-        if source.chat_id:
-            self.chat_info.setdefault(
-                source.chat_id, (source.chat_name or source.chat_id, source.chat_type)
-            )
+        chat_id = source.chat_id
+        if chat_id and chat_id not in self.chat_info:  # the first event of a chat names it
+            self.chat_info[chat_id] = (source.chat_name or chat_id, source.chat_type)
         policy = self._policy(inst.gateway_id, source.platform_raw or "relay")
         reason = admit(
             policy,
