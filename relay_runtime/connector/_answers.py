@@ -46,17 +46,27 @@ class Answers(ConnectorCore):
             assert conn.nursery is not None
             conn.nursery.start_soon(self._answer_later, conn, frame, outcome)
             return
-        await self._answer(conn, frame, outcome)
+        # Answered at once: no checkpoint since the repeat check above, so it holds.
+        await self._answer(conn, frame, outcome, checked=True)
 
     async def _answer_later(self, conn: Connection, frame: Outbound, delay: Delay) -> None:
         await trio.sleep(delay.seconds)
         await self._answer(conn, frame, delay.then)
 
-    async def _answer(self, conn: Connection, frame: Outbound, outcome: Outcome) -> None:
-        result = self._perform(conn, frame, outcome)
+    async def _answer(
+        self, conn: Connection, frame: Outbound, outcome: Outcome, *, checked: bool = False
+    ) -> None:
+        result = self._perform(conn, frame, outcome, checked=checked)
         await self._write(conn, OutboundResult(request_id=frame.request_id, result=result))
 
-    def _perform(self, conn: Connection, frame: Outbound, outcome: Outcome) -> dict[str, Any]:
+    def _perform(
+        self, conn: Connection, frame: Outbound, outcome: Outcome, *, checked: bool = False
+    ) -> dict[str, Any]:
+        """Perform ``frame`` as ``outcome`` says; the result to answer with.
+
+        ``checked``: the caller found no earlier result for its ``requestId`` with no
+        checkpoint since, so the repeat check is not made again.
+        """
         if isinstance(outcome, Fail):
             return outcome.result()
         if isinstance(outcome, Reply):
@@ -66,7 +76,7 @@ class Answers(ConnectorCore):
         action = frame.action
         if isinstance(action, _EGRESS):
             # Checked again here: a repeat may arrive while the first is delayed.
-            first = self._repeat_result(conn, frame)
+            first = None if checked else self._repeat_result(conn, frame)
             if first is not None:
                 return first
             result = self._egress(conn, frame, outcome)

@@ -110,7 +110,7 @@ class DeliveryBuffer:
             buffer_id = next(itertools.filterfalse(sent.__contains__, entries), None)
             return None if buffer_id is None else entries[buffer_id]
         # Places before the oldest entry are gone: no need to step through them.
-        start = max(cursor.position, self._gone)
+        start = cursor.position if cursor.position > self._gone else self._gone
         by_place = self._by_place
         for place in range(start + 1, self._appended + 1):
             buffer_id = by_place.get(place)

@@ -281,7 +281,8 @@ class ConnectorCore:
         except ConnectionClosed:
             return False
         self._sent.append(Sent(conn.id, conn.gateway_id, text, frame))
-        self._noted()
+        if self._waiting:  # :meth:`_noted`, inline: a frame is written with nobody waiting
+            self._noted()
         if self._chaos is not None:  # no coroutine per frame when no drops are scheduled
             await self._chaos_tick(conn)
         return True

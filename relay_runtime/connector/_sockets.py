@@ -340,7 +340,8 @@ class Sockets(Access, Answers):
         except Exception:  # a bug handling one frame must not end the reader (RC §2)
             log.exception("gateway %r: error handling %s", conn.gateway_id, type(item).__name__)
         if quiet:
-            self._noted()
+            if self._waiting:  # :meth:`_noted`, inline (most frames: nobody waits)
+                self._noted()
         else:
             self._changed()
         if self._chaos is not None:
@@ -385,7 +386,7 @@ class Sockets(Access, Answers):
         Returns whether the drain task may ignore the ack: it must look only when the
         buffer emptied while the instance is flipped (the flip is then cleared).
         """
-        inst = self._instance(conn.gateway_id)
+        inst = self._instances.get(conn.gateway_id) or self._instance(conn.gateway_id)
         if not inst.buffer.ack(ack.buffer_id):
             log.debug("gateway %r acked unknown bufferId %r", conn.gateway_id, ack.buffer_id)
         for other in inst.connections:
