@@ -352,7 +352,7 @@ async def connector_peer(window: int) -> AsyncIterator[Peer]:
     The events are built before each timed run (``prepare``): making a ``MessageEvent`` is
     its caller's work, not the connector's.
     """
-    from relay_runtime.connector import ReferenceConnector
+    from relay_runtime.connector import DEFAULT_KEEP_RECORDS, ReferenceConnector
 
     tracker = bp.Tracker()
     events: dict[int, Any] = {}
@@ -366,6 +366,7 @@ async def connector_peer(window: int) -> AsyncIterator[Peer]:
         always_buffer=True,
         drain_window=window,
         on_outbound=observe,
+        keep_records=DEFAULT_KEEP_RECORDS,  # as the connector CLI keeps them
     )
 
     def prepare(first_seq: int, count: int) -> None:

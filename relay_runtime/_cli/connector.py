@@ -66,7 +66,7 @@ from relay_runtime._cli.connector_usage import (
 )
 from relay_runtime._heap import settle_heap
 from relay_runtime._logs import register_secret
-from relay_runtime.connector import DEFAULT_DESCRIPTORS, ReferenceConnector
+from relay_runtime.connector import DEFAULT_DESCRIPTORS, DEFAULT_KEEP_RECORDS, ReferenceConnector
 from relay_runtime.connector._admin import AdminApi, operator_app
 from relay_runtime.connector._control_plane import ControlPlane, ControlPlaneRegistry, serve_http
 from relay_runtime.connector._records import Post
@@ -385,6 +385,8 @@ def build_connector(args: argparse.Namespace, secrets: dict[str, list[str]]) -> 
         drain_window=args.drain_window,
         buffer_prefix=args.buffer_prefix,
         max_token_lifetime_s=lifetime,
+        # A --bench run is finite and reads every received frame by position.
+        keep_records=None if getattr(args, "bench", None) is not None else DEFAULT_KEEP_RECORDS,
     )
 
 

@@ -8,6 +8,7 @@ connector: it holds everything in memory, fronts no real platform, and trusts it
 """
 
 from relay_runtime.connector._buffer import DeliveryBuffer as DeliveryBuffer
+from relay_runtime.connector._core import DEFAULT_KEEP_RECORDS as DEFAULT_KEEP_RECORDS
 from relay_runtime.connector._outcomes import Delay as Delay
 from relay_runtime.connector._outcomes import Fail as Fail
 from relay_runtime.connector._outcomes import NoAnswer as NoAnswer
@@ -38,6 +39,7 @@ from relay_runtime.connector._server import open_connector as open_connector
 
 __all__ = [
     "DEFAULT_DESCRIPTORS",
+    "DEFAULT_KEEP_RECORDS",
     "DISCORD",
     "RELAY",
     "TELEGRAM",

@@ -241,8 +241,11 @@ class AdminApi:
 
     async def _journal(self, body: Mapping[str, Any]) -> dict[str, Any]:
         after = int(_number(body, "after", 0, low=0, high=1e12))
-        journal = self.connector.journal
-        return {"entries": [post.to_json() for post in journal[after:]], "next": len(journal)}
+        journal = self.connector.journal  # the newest posts (keep_records), seq 1, 2, ...
+        return {
+            "entries": [post.to_json() for post in journal if post.seq > after],
+            "next": journal[-1].seq if journal else 0,
+        }
 
 
 Route = Callable[[AdminApi, Mapping[str, Any]], Awaitable[dict[str, Any]]]

@@ -102,6 +102,8 @@ class Answers(ConnectorCore):
                 gateway_id=conn.gateway_id,
                 platform=frame.platform,
             )
+            if self.keep_records is not None and len(self._messages) > self.keep_records:
+                self._messages.popitem(last=False)  # edits of it now answer "unknown message"
             self._journal_post(conn, frame, chat_id, message_id)
             return {"success": True, "message_id": message_id}
         assert isinstance(action, Edit)
@@ -123,7 +125,7 @@ class Answers(ConnectorCore):
         action = frame.action
         assert isinstance(action, _EGRESS)
         post = Post(
-            seq=len(self._journal) + 1,
+            seq=self._posts + 1,
             at=self.clock(),
             gateway_id=conn.gateway_id,
             platform=frame.platform or "",
@@ -133,6 +135,7 @@ class Answers(ConnectorCore):
             content=action.content,
             request_id=frame.request_id,
         )
+        self._posts += 1
         self._journal.append(post)
         if self.journal_sink is not None:
             try:

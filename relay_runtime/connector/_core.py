@@ -9,14 +9,15 @@ read), :mod:`.sockets` (serving sockets); :mod:`.server` puts them together.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from secrets import token_hex
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import trio
 from trio_websocket import ConnectionClosed
@@ -54,11 +55,21 @@ log = logging.getLogger("relay.connector")
 
 #: How many performed ``requestId``s the connector remembers for idempotency (LRU).
 DEFAULT_REQUEST_ID_MEMORY = 100_000
+#: Records of each kind the connector CLI keeps (``keep_records``): the newest 1,000 frames
+#: received, sent, posts, ... — enough for the admin routes and a look back, flat memory.
+DEFAULT_KEEP_RECORDS = 1_000
 #: What a ``buffer_prefix`` may hold: it goes into ``bufferId``s and log lines.
 _BUFFER_PREFIX = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 
+T = TypeVar("T")
+
 DescriptorMode = Literal["valid", "invalid", "none"]
 RejectMode = Literal["http", "close"]
+
+
+def _records(keep: int | None) -> MutableSequence[T]:
+    """A record list: every record (``None``: tests read them all), else the newest ``keep``."""
+    return [] if keep is None else collections.deque(maxlen=keep)
 
 
 class ConnectorCore:
@@ -86,6 +97,7 @@ class ConnectorCore:
         on_going_idle: GoingIdleHook | None = None,
         on_accept: AcceptHook | None = None,
         journal_sink: Callable[[Post], None] | None = None,
+        keep_records: int | None = None,
     ) -> None:
         if buffer_prefix is None:
             buffer_prefix = token_hex(4)
@@ -96,6 +108,8 @@ class ConnectorCore:
         self._buffer_prefix = buffer_prefix
         if drain_window < 1:
             raise ValueError(f"drain_window must be >= 1, not {drain_window}")
+        if keep_records is not None and keep_records < 1:
+            raise ValueError(f"keep_records must be >= 1 or None, not {keep_records}")
         if request_id_memory < 1:
             raise ValueError(f"request_id_memory must be >= 1, not {request_id_memory}")
         if max_token_lifetime_s is not None and not max_token_lifetime_s > 0:
@@ -136,14 +150,17 @@ class ConnectorCore:
         self._revoked: set[str] = set()
         self._instances: dict[str, Instance] = {}
         self._connections: list[Connection] = []
-        self._received: list[Received] = []
-        self._sent: list[Sent] = []
-        self._bad_frames: list[BadFrame] = []
-        self._rejections: list[Rejection] = []
-        self._gated: list[GatedDrop] = []
-        self._messages: dict[str, SentMessage] = {}
-        self._pokes: list[str] = []
-        self._journal: list[Post] = []
+        self.keep_records = keep_records
+        self._received: MutableSequence[Received] = _records(keep_records)
+        self._sent: MutableSequence[Sent] = _records(keep_records)
+        self._bad_frames: MutableSequence[BadFrame] = _records(keep_records)
+        self._rejections: MutableSequence[Rejection] = _records(keep_records)
+        self._gated: MutableSequence[GatedDrop] = _records(keep_records)
+        #: message id -> what was posted, oldest first (edits look messages up here).
+        self._messages: OrderedDict[str, SentMessage] = OrderedDict()
+        self._pokes: MutableSequence[str] = _records(keep_records)
+        self._journal: MutableSequence[Post] = _records(keep_records)
+        self._posts = 0  # posts journalled so far: the next Post's seq is one more
         self.journal_sink = journal_sink
         self._ids = itertools.count(1)
         self._buffer_ids = itertools.count(1)

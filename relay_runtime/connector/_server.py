@@ -117,6 +117,13 @@ class ReferenceConnector(Sockets, Observation):
             connector handles it. Returning ``True`` means the hook dealt with the frame (for
             instance dropped the socket): the instance is then not flipped to buffered-only
             and no ``going_idle_ack`` is sent. ``False`` lets the connector go on as usual.
+        keep_records: how many of each kind of record (frames received and sent, bad
+            frames, rejections, gated drops, pokes, journalled posts, posted messages) are
+            kept, the newest; ``None`` (the default, for tests) keeps every one. A
+            long-running connector must bound them: kept records are memory and work for
+            the garbage collector, which walks them all on every full collection. An edit of
+            a message no longer kept is answered as unknown. The CLI keeps
+            :data:`~relay_runtime.connector.DEFAULT_KEEP_RECORDS`.
         on_accept: called as ``on_accept(conn)`` once per socket the connector accepts,
             right after the WebSocket upgrade and before the connection is registered. A
             fault-injection point for tests: an exception in it is *not* caught there but

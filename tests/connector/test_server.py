@@ -339,6 +339,36 @@ async def test_outbound_default_results_per_op(nursery):
     assert [o.request_id[0] for o in connector.outbounds] == list("1234567")
 
 
+async def test_keep_records_keeps_the_newest_and_counts_on(nursery):
+    """A bounded connector (as the CLI runs) keeps the newest records of each kind; posts
+    keep numbering on, and an edit of a message no longer kept is answered as unknown."""
+    connector = await start(nursery, keep_records=2)
+    with trio.fail_after(LIMIT):
+        async with dial(connector.url, good_headers()) as peer:
+            await ready(connector, peer)
+            await connector.inject(event("x", chat_id="c1"))
+            await peer.expect(Inbound)
+            ids = []
+            for n in range(4):
+                await request(peer, Send(chat_id="c1", content=f"m{n}"), f"{n + 1}" * 32)
+                ids.append((await peer.expect(OutboundResult)).result["message_id"])
+            await request(peer, Edit(chat_id="c1", message_id=ids[0], content="z"), "8" * 32)
+            forgotten = (await peer.expect(OutboundResult)).result
+            await request(peer, Edit(chat_id="c1", message_id=ids[3], content="z"), "9" * 32)
+            kept = (await peer.expect(OutboundResult)).result
+    assert [o.request_id[0] for o in connector.outbounds] == ["8", "9"]
+    assert len(connector.received) == 2 and len(connector.sent) == 2
+    assert list(connector.messages) == ids[2:]
+    assert forgotten["success"] is False and ids[0] in forgotten["error"]
+    assert kept == {"success": True}
+    assert [(p.seq, p.content) for p in connector.journal] == [(4, "m3"), (5, "z")]
+
+
+def test_keep_records_must_be_positive():
+    with pytest.raises(ValueError, match="keep_records must be >= 1 or None, not 0"):
+        ReferenceConnector(keep_records=0)
+
+
 async def test_outbound_failure_reply_and_one_shot_outcomes(nursery):
     connector = await start(nursery)
     connector.outcomes.set("typing", Fail("no typing here"))
