@@ -440,6 +440,7 @@ class Supervisor:
             self.outbound.resolve(item)
         elif isinstance(item, InterruptInbound):
             self._on_interrupt(item.session_key, item.chat_id)
+        # Anything else is an echo of a gateway frame: ignored (RC §2 Dispatch).
         return True
 
     async def _route(self, item: Frame | FrameError) -> None:
@@ -447,17 +448,10 @@ class Supervisor:
 
         The connection took descriptors and ``going_idle_ack`` in :meth:`_on_message`.
         """
-        if isinstance(item, FrameError):
-            self._frame_error(item)
-        elif isinstance(item, OutboundResult):
-            self.outbound.resolve(item)
-        elif isinstance(item, InterruptInbound):
-            self._on_interrupt(item.session_key, item.chat_id)
-        elif isinstance(item, Inbound):
+        if isinstance(item, Inbound | PassthroughForwardFrame):
             await self._hand_off.put(item)  # the dispatcher feeds the chat memory (once)
-        elif isinstance(item, PassthroughForwardFrame):
-            await self._hand_off.put(item)
-        # Anything else is an echo of a gateway frame: ignored (RC §2 Dispatch).
+        else:
+            self._route_nowait(item)
 
     def _frame_error(self, error: FrameError) -> None:
         if error.kind == "unknown_type":

@@ -343,7 +343,17 @@ class RelaySocket:
         waits for the frame's result, and the writer (the only task that writes) writes it
         whole even if this caller is cancelled meanwhile.
         """
-        job = WriteJob(text, on_done)
+        return await self._enqueue(WriteJob(text, on_done))
+
+    async def write(self, text: str) -> str | None:
+        """Queue a frame and wait until it is written; the failure reason, or ``None``."""
+        job = WriteJob(text)
+        refused = await self._enqueue(job)
+        return refused if refused is not None else await job.wait()
+
+    async def _enqueue(self, job: WriteJob) -> str | None:
+        """Put ``job`` in the writer's queue, waiting only while it is full; why not, or
+        ``None`` once queued."""
         try:
             self._send.send_nowait(job)  # no checkpoint on the common path
         except trio.WouldBlock:
@@ -354,20 +364,6 @@ class RelaySocket:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return "connection closed"
         return None
-
-    async def write(self, text: str) -> str | None:
-        """Queue a frame and wait until it is written; the failure reason, or ``None``."""
-        job = WriteJob(text)
-        try:
-            self._send.send_nowait(job)
-        except trio.WouldBlock:
-            try:
-                await self._send.send(job)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return "connection closed"
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return "connection closed"
-        return await job.wait()
 
     async def writer(self) -> None:
         """The only task that writes frames to the socket; one frame per text message.
