@@ -106,9 +106,6 @@ Step = tuple[State, list[Action]]
 #: A table key: the state and the event's type, or for :class:`TimerExpired` its timer.
 EventKey = type[Event] | Timer
 
-_LIVE = frozenset({State.READY, State.IDLE_REQUESTED})
-_TERMINAL = frozenset({State.CLOSED, State.DISABLED})
-
 
 @attrs.frozen
 class Transition:
@@ -180,12 +177,16 @@ class ConnectionMachine:
     @property
     def live(self) -> bool:
         """Outbound frames may be sent (READY or IDLE_REQUESTED)."""
-        return self.state in _LIVE
+        # Identity tests, not set membership: an Enum's hash is a Python-level call, and
+        # this is asked several times per message.
+        state = self.state
+        return state is State.READY or state is State.IDLE_REQUESTED
 
     @property
     def terminal(self) -> bool:
         """CLOSED or DISABLED: nothing will ever be dialled again."""
-        return self.state in _TERMINAL
+        state = self.state
+        return state is State.CLOSED or state is State.DISABLED
 
     def handle(self, event: Event) -> list[Action]:
         """Apply ``event``; return the actions the driver must carry out, in order.

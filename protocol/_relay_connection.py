@@ -51,6 +51,8 @@ from protocol._lifecycle import (
 
 #: Frames a caller may send once the connection is live (RC §3.1).
 _CALLER_FRAMES = (Outbound, Interrupt, InboundAck)
+#: The same, for the exact-type test of the common case in :meth:`RelayConnection.send`.
+_CALLER_FRAME_TYPES = frozenset(_CALLER_FRAMES)
 
 
 class RelayProtocolError(Exception):
@@ -211,6 +213,8 @@ class RelayConnection:
                 ``outbound`` before READY), or the frame is the connection's own (a
                 ``hello``, ``going_idle``) or one only the connector sends.
         """
+        if type(frame) in _CALLER_FRAME_TYPES and self.live:
+            return encode_frame(frame)  # the common case, checked first
         name = type(frame).TYPE
         if self.terminal:
             raise RelayProtocolError(f"cannot send {name}: the connection is {self.state.value}")

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from relay_runtime._outbound import OutboundRouter as OutboundRouter
     from relay_runtime._transport import Dialer as Dialer
     from relay_runtime._turn import Turn as Turn
+    from relay_runtime._websocket import WebSocketClient as WebSocketClient
+    from relay_runtime._websocket import wrap_client_stream as wrap_client_stream
     from relay_runtime.config import ConfigError as ConfigError
     from relay_runtime.config import GatewayConfig as GatewayConfig
 
@@ -38,10 +40,12 @@ __all__ = [
     "RelayDisabled",
     "SendResult",
     "Turn",
+    "WebSocketClient",
     "configure_logging",
     "reset_logging",
     "run_gateway",
     "serve_until_signalled",
+    "wrap_client_stream",
 ]
 
 _HOMES = {
@@ -54,10 +58,12 @@ _HOMES = {
     "RelayDisabled": "relay_runtime._errors",
     "SendResult": "protocol._results",
     "Turn": "relay_runtime._turn",
+    "WebSocketClient": "relay_runtime._websocket",
     "configure_logging": "relay_runtime._logs",
     "reset_logging": "relay_runtime._logs",
     "run_gateway": "relay_runtime._gateway",
     "serve_until_signalled": "relay_runtime._cli.serving",
+    "wrap_client_stream": "relay_runtime._websocket",
 }
 
 

@@ -308,9 +308,9 @@ async def run_gateway(
     the trust engine for ``config.trust`` (``careful`` unless configured) for the gateway's
     lifetime.
 
-    ``dialer`` opens the connector socket (default: a real trio-websocket dial of
-    ``config.relay_url``); it is the testing seam for running over memory streams (see
-    :class:`~relay_runtime._transport.Dialer` and ``relay_runtime.testing``).
+    ``dialer`` opens the connector socket (default: a real dial of ``config.relay_url``
+    with the gateway's WebSocket client); it is the testing seam for running over memory
+    streams (see :class:`~relay_runtime._transport.Dialer` and ``relay_runtime.testing``).
     """
     config = _check(config, agent, trust)
     try:

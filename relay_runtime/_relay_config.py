@@ -74,7 +74,6 @@ class SupervisorStats:
     malformed_frames: int = 0
     inbound_stalls: int = 0
     inbound_stalled_frames: int = 0
-    contained_protocol_errors: int = 0
     last_backoff_s: float | None = None
     last_close: tuple[int, str] | None = None
 

@@ -123,7 +123,8 @@ class SocketStep:
                 nursery.cancel_scope.cancel()
                 return ended
         except* ConnectionRejected as group:
-            # trio-websocket raises a rejected upgrade from its reader task, not the dial.
+            # A dialer may raise a rejected upgrade from a task of the socket's nursery
+            # (trio-websocket's client does) rather than from the dial itself.
             rejected = group.exceptions[0]
             assert isinstance(rejected, ConnectionRejected)
             status = rejected.status_code

@@ -20,7 +20,6 @@ from functools import partial
 import attrs
 import trio
 import trio_websocket
-from wsproto.utilities import LocalProtocolError
 
 from protocol import _lifecycle as sm
 from protocol._auth import make_upgrade_token
@@ -90,7 +89,7 @@ class Supervisor:
             waits when it is full (TCP backpressure).
         on_interrupt: called synchronously with ``(session_key, chat_id)`` for each
             ``interrupt_inbound``.
-        dialer: opens the WebSocket (default: a real trio-websocket dial).
+        dialer: opens the WebSocket (default: a real dial, :func:`websocket_dialer`).
         rng: ``uniform(low, high)`` for the backoff jitter (default: ``random.uniform``).
         token_factory: mints the upgrade bearer from ``(gateway_id, secret)``.
     """
@@ -340,10 +339,6 @@ class Supervisor:
         ended: SocketEnd | None = None
         try:
             ended = await step.run()
-        except* LocalProtocolError as group:
-            # trio-websocket #184: a ping racing our own close raises in its reader.
-            self.stats.contained_protocol_errors += 1
-            log.warning("relay: contained websocket protocol error: %r", group.exceptions[0])
         except* (trio.BrokenResourceError, trio_websocket.ConnectionClosed) as group:
             log.warning("relay: socket broke: %r", group.exceptions[0])
         finally:
@@ -404,12 +399,16 @@ class Supervisor:
         is routed, else what is left to await (from the first ``inbound`` the dispatcher's
         full queue cannot take now, every later frame too, in order).
 
-        The socket calls it from trio-websocket's reader task when its own reader is idle,
-        so a message costs no task step of ours unless the dispatcher applies backpressure.
+        The socket calls it from the WebSocket client's reader task when its own reader is
+        idle, so a message costs no task step of ours unless the dispatcher applies
+        backpressure.
         """
-        before = self.connection.state
-        items = self.connection.receive_data(message)
-        self._carry_out(before, self.connection.take_actions())
+        connection = self.connection
+        before = connection.state
+        items = connection.receive_data(message)
+        actions = connection.take_actions()
+        if actions or connection.state is not before:  # most messages change nothing
+            self._carry_out(before, actions)
         errors = 0
         for item in items:
             if isinstance(item, FrameError):

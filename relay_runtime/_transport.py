@@ -1,10 +1,10 @@
 """The connector socket: dialing with a fresh bearer, and the per-socket tasks (RC §2, §6.4).
 
-One :class:`RelaySocket` wraps one open trio-websocket connection. Its tasks run in the
-socket's own nursery (owned by the supervisor): the reader hands each message to one
-callback (the supervisor's, which decodes and routes it; it never runs handlers itself), the
-single writer is the only task that writes frames, and the keepalive pings and declares the
-socket dead when the peer goes quiet.
+One :class:`RelaySocket` wraps one open :class:`~relay_runtime._websocket.WebSocketClient`.
+Its tasks run in the socket's own nursery (owned by the supervisor): the reader hands each
+message to one callback (the supervisor's, which decodes and routes it; it never runs
+handlers itself), the single writer is the only task that writes frames, and the
+keepalive pings and declares the socket dead when the peer goes quiet.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import attrs
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
-from wsproto.events import TextMessage
 
 from protocol._codec import soft_problems_to
 from protocol._errors import FrameError
 from protocol._frames import Frame
 from protocol._framing import FrameDecoder, exceeds_limit
+from relay_runtime._websocket import WebSocketClient, wrap_client_stream
 
 log = logging.getLogger("relay_runtime.transport")
 
@@ -44,11 +44,11 @@ OnMessageNowait = Callable[[str | bytes], Callable[[], Awaitable[None]] | None]
 #: Rejected-frame lines logged per socket per window before the rest are only counted.
 REJECTED_LOG_BUDGET = 10
 REJECTED_LOG_WINDOW_S = 10.0
-#: Messages trio-websocket may hold read but not yet handled (its ``message_queue_size``):
+#: Messages the client may hold read but not yet handled (its ``message_queue_size``):
 #: a few, so that one network read's messages are handed over together; at most this many
 #: times the message limit is held before its reader stops reading the socket.
 READ_QUEUE_MESSAGES = 8
-#: Bytes asked of the socket per read (trio-websocket's default is 4 KiB).
+#: Bytes asked of the socket per read.
 RECEIVE_BUFFER_BYTES = 64 * 1024
 #: The writer takes queued frames into one stream write until they hold this many characters.
 WRITE_BATCH_CHARS = 256 * 1024
@@ -67,7 +67,7 @@ class Dialer(Protocol):
         *,
         headers: list[tuple[bytes, bytes]],
         max_message_size: int,
-    ) -> trio_websocket.WebSocketConnection: ...
+    ) -> WebSocketClient: ...
 
 
 async def websocket_dialer(
@@ -76,12 +76,12 @@ async def websocket_dialer(
     *,
     headers: list[tuple[bytes, bytes]],
     max_message_size: int,
-) -> trio_websocket.WebSocketConnection:
+) -> WebSocketClient:
     """Dial a real ``ws://``/``wss://`` URL (TLS verified with the system defaults).
 
-    The TCP stream is opened here so that it is closed however the socket ends: trio-websocket
-    raises a rejected upgrade from its reader task, and a cancelled socket nursery never runs
-    its close handshake; both would leave the stream open.
+    The stream is closed however the socket ends: a rejected upgrade or a failed handshake
+    closes it here, and a cancelled socket nursery (which never runs the close handshake)
+    closes it through :func:`_close_when_cancelled`.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -98,7 +98,7 @@ async def websocket_dialer(
         stream = await trio.open_tcp_stream(parts.hostname, port)
     nursery.start_soon(_close_when_cancelled, stream)
     try:
-        return await trio_websocket.wrap_client_stream(
+        return await wrap_client_stream(
             nursery,
             stream,
             parts.netloc,
@@ -145,7 +145,7 @@ async def dial(
     headers: list[tuple[bytes, bytes]],
     max_message_size: int,
     timeout_s: float,
-) -> trio_websocket.WebSocketConnection:
+) -> WebSocketClient:
     """Dial within ``timeout_s``; every failure becomes a :class:`DialError`."""
     try:
         with trio.fail_after(timeout_s):
@@ -278,7 +278,7 @@ class RelaySocket:
 
     def __init__(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        ws: WebSocketClient,
         *,
         max_frame_bytes: int,
         ping_interval_s: float,
@@ -287,9 +287,7 @@ class RelaySocket:
         rejected_log: RejectedFrameLog | None = None,
     ) -> None:
         self.ws = ws
-        #: Takes a message trio-websocket has read already, without a checkpoint (``None``
-        #: if there is none); ``None`` itself when the seam does not fit this connection.
-        self._take_message = eager_reads(ws, self._arrived)
+        ws.arrived = self._arrived
         #: The reader's callback for a message handled where it arrives (see ``reader``).
         self._on_message_nowait: OnMessageNowait | None = None
         #: The reader waits for a message with none queued: one may be handled inline.
@@ -370,8 +368,8 @@ class RelaySocket:
 
         Each wake takes every frame queued by then (the overflow first, up to
         :data:`WRITE_BATCH_CHARS`) and writes them with one stream write
-        (:func:`send_texts`): frames never interleave, and a caller's cancellation never
-        cuts one short, because no other task writes.
+        (:meth:`WebSocketClient.send_texts`): frames never interleave, and a caller's
+        cancellation never cuts one short, because no other task writes.
         """
         batch: list[WriteJob] = []
         try:
@@ -384,7 +382,7 @@ class RelaySocket:
                         return
                     self._take_queued(batch)
                 try:
-                    await send_texts(self.ws, [job.text for job in batch])
+                    await self.ws.send_texts([job.text for job in batch])
                 except ConnectionClosed:
                     return
                 self.frames_out += len(batch)
@@ -439,22 +437,21 @@ class RelaySocket:
         Soft field problems the codec finds are logged through the socket's rate limit,
         so a peer cannot flood the log with them.
 
-        With ``on_message_nowait`` (and the :func:`eager_reads` seam), a message that
-        arrives while this reader is idle is handled where trio-websocket's reader task
-        decoded it (:meth:`_arrived`), in that task's step: no task step of ours. What that
-        could not finish without waiting (the dispatcher's queue is full) comes back here,
-        ahead of any later message, and is awaited ``paused`` as before.
+        With ``on_message_nowait``, a message that arrives while this reader is idle is
+        handled where the client's reader task decoded it (:meth:`_arrived`), in that
+        task's step: no task step of ours. What that could not finish without waiting (the
+        dispatcher's queue is full) comes back here, ahead of any later message, and is
+        awaited ``paused`` as before.
         """
-        take = self._take_message
-        if take is not None:
-            self._on_message_nowait = on_message_nowait
+        take = self.ws.take_message
+        self._on_message_nowait = on_message_nowait
         try:
             with soft_problems_to(self._soft_problem):
                 while True:
                     try:
                         # Every message already read is handled in this task step; the
                         # wait (a step of its own) comes only once none is left.
-                        message = take() if take is not None else None
+                        message = take()
                         if message is None:
                             self._reader_idle = True
                             try:
@@ -478,7 +475,7 @@ class RelaySocket:
             self._on_message_nowait = None
 
     def _arrived(self, message: str | bytes) -> str | bytes | None:
-        """trio-websocket's reader task decoded ``message``: handle it here if the reader
+        """The client's reader task decoded ``message``: handle it here if the reader
         is idle (``None``: handled), else give back what goes into the message queue.
 
         Runs in that task's step, so it never waits: what the callback leaves to await goes
@@ -519,7 +516,7 @@ class RelaySocket:
         """Ping every ``ping_interval_s``; close 1011 after ``ping_timeout_s`` of silence.
 
         Any received message or pong counts as a sign of life (RC §6.4). While the reader is
-        paused by our own backpressure, trio-websocket stops processing pongs too, so that
+        paused by our own backpressure, the client stops processing pongs too, so that
         time counts as alive: the peer is not the one who went quiet.
         """
         next_ping = trio.current_time() + self.ping_interval_s
@@ -568,140 +565,9 @@ class RelaySocket:
                 await self._close_done.wait()
 
 
-#: trio-websocket versions whose private send path :func:`send_texts` repeats (checked: its
-#: ``send_message`` is ``_close_reason`` check, ``_wsproto.send``, ``_stream_lock``,
-#: ``_stream.send_all``, ``_abort_web_socket`` on a broken stream).
-BATCHED_WRITE_VERSIONS = ("0.12.",)
-_SEAM_ATTRIBUTES = ("_close_reason", "_wsproto", "_stream", "_stream_lock", "_abort_web_socket")
-_SEAM_VERSION_OK = trio_websocket.__version__.startswith(BATCHED_WRITE_VERSIONS)
-
-
-def can_batch(ws: object) -> bool:
-    """Whether :func:`send_texts` may write ``ws``'s frames in one stream write.
-
-    Only a trio-websocket connection of a checked version (``BATCHED_WRITE_VERSIONS``) that
-    has the attributes its own send path uses; anything else (another version, a test
-    double) is written one message at a time through ``send_message``.
-    """
-    return (
-        _SEAM_VERSION_OK
-        and isinstance(ws, trio_websocket.WebSocketConnection)
-        and all(hasattr(ws, name) for name in _SEAM_ATTRIBUTES)
-    )
-
-
-async def send_texts(ws: trio_websocket.WebSocketConnection, texts: list[str]) -> None:
-    """Send each of ``texts`` as one WebSocket text message, in order, in one stream write.
-
-    trio-websocket's ``send_message`` sends one message per call: it refuses once the
-    connection has a close reason, encodes the message with its wsproto connection, then
-    writes the bytes with ``send_all`` under its stream lock (the lock its reader takes for
-    pongs and the close), turning a broken stream into an abort and ``ConnectionClosed``.
-    This does exactly that for a batch, through the same attributes (a documented seam, pinned
-    by :data:`BATCHED_WRITE_VERSIONS` and :func:`can_batch`): the encoded messages are
-    joined and written once, so a batch costs one syscall and one task step instead of
-    two steps per frame. The lock is taken without a checkpoint when it is free; the
-    write's own checkpoint stays. A connection :func:`can_batch` refuses is written one
-    ``send_message`` per text.
-
-    Raises:
-        ConnectionClosed: the connection is closed or closing, or the stream broke.
-    """
-    if not can_batch(ws):
-        for text in texts:
-            await ws.send_message(text)
-        return
-    if ws._close_reason:
-        raise ConnectionClosed(ws._close_reason)
-    encode = ws._wsproto.send
-    data = b"".join([encode(TextMessage(data=text)) for text in texts])
-    lock = ws._stream_lock
-    try:
-        lock.acquire_nowait()
-    except trio.WouldBlock:
-        await lock.acquire()
-    try:
-        await ws._stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        await ws._abort_web_socket()
-        assert ws._close_reason is not None
-        raise ConnectionClosed(ws._close_reason) from None
-    finally:
-        lock.release()
-
-
-#: Put in trio-websocket's message queue by :meth:`RelaySocket._arrived`: the reader awaits
+#: Put in the client's message queue by :meth:`RelaySocket._arrived`: the reader awaits
 #: what inline handling left (it is not a message).
 _RESUME: Any = object()
-
-
-class _EagerSend:
-    """trio-websocket's message channel, as its reader task sends into it: each message is
-    first offered to ``arrived`` (which handles it, ``None``, or says what to queue), then
-    queued without a checkpoint while there is room (see :func:`eager_reads`); it waits
-    only when the queue is full."""
-
-    __slots__ = ("_inner", "arrived")
-
-    def __init__(
-        self,
-        inner: trio.MemorySendChannel[str | bytes],
-        arrived: Callable[[str | bytes], str | bytes | None] | None = None,
-    ) -> None:
-        self._inner = inner
-        self.arrived = arrived
-
-    async def send(self, message: str | bytes) -> None:
-        arrived = self.arrived
-        if arrived is not None:
-            queued = arrived(message)
-            if queued is None:
-                return
-            message = queued
-        try:
-            self._inner.send_nowait(message)
-        except trio.WouldBlock:
-            await self._inner.send(message)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def eager_reads(
-    ws: object, arrived: Callable[[str | bytes], str | bytes | None] | None = None
-) -> Callable[[], str | bytes | None] | None:
-    """Let ``ws`` hand every message of one network read over in one task step.
-
-    trio-websocket's reader task sends each message it decodes into a bounded channel with
-    a checkpoint per message, and ``get_message`` takes one message per checkpoint: two
-    task steps per message. For a connection :func:`can_batch` accepts (the same pinned
-    version), its reader task's ``_send_channel`` (looked up per message) is wrapped so a
-    send with room does not checkpoint, and the returned function takes a message already
-    queued from ``_recv_channel`` without one (``None`` when none is queued; raises
-    ``ConnectionClosed`` as ``get_message`` does once the channel is closed). The channel
-    stays bounded (the dialer's ``message_queue_size``): when it is full the reader task
-    waits, and so stops reading the socket, as before. ``None`` for any other connection.
-    ``arrived`` (the socket's) is offered each message first, in the reader task.
-    """
-    if not can_batch(ws) or not hasattr(ws, "_send_channel") or not hasattr(ws, "_recv_channel"):
-        return None
-    assert isinstance(ws, trio_websocket.WebSocketConnection)
-    channel: Any = ws._send_channel
-    if isinstance(channel, _EagerSend):
-        channel.arrived = arrived
-    else:
-        ws._send_channel = _EagerSend(channel, arrived)  # type: ignore[assignment]
-    receive_nowait = ws._recv_channel.receive_nowait
-
-    def take() -> str | bytes | None:
-        try:
-            return receive_nowait()
-        except trio.WouldBlock:
-            return None
-        except (trio.ClosedResourceError, trio.EndOfChannel):
-            raise ConnectionClosed(ws._close_reason) from None
-
-    return take
 
 
 def frames_to(

@@ -16,9 +16,7 @@ from collections.abc import Callable
 import trio
 from trio_websocket import (
     ConnectionClosed,
-    WebSocketConnection,
     WebSocketRequest,
-    wrap_client_stream,
     wrap_server_stream,
 )
 from wsproto.utilities import LocalProtocolError
@@ -42,6 +40,7 @@ from protocol._frames import (
 from protocol._framing import FrameDecoder
 from protocol._urls import RELAY_PATH
 from relay_runtime._transport import Dialer, message_limit
+from relay_runtime._websocket import WebSocketClient, wrap_client_stream
 from relay_runtime.connector._access import Access
 from relay_runtime.connector._answers import Answers
 from relay_runtime.connector._connection import (
@@ -147,7 +146,7 @@ class Sockets(Access, Answers):
             *,
             headers: list[tuple[bytes, bytes]],
             max_message_size: int,
-        ) -> WebSocketConnection:
+        ) -> WebSocketClient:
             parts = urllib.parse.urlsplit(url)
             resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             client, server = pair()
@@ -157,7 +156,7 @@ class Sockets(Access, Answers):
             nursery.start_soon(close_when_cancelled, client)
             return await wrap_client_stream(
                 nursery,
-                client,  # type: ignore[arg-type]  # any trio stream works
+                client,
                 parts.netloc or "reference-connector",
                 resource,
                 extra_headers=headers,

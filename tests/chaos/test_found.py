@@ -6,10 +6,11 @@ from typing import Any
 
 import trio
 import trio.testing
-from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
+from trio_websocket import ConnectionClosed, wrap_server_stream
 
 from protocol import InboundAck, encode_frame
 from relay_runtime._transport import RelaySocket
+from relay_runtime._websocket import wrap_client_stream
 from relay_runtime.testing import Harness, open_harness
 
 
@@ -46,7 +47,7 @@ async def test_a_full_write_queue_does_not_drop_an_inbound_ack(
             pass
 
     nursery.start_soon(connector)
-    ws = await wrap_client_stream(nursery, client, "relay.test", "/relay")  # type: ignore[arg-type]
+    ws = await wrap_client_stream(nursery, client, "relay.test", "/relay")
     socket = RelaySocket(
         ws, max_frame_bytes=65536, ping_interval_s=30, ping_timeout_s=60, write_buffer=2
     )

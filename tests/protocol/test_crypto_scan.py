@@ -11,6 +11,9 @@ Allow-list (documented here on purpose; extend it only with a reason):
   an invite code, TR §6). That is digesting at rest, not channel or platform crypto: anything
   keyed (``hmac.new``, ``hmac.digest``, ``hashlib.pbkdf2_hmac``...) or any other use of the
   module objects is a violation.
+* ``protocol/_websocket.py`` may use exactly ``hashlib.sha1``: the WebSocket handshake's
+  ``Sec-WebSocket-Accept`` is the SHA-1 of the request key and a fixed GUID (RFC 6455 section 4.2.2),
+  a checksum of the upgrade, not channel or platform crypto.
 * Everything else: no ``hmac``/``hashlib`` (or their C modules) at all.
 
 Platform crypto (``nacl``, ``cryptography``, ``ed25519``, PyCryptodome, ...) is forbidden in
@@ -57,6 +60,7 @@ AUTH_MODULE = "protocol/_auth.py"
 #: Per package prefix: module -> the attributes that package may use (see module docstring).
 RESTRICTED_USE: dict[str, dict[str, frozenset[str]]] = {
     "trust/": {"hashlib": frozenset({"sha256"}), "hmac": frozenset({"compare_digest"})},
+    "protocol/_websocket.py": {"hashlib": frozenset({"sha1"})},
 }
 
 _TEXT_IMPORT = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", re.MULTILINE)

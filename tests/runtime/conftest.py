@@ -17,6 +17,7 @@ import trio.testing
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from relay_runtime._websocket import WebSocketClient, wrap_client_stream
 from relay_runtime.config import GatewayConfig
 
 SECRET = "s" * 40
@@ -190,11 +191,11 @@ async def wrap_client(
     stream: trio.abc.Stream,
     headers: list[tuple[bytes, bytes]],
     max_message_size: int,
-) -> WebSocketConnection:
-    """The one place a memory stream is passed where trio-websocket wants a socket stream."""
-    return await trio_websocket.wrap_client_stream(
+) -> WebSocketClient:
+    """The gateway's client on ``stream`` (a memory stream in these tests)."""
+    return await wrap_client_stream(
         nursery,
-        stream,  # type: ignore[arg-type]
+        stream,
         "relay.test",
         "/relay",
         extra_headers=headers,

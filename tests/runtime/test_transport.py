@@ -19,15 +19,12 @@ from relay_runtime._supervisor import Supervisor
 from relay_runtime._transport import (
     DialError,
     RelaySocket,
-    _EagerSend,
     bearer_headers,
-    can_batch,
     dial,
-    eager_reads,
     frames_to,
-    send_texts,
     websocket_dialer,
 )
+from relay_runtime._websocket import wrap_client_stream
 from tests.runtime.conftest import GATEWAY_ID, SECRET, descriptor, make_config, wrap_client
 
 
@@ -274,7 +271,6 @@ async def test_writer_writes_every_queued_frame_in_one_stream_write_in_order(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     sock, peer = await socket_pair(nursery)
-    assert can_batch(sock.ws)
     counting = _CountingStream(sock.ws._stream)
     sock.ws._stream = counting  # type: ignore[assignment]
     texts = [f'{{"type":"t{i}"}}\n' for i in range(10)]
@@ -285,20 +281,6 @@ async def test_writer_writes_every_queued_frame_in_one_stream_write_in_order(
     assert counting.writes == 1
     assert sock.frames_out == 10
     assert all(job is not None and job.finished and job.error is None for job in jobs)
-
-
-async def test_send_texts_falls_back_to_one_send_message_per_text() -> None:
-    class Fake:
-        def __init__(self) -> None:
-            self.sent: list[str] = []
-
-        async def send_message(self, message: str) -> None:
-            self.sent.append(message)
-
-    fake = Fake()
-    assert not can_batch(fake)
-    await send_texts(fake, ["a\n", "b\n"])  # type: ignore[arg-type]
-    assert fake.sent == ["a\n", "b\n"]
 
 
 async def test_send_texts_refuses_a_closed_connection(
@@ -313,7 +295,7 @@ async def test_send_texts_refuses_a_closed_connection(
     nursery.start_soon(drain_peer)
     await sock.ws.aclose(1000, "bye")
     with pytest.raises(trio_websocket.ConnectionClosed):
-        await send_texts(sock.ws, ['{"type":"x"}\n'])
+        await sock.ws.send_texts(['{"type":"x"}\n'])
 
 
 async def test_send_texts_on_a_broken_stream_closes_1006_and_releases_the_lock(
@@ -327,9 +309,9 @@ async def test_send_texts_on_a_broken_stream_closes_1006_and_releases_the_lock(
 
     sock.ws._stream = Broken(sock.ws._stream)  # type: ignore[assignment]
     with pytest.raises(trio_websocket.ConnectionClosed) as caught:
-        await send_texts(sock.ws, ['{"type":"x"}\n', '{"type":"y"}\n'])
+        await sock.ws.send_texts(['{"type":"x"}\n', '{"type":"y"}\n'])
     assert caught.value.reason.code == 1006
-    assert not sock.ws._stream_lock.locked()
+    assert not sock.ws._send_lock.locked()
 
 
 async def test_queue_reports_the_write_and_a_frame_the_socket_ended_before(
@@ -363,7 +345,7 @@ async def test_queue_reports_the_write_and_a_frame_the_socket_ended_before(
     assert await sock.queue('{"type":"c"}\n', reports.append) == "connection closed"
 
 
-async def test_eager_reads_hand_over_every_message_already_read_in_order(
+async def test_take_message_hands_over_every_message_already_read_in_order(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     client_stream, server_stream = trio.testing.memory_stream_pair()
@@ -374,57 +356,25 @@ async def test_eager_reads_hand_over_every_message_already_read_in_order(
         accepted.append(await request.accept())
 
     nursery.start_soon(server)
-    ws = await trio_websocket.wrap_client_stream(
-        nursery,
-        client_stream,  # type: ignore[arg-type]
-        "relay.test",
-        "/relay",
-        message_queue_size=4,
+    ws = await wrap_client_stream(
+        nursery, client_stream, "relay.test", "/relay", message_queue_size=4
     )
     await trio.testing.wait_all_tasks_blocked()
-    take = eager_reads(ws)
-    assert take is not None
-    assert eager_reads(ws) is not None  # a second call does not wrap twice
-    assert take() is None  # nothing read yet: the caller waits in get_message
+    assert ws.take_message() is None  # nothing read yet: the caller waits in get_message
     peer = accepted[0]
-    for i in range(6):  # more than the queue holds: trio-websocket's reader waits for room
+    for i in range(6):  # more than the queue holds: the client's reader waits for room
         await peer.send_message(f"m{i}")
     await trio.testing.wait_all_tasks_blocked()
     got = []
-    while (message := take()) is not None:
+    while (message := ws.take_message()) is not None:
         got.append(message)
-    # The four queued, plus the one the waiting reader task handed over as room came.
+    # The four queued, plus the one the waiting reader handed over as room came.
     assert got == ["m0", "m1", "m2", "m3", "m4"]
-    await trio.testing.wait_all_tasks_blocked()  # room again: the reader task goes on
-    assert [take(), take()] == ["m5", None]
+    await trio.testing.wait_all_tasks_blocked()  # room again: the reader goes on
+    assert [ws.take_message(), ws.take_message()] == ["m5", None]
     await ws.aclose(1000, "bye")
     with pytest.raises(trio_websocket.ConnectionClosed):
-        take()
-
-
-async def test_eager_send_does_not_checkpoint_with_room_and_waits_when_full(
-    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
-) -> None:
-    send, receive = trio.open_memory_channel[str | bytes](1)
-    eager = _EagerSend(send)
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        await eager.send("a")  # room: no checkpoint, so the cancellation is not delivered
-    assert receive.receive_nowait() == "a"
-    await eager.send("b")
-    sent = trio.Event()
-
-    async def third() -> None:
-        await eager.send("c")
-        sent.set()
-
-    nursery.start_soon(third)
-    await trio.testing.wait_all_tasks_blocked()
-    assert not sent.is_set()  # full: it waits, the channel stays bounded
-    assert receive.receive_nowait() == "b"
-    await sent.wait()
-    assert receive.receive_nowait() == "c"
-    assert eager.statistics().max_buffer_size == 1  # everything else is the channel's
+        ws.take_message()
 
 
 async def test_an_idle_reader_has_messages_handled_inline_and_the_rest_keeps_order(
