@@ -17,7 +17,7 @@ import attrs
 import trio
 from trio_websocket import WebSocketConnection
 
-from protocol._frames import Hello, Outbound
+from protocol._frames import ConnectorFrame, Hello, Outbound
 from relay_runtime.connector._buffer import DeliveryBuffer, SendCursor
 
 
@@ -47,6 +47,11 @@ class Connection:
     # Set by a connector-initiated close; the connection's own task performs it, so the
     # WebSocket close handshake runs while the socket's reader is still alive.
     closing: tuple[int, str | None] | None = attrs.field(default=None, repr=False)
+    # While ``corked`` (set by the socket's reader around the frames of one read), frames
+    # written to this socket wait in ``outbox`` for one stream write (``_flush``).
+    corked: bool = attrs.field(default=False, repr=False)
+    outbox: list[tuple[str, ConnectorFrame | None]] = attrs.field(factory=list, repr=False)
+    outbox_chars: int = attrs.field(default=0, repr=False)
 
 
 #: Observer of each ``outbound`` frame received: ``(connection, frame)``.

@@ -50,6 +50,7 @@ from relay_runtime.connector._records import (
 from relay_runtime.connector._relevance import RelevancePolicy
 from relay_runtime.connector._seams import ControlPlaneLike, WakePokerLike
 from relay_runtime.connector._upgrade_auth import DEFAULT_MAX_TOKEN_LIFETIME_S
+from relay_runtime.connector._ws_batch import send_texts
 
 log = logging.getLogger("relay.connector")
 
@@ -270,8 +271,8 @@ class ConnectorCore:
         The drain task's work (:meth:`~.sockets.Sockets._drain`), done inline where an entry
         or a free slot appears (an injection, an ``inbound_ack``) so that a message does not
         wake that task. Order holds however many callers pump at once: an entry is taken and
-        its frame queued on the socket (``wsproto``, then the socket's FIFO lock) with no
-        checkpoint in between.
+        its frame queued on the socket (the reader's outbox while it is corked, else
+        ``wsproto``, then the socket's FIFO lock) with no checkpoint in between.
         """
         conn = inst.current
         while (
@@ -293,8 +294,17 @@ class ConnectorCore:
         return await self._write_text(conn, encode_frame(frame), frame)
 
     async def _write_text(self, conn: Connection, text: str, frame: ConnectorFrame | None) -> bool:
+        """Write ``text`` as one message; ``False`` if the socket is closed.
+
+        While the socket's reader holds ``conn`` corked, the frame joins its outbox instead
+        and goes out with the reader's next :meth:`_flush` (``True`` then means queued).
+        """
+        if conn.corked:
+            conn.outbox.append((text, frame))
+            conn.outbox_chars += len(text)
+            return True
         try:
-            await conn.ws.send_message(text)
+            await send_texts(conn.ws, [text])
         except ConnectionClosed:
             return False
         self._sent.append(Sent(conn.id, conn.gateway_id, text, frame))
@@ -302,6 +312,28 @@ class ConnectorCore:
             self._noted()
         if self._chaos is not None:  # no coroutine per frame when no drops are scheduled
             await self._chaos_tick(conn)
+        return True
+
+    async def _flush(self, conn: Connection) -> bool:
+        """Write the frames corked in ``conn``'s outbox, in order, in one stream write.
+
+        Each is still its own WebSocket message (the wire is the same as one write per
+        frame); it is recorded as sent once written. ``False`` if the socket is closed.
+        """
+        batch = conn.outbox
+        if not batch:
+            return True
+        conn.outbox = []
+        conn.outbox_chars = 0
+        try:
+            await send_texts(conn.ws, [text for text, _ in batch])
+        except ConnectionClosed:
+            return False
+        sent, connection_id, gateway_id = self._sent, conn.id, conn.gateway_id
+        for text, frame in batch:
+            sent.append(Sent(connection_id, gateway_id, text, frame))
+        if self._waiting:
+            self._noted()
         return True
 
     async def _chaos_tick(self, conn: Connection) -> None:
