@@ -76,6 +76,9 @@ from trust._policy_rules import (
     PolicyWarning as PolicyWarning,
 )
 from trust._policy_rules import (
+    Predicate as Predicate,
+)
+from trust._policy_rules import (
     Rule as Rule,
 )
 from trust._policy_rules import (
@@ -91,6 +94,8 @@ from trust._policy_rules import (
 log = logging.getLogger("trust.policy")
 
 _NAME = re.compile(r"[a-z0-9_-]{1,40}")
+CompiledRule = tuple[Rule, tuple[Predicate, ...], Decision | None]
+"""A fast rule, its conditions' tests, and its allow decision (see `Policy.compiled_rules`)."""
 _LEVEL_WORDS = {"is_admin": "admin", "is_whitelist": "whitelisted", "is_contact": "contact"}
 
 
@@ -116,18 +121,21 @@ class Policy:
     native_frontmatter: str | None = None
 
     @functools.cached_property
-    def rule_allows(self) -> tuple[Decision | None, ...]:
-        """Per fast rule, in order: the decision `decide` makes when that rule allows with
-        nothing staged (None for other actions). It depends on the rule and the policy only,
-        so it is built once, by the first `decide`, rather than per message."""
-        return tuple(self._rule_allow(rule) for rule in self.fast_rules)
+    def compiled_rules(self) -> tuple[CompiledRule, ...]:
+        """The fast rules as `decide` walks them, built by its first call: each rule with
+        its conditions' tests and the decision it makes when it allows with nothing staged
+        (None for other actions), which depends on the rule and the policy only."""
+        return tuple(
+            (rule, tuple(cond.test for cond in rule.conditions), self._rule_allow(rule))
+            for rule in self.fast_rules
+        )
 
     def _rule_allow(self, rule: Rule) -> Decision | None:
+        if rule.action != "allow":
+            return None
         try:
-            if rule.action != "allow":
-                return None
             reason = rule.reason if rule.reason is not None else self.allow_reason(rule.index)
-        except Exception:  # a broken hand-built rule: `decide` meets and reports it itself
+        except IndexError:  # a hand-built rule with a stray index: `decide` reports it
             return None
         return Decision(True, reason, "rule", rule.index, policy=self.name)
 

@@ -95,11 +95,10 @@ class _Run:
             return Decision(allow=False, reason="blocked", tier="rule", policy=self.policy.name)
         step: _Step | Decision | None = None
         facts = self.facts
-        policy = self.policy
-        for rule, allowed in zip(policy.fast_rules, policy.rule_allows, strict=True):
+        for rule, tests, allowed in self.policy.compiled_rules:
             state = self.state  # a `continue` rule may have staged a new one (C19)
-            for cond in rule.conditions:
-                if not cond.test(state, facts):
+            for test in tests:
+                if not test(state, facts):
                     break
             else:  # every condition holds (`Rule.matches`, inlined: it runs per rule per message)
                 if allowed is not None and not self.actions:
