@@ -110,6 +110,13 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
         enabled = policy.enabled_operations()
         self._accepts_invites = "verify/invite" in enabled
         self._accepts_payments = "verify/payment" in enabled
+        # The facts of a message without a command, by (is_dm, mentions_bot): all there is
+        # to know about most messages, so they are built once.
+        self._plain_facts = {
+            (dm, mentions): RequestFacts(is_dm=dm, mentions_bot=mentions)
+            for dm in (False, True)
+            for mentions in (False, True)
+        }
 
     # --- public -----------------------------------------------------------------------------
 
@@ -195,7 +202,9 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
         view = await self._view(ident.primary, ident.secondary)
         cid = view.record.client_id
         now = self.store.clock()
-        count = self._count(cid, view.counters, now)
+        count = self._counts.get(cid)
+        if count is None:
+            count = self._count(cid, view.counters, now)
         count.add(cid, now, requests=1)
         client = self._client_state(view, count, now)
         if isinstance(command, TrustCommand):
@@ -219,17 +228,20 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
 
     def _client_state(self, view: StoreView, count: ClientCount, now: int) -> ClientState:
         rec = view.record
+        days_known = (now - count.first_seen) // DAY_MS
+        # Positional, in field order (keywords cost a third more, once per message).
         return ClientState(
-            client_id=rec.client_id,
-            level=rec.level,
-            blocked=rec.blocked,
-            secondary_blocked=view.secondary_blocked,
-            is_admin=rec.is_admin,
-            agent_may_promote=rec.agent_may_promote,
-            requests=count.requests,
-            requests_today=count.requests_today,
-            requests_hour=count.requests_hour,
-            days_known=max(0, (now - count.first_seen) // DAY_MS),
+            rec.client_id,
+            rec.level,
+            rec.blocked,
+            view.secondary_blocked,
+            rec.is_admin,
+            False,  # anonymous
+            rec.agent_may_promote,
+            count.requests,
+            count.requests_today,
+            count.requests_hour,
+            days_known if days_known > 0 else 0,
         )
 
     async def _decide_and_apply(
@@ -243,7 +255,10 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
         verdict: AgentVerdict | None = None
         decision: Decision | None = None
         for attempt in range(2):
-            facts = await self._facts(event, command, client, mentions_bot)
+            if command is None:
+                facts = self._plain_facts[event.source.chat_type == "dm", bool(mentions_bot)]
+            else:
+                facts = await self._facts(event, command, client, mentions_bot)
             decided = self._timed_decide(client, facts)
             if isinstance(decided, ConsultAgent):
                 if verdict is None:
@@ -276,7 +291,7 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
         return TrustOutcome(denial, False, None)
 
     async def _facts(
-        self, event: MessageEvent, command: Command | None, client: ClientState, mentions_bot: bool
+        self, event: MessageEvent, command: Command, client: ClientState, mentions_bot: bool
     ) -> RequestFacts:
         invite: InviteCheck | None = None
         payment: PaymentCheck | None = None
@@ -297,7 +312,7 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
             else:
                 payment = await self._check_payment(client, command.reference)
         return RequestFacts(
-            command=command.kind if command else None,
+            command=command.kind,
             is_dm=event.source.chat_type == "dm",
             mentions_bot=mentions_bot,
             invite=invite,
@@ -344,7 +359,10 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
         decision: Decision,
         facts: RequestFacts,
     ) -> TrustOutcome:
-        reply = self._reply(command, client, decision, facts)
+        allowed = decision.allow
+        reply: str | None = None  # an allowed message without a command gets none (`_reply`)
+        if not allowed or command is not None:
+            reply = self._reply(command, client, decision, facts)
         if log.isEnabledFor(logging.INFO):  # the reason is cleaned only for a logged line
             log.info(
                 "trust %s %s tier=%s rule=%s reason=%s",
@@ -354,7 +372,7 @@ class TrustEngine(AgentCalls, OnboardingChecks, CommandReplies):
                 decision.rule_index,
                 clean_reason(decision.reason),  # agent-written text: no control characters
             )
-        return TrustOutcome(decision, decision.allow and command is None, reply)
+        return TrustOutcome(decision, allowed and command is None, reply)
 
     # --- /trust -----------------------------------------------------------------------------
 

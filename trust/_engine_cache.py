@@ -34,6 +34,54 @@ AUDIT_START_WINDOW: Final = 1_000
 
 
 @attrs.define
+class PendingCounts:
+    """A client's increments since the last flush (a :class:`CounterDelta` being built):
+    updated in place per message, frozen by :meth:`delta` when the flush takes it."""
+
+    client_id: str
+    first_seen: int
+    last_seen: int
+    requests: int
+    day: int
+    requests_today: int
+    hour: int
+    requests_hour: int
+    agent_calls_hour: int = 0
+    invite_failures_hour: int = 0
+
+    @classmethod
+    def of(cls, delta: CounterDelta) -> PendingCounts:
+        """Increments that start as ``delta`` (a failed flush's, put back)."""
+        return cls(
+            delta.client_id,
+            delta.first_seen,
+            delta.last_seen,
+            delta.requests,
+            delta.day,
+            delta.requests_today,
+            delta.hour,
+            delta.requests_hour,
+            delta.agent_calls_hour,
+            delta.invite_failures_hour,
+        )
+
+    def delta(self) -> CounterDelta:
+        """These increments as a frozen delta for ``add_counts``."""
+        return CounterDelta(
+            self.client_id,
+            self.first_seen,
+            self.last_seen,
+            self.requests,
+            self.day,
+            self.requests_today,
+            self.hour,
+            self.requests_hour,
+            self.agent_calls_hour,
+            self.invite_failures_hour,
+        )
+
+
+@attrs.define
 class ClientCount:
     """A client's counters: the stored base plus what this instance has not flushed."""
 
@@ -46,7 +94,7 @@ class ClientCount:
     requests_hour: int
     agent_calls_hour: int
     invite_failures_hour: int
-    pending: CounterDelta | None = None
+    pending: PendingCounts | None = None
 
     @classmethod
     def from_stored(cls, stored: Counters | None, now: int) -> ClientCount:
@@ -92,44 +140,34 @@ class ClientCount:
     def add(
         self, client_id: str, now: int, *, requests: int = 0, agent: int = 0, failures: int = 0
     ) -> None:
-        """Count one event now, in the totals and in the pending delta."""
-        self.roll(now)
-        self.last_seen = max(self.last_seen, now)
+        """Count one event now, in the totals and in the pending increments."""
+        if now // HOUR_MS != self.hour or now // DAY_MS != self.day:
+            self.roll(now)
+        if now > self.last_seen:
+            self.last_seen = now
         self.requests += requests
         self.requests_today += requests
         self.requests_hour += requests
         self.agent_calls_hour += agent
         self.invite_failures_hour += failures
         p = self.pending
-        if p is None or p.day != self.day or p.hour != self.hour:
-            if p is not None:
-                # An hour or day boundary: keep totals, restart the bucketed increments.
-                p = attrs.evolve(
-                    p,
-                    day=self.day,
-                    hour=self.hour,
-                    requests_today=p.requests_today if p.day == self.day else 0,
-                    requests_hour=0,
-                    agent_calls_hour=0,
-                    invite_failures_hour=0,
-                )
-            else:
-                p = CounterDelta(
-                    client_id, self.first_seen, now, 0, self.day, 0, self.hour, 0, 0, 0
-                )
-        # Built directly, field by field (attrs.evolve per message was most of this call).
-        self.pending = CounterDelta(
-            p.client_id,
-            p.first_seen,
-            now,
-            p.requests + requests,
-            p.day,
-            p.requests_today + requests,
-            p.hour,
-            p.requests_hour + requests,
-            p.agent_calls_hour + agent,
-            p.invite_failures_hour + failures,
-        )
+        if p is None:
+            p = self.pending = PendingCounts(
+                client_id, self.first_seen, now, 0, self.day, 0, self.hour, 0
+            )
+        elif p.day != self.day or p.hour != self.hour:
+            # An hour or day boundary: keep totals, restart the bucketed increments.
+            if p.day != self.day:
+                p.day, p.requests_today = self.day, 0
+            p.hour = self.hour
+            p.requests_hour = p.agent_calls_hour = p.invite_failures_hour = 0
+        # In place: a new frozen delta per message was most of this call.
+        p.last_seen = now
+        p.requests += requests
+        p.requests_today += requests
+        p.requests_hour += requests
+        p.agent_calls_hour += agent
+        p.invite_failures_hour += failures
 
 
 def merge_deltas(older: CounterDelta, newer: CounterDelta) -> CounterDelta:
@@ -270,7 +308,7 @@ class ClientCache:
 
     async def flush(self) -> None:
         """Write pending counter increments (every 5 s and at shutdown)."""
-        deltas = [c.pending for c in self._counts.values() if c.pending is not None]
+        deltas = [c.pending.delta() for c in self._counts.values() if c.pending is not None]
         if not deltas:
             return
         for c in self._counts.values():
@@ -283,7 +321,8 @@ class ClientCache:
             for d in deltas:
                 count = self._counts.get(d.client_id)
                 if count is not None:
-                    count.pending = d if count.pending is None else merge_deltas(d, count.pending)
+                    merged = d if count.pending is None else merge_deltas(d, count.pending.delta())
+                    count.pending = PendingCounts.of(merged)
             if not isinstance(exc, StoreError):
                 raise
             return

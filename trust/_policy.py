@@ -9,6 +9,7 @@ every problem at once in one `PolicyError`, and compile conditions into predicat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import importlib.resources
@@ -24,7 +25,7 @@ from trust import _yaml
 from trust._commands import canonical_invite_code, invite_code_digest
 from trust._compat import LEGACY_KEYS
 from trust._model import OPERATIONS as OPERATIONS
-from trust._model import Outcome
+from trust._model import Decision, Outcome
 from trust._policy_check import Checker, kind_name
 from trust._policy_parse import (
     check_keys,
@@ -75,6 +76,9 @@ from trust._policy_rules import (
     PolicyWarning as PolicyWarning,
 )
 from trust._policy_rules import (
+    Predicate as Predicate,
+)
+from trust._policy_rules import (
     Rule as Rule,
 )
 from trust._policy_rules import (
@@ -90,6 +94,9 @@ from trust._policy_rules import (
 log = logging.getLogger("trust.policy")
 
 _NAME = re.compile(r"[a-z0-9_-]{1,40}")
+CompiledRule = tuple[Rule, tuple[Predicate, ...], Decision | None]
+"""A fast rule, its conditions' tests, and its allow decision (see `Policy.compiled_rules`)."""
+_LEVEL_WORDS = {"is_admin": "admin", "is_whitelist": "whitelisted", "is_contact": "contact"}
 
 
 @attrs.frozen
@@ -112,6 +119,25 @@ class Policy:
     policy_codes: tuple[str, ...] = attrs.field(default=(), repr=False)
     warnings: tuple[PolicyWarning, ...] = ()
     native_frontmatter: str | None = None
+
+    @functools.cached_property
+    def compiled_rules(self) -> tuple[CompiledRule, ...]:
+        """The fast rules as `decide` walks them, built by its first call: each rule with
+        its conditions' tests and the decision it makes when it allows with nothing staged
+        (None for other actions), which depends on the rule and the policy only."""
+        return tuple(
+            (rule, tuple(cond.test for cond in rule.conditions), self._rule_allow(rule))
+            for rule in self.fast_rules
+        )
+
+    def _rule_allow(self, rule: Rule) -> Decision | None:
+        if rule.action != "allow":
+            return None
+        try:
+            reason = rule.reason if rule.reason is not None else self.allow_reason(rule.index)
+        except IndexError:  # a hand-built rule with a stray index: `decide` reports it
+            return None
+        return Decision(True, reason, "rule", rule.index, policy=self.name)
 
     @classmethod
     def from_text(cls, text: str, name: str | None = None, *, source: str = "<inline>") -> Policy:
@@ -163,6 +189,14 @@ class Policy:
             if on and op not in self.disable:
                 enabled.append(op)
         return tuple(enabled)
+
+    def allow_reason(self, index: int) -> str:
+        """The reason of an allow by rule ``index`` that gives none: the level it tests."""
+        for cond in self.fast_rules[index].conditions:
+            word = _LEVEL_WORDS.get(cond.text)
+            if word is not None:
+                return word
+        return f"allowed by rule {index}"
 
     def match_policy_code(self, code: str) -> str | None:
         """An id for a matching 0.6.5 policy code (`policy:<name>#<n>`), else None.

@@ -34,7 +34,6 @@ ENGINE_ERROR = "trust engine error"
 ANONYMOUS_SENDER = "anonymous sender"
 COMMANDS_NOT_SENT = "commands are not sent to the trust agent"
 
-_LEVEL_WORDS = {"is_admin": "admin", "is_whitelist": "whitelisted", "is_contact": "contact"}
 _TARGET = {
     "promote_to_contact": Level.CONTACT,
     "promote_to_whitelist": Level.WHITELIST,
@@ -96,12 +95,14 @@ class _Run:
             return Decision(allow=False, reason="blocked", tier="rule", policy=self.policy.name)
         step: _Step | Decision | None = None
         facts = self.facts
-        for rule in self.policy.fast_rules:
+        for rule, tests, allowed in self.policy.compiled_rules:
             state = self.state  # a `continue` rule may have staged a new one (C19)
-            for cond in rule.conditions:
-                if not cond.test(state, facts):
+            for test in tests:
+                if not test(state, facts):
                     break
             else:  # every condition holds (`Rule.matches`, inlined: it runs per rule per message)
+                if allowed is not None and not self.actions:
+                    return allowed  # what `finish` makes of this allow, built once per policy
                 step = self.apply_rule(rule)
                 if step is not None:
                     break
@@ -242,12 +243,7 @@ class _Run:
         return self.decision(False, reason, step.tier, step.rule_index)
 
     def allow_reason(self, index: int | None) -> str:
-        if index is not None:
-            for cond in self.policy.fast_rules[index].conditions:
-                word = _LEVEL_WORDS.get(cond.text)
-                if word is not None:
-                    return word
-        return f"allowed by rule {index}"
+        return self.policy.allow_reason(index) if index is not None else "allowed by rule None"
 
     def verdict(self, verdict: AgentVerdict, index: int | None) -> Decision:
         """Apply a trust-agent verdict through the containment filter (§5, §7, T46, T62)."""

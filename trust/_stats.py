@@ -100,7 +100,8 @@ class StatsRecorder:
         """Record one ``decide`` call's duration."""
         self.decide_count += 1
         self.decide_sum += ns
-        self.decide_max = max(self.decide_max, ns)
+        if ns > self.decide_max:
+            self.decide_max = ns
 
     def snapshot(self) -> TrustStats:
         """A frozen copy."""

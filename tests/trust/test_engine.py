@@ -924,3 +924,26 @@ async def test_counters_roll_over_the_hour_in_memory_and_in_the_store(
     stored = await db.counters("discord:150")
     assert stored is not None
     assert (stored.requests, stored.requests_hour, stored.hour) == (4, 1, wall.now // 3_600_000)
+
+
+async def test_unflushed_increments_restart_their_buckets_past_an_hour_and_a_day(
+    db: SqlClientStore, wall: WallClock
+) -> None:
+    hour_ms, day_ms = 3_600_000, 86_400_000
+    wall.now = (wall.now // day_ms + 1) * day_ms - hour_ms // 2  # half an hour before midnight
+    async with engine_for(db, "open") as engine:
+        for _ in range(3):
+            await engine.evaluate(msg(uid="151"))
+        wall.advance(3600)  # the next hour and day, nothing flushed in between
+        for _ in range(2):
+            await engine.evaluate(msg(uid="151"))
+        count = engine.snapshot().counters["discord:151"]
+        assert (count.requests, count.requests_today, count.requests_hour) == (5, 2, 2)
+        await engine.flush()
+        wall.advance(600)  # the same hour: the next increments add up
+        await engine.evaluate(msg(uid="151"))
+    stored = await db.counters("discord:151")
+    assert stored is not None
+    assert (stored.requests, stored.requests_today, stored.requests_hour) == (6, 3, 3)
+    assert (stored.day, stored.hour) == (wall.now // day_ms, wall.now // hour_ms)
+    assert stored.last_seen == wall.now

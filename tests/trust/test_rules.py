@@ -27,7 +27,7 @@ from trust._model import (
     StateChange,
 )
 from trust._policy import ATOMS, COUNTERS, Policy, load_preset
-from trust._rules import ENGINE_ERROR, decide
+from trust._rules import ENGINE_ERROR, _Run, _Step, decide
 
 OPEN, CAREFUL, STRICT = (load_preset(n) for n in ("open", "careful", "strict"))
 STRANGER = ClientState("x:1")
@@ -528,3 +528,36 @@ def test_T48_bench_trust_runs_and_reports_median_and_p99() -> None:
     evaluated = bench.bench_evaluate(300)  # the engine's fast path over a real SQLite store
     assert (evaluated.name, evaluated.count) == ("evaluate", 300)
     assert 0 < evaluated.median_us <= evaluated.p99_us
+
+
+def test_a_rules_allow_built_once_is_the_decision_finish_makes() -> None:
+    reasons = Policy.from_text(
+        """---
+name: reasons
+fast_rules:
+  - {if: [is_contact, is_dm], action: allow, reason: a contact writing directly}
+  - {if: [is_dm, 'requests < 5'], action: allow}
+  - {if: [is_whitelist, mentions_bot], action: allow}
+  - {if: is_stranger, action: promote_to_contact, on_success: continue}
+  - {if: is_contact, action: allow}
+default: deny
+---
+"""
+    )
+    for policy in (OPEN, CAREFUL, STRICT, reasons):
+        for rule, tests, allowed in policy.compiled_rules:
+            assert tests == tuple(cond.test for cond in rule.conditions)
+            if rule.action != "allow":
+                assert allowed is None
+                continue
+            step = _Step("allow", rule.reason, "rule", rule.index, rule.reason)
+            assert allowed == _Run(policy, STRANGER, PLAIN).finish(step)
+    assert [r[2].reason for r in reasons.compiled_rules if r[2] is not None] == [
+        "a contact writing directly",
+        "allowed by rule 1",
+        "whitelisted",
+        "contact",
+    ]
+    # With a change staged by an earlier rule the allow is built per message, with it.
+    d = must_decide(reasons, STRANGER, RequestFacts(is_dm=False))
+    assert (d.allow, d.rule_index, [a.op for a in d.actions]) == (True, 4, ["promote_to_contact"])
