@@ -317,7 +317,15 @@ class ClientFrames:
                 return self._fail(events, PROTOCOL_ERROR, "reserved bits set without an extension")
             opcode = first & 0x0F
             fin = first & 0x80
-            if opcode < _CLOSE and length + self._fragment_size > self.max_message_size:
+            # Checked on the header, before waiting for a payload that may never fit.
+            if opcode >= _CLOSE:
+                if opcode > _PONG:
+                    return self._fail(events, PROTOCOL_ERROR, f"unknown opcode {opcode}")
+                if not fin or length > _MAX_CONTROL_PAYLOAD:
+                    return self._fail(events, PROTOCOL_ERROR, "a fragmented or long control frame")
+            elif opcode > _BINARY:
+                return self._fail(events, PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            elif length + self._fragment_size > self.max_message_size:
                 return self._fail(
                     events, MESSAGE_TOO_BIG, f"message over {self.max_message_size} bytes"
                 )
@@ -325,48 +333,7 @@ class ClientFrames:
                 break
             payload = bytes(view[at + header : at + header + length])
             at += header + length
-            if opcode in (_TEXT, _BINARY):
-                if self._fragment_opcode is not None:
-                    return self._fail(
-                        events, PROTOCOL_ERROR, "a new message inside a fragmented one"
-                    )
-                if fin:
-                    if self.state is State.CLOSING:
-                        continue  # after our close frame, data is read and dropped
-                    if opcode == _TEXT:
-                        try:
-                            events.append(payload.decode())
-                        except UnicodeDecodeError:
-                            return self._fail(events, INVALID_PAYLOAD, "text message is not UTF-8")
-                    else:
-                        events.append(payload)
-                else:
-                    self._fragment_opcode = opcode
-                    self._fragments.append(payload)
-                    self._fragment_size = length
-            elif opcode == _CONTINUATION:
-                if self._fragment_opcode is None:
-                    return self._fail(events, PROTOCOL_ERROR, "a continuation without a message")
-                self._fragments.append(payload)
-                self._fragment_size += length
-                if fin:
-                    whole = b"".join(self._fragments)
-                    kind = self._fragment_opcode
-                    self._fragments.clear()
-                    self._fragment_opcode = None
-                    self._fragment_size = 0
-                    if self.state is State.CLOSING:
-                        continue
-                    if kind == _TEXT:
-                        try:
-                            events.append(whole.decode())
-                        except UnicodeDecodeError:
-                            return self._fail(events, INVALID_PAYLOAD, "text message is not UTF-8")
-                    else:
-                        events.append(whole)
-            elif _CLOSE <= opcode <= _PONG:
-                if not fin or length > _MAX_CONTROL_PAYLOAD:
-                    return self._fail(events, PROTOCOL_ERROR, "a fragmented or long control frame")
+            if opcode >= _CLOSE:
                 if opcode == _PING:
                     if self.state is State.OPEN:
                         self._outgoing.append(_frame(_PONG, payload, self._keys(1)))
@@ -375,8 +342,39 @@ class ClientFrames:
                     events.append(Pong(payload))
                 else:
                     return self._closed_by_server(events, payload)
+                continue
+            if opcode in (_TEXT, _BINARY):
+                if self._fragment_opcode is not None:
+                    return self._fail(
+                        events, PROTOCOL_ERROR, "a new message inside a fragmented one"
+                    )
+                if not fin:
+                    self._fragment_opcode = opcode
+                    self._fragments.append(payload)
+                    self._fragment_size = length
+                    continue
+                kind, whole = opcode, payload
+            else:  # a continuation
+                if self._fragment_opcode is None:
+                    return self._fail(events, PROTOCOL_ERROR, "a continuation without a message")
+                self._fragments.append(payload)
+                self._fragment_size += length
+                if not fin:
+                    continue
+                kind, whole = self._fragment_opcode, b"".join(self._fragments)
+                self._fragments.clear()
+                self._fragment_opcode = None
+                self._fragment_size = 0
+            # A whole message; after our close frame, data is read and dropped.
+            if self.state is State.CLOSING:
+                continue
+            if kind == _TEXT:
+                try:
+                    events.append(whole.decode())
+                except UnicodeDecodeError:
+                    return self._fail(events, INVALID_PAYLOAD, "text message is not UTF-8")
             else:
-                return self._fail(events, PROTOCOL_ERROR, f"unknown opcode {opcode}")
+                events.append(whole)
         if at:
             if view is buffer:
                 del buffer[:at]
@@ -408,7 +406,8 @@ class ClientFrames:
         return events
 
     def _fail(self, events: list[Event], code: int, reason: str) -> list[Event]:
-        """Fail the connection (RFC 6455 section 7.1.7): queue our close frame unless one went out."""
+        """Fail the connection (RFC 6455 section 7.1.7): queue our close frame unless one
+        went out already."""
         if self.state is State.OPEN:
             self._outgoing.append(_frame(_CLOSE, _close_payload(code, reason), self._keys(1)))
         self._end()

@@ -52,33 +52,11 @@ class PendingCounts:
     @classmethod
     def of(cls, delta: CounterDelta) -> PendingCounts:
         """Increments that start as ``delta`` (a failed flush's, put back)."""
-        return cls(
-            delta.client_id,
-            delta.first_seen,
-            delta.last_seen,
-            delta.requests,
-            delta.day,
-            delta.requests_today,
-            delta.hour,
-            delta.requests_hour,
-            delta.agent_calls_hour,
-            delta.invite_failures_hour,
-        )
+        return cls(*attrs.astuple(delta, recurse=False))
 
     def delta(self) -> CounterDelta:
-        """These increments as a frozen delta for ``add_counts``."""
-        return CounterDelta(
-            self.client_id,
-            self.first_seen,
-            self.last_seen,
-            self.requests,
-            self.day,
-            self.requests_today,
-            self.hour,
-            self.requests_hour,
-            self.agent_calls_hour,
-            self.invite_failures_hour,
-        )
+        """These increments as a frozen delta for ``add_counts`` (the same fields)."""
+        return CounterDelta(*attrs.astuple(self, recurse=False))
 
 
 @attrs.define

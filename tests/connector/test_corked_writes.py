@@ -10,8 +10,6 @@ message is read.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 import trio.testing
@@ -30,26 +28,12 @@ from protocol._frames import DescriptorFrame
 from relay_runtime.connector import ReferenceConnector
 from relay_runtime.connector import _sockets as sockets
 from relay_runtime.connector._ws_batch import send_texts
+from tests.streams import CountingStream
 
 from .peer import GATEWAY, SECRET, Peer, good_headers
 from .test_memory import event, open_peer
 
 LIMIT = 30  # virtual seconds
-
-
-class _CountingStream:
-    """Wraps a stream and counts its ``send_all`` calls (everything else passes through)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.writes = 0
-
-    async def send_all(self, data: bytes) -> None:
-        self.writes += 1
-        await self.inner.send_all(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 @pytest.mark.parametrize(("eager", "writes"), [(True, 1), (False, 4)])
@@ -71,7 +55,7 @@ async def test_the_answers_to_one_read_are_one_write_of_one_message_per_frame_in
         for n in range(4):
             await connector.inject(event(f"e{n}"), gateway_id=GATEWAY)
         first = [await peer.expect(Inbound) for _ in range(2)]  # the window is 2
-        counting = _CountingStream(conn.ws._stream)
+        counting = CountingStream(conn.ws._stream)
         conn.ws._stream = counting
         already_sent = len(connector.sent)
         # The gateway's side of two messages, in one write: outbound, ack, outbound, ack.

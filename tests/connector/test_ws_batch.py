@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import pytest
 import trio
@@ -12,9 +11,12 @@ import trio_websocket
 from trio_websocket import WebSocketConnection
 
 from relay_runtime.connector._ws_batch import _EagerSend, can_batch, eager_reads, send_texts
+from tests.streams import CountingStream
 
 
-async def ws_pair(nursery: trio.Nursery) -> tuple[WebSocketConnection, WebSocketConnection]:
+async def ws_pair(
+    nursery: trio.Nursery, message_queue_size: int = 1
+) -> tuple[WebSocketConnection, WebSocketConnection]:
     """A trio-websocket client and server over a memory stream pair."""
     client_stream, server_stream = trio.testing.memory_stream_pair()
     accepted: list[WebSocketConnection] = []
@@ -29,24 +31,10 @@ async def ws_pair(nursery: trio.Nursery) -> tuple[WebSocketConnection, WebSocket
         client_stream,  # type: ignore[arg-type]
         "relay.test",
         "/relay",
+        message_queue_size=message_queue_size,
     )
     await trio.testing.wait_all_tasks_blocked()
     return client, accepted[0]
-
-
-class _CountingStream:
-    """Wraps a stream and counts its ``send_all`` calls (everything else passes through)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.writes = 0
-
-    async def send_all(self, data: bytes) -> None:
-        self.writes += 1
-        await self.inner.send_all(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 async def test_send_texts_falls_back_to_one_send_message_per_text() -> None:
@@ -83,7 +71,7 @@ async def test_send_texts_on_a_broken_stream_closes_1006_and_releases_the_lock(
 ) -> None:
     ws, _peer = await ws_pair(nursery)
 
-    class Broken(_CountingStream):
+    class Broken(CountingStream):
         async def send_all(self, data: bytes) -> None:
             raise trio.BrokenResourceError("peer went away")
 
@@ -97,27 +85,11 @@ async def test_send_texts_on_a_broken_stream_closes_1006_and_releases_the_lock(
 async def test_eager_reads_hand_over_every_message_already_read_in_order(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    accepted: list[WebSocketConnection] = []
-
-    async def server() -> None:
-        request = await trio_websocket.wrap_server_stream(nursery, server_stream)
-        accepted.append(await request.accept())
-
-    nursery.start_soon(server)
-    ws = await trio_websocket.wrap_client_stream(
-        nursery,
-        client_stream,  # type: ignore[arg-type]
-        "relay.test",
-        "/relay",
-        message_queue_size=4,
-    )
-    await trio.testing.wait_all_tasks_blocked()
+    ws, peer = await ws_pair(nursery, message_queue_size=4)
     take = eager_reads(ws)
     assert take is not None
     assert eager_reads(ws) is not None  # a second call does not wrap twice
     assert take() is None  # nothing read yet: the caller waits in get_message
-    peer = accepted[0]
     for i in range(6):  # more than the queue holds: trio-websocket's reader waits for room
         await peer.send_message(f"m{i}")
     await trio.testing.wait_all_tasks_blocked()
@@ -163,7 +135,7 @@ async def test_send_texts_writes_a_batch_with_one_stream_write_in_order(
 ) -> None:
     ws, peer = await ws_pair(nursery)
     assert can_batch(ws)
-    counting = _CountingStream(ws._stream)
+    counting = CountingStream(ws._stream)
     ws._stream = counting  # type: ignore[assignment]
     texts = [f'{{"type":"t{i}"}}\n' for i in range(10)]
     await send_texts(ws, texts)

@@ -341,3 +341,9 @@ def test_masking_keys_are_never_reused_across_pool_refills() -> None:
     # A reused pool would repeat its 1,024 keys in the same order.
     assert keys[:1024] != keys[1024:2048]
     assert len(to_server(server, b"".join(batches))) == 2800
+
+
+def test_a_control_frame_that_announces_too_much_fails_on_its_header() -> None:
+    frames, _ = server_pair()
+    (closed,) = frames.receive_data(bytes([0x89, 127]) + struct.pack("!Q", 1 << 40))
+    assert isinstance(closed, Closed) and closed.code == 1002

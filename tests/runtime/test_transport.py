@@ -26,6 +26,7 @@ from relay_runtime._transport import (
 )
 from relay_runtime._websocket import wrap_client_stream
 from tests.runtime.conftest import GATEWAY_ID, SECRET, descriptor, make_config, wrap_client
+from tests.streams import CountingStream
 
 
 async def socket_pair(nursery: trio.Nursery, **kw: Any) -> tuple[RelaySocket, WebSocketConnection]:
@@ -252,26 +253,11 @@ async def test_e2e_loopback_http_401_before_handshake_ladders(
     assert sup.state == "closed"
 
 
-class _CountingStream:
-    """Wraps a stream and counts its ``send_all`` calls (everything else passes through)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.writes = 0
-
-    async def send_all(self, data: bytes) -> None:
-        self.writes += 1
-        await self.inner.send_all(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 async def test_writer_writes_every_queued_frame_in_one_stream_write_in_order(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     sock, peer = await socket_pair(nursery)
-    counting = _CountingStream(sock.ws._stream)
+    counting = CountingStream(sock.ws._stream)
     sock.ws._stream = counting  # type: ignore[assignment]
     texts = [f'{{"type":"t{i}"}}\n' for i in range(10)]
     jobs = [sock.enqueue_nowait(text) for text in texts]
@@ -303,7 +289,7 @@ async def test_send_texts_on_a_broken_stream_closes_1006_and_releases_the_lock(
 ) -> None:
     sock, _peer = await socket_pair(nursery)
 
-    class Broken(_CountingStream):
+    class Broken(CountingStream):
         async def send_all(self, data: bytes) -> None:
             raise trio.BrokenResourceError("peer went away")
 
