@@ -260,8 +260,14 @@ def _write_failure(error: str) -> SendResult:
     return SendResult.failure(SEND_FAILED_PREFIX + error, retryable=True, kind=ErrorKind.DROPPED)
 
 
+#: The actions addressed to a chat, and those of them the chat's scope is injected into
+#: (tuples made once: ``A | B`` in an ``isinstance`` builds a union on every call).
+_TO_A_CHAT: Final = (Send, Edit, Typing, GetChatInfo)
+_SCOPED: Final = (Send, Edit, Typing)
+
+
 def _chat_id(action: Action) -> str | None:
-    if isinstance(action, Send | Edit | Typing | GetChatInfo):
+    if isinstance(action, _TO_A_CHAT):
         return action.chat_id
     return None
 
@@ -476,7 +482,7 @@ class OutboundRouter:
 
     def with_scope(self, action: Action) -> Action:
         """Inject the remembered ``guild_id``/``scope_id`` into send/edit/typing (RC §3.3)."""
-        if not isinstance(action, Send | Edit | Typing) or action.metadata.get("guild_id"):
+        if not isinstance(action, _SCOPED) or action.metadata.get("guild_id"):
             return action
         facts = self.memory.get(action.chat_id)
         if facts is None or not facts.guild_id:
@@ -489,7 +495,9 @@ class OutboundRouter:
 
     def build(self, action: Action, *, request_id: str, platform_raw: str | None) -> Outbound:
         """The ``outbound`` frame for ``action`` (scope injected, tagged if resolved)."""
-        identity = self.target(action, platform_raw)
+        return self._build(action, request_id, self.target(action, platform_raw))
+
+    def _build(self, action: Action, request_id: str, identity: Identity | None) -> Outbound:
         return Outbound(
             request_id=request_id,
             action=self.with_scope(action),
@@ -526,17 +534,16 @@ class OutboundRouter:
         ``request_id`` is the reply's id when the caller has one (a turn's replies, an
         outbox entry); a fresh random one otherwise.
         """
-        refused = self.refusal()
-        if refused is not None:
-            return refused
+        if not self.link.live:
+            refused = self.refusal()
+            if refused is not None:
+                return refused
         identity = self.target(action, platform_raw)
-        descriptor = self.descriptor_for(identity.platform if identity else "")
+        descriptor = self.link.descriptor_for(identity.platform if identity else "")
         if not descriptor.allows(action.OP):
             return SendResult.failure(OP_NOT_SUPPORTED_PREFIX + action.OP, kind=ErrorKind.REJECTED)
         rid = request_id or new_request_id()
-        return await self._exchange(
-            rid, self.build(action, request_id=rid, platform_raw=platform_raw)
-        )
+        return await self._exchange(rid, self._build(action, rid, identity))
 
     async def _exchange(self, rid: str, frame: Outbound) -> SendResult:
         # Registered before the write: the result may arrive before ``send`` returns.
