@@ -143,7 +143,7 @@ class _Engine:
 
     async def _run(
         self,
-        fn: Callable[[DB], T],
+        fn: Callable[[DB], T] | None,
         bulk: Callable[[DB, list[Any]], list[Any]] | None = None,
         args: Any = None,
         *,
@@ -151,6 +151,7 @@ class _Engine:
         read: bool = False,
     ) -> T:
         """Run ``fn(conn)`` in the worker thread; its effects are committed on return.
+        (``fn`` ``None``: ``bulk(conn, [args])`` for this call alone.)
 
         ``fn`` shares a transaction with the other operations of its batch, in a savepoint
         of its own. With ``bulk``, neighbouring calls of the same kind may run as
@@ -208,24 +209,31 @@ class _Engine:
             self._batch_over = trio.Event()
         self._after_batch(batch)
         failed: list[_Op] = []
+        storage: BaseException | None = None  # the first storage failure
+        kept_error: BaseException | None = None  # the first error of a kept record
+        behind = wrote = False  # written-behind records, writes, among those that worked
         for op in batch:
-            if not op.keep or op.error is None:
+            error = op.error
+            if error is None:
+                behind = behind or op.orphan
+                wrote = wrote or not op.read
                 continue
+            if storage is None and is_storage_error(error):
+                storage = error
+            if not op.keep:
+                continue
+            kept_error = kept_error or error
             if op.orphan:
                 failed.append(op)
             else:
                 # Its caller gets the error, and the decision is still recorded: a copy
                 # nobody waits for is kept to retry like a written-behind record.
                 failed.append(_Op(op.fn, op.bulk, op.args, keep=True, orphan=True))
-        storage = next(
-            (op.error for op in batch if op.error is not None and is_storage_error(op.error)),
-            None,
-        )
         if failed:
             # Kept, in order, ahead of everything queued since: the file must not skip a
             # decision the window made. flush() reports the failure until a retry succeeds;
             # the awaited operations of the batch failed with it (raised to their callers).
-            error = next(op.error for op in batch if op.keep and op.error is not None)
+            error = kept_error
             assert error is not None
             self._behind_error = error
             for op in failed:
@@ -235,11 +243,11 @@ class _Engine:
             self._queued.set()
             self._storage_failed(storage or error, len(failed))
         else:
-            if any(op.orphan for op in batch):
+            if behind:
                 self._behind_error = None
             if storage is not None:
                 self._storage_failed(storage, 0)
-            elif any(not op.read and op.error is None for op in batch):
+            elif wrote:
                 self._storage_ok()
 
     def _after_batch(self, batch: list[_Op]) -> None:
