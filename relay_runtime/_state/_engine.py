@@ -25,7 +25,7 @@ import logging
 import os
 import sqlite3
 import sys
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import trio
 
@@ -71,6 +71,32 @@ def is_storage_error(exc: BaseException) -> bool:
         return True
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _STORAGE_CODES
+
+
+class _OneBatchAtATime:
+    """The thread limiter of the engine's worker-thread calls.
+
+    They never overlap (one batch at a time, ``_Engine._busy``), so there is nothing to
+    wait for; trio's default limiter would also yield to the scheduler on every call (a
+    task step per batch) and take a cancellation there. A ``CapacityLimiter`` as
+    ``trio.to_thread.run_sync`` uses one, and as an async context manager.
+    """
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """Take the token: at once, without a checkpoint."""
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        """Give the token back."""
+
+    async def __aenter__(self) -> None:
+        """Take the token (as ``async with``)."""
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Give the token back (as ``async with``)."""
+
+
+#: What the engine's worker-thread calls are limited by (see :class:`_OneBatchAtATime`).
+_ONE_BATCH_AT_A_TIME: Final = cast("trio.CapacityLimiter", _OneBatchAtATime())
 
 
 class _Engine:
@@ -131,7 +157,7 @@ class _Engine:
                         self._give_up_behind()
                         break
                     await trio.sleep(CLOSE_RETRY_S * 2 ** (tries - 1))
-                await trio.to_thread.run_sync(self._conn.close)
+                await trio.to_thread.run_sync(self._conn.close, limiter=_ONE_BATCH_AT_A_TIME)
                 if self._lock_fd is not None:
                     os.close(self._lock_fd)  # the next gateway on this state dir may start
         if waited.cancelled_caught:
@@ -194,15 +220,24 @@ class _Engine:
         return op.value  # type: ignore[no-any-return]
 
     async def _lead_batch(self) -> None:
-        """Take every queued operation to the worker thread as one batch; wake all waiters."""
+        """Take every queued operation to the worker thread as one batch; wake all waiters.
+
+        Raises ``Cancelled`` only before it takes anything.
+        """
+        # Once taken, the batch (other callers' operations too) must run whatever happens
+        # to its leader. No cancel scope shields it: trio.to_thread.run_sync checks for a
+        # cancellation on entry only, which this does first with nothing in between to
+        # change the answer, then ignores it until the thread returns (it may not abandon
+        # the thread); its limiter here never waits.
+        await trio.lowlevel.checkpoint_if_cancelled()
         batch, self._queue = self._queue, []
         for op in batch:
             op.taken = True
         self._busy = True
         try:
-            # Shielded: the batch holds other callers' operations too.
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_run_batch, self._conn, batch)
+            await trio.to_thread.run_sync(
+                _run_batch, self._conn, batch, limiter=_ONE_BATCH_AT_A_TIME
+            )
         finally:
             self._busy = False
             self._batch_over.set()
