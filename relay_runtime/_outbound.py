@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-import json
 import logging
 import math
 import uuid
@@ -42,6 +41,7 @@ from protocol._results import (
     ErrorKind,
     SendResult,
 )
+from relay_runtime._state._records import _buf_key_text, _msg_key_text
 
 log = logging.getLogger("relay_runtime.outbound")
 
@@ -80,10 +80,6 @@ class RequestIds:
         return self._key.derive(self._delivery, ordinal)
 
 
-#: ``json.dumps(..., separators=(",", ":"))`` without building an encoder per call.
-_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
-
-
 def reply_ids_for(
     key: bytes | RequestIdKey, k_msg: tuple[str, str, str] | None, k_buf: str | None
 ) -> RequestIds | None:
@@ -92,10 +88,11 @@ def reply_ids_for(
     ``K_msg`` counts only with a chat and a message id (as for dedupe, RC §4.6); it is
     preferred over ``K_buf`` because a message keeps it whether it came live or replayed.
     """
+    # The delivery's claim key: the same compact JSON text as the state db keeps.
     if k_msg is not None and k_msg[1] and k_msg[2]:
-        delivery = _COMPACT_JSON.encode(["msg", *map(str, k_msg)])
+        delivery = _msg_key_text(k_msg)
     elif k_buf:
-        delivery = _COMPACT_JSON.encode(["buf", str(k_buf)])
+        delivery = _buf_key_text(k_buf)
     else:
         return None
     return RequestIds(key, delivery)
