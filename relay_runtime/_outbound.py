@@ -209,12 +209,17 @@ class ChatMemory:
     def remember(self, event: MessageEvent) -> None:
         """Record the chat's guild and raw platform from an inbound event."""
         source = event.source
-        if not source.chat_id:
+        chat_id = source.chat_id
+        if not chat_id:
             return
-        self._chats[source.chat_id] = ChatFacts(source.guild_id or None, source.platform_raw)
-        self._chats.move_to_end(source.chat_id)
-        while len(self._chats) > self.size:
-            self._chats.popitem(last=False)
+        chats = self._chats
+        guild_id = source.guild_id or None
+        facts = chats.get(chat_id)
+        if facts is None or facts.guild_id != guild_id or facts.platform_raw != source.platform_raw:
+            chats[chat_id] = ChatFacts(guild_id, source.platform_raw)
+        chats.move_to_end(chat_id)
+        while len(chats) > self.size:
+            chats.popitem(last=False)
 
     def get(self, chat_id: str) -> ChatFacts | None:
         """The facts for ``chat_id`` (refreshing its recency), or ``None``."""
