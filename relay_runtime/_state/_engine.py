@@ -110,7 +110,13 @@ class _Engine:
         self._lock_fd = lock_fd
         self._queue: list[_Op] = []
         self._busy = False  # a batch is in the worker thread
-        self._batch_over = trio.Event()
+        #: Set once the batch that takes the operations queued now has run.
+        self._queue_done = trio.Event()
+        #: Set once the running batch (between batches: the next one) has run.
+        self._batch_over = self._queue_done
+        #: The ``_queue_done`` of the queue a caller waits to lead as soon as the running
+        #: batch ends (``None``: no caller does).
+        self._leader_for: trio.Event | None = None
         self._queued = trio.Event()  # set when written-behind records are queued
         #: Why the oldest written-behind record still queued failed its last commit.
         self._behind_error: BaseException | None = None
@@ -193,11 +199,19 @@ class _Engine:
         op = _Op(fn, bulk, args, keep=keep, read=read)
         self._queue.append(op)
         try:
+            # Each caller wakes once per batch it needs: when its operation's batch has run,
+            # except the first one queued behind a running batch, which wakes when that
+            # batch ends and takes the queue to the thread (the queue's other callers wake
+            # only when that has run).
             while not op.done:
                 if not self._busy:
                     await self._lead_batch()
-                else:
+                elif op.taken:
                     await self._batch_over.wait()
+                elif self._leader_for is self._queue_done:
+                    await self._queue_done.wait()
+                else:
+                    await self._wait_to_lead()
         except trio.Cancelled:
             if not op.taken:
                 if op.keep:
@@ -219,6 +233,24 @@ class _Engine:
             raise op.error
         return op.value  # type: ignore[no-any-return]
 
+    async def _wait_to_lead(self) -> None:
+        """Wait for the running batch to end, as the caller that leads the next one."""
+        queue_done = self._leader_for = self._queue_done
+        try:
+            await self._batch_over.wait()
+        except BaseException:
+            if self._queue_done is queue_done:
+                # Cancelled, and nobody took the queue since: its callers wake to choose
+                # another leader.
+                queue_done.set()
+                self._queue_done = trio.Event()
+                if not self._busy:
+                    self._batch_over = self._queue_done
+            raise
+        finally:
+            if self._leader_for is queue_done:
+                self._leader_for = None
+
     async def _lead_batch(self) -> None:
         """Take every queued operation to the worker thread as one batch; wake all waiters.
 
@@ -231,6 +263,8 @@ class _Engine:
         # the thread); its limiter here never waits.
         await trio.lowlevel.checkpoint_if_cancelled()
         batch, self._queue = self._queue, []
+        over = self._batch_over = self._queue_done
+        self._queue_done = trio.Event()
         for op in batch:
             op.taken = True
         self._busy = True
@@ -240,8 +274,8 @@ class _Engine:
             )
         finally:
             self._busy = False
-            self._batch_over.set()
-            self._batch_over = trio.Event()
+            self._batch_over = self._queue_done
+            over.set()
         self._after_batch(batch)
         failed: list[_Op] = []
         storage: BaseException | None = None  # the first storage failure
