@@ -3,8 +3,9 @@
 The database is only ever touched from a worker thread, one batch at a time, so the single
 connection is used by one thread at a time and the trio loop never waits on disk. Every
 public coroutine queues one short operation; calls made while a batch is running are
-committed together (group commit): the first caller to find no batch running takes the whole
-queue to the worker thread in one hop and runs it as ONE transaction, each operation in its
+committed together (group commit): the first caller to find no batch running (or, when one
+is running, the first caller queued behind it, once it ends) takes the whole queue to the
+worker thread in one hop and runs it as ONE transaction, each operation in its
 own ``SAVEPOINT`` (a failing operation rolls back alone and raises to its own caller), then
 commits once and wakes every caller with its own result. Unless said otherwise, an
 operation's effects are committed before its coroutine returns; a caller cancelled after its
