@@ -17,6 +17,7 @@ claims returns their ids, so the database can delete exactly the same rows.
 from __future__ import annotations
 
 import enum
+import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,9 @@ class DedupeWindow:
         #: the oldest of a dict whose front was deleted scans the holes left there.
         self._completed: OrderedDict[int, None] = OrderedDict()
         self._newest = float("-inf")  # the latest completion time recorded
+        #: The oldest completion's time (``inf``: none): nothing expires before
+        #: ``_oldest + window_s``, so most calls need not look at the oldest claim.
+        self._oldest = math.inf
 
     @property
     def completed(self) -> int:
@@ -102,6 +106,7 @@ class DedupeWindow:
         self._completed[claim_id] = None
         self._next_id = max(self._next_id, claim_id + 1)
         self._newest = max(self._newest, completed_at)
+        self._oldest = min(self._oldest, completed_at)
 
     def skip_to(self, next_claim_id: int) -> None:
         """Hand out no claim id below ``next_claim_id`` (ids the database has used)."""
@@ -123,17 +128,20 @@ class DedupeWindow:
         forgotten = self._expire(now)
         if not keys:
             return ClaimResult(ClaimStatus.NEW, None), forgotten
-        found = [self._by_key[key] for key in keys if key in self._by_key]
-        if found:
-            done = [c for c in found if c.completed_at is not None]
-            status = ClaimStatus.COMPLETED if done else ClaimStatus.IN_FLIGHT
-            named = min(done or found, key=lambda c: c.claim_id)
-            return ClaimResult(status, ClaimHandle(named.claim_id)), forgotten
+        by_key = self._by_key
+        found: _Claim | None = None
+        for key in keys:
+            claim = by_key.get(key)
+            if claim is not None and (found is None or _named_before(claim, found)):
+                found = claim
+        if found is not None:
+            status = ClaimStatus.IN_FLIGHT if found.completed_at is None else ClaimStatus.COMPLETED
+            return ClaimResult(status, ClaimHandle(found.claim_id)), forgotten
         claim = _Claim(self._next_id, tuple(dict.fromkeys(keys)))
         self._next_id += 1
         self._by_id[claim.claim_id] = claim
         for key in claim.keys:
-            self._by_key[key] = claim
+            by_key[key] = claim
         return ClaimResult(ClaimStatus.NEW, ClaimHandle(claim.claim_id)), forgotten
 
     def complete(self, handle: ClaimHandle | None, now: float) -> tuple[bool, list[int]]:
@@ -142,17 +150,30 @@ class DedupeWindow:
 
         Also returns the ids forgotten by the window and by ``max_completed``.
         """
+        completed, forgotten = self.completion(handle, now)
+        return completed is not None, forgotten
+
+    def completion(
+        self, handle: ClaimHandle | None, now: float
+    ) -> tuple[tuple[float, tuple[str, ...]] | None, list[int]]:
+        """:meth:`complete`, telling when the claim completed (as :meth:`completed_at`) and
+        its keys (as :meth:`keys_of`) instead of True; ``None`` if it was not in flight."""
         claim = None if handle is None else self._by_id.get(handle.claim_id)
         if claim is None or claim.completed_at is not None:
-            return False, []
+            return None, []
         # Never before the newest completion: the order kept here is then the order of the
         # times recorded, which is the order a restart reads back (and trims by).
-        claim.completed_at = self._newest = max(now, self._newest)
-        self._completed[claim.claim_id] = None
+        if now > self._newest:
+            self._newest = now
+        at = claim.completed_at = self._newest
+        completed = self._completed
+        if not completed:
+            self._oldest = at
+        completed[claim.claim_id] = None
         forgotten = self._expire(now)
-        while len(self._completed) > self.max_completed:
-            forgotten.extend(self.trim_one())
-        return True, forgotten
+        while len(completed) > self.max_completed:
+            forgotten.append(self._forget(next(iter(completed))))
+        return (at, claim.keys), forgotten
 
     def completed_at(self, handle: ClaimHandle) -> float | None:
         """When the claim completed, as recorded here; None if in flight or unknown."""
@@ -186,6 +207,8 @@ class DedupeWindow:
     def _expire(self, now: float) -> list[int]:
         cutoff = now - self.window_s
         forgotten: list[int] = []
+        if self._oldest > cutoff:
+            return forgotten  # the common case: nothing is old enough
         while self._completed:
             oldest = self._by_id[next(iter(self._completed))]
             assert oldest.completed_at is not None
@@ -196,8 +219,28 @@ class DedupeWindow:
 
     def _forget(self, claim_id: int) -> int:
         claim = self._by_id.pop(claim_id)
-        self._completed.pop(claim_id, None)
+        if claim.completed_at is not None:
+            completed = self._completed
+            del completed[claim_id]
+            if claim.completed_at <= self._oldest:  # it was the oldest: the next one is now
+                self._oldest = self._oldest_completion()
+        by_key = self._by_key
         for key in claim.keys:
-            if self._by_key.get(key) is claim:
-                del self._by_key[key]
+            if by_key.get(key) is claim:
+                del by_key[key]
         return claim_id
+
+    def _oldest_completion(self) -> float:
+        for claim_id in self._completed:
+            at = self._by_id[claim_id].completed_at
+            assert at is not None
+            return at
+        return math.inf
+
+
+def _named_before(claim: _Claim, other: _Claim) -> bool:
+    """Whether a claim found by a key is named before ``other``, found by another: a
+    completed one before one in flight, else the older one."""
+    if (claim.completed_at is None) != (other.completed_at is None):
+        return claim.completed_at is not None
+    return claim.claim_id < other.claim_id

@@ -127,7 +127,8 @@ class Dispatcher:
             free_slot=self._free_slot,
             commit=self._commit,
         )
-        self._slots = trio.Semaphore(max_pending_inbound)
+        #: Pending slots free now: admission never waits for one, so a count does.
+        self._free_slots = max_pending_inbound
         self._paused = False
         #: Admitted deliveries beyond the pending bound, oldest first: their frames wait in
         #: the durable inbox (the state db), only ``(turn_id, claim)`` is held here.
@@ -141,7 +142,7 @@ class Dispatcher:
     @property
     def pending(self) -> int:
         """Admitted deliveries not yet finished (queued or running)."""
-        return self.max_pending_inbound - self._slots.value
+        return self.max_pending_inbound - self._free_slots
 
     @property
     def running(self) -> int:
@@ -415,15 +416,14 @@ class Dispatcher:
     async def _unpark(self, turn_nursery: trio.Nursery) -> None:
         """Take parked deliveries back from the durable inbox, in order, as slots free."""
         while True:
-            while not (self._parked and self._slots.value):
+            while not (self._parked and self._free_slots):
                 await self._unpark_wake.wait()
                 self._unpark_wake = trio.Event()
             batch = [
                 self._parked.popleft()
-                for _ in range(min(len(self._parked), self._slots.value, UNPARK_BATCH))
+                for _ in range(min(len(self._parked), self._free_slots, UNPARK_BATCH))
             ]
-            for _ in batch:
-                self._slots.acquire_nowait()
+            self._free_slots -= len(batch)
             queued = 0
             try:
                 frames = await self._inbox_frames([turn_id for turn_id, _ in batch])
@@ -468,16 +468,17 @@ class Dispatcher:
         return decoded
 
     def _take_slot_nowait(self) -> bool:
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
+        if not self._free_slots:
             return False
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._free_slots -= 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
         return True
 
     def _free_slot(self) -> None:
-        self._slots.release()
+        free = self._free_slots = self._free_slots + 1
+        assert free <= self.max_pending_inbound, "a pending slot freed twice"
         if self._parked:
             self._unpark_wake.set()
-        elif not self.pending:
+        elif free == self.max_pending_inbound:
             self._idle.set()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-import json
 import logging
 import math
 import uuid
@@ -42,6 +41,7 @@ from protocol._results import (
     ErrorKind,
     SendResult,
 )
+from relay_runtime._state._records import _buf_key_text, _msg_key_text
 
 log = logging.getLogger("relay_runtime.outbound")
 
@@ -80,10 +80,6 @@ class RequestIds:
         return self._key.derive(self._delivery, ordinal)
 
 
-#: ``json.dumps(..., separators=(",", ":"))`` without building an encoder per call.
-_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
-
-
 def reply_ids_for(
     key: bytes | RequestIdKey, k_msg: tuple[str, str, str] | None, k_buf: str | None
 ) -> RequestIds | None:
@@ -92,10 +88,11 @@ def reply_ids_for(
     ``K_msg`` counts only with a chat and a message id (as for dedupe, RC §4.6); it is
     preferred over ``K_buf`` because a message keeps it whether it came live or replayed.
     """
+    # The delivery's claim key: the same compact JSON text as the state db keeps.
     if k_msg is not None and k_msg[1] and k_msg[2]:
-        delivery = _COMPACT_JSON.encode(["msg", *map(str, k_msg)])
+        delivery = _msg_key_text(k_msg)
     elif k_buf:
-        delivery = _COMPACT_JSON.encode(["buf", str(k_buf)])
+        delivery = _buf_key_text(k_buf)
     else:
         return None
     return RequestIds(key, delivery)
@@ -212,12 +209,17 @@ class ChatMemory:
     def remember(self, event: MessageEvent) -> None:
         """Record the chat's guild and raw platform from an inbound event."""
         source = event.source
-        if not source.chat_id:
+        chat_id = source.chat_id
+        if not chat_id:
             return
-        self._chats[source.chat_id] = ChatFacts(source.guild_id or None, source.platform_raw)
-        self._chats.move_to_end(source.chat_id)
-        while len(self._chats) > self.size:
-            self._chats.popitem(last=False)
+        chats = self._chats
+        guild_id = source.guild_id or None
+        facts = chats.get(chat_id)
+        if facts is None or facts.guild_id != guild_id or facts.platform_raw != source.platform_raw:
+            chats[chat_id] = ChatFacts(guild_id, source.platform_raw)
+        chats.move_to_end(chat_id)
+        while len(chats) > self.size:
+            chats.popitem(last=False)
 
     def get(self, chat_id: str) -> ChatFacts | None:
         """The facts for ``chat_id`` (refreshing its recency), or ``None``."""
@@ -260,8 +262,14 @@ def _write_failure(error: str) -> SendResult:
     return SendResult.failure(SEND_FAILED_PREFIX + error, retryable=True, kind=ErrorKind.DROPPED)
 
 
+#: The actions addressed to a chat, and those of them the chat's scope is injected into
+#: (tuples made once: ``A | B`` in an ``isinstance`` builds a union on every call).
+_TO_A_CHAT: Final = (Send, Edit, Typing, GetChatInfo)
+_SCOPED: Final = (Send, Edit, Typing)
+
+
 def _chat_id(action: Action) -> str | None:
-    if isinstance(action, Send | Edit | Typing | GetChatInfo):
+    if isinstance(action, _TO_A_CHAT):
         return action.chat_id
     return None
 
@@ -476,7 +484,7 @@ class OutboundRouter:
 
     def with_scope(self, action: Action) -> Action:
         """Inject the remembered ``guild_id``/``scope_id`` into send/edit/typing (RC §3.3)."""
-        if not isinstance(action, Send | Edit | Typing) or action.metadata.get("guild_id"):
+        if not isinstance(action, _SCOPED) or action.metadata.get("guild_id"):
             return action
         facts = self.memory.get(action.chat_id)
         if facts is None or not facts.guild_id:
@@ -489,7 +497,9 @@ class OutboundRouter:
 
     def build(self, action: Action, *, request_id: str, platform_raw: str | None) -> Outbound:
         """The ``outbound`` frame for ``action`` (scope injected, tagged if resolved)."""
-        identity = self.target(action, platform_raw)
+        return self._build(action, request_id, self.target(action, platform_raw))
+
+    def _build(self, action: Action, request_id: str, identity: Identity | None) -> Outbound:
         return Outbound(
             request_id=request_id,
             action=self.with_scope(action),
@@ -526,17 +536,16 @@ class OutboundRouter:
         ``request_id`` is the reply's id when the caller has one (a turn's replies, an
         outbox entry); a fresh random one otherwise.
         """
-        refused = self.refusal()
-        if refused is not None:
-            return refused
+        if not self.link.live:
+            refused = self.refusal()
+            if refused is not None:
+                return refused
         identity = self.target(action, platform_raw)
-        descriptor = self.descriptor_for(identity.platform if identity else "")
+        descriptor = self.link.descriptor_for(identity.platform if identity else "")
         if not descriptor.allows(action.OP):
             return SendResult.failure(OP_NOT_SUPPORTED_PREFIX + action.OP, kind=ErrorKind.REJECTED)
         rid = request_id or new_request_id()
-        return await self._exchange(
-            rid, self.build(action, request_id=rid, platform_raw=platform_raw)
-        )
+        return await self._exchange(rid, self._build(action, rid, identity))
 
     async def _exchange(self, rid: str, frame: Outbound) -> SendResult:
         # Registered before the write: the result may arrive before ``send`` returns.

@@ -148,14 +148,14 @@ class Replies:
         the outbox, unchanged.
         """
         wait = wait_for_room
-        if self.outbound.state == "disabled":
+        outbound = self.outbound
+        live = outbound.live
+        if not live and outbound.state == "disabled":  # a disabled link is never live
             return SendResult.failure(DISABLED, kind=ErrorKind.DISABLED)
         request_id = request_id or new_request_id()
-        if not self.live or self._behind_queued(action, platform_raw):
+        if not live or self._behind_queued(action, platform_raw):
             return await self._enqueue(action, platform_raw, request_id, wait=wait)
-        result = await self.outbound.request(
-            action, platform_raw=platform_raw, request_id=request_id
-        )
+        result = await outbound.request(action, platform_raw=platform_raw, request_id=request_id)
         if result.success:
             self.sent += 1
             return result

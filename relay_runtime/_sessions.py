@@ -80,7 +80,11 @@ class Sessions:
         self._reply_ids_key = RequestIdKey(self.reply_key)
         self._free_slot = free_slot
         self._commit = commit
-        self._limiter = trio.CapacityLimiter(max_concurrent_turns)
+        #: Turn slots free now (``max_concurrent_turns`` in all); a turn that finds none
+        #: parks in ``_turn_waiters`` and is handed the slot of the next turn to end, in
+        #: arrival order (what ``trio.CapacityLimiter`` does, without its per-task books).
+        self._free_turns = max_concurrent_turns
+        self._turn_waiters = trio.lowlevel.ParkingLot()
         self._queues: dict[str, deque[Delivery]] = {}
         self._running: dict[str, trio.CancelScope] = {}
         #: Sessions whose running turn an interrupt cancelled (the turn's one scope also
@@ -168,17 +172,16 @@ class Sessions:
         turn_id = delivery.turn_id
         started = False
         try:
-            limiter = self._limiter
-            try:
-                # A free slot is taken without a checkpoint (a task step per turn saved);
-                # the turn's own awaits are its checkpoints.
-                limiter.acquire_nowait()
-            except trio.WouldBlock:
-                await limiter.acquire()
+            # A free slot is taken without a checkpoint (a task step per turn saved); the
+            # turn's own awaits are its checkpoints.
+            if self._free_turns:
+                self._free_turns -= 1
+            else:
+                await self._turn_waiters.park()  # woken holding the slot handed over
             try:
                 started = True
                 began = trio.current_time()
-                state, error = await self._run_turn(delivery)
+                state, error = await self._run_turn(delivery, began)
                 if self.on_turn_end is not None:
                     self.on_turn_end(state, trio.current_time() - began)
                 # Only what is acked needs its completion committed first (R65); the rest
@@ -197,7 +200,10 @@ class Sessions:
                     # Storage fails: the record is kept and retried; the ack waits for it.
                     await self._commit()
             finally:
-                limiter.release()
+                if self._turn_waiters:
+                    self._turn_waiters.unpark()
+                else:
+                    self._free_turns += 1
         except trio.Cancelled:
             # Shutdown (an interrupt is caught inside the turn): no ack, claim released,
             # so the connector's replay runs it again (R64). If the turn had finished and
@@ -220,7 +226,7 @@ class Sessions:
         setattr(self.stats, state, getattr(self.stats, state) + 1)
         if delivery.buffer_id:
             self.ack(delivery.buffer_id)
-        if self._acks_waiting_on(delivery):
+        if self._waiting_acks and self._acks_waiting_on(delivery):
             if write_behind:  # a duplicate came while the completion was being decided
                 await self._commit()
             assert delivery.handle is not None
@@ -231,19 +237,19 @@ class Sessions:
         """Duplicates of ``delivery`` wait to be acked when it completes."""
         return delivery.handle is not None and delivery.handle.claim_id in self._waiting_acks
 
-    async def _run_turn(self, delivery: Delivery) -> tuple[TurnEndState, str | None]:
+    async def _run_turn(self, delivery: Delivery, began: float) -> tuple[TurnEndState, str | None]:
         """Trust, then the agent, in the turn's own cancel scope; returns its end state.
 
         One scope per turn: an interrupt cancels it (and marks the session interrupted),
-        the time limit is its deadline.
+        the time limit (counted from ``began``) is its deadline, given to the scope when
+        it is made (setting it later costs a deadline update in trio's books).
         """
         event = delivery.event
         session_key = delivery.session_key
         state: TurnEndState = "completed"
         error: str | None = None
-        scope = trio.CancelScope()
-        if self.turn_timeout_s is not None:
-            scope.deadline = trio.current_time() + self.turn_timeout_s
+        limit = self.turn_timeout_s
+        scope = trio.CancelScope() if limit is None else trio.CancelScope(deadline=began + limit)
         self._running[session_key] = scope
         try:
             with scope:

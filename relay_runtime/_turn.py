@@ -133,21 +133,29 @@ class Turn:
         then not sent). A piece queued in the outbox while disconnected counts as sent:
         the rest queue behind it. ``reply_to`` applies to the first piece only.
         """
-        descriptor = self._replies.outbound.descriptor_for(self.platform)
-        pieces = chunk_text(text, descriptor.max_message_length, descriptor.len_unit)
-        result = SendResult.failure("relay: nothing to send")
-        for index, piece in enumerate(pieces):
+        replies = self._replies
+        platform = self.platform
+        chat_id = self.event.source.chat_id
+        request_ids = self._request_ids
+        descriptor = replies.outbound.descriptor_for(platform)
+        result: SendResult | None = None
+        for piece in chunk_text(text, descriptor.max_message_length, descriptor.len_unit):
             action = Send(
-                chat_id=self.chat_id,
+                chat_id=chat_id,
                 content=piece,
-                reply_to=reply_to if index == 0 else None,
+                reply_to=reply_to,
                 metadata=dict(metadata) if metadata else {},
             )
-            result = await self._replies.send_waiting_for_room(
-                action, platform_raw=self.platform, request_id=self._next_request_id()
+            reply_to = None  # the first piece only
+            result = await replies.send(
+                action,
+                platform_raw=platform,
+                wait_for_room=True,
+                request_id=None if request_ids is None else request_ids.next(),
             )
             if not result.success and not result.queued:
                 return result
+        assert result is not None  # chunk_text gives at least one piece
         return result
 
     async def edit(self, message_id: str, text: str) -> SendResult:

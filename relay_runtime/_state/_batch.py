@@ -58,7 +58,8 @@ T = TypeVar("T")
 class _Op:
     """One queued database operation and, once its batch ran, its result or error."""
 
-    fn: Callable[[DB], Any]
+    #: What it does; ``None``: ``bulk`` run for this operation alone.
+    fn: Callable[[DB], Any] | None
     #: Runs a run of neighbouring operations with the same ``bulk`` in fewer statements,
     #: with the same effects as running their ``fn`` one after another; it gets their
     #: ``args`` and returns their values in order.
@@ -76,8 +77,12 @@ class _Op:
     error: BaseException | None = None
 
     def run(self, conn: DB) -> None:
-        """Run ``fn`` alone, keeping its value."""
-        self.value = self.fn(conn)
+        """Run ``fn`` (or ``bulk`` for its ``args``) alone, keeping its value."""
+        if self.fn is not None:
+            self.value = self.fn(conn)
+        else:
+            assert self.bulk is not None
+            [self.value] = self.bulk(conn, [self.args])
 
 
 def _run_batch(conn: DB, ops: list[_Op]) -> None:

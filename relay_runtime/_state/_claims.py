@@ -8,14 +8,13 @@ written only as its running turn's ``claim_id``, a completed one as a row of
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 
 import trio
 
 from relay_runtime._dedupe import ClaimHandle, ClaimResult, ClaimStatus
 from relay_runtime._state._batch import _Op
-from relay_runtime._state._records import ClaimRequest, MessageKey, _claim_keys
+from relay_runtime._state._records import ClaimRequest, _claim_keys
 from relay_runtime._state._turns import _ClaimWrite, _Turns, release_claim_in
 
 if TYPE_CHECKING:
@@ -48,36 +47,34 @@ class _Claims(_Turns):
         await trio.lowlevel.checkpoint_if_cancelled()
         if not requests:
             return []
-        results, write = self._decide(
-            [(r.session_key, r.k_msg, r.k_buf, r.inbound) for r in requests], now
-        )
+        results, write = self._decide(requests, now)
         self._write_behind(write)
         return results
 
     def _decide(
-        self,
-        requests: Sequence[tuple[str | None, MessageKey | None, str | None, str | None]],
-        now: float,
+        self, requests: Sequence[ClaimRequest], now: float
     ) -> tuple[list[tuple[ClaimResult, int | None]], _Op]:
         """Claim ``requests`` in memory now; the write that records them (and the turns of
         requests with a session key that are ``NEW``)."""
         results: list[tuple[ClaimResult, int | None]] = []
         turns: list[TurnStart] = []
         forgotten: list[int] = []
-        for session_key, k_msg, k_buf, inbound in requests:
-            keys = _claim_keys(k_msg, k_buf)
-            result, gone = self._dedupe.claim(keys, now)
-            forgotten.extend(gone)
+        claim = self._dedupe.claim
+        for request in requests:
+            k_msg, k_buf = request.k_msg, request.k_buf
+            result, gone = claim(_claim_keys(k_msg, k_buf), now)
+            if gone:
+                forgotten.extend(gone)
             turn_id = None
-            if result.status is ClaimStatus.NEW and session_key is not None:
+            if result.status is ClaimStatus.NEW and request.session_key is not None:
                 turn_id = self._take_turn_id()
                 claim_id = None if result.handle is None else result.handle.claim_id
-                turns.append((turn_id, session_key, k_msg, k_buf, now, inbound, claim_id))
+                turns.append(
+                    (turn_id, request.session_key, k_msg, k_buf, now, request.inbound, claim_id)
+                )
             results.append((result, turn_id))
         write = _ClaimWrite(self._forget(forgotten), turns, self._reserve_ids())
-        return results, _Op(
-            functools.partial(self._record_in, writes=[write]), self._record_in, write
-        )
+        return results, _Op(None, self._record_in, write)
 
     async def release_unstarted(self, handle: ClaimHandle | None, turn_id: int | None) -> None:
         """One transaction: release the claim and forget the turn record of a turn that

@@ -3,8 +3,9 @@
 The database is only ever touched from a worker thread, one batch at a time, so the single
 connection is used by one thread at a time and the trio loop never waits on disk. Every
 public coroutine queues one short operation; calls made while a batch is running are
-committed together (group commit): the first caller to find no batch running takes the whole
-queue to the worker thread in one hop and runs it as ONE transaction, each operation in its
+committed together (group commit): the first caller to find no batch running (or, when one
+is running, the first caller queued behind it, once it ends) takes the whole queue to the
+worker thread in one hop and runs it as ONE transaction, each operation in its
 own ``SAVEPOINT`` (a failing operation rolls back alone and raises to its own caller), then
 commits once and wakes every caller with its own result. Unless said otherwise, an
 operation's effects are committed before its coroutine returns; a caller cancelled after its
@@ -25,7 +26,7 @@ import logging
 import os
 import sqlite3
 import sys
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import trio
 
@@ -73,6 +74,32 @@ def is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _STORAGE_CODES
 
 
+class _OneBatchAtATime:
+    """The thread limiter of the engine's worker-thread calls.
+
+    They never overlap (one batch at a time, ``_Engine._busy``), so there is nothing to
+    wait for; trio's default limiter would also yield to the scheduler on every call (a
+    task step per batch) and take a cancellation there. A ``CapacityLimiter`` as
+    ``trio.to_thread.run_sync`` uses one, and as an async context manager.
+    """
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """Take the token: at once, without a checkpoint."""
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        """Give the token back."""
+
+    async def __aenter__(self) -> None:
+        """Take the token (as ``async with``)."""
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Give the token back (as ``async with``)."""
+
+
+#: What the engine's worker-thread calls are limited by (see :class:`_OneBatchAtATime`).
+_ONE_BATCH_AT_A_TIME: Final = cast("trio.CapacityLimiter", _OneBatchAtATime())
+
+
 class _Engine:
     """The batch queue and storage-failure watch of :class:`~relay_runtime._state.StateDB`."""
 
@@ -84,7 +111,13 @@ class _Engine:
         self._lock_fd = lock_fd
         self._queue: list[_Op] = []
         self._busy = False  # a batch is in the worker thread
-        self._batch_over = trio.Event()
+        #: Set once the batch that takes the operations queued now has run.
+        self._queue_done = trio.Event()
+        #: Set once the running batch (between batches: the next one) has run.
+        self._batch_over = self._queue_done
+        #: The ``_queue_done`` of the queue a caller waits to lead as soon as the running
+        #: batch ends (``None``: no caller does).
+        self._leader_for: trio.Event | None = None
         self._queued = trio.Event()  # set when written-behind records are queued
         #: Why the oldest written-behind record still queued failed its last commit.
         self._behind_error: BaseException | None = None
@@ -131,7 +164,7 @@ class _Engine:
                         self._give_up_behind()
                         break
                     await trio.sleep(CLOSE_RETRY_S * 2 ** (tries - 1))
-                await trio.to_thread.run_sync(self._conn.close)
+                await trio.to_thread.run_sync(self._conn.close, limiter=_ONE_BATCH_AT_A_TIME)
                 if self._lock_fd is not None:
                     os.close(self._lock_fd)  # the next gateway on this state dir may start
         if waited.cancelled_caught:
@@ -143,7 +176,7 @@ class _Engine:
 
     async def _run(
         self,
-        fn: Callable[[DB], T],
+        fn: Callable[[DB], T] | None,
         bulk: Callable[[DB, list[Any]], list[Any]] | None = None,
         args: Any = None,
         *,
@@ -151,6 +184,7 @@ class _Engine:
         read: bool = False,
     ) -> T:
         """Run ``fn(conn)`` in the worker thread; its effects are committed on return.
+        (``fn`` ``None``: ``bulk(conn, [args])`` for this call alone.)
 
         ``fn`` shares a transaction with the other operations of its batch, in a savepoint
         of its own. With ``bulk``, neighbouring calls of the same kind may run as
@@ -166,11 +200,19 @@ class _Engine:
         op = _Op(fn, bulk, args, keep=keep, read=read)
         self._queue.append(op)
         try:
+            # Each caller wakes once per batch it needs: when its operation's batch has run,
+            # except the first one queued behind a running batch, which wakes when that
+            # batch ends and takes the queue to the thread (the queue's other callers wake
+            # only when that has run).
             while not op.done:
                 if not self._busy:
                     await self._lead_batch()
-                else:
+                elif op.taken:
                     await self._batch_over.wait()
+                elif self._leader_for is self._queue_done:
+                    await self._queue_done.wait()
+                else:
+                    await self._wait_to_lead()
         except trio.Cancelled:
             if not op.taken:
                 if op.keep:
@@ -192,40 +234,76 @@ class _Engine:
             raise op.error
         return op.value  # type: ignore[no-any-return]
 
+    async def _wait_to_lead(self) -> None:
+        """Wait for the running batch to end, as the caller that leads the next one."""
+        queue_done = self._leader_for = self._queue_done
+        try:
+            await self._batch_over.wait()
+        except BaseException:
+            if self._queue_done is queue_done:
+                # Cancelled, and nobody took the queue since: its callers wake to choose
+                # another leader.
+                queue_done.set()
+                self._queue_done = trio.Event()
+                if not self._busy:
+                    self._batch_over = self._queue_done
+            raise
+        finally:
+            if self._leader_for is queue_done:
+                self._leader_for = None
+
     async def _lead_batch(self) -> None:
-        """Take every queued operation to the worker thread as one batch; wake all waiters."""
+        """Take every queued operation to the worker thread as one batch; wake all waiters.
+
+        Raises ``Cancelled`` only before it takes anything.
+        """
+        # Once taken, the batch (other callers' operations too) must run whatever happens
+        # to its leader. No cancel scope shields it: trio.to_thread.run_sync checks for a
+        # cancellation on entry only, which this does first with nothing in between to
+        # change the answer, then ignores it until the thread returns (it may not abandon
+        # the thread); its limiter here never waits.
+        await trio.lowlevel.checkpoint_if_cancelled()
         batch, self._queue = self._queue, []
+        over = self._batch_over = self._queue_done
+        self._queue_done = trio.Event()
         for op in batch:
             op.taken = True
         self._busy = True
         try:
-            # Shielded: the batch holds other callers' operations too.
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_run_batch, self._conn, batch)
+            await trio.to_thread.run_sync(
+                _run_batch, self._conn, batch, limiter=_ONE_BATCH_AT_A_TIME
+            )
         finally:
             self._busy = False
-            self._batch_over.set()
-            self._batch_over = trio.Event()
+            self._batch_over = self._queue_done
+            over.set()
         self._after_batch(batch)
         failed: list[_Op] = []
+        storage: BaseException | None = None  # the first storage failure
+        kept_error: BaseException | None = None  # the first error of a kept record
+        behind = wrote = False  # written-behind records, writes, among those that worked
         for op in batch:
-            if not op.keep or op.error is None:
+            error = op.error
+            if error is None:
+                behind = behind or op.orphan
+                wrote = wrote or not op.read
                 continue
+            if storage is None and is_storage_error(error):
+                storage = error
+            if not op.keep:
+                continue
+            kept_error = kept_error or error
             if op.orphan:
                 failed.append(op)
             else:
                 # Its caller gets the error, and the decision is still recorded: a copy
                 # nobody waits for is kept to retry like a written-behind record.
                 failed.append(_Op(op.fn, op.bulk, op.args, keep=True, orphan=True))
-        storage = next(
-            (op.error for op in batch if op.error is not None and is_storage_error(op.error)),
-            None,
-        )
         if failed:
             # Kept, in order, ahead of everything queued since: the file must not skip a
             # decision the window made. flush() reports the failure until a retry succeeds;
             # the awaited operations of the batch failed with it (raised to their callers).
-            error = next(op.error for op in batch if op.keep and op.error is not None)
+            error = kept_error
             assert error is not None
             self._behind_error = error
             for op in failed:
@@ -235,11 +313,11 @@ class _Engine:
             self._queued.set()
             self._storage_failed(storage or error, len(failed))
         else:
-            if any(op.orphan for op in batch):
+            if behind:
                 self._behind_error = None
             if storage is not None:
                 self._storage_failed(storage, 0)
-            elif any(not op.read and op.error is None for op in batch):
+            elif wrote:
                 self._storage_ok()
 
     def _after_batch(self, batch: list[_Op]) -> None:

@@ -127,8 +127,8 @@ def _msg_key_text(k_msg: MessageKey) -> str:
     # str(): an id that arrived as the number 12345 is the same key as "12345" (R29). The
     # text is json.dumps(["msg", *parts], separators=(",", ":")), built without creating
     # an encoder per call (that cost ~7 us a delivery on the loop).
-    platform, chat_id, message_id = (_quoted(str(part)) for part in k_msg)
-    return f'["msg",{platform},{chat_id},{message_id}]'
+    platform, chat_id, message_id = k_msg
+    return f'["msg",{_quoted(str(platform))},{_quoted(str(chat_id))},{_quoted(str(message_id))}]'
 
 
 def _buf_key_text(k_buf: str) -> str:

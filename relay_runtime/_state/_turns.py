@@ -8,7 +8,6 @@ process (at most :data:`~relay_runtime._state.RESUME_MAX` times).
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from typing import TYPE_CHECKING, ClassVar, Final
 
@@ -219,20 +218,19 @@ class _Turns(_Engine):
         _check_end_state(state)
         if write_behind:
             await trio.lowlevel.checkpoint()  # before deciding: nothing may come between
-        changed, forgotten = self._dedupe.complete(handle, now)
+        completed, forgotten = self._dedupe.completion(handle, now)
         row = None
-        if changed and handle is not None:
-            at = self._dedupe.completed_at(handle)
-            assert at is not None
-            row = dedupe_row(self._next_seq, handle.claim_id, at, self._dedupe.keys_of(handle))
-            self._seqs[handle.claim_id] = self._next_seq
-            self._next_seq += 1
+        if completed is not None and handle is not None:
+            at, keys = completed
+            seq = self._next_seq
+            row = dedupe_row(seq, handle.claim_id, at, keys)
+            self._seqs[handle.claim_id] = seq
+            self._next_seq = seq + 1
         completion = _Completion(turn_id, state, now, error, row, self._forget(forgotten))
-        record = functools.partial(self._record_in, writes=[completion])
         if write_behind:
-            self._write_behind(_Op(record, self._record_in, completion))
+            self._write_behind(_Op(None, self._record_in, completion))
             return
-        await self._run(record, self._record_in, completion, keep=True)
+        await self._run(None, self._record_in, completion, keep=True)
 
     def _record_in(self, conn: DB, writes: Sequence[_ClaimWrite | _Completion]) -> list[None]:
         """Record claim and completion calls, in decision order, in a few statements for

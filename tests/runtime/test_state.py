@@ -916,6 +916,79 @@ async def test_a_call_cancelled_inside_its_running_batch_still_waits_for_the_com
         assert [e.id for e in await db.entries()] == returned
 
 
+class _TaskSteps(trio.abc.Instrument):
+    """Counts the steps each task takes."""
+
+    def __init__(self) -> None:
+        self.steps: collections.Counter[trio.lowlevel.Task] = collections.Counter()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task] += 1
+
+
+async def test_callers_queued_behind_a_running_batch_wake_once_and_one_leads_the_next(
+    tmp_path: Path,
+) -> None:
+    """Of the calls queued while a batch runs, only the first wakes when it ends (to take
+    the queue to the thread); the others wake once, when their own batch has run."""
+    async with await open_db(tmp_path) as db:
+        commits = trace_commits(db)
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        counter = _TaskSteps()
+        queued: list[trio.lowlevel.Task] = []
+        ids: list[int] = []
+
+        async def put(text: str) -> None:
+            queued.append(trio.lowlevel.current_task())
+            ids.append(await put_send(db, text))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(put_send, db, "running")
+                await trio.testing.wait_all_tasks_blocked()
+                trio.lowlevel.add_instrument(counter)
+                for i in range(5):
+                    nursery.start_soon(put, f"m{i}")
+                await trio.testing.wait_all_tasks_blocked()
+                blocker.execute("COMMIT")
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        blocker.close()
+        assert len(commits) == 2 and len(set(ids)) == 5
+        # Each: its first step, and one wake; the leader of the second batch also wakes
+        # when the first ends.
+        assert sorted(counter.steps[task] for task in queued) == [2, 2, 2, 2, 3]
+
+
+async def test_a_call_cancelled_while_waiting_to_lead_the_next_batch_hands_the_lead_on(
+    tmp_path: Path,
+) -> None:
+    async with await open_db(tmp_path) as db:
+        blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        scope = trio.CancelScope()
+
+        async def cancelled_put() -> None:
+            with scope:
+                await put_send(db, "cancelled")
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(put_send, db, "running")
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(cancelled_put)  # first behind the batch: it would lead
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(put_send, db, "next")
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                blocker.execute("COMMIT")
+        blocker.close()
+        assert scope.cancelled_caught
+        assert [e.request_id for e in await db.entries()] == ["running", "next"]
+
+
 def _dump(path: Path) -> list[list[tuple[object, ...]]]:
     """Every row our dedupe and turn tables hold, in a stable order."""
     with sqlite3.connect(path / DB_FILENAME) as raw:
