@@ -296,10 +296,11 @@ class ConnectorCore:
     async def _write_text(self, conn: Connection, text: str, frame: ConnectorFrame | None) -> bool:
         """Write ``text`` as one message; ``False`` if the socket is closed.
 
-        While the socket's reader holds ``conn`` corked, the frame joins its outbox instead
-        and goes out with the reader's next :meth:`_flush` (``True`` then means queued).
+        While the socket's reader holds ``conn`` corked, or its outbox holds frames (the
+        reader writes them before it next waits), the frame joins the outbox instead, behind
+        them, and goes out with the reader's next :meth:`_flush` (``True`` then means queued).
         """
-        if conn.corked:
+        if conn.corked or conn.outbox:
             conn.outbox.append((text, frame))
             conn.outbox_chars += len(text)
             return True

@@ -315,6 +315,15 @@ class Sockets(Access, Answers):
             while True:
                 try:
                     message = None if take is None else take()
+                    if message is None and conn.outbox and take is not None:
+                        # One yield before writing the answers: trio-websocket's reader task,
+                        # if the same I/O wake-up made it runnable, hands over the peer's
+                        # next message first, and its answers join this write. Against a
+                        # peer that writes one frame per send, this keeps the connector from
+                        # settling into a read and a write per frame (bench_raw: 160 -> 127
+                        # µs/msg in that state).
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        message = take()
                     if message is None or conn.outbox_chars >= OUTBOX_FLUSH_CHARS:
                         await self._flush(conn)
                     if message is None:

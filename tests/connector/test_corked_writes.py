@@ -92,3 +92,27 @@ async def test_a_corked_frame_is_recorded_as_sent_only_once_written(
         await connector.wait_for(lambda: not conn.open)
         assert not await connector._flush(conn)
     assert not any(isinstance(sent.frame, GoingIdleAck) for sent in connector.sent)
+
+
+async def test_a_frame_written_while_the_outbox_holds_frames_goes_out_behind_them(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The reader yields once before it writes its outbox; a frame another task writes then
+    (the drain, an injection's pump) must not overtake the frames already held."""
+    connector = ReferenceConnector(secrets={GATEWAY: SECRET})
+    with trio.fail_after(LIMIT):
+        peer = Peer(await open_peer(nursery, connector, good_headers()))
+        await peer.hello("discord")
+        await peer.expect(DescriptorFrame)
+        conn = await connector.wait_connected(GATEWAY)
+        conn.corked = True
+        assert await connector._write(conn, GoingIdleAck())
+        conn.corked = False
+        # Not corked, but the outbox holds a frame: this one queues behind it.
+        later = '{"type":"later"}\n'
+        assert await connector._write_text(conn, later, None)
+        assert [text for text, _ in conn.outbox] == [encode_frame(GoingIdleAck()), later]
+        assert await connector._flush(conn)
+        got = [await peer.ws.get_message() for _ in range(2)]
+    assert got == [encode_frame(GoingIdleAck()), later]
+    assert conn.outbox == []
