@@ -64,7 +64,11 @@ async def wrap_client_stream(
     except HandshakeFailed as exc:
         raise HandshakeError(str(exc)) from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise HandshakeError(f"the stream failed during the handshake: {exc}") from None
+        # trio wraps what broke the stream (a TLS certificate refused, a reset): name it.
+        cause = exc.__cause__ or exc
+        raise HandshakeError(
+            f"the stream failed during the handshake: {type(cause).__name__}: {cause}"
+        ) from None
     if isinstance(outcome, Rejected):
         raise ConnectionRejected(outcome.status_code, outcome.headers, outcome.body)
     client = WebSocketClient(

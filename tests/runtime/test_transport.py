@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -12,9 +13,11 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+import trustme
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from protocol import Frame, FrameError, Inbound, OutboundResult, Send, verify_token
+from relay_runtime import _transport as transport_module
 from relay_runtime._supervisor import Supervisor
 from relay_runtime._transport import (
     DialError,
@@ -174,8 +177,8 @@ async def test_dial_maps_failures_to_dial_error(autojump_clock: trio.testing.Moc
 # ---- end to end over real loopback (no autojump) -----------------------------------------
 
 
-async def test_e2e_loopback_handshake_outbound_and_go_idle(nursery: trio.Nursery) -> None:
-    seen_tokens: list[str | None] = []
+def relay_handler(seen_tokens: list[str | None]) -> Any:
+    """A minimal connector: verifies the bearer, answers hello, outbound and going_idle."""
 
     async def handler(request: WebSocketRequest) -> None:
         auth = dict(request.headers).get(b"authorization", b"").decode()
@@ -203,6 +206,12 @@ async def test_e2e_loopback_handshake_outbound_and_go_idle(nursery: trio.Nursery
                     continue
                 await ws.send_message(json.dumps(out) + "\n")
 
+    return handler
+
+
+async def test_e2e_loopback_handshake_outbound_and_go_idle(nursery: trio.Nursery) -> None:
+    seen_tokens: list[str | None] = []
+    handler = relay_handler(seen_tokens)
     server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
     send, _recv = trio.open_memory_channel[Any](8)
     sup = Supervisor(
@@ -408,3 +417,63 @@ async def test_an_idle_reader_has_messages_handled_inline_and_the_rest_keeps_ord
         await trio.testing.wait_all_tasks_blocked()
     assert seen[-1] == "inline:e"  # an exception is logged; the next message goes on
     assert any("reader continues" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def trusted_ca(monkeypatch: pytest.MonkeyPatch) -> trustme.CA:
+    """A CA the dialer trusts (as if in the system store), for TLS on 127.0.0.1."""
+    ca = trustme.CA()
+    default_context = ssl.create_default_context
+
+    def context_trusting_ca(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        context = default_context(*args, **kwargs)
+        ca.configure_trust(context)
+        return context
+
+    monkeypatch.setattr(transport_module.ssl, "create_default_context", context_trusting_ca)
+    return ca
+
+
+async def test_e2e_wss_dial_verifies_the_certificate_and_serves(
+    nursery: trio.Nursery, trusted_ca: trustme.CA
+) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trusted_ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    seen_tokens: list[str | None] = []
+    server = await nursery.start(
+        trio_websocket.serve_websocket, relay_handler(seen_tokens), "127.0.0.1", 0, server_context
+    )
+    send, _recv = trio.open_memory_channel[Any](8)
+    sup = Supervisor(
+        make_config(relay_url=f"wss://127.0.0.1:{server.port}"),
+        inbound=send,
+        on_interrupt=lambda key, chat: None,
+        dialer=websocket_dialer,
+    )
+    with trio.fail_after(10):
+        await nursery.start(sup.run)
+        assert sup.state == "ready"
+        assert seen_tokens == [GATEWAY_ID]
+        result = await sup.outbound.request(Send("c1", "over TLS"))
+        assert result.success and result.message_id == "m1"
+        assert await sup.go_idle() is True
+    assert sup.state == "closed"
+
+
+async def test_wss_dial_refuses_a_certificate_it_does_not_trust(
+    nursery: trio.Nursery, trusted_ca: trustme.CA
+) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(server_context)  # another CA
+    server = await nursery.start(
+        trio_websocket.serve_websocket, relay_handler([]), "127.0.0.1", 0, server_context
+    )
+    with pytest.raises(DialError, match=r"SSLCertVerificationError: .*CERTIFICATE_VERIFY_FAILED"):
+        await dial(
+            websocket_dialer,
+            nursery,
+            f"wss://127.0.0.1:{server.port}/relay",
+            headers=[],
+            max_message_size=1 << 20,
+            timeout_s=10,
+        )
