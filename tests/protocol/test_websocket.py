@@ -347,3 +347,22 @@ def test_a_control_frame_that_announces_too_much_fails_on_its_header() -> None:
     frames, _ = server_pair()
     (closed,) = frames.receive_data(bytes([0x89, 127]) + struct.pack("!Q", 1 << 40))
     assert isinstance(closed, Closed) and closed.code == 1002
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8), st.integers(min_value=1, max_value=200))
+def test_any_bytes_give_messages_or_one_close_and_never_raise(
+    chunks: list[bytes], limit: int
+) -> None:
+    frames, _ = server_pair(max_message_size=limit)
+    events: list[object] = []
+    for chunk in chunks:
+        events.extend(frames.receive_data(chunk))
+    closes = [event for event in events if isinstance(event, Closed)]
+    assert len(closes) <= 1
+    if closes:
+        assert events[-1] is closes[0]  # nothing after the close
+        assert frames.state is State.CLOSED
+    for event in events:
+        if isinstance(event, (str, bytes)):
+            assert len(event.encode() if isinstance(event, str) else event) <= limit
