@@ -13,8 +13,9 @@ figure barely depends on the machine's load. One trio run holds
 
 A :class:`trio.abc.Instrument` counts ``before_task_step`` and ``task_scheduled`` per task
 name, and the memory channels' sends and receives are counted per calling task; each task
-belongs to the side (gateway, connector, driver) whose root task it descends from, so the
-trio-websocket reader of each side is counted on its own side. After a warm-up the counters
+belongs to the side (gateway, connector, driver) whose root task it descends from, so each
+side's WebSocket reader task (the gateway's client, the connector's trio-websocket) is
+counted on its own side. After a warm-up the counters
 are reset, ``--count`` messages are driven, and each figure is divided by the messages
 completed. Repeated ``--reps`` times (a fresh pipeline each), the median is printed.
 
