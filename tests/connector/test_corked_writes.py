@@ -27,6 +27,7 @@ from protocol._codec import decode_line
 from protocol._frames import DescriptorFrame
 from relay_runtime.connector import ReferenceConnector
 from relay_runtime.connector import _sockets as sockets
+from relay_runtime.connector._connection import Connection
 from relay_runtime.connector._ws_batch import send_texts
 from tests.streams import CountingStream
 
@@ -80,13 +81,7 @@ async def test_a_corked_frame_is_recorded_as_sent_only_once_written(
 ) -> None:
     connector = ReferenceConnector(secrets={GATEWAY: SECRET})
     with trio.fail_after(LIMIT):
-        peer = Peer(await open_peer(nursery, connector, good_headers()))
-        await peer.hello("discord")
-        await peer.expect(DescriptorFrame)
-        conn = await connector.wait_connected(GATEWAY)
-        conn.corked = True
-        assert await connector._write(conn, GoingIdleAck())  # queued, not written
-        conn.corked = False
+        peer, conn = await holding_one_frame(nursery, connector)
         assert not any(isinstance(sent.frame, GoingIdleAck) for sent in connector.sent)
         await peer.ws.aclose()
         await connector.wait_for(lambda: not conn.open)
@@ -101,13 +96,7 @@ async def test_a_frame_written_while_the_outbox_holds_frames_goes_out_behind_the
     (the drain, an injection's pump) must not overtake the frames already held."""
     connector = ReferenceConnector(secrets={GATEWAY: SECRET})
     with trio.fail_after(LIMIT):
-        peer = Peer(await open_peer(nursery, connector, good_headers()))
-        await peer.hello("discord")
-        await peer.expect(DescriptorFrame)
-        conn = await connector.wait_connected(GATEWAY)
-        conn.corked = True
-        assert await connector._write(conn, GoingIdleAck())
-        conn.corked = False
+        peer, conn = await holding_one_frame(nursery, connector)
         # Not corked, but the outbox holds a frame: this one queues behind it.
         later = '{"type":"later"}\n'
         assert await connector._write_text(conn, later, None)
@@ -116,3 +105,18 @@ async def test_a_frame_written_while_the_outbox_holds_frames_goes_out_behind_the
         got = [await peer.ws.get_message() for _ in range(2)]
     assert got == [encode_frame(GoingIdleAck()), later]
     assert conn.outbox == []
+
+
+async def holding_one_frame(
+    nursery: trio.Nursery, connector: ReferenceConnector
+) -> tuple[Peer, Connection]:
+    """A connected peer whose connection's outbox holds one ``going_idle_ack`` (queued while
+    corked, not written), and that connection, no longer corked."""
+    peer = Peer(await open_peer(nursery, connector, good_headers()))
+    await peer.hello("discord")
+    await peer.expect(DescriptorFrame)
+    conn = await connector.wait_connected(GATEWAY)
+    conn.corked = True
+    assert await connector._write(conn, GoingIdleAck())  # queued, not written
+    conn.corked = False
+    return peer, conn
